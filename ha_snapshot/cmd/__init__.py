@@ -1,0 +1,1 @@
+"""Console scripts. Each builds its own ConfigOpts; nothing at import."""

@@ -1,0 +1,15 @@
+"""Configuration options of ha-snapshot, one module per option group.
+
+Nothing here reads configuration: callers build a ``ConfigOpts`` and pass it
+to :func:`register_opts`, then pass it on to the code that needs it.
+"""
+
+from oslo_config import cfg
+
+from ha_snapshot.conf import image
+from ha_snapshot.conf import storage
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    image.register_opts(conf)
+    storage.register_opts(conf)

@@ -1,0 +1,391 @@
+"""Deltas: the changed ranges of one frozen overlay, ready for the wire.
+
+A delta is a header plus parts of bounded size. Each part lists its extents
+(offset, length, kind) and carries the data extents' bytes concatenated,
+zstandard-compressed, with the sha256 of the uncompressed bytes. Zero
+extents (writes of zeros, discards) carry no bytes.
+
+A delta built here produces its parts lazily (a 20 GiB baseline never sits
+in memory); a delta received from the wire holds them. ``validate`` checks
+the structure of either without touching payloads; ``iter_extents`` yields
+the bytes part by part, checking each part's size and checksum as it is
+decompressed, under a hard decompression limit.
+
+May import ha_snapshot.image; must not import ha_snapshot.storage.
+"""
+
+import base64
+import binascii
+import dataclasses
+import hashlib
+import io
+import time
+import uuid
+
+from oslo_utils import uuidutils
+import zstandard
+
+from ha_snapshot import exception
+from ha_snapshot.image import inspect as image_inspect
+from ha_snapshot.image import qemu
+from ha_snapshot.image import ranges
+
+FORMAT_VERSION = 1
+DATA = ranges.DATA
+ZERO = ranges.ZERO
+KINDS = (DATA, ZERO)
+# zstd's worst case expansion is far below this; anything larger is hostile.
+_MAX_EXPANSION = 1.01
+_MAX_OVERHEAD = 4096
+
+
+@dataclasses.dataclass
+class DeltaHeader:
+    instance: str
+    project: str
+    sequence: int
+    parent: str | None
+    virtual_size: int
+    cluster_size: int
+    part_count: int
+    changed_bytes: int
+    data_bytes: int
+    created_at: float = dataclasses.field(default_factory=time.time)
+    format_version: int = FORMAT_VERSION
+
+
+@dataclasses.dataclass
+class DeltaPart:
+    instance: str
+    sequence: int
+    index: int
+    extents: list
+    raw_size: int
+    sha256: str = ''
+    payload: bytes | None = None
+    compression: str = 'zstd'
+
+    def to_primitive(self) -> dict:
+        return {'instance': self.instance, 'sequence': self.sequence,
+                'index': self.index,
+                'extents': [list(e) for e in self.extents],
+                'raw_size': self.raw_size, 'sha256': self.sha256,
+                'compression': self.compression,
+                'payload': base64.b64encode(self.payload).decode('ascii')}
+
+    def decode(self, header: DeltaHeader) -> bytes:
+        """The uncompressed bytes, checked against size and checksum."""
+        def bad(reason):
+            return exception.InvalidDelta(
+                instance=header.instance, sequence=header.sequence,
+                reason='part %d: %s' % (self.index, reason))
+        if self.payload is None:
+            raise bad('no payload')
+        if self.compression == 'zstd':
+            try:
+                reader = zstandard.ZstdDecompressor().stream_reader(
+                    io.BytesIO(self.payload))
+                raw = reader.read(self.raw_size + 1) if self.raw_size else (
+                    reader.read(1))
+            except zstandard.ZstdError as e:
+                raise bad('corrupt compressed payload (%s)' % e)
+        elif self.compression == 'none':
+            raw = self.payload
+        else:
+            raise bad('unknown compression %r' % self.compression)
+        if len(raw) != self.raw_size:
+            raise bad('payload decompresses to %s bytes, header says %d'
+                      % ('more' if len(raw) > self.raw_size else len(raw),
+                         self.raw_size))
+        if hashlib.sha256(raw).hexdigest() != self.sha256:
+            raise bad('checksum mismatch')
+        return raw
+
+
+class Delta:
+    """A header and its parts (a list, or a lazy source of parts)."""
+
+    def __init__(self, header: DeltaHeader, parts=None, source=None):
+        self.header = header
+        self._parts = parts
+        self._source = source
+        self._plan = None
+
+    @property
+    def materialized(self) -> bool:
+        return self._parts is not None
+
+    def parts(self):
+        if self._parts is not None:
+            return iter(self._parts)
+        return self._source()
+
+    def to_primitive(self) -> dict:
+        """A JSON-able dict (oslo.messaging); materialises every part."""
+        return {'header': dataclasses.asdict(self.header),
+                'parts': [p.to_primitive() for p in self.parts()]}
+
+    @classmethod
+    def from_primitive(cls, prim) -> 'Delta':
+        header = header_from_primitive(prim.get('header')
+                                       if isinstance(prim, dict) else None)
+        parts = prim.get('parts')
+        if not isinstance(parts, list):
+            raise _invalid(header, 'parts must be a list')
+        return cls(header, [part_from_primitive(header, p) for p in parts])
+
+    def validate(self, *, max_virtual_size: int, max_part_bytes: int,
+                 max_part_extents: int) -> None:
+        """Structure checks; never decompresses. Raises InvalidDelta."""
+        validate_header(self.header, max_virtual_size)
+        if self._parts is None:
+            return  # NOTE: a lazy delta is checked part by part as it runs.
+        if len(self._parts) != self.header.part_count:
+            raise _invalid(self.header, 'header announces %d parts, %d came'
+                           % (self.header.part_count, len(self._parts)))
+        check = _PartChecker(self.header, max_part_bytes, max_part_extents)
+        for part in self._parts:
+            check(part)
+        check.finish()
+
+    def verify(self) -> None:
+        """Decompress and checksum every held part (before any write)."""
+        for part in self.parts():
+            part.decode(self.header)
+
+    def iter_extents(self, *, max_part_bytes: int, max_part_extents: int):
+        """Yield (offset, length, kind, bytes|None) in offset order."""
+        check = _PartChecker(self.header, max_part_bytes, max_part_extents)
+        for part in self.parts():
+            check(part)
+            raw = memoryview(part.decode(self.header))
+            pos = 0
+            for offset, length, kind in part.extents:
+                if kind == DATA:
+                    yield offset, length, kind, raw[pos:pos + length]
+                    pos += length
+                else:
+                    yield offset, length, kind, None
+        check.finish()
+
+
+def _invalid(header, reason):
+    return exception.InvalidDelta(
+        instance=getattr(header, 'instance', '?'),
+        sequence=getattr(header, 'sequence', '?'), reason=reason)
+
+
+def _int(value, name, header, minimum=0):
+    if isinstance(value, bool) or not isinstance(value, int) or (
+            value < minimum):
+        raise _invalid(header, '%s must be an integer >= %d, got %r'
+                       % (name, minimum, value))
+    return value
+
+
+def header_from_primitive(prim) -> DeltaHeader:
+    if not isinstance(prim, dict):
+        raise exception.InvalidDelta(instance='?', sequence='?',
+                                     reason='header missing or not a dict')
+    names = {f.name for f in dataclasses.fields(DeltaHeader)}
+    unknown = set(prim) - names
+    missing = names - set(prim) - {'created_at', 'format_version'}
+    if unknown or missing:
+        raise exception.InvalidDelta(
+            instance=prim.get('instance', '?'),
+            sequence=prim.get('sequence', '?'),
+            reason='header fields unknown %s, missing %s'
+            % (sorted(unknown), sorted(missing)))
+    return DeltaHeader(**prim)
+
+
+def validate_header(h: DeltaHeader, max_virtual_size: int) -> None:
+    if h.format_version != FORMAT_VERSION:
+        raise _invalid(h, 'unsupported format version %r (this service '
+                       'reads %d)' % (h.format_version, FORMAT_VERSION))
+    if not (isinstance(h.instance, str) and uuidutils.is_uuid_like(h.instance)):
+        raise exception.InvalidInstance(instance=h.instance)
+    if not isinstance(h.project, str) or not h.project or len(
+            h.project) > 255 or '/' in h.project:
+        raise _invalid(h, 'project must be a non-empty id without "/"')
+    _int(h.sequence, 'sequence', h)
+    if h.parent is not None and not (isinstance(h.parent, str)
+                                     and uuidutils.is_uuid_like(h.parent)):
+        raise _invalid(h, 'parent must be a restore point id or null')
+    _int(h.virtual_size, 'virtual_size', h, 1)
+    if h.virtual_size > max_virtual_size:
+        raise _invalid(h, 'virtual size %d exceeds the limit %d'
+                       % (h.virtual_size, max_virtual_size))
+    _int(h.cluster_size, 'cluster_size', h, 512)
+    if h.cluster_size & (h.cluster_size - 1) or h.cluster_size > (2 << 20):
+        raise _invalid(h, 'cluster size %d is not a power of two <= 2 MiB'
+                       % h.cluster_size)
+    _int(h.part_count, 'part_count', h)
+    _int(h.changed_bytes, 'changed_bytes', h)
+    _int(h.data_bytes, 'data_bytes', h)
+    if not isinstance(h.created_at, (int, float)):
+        raise _invalid(h, 'created_at must be a number')
+
+
+def part_from_primitive(header: DeltaHeader, prim) -> DeltaPart:
+    if not isinstance(prim, dict):
+        raise _invalid(header, 'part is not a dict')
+    try:
+        payload = base64.b64decode(prim['payload'], validate=True)
+        part = DeltaPart(instance=prim['instance'], sequence=prim['sequence'],
+                         index=prim['index'],
+                         extents=[tuple(e) for e in prim['extents']],
+                         raw_size=prim['raw_size'], sha256=prim['sha256'],
+                         payload=payload, compression=prim['compression'])
+    except (KeyError, TypeError, ValueError, binascii.Error) as e:
+        raise _invalid(header, 'malformed part %r: %s'
+                       % (prim.get('index'), e))
+    return part
+
+
+class _PartChecker:
+    """Checks parts in order: indexes, bounds, overlaps, sizes, limits."""
+
+    def __init__(self, header, max_part_bytes, max_part_extents):
+        self.h = header
+        self.max_bytes = max_part_bytes
+        self.max_extents = max_part_extents
+        self.next_index = 0
+        self.end = 0
+        self.changed = 0
+        self.data = 0
+
+    def __call__(self, part: DeltaPart) -> None:
+        h = self.h
+
+        def bad(reason):
+            return _invalid(h, 'part %s: %s' % (part.index, reason))
+        if part.instance != h.instance or part.sequence != h.sequence:
+            raise bad('belongs to %s/%s' % (part.instance, part.sequence))
+        if part.index != self.next_index:
+            raise bad('out of order, expected part %d' % self.next_index)
+        self.next_index += 1
+        if self.next_index > h.part_count:
+            raise bad('more parts than the %d announced' % h.part_count)
+        _int(part.raw_size, 'raw_size', h)
+        if part.raw_size > self.max_bytes:
+            raise bad('%d data bytes exceed the part limit %d'
+                      % (part.raw_size, self.max_bytes))
+        if not isinstance(part.extents, list) or (
+                len(part.extents) > self.max_extents):
+            raise bad('extents must be a list of at most %d'
+                      % self.max_extents)
+        data = 0
+        for ext in part.extents:
+            if not (isinstance(ext, tuple) and len(ext) == 3):
+                raise bad('malformed extent %r' % (ext,))
+            offset, length, kind = ext
+            _int(offset, 'extent offset', h)
+            _int(length, 'extent length', h, 1)
+            if kind not in KINDS:
+                raise bad('unknown extent kind %r' % (kind,))
+            if offset < self.end:
+                raise bad('extent at %d overlaps or precedes %d'
+                          % (offset, self.end))
+            if offset + length > h.virtual_size:
+                raise bad('extent %d+%d beyond the virtual size %d'
+                          % (offset, length, h.virtual_size))
+            self.end = offset + length
+            self.changed += length
+            if kind == DATA:
+                data += length
+        if data != part.raw_size:
+            raise bad('data extents hold %d bytes, raw_size says %d'
+                      % (data, part.raw_size))
+        self.data += data
+        if part.payload is not None:
+            if part.compression not in ('zstd', 'none'):
+                raise bad('unknown compression %r' % part.compression)
+            if len(part.payload) > (part.raw_size * _MAX_EXPANSION
+                                    + _MAX_OVERHEAD):
+                raise bad('payload of %d bytes for %d data bytes'
+                          % (len(part.payload), part.raw_size))
+            if not (isinstance(part.sha256, str) and len(part.sha256) == 64):
+                raise bad('sha256 must be 64 hex digits')
+
+    def finish(self) -> None:
+        h = self.h
+        if self.next_index != h.part_count:
+            raise _invalid(h, 'header announces %d parts, %d came'
+                           % (h.part_count, self.next_index))
+        if self.changed != h.changed_bytes or self.data != h.data_bytes:
+            raise _invalid(h, 'parts change %d bytes (%d data), header says '
+                           '%d (%d)' % (self.changed, self.data,
+                                        h.changed_bytes, h.data_bytes))
+
+
+def plan_parts(extents, max_part_bytes: int, max_part_extents: int):
+    """Split extents into parts: lists of (offset, length, kind, host)."""
+    parts, cur, cur_bytes = [], [], 0
+    for ext in extents:
+        offset, remaining = ext.offset, ext.length
+        while remaining:
+            if ext.kind == DATA:
+                room = max_part_bytes - cur_bytes
+                if room == 0 or len(cur) >= max_part_extents:
+                    parts.append(cur)
+                    cur, cur_bytes = [], 0
+                    continue
+                take = min(room, remaining)
+                cur_bytes += take
+            else:
+                if len(cur) >= max_part_extents:
+                    parts.append(cur)
+                    cur, cur_bytes = [], 0
+                take = remaining
+            cur.append((offset, take, ext.kind, ext))
+            offset += take
+            remaining -= take
+    if cur:
+        parts.append(cur)
+    return parts
+
+
+def from_image(info: image_inspect.ImageInfo, *, instance: str, project: str,
+               sequence: int, parent: str | None, max_part_bytes: int,
+               max_part_extents: int, compression_level: int = 3,
+               limits: qemu.Limits | None = None,
+               tmpdir: str | None = None) -> Delta:
+    """Build the delta of an inspected file's own ranges.
+
+    With ``parent=None`` (a baseline) zero extents are dropped: a new
+    recovery image starts all zeros. The file stays open (through the
+    returned delta's lazy parts) only while parts are being produced.
+    """
+    extents = ranges.own_extents(info, limits=limits)
+    if parent is None:
+        extents = [e for e in extents if e.kind == DATA]
+    plan = plan_parts(extents, max_part_bytes, max_part_extents)
+    header = DeltaHeader(
+        instance=instance, project=project, sequence=sequence, parent=parent,
+        virtual_size=info.virtual_size, cluster_size=info.cluster_size,
+        part_count=len(plan),
+        changed_bytes=sum(e.length for e in extents),
+        data_bytes=sum(e.length for e in extents if e.kind == DATA))
+
+    def source():
+        cctx = zstandard.ZstdCompressor(level=compression_level)
+        with ranges.open_reader(info, extents, limits=limits,
+                                tmpdir=tmpdir) as reader:
+            for index, items in enumerate(plan):
+                buf = bytearray()
+                for offset, length, kind, ext in items:
+                    if kind == DATA:
+                        buf += reader.read(ext, offset, length)
+                raw = bytes(buf)
+                yield DeltaPart(
+                    instance=instance, sequence=sequence, index=index,
+                    extents=[(o, n, k) for o, n, k, _ in items],
+                    raw_size=len(raw),
+                    sha256=hashlib.sha256(raw).hexdigest(),
+                    payload=cctx.compress(raw))
+    return Delta(header, source=source)
+
+
+def new_restore_point_id() -> str:
+    return str(uuid.uuid4())

@@ -1,0 +1,105 @@
+"""The one exception hierarchy of ha-snapshot.
+
+Every error a user or a peer can cause is an :class:`HaSnapshotException`
+whose message names the object at fault and, where it helps, what to do.
+This module imports nothing from the rest of the package.
+"""
+
+
+class HaSnapshotException(Exception):
+    """Base class; subclasses set ``msg_fmt`` and are raised with kwargs."""
+
+    msg_fmt = 'An unknown error occurred.'
+
+    def __init__(self, message: str | None = None, **kwargs):
+        self.kwargs = kwargs
+        if message is None:
+            try:
+                message = self.msg_fmt % kwargs
+            except (KeyError, TypeError):
+                # NOTE: a wrong kwarg must not hide the original error.
+                message = '%s (%s)' % (self.msg_fmt, kwargs)
+        self.message = message
+        super().__init__(message)
+
+
+class ConfigurationError(HaSnapshotException):
+    msg_fmt = 'Invalid configuration: %(reason)s'
+
+
+# --- images -----------------------------------------------------------------
+
+class ImageError(HaSnapshotException):
+    msg_fmt = 'Image %(path)s: %(reason)s'
+
+
+class ImageNotFound(ImageError):
+    msg_fmt = 'Image file %(path)s does not exist or is not a regular file.'
+
+
+class UnsafeImage(ImageError):
+    msg_fmt = 'Image %(path)s refused: %(reason)s'
+
+
+class QemuImgError(ImageError):
+    msg_fmt = 'qemu-img failed on %(path)s: %(reason)s'
+
+
+# --- deltas -----------------------------------------------------------------
+
+class InvalidDelta(HaSnapshotException):
+    msg_fmt = ('Delta %(sequence)s of instance %(instance)s rejected: '
+               '%(reason)s')
+
+
+class DeltaParentMismatch(InvalidDelta):
+    msg_fmt = ('Delta %(sequence)s of instance %(instance)s rejected: its '
+               'parent restore point is %(parent)s but the newest restore '
+               'point is %(newest)s.')
+
+
+# --- store ------------------------------------------------------------------
+
+class StorageError(HaSnapshotException):
+    msg_fmt = 'Storage error: %(reason)s'
+
+
+class BackendNotFound(StorageError):
+    msg_fmt = ('No storage backend for %(url)s: %(reason)s. '
+               'Set [storage] backend_url to e.g. file:///var/lib/ha-snapshot/store.')
+
+
+class ObjectNotFound(StorageError):
+    msg_fmt = 'Object %(key)s not found in the store.'
+
+
+class ObjectExists(StorageError):
+    msg_fmt = 'Object %(key)s already exists in the store.'
+
+
+class CorruptObject(StorageError):
+    msg_fmt = 'Object %(key)s is corrupt: %(reason)s'
+
+
+class InvalidInstance(HaSnapshotException):
+    msg_fmt = 'Invalid instance id %(instance)r: expected a UUID.'
+
+
+class InstanceNotFound(HaSnapshotException):
+    msg_fmt = 'Instance %(instance)s has no restore points in the store.'
+
+
+class RestorePointNotFound(HaSnapshotException):
+    msg_fmt = 'Restore point %(restore_point)s of instance %(instance)s not found.'
+
+
+class ConcurrentMerge(StorageError):
+    msg_fmt = ('Restore point %(sequence)s of instance %(instance)s was '
+               'committed by another merge; retry against the new newest '
+               'restore point.')
+
+
+class MergeTooSlow(StorageError):
+    msg_fmt = ('Merge of delta %(sequence)s of instance %(instance)s took '
+               '%(elapsed).0f s, more than half of [storage] gc_grace_period; '
+               'nothing was committed: retry, or raise gc_grace_period.')

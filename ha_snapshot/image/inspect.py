@@ -1,0 +1,126 @@
+"""Decide whether an image file may be opened at all.
+
+Two independent looks, both before qemu-img ever opens the file for data:
+oslo.utils' format inspector (pure Python, reads the header) and
+``qemu-img info`` under prlimit with the format forced. A file passes only if
+both agree on the format and nothing in it reaches outside the file.
+"""
+
+import dataclasses
+import os
+import re
+import stat
+
+from oslo_utils.imageutils import format_inspector
+
+from ha_snapshot import exception
+from ha_snapshot.image import qemu
+
+FORMATS = ('raw', 'qcow2')
+
+# NOTE: anything qemu would read as a protocol prefix ("json:", "http:",
+# "nbd:", "file:") before the first slash.
+_PROTOCOL = re.compile(r'^[A-Za-z][A-Za-z0-9+.-]*:')
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageInfo:
+    path: str
+    format: str
+    virtual_size: int
+    cluster_size: int
+    backing_file: str | None
+
+
+def _refuse(path, reason):
+    raise exception.UnsafeImage(path=path, reason=reason)
+
+
+def inspect(path: str, expected_format: str, *, max_virtual_size: int,
+            allow_backing: bool = False, expected_backing: str | None = None,
+            limits: qemu.Limits | None = None) -> ImageInfo:
+    """Inspect ``path`` and return its facts, or raise UnsafeImage.
+
+    :param allow_backing: the file is an overlay: a backing file name is
+        accepted (it will never be opened: overlays are read with a null
+        backing) provided it is a plain local path, and ``expected_backing``
+        when given.
+    """
+    if expected_format not in FORMATS:
+        raise exception.ImageError(
+            path=path, reason='unsupported format %r, expected one of %s'
+            % (expected_format, ', '.join(FORMATS)))
+    path = os.path.abspath(path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        raise exception.ImageNotFound(path=path)
+    if not stat.S_ISREG(st.st_mode):
+        raise exception.ImageNotFound(path=path)
+    if st.st_size == 0:
+        _refuse(path, 'the file is empty')
+
+    try:
+        inspector = format_inspector.detect_file_format(path)
+    except format_inspector.ImageFormatError as e:
+        _refuse(path, 'unreadable image header (%s)' % e)
+    detected = inspector.NAME if inspector is not None else 'raw'
+    if detected != expected_format:
+        _refuse(path, 'it is %s, expected %s' % (detected, expected_format))
+    try:
+        inspector.safety_check()
+    except format_inspector.SafetyCheckFailed as e:
+        failures = dict(getattr(e, 'failures', {}) or {})
+        if allow_backing:
+            failures.pop('backing_file', None)
+        if failures:
+            _refuse(path, '; '.join('%s: %s' % (k, v)
+                                    for k, v in sorted(failures.items())))
+    if inspector.virtual_size > max_virtual_size:
+        _refuse(path, 'virtual size %d exceeds the limit %d '
+                '([image] max_virtual_size)'
+                % (inspector.virtual_size, max_virtual_size))
+
+    info = qemu.info(path, expected_format, limits=limits)
+    if info.get('format') != expected_format:
+        _refuse(path, 'qemu-img sees %s, expected %s'
+                % (info.get('format'), expected_format))
+    vsize = info.get('virtual-size')
+    if not isinstance(vsize, int) or vsize <= 0:
+        _refuse(path, 'no valid virtual size')
+    if vsize > max_virtual_size:
+        _refuse(path, 'virtual size %d exceeds the limit %d '
+                '([image] max_virtual_size)' % (vsize, max_virtual_size))
+    if vsize != inspector.virtual_size:
+        _refuse(path, 'virtual size disagrees between inspectors '
+                '(%d vs %d)' % (vsize, inspector.virtual_size))
+    if info.get('encrypted'):
+        _refuse(path, 'encrypted images are not supported')
+    specific = (info.get('format-specific') or {}).get('data') or {}
+    if specific.get('encrypt'):
+        _refuse(path, 'encrypted images are not supported')
+    if specific.get('data-file') or specific.get('data-file-raw'):
+        _refuse(path, 'it has an external data file')
+    if specific.get('corrupt'):
+        _refuse(path, 'qcow2 corrupt flag is set; run qemu-img check')
+
+    backing = info.get('backing-filename')
+    if backing is not None:
+        if not allow_backing:
+            _refuse(path, 'it has a backing file (%r); a whole image is '
+                    'expected' % backing)
+        if _PROTOCOL.match(backing):
+            _refuse(path, 'backing file %r is not a plain local path'
+                    % backing)
+        if expected_backing is not None:
+            resolved = os.path.realpath(
+                os.path.join(os.path.dirname(path), backing))
+            if resolved != os.path.realpath(expected_backing):
+                _refuse(path, 'backing file %r is not the expected %s'
+                        % (backing, expected_backing))
+    cluster = info.get('cluster-size') or 0
+    if expected_format == 'qcow2' and not (
+            isinstance(cluster, int) and 512 <= cluster <= (2 << 20)):
+        _refuse(path, 'unexpected cluster size %r' % cluster)
+    return ImageInfo(path=path, format=expected_format, virtual_size=vsize,
+                     cluster_size=cluster or 65536, backing_file=backing)

@@ -1,0 +1,107 @@
+"""qemu-img / qemu-io run through oslo.concurrency under prlimit.
+
+Every call goes through :func:`run`, which applies the address-space and
+CPU-time limits of ``[image]``. Untrusted qcow2 files are only ever named to
+qemu through :func:`qcow2_nobacking`, a ``json:`` filename that sets a null
+backing and a plain ``file`` protocol, so qemu never follows a name found in
+the file's header.
+"""
+
+import json
+
+from oslo_concurrency import processutils
+from oslo_log import log as logging
+
+from ha_snapshot import exception
+
+LOG = logging.getLogger(__name__)
+
+
+class Limits:
+    """Resource limits for one qemu-img call, taken from ``[image]``."""
+
+    def __init__(self, address_space: int, cpu_time: int):
+        self.address_space = address_space
+        self.cpu_time = cpu_time
+
+    @classmethod
+    def from_conf(cls, conf) -> 'Limits':
+        return cls(conf.image.qemu_img_address_space,
+                   conf.image.qemu_img_cpu_time)
+
+    def prlimit(self) -> processutils.ProcessLimits:
+        return processutils.ProcessLimits(address_space=self.address_space,
+                                          cpu_time=self.cpu_time)
+
+
+DEFAULT_LIMITS = Limits(1 << 30, 120)
+
+
+def run(path: str, *cmd: str, limits: Limits | None = None) -> str:
+    """Run qemu-img/qemu-io; failures name ``path`` and qemu's own words."""
+    limits = limits or DEFAULT_LIMITS
+    try:
+        out, _err = processutils.execute(
+            *cmd, prlimit=limits.prlimit(),
+            env_variables={'LC_ALL': 'C', 'LANG': 'C'})
+    except processutils.ProcessExecutionError as e:
+        reason = (e.stderr or e.stdout or str(e)).strip().splitlines()
+        raise exception.QemuImgError(
+            path=path, reason=reason[-1] if reason else 'exit %s' % e.exit_code)
+    except OSError as e:
+        raise exception.QemuImgError(path=path, reason=str(e))
+    return out
+
+
+def qcow2_nobacking(path: str) -> str:
+    """A qemu filename opening ``path`` as qcow2 with no backing at all."""
+    return 'json:' + json.dumps({
+        'driver': 'qcow2', 'backing': None,
+        'file': {'driver': 'file', 'filename': path}})
+
+
+def raw_file(path: str) -> str:
+    return 'json:' + json.dumps({
+        'driver': 'raw', 'file': {'driver': 'file', 'filename': path}})
+
+
+def info(path: str, fmt: str, limits: Limits | None = None) -> dict:
+    """``qemu-img info`` with the format forced (no probing).
+
+    ``qemu-img info`` reads the header only; it does not open backing files.
+    """
+    out = run(path, 'qemu-img', 'info', '--output=json', '-f', fmt,
+              '--', path, limits=limits)
+    try:
+        return json.loads(out)
+    except ValueError as e:
+        raise exception.QemuImgError(path=path,
+                                     reason='unreadable info: %s' % e)
+
+
+def map_ranges(path: str, fmt: str, limits: Limits | None = None) -> list:
+    """``qemu-img map --output=json`` of ``path`` alone (null backing)."""
+    name = qcow2_nobacking(path) if fmt == 'qcow2' else raw_file(path)
+    out = run(path, 'qemu-img', 'map', '--output=json', name, limits=limits)
+    try:
+        entries = json.loads(out)
+    except ValueError as e:
+        raise exception.QemuImgError(path=path,
+                                     reason='unreadable map: %s' % e)
+    if not isinstance(entries, list):
+        raise exception.QemuImgError(path=path, reason='unexpected map')
+    return entries
+
+
+def convert_to_raw(path: str, fmt: str, out: str,
+                   limits: Limits | None = None) -> None:
+    """Convert ``path`` alone (null backing) to a sparse raw file."""
+    name = qcow2_nobacking(path) if fmt == 'qcow2' else raw_file(path)
+    run(path, 'qemu-img', 'convert', '-O', 'raw', '-S', '64k', name, out,
+        limits=limits)
+
+
+def convert_raw_to_qcow2(path: str, out: str,
+                         limits: Limits | None = None) -> None:
+    run(path, 'qemu-img', 'convert', '-f', 'raw', '-O', 'qcow2', '-S', '64k',
+        path, out, limits=limits)

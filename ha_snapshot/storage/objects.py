@@ -1,0 +1,138 @@
+"""What the store keeps in the driver: chunks and restore-point manifests.
+
+Layout (keys)::
+
+    chunks/<scope>/<sha256[:3]>/<sha256>          one chunk
+    instances/<uuid>/restore-points/<number:012d>  one manifest
+
+A chunk is named by the sha256 of its uncompressed content and stored with
+a 5-byte header (magic ``HSC`` + version + codec). A manifest is the zstd
+compressed JSON of a :class:`RestorePoint`: every restore point maps every
+non-zero chunk index of the disk to a chunk, so it is a whole image on its
+own and exporting it never walks a chain.
+"""
+
+import dataclasses
+import hashlib
+import json
+
+import zstandard
+
+from ha_snapshot import exception
+
+MANIFEST_VERSION = 1
+_CHUNK_MAGIC = b'HSC\x01'
+_CODEC_NONE = 0
+_CODEC_ZSTD = 1
+
+
+def chunk_key(scope: str, sha: str) -> str:
+    return 'chunks/%s/%s/%s' % (scope, sha[:3], sha)
+
+
+def manifest_prefix(instance: str) -> str:
+    return 'instances/%s/restore-points/' % instance
+
+
+def manifest_key(instance: str, number: int) -> str:
+    return '%s%012d' % (manifest_prefix(instance), number)
+
+
+def encode_chunk(data: bytes, compress: bool, cctx=None) -> bytes:
+    if compress:
+        packed = (cctx or zstandard.ZstdCompressor(level=1)).compress(data)
+        if len(packed) < len(data) - len(data) // 32:
+            return _CHUNK_MAGIC + bytes([_CODEC_ZSTD]) + packed
+    return _CHUNK_MAGIC + bytes([_CODEC_NONE]) + data
+
+
+def decode_chunk(key: str, blob: bytes, sha: str, length: int) -> bytes:
+    """Decode and check a stored chunk; raise CorruptObject if it lies."""
+    if len(blob) < 5 or blob[:4] != _CHUNK_MAGIC:
+        raise exception.CorruptObject(key=key, reason='bad chunk header')
+    codec, body = blob[4], memoryview(blob)[5:]
+    if codec == _CODEC_NONE:
+        data = bytes(body)
+    elif codec == _CODEC_ZSTD:
+        try:
+            reader = zstandard.ZstdDecompressor().stream_reader(body)
+            data = reader.read(length + 1)
+        except zstandard.ZstdError as e:
+            raise exception.CorruptObject(key=key, reason=str(e))
+    else:
+        raise exception.CorruptObject(key=key, reason='unknown codec %d'
+                                      % codec)
+    if len(data) != length:
+        raise exception.CorruptObject(
+            key=key, reason='holds %s bytes, expected %d'
+            % ('more' if len(data) > length else len(data), length))
+    if hashlib.sha256(data).hexdigest() != sha:
+        raise exception.CorruptObject(key=key, reason='content does not '
+                                      'match its sha256 name')
+    return data
+
+
+@dataclasses.dataclass
+class RestorePoint:
+    id: str
+    instance: str
+    project: str
+    scope: str
+    number: int
+    parent: str | None
+    created_at: float
+    virtual_size: int
+    chunk_size: int
+    chunks: dict              # chunk index -> sha256 (non-zero chunks only)
+    delta_sequence: int
+    changed_bytes: int = 0
+    new_chunks: int = 0
+    new_bytes: int = 0
+    source: str | None = None
+    format_version: int = MANIFEST_VERSION
+
+    @property
+    def key(self) -> str:
+        return manifest_key(self.instance, self.number)
+
+    def chunk_length(self, index: int) -> int:
+        return min(self.chunk_size,
+                   self.virtual_size - index * self.chunk_size)
+
+    def summary(self) -> dict:
+        """Everything but the chunk map (listing, CLI)."""
+        d = dataclasses.asdict(self)
+        d.pop('chunks')
+        d['stored_chunks'] = len(self.chunks)
+        return d
+
+    def encode(self) -> bytes:
+        d = dataclasses.asdict(self)
+        d['chunks'] = {str(k): v for k, v in sorted(self.chunks.items())}
+        return zstandard.ZstdCompressor(level=3).compress(
+            json.dumps(d, separators=(',', ':')).encode())
+
+
+def decode_manifest(key: str, blob: bytes) -> RestorePoint:
+    try:
+        raw = zstandard.ZstdDecompressor().stream_reader(blob).read(1 << 30)
+        d = json.loads(raw)
+        if d.get('format_version') != MANIFEST_VERSION:
+            raise ValueError('unsupported format version %r'
+                             % d.get('format_version'))
+        d['chunks'] = {int(k): v for k, v in d['chunks'].items()}
+        rp = RestorePoint(**d)
+    except (zstandard.ZstdError, ValueError, TypeError, KeyError,
+            AttributeError) as e:
+        raise exception.CorruptObject(key=key, reason='unreadable manifest '
+                                      '(%s)' % e)
+    if rp.key != key:
+        raise exception.CorruptObject(key=key, reason='manifest names '
+                                      'itself %s' % rp.key)
+    nchunks = -(-rp.virtual_size // rp.chunk_size)
+    for index, sha in rp.chunks.items():
+        if not (0 <= index < nchunks and isinstance(sha, str)
+                and len(sha) == 64):
+            raise exception.CorruptObject(key=key, reason='bad chunk entry '
+                                          '%r: %r' % (index, sha))
+    return rp

@@ -1,0 +1,391 @@
+"""The recovery-image store: merge deltas, keep, verify, collect, export.
+
+The manager is the only writer. A merge applies one validated delta to the
+newest restore point of an instance: it writes the chunks the delta touches
+(content-addressed, so chunks already held are only touched), then commits
+a new manifest with ``create_only``. Until that last put nothing visible
+changes; after it the restore point is durable.
+
+Garbage collection is safe while merges run: a merge refreshes (touches)
+every existing chunk it reuses and gives up if it runs longer than half of
+``gc_grace_period``; collection removes only chunks unreferenced by any
+manifest and untouched for the whole grace period (see storage/base.py).
+
+May import ha_snapshot.delta, ha_snapshot.image and the drivers.
+"""
+
+import dataclasses
+import hashlib
+import os
+import tempfile
+import time
+
+from oslo_log import log as logging
+from oslo_utils import uuidutils
+import zstandard
+
+from ha_snapshot import delta as delta_mod
+from ha_snapshot import exception
+from ha_snapshot.image import qemu
+from ha_snapshot import storage
+from ha_snapshot.storage import objects
+from ha_snapshot.storage import retention
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Limits:
+    max_virtual_size: int
+    max_part_bytes: int
+    max_part_extents: int
+
+
+class RecoveryStore:
+
+    def __init__(self, driver, *, chunk_size: int, compress: bool,
+                 dedup_scope: str, gc_grace: float, limits: Limits,
+                 policy: retention.Policy, clock=time.time, hooks=None):
+        if chunk_size & (chunk_size - 1):
+            raise exception.ConfigurationError(
+                reason='[storage] chunk_size %d is not a power of two'
+                % chunk_size)
+        self.driver = driver
+        self.chunk_size = chunk_size
+        self.compress = compress
+        self.dedup_scope = dedup_scope
+        self.gc_grace = gc_grace
+        self.limits = limits
+        self.policy = policy
+        self.clock = clock
+        # NOTE: test seams, called by name at fixed points of a merge.
+        self.hooks = hooks or {}
+
+    @classmethod
+    def from_conf(cls, conf, driver=None, **kwargs) -> 'RecoveryStore':
+        return cls(
+            driver or storage.get_driver(conf),
+            chunk_size=conf.storage.chunk_size,
+            compress=conf.storage.chunk_compression == 'zstd',
+            dedup_scope=conf.storage.dedup_scope,
+            gc_grace=conf.storage.gc_grace_period,
+            limits=Limits(conf.image.max_virtual_size,
+                          conf.image.max_part_bytes,
+                          conf.image.max_part_extents),
+            policy=retention.Policy.from_conf(conf), **kwargs)
+
+    # --- reading ------------------------------------------------------------
+
+    @staticmethod
+    def _check_instance(instance: str) -> None:
+        if not (isinstance(instance, str)
+                and uuidutils.is_uuid_like(instance)):
+            raise exception.InvalidInstance(instance=instance)
+
+    def instances(self) -> list:
+        seen = set()
+        for obj in self.driver.list('instances/'):
+            seen.add(obj.key.split('/')[1])
+        return sorted(seen)
+
+    def _manifest_keys(self, instance: str) -> list:
+        return sorted(o.key for o in self.driver.list(
+            objects.manifest_prefix(instance)))
+
+    def _load(self, key: str) -> objects.RestorePoint:
+        return objects.decode_manifest(key, self.driver.get(key))
+
+    def restore_points(self, instance: str) -> list:
+        self._check_instance(instance)
+        return [self._load(k) for k in self._manifest_keys(instance)]
+
+    def newest(self, instance: str) -> objects.RestorePoint | None:
+        self._check_instance(instance)
+        keys = self._manifest_keys(instance)
+        return self._load(keys[-1]) if keys else None
+
+    def get_restore_point(self, instance: str,
+                          rp_id: str | None = None) -> objects.RestorePoint:
+        if rp_id is None:
+            rp = self.newest(instance)
+            if rp is None:
+                raise exception.InstanceNotFound(instance=instance)
+            return rp
+        points = self.restore_points(instance)
+        if not points:
+            raise exception.InstanceNotFound(instance=instance)
+        for rp in points:
+            if rp.id == rp_id:
+                return rp
+        raise exception.RestorePointNotFound(instance=instance,
+                                             restore_point=rp_id)
+
+    def read_chunk(self, rp: objects.RestorePoint, index: int) -> bytes:
+        sha = rp.chunks.get(index)
+        length = rp.chunk_length(index)
+        if sha is None:
+            return bytes(length)
+        key = objects.chunk_key(rp.scope, sha)
+        return objects.decode_chunk(key, self.driver.get(key), sha, length)
+
+    # --- merging ------------------------------------------------------------
+
+    def _scope(self, header) -> str:
+        if self.dedup_scope == 'instance':
+            return 'i-' + header.instance
+        return 'p-' + header.project
+
+    def merge(self, delta: delta_mod.Delta,
+              source: str | None = None) -> objects.RestorePoint:
+        """Apply ``delta`` to the newest restore point; return the new one.
+
+        A delta already merged (same sequence on the same parent, e.g. sent
+        again after a lost ack) returns the restore point it made.
+        """
+        h = delta.header
+        delta.validate(**dataclasses.asdict(self.limits))
+        with self.driver.lock('instance-' + h.instance):
+            parent = self.newest(h.instance)
+            if parent is not None and (parent.parent == h.parent and
+                                       parent.delta_sequence == h.sequence):
+                LOG.info('Delta %s of %s already merged as %s', h.sequence,
+                         h.instance, parent.id)
+                return parent
+            self._check_parent(h, parent)
+            if delta.materialized:
+                delta.verify()  # NOTE: reject it whole before any write.
+            return self._merge_locked(delta, parent, source)
+
+    def _check_parent(self, h, parent) -> None:
+        newest = parent.id if parent else None
+        if h.parent != newest:
+            raise exception.DeltaParentMismatch(
+                instance=h.instance, sequence=h.sequence, parent=h.parent,
+                newest=newest)
+        if parent is None:
+            return
+        if h.virtual_size != parent.virtual_size:
+            raise exception.InvalidDelta(
+                instance=h.instance, sequence=h.sequence,
+                reason='virtual size %d does not match the recovery image '
+                       '(%d)' % (h.virtual_size, parent.virtual_size))
+        if h.project != parent.project:
+            raise exception.InvalidDelta(
+                instance=h.instance, sequence=h.sequence,
+                reason='project %s does not own this instance (%s does)'
+                % (h.project, parent.project))
+
+    def _merge_locked(self, delta, parent, source):
+        h = delta.header
+        started = self.clock()
+        if parent is None:
+            chunk_size, scope, chunks = self.chunk_size, self._scope(h), {}
+        else:
+            chunk_size, scope = parent.chunk_size, parent.scope
+            chunks = dict(parent.chunks)
+        rp = objects.RestorePoint(
+            id=delta_mod.new_restore_point_id(), instance=h.instance,
+            project=h.project, scope=scope,
+            number=parent.number + 1 if parent else 1,
+            parent=parent.id if parent else None, created_at=started,
+            virtual_size=h.virtual_size, chunk_size=chunk_size, chunks=chunks,
+            delta_sequence=h.sequence, changed_bytes=h.changed_bytes,
+            source=source)
+        writer = _ChunkWriter(self, rp, parent)
+        for offset, length, kind, data in delta.iter_extents(
+                max_part_bytes=self.limits.max_part_bytes,
+                max_part_extents=self.limits.max_part_extents):
+            writer.apply(offset, length, data)
+        writer.flush()
+        self.hooks.get('before_commit', lambda rp: None)(rp)
+        elapsed = self.clock() - started
+        if elapsed > self.gc_grace / 2:
+            raise exception.MergeTooSlow(instance=h.instance,
+                                         sequence=h.sequence, elapsed=elapsed)
+        try:
+            self.driver.put(rp.key, rp.encode(), create_only=True)
+        except exception.ObjectExists:
+            raise exception.ConcurrentMerge(instance=h.instance,
+                                            sequence=rp.number)
+        LOG.info('Instance %s: restore point %s (#%d) from delta %d: %d bytes '
+                 'changed, %d new chunks (%d bytes)', rp.instance, rp.id,
+                 rp.number, h.sequence, h.changed_bytes, rp.new_chunks,
+                 rp.new_bytes)
+        return rp
+
+    def _put_chunk(self, rp, data: bytes, cctx) -> str:
+        sha = hashlib.sha256(data).hexdigest()
+        key = objects.chunk_key(rp.scope, sha)
+        # NOTE: touch, not exists: a reused chunk must look fresh to gc.
+        if not self.driver.touch(key):
+            self.driver.put(key, objects.encode_chunk(data, self.compress,
+                                                      cctx))
+            rp.new_chunks += 1
+            rp.new_bytes += len(data)
+        return sha
+
+    # --- retention, gc, verify ----------------------------------------------
+
+    def apply_retention(self, instance: str) -> list:
+        """Remove restore points the policy no longer keeps; return ids."""
+        with self.driver.lock('instance-' + instance):
+            points = self.restore_points(instance)
+            keep = self.policy.keep(
+                [(p.number, p.created_at) for p in points], self.clock())
+            removed = []
+            for rp in points:
+                if rp.number not in keep:
+                    self.driver.delete(rp.key)
+                    removed.append(rp.id)
+        if removed:
+            LOG.info('Instance %s: retention removed %d restore points',
+                     instance, len(removed))
+        return removed
+
+    def gc(self) -> dict:
+        """Remove unreferenced chunks and leftovers older than the grace."""
+        cutoff = self.clock() - self.gc_grace
+        candidates = [o for o in self.driver.list('chunks/')
+                      if o.mtime < cutoff]
+        # NOTE: manifests are listed after chunks: a manifest committed
+        # meanwhile references only chunks touched after ``cutoff``.
+        referenced = set()
+        for instance in self.instances():
+            for key in self._manifest_keys(instance):
+                rp = self._load(key)
+                referenced.update(objects.chunk_key(rp.scope, s)
+                                  for s in rp.chunks.values())
+        removed = freed = 0
+        for obj in candidates:
+            if obj.key not in referenced and self.driver.delete_if_older(
+                    obj.key, cutoff):
+                removed += 1
+                freed += obj.size
+        leftovers = self.driver.cleanup(cutoff)
+        LOG.info('gc: removed %d chunks (%d bytes), %d leftovers', removed,
+                 freed, leftovers)
+        return {'chunks_removed': removed, 'bytes_freed': freed,
+                'leftovers_removed': leftovers,
+                'chunks_referenced': len(referenced)}
+
+    def verify(self, instance: str | None = None) -> list:
+        """Re-hash chunks and check manifests; return [(key, reason)]."""
+        broken, checked = [], {}
+        instances = [instance] if instance else self.instances()
+        for inst in instances:
+            self._check_instance(inst)
+            keys = self._manifest_keys(inst)
+            if instance and not keys:
+                raise exception.InstanceNotFound(instance=inst)
+            for key in keys:
+                try:
+                    rp = self._load(key)
+                except exception.CorruptObject as e:
+                    broken.append((key, e.kwargs['reason']))
+                    continue
+                for index, sha in sorted(rp.chunks.items()):
+                    ckey = objects.chunk_key(rp.scope, sha)
+                    length = rp.chunk_length(index)
+                    if (ckey, length) not in checked:
+                        checked[(ckey, length)] = self._check_chunk(
+                            ckey, sha, length)
+                    if checked[(ckey, length)]:
+                        broken.append((ckey, '%s (chunk %d of %s)' % (
+                            checked[(ckey, length)], index, key)))
+        return broken
+
+    def _check_chunk(self, key, sha, length) -> str | None:
+        try:
+            objects.decode_chunk(key, self.driver.get(key), sha, length)
+        except exception.ObjectNotFound:
+            return 'missing'
+        except exception.CorruptObject as e:
+            return e.kwargs['reason']
+        return None
+
+    # --- export -------------------------------------------------------------
+
+    def export(self, instance: str, out: str, rp_id: str | None = None,
+               fmt: str = 'raw',
+               limits: qemu.Limits | None = None) -> objects.RestorePoint:
+        """Write a restore point to ``out`` (sparse raw or qcow2)."""
+        if fmt not in ('raw', 'qcow2'):
+            raise exception.HaSnapshotException(
+                'Unsupported export format %r: use raw or qcow2.' % fmt)
+        rp = self.get_restore_point(instance, rp_id)
+        out = os.path.abspath(out)
+        directory = os.path.dirname(out)
+        if not os.path.isdir(directory):
+            raise exception.HaSnapshotException(
+                'Cannot export to %s: directory %s does not exist.'
+                % (out, directory))
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix='.ha-export-')
+        try:
+            with os.fdopen(fd, 'wb') as f:
+                f.truncate(rp.virtual_size)
+                for index in sorted(rp.chunks):
+                    os.pwrite(f.fileno(), self.read_chunk(rp, index),
+                              index * rp.chunk_size)
+                f.flush()
+                os.fsync(f.fileno())
+            if fmt == 'qcow2':
+                qtmp = tmp + '.qcow2'
+                try:
+                    qemu.convert_raw_to_qcow2(tmp, qtmp, limits=limits)
+                    os.replace(qtmp, out)
+                finally:
+                    if os.path.exists(qtmp):
+                        os.unlink(qtmp)
+            else:
+                os.replace(tmp, out)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return rp
+
+
+class _ChunkWriter:
+    """Assembles the chunks a merge touches, in offset order."""
+
+    def __init__(self, store: RecoveryStore, rp, parent):
+        self.store, self.rp, self.parent = store, rp, parent
+        self.index = None
+        self.buf = None
+        self.cctx = zstandard.ZstdCompressor(level=1)
+
+    def apply(self, offset: int, length: int, data) -> None:
+        cs = self.rp.chunk_size
+        pos = 0
+        while pos < length:
+            at = offset + pos
+            index = at // cs
+            if index != self.index:
+                self.flush()
+                self.index = index
+            clen = self.rp.chunk_length(index)
+            within = at - index * cs
+            n = min(length - pos, clen - within)
+            if self.buf is None:
+                if within == 0 and n == clen:
+                    self.buf = bytearray(clen)  # NOTE: wholly overwritten.
+                elif self.parent is not None:
+                    self.buf = bytearray(self.store.read_chunk(self.parent,
+                                                               index))
+                else:
+                    self.buf = bytearray(clen)
+            if data is None:
+                self.buf[within:within + n] = bytes(n)
+            else:
+                self.buf[within:within + n] = data[pos:pos + n]
+            pos += n
+
+    def flush(self) -> None:
+        if self.buf is None:
+            return
+        data = bytes(self.buf)
+        if data.count(0) == len(data):
+            self.rp.chunks.pop(self.index, None)
+        else:
+            self.rp.chunks[self.index] = self.store._put_chunk(
+                self.rp, data, self.cctx)
+        self.buf = None
