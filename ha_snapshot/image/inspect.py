@@ -10,6 +10,7 @@ import dataclasses
 import os
 import re
 import stat
+import struct
 
 from oslo_utils.imageutils import format_inspector
 
@@ -76,10 +77,22 @@ def inspect(path: str, expected_format: str, *, max_virtual_size: int,
         if failures:
             _refuse(path, '; '.join('%s: %s' % (k, v)
                                     for k, v in sorted(failures.items())))
-    if inspector.virtual_size > max_virtual_size:
+    if expected_format == 'qcow2':
+        # NOTE: the inspector does not look at crypt_method (header offset
+        # 32); qemu-img would then fail or ask for a key. Refuse up front.
+        with open(path, 'rb') as f:
+            header = f.read(36)
+        if len(header) < 36 or struct.unpack('>I', header[32:36])[0]:
+            _refuse(path, 'encrypted images are not supported')
+    if expected_format == 'raw':
+        # NOTE: the raw inspector only counts the bytes it read.
+        inspector_size = st.st_size
+    else:
+        inspector_size = inspector.virtual_size
+    if inspector_size > max_virtual_size:
         _refuse(path, 'virtual size %d exceeds the limit %d '
                 '([image] max_virtual_size)'
-                % (inspector.virtual_size, max_virtual_size))
+                % (inspector_size, max_virtual_size))
 
     info = qemu.info(path, expected_format, limits=limits)
     if info.get('format') != expected_format:
@@ -91,9 +104,9 @@ def inspect(path: str, expected_format: str, *, max_virtual_size: int,
     if vsize > max_virtual_size:
         _refuse(path, 'virtual size %d exceeds the limit %d '
                 '([image] max_virtual_size)' % (vsize, max_virtual_size))
-    if vsize != inspector.virtual_size:
+    if vsize != inspector_size:
         _refuse(path, 'virtual size disagrees between inspectors '
-                '(%d vs %d)' % (vsize, inspector.virtual_size))
+                '(%d vs %d)' % (vsize, inspector_size))
     if info.get('encrypted'):
         _refuse(path, 'encrypted images are not supported')
     specific = (info.get('format-specific') or {}).get('data') or {}
@@ -122,5 +135,12 @@ def inspect(path: str, expected_format: str, *, max_virtual_size: int,
     if expected_format == 'qcow2' and not (
             isinstance(cluster, int) and 512 <= cluster <= (2 << 20)):
         _refuse(path, 'unexpected cluster size %r' % cluster)
+    if expected_format == 'qcow2':
+        report = qemu.check(path, limits=limits)
+        if report.get('corruptions') or report.get('check-errors'):
+            _refuse(path, 'qemu-img check finds %s corruptions and %s '
+                    'errors (truncated or damaged file)'
+                    % (report.get('corruptions', 0),
+                       report.get('check-errors', 0)))
     return ImageInfo(path=path, format=expected_format, virtual_size=vsize,
                      cluster_size=cluster or 65536, backing_file=backing)

@@ -37,17 +37,20 @@ class Limits:
 DEFAULT_LIMITS = Limits(1 << 30, 120)
 
 
-def run(path: str, *cmd: str, limits: Limits | None = None) -> str:
+def run(path: str, *cmd: str, limits: Limits | None = None,
+        ok_codes=(0,)) -> str:
     """Run qemu-img/qemu-io; failures name ``path`` and qemu's own words."""
     limits = limits or DEFAULT_LIMITS
     try:
         out, _err = processutils.execute(
-            *cmd, prlimit=limits.prlimit(),
+            *cmd, prlimit=limits.prlimit(), check_exit_code=list(ok_codes),
             env_variables={'LC_ALL': 'C', 'LANG': 'C'})
     except processutils.ProcessExecutionError as e:
-        reason = (e.stderr or e.stdout or str(e)).strip().splitlines()
+        lines = ((e.stderr or '').strip() or (e.stdout or '').strip()
+                 ).splitlines()
         raise exception.QemuImgError(
-            path=path, reason=reason[-1] if reason else 'exit %s' % e.exit_code)
+            path=path, reason=lines[-1] if lines
+            else 'exit code %s, no message' % e.exit_code)
     except OSError as e:
         raise exception.QemuImgError(path=path, reason=str(e))
     return out
@@ -77,6 +80,20 @@ def info(path: str, fmt: str, limits: Limits | None = None) -> dict:
     except ValueError as e:
         raise exception.QemuImgError(path=path,
                                      reason='unreadable info: %s' % e)
+
+
+def check(path: str, limits: Limits | None = None) -> dict:
+    """``qemu-img check`` of a qcow2 file alone (null backing).
+
+    Exit 2 (corruptions) and 3 (leaked clusters) still print the report.
+    """
+    out = run(path, 'qemu-img', 'check', '--output=json',
+              qcow2_nobacking(path), limits=limits, ok_codes=(0, 2, 3))
+    try:
+        return json.loads(out)
+    except ValueError as e:
+        raise exception.QemuImgError(path=path,
+                                     reason='unreadable check: %s' % e)
 
 
 def map_ranges(path: str, fmt: str, limits: Limits | None = None) -> list:
