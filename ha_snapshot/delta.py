@@ -18,13 +18,13 @@ import base64
 import binascii
 import dataclasses
 import hashlib
-import io
 import time
 import uuid
 
 from oslo_utils import uuidutils
 import zstandard
 
+from ha_snapshot import codec
 from ha_snapshot import exception
 from ha_snapshot.image import inspect as image_inspect
 from ha_snapshot.image import qemu
@@ -83,20 +83,16 @@ class DeltaPart:
             raise bad('no payload')
         if self.compression == 'zstd':
             try:
-                reader = zstandard.ZstdDecompressor().stream_reader(
-                    io.BytesIO(self.payload))
-                raw = reader.read(self.raw_size + 1) if self.raw_size else (
-                    reader.read(1))
-            except zstandard.ZstdError as e:
-                raise bad('corrupt compressed payload (%s)' % e)
+                raw = codec.decompress(self.payload, self.raw_size)
+            except codec.CodecError as e:
+                raise bad('corrupt compressed payload: %s' % e)
         elif self.compression == 'none':
             raw = self.payload
         else:
             raise bad('unknown compression %r' % self.compression)
         if len(raw) != self.raw_size:
-            raise bad('payload decompresses to %s bytes, header says %d'
-                      % ('more' if len(raw) > self.raw_size else len(raw),
-                         self.raw_size))
+            raise bad('payload holds %d bytes, raw_size says %d'
+                      % (len(raw), self.raw_size))
         if hashlib.sha256(raw).hexdigest() != self.sha256:
             raise bad('checksum mismatch')
         return raw

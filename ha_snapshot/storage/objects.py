@@ -18,6 +18,7 @@ import json
 
 import zstandard
 
+from ha_snapshot import codec as codec_mod
 from ha_snapshot import exception
 
 MANIFEST_VERSION = 1
@@ -46,8 +47,18 @@ def encode_chunk(data: bytes, compress: bool, cctx=None) -> bytes:
     return _CHUNK_MAGIC + bytes([_CODEC_NONE]) + data
 
 
-def decode_chunk(key: str, blob: bytes, sha: str, length: int) -> bytes:
-    """Decode and check a stored chunk; raise CorruptObject if it lies."""
+MAX_CHUNK = 64 << 20
+MAX_MANIFEST = 1 << 30
+
+
+def decode_chunk(key: str, blob: bytes, sha: str,
+                 length: int | None) -> bytes:
+    """Decode and check a stored chunk; raise CorruptObject if it lies.
+
+    ``length`` None (a chunk met outside any manifest) checks only that it
+    is at most MAX_CHUNK bytes.
+    """
+    limit = MAX_CHUNK if length is None else length
     if len(blob) < 5 or blob[:4] != _CHUNK_MAGIC:
         raise exception.CorruptObject(key=key, reason='bad chunk header')
     codec, body = blob[4], memoryview(blob)[5:]
@@ -55,17 +66,16 @@ def decode_chunk(key: str, blob: bytes, sha: str, length: int) -> bytes:
         data = bytes(body)
     elif codec == _CODEC_ZSTD:
         try:
-            reader = zstandard.ZstdDecompressor().stream_reader(body)
-            data = reader.read(length + 1)
-        except zstandard.ZstdError as e:
+            data = codec_mod.decompress(body, limit)
+        except codec_mod.CodecError as e:
             raise exception.CorruptObject(key=key, reason=str(e))
     else:
         raise exception.CorruptObject(key=key, reason='unknown codec %d'
                                       % codec)
-    if len(data) != length:
+    if len(data) > limit or (length is not None and len(data) != length):
         raise exception.CorruptObject(
             key=key, reason='holds %s bytes, expected %d'
-            % ('more' if len(data) > length else len(data), length))
+            % ('more' if len(data) > limit else len(data), limit))
     if hashlib.sha256(data).hexdigest() != sha:
         raise exception.CorruptObject(key=key, reason='content does not '
                                       'match its sha256 name')
@@ -115,14 +125,13 @@ class RestorePoint:
 
 def decode_manifest(key: str, blob: bytes) -> RestorePoint:
     try:
-        raw = zstandard.ZstdDecompressor().stream_reader(blob).read(1 << 30)
-        d = json.loads(raw)
+        d = json.loads(codec_mod.decompress(blob, MAX_MANIFEST))
         if d.get('format_version') != MANIFEST_VERSION:
             raise ValueError('unsupported format version %r'
                              % d.get('format_version'))
         d['chunks'] = {int(k): v for k, v in d['chunks'].items()}
         rp = RestorePoint(**d)
-    except (zstandard.ZstdError, ValueError, TypeError, KeyError,
+    except (ValueError, TypeError, KeyError,
             AttributeError) as e:
         raise exception.CorruptObject(key=key, reason='unreadable manifest '
                                       '(%s)' % e)

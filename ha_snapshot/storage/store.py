@@ -269,7 +269,11 @@ class RecoveryStore:
                 'chunks_referenced': len(referenced)}
 
     def verify(self, instance: str | None = None) -> list:
-        """Re-hash chunks and check manifests; return [(key, reason)]."""
+        """Re-hash chunks and check manifests; return [(key, reason)].
+
+        With no instance, every chunk in the store is re-hashed, referenced
+        or not; with one, the chunks its restore points reference.
+        """
         broken, checked = [], {}
         instances = [instance] if instance else self.instances()
         for inst in instances:
@@ -292,6 +296,14 @@ class RecoveryStore:
                     if checked[(ckey, length)]:
                         broken.append((ckey, '%s (chunk %d of %s)' % (
                             checked[(ckey, length)], index, key)))
+        if instance is None:
+            seen = {key for key, _length in checked}
+            for obj in self.driver.list('chunks/'):
+                if obj.key not in seen:
+                    reason = self._check_chunk(
+                        obj.key, obj.key.rsplit('/', 1)[-1], None)
+                    if reason:
+                        broken.append((obj.key, reason + ' (unreferenced)'))
         return broken
 
     def _check_chunk(self, key, sha, length) -> str | None:

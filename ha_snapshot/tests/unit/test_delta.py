@@ -101,7 +101,7 @@ class DeltaTestCase(base.TestCase):
             'sha256', '0' * 64))
         case('raw_size says', lambda p: p['parts'][0].__setitem__(
             'raw_size', p['parts'][0]['raw_size'] - 1))
-        case('decompresses to 10 bytes', lambda p: p['parts'][0].__setitem__(
+        case('payload holds 10 bytes', lambda p: p['parts'][0].__setitem__(
             'payload', base64.b64encode(zstandard.ZstdCompressor().compress(
                 bytes(10))).decode()))
         case('header announces', lambda p: p['parts'].pop())
@@ -123,6 +123,9 @@ class DeltaTestCase(base.TestCase):
         case('corrupt compressed payload', lambda p: p['parts'][0]
              .__setitem__('payload', base64.b64encode(b'\x28\xb5\x2f\xfd'
                                                       b'garbage').decode()))
+        case('trailing data', lambda p: p['parts'][0].__setitem__(
+            'payload', base64.b64encode(base64.b64decode(
+                p['parts'][0]['payload']) + b'xx').decode()))
         for reason, prim in cases:
             self.assertRejected(prim, reason)
 
@@ -133,7 +136,7 @@ class DeltaTestCase(base.TestCase):
         bomb = zstandard.ZstdCompressor().compress(bytes(64 * MiB))
         part['payload'] = base64.b64encode(bomb).decode()
         part['sha256'] = hashlib.sha256(bytes(part['raw_size'])).hexdigest()
-        self.assertRejected(prim, 'decompresses to more')
+        self.assertRejected(prim, 'decompresses to more than')
 
     def test_bad_instance_id(self):
         prim = self.wire(self.build())

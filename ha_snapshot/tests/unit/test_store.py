@@ -1,0 +1,241 @@
+"""The recovery-image store over the file driver, with real qemu-img."""
+
+import json
+import os
+
+from ha_snapshot import delta as delta_mod
+from ha_snapshot import exception
+from ha_snapshot.image import inspect as image_inspect
+from ha_snapshot import importer
+from ha_snapshot import storage
+from ha_snapshot.storage import objects
+from ha_snapshot.tests import base
+
+MiB = base.MiB
+
+
+class StoreTestCase(base.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.conf = base.make_conf(self.store_dir, storage__chunk_size=MiB)
+        self.store = self.make_store(self.conf)
+        self.inst = base.new_uuid()
+
+    def import_(self, path, inst=None, project=None):
+        return importer.import_file(self.conf, self.store, inst or self.inst,
+                                    path, project=project)
+
+    def export(self, rp_id=None, inst=None, fmt='raw'):
+        out = self.path('export-%s.%s' % (base.new_uuid(), fmt))
+        self.store.export(inst or self.inst, out, rp_id=rp_id, fmt=fmt)
+        return out
+
+    def chain(self):
+        """A baseline and two overlays; returns (paths, flattened views)."""
+        b = self.make_qcow2('base.qcow2', 5 * MiB + 512,
+                            'write -P 0x11 0 3M', 'write -P 0x12 5M 512')
+        o1 = base.new_overlay(self.path('o1.qcow2'), b)
+        base.qemu_io(o1, 'write -P 0x21 1000 70000', 'write -z 2M 512k')
+        o2 = base.new_overlay(self.path('o2.qcow2'), o1)
+        base.qemu_io(o2, 'discard 0 64k', 'write -P 0x31 4M 1M')
+        paths = [b, o1, o2]
+        views = [base.flatten(p, self.path('view%d.raw' % i))
+                 for i, p in enumerate(paths)]
+        return paths, views
+
+    def test_chain_exports_every_restore_point(self):
+        paths, views = self.chain()
+        rps = [self.import_(p) for p in paths]
+        self.assertEqual([1, 2, 3], [rp.number for rp in rps])
+        for rp, view in zip(rps, views):
+            self.assertTrue(base.same_image(self.export(rp.id), view))
+            q = self.export(rp.id, fmt='qcow2')
+            self.assertTrue(base.same_image(q, view, 'qcow2', 'raw'))
+        self.assertEqual([], self.store.verify())
+
+    def test_zero_chunks_never_stored_and_export_is_sparse(self):
+        b = self.make_qcow2('b.qcow2', 64 * MiB, 'write -P 1 10M 1M')
+        rp = self.import_(b)
+        self.assertEqual([10], sorted(rp.chunks))
+        self.assertEqual(1, len(list(self.store.driver.list('chunks/'))))
+        out = self.export()
+        self.assertLess(os.stat(out).st_blocks * 512, 4 * MiB)
+        # Zeroing the only chunk leaves nothing stored in the manifest.
+        o = base.new_overlay(self.path('o.qcow2'), b)
+        base.qemu_io(o, 'write -z 10M 1M')
+        self.assertEqual({}, self.import_(o).chunks)
+
+    def test_dedup_within_project_not_across(self):
+        b = self.make_qcow2('b.qcow2', 8 * MiB, 'write -P 9 0 8M')
+        self.import_(b, project='p1')
+        before = len(list(self.store.driver.list('chunks/')))
+        other = base.new_uuid()
+        rp = self.import_(b, inst=other, project='p1')
+        self.assertEqual(0, rp.new_chunks)
+        self.assertEqual(before, len(list(self.store.driver.list('chunks/'))))
+        rp = self.import_(b, inst=base.new_uuid(), project='p2')
+        self.assertEqual(1, rp.new_chunks)  # 8 identical chunks, one object
+
+    def test_unknown_and_malformed_instance(self):
+        self.assertRaises(exception.InstanceNotFound,
+                          self.store.get_restore_point, base.new_uuid())
+        self.assertRaises(exception.InvalidInstance,
+                          self.store.restore_points, '../x')
+        b = self.make_qcow2('b.qcow2', MiB, 'write -P 1 0 64k')
+        self.import_(b)
+        self.assertRaises(exception.RestorePointNotFound,
+                          self.store.get_restore_point, self.inst,
+                          base.new_uuid())
+
+    def wire_delta(self, path, parent, sequence=1, vsize=None):
+        info = image_inspect.inspect(path, 'qcow2', max_virtual_size=1 << 40,
+                                     allow_backing=True)
+        d = delta_mod.from_image(info, instance=self.inst,
+                                 project='default', sequence=sequence,
+                                 parent=parent, max_part_bytes=MiB,
+                                 max_part_extents=64)
+        prim = json.loads(json.dumps(d.to_primitive()))
+        if vsize:
+            prim['header']['virtual_size'] = vsize
+        return prim
+
+    def test_bad_delta_leaves_store_untouched(self):
+        paths, views = self.chain()
+        rp = self.import_(paths[0])
+        prim = self.wire_delta(paths[1], rp.id)
+        before = base.tree_digest(self.store_dir)
+        # A bad checksum in the last part: nothing may be written at all.
+        prim['parts'][-1]['sha256'] = 'f' * 64
+        self.assertRaises(exception.InvalidDelta, self.store.merge,
+                          delta_mod.Delta.from_primitive(prim))
+        self.assertEqual(before, base.tree_digest(self.store_dir))
+        for mutated, error in [
+                (self.wire_delta(paths[1], base.new_uuid()),
+                 exception.DeltaParentMismatch),
+                (self.wire_delta(paths[1], rp.id, vsize=10 * MiB),
+                 exception.InvalidDelta)]:
+            self.assertRaises(error, self.store.merge,
+                              delta_mod.Delta.from_primitive(mutated))
+            self.assertEqual(before, base.tree_digest(self.store_dir))
+
+    def test_resent_delta_is_idempotent(self):
+        paths, views = self.chain()
+        rp0 = self.import_(paths[0])
+        prim = self.wire_delta(paths[1], rp0.id, sequence=7)
+        rp1 = self.store.merge(delta_mod.Delta.from_primitive(prim))
+        again = self.store.merge(delta_mod.Delta.from_primitive(prim))
+        self.assertEqual(rp1.id, again.id)
+        self.assertEqual(2, len(self.store.restore_points(self.inst)))
+
+    def test_concurrent_commit_loses_cleanly(self):
+        paths, views = self.chain()
+        rp0 = self.import_(paths[0])
+        prim = self.wire_delta(paths[1], rp0.id)
+
+        def sneak(rp):
+            # Another manager commits the same restore point number first.
+            self.store.driver.put(rp.key, rp.encode())
+        store = self.make_store(self.conf, hooks={'before_commit': sneak})
+        self.assertRaises(exception.ConcurrentMerge, store.merge,
+                          delta_mod.Delta.from_primitive(prim))
+
+    def test_verify_names_broken_objects(self):
+        paths, views = self.chain()
+        for p in paths:
+            self.import_(p)
+        self.assertEqual([], self.store.verify(self.inst))
+        first = self.store.restore_points(self.inst)[0]
+        chunks = sorted({objects.chunk_key(first.scope, s)
+                         for s in first.chunks.values()})
+        self.assertEqual(2, len(chunks))
+        # Corrupt one chunk, delete another, garble the newest manifest.
+        path0 = os.path.join(self.store_dir, chunks[0])
+        with open(path0, 'r+b') as f:
+            f.seek(100)
+            f.write(b'\xff\xfe')
+        os.unlink(os.path.join(self.store_dir, chunks[1]))
+        newest = self.store.newest(self.inst).key
+        with open(os.path.join(self.store_dir, newest), 'wb') as f:
+            f.write(b'not a manifest')
+        broken = dict(self.store.verify())
+        self.assertIn(newest, broken)
+        self.assertIn(chunks[1], broken)
+        self.assertIn('missing', broken[chunks[1]])
+        self.assertIn(chunks[0], broken)
+
+    def test_gc_removes_only_unreferenced_after_grace(self):
+        paths, views = self.chain()
+        for p in paths:
+            self.import_(p)
+        self.conf.set_override('keep_last', 1, group='retention')
+        self.conf.set_override('age_tiers', [], group='retention')
+        store = self.make_store(self.conf)
+        removed = store.apply_retention(self.inst)
+        self.assertEqual(2, len(removed))
+        # Within the grace period nothing goes.
+        self.assertEqual(0, store.gc()['chunks_removed'])
+        late = self.make_store(self.conf, clock=lambda: 1e12)
+        result = late.gc()
+        self.assertGreater(result['chunks_removed'], 0)
+        self.assertEqual([], late.verify())
+        self.assertTrue(base.same_image(self.export(), views[-1]))
+
+    def test_gc_during_merge_keeps_reused_chunks(self):
+        """A chunk unreferenced when gc lists, reused by a merge: kept."""
+        b = self.make_qcow2('b.qcow2', 4 * MiB, 'write -P 3 0 4M')
+        self.import_(b)
+        # Make the instance's restore point vanish and its chunk old.
+        for rp in self.store.restore_points(self.inst):
+            self.store.driver.delete(rp.key)
+        [chunk] = list(self.store.driver.list('chunks/'))
+        old = chunk.mtime - 10 * self.conf.storage.gc_grace_period
+        os.utime(os.path.join(self.store_dir, chunk.key), (old, old))
+        ran = []
+
+        def gc_now(rp):
+            ran.append(self.make_store(self.conf).gc())
+        store = self.make_store(self.conf, hooks={'before_commit': gc_now})
+        rp = importer.import_file(self.conf, store, base.new_uuid(), b)
+        self.assertEqual(0, ran[0]['chunks_removed'])
+        self.assertEqual(0, rp.new_chunks)
+        self.assertEqual([], self.store.verify())
+
+    def test_gc_racing_touch_puts_object_back(self):
+        b = self.make_qcow2('b.qcow2', MiB, 'write -P 3 0 1M')
+        self.import_(b)
+        [chunk] = list(self.store.driver.list('chunks/'))
+        cutoff = chunk.mtime + 1
+        # Listed as old, then touched by a merge before the delete lands.
+        self.assertTrue(self.store.driver.touch(chunk.key))
+        os.utime(os.path.join(self.store_dir, chunk.key),
+                 (cutoff + 5, cutoff + 5))
+        self.assertFalse(self.store.driver.delete_if_older(chunk.key, cutoff))
+        self.assertTrue(self.store.driver.exists(chunk.key))
+        self.assertTrue(self.store.driver.delete_if_older(chunk.key,
+                                                          cutoff + 10))
+        self.assertFalse(self.store.driver.exists(chunk.key))
+
+    def test_slow_merge_commits_nothing(self):
+        b = self.make_qcow2('b.qcow2', MiB, 'write -P 3 0 1M')
+        ticks = iter([0.0, 1e6])
+        store = self.make_store(self.conf, clock=lambda: next(ticks))
+        self.assertRaises(exception.MergeTooSlow, importer.import_file,
+                          self.conf, store, self.inst, b)
+        self.assertEqual([], self.store.restore_points(self.inst))
+
+    def test_unknown_backend(self):
+        for url, reason in [('nosuch://x', 'No storage backend'),
+                            ('file://host/x', 'local path'),
+                            ('/no/scheme', 'no scheme')]:
+            e = self.assertRaises(exception.BackendNotFound,
+                                  storage.get_driver, self.conf, url)
+            self.assertIn(reason, str(e))
+
+    def test_manifest_is_self_consistent(self):
+        b = self.make_qcow2('b.qcow2', MiB, 'write -P 3 0 1M')
+        rp = self.import_(b)
+        blob = self.store.driver.get(rp.key)
+        self.assertEqual(rp.id, objects.decode_manifest(rp.key, blob).id)
+        self.assertRaises(exception.CorruptObject, objects.decode_manifest,
+                          objects.manifest_key(self.inst, 9), blob)
