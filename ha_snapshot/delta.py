@@ -18,6 +18,8 @@ import base64
 import binascii
 import dataclasses
 import hashlib
+import json
+import struct
 import time
 import uuid
 
@@ -65,13 +67,18 @@ class DeltaPart:
     payload: bytes | None = None
     compression: str = 'zstd'
 
-    def to_primitive(self) -> dict:
+    def meta(self) -> dict:
         return {'instance': self.instance, 'sequence': self.sequence,
                 'index': self.index,
                 'extents': [list(e) for e in self.extents],
                 'raw_size': self.raw_size, 'sha256': self.sha256,
-                'compression': self.compression,
-                'payload': base64.b64encode(self.payload).decode('ascii')}
+                'compression': self.compression}
+
+    def to_primitive(self) -> dict:
+        """JSON-able form (oslo.messaging): the payload in base64."""
+        prim = self.meta()
+        prim['payload'] = base64.b64encode(self.payload).decode('ascii')
+        return prim
 
     def decode(self, header: DeltaHeader) -> bytes:
         """The uncompressed bytes, checked against size and checksum."""
@@ -130,6 +137,46 @@ class Delta:
             raise _invalid(header, 'parts must be a list')
         return cls(header, [part_from_primitive(header, p) for p in parts])
 
+    def write_to(self, f) -> int:
+        """The binary container (spool files, byte streams); returns size.
+
+        ``HSD1``, then length-prefixed JSON header, then per part a
+        length-prefixed JSON meta and the raw compressed payload.
+        """
+        size = _write_block(f, CONTAINER_MAGIC,
+                            json.dumps(dataclasses.asdict(self.header)))
+        for part in self.parts():
+            size += _write_block(f, b'', json.dumps(part.meta()))
+            f.write(struct.pack('>Q', len(part.payload)))
+            f.write(part.payload)
+            size += 8 + len(part.payload)
+        return size
+
+    @classmethod
+    def read_from(cls, f, *, max_part_bytes: int) -> 'Delta':
+        """Read a container written by :meth:`write_to`; bounded reads."""
+        if _read_exact(f, 4, None) != CONTAINER_MAGIC:
+            raise exception.InvalidDelta(instance='?', sequence='?',
+                                         reason='not a delta container')
+        header = header_from_primitive(_read_json(f, None))
+        parts = []
+        limit = int(max_part_bytes * _MAX_EXPANSION + _MAX_OVERHEAD)
+        for _ in range(_int(header.part_count, 'part_count', header)):
+            prim = _read_json(f, header)
+            (length,) = struct.unpack('>Q', _read_exact(f, 8, header))
+            if length > limit:
+                raise _invalid(header, 'part payload of %d bytes exceeds '
+                               'the limit %d' % (length, limit))
+            if not isinstance(prim, dict):
+                raise _invalid(header, 'part meta is not a dict')
+            prim['payload'] = ''
+            part = part_from_primitive(header, prim)
+            part.payload = _read_exact(f, length, header)
+            parts.append(part)
+        if f.read(1):
+            raise _invalid(header, 'trailing bytes after the last part')
+        return cls(header, parts)
+
     def validate(self, *, max_virtual_size: int, max_part_bytes: int,
                  max_part_extents: int) -> None:
         """Structure checks; never decompresses. Raises InvalidDelta."""
@@ -163,6 +210,33 @@ class Delta:
                 else:
                     yield offset, length, kind, None
         check.finish()
+
+
+CONTAINER_MAGIC = b'HSD1'
+_MAX_META = 4 << 20
+
+
+def _write_block(f, prefix: bytes, text: str) -> int:
+    data = text.encode()
+    f.write(prefix + struct.pack('>I', len(data)) + data)
+    return len(prefix) + 4 + len(data)
+
+
+def _read_exact(f, n: int, header) -> bytes:
+    data = f.read(n)
+    if len(data) != n:
+        raise _invalid(header, 'truncated container')
+    return data
+
+
+def _read_json(f, header):
+    (n,) = struct.unpack('>I', _read_exact(f, 4, header))
+    if n > _MAX_META:
+        raise _invalid(header, 'metadata block of %d bytes' % n)
+    try:
+        return json.loads(_read_exact(f, n, header))
+    except ValueError as e:
+        raise _invalid(header, 'unreadable metadata (%s)' % e)
 
 
 def _invalid(header, reason):

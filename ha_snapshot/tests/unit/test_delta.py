@@ -3,6 +3,7 @@
 import base64
 import copy
 import hashlib
+import io
 import json
 
 import zstandard
@@ -63,6 +64,26 @@ class DeltaTestCase(base.TestCase):
                 seen[off] = bytes(data)
         self.assertEqual(b'\x22' * MiB, seen[64 * 1024])
         self.assertEqual(b'\x33' * MiB, seen[7 * MiB])
+
+    def test_container_round_trip_and_truncation(self):
+        d = self.build()
+        buf = io.BytesIO()
+        size = d.write_to(buf)
+        blob = buf.getvalue()
+        self.assertEqual(len(blob), size)
+        # Framing costs a few hundred bytes, not a fraction of the data.
+        payload = sum(len(p.payload) for p in d.parts())
+        self.assertLess(size - payload, 2048)
+        back = delta_mod.Delta.read_from(io.BytesIO(blob),
+                                         max_part_bytes=MiB)
+        back.validate(**LIMITS)
+        back.verify()
+        self.assertEqual(self.wire(d), self.wire(back))
+        for bad in (blob[:-1], blob + b'x', b'XXXX' + blob[4:],
+                    blob[:8] + b'\xff' + blob[9:]):
+            self.assertRaises(exception.InvalidDelta,
+                              delta_mod.Delta.read_from, io.BytesIO(bad),
+                              max_part_bytes=MiB)
 
     def test_baseline_drops_zero_extents(self):
         d = self.build(parent=None)

@@ -1,0 +1,54 @@
+"""Every benchmark runs (--quick) and prints its JSON with the keys its goal
+names. Speed is not asserted here: benchmarks measure, tests check."""
+
+import json
+import os
+import subprocess
+import sys
+
+import testtools
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
+
+GOAL_KEYS = {
+    'cycle_cost': ['ratio'],
+    'wire_ratio': ['incompressible', 'compressible'],
+    'merge_throughput': ['ratio_vs_copy'],
+    'restore_vs_chain': ['ratio'],
+    'dedup': ['fraction_of_image'],
+    'chunk_size': ['recommended_chunk_size'],
+}
+
+
+class BenchmarkSmokeTestCase(testtools.TestCase):
+
+    def _run(self, name):
+        r = subprocess.run(
+            [sys.executable, os.path.join(ROOT, 'benchmarks', name + '.py'),
+             '--quick'], capture_output=True, text=True, timeout=600)
+        self.assertEqual(0, r.returncode, r.stderr[-3000:])
+        result = json.loads(r.stdout.strip().splitlines()[-1])
+        for key in GOAL_KEYS[name]:
+            self.assertIn(key, result)
+            self.assertIsInstance(result[key], (int, float))
+            self.assertGreater(result[key], 0)
+        return result
+
+    def test_cycle_cost(self):
+        self._run('cycle_cost')
+
+    def test_wire_ratio(self):
+        self._run('wire_ratio')
+
+    def test_merge_throughput(self):
+        self._run('merge_throughput')
+
+    def test_restore_vs_chain(self):
+        self._run('restore_vs_chain')
+
+    def test_dedup(self):
+        self._run('dedup')
+
+    def test_chunk_size(self):
+        self._run('chunk_size')
