@@ -1,1 +1,1 @@
-"""ha-snapshot: high availability for cloud servers by incremental snapshots."""
+"""ha-snapshot: high availability for cloud servers by snapshots."""

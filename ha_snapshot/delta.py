@@ -273,7 +273,8 @@ def validate_header(h: DeltaHeader, max_virtual_size: int) -> None:
     if h.format_version != FORMAT_VERSION:
         raise _invalid(h, 'unsupported format version %r (this service '
                        'reads %d)' % (h.format_version, FORMAT_VERSION))
-    if not (isinstance(h.instance, str) and uuidutils.is_uuid_like(h.instance)):
+    if not (isinstance(h.instance, str)
+            and uuidutils.is_uuid_like(h.instance)):
         raise exception.InvalidInstance(instance=h.instance)
     if not isinstance(h.project, str) or not h.project or len(
             h.project) > 255 or '/' in h.project:

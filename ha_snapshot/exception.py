@@ -65,8 +65,8 @@ class StorageError(HaSnapshotException):
 
 
 class BackendNotFound(StorageError):
-    msg_fmt = ('No storage backend for %(url)s: %(reason)s. '
-               'Set [storage] backend_url to e.g. file:///var/lib/ha-snapshot/store.')
+    msg_fmt = ('No storage backend for %(url)s: %(reason)s. Set [storage] '
+               'backend_url to e.g. file:///var/lib/ha-snapshot/store.')
 
 
 class ObjectNotFound(StorageError):
@@ -90,7 +90,8 @@ class InstanceNotFound(HaSnapshotException):
 
 
 class RestorePointNotFound(HaSnapshotException):
-    msg_fmt = 'Restore point %(restore_point)s of instance %(instance)s not found.'
+    msg_fmt = ('Restore point %(restore_point)s of instance %(instance)s '
+               'not found.')
 
 
 class ConcurrentMerge(StorageError):

@@ -124,6 +124,8 @@ def main(argv=None) -> int:
         'category', title='Command categories', handler=add_command_parsers))
     ha_conf.register_opts(conf)
     logging.register_options(conf)
+    # NOTE: stdout carries results (ids, JSON); logs go to stderr.
+    conf.set_default('use_stderr', True)
     try:
         conf(sys.argv[1:] if argv is None else argv, project='ha-snapshot',
              prog='ha-snapshot-manage')
@@ -131,7 +133,6 @@ def main(argv=None) -> int:
         print('ERROR: %s' % e, file=sys.stderr)
         return 2
     if not conf.debug:
-        # NOTE: stdout carries results (ids, JSON); keep chatter off it.
         logging.set_defaults(default_log_levels=(
             logging.get_default_log_levels() + [
                 'ha_snapshot=WARN', 'oslo_concurrency=WARN',
@@ -143,11 +144,12 @@ def main(argv=None) -> int:
             for instance in store.instances():
                 store.apply_retention(instance)
         return conf.category.func(conf, store)
-    except exception.HaSnapshotException as e:
+    except (exception.HaSnapshotException, OSError) as e:
         print('ERROR: %s' % e, file=sys.stderr)
         return 1
-    except OSError as e:
-        print('ERROR: %s' % e, file=sys.stderr)
+    except (cfg.Error, ValueError) as e:
+        # NOTE: oslo.config checks option values when they are first read.
+        print('ERROR: invalid configuration: %s' % e, file=sys.stderr)
         return 1
 
 

@@ -19,7 +19,8 @@ def get_driver(conf, url: str | None = None):
     url = url or conf.storage.backend_url
     parsed = urllib.parse.urlsplit(url)
     if not parsed.scheme:
-        raise exception.BackendNotFound(url=url, reason='the URL has no scheme')
+        raise exception.BackendNotFound(url=url,
+                                        reason='the URL has no scheme')
     try:
         mgr = stevedore_driver.DriverManager(
             NAMESPACE, parsed.scheme, invoke_on_load=True,

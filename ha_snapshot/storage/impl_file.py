@@ -154,11 +154,22 @@ class FileDriver(base.StorageDriver):
                     continue
                 path = os.path.join(dirpath, name)
                 try:
-                    if os.stat(path).st_mtime < cutoff:
-                        os.unlink(path)
-                        removed += 1
+                    fresh = os.stat(path).st_mtime >= cutoff
                 except FileNotFoundError:
                     continue
+                if name.startswith(_TRASH) and fresh:
+                    # NOTE: a delete_if_older() that died between its
+                    # rename and its check: the object was touched, so it
+                    # may be in use. Put it back.
+                    original = os.path.join(
+                        dirpath, name[len(_TRASH):].rsplit('-', 1)[0])
+                    with contextlib.suppress(FileExistsError):
+                        os.link(path, original)
+                    os.unlink(path)
+                elif not fresh:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+                        removed += 1
         return removed
 
     @contextlib.contextmanager

@@ -245,6 +245,8 @@ class RecoveryStore:
     def gc(self) -> dict:
         """Remove unreferenced chunks and leftovers older than the grace."""
         cutoff = self.clock() - self.gc_grace
+        # NOTE: first, so that what an interrupted gc left is settled.
+        leftovers = self.driver.cleanup(cutoff)
         candidates = [o for o in self.driver.list('chunks/')
                       if o.mtime < cutoff]
         # NOTE: manifests are listed after chunks: a manifest committed
@@ -261,7 +263,6 @@ class RecoveryStore:
                     obj.key, cutoff):
                 removed += 1
                 freed += obj.size
-        leftovers = self.driver.cleanup(cutoff)
         LOG.info('gc: removed %d chunks (%d bytes), %d leftovers', removed,
                  freed, leftovers)
         return {'chunks_removed': removed, 'bytes_freed': freed,

@@ -120,6 +120,13 @@ class ManageTestCase(base.TestCase):
         self.assertIn(os.path.basename(chunks[0]), r.stderr)
         self.assertTrue(r.stderr.startswith('BROKEN chunks/'))
 
+    def test_bad_config_value_one_line(self):
+        with open(self.conf_file, 'a') as f:
+            f.write('[retention]\nkeep_last = -3\n')
+        b = self.make_qcow2('base.qcow2', MiB, 'write -P 1 0 64k')
+        self.assertFails('keep_last', 'image', 'import', '--instance',
+                         self.inst, b)
+
     def test_usage_errors(self):
         r = self.manage('image', 'import', ok=False)
         self.assertEqual(2, r.returncode)

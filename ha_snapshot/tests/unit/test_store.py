@@ -216,6 +216,20 @@ class StoreTestCase(base.TestCase):
                                                           cutoff + 10))
         self.assertFalse(self.store.driver.exists(chunk.key))
 
+    def test_gc_killed_mid_delete_puts_touched_chunk_back(self):
+        b = self.make_qcow2('b.qcow2', MiB, 'write -P 3 0 1M')
+        self.import_(b)
+        [chunk] = list(self.store.driver.list('chunks/'))
+        path = os.path.join(self.store_dir, chunk.key)
+        # What delete_if_older() leaves if killed right after its rename.
+        trash = os.path.join(os.path.dirname(path),
+                             '.trash-%s-0123abcd' % os.path.basename(path))
+        os.rename(path, trash)
+        self.assertEqual(1, len(self.store.verify()))
+        self.store.gc()
+        self.assertEqual([], self.store.verify())
+        self.assertFalse(os.path.exists(trash))
+
     def test_slow_merge_commits_nothing(self):
         b = self.make_qcow2('b.qcow2', MiB, 'write -P 3 0 1M')
         ticks = iter([0.0, 1e6])
