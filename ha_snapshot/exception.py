@@ -104,3 +104,46 @@ class MergeTooSlow(StorageError):
     msg_fmt = ('Merge of delta %(sequence)s of instance %(instance)s took '
                '%(elapsed).0f s, more than half of [storage] gc_grace_period; '
                'nothing was committed: retry, or raise gc_grace_period.')
+
+
+# --- database ---------------------------------------------------------------
+
+class DatabaseError(HaSnapshotException):
+    msg_fmt = 'Database error: %(reason)s'
+
+
+class DatabaseNotUpToDate(DatabaseError):
+    msg_fmt = ('Database %(url)s is at schema revision %(current)s but this '
+               'code needs %(head)s: run "ha-snapshot-manage db sync" (or, '
+               'if the database is newer, upgrade ha-snapshot).')
+
+
+class InvalidStatus(DatabaseError):
+    msg_fmt = 'Unknown %(kind)s %(value)r: expected one of %(allowed)s.'
+
+
+class InstanceConflict(DatabaseError):
+    msg_fmt = ('Instance %(instance)s is already recorded for project '
+               '%(existing)s; it cannot be recorded for project %(project)s.')
+
+
+class InstanceStatusConflict(DatabaseError):
+    msg_fmt = ('Instance %(instance)s is %(actual)s, not %(expected)s, so it '
+               'was not moved to %(status)s: another worker changed it '
+               'first. Read the instance again and decide again.')
+
+
+class RestorePointConflict(DatabaseError):
+    msg_fmt = ('Restore point %(restore_point)s of instance %(instance)s '
+               'conflicts with the recorded restore point %(existing)s (same '
+               '%(field)s). The store is the truth: rebuild the database from '
+               'it ("ha-snapshot-manage db rebuild").')
+
+
+class RecoveryNotFound(DatabaseError):
+    msg_fmt = 'Recovery %(recovery)s not found.'
+
+
+class RecoveryStateConflict(DatabaseError):
+    msg_fmt = ('Recovery %(recovery)s is %(actual)s; it cannot become '
+               '%(state)s.')

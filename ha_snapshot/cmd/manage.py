@@ -6,6 +6,7 @@
     ha-snapshot-manage restore-point list --instance UUID [--json]
     ha-snapshot-manage store verify [--instance UUID]
     ha-snapshot-manage store gc
+    ha-snapshot-manage db sync [--revision REV] | db version | db rebuild
 
 Exit codes: 0 success, 1 a failure reported on stderr in one line (or, for
 ``store verify``, one line per broken object), 2 a usage error.
@@ -16,9 +17,11 @@ import json
 import sys
 
 from oslo_config import cfg
+from oslo_db import exception as db_exc
 from oslo_log import log as logging
 
 from ha_snapshot import conf as ha_conf
+from ha_snapshot.db import cli as db_cli
 from ha_snapshot import exception
 from ha_snapshot import importer
 from ha_snapshot.image import qemu
@@ -116,6 +119,7 @@ def add_command_parsers(subparsers):
     p = sub.add_parser('gc', help='Apply retention, remove unreferenced '
                        'chunks and leftovers of interrupted writes.')
     p.set_defaults(func=store_gc)
+    db_cli.add_command_parsers(subparsers)
 
 
 def main(argv=None) -> int:
@@ -139,12 +143,16 @@ def main(argv=None) -> int:
                 'oslo_utils.imageutils.format_inspector=ERROR']))
     logging.setup(conf, 'ha-snapshot')
     try:
-        store = store_mod.RecoveryStore.from_conf(conf)
+        # NOTE: "db sync" and "db version" must not create a store.
+        store = None
+        if (conf.category.name, conf.category.action) not in (
+                ('db', 'sync'), ('db', 'version')):
+            store = store_mod.RecoveryStore.from_conf(conf)
         if conf.category.name == 'store' and conf.category.action == 'gc':
             for instance in store.instances():
                 store.apply_retention(instance)
         return conf.category.func(conf, store)
-    except (exception.HaSnapshotException, OSError) as e:
+    except (exception.HaSnapshotException, OSError, db_exc.DBError) as e:
         print('ERROR: %s' % e, file=sys.stderr)
         return 1
     except (cfg.Error, ValueError) as e:

@@ -28,8 +28,11 @@ OPTS = [
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
-    conf.register_group(GROUP)
-    conf.register_opts(OPTS, group=GROUP)
+    # NOTE: a fresh OptGroup per ConfigOpts: register_group() only copies
+    # the group shallowly, and overrides set on one conf would show on all.
+    conf.register_group(cfg.OptGroup(GROUP.name, title=GROUP.title,
+                                     help=GROUP.help))
+    conf.register_opts(OPTS, group=GROUP.name)
 
 
 def list_opts():

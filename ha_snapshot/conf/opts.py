@@ -1,11 +1,12 @@
 """Entry point for oslo-config-generator (``oslo.config.opts``)."""
 
+from ha_snapshot.conf import database
 from ha_snapshot.conf import image
 from ha_snapshot.conf import storage
 
 
 def list_opts():
     groups = {}
-    for module in (image, storage):
+    for module in (database, image, storage):
         groups.update(module.list_opts())
     return [(group, opts) for group, opts in groups.items()]

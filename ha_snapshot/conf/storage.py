@@ -51,10 +51,15 @@ RETENTION_OPTS = [
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
-    conf.register_group(GROUP)
-    conf.register_opts(OPTS, group=GROUP)
-    conf.register_group(RETENTION_GROUP)
-    conf.register_opts(RETENTION_OPTS, group=RETENTION_GROUP)
+    # NOTE: a fresh OptGroup per ConfigOpts: register_group() only copies
+    # the group shallowly, and overrides set on one conf would show on all.
+    conf.register_group(cfg.OptGroup(GROUP.name, title=GROUP.title,
+                                     help=GROUP.help))
+    conf.register_opts(OPTS, group=GROUP.name)
+    conf.register_group(cfg.OptGroup(RETENTION_GROUP.name,
+                                     title=RETENTION_GROUP.title,
+                                     help=RETENTION_GROUP.help))
+    conf.register_opts(RETENTION_OPTS, group=RETENTION_GROUP.name)
 
 
 def list_opts():

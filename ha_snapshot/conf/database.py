@@ -1,0 +1,30 @@
+"""[database]: the manager's metadata database (oslo.db's own options).
+
+The options are oslo.db's; only the default differs: an embedded sqlite
+file. Production deployments point ``connection`` at MySQL or PostgreSQL.
+"""
+
+import copy
+
+from oslo_config import cfg
+from oslo_db import options
+
+GROUP = cfg.OptGroup('database', title='Metadata database',
+                     help='Where the manager records instances, restore '
+                          'points and recoveries (oslo.db options).')
+
+DEFAULT_CONNECTION = 'sqlite:////var/lib/ha-snapshot/ha-snapshot.sqlite'
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    options.set_defaults(conf, connection=DEFAULT_CONNECTION)
+
+
+def list_opts():
+    # NOTE: copies, so that the sample shows our default without changing
+    # oslo.db's option objects for every other user in the process.
+    opts = copy.deepcopy(options.database_opts)
+    for opt in opts:
+        if opt.dest == 'connection':
+            opt.default = DEFAULT_CONNECTION
+    return {GROUP: opts}

@@ -1,0 +1,158 @@
+"""The tables of the manager's database, as SQLAlchemy 2.x models.
+
+These classes describe the schema the migrations in ``migrations/versions``
+build; a test compares the two on every backend, so a change here needs a
+new migration (and the other way round). Production code never calls
+``create_all``.
+
+Times are naive UTC ``DateTime`` values (OpenStack's habit; MySQL and
+sqlite have no time zone type). Every constraint and index has an explicit
+name so that migrations can find it again on every backend.
+
+Imports only SQLAlchemy.
+"""
+
+import datetime
+
+import sqlalchemy as sa
+from sqlalchemy import orm
+
+# NOTE: the recovery state machine of the manager moves instances between
+# these; 'deleted' is final.
+INSTANCE_STATUSES = ('protecting', 'protected', 'paused', 'recovering',
+                     'failed', 'deleted')
+RECOVERY_STATES = ('requested', 'running', 'succeeded', 'failed')
+
+
+def _one_of(column: str, values: tuple) -> str:
+    return '%s IN (%s)' % (column, ', '.join("'%s'" % v for v in values))
+
+
+class Base(orm.DeclarativeBase):
+    metadata = sa.MetaData(naming_convention={
+        'pk': 'pk_%(table_name)s',
+        'fk': 'fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s',
+        'uq': 'uniq_%(table_name)s0%(column_0_N_name)s',
+        'ix': 'ix_%(table_name)s_%(column_0_N_name)s',
+        'ck': 'ck_%(table_name)s_%(constraint_name)s',
+    })
+
+
+class Instance(Base):
+    """A protected server: where it runs, how it is doing, its newest point.
+
+    ``newest_restore_point_*`` and ``last_sequence`` are denormalised from
+    ``restore_points`` so that the scheduler and the API read one row.
+    """
+
+    __tablename__ = 'instances'
+    __table_args__ = (
+        sa.CheckConstraint(_one_of('status', INSTANCE_STATUSES),
+                           name='status'),
+        sa.Index('ix_instances_project_id_status', 'project_id', 'status'),
+        sa.Index('ix_instances_host_status', 'host', 'status'),
+        sa.Index('ix_instances_status', 'status'),
+    )
+
+    uuid: orm.Mapped[str] = orm.mapped_column(sa.String(36),
+                                              primary_key=True)
+    project_id: orm.Mapped[str] = orm.mapped_column(sa.String(255))
+    host: orm.Mapped[str | None] = orm.mapped_column(sa.String(255))
+    status: orm.Mapped[str] = orm.mapped_column(sa.String(16))
+    # NOTE: names of stevedore plugins (snapshot policy, hypervisor driver).
+    policy: orm.Mapped[str | None] = orm.mapped_column(sa.String(64))
+    driver: orm.Mapped[str | None] = orm.mapped_column(sa.String(64))
+    created_at: orm.Mapped[datetime.datetime] = orm.mapped_column(
+        sa.DateTime)
+    updated_at: orm.Mapped[datetime.datetime | None] = orm.mapped_column(
+        sa.DateTime)
+    deleted_at: orm.Mapped[datetime.datetime | None] = orm.mapped_column(
+        sa.DateTime)
+    # NOTE: the highest delta sequence ever recorded; it survives retention
+    # so that a re-baseline can go on from it.
+    last_sequence: orm.Mapped[int | None] = orm.mapped_column(sa.BigInteger)
+    newest_restore_point_id: orm.Mapped[str | None] = orm.mapped_column(
+        sa.String(36))
+    newest_restore_point_at: orm.Mapped[datetime.datetime | None] = (
+        orm.mapped_column(sa.DateTime))
+    recovery_attempts: orm.Mapped[int] = orm.mapped_column(sa.Integer)
+    last_report_reason: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    last_report_at: orm.Mapped[datetime.datetime | None] = orm.mapped_column(
+        sa.DateTime)
+    cooldown_until: orm.Mapped[datetime.datetime | None] = orm.mapped_column(
+        sa.DateTime)
+
+
+class RestorePoint(Base):
+    """One durable restore point; its manifest in the store is the truth."""
+
+    __tablename__ = 'restore_points'
+    __table_args__ = (
+        sa.UniqueConstraint('instance_uuid', 'number',
+                            name='uniq_restore_points0instance_uuid0number'),
+        sa.UniqueConstraint(
+            'instance_uuid', 'delta_sequence',
+            name='uniq_restore_points0instance_uuid0delta_sequence'),
+    )
+
+    id: orm.Mapped[str] = orm.mapped_column(sa.String(36), primary_key=True)
+    instance_uuid: orm.Mapped[str] = orm.mapped_column(
+        sa.String(36), sa.ForeignKey('instances.uuid'))
+    number: orm.Mapped[int] = orm.mapped_column(sa.Integer)
+    delta_sequence: orm.Mapped[int] = orm.mapped_column(sa.BigInteger)
+    # NOTE: no foreign key: retention removes parents of kept points.
+    parent_id: orm.Mapped[str | None] = orm.mapped_column(sa.String(36))
+    created_at: orm.Mapped[datetime.datetime] = orm.mapped_column(
+        sa.DateTime)
+    virtual_size: orm.Mapped[int] = orm.mapped_column(sa.BigInteger)
+    chunk_size: orm.Mapped[int] = orm.mapped_column(sa.Integer)
+    changed_bytes: orm.Mapped[int] = orm.mapped_column(sa.BigInteger)
+    new_chunks: orm.Mapped[int] = orm.mapped_column(sa.Integer)
+    new_bytes: orm.Mapped[int] = orm.mapped_column(sa.BigInteger)
+    manifest_key: orm.Mapped[str] = orm.mapped_column(sa.String(255))
+
+
+class Recovery(Base):
+    """One recovery attempt of an instance and how far it got."""
+
+    __tablename__ = 'recoveries'
+    __table_args__ = (
+        sa.CheckConstraint(_one_of('state', RECOVERY_STATES), name='state'),
+        sa.Index('ix_recoveries_instance_uuid', 'instance_uuid'),
+        # NOTE: self-healing looks for requested/running recoveries.
+        sa.Index('ix_recoveries_state', 'state'),
+    )
+
+    id: orm.Mapped[str] = orm.mapped_column(sa.String(36), primary_key=True)
+    instance_uuid: orm.Mapped[str] = orm.mapped_column(
+        sa.String(36), sa.ForeignKey('instances.uuid'))
+    action: orm.Mapped[str] = orm.mapped_column(sa.String(64))
+    state: orm.Mapped[str] = orm.mapped_column(sa.String(16))
+    step: orm.Mapped[str | None] = orm.mapped_column(sa.String(64))
+    reason: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    restore_point_id: orm.Mapped[str | None] = orm.mapped_column(
+        sa.String(36))
+    attempt: orm.Mapped[int] = orm.mapped_column(sa.Integer)
+    created_at: orm.Mapped[datetime.datetime] = orm.mapped_column(
+        sa.DateTime)
+    updated_at: orm.Mapped[datetime.datetime | None] = orm.mapped_column(
+        sa.DateTime)
+    started_at: orm.Mapped[datetime.datetime | None] = orm.mapped_column(
+        sa.DateTime)
+    finished_at: orm.Mapped[datetime.datetime | None] = orm.mapped_column(
+        sa.DateTime)
+    error: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+
+
+class Agent(Base):
+    """A compute-host agent, as last heard from."""
+
+    __tablename__ = 'agents'
+
+    host: orm.Mapped[str] = orm.mapped_column(sa.String(255),
+                                              primary_key=True)
+    version: orm.Mapped[str | None] = orm.mapped_column(sa.String(64))
+    created_at: orm.Mapped[datetime.datetime] = orm.mapped_column(
+        sa.DateTime)
+    last_seen: orm.Mapped[datetime.datetime] = orm.mapped_column(
+        sa.DateTime)
