@@ -2,11 +2,12 @@
 
 from ha_snapshot.conf import database
 from ha_snapshot.conf import image
+from ha_snapshot.conf import manager
 from ha_snapshot.conf import storage
 
 
 def list_opts():
     groups = {}
-    for module in (database, image, storage):
+    for module in (database, image, manager, storage):
         groups.update(module.list_opts())
     return [(group, opts) for group, opts in groups.items()]

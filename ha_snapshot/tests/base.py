@@ -57,7 +57,9 @@ def same_image(a: str, b: str, fmt_a: str = 'raw', fmt_b: str = 'raw'):
 def tree_digest(root: str) -> dict:
     """Path -> sha256 of every file under ``root`` (store snapshots)."""
     out = {}
-    for dirpath, _dirs, files in os.walk(root):
+    for dirpath, dirs, files in os.walk(root):
+        # NOTE: lock files are not data.
+        dirs[:] = [d for d in dirs if d != '.locks']
         for name in files:
             path = os.path.join(dirpath, name)
             with open(path, 'rb') as f:

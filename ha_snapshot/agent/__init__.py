@@ -1,0 +1,1 @@
+"""ha-snapshot-agent: per-instance snapshot agents on a compute host."""

@@ -1,0 +1,19 @@
+"""What every daemon does first: options, config files, logging."""
+
+import sys
+
+from oslo_config import cfg
+from oslo_log import log as logging
+
+from ha_snapshot import conf as ha_conf
+
+
+def prepare(argv=None, conf=None) -> cfg.ConfigOpts:
+    # NOTE: daemons use the global CONF: oslo.messaging registers some of
+    # its option groups there only.
+    conf = conf or cfg.CONF
+    ha_conf.register_opts(conf)
+    logging.register_options(conf)
+    conf(sys.argv[1:] if argv is None else argv, project='ha-snapshot')
+    logging.setup(conf, 'ha-snapshot')
+    return conf

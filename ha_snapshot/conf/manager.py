@@ -1,0 +1,73 @@
+"""[manager], [recovery], [agent]: the daemons' own options."""
+
+from oslo_config import cfg
+
+MANAGER = cfg.OptGroup('manager', title='ha-snapshot-manager')
+MANAGER_OPTS = [
+    cfg.StrOpt('spool_dir', default='/var/lib/ha-snapshot/spool',
+               help='Where delta parts wait for their commit.'),
+    cfg.StrOpt('host', sample_default='<hostname>',
+               help='Name of this manager on the bus (default: hostname).'),
+    cfg.IntOpt('rpc_timeout', default=120, min=1,
+               help='Seconds an RPC call to an agent may take.'),
+]
+
+RECOVERY = cfg.OptGroup('recovery', title='Recovery of failed servers')
+RECOVERY_OPTS = [
+    cfg.StrOpt('action', default='restart',
+               help='Recovery action, from the ha_snapshot.recovery '
+                    'namespace: restart (local QEMU) or rebuild (Nova).'),
+    cfg.IntOpt('max_attempts', default=3, min=1,
+               help='Failed recoveries in a row after which the instance '
+                    'is marked failed and left to the operator.'),
+    cfg.IntOpt('cooldown', default=60, min=0,
+               help='Seconds after a recovery during which new reports for '
+                    'the same instance are recorded but start nothing.'),
+    cfg.IntOpt('attempts_reset', default=3600, min=60,
+               help='Seconds without any report after which the count of '
+                    'recovery attempts starts again from zero.'),
+    cfg.IntOpt('timeout', default=300, min=10,
+               help='Seconds one recovery may take before it is failed.'),
+    cfg.IntOpt('workers', default=4, min=1,
+               help='Recoveries run at the same time.'),
+]
+
+AGENT = cfg.OptGroup('agent', title='ha-snapshot-agent')
+AGENT_OPTS = [
+    cfg.StrOpt('state_dir', default='/var/lib/ha-snapshot/agent',
+               help='Per-instance state and overlays not yet acknowledged.'),
+    cfg.StrOpt('host', sample_default='<hostname>',
+               help='This compute host\'s name on the bus (default: '
+                    'hostname); Nova\'s instance host must match it.'),
+    cfg.StrOpt('hypervisor', default='qemu',
+               help='Hypervisor driver, from the ha_snapshot.hypervisor '
+                    'namespace.'),
+    cfg.IntOpt('rpc_timeout', default=60, min=1,
+               help='Seconds one call to the manager may take.'),
+    cfg.FloatOpt('retry_initial', default=0.5, min=0.01,
+                 help='First delay (s) before a failed shipment is retried; '
+                      'it doubles up to retry_max.'),
+    cfg.FloatOpt('retry_max', default=30.0, min=0.1,
+                 help='Longest delay (s) between retries.'),
+    cfg.FloatOpt('health_interval', default=1.0, min=0.05,
+                 help='Seconds between health checks of each VM.'),
+    cfg.IntOpt('health_failures', default=3, min=1,
+               help='Consecutive failed checks (QMP or guest agent) before '
+                    'the VM is reported abnormal.'),
+    cfg.FloatOpt('health_timeout', default=2.0, min=0.05,
+                 help='Seconds a QMP or guest-agent ping may take.'),
+    cfg.FloatOpt('heartbeat_interval', default=10.0, min=0.1,
+                 help='Seconds between heartbeats to the manager.'),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    for group, opts in ((MANAGER, MANAGER_OPTS), (RECOVERY, RECOVERY_OPTS),
+                        (AGENT, AGENT_OPTS)):
+        conf.register_group(cfg.OptGroup(group.name, title=group.title))
+        conf.register_opts(opts, group=group.name)
+
+
+def list_opts():
+    return {MANAGER: MANAGER_OPTS, RECOVERY: RECOVERY_OPTS,
+            AGENT: AGENT_OPTS}

@@ -1,0 +1,181 @@
+"""The manager's RPC endpoint: deltas in, durable restore points out.
+
+A delta arrives as parts (``put_part``, each spooled to disk) and a
+``commit_delta`` that validates the whole delta, merges it into the store,
+records the restore point in the database and only then answers: the
+answer is the durable acknowledgement the agent waits for before it
+removes its snapshot. Nothing is acknowledged on any error; the agent keeps
+the delta and sends it again.
+
+May import the store, the database, the spool and the recovery engine.
+"""
+
+import base64
+import errno
+
+from oslo_log import log as logging
+import oslo_messaging as messaging
+
+from ha_snapshot import delta as delta_mod
+from ha_snapshot import exception
+
+LOG = logging.getLogger(__name__)
+
+
+class Manager:
+    """What the endpoint does, without the bus (tests call it directly)."""
+
+    def __init__(self, conf, store, db, spool, recovery=None):
+        self.conf = conf
+        self.store = store
+        self.db = db
+        self.spool = spool
+        self.recovery = recovery
+
+    def _protected(self, instance: str):
+        row = self.db.get_instance(instance)
+        if row.status == 'deleted':
+            raise exception.InstanceNotFound(
+                'Instance %s was deleted: deltas for it are refused.'
+                % instance, instance=instance)
+        return row
+
+    def register_instance(self, instance, project, host, driver,
+                          details) -> dict:
+        row = self.db.create_instance(instance, project, host=host,
+                                      status='protected', driver=driver)
+        if row.host != host or row.driver != driver:
+            row = self.db.update_instance(instance, host=host, driver=driver)
+        if row.status in ('protecting', 'paused'):
+            row = self.db.update_instance_status(
+                instance, ('protecting', 'paused'), 'protected')
+        newest = self.store.newest(instance)
+        LOG.info('Instance %s registered by agent on %s (newest restore '
+                 'point %s)', instance, host, newest.id if newest else None)
+        return {'status': row.status,
+                'newest_restore_point': newest.id if newest else None,
+                'newest_number': newest.number if newest else 0,
+                'last_sequence': newest.delta_sequence if newest else -1}
+
+    def put_part(self, instance, sequence, part) -> dict:
+        self._protected(instance)
+        index = self._io(self.spool.put, instance, sequence, part)
+        return {'instance': instance, 'sequence': sequence, 'index': index}
+
+    def commit_delta(self, header) -> dict:
+        h = delta_mod.header_from_primitive(header)
+        delta_mod.validate_header(h, self.conf.image.max_virtual_size)
+        row = self._protected(h.instance)
+        if row.project_id != h.project:
+            raise exception.InvalidDelta(
+                instance=h.instance, sequence=h.sequence,
+                reason='project %s does not own this instance' % h.project)
+        delta = self.spool.load(h)
+        rp = self._io(self.store.merge, delta)
+        self.db.record_restore_point(rp)
+        removed = self._io(self.store.apply_retention, h.instance)
+        if removed:
+            self.db.delete_restore_points(removed)
+        self.spool.drop(h.instance, h.sequence)
+        LOG.info('Instance %s: delta %d durable as restore point %s (#%d)',
+                 h.instance, h.sequence, rp.id, rp.number)
+        return {'restore_point': rp.id, 'number': rp.number,
+                'sequence': h.sequence, 'created_at': rp.created_at}
+
+    @staticmethod
+    def _io(func, *args):
+        # NOTE: a full disk or an I/O error must reach the agent as "not
+        # durable, keep it", named, not as an anonymous remote error.
+        try:
+            return func(*args)
+        except OSError as e:
+            reason = 'the store is full' if e.errno == errno.ENOSPC else (
+                'I/O error')
+            raise exception.StorageError(reason='%s: %s' % (reason, e))
+
+    def report_health(self, instance, host, reason, details) -> str:
+        if self.recovery is None:
+            LOG.warning('Instance %s on %s reported abnormal (%s); no '
+                        'recovery engine configured', instance, host, reason)
+            return 'ignored'
+        return self.recovery.report(instance, reason, details or {})
+
+    def heartbeat(self, host, instances) -> None:
+        self.db.record_agent(host)
+
+    def get_manifest(self, instance, restore_point) -> dict:
+        rp = self.store.get_restore_point(instance, restore_point)
+        return {'id': rp.id, 'number': rp.number,
+                'virtual_size': rp.virtual_size,
+                'chunk_size': rp.chunk_size,
+                'chunks': {str(k): v for k, v in rp.chunks.items()}}
+
+    def get_chunk(self, instance, restore_point, index) -> str:
+        rp = self.store.get_restore_point(instance, restore_point)
+        if not isinstance(index, int) or not (
+                0 <= index * rp.chunk_size < rp.virtual_size):
+            raise exception.HaSnapshotException(
+                'Chunk index %r is outside restore point %s.'
+                % (index, restore_point))
+        return base64.b64encode(self.store.read_chunk(rp, index)).decode()
+
+
+class ManagerEndpoint:
+    """RPC API 1.0; see ha_snapshot/manager/rpcapi.py for the history."""
+
+    target = messaging.Target(version='1.0')
+
+    def __init__(self, manager: Manager):
+        self.manager = manager
+
+    def _run(self, method, what, *args):
+        try:
+            return method(*args)
+        except exception.HaSnapshotException as e:
+            LOG.warning('Refused %s: %s', what, e)
+            raise
+
+    @messaging.expected_exceptions(exception.HaSnapshotException)
+    def register_instance(self, ctxt, instance, project, host, driver,
+                          details):
+        return self._run(self.manager.register_instance,
+                         'registration of %s' % instance, instance, project,
+                         host, driver, details)
+
+    @messaging.expected_exceptions(exception.HaSnapshotException)
+    def put_part(self, ctxt, instance, sequence, part):
+        return self._run(self.manager.put_part,
+                         'part of delta %s/%s' % (instance, sequence),
+                         instance, sequence, part)
+
+    @messaging.expected_exceptions(exception.HaSnapshotException)
+    def commit_delta(self, ctxt, header):
+        what = 'delta %s/%s' % (
+            header.get('instance') if isinstance(header, dict) else '?',
+            header.get('sequence') if isinstance(header, dict) else '?')
+        return self._run(self.manager.commit_delta, what, header)
+
+    def report_health(self, ctxt, instance, host, reason, details):
+        try:
+            decision = self.manager.report_health(instance, host, reason,
+                                                  details)
+            LOG.info('Health report for %s from %s: %s -> %s', instance,
+                     host, reason, decision)
+        except exception.HaSnapshotException as e:
+            LOG.warning('Health report for %s dropped: %s', instance, e)
+
+    def heartbeat(self, ctxt, host, instances):
+        try:
+            self.manager.heartbeat(host, instances)
+        except exception.HaSnapshotException as e:
+            LOG.warning('Heartbeat from %s dropped: %s', host, e)
+
+    @messaging.expected_exceptions(exception.HaSnapshotException)
+    def get_manifest(self, ctxt, instance, restore_point):
+        return self._run(self.manager.get_manifest,
+                         'manifest of %s' % instance, instance, restore_point)
+
+    @messaging.expected_exceptions(exception.HaSnapshotException)
+    def get_chunk(self, ctxt, instance, restore_point, index):
+        return self._run(self.manager.get_chunk, 'chunk of %s' % instance,
+                         instance, restore_point, index)

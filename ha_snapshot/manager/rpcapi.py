@@ -1,0 +1,64 @@
+"""Client side of the manager's RPC API (what agents call).
+
+API version history:
+
+* 1.0 - Initial version: register_instance, put_part, commit_delta,
+        report_health, heartbeat, get_manifest, get_chunk.
+
+Every method pins the version it needs, so an agent newer than its manager
+fails clearly (oslo.messaging's version check) instead of sending calls the
+manager cannot read.
+"""
+
+from ha_snapshot import rpc
+
+VERSION = '1.0'
+
+
+class ManagerAPI:
+
+    def __init__(self, transport, timeout: int | None = None,
+                 version_cap: str | None = None):
+        self.client = rpc.get_client(transport, rpc.MANAGER_TOPIC, VERSION,
+                                     version_cap=version_cap, timeout=timeout)
+
+    def _call(self, method, version='1.0', timeout=None, **kwargs):
+        cctxt = self.client.prepare(version=version, timeout=timeout)
+        return cctxt.call(rpc.context(), method, **kwargs)
+
+    def register_instance(self, instance: str, project: str, host: str,
+                          driver: str, details: dict) -> dict:
+        """Register a snapshot agent; returns what the manager holds."""
+        return self._call('register_instance', instance=instance,
+                          project=project, host=host, driver=driver,
+                          details=details)
+
+    def put_part(self, instance: str, sequence: int, part: dict,
+                 timeout=None) -> dict:
+        """Spool one part (idempotent by instance, sequence, index)."""
+        return self._call('put_part', timeout=timeout, instance=instance,
+                          sequence=sequence, part=part)
+
+    def commit_delta(self, header: dict, timeout=None) -> dict:
+        """Merge the spooled parts; returns only once durable."""
+        return self._call('commit_delta', timeout=timeout, header=header)
+
+    def report_health(self, instance: str, host: str, reason: str,
+                      details: dict) -> None:
+        cctxt = self.client.prepare(version='1.0')
+        cctxt.cast(rpc.context(), 'report_health', instance=instance,
+                   host=host, reason=reason, details=details)
+
+    def heartbeat(self, host: str, instances: list) -> None:
+        cctxt = self.client.prepare(version='1.0')
+        cctxt.cast(rpc.context(), 'heartbeat', host=host,
+                   instances=instances)
+
+    def get_manifest(self, instance: str, restore_point: str | None) -> dict:
+        return self._call('get_manifest', instance=instance,
+                          restore_point=restore_point)
+
+    def get_chunk(self, instance: str, restore_point: str,
+                  index: int) -> str:
+        return self._call('get_chunk', instance=instance,
+                          restore_point=restore_point, index=index)

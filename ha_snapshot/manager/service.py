@@ -1,0 +1,65 @@
+"""ha-snapshot-manager as a service: the RPC server and its workers."""
+
+import socket
+
+from oslo_log import log as logging
+
+from ha_snapshot.agent import rpcapi as agent_rpcapi
+from ha_snapshot.db import api as db_api
+from ha_snapshot.db import migration
+from ha_snapshot.manager import manager as manager_mod
+from ha_snapshot.manager import recovery as recovery_engine
+from ha_snapshot.manager import spool as spool_mod
+from ha_snapshot import recovery
+from ha_snapshot import rpc
+from ha_snapshot import service
+from ha_snapshot.storage import store as store_mod
+
+LOG = logging.getLogger(__name__)
+
+
+class ManagerService(service.Service):
+
+    name = 'ha-snapshot-manager'
+
+    def __init__(self, conf, transport=None):
+        self.conf = conf
+        self.transport = transport
+        self.host = conf.manager.host or socket.gethostname()
+        self.rpc_server = None
+        self.engine = None
+        self.db = None
+
+    def start(self) -> None:
+        conf = self.conf
+        self.transport = self.transport or rpc.get_transport(conf)
+        self.db = db_api.Database(conf)
+        migration.check(conf, database=self.db)
+        store = store_mod.RecoveryStore.from_conf(conf)
+        agent_api = agent_rpcapi.AgentAPI(self.transport,
+                                          timeout=conf.manager.rpc_timeout)
+        action = recovery.load(conf.recovery.action, conf,
+                               agent_api=agent_api)
+        self.engine = recovery_engine.RecoveryEngine(conf, self.db, action)
+        self.manager = manager_mod.Manager(
+            conf, store, self.db,
+            spool_mod.Spool(conf.manager.spool_dir,
+                            conf.image.max_part_bytes),
+            recovery=self.engine)
+        self.rpc_server = rpc.get_server(
+            self.transport, rpc.MANAGER_TOPIC, self.host,
+            [manager_mod.ManagerEndpoint(self.manager)])
+        self.rpc_server.start()
+        resumed = self.engine.resume()
+        LOG.info('Manager %s serving %s (store %s); %d recoveries resumed',
+                 self.host, rpc.MANAGER_TOPIC, store.driver.describe(),
+                 resumed)
+
+    def stop(self) -> None:
+        if self.rpc_server is not None:
+            self.rpc_server.stop()
+            self.rpc_server.wait()
+        if self.engine is not None:
+            self.engine.stop()
+        if self.db is not None:
+            self.db.dispose()

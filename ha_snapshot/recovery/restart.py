@@ -1,0 +1,30 @@
+"""``restart``: bring a failed local QEMU VM back on its restore point.
+
+The agent on the instance's host does the work (it owns the VM): it makes
+sure the failed QEMU is gone, fetches the restore point from the manager
+chunk by chunk (each checked against its sha256), starts the VM on it and
+resumes protection from that restore point without resending it.
+"""
+
+from oslo_log import log as logging
+
+LOG = logging.getLogger(__name__)
+
+
+class RestartAction:
+
+    name = 'restart'
+
+    def __init__(self, conf, agent_api=None):
+        self.conf = conf
+        self.agent_api = agent_api
+
+    def recover(self, instance, restore_point: str, progress) -> dict:
+        progress('restart-on-%s' % instance.host)
+        result = self.agent_api.restart(
+            instance.host, instance.uuid, restore_point,
+            timeout=self.conf.recovery.timeout)
+        progress('restarted')
+        LOG.info('Instance %s restarted on %s from restore point %s',
+                 instance.uuid, instance.host, restore_point)
+        return result

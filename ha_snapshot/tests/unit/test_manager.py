@@ -1,0 +1,247 @@
+"""The manager without the bus: spool, commit, durable ack, recovery."""
+
+import json
+import os
+import threading
+
+from ha_snapshot.db import api as db_api
+from ha_snapshot.db import migration
+from ha_snapshot import delta as delta_mod
+from ha_snapshot import exception
+from ha_snapshot.image import inspect as image_inspect
+from ha_snapshot.manager import manager as manager_mod
+from ha_snapshot.manager import recovery as recovery_mod
+from ha_snapshot.manager import spool as spool_mod
+from ha_snapshot.tests import base
+
+MiB = base.MiB
+
+
+class _Base(base.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.conf = base.make_conf(self.store_dir, storage__chunk_size=MiB,
+                                   image__max_part_bytes=MiB)
+        self.conf.set_override(
+            'connection', 'sqlite:///' + self.path('db.sqlite'),
+            group='database')
+        self.db = db_api.Database(self.conf)
+        self.addCleanup(self.db.dispose)
+        migration.upgrade(self.conf, database=self.db)
+        self.store = self.make_store(self.conf)
+        self.spool = spool_mod.Spool(self.path('spool'), MiB)
+        self.mgr = manager_mod.Manager(self.conf, self.store, self.db,
+                                       self.spool)
+        self.inst = base.new_uuid()
+        self.base = self.make_qcow2('base.qcow2', 8 * MiB,
+                                    'write -P 0x11 0 3M')
+
+    def delta(self, path, sequence, parent, backing=True):
+        info = image_inspect.inspect(path, 'qcow2', max_virtual_size=1 << 40,
+                                     allow_backing=backing)
+        d = delta_mod.from_image(info, instance=self.inst, project='p1',
+                                 sequence=sequence, parent=parent,
+                                 max_part_bytes=MiB, max_part_extents=64)
+        return json.loads(json.dumps(d.to_primitive()))
+
+    def ship(self, prim):
+        for part in prim['parts']:
+            self.mgr.put_part(self.inst, prim['header']['sequence'], part)
+        return self.mgr.commit_delta(prim['header'])
+
+    def register(self):
+        return self.mgr.register_instance(self.inst, 'p1', 'host1', 'qemu',
+                                          {})
+
+
+
+class ManagerTestCase(_Base):
+
+    def test_register_ship_ack(self):
+        self.assertIsNone(self.register()['newest_restore_point'])
+        ack = self.ship(self.delta(self.base, 0, None, backing=False))
+        o1 = base.new_overlay(self.path('o1.qcow2'), self.base)
+        base.qemu_io(o1, 'write -P 0x22 1M 2M')
+        ack2 = self.ship(self.delta(o1, 1, ack['restore_point']))
+        self.assertEqual(2, ack2['number'])
+        row = self.db.get_instance(self.inst)
+        self.assertEqual(ack2['restore_point'], row.newest_restore_point_id)
+        self.assertEqual(1, row.last_sequence)
+        self.assertEqual(2, len(self.db.list_restore_points(self.inst)))
+        self.assertEqual(ack2['restore_point'],
+                         self.register()['newest_restore_point'])
+        # The spool is emptied once durable.
+        self.assertEqual([], os.listdir(os.path.join(self.path('spool'),
+                                                     self.inst)))
+        # Replayed after a lost ack: same restore point, nothing new.
+        again = self.ship(self.delta(o1, 1, ack['restore_point']))
+        self.assertEqual(ack2['restore_point'], again['restore_point'])
+        self.assertEqual(2, len(self.store.restore_points(self.inst)))
+        # The restore point can be fetched back chunk by chunk.
+        manifest = self.mgr.get_manifest(self.inst, None)
+        self.assertEqual(ack2['restore_point'], manifest['id'])
+        self.assertEqual(sorted(manifest['chunks']), ['0', '1', '2'])
+        self.assertTrue(self.mgr.get_chunk(self.inst, manifest['id'], 1))
+
+    def test_bad_messages_rejected_nothing_stored(self):
+        self.register()
+        good = self.delta(self.base, 0, None, backing=False)
+        before = base.tree_digest(self.store_dir)
+        unknown = json.loads(json.dumps(good))
+        unknown['header']['instance'] = base.new_uuid()
+        for part in unknown['parts']:
+            part['instance'] = unknown['header']['instance']
+        self.assertRaises(exception.InstanceNotFound, self.mgr.put_part,
+                          unknown['header']['instance'], 0,
+                          unknown['parts'][0])
+        self.assertRaises(exception.InstanceNotFound, self.mgr.commit_delta,
+                          unknown['header'])
+        # Oversized part.
+        big = dict(good['parts'][0], payload='A' * (4 * MiB))
+        self.assertRaises(exception.InvalidDelta, self.mgr.put_part,
+                          self.inst, 0, big)
+        # A part of another delta.
+        self.assertRaises(exception.InvalidDelta, self.mgr.put_part,
+                          self.inst, 5, good['parts'][0])
+        # Corrupted part, then a missing part.
+        bad = json.loads(json.dumps(good))
+        bad['parts'][0]['sha256'] = '0' * 64
+        self.assertRaises(exception.InvalidDelta, self.ship, bad)
+        self.spool.drop(self.inst)
+        self.assertRaises(exception.InvalidDelta, self.mgr.commit_delta,
+                          good['header'])
+        # Out of order: a delta whose parent is not the newest.
+        wrong = self.delta(self.base, 3, base.new_uuid(), backing=False)
+        self.assertRaises(exception.DeltaParentMismatch, self.ship, wrong)
+        self.assertEqual(before, base.tree_digest(self.store_dir))
+        self.assertEqual([], self.db.list_restore_points(self.inst))
+
+    def test_full_store_is_not_acknowledged(self):
+        self.register()
+        prim = self.delta(self.base, 0, None, backing=False)
+        real_put = self.store.driver.put
+
+        def full(key, data, **kw):
+            if key.startswith('chunks/'):
+                raise OSError(28, 'No space left on device')
+            return real_put(key, data, **kw)
+        self.store.driver.put = full
+        e = self.assertRaises(exception.StorageError, self.ship, prim)
+        self.assertIn('full', str(e))
+        self.assertEqual([], self.store.restore_points(self.inst))
+        self.store.driver.put = real_put
+        self.assertEqual(1, self.ship(prim)['number'])
+
+
+class Died(BaseException):
+    """The manager process running this recovery is gone."""
+
+
+class Action:
+    name = 'restart'
+
+    def __init__(self, fail=0):
+        self.calls = []
+        self.fail = fail
+        self.dead = False
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def recover(self, row, restore_point, progress):
+        self.gate.wait(30)
+        if self.dead:
+            raise Died()
+        self.calls.append((row.uuid, restore_point))
+        progress('doing')
+        if self.fail:
+            self.fail -= 1
+            raise RuntimeError('qemu would not start')
+
+
+class RecoveryTestCase(_Base):
+
+    def engine(self, action, now=1000.0):
+        self.now = now
+        self.conf.set_override('cooldown', 60, group='recovery')
+        self.conf.set_override('max_attempts', 2, group='recovery')
+        eng = recovery_mod.RecoveryEngine(self.conf, self.db, action,
+                                          clock=lambda: self.now)
+        self.addCleanup(eng.stop)
+        return eng
+
+    def protected(self):
+        self.register()
+        return self.ship(self.delta(self.base, 0, None, backing=False))
+
+    def test_dedup_cooldown_success(self):
+        ack = self.protected()
+        action = Action()
+        action.gate.clear()
+        eng = self.engine(action)
+        self.assertTrue(eng.report(self.inst, 'qemu exited', {})
+                        .startswith('recovering'))
+        self.assertTrue(eng.report(self.inst, 'alarm', {})
+                        .startswith('duplicate'))
+        action.gate.set()
+        eng.wait(self.inst, 30)
+        self.assertEqual([(self.inst, ack['restore_point'])], action.calls)
+        [rec] = self.db.list_recoveries(self.inst)
+        self.assertEqual(('succeeded', 'done'), (rec.state, rec.step))
+        self.assertEqual('protected', self.db.get_instance(self.inst).status)
+        self.assertTrue(eng.report(self.inst, 'again', {})
+                        .startswith('ignored: cooldown'))
+        self.now += 61
+        self.assertTrue(eng.report(self.inst, 'again', {})
+                        .startswith('recovering'))
+        eng.wait(self.inst, 30)
+
+    def test_failures_capped(self):
+        self.protected()
+        action = Action(fail=5)
+        eng = self.engine(action)
+        for _ in range(2):
+            self.assertTrue(eng.report(self.inst, 'dead', {})
+                            .startswith('recovering'))
+            eng.wait(self.inst, 30)
+            self.now += 61
+        self.assertEqual('failed', self.db.get_instance(self.inst).status)
+        self.assertTrue(eng.report(self.inst, 'dead', {})
+                        .startswith('ignored'))
+        states = [r.state for r in self.db.list_recoveries(self.inst)]
+        self.assertEqual(['failed', 'failed'], states)
+        self.assertIn('qemu would not start',
+                      self.db.list_recoveries(self.inst)[0].error)
+
+    def test_racing_reports_start_one_recovery(self):
+        self.protected()
+        action = Action()
+        action.gate.clear()
+        eng = self.engine(action)
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(
+            eng.report(self.inst, 'dead', {}))) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        action.gate.set()
+        eng.wait(self.inst, 30)
+        self.assertEqual(1, sum(r.startswith('recovering') for r in results),
+                         results)
+        self.assertEqual(1, len(action.calls))
+
+    def test_resume_after_manager_restart(self):
+        self.protected()
+        action = Action()
+        action.gate.clear()
+        eng = self.engine(action)
+        eng.report(self.inst, 'dead', {})
+        # A new engine (the manager restarted) finishes the recovery.
+        action2 = Action()
+        eng2 = self.engine(action2)
+        self.assertEqual(1, eng2.resume())
+        eng2.wait(self.inst, 30)
+        self.assertEqual('protected', self.db.get_instance(self.inst).status)
+        action.dead = True
+        action.gate.set()
