@@ -123,6 +123,9 @@ class Delta:
             return iter(self._parts)
         return self._source()
 
+    def to_header_primitive(self) -> dict:
+        return dataclasses.asdict(self.header)
+
     def to_primitive(self) -> dict:
         """A JSON-able dict (oslo.messaging); materialises every part."""
         return {'header': dataclasses.asdict(self.header),

@@ -106,6 +106,11 @@ class MergeTooSlow(StorageError):
                'nothing was committed: retry, or raise gc_grace_period.')
 
 
+class PolicyNotFound(HaSnapshotException):
+    msg_fmt = ('No snapshot policy named %(name)r: %(reason)s. Set [policy] '
+               'name to one of: %(available)s.')
+
+
 # --- database ---------------------------------------------------------------
 
 class DatabaseError(HaSnapshotException):

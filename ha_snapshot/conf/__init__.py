@@ -9,6 +9,7 @@ from oslo_config import cfg
 from ha_snapshot.conf import database
 from ha_snapshot.conf import image
 from ha_snapshot.conf import manager
+from ha_snapshot.conf import policy
 from ha_snapshot.conf import storage
 
 
@@ -16,4 +17,5 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     database.register_opts(conf)
     image.register_opts(conf)
     manager.register_opts(conf)
+    policy.register_opts(conf)
     storage.register_opts(conf)

@@ -3,11 +3,12 @@
 from ha_snapshot.conf import database
 from ha_snapshot.conf import image
 from ha_snapshot.conf import manager
+from ha_snapshot.conf import policy
 from ha_snapshot.conf import storage
 
 
 def list_opts():
     groups = {}
-    for module in (database, image, manager, storage):
+    for module in (database, image, manager, policy, storage):
         groups.update(module.list_opts())
     return [(group, opts) for group, opts in groups.items()]

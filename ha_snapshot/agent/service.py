@@ -1,0 +1,257 @@
+"""ha-snapshot-agent as a service: one per compute host.
+
+Serves the agent RPC API (protect, unprotect, restart) on topic
+``ha-snapshot-agent``, server = this host; runs a snapshot agent and a
+health monitor per protected VM; re-creates them at start-up from the
+state directory, so frozen overlays not yet acknowledged are sent again.
+"""
+
+import os
+import socket
+import threading
+
+from oslo_log import log as logging
+import oslo_messaging as messaging
+
+from ha_snapshot.agent import health as health_mod
+from ha_snapshot.agent import instance as instance_mod
+from ha_snapshot.agent import restore as restore_mod
+from ha_snapshot.agent import state as state_mod
+from ha_snapshot import exception
+from ha_snapshot import hypervisor
+from ha_snapshot.hypervisor import base as hv_base
+from ha_snapshot.image import qemu
+from ha_snapshot.manager import rpcapi as manager_rpcapi
+from ha_snapshot import policy as policy_mod
+from ha_snapshot.policy import metrics
+from ha_snapshot import rpc
+from ha_snapshot import service
+
+LOG = logging.getLogger(__name__)
+
+
+class Protected:
+    """A protected VM: its snapshot agent and its health monitor."""
+
+    def __init__(self, agent, monitor):
+        self.agent = agent
+        self.monitor = monitor
+
+    def stop(self) -> None:
+        self.monitor.stop()
+        self.agent.stop()
+
+
+class AgentService(service.Service):
+
+    name = 'ha-snapshot-agent'
+
+    def __init__(self, conf, transport=None, driver=None):
+        self.conf = conf
+        self.transport = transport
+        self.driver = driver
+        self.host = conf.agent.host or socket.gethostname()
+        self.instances = {}
+        self.lock = threading.RLock()
+        self.rpc_server = None
+        self.sampler = None
+        self._beat = threading.Event()
+        self._beat_thread = None
+
+    # --- lifecycle ----------------------------------------------------------
+
+    def start(self) -> None:
+        conf = self.conf
+        os.makedirs(conf.agent.state_dir, exist_ok=True)
+        self.transport = self.transport or rpc.get_transport(conf)
+        self.driver = self.driver or hypervisor.get_driver(
+            conf, conf.agent.hypervisor)
+        self.manager_api = manager_rpcapi.ManagerAPI(
+            self.transport, timeout=conf.agent.rpc_timeout)
+        self.sampler = metrics.HostSampler()
+        for st in state_mod.InstanceState.load_all(conf.agent.state_dir):
+            try:
+                self._start_instance(st)
+            except exception.HaSnapshotException as e:
+                LOG.error('Instance %s not resumed: %s', st.instance, e)
+                self.report(st.instance, 'not resumed after agent restart: '
+                            '%s' % e, {})
+        self.rpc_server = rpc.get_server(self.transport, rpc.AGENT_TOPIC,
+                                         self.host, [AgentEndpoint(self)])
+        self.rpc_server.start()
+        self._beat_thread = threading.Thread(target=self._heartbeat,
+                                             name='heartbeat', daemon=True)
+        self._beat_thread.start()
+        LOG.info('Agent on %s: %d instances resumed', self.host,
+                 len(self.instances))
+
+    def stop(self) -> None:
+        self._beat.set()
+        if self.rpc_server is not None:
+            self.rpc_server.stop()
+            self.rpc_server.wait()
+        with self.lock:
+            for p in self.instances.values():
+                p.stop()
+            for p in self.instances.values():
+                if p.agent.vm is not None:
+                    self.driver.detach(p.agent.vm)
+
+    def reload(self) -> None:
+        for p in list(self.instances.values()):
+            p.agent.policy = policy_mod.load_policy(self.conf,
+                                                    p.agent.instance)
+
+    def _heartbeat(self) -> None:
+        while not self._beat.wait(self.conf.agent.heartbeat_interval):
+            try:
+                self.manager_api.heartbeat(self.host,
+                                           sorted(self.instances))
+            except messaging.MessagingException as e:
+                LOG.debug('Heartbeat not sent: %s', e)
+
+    # --- instances ----------------------------------------------------------
+
+    def report(self, instance: str, reason: str, details: dict) -> None:
+        with self.lock:
+            p = self.instances.get(instance)
+        if p is not None:
+            p.agent.mark_failed(reason)
+        try:
+            self.manager_api.report_health(instance, self.host, reason,
+                                           details)
+        except messaging.MessagingException as e:
+            LOG.error('Instance %s: report "%s" not delivered: %s',
+                      instance, reason, e)
+
+    def _start_instance(self, st, vm=None) -> Protected:
+        agent = instance_mod.SnapshotAgent(
+            self.conf, self.driver, self.manager_api, st,
+            policy_mod.load_policy(self.conf, st.instance), self.host,
+            reporter=self.report, sampler=self.sampler)
+        agent.vm = vm or agent._attach()
+        monitor = health_mod.HealthMonitor(
+            self.conf, self.driver, agent.vm, st.instance, self.report,
+            figures=agent._figures, qga_path=st.spec.get('qga_path'))
+        p = Protected(agent, monitor)
+        with self.lock:
+            self.instances[st.instance] = p
+        monitor.start()
+        agent.start()
+        # NOTE: a VM that died while no agent watched is reported now.
+        if not self.driver.is_alive(agent.vm):
+            monitor._report('VM not running when protection resumed', {})
+        return p
+
+    def protect(self, instance: str, project: str, spec: dict) -> None:
+        with self.lock:
+            if instance in self.instances:
+                LOG.info('Instance %s is already protected here', instance)
+                return
+            st = state_mod.InstanceState(instance=instance, project=project,
+                                         spec=dict(spec))
+            st.save(self.conf.agent.state_dir)
+            self._start_instance(st)
+        LOG.info('Instance %s: protection started', instance)
+
+    def unprotect(self, instance: str) -> None:
+        with self.lock:
+            p = self.instances.pop(instance, None)
+        if p is None:
+            return
+        p.stop()
+        if p.agent.vm is not None:
+            self.driver.detach(p.agent.vm)
+        p.agent.state.remove(self.conf.agent.state_dir)
+        LOG.info('Instance %s: protection stopped', instance)
+
+    def restart(self, instance: str, restore_point: str) -> dict:
+        """Make sure the failed VM is gone, start it on the restore point."""
+        with self.lock:
+            p = self.instances.pop(instance, None)
+        if p is None:
+            path = state_mod.InstanceState.path_for(self.conf.agent.state_dir,
+                                                    instance)
+            if not os.path.exists(path):
+                raise exception.InstanceNotFound(
+                    'Instance %s is not protected on %s.' % (instance,
+                                                             self.host),
+                    instance=instance)
+            st = state_mod.InstanceState.load(path)
+            vm = None
+        else:
+            p.monitor.expected_exit = True
+            p.stop()
+            st, vm = p.agent.state, p.agent.vm
+        spec = st.spec
+        if vm is not None:
+            try:
+                self.driver.kill(vm)
+            except exception.HaSnapshotException:
+                pass
+        _kill_pid(spec.get('pid'))
+        workdir = os.path.join(self.conf.agent.state_dir, instance)
+        os.makedirs(workdir, exist_ok=True)
+        disk_path = os.path.join(workdir, 'restored-%s.qcow2' % restore_point)
+        restore_mod.fetch(self.manager_api, instance, restore_point,
+                          disk_path, limits=qemu.Limits.from_conf(self.conf))
+        vm_spec = spec['vm']
+        new_vm = self.driver.start(hv_base.VMSpec(
+            name=spec['name'], qmp_path=spec['qmp_path'],
+            log_path=spec.get('log_path') or os.path.join(workdir, 'qemu.log'),
+            machine=vm_spec.get('machine', 'none'),
+            accel=vm_spec.get('accel', 'tcg'),
+            memory_mb=vm_spec.get('memory_mb', 64),
+            paused=vm_spec.get('paused', False),
+            pidfile=vm_spec.get('pidfile'),
+            disks=(hv_base.DiskSpec(path=disk_path, format='qcow2',
+                                    node=vm_spec.get('node'),
+                                    device=vm_spec.get('device')),)))
+        old_files = [x.frozen for x in st.pending] + [spec.get('disk_path')]
+        st.spec = dict(spec, pid=new_vm.pid, disk_path=disk_path, disk=None)
+        st.pending = []
+        st.parent = restore_point
+        st.baseline_restore_point = restore_point
+        st.status = 'protecting'
+        st.save(self.conf.agent.state_dir)
+        self._start_instance(st, vm=new_vm)
+        for path in old_files:
+            if path and path != disk_path and os.path.exists(path) and (
+                    path.startswith(workdir)):
+                os.unlink(path)
+        LOG.info('Instance %s restarted from restore point %s (pid %d)',
+                 instance, restore_point, new_vm.pid)
+        return {'pid': new_vm.pid, 'disk': disk_path}
+
+
+def _kill_pid(pid) -> None:
+    if not pid:
+        return
+    try:
+        os.kill(pid, 9)
+    except ProcessLookupError:
+        pass
+
+
+class AgentEndpoint:
+    """RPC API 1.0; see ha_snapshot/agent/rpcapi.py for the history."""
+
+    target = messaging.Target(version='1.0')
+
+    def __init__(self, svc: AgentService):
+        self.svc = svc
+
+    def protect(self, ctxt, instance, project, spec):
+        try:
+            self.svc.protect(instance, project, spec)
+        except exception.HaSnapshotException as e:
+            LOG.error('Instance %s not protected: %s', instance, e)
+
+    def unprotect(self, ctxt, instance):
+        self.svc.unprotect(instance)
+
+    @messaging.expected_exceptions(exception.HaSnapshotException)
+    def restart(self, ctxt, instance, restore_point):
+        return self.svc.restart(instance, restore_point)
+
+

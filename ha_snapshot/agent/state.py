@@ -1,0 +1,85 @@
+"""What a snapshot agent must not forget across restarts, on disk.
+
+One JSON file per instance (``<state_dir>/<uuid>/state.json``), replaced
+atomically after every step that matters: a snapshot taken (its frozen
+overlay is pending until acknowledged), an acknowledgement received (the
+overlay moves to committing), a commit done. An agent restarted at any
+point finds every frozen overlay it has not been told is durable, and
+sends it again.
+"""
+
+import dataclasses
+import json
+import os
+
+from ha_snapshot import exception
+
+
+@dataclasses.dataclass
+class Pending:
+    sequence: int
+    disk: str
+    frozen: str
+    backing: str | None
+    committable: bool
+    parent: str | None = None
+    """The restore point it applies to, fixed when shipping starts so that
+    a resend after a crash is recognised by the manager."""
+    restore_point: str | None = None
+    """Set once acknowledged (the overlay is then only to be committed)."""
+
+
+@dataclasses.dataclass
+class InstanceState:
+    instance: str
+    project: str
+    spec: dict
+    next_sequence: int = 0
+    parent: str | None = None
+    baseline_restore_point: str | None = None
+    """The VM's base image is exactly this restore point (after a restart
+    from it): the first snapshot's frozen base is not sent again."""
+    pending: list = dataclasses.field(default_factory=list)
+    status: str = 'protecting'
+
+    @classmethod
+    def path_for(cls, state_dir: str, instance: str) -> str:
+        return os.path.join(state_dir, instance, 'state.json')
+
+    def save(self, state_dir: str) -> None:
+        path = self.path_for(state_dir, self.instance)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + '.tmp'
+        with open(tmp, 'w') as f:
+            json.dump(dataclasses.asdict(self), f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str) -> 'InstanceState':
+        try:
+            with open(path) as f:
+                d = json.load(f)
+            d['pending'] = [Pending(**p) for p in d.get('pending', [])]
+            return cls(**d)
+        except (OSError, ValueError, TypeError) as e:
+            raise exception.HaSnapshotException(
+                'Agent state %s is unreadable (%s); move it away to start '
+                'protection of that instance again.' % (path, e))
+
+    @classmethod
+    def load_all(cls, state_dir: str) -> list:
+        out = []
+        if not os.path.isdir(state_dir):
+            return out
+        for name in sorted(os.listdir(state_dir)):
+            path = cls.path_for(state_dir, name)
+            if os.path.exists(path):
+                out.append(cls.load(path))
+        return out
+
+    def remove(self, state_dir: str) -> None:
+        path = self.path_for(state_dir, self.instance)
+        if os.path.exists(path):
+            os.unlink(path)

@@ -1,0 +1,61 @@
+"""[qemu]: the qemu hypervisor driver (QEMU over QMP).
+
+The driver itself is chosen by name from the ``ha_snapshot.hypervisor``
+namespace with ``[agent] hypervisor``.
+"""
+
+from oslo_config import cfg
+from oslo_utils import units
+
+GROUP = cfg.OptGroup('qemu', title='QEMU driver',
+                     help='Live snapshots and commits of QEMU VMs over QMP.')
+
+OPTS = [
+    cfg.StrOpt('binary', default='qemu-system-x86_64',
+               help='QEMU system emulator started for VMs the agent '
+                    'launches itself (local recovery by restart). Debian '
+                    'package qemu-system-x86.'),
+    cfg.FloatOpt('connect_timeout', default=30.0, min=0.1,
+                 help='Seconds to wait for a VM\'s QMP socket to accept a '
+                      'connection and greet, when starting or attaching.'),
+    cfg.FloatOpt('command_timeout', default=30.0, min=0.01,
+                 help='Seconds one QMP command may take before it fails '
+                      'with an error naming the command.'),
+    cfg.FloatOpt('commit_timeout', default=3600.0, min=1,
+                 help='Seconds a commit of a frozen overlay may take; the '
+                      'block job is cancelled after that (the overlay '
+                      'stays and is committed again later).'),
+    cfg.IntOpt('commit_speed', default=0, min=0,
+               help='Commit rate limit in bytes per second, 0 for none. '
+                    'Limits the I/O a commit takes from the guest.'),
+    cfg.FloatOpt('snapshot_wait', default=0.0, min=0,
+                 help='Seconds a snapshot waits for a running commit of '
+                      'the same VM before it is refused.'),
+    cfg.BoolOpt('snapshot_preflush', default=True,
+                help='Flush every disk just before a snapshot (guest I/O '
+                     'goes on), so that the snapshot itself, during which '
+                     'guest I/O is paused, has little left to flush. '
+                     'Measured by benchmarks/snapshot_stall.py.'),
+    cfg.FloatOpt('quit_timeout', default=10.0, min=0.1,
+                 help='Seconds a VM gets to exit after QMP quit before it '
+                      'is killed.'),
+    cfg.StrOpt('overlay_dir',
+               help='Where new overlays are created. Default: beside the '
+                    'disk\'s base image.'),
+    cfg.IntOpt('overlay_cluster_size', default=64 * units.Ki,
+               min=512, max=2 * units.Mi,
+               help='Cluster size of new overlays (bytes, a power of two): '
+                    'the granularity of deltas.'),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    # NOTE: a fresh OptGroup per ConfigOpts (register_group() copies a
+    # group shallowly); registering twice is harmless.
+    conf.register_group(cfg.OptGroup(GROUP.name, title=GROUP.title,
+                                     help=GROUP.help))
+    conf.register_opts(OPTS, group=GROUP.name)
+
+
+def list_opts():
+    return {GROUP: OPTS}

@@ -1,0 +1,75 @@
+"""[policy]: how often each protected instance is snapshotted."""
+
+from oslo_config import cfg
+
+GROUP = cfg.OptGroup(
+    'policy', title='Snapshot policy',
+    help='The policy engine of the agent picks the time between two '
+         'snapshots of an instance from its write rate, the size and '
+         'shipping time of its deltas and the load of the host.')
+
+OPTS = [
+    cfg.StrOpt('name', default='adaptive',
+               help='Snapshot policy, by name, from the ha_snapshot.policy '
+                    'namespace: "fixed" (every [policy] interval seconds) '
+                    'or "adaptive" (keeps the recovery point objective '
+                    '[policy] rpo_target).'),
+    cfg.FloatOpt('interval', default=60.0, min=1.0,
+                 help='Seconds between two snapshots, for the fixed '
+                      'policy.'),
+    cfg.FloatOpt('rpo_target', default=60.0, min=1.0,
+                 help='Recovery point objective of the adaptive policy, '
+                      'in seconds: the most writes, counted in time, that '
+                      'a failure may lose. The achieved RPO is the age of '
+                      'the newest durable restore point just before the '
+                      'next one becomes durable, about one interval plus '
+                      'one shipping time.'),
+    cfg.FloatOpt('min_interval', default=5.0, min=0.5,
+                 help='Shortest time between two snapshots (seconds), '
+                      'whatever the adaptive policy computes. At most '
+                      'rpo_target.'),
+    cfg.FloatOpt('max_interval', default=600.0, min=1.0,
+                 help='Longest time between two snapshots (seconds): the '
+                      'bound for idle instances and severe host overload. '
+                      'At least rpo_target.'),
+    cfg.FloatOpt('safety_margin', default=0.1, min=0.0, max=0.5,
+                 help='Share of rpo_target the adaptive policy keeps in '
+                      'reserve for shipping times longer than predicted. '
+                      'The margin also grows with the measured prediction '
+                      'error. A moderately overloaded host may use it.'),
+    cfg.FloatOpt('host_cpu_high', default=85.0, min=1.0, max=100.0,
+                 help='Host CPU use (percent, all CPUs) above which the '
+                      'host counts as overloaded: the adaptive policy '
+                      'snapshots less often, within rpo_target.'),
+    cfg.FloatOpt('host_iowait_high', default=20.0, min=1.0, max=100.0,
+                 help='Host I/O wait (percent of CPU time) above which the '
+                      'host counts as overloaded.'),
+    cfg.FloatOpt('host_cpu_severe', default=98.0, min=1.0, max=100.0,
+                 help='Host CPU use (percent) from which the overload is '
+                      'severe: the adaptive policy then backs off up to '
+                      'max_interval even if rpo_target is missed. At least '
+                      'host_cpu_high.'),
+    cfg.FloatOpt('host_iowait_severe', default=50.0, min=1.0, max=100.0,
+                 help='Host I/O wait (percent) from which the overload is '
+                      'severe. At least host_iowait_high.'),
+    cfg.FloatOpt('backoff_factor', default=2.0, min=1.0, max=10.0,
+                 help='Factor by which the adaptive policy stretches the '
+                      'interval at each decision while the host is '
+                      'overloaded or the instance writes nothing.'),
+    cfg.FloatOpt('ewma_alpha', default=0.3, min=0.01, max=1.0,
+                 help='Weight of the newest shipping measurement in the '
+                      'moving averages of the adaptive policy (1 keeps '
+                      'only the newest).'),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    # NOTE: a fresh OptGroup per ConfigOpts: register_group() only copies
+    # the group shallowly, and overrides set on one conf would show on all.
+    conf.register_group(cfg.OptGroup(GROUP.name, title=GROUP.title,
+                                     help=GROUP.help))
+    conf.register_opts(OPTS, group=GROUP.name)
+
+
+def list_opts():
+    return {GROUP: OPTS}
