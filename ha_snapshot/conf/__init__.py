@@ -11,6 +11,7 @@ from ha_snapshot.conf import image
 from ha_snapshot.conf import manager
 from ha_snapshot.conf import policy
 from ha_snapshot.conf import storage
+from ha_snapshot.conf import swift
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
@@ -19,3 +20,4 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     manager.register_opts(conf)
     policy.register_opts(conf)
     storage.register_opts(conf)
+    swift.register_opts(conf)

@@ -5,10 +5,11 @@ from ha_snapshot.conf import image
 from ha_snapshot.conf import manager
 from ha_snapshot.conf import policy
 from ha_snapshot.conf import storage
+from ha_snapshot.conf import swift
 
 
 def list_opts():
     groups = {}
-    for module in (database, image, manager, policy, storage):
+    for module in (database, image, manager, policy, storage, swift):
         groups.update(module.list_opts())
     return [(group, opts) for group, opts in groups.items()]

@@ -1,7 +1,13 @@
-"""The recovery-image store over the file driver, with real qemu-img."""
+"""The recovery-image store over the file driver, with real qemu-img.
+
+:class:`StoreTests` holds the tests every storage backend must pass; it is
+mixed into one TestCase per backend: :class:`StoreTestCase` here (file) and
+the Swift one in ha_snapshot/tests/functional/test_store_swift.py.
+"""
 
 import json
 import os
+import time
 
 from ha_snapshot import delta as delta_mod
 from ha_snapshot import exception
@@ -14,11 +20,18 @@ from ha_snapshot.tests import base
 MiB = base.MiB
 
 
-class StoreTestCase(base.TestCase):
+class StoreTests:
+    """Backend-independent store tests, mixed into a base.TestCase.
+
+    The TestCase provides ``backend_conf(**overrides)``, a configuration
+    whose ``[storage] backend_url`` is a fresh, empty store, and
+    ``store_snapshot()``, a value that changes when anything in the store
+    does. Objects are only reached through the driver.
+    """
 
     def setUp(self):
         super().setUp()
-        self.conf = base.make_conf(self.store_dir, storage__chunk_size=MiB)
+        self.conf = self.backend_conf(storage__chunk_size=MiB)
         self.store = self.make_store(self.conf)
         self.inst = base.new_uuid()
 
@@ -104,12 +117,12 @@ class StoreTestCase(base.TestCase):
         paths, views = self.chain()
         rp = self.import_(paths[0])
         prim = self.wire_delta(paths[1], rp.id)
-        before = base.tree_digest(self.store_dir)
+        before = self.store_snapshot()
         # A bad checksum in the last part: nothing may be written at all.
         prim['parts'][-1]['sha256'] = 'f' * 64
         self.assertRaises(exception.InvalidDelta, self.store.merge,
                           delta_mod.Delta.from_primitive(prim))
-        self.assertEqual(before, base.tree_digest(self.store_dir))
+        self.assertEqual(before, self.store_snapshot())
         for mutated, error in [
                 (self.wire_delta(paths[1], base.new_uuid()),
                  exception.DeltaParentMismatch),
@@ -117,7 +130,7 @@ class StoreTestCase(base.TestCase):
                  exception.InvalidDelta)]:
             self.assertRaises(error, self.store.merge,
                               delta_mod.Delta.from_primitive(mutated))
-            self.assertEqual(before, base.tree_digest(self.store_dir))
+            self.assertEqual(before, self.store_snapshot())
 
     def test_resent_delta_is_idempotent(self):
         paths, views = self.chain()
@@ -150,14 +163,14 @@ class StoreTestCase(base.TestCase):
                          for s in first.chunks.values()})
         self.assertEqual(2, len(chunks))
         # Corrupt one chunk, delete another, garble the newest manifest.
-        path0 = os.path.join(self.store_dir, chunks[0])
-        with open(path0, 'r+b') as f:
-            f.seek(100)
-            f.write(b'\xff\xfe')
-        os.unlink(os.path.join(self.store_dir, chunks[1]))
+        driver = self.store.driver
+        blob = bytearray(driver.get(chunks[0]))
+        blob[len(blob):100] = bytes(max(0, 100 - len(blob)))
+        blob[100:102] = b'\xff\xfe'  # NOTE: as a pwrite at offset 100
+        driver.put(chunks[0], bytes(blob))
+        driver.delete(chunks[1])
         newest = self.store.newest(self.inst).key
-        with open(os.path.join(self.store_dir, newest), 'wb') as f:
-            f.write(b'not a manifest')
+        driver.put(newest, b'not a manifest')
         broken = dict(self.store.verify())
         self.assertIn(newest, broken)
         self.assertIn(chunks[1], broken)
@@ -185,16 +198,19 @@ class StoreTestCase(base.TestCase):
         """A chunk unreferenced when gc lists, reused by a merge: kept."""
         b = self.make_qcow2('b.qcow2', 4 * MiB, 'write -P 3 0 4M')
         self.import_(b)
-        # Make the instance's restore point vanish and its chunk old.
+        # Make the instance's restore point vanish, and run the gc below
+        # at a time when the chunk, as imported, is older than the grace.
         for rp in self.store.restore_points(self.inst):
             self.store.driver.delete(rp.key)
         [chunk] = list(self.store.driver.list('chunks/'))
-        old = chunk.mtime - 10 * self.conf.storage.gc_grace_period
-        os.utime(os.path.join(self.store_dir, chunk.key), (old, old))
+        grace = self.conf.storage.gc_grace_period
+        cutoff = chunk.mtime + 0.001
+        time.sleep(0.05)  # NOTE: the merge's touch comes after ``cutoff``.
         ran = []
 
         def gc_now(rp):
-            ran.append(self.make_store(self.conf).gc())
+            ran.append(self.make_store(
+                self.conf, clock=lambda: cutoff + grace).gc())
         store = self.make_store(self.conf, hooks={'before_commit': gc_now})
         rp = importer.import_file(self.conf, store, base.new_uuid(), b)
         self.assertEqual(0, ran[0]['chunks_removed'])
@@ -205,16 +221,43 @@ class StoreTestCase(base.TestCase):
         b = self.make_qcow2('b.qcow2', MiB, 'write -P 3 0 1M')
         self.import_(b)
         [chunk] = list(self.store.driver.list('chunks/'))
-        cutoff = chunk.mtime + 1
+        cutoff = chunk.mtime + 0.001
+        time.sleep(0.05)
         # Listed as old, then touched by a merge before the delete lands.
         self.assertTrue(self.store.driver.touch(chunk.key))
-        os.utime(os.path.join(self.store_dir, chunk.key),
-                 (cutoff + 5, cutoff + 5))
+        [touched] = list(self.store.driver.list(chunk.key))
+        self.assertGreater(touched.mtime, cutoff)
         self.assertFalse(self.store.driver.delete_if_older(chunk.key, cutoff))
         self.assertTrue(self.store.driver.exists(chunk.key))
-        self.assertTrue(self.store.driver.delete_if_older(chunk.key,
-                                                          cutoff + 10))
+        self.assertTrue(self.store.driver.delete_if_older(
+            chunk.key, touched.mtime + 10))
         self.assertFalse(self.store.driver.exists(chunk.key))
+
+    def test_slow_merge_commits_nothing(self):
+        b = self.make_qcow2('b.qcow2', MiB, 'write -P 3 0 1M')
+        ticks = iter([0.0, 1e6])
+        store = self.make_store(self.conf, clock=lambda: next(ticks))
+        self.assertRaises(exception.MergeTooSlow, importer.import_file,
+                          self.conf, store, self.inst, b)
+        self.assertEqual([], self.store.restore_points(self.inst))
+
+    def test_manifest_is_self_consistent(self):
+        b = self.make_qcow2('b.qcow2', MiB, 'write -P 3 0 1M')
+        rp = self.import_(b)
+        blob = self.store.driver.get(rp.key)
+        self.assertEqual(rp.id, objects.decode_manifest(rp.key, blob).id)
+        self.assertRaises(exception.CorruptObject, objects.decode_manifest,
+                          objects.manifest_key(self.inst, 9), blob)
+
+
+class StoreTestCase(StoreTests, base.TestCase):
+    """The store over the file driver, and what only files can show."""
+
+    def backend_conf(self, **overrides):
+        return base.make_conf(self.store_dir, **overrides)
+
+    def store_snapshot(self):
+        return base.tree_digest(self.store_dir)
 
     def test_gc_killed_mid_delete_puts_touched_chunk_back(self):
         b = self.make_qcow2('b.qcow2', MiB, 'write -P 3 0 1M')
@@ -230,14 +273,6 @@ class StoreTestCase(base.TestCase):
         self.assertEqual([], self.store.verify())
         self.assertFalse(os.path.exists(trash))
 
-    def test_slow_merge_commits_nothing(self):
-        b = self.make_qcow2('b.qcow2', MiB, 'write -P 3 0 1M')
-        ticks = iter([0.0, 1e6])
-        store = self.make_store(self.conf, clock=lambda: next(ticks))
-        self.assertRaises(exception.MergeTooSlow, importer.import_file,
-                          self.conf, store, self.inst, b)
-        self.assertEqual([], self.store.restore_points(self.inst))
-
     def test_unknown_backend(self):
         for url, reason in [('nosuch://x', 'No storage backend'),
                             ('file://host/x', 'local path'),
@@ -245,11 +280,3 @@ class StoreTestCase(base.TestCase):
             e = self.assertRaises(exception.BackendNotFound,
                                   storage.get_driver, self.conf, url)
             self.assertIn(reason, str(e))
-
-    def test_manifest_is_self_consistent(self):
-        b = self.make_qcow2('b.qcow2', MiB, 'write -P 3 0 1M')
-        rp = self.import_(b)
-        blob = self.store.driver.get(rp.key)
-        self.assertEqual(rp.id, objects.decode_manifest(rp.key, blob).id)
-        self.assertRaises(exception.CorruptObject, objects.decode_manifest,
-                          objects.manifest_key(self.inst, 9), blob)
