@@ -66,8 +66,11 @@ class DeltaPart:
     sha256: str = ''
     payload: bytes | None = None
     compression: str = 'zstd'
+    decoded: bytes | None = dataclasses.field(default=None, repr=False,
+                                              compare=False)
 
     def meta(self) -> dict:
+        # NOTE: ``decoded`` is a cache (Delta.verify), never serialised.
         return {'instance': self.instance, 'sequence': self.sequence,
                 'index': self.index,
                 'extents': [list(e) for e in self.extents],
@@ -194,17 +197,28 @@ class Delta:
             check(part)
         check.finish()
 
-    def verify(self) -> None:
-        """Decompress and checksum every held part (before any write)."""
+    def verify(self, keep_bytes: int = 0) -> None:
+        """Decompress and checksum every held part (before any write).
+
+        Up to ``keep_bytes`` of decoded data is kept, so that the merge
+        that follows does not decode those parts a second time.
+        """
+        kept = 0
         for part in self.parts():
-            part.decode(self.header)
+            raw = part.decode(self.header)
+            if kept + len(raw) <= keep_bytes:
+                part.decoded = raw
+                kept += len(raw)
 
     def iter_extents(self, *, max_part_bytes: int, max_part_extents: int):
         """Yield (offset, length, kind, bytes|None) in offset order."""
         check = _PartChecker(self.header, max_part_bytes, max_part_extents)
         for part in self.parts():
             check(part)
-            raw = memoryview(part.decode(self.header))
+            raw = part.decoded
+            part.decoded = None
+            raw = memoryview(raw if raw is not None
+                             else part.decode(self.header))
             pos = 0
             for offset, length, kind in part.extents:
                 if kind == DATA:

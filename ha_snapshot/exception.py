@@ -152,3 +152,71 @@ class RecoveryNotFound(DatabaseError):
 class RecoveryStateConflict(DatabaseError):
     msg_fmt = ('Recovery %(recovery)s is %(actual)s; it cannot become '
                '%(state)s.')
+
+
+# --- hypervisor -------------------------------------------------------------
+
+class HypervisorError(HaSnapshotException):
+    msg_fmt = 'VM %(vm)s: %(reason)s'
+
+
+class HypervisorDriverNotFound(HypervisorError):
+    msg_fmt = ('No hypervisor driver %(name)r: %(reason)s. Set [agent] '
+               'hypervisor to a name from the ha_snapshot.hypervisor '
+               'namespace, e.g. qemu.')
+
+
+class QemuNotFound(HypervisorError):
+    msg_fmt = ('QEMU binary %(binary)r not found: install the Debian package '
+               'qemu-system-x86 (apt-get install -y qemu-system-x86; '
+               'bindep.txt lists it) or set [qemu] binary.')
+
+
+class VMStartFailed(HypervisorError):
+    msg_fmt = 'VM %(vm)s did not start: %(reason)s. QEMU log %(log)s:%(tail)s'
+
+
+class VMAttachFailed(HypervisorError):
+    msg_fmt = ('Cannot attach to VM %(vm)s (QMP socket %(path)s, pid '
+               '%(pid)s): %(reason)s')
+
+
+class VMNotRunning(HypervisorError):
+    msg_fmt = 'VM %(vm)s is not running or its monitor is gone: %(reason)s'
+
+
+class QmpError(HypervisorError):
+    msg_fmt = 'QMP command %(command)s on VM %(vm)s failed: %(reason)s'
+
+
+class QmpTimeout(QmpError):
+    msg_fmt = ('QMP command %(command)s on VM %(vm)s got no reply within '
+               '%(timeout)s s (is QEMU stopped or hung?)')
+
+
+class HmpError(QmpError):
+    msg_fmt = 'Monitor command %(command)s on VM %(vm)s failed: %(reason)s'
+
+
+class DiskNotFound(HypervisorError):
+    msg_fmt = 'VM %(vm)s has no writable disk %(disk)r (disks: %(known)s)'
+
+
+class SnapshotFailed(HypervisorError):
+    msg_fmt = ('Snapshot of VM %(vm)s failed, no disk changed: %(reason)s')
+
+
+class CommitInProgress(SnapshotFailed):
+    msg_fmt = ('VM %(vm)s: %(reason)s; snapshots and commits of one VM run '
+               'one at a time: retry when it ends.')
+
+
+class CommitFailed(HypervisorError):
+    msg_fmt = ('Commit of %(top)s into %(base)s on VM %(vm)s failed: '
+               '%(reason)s. The overlay stays in the chain: retry the commit.')
+
+
+class CommitOrderError(CommitFailed):
+    msg_fmt = ('Commit of %(top)s on VM %(vm)s refused: the older overlay '
+               '%(base)s below it is not committed yet; commit frozen '
+               'overlays oldest first.')

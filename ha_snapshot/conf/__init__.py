@@ -7,6 +7,7 @@ to :func:`register_opts`, then pass it on to the code that needs it.
 from oslo_config import cfg
 
 from ha_snapshot.conf import database
+from ha_snapshot.conf import hypervisor
 from ha_snapshot.conf import image
 from ha_snapshot.conf import manager
 from ha_snapshot.conf import policy
@@ -16,6 +17,7 @@ from ha_snapshot.conf import swift
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
     database.register_opts(conf)
+    hypervisor.register_opts(conf)
     image.register_opts(conf)
     manager.register_opts(conf)
     policy.register_opts(conf)

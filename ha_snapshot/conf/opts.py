@@ -1,6 +1,7 @@
 """Entry point for oslo-config-generator (``oslo.config.opts``)."""
 
 from ha_snapshot.conf import database
+from ha_snapshot.conf import hypervisor
 from ha_snapshot.conf import image
 from ha_snapshot.conf import manager
 from ha_snapshot.conf import policy
@@ -10,6 +11,7 @@ from ha_snapshot.conf import swift
 
 def list_opts():
     groups = {}
-    for module in (database, image, manager, policy, storage, swift):
+    for module in (database, hypervisor, image, manager, policy,
+                   storage, swift):
         groups.update(module.list_opts())
     return [(group, opts) for group, opts in groups.items()]

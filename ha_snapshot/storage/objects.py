@@ -47,6 +47,10 @@ def encode_chunk(data: bytes, compress: bool, cctx=None) -> bytes:
     return _CHUNK_MAGIC + bytes([_CODEC_NONE]) + data
 
 
+def is_compressed(blob: bytes) -> bool:
+    return blob[4] == _CODEC_ZSTD
+
+
 MAX_CHUNK = 64 << 20
 MAX_MANIFEST = 1 << 30
 

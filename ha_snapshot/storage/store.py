@@ -14,10 +14,13 @@ manifest and untouched for the whole grace period (see storage/base.py).
 May import ha_snapshot.delta, ha_snapshot.image and the drivers.
 """
 
+import collections
+import concurrent.futures
 import dataclasses
 import hashlib
 import os
 import tempfile
+import threading
 import time
 
 from oslo_log import log as logging
@@ -32,6 +35,14 @@ from ha_snapshot.storage import objects
 from ha_snapshot.storage import retention
 
 LOG = logging.getLogger(__name__)
+
+VERIFY_CACHE_BYTES = 256 << 20
+# NOTE: chunks are hashed, compressed and written by a few threads
+# (hashlib, zstd and file I/O release the GIL); this bounds how many
+# assembled chunks wait for them.
+WRITER_THREADS = 3
+WRITER_QUEUE = 8
+SKIP_AFTER_INCOMPRESSIBLE = 8
 
 
 @dataclasses.dataclass
@@ -153,7 +164,9 @@ class RecoveryStore:
                 return parent
             self._check_parent(h, parent)
             if delta.materialized:
-                delta.verify()  # NOTE: reject it whole before any write.
+                # NOTE: reject it whole before any write; what verify
+                # decoded is kept for the merge, within a memory budget.
+                delta.verify(keep_bytes=VERIFY_CACHE_BYTES)
             return self._merge_locked(delta, parent, source)
 
     def _check_parent(self, h, parent) -> None:
@@ -191,12 +204,11 @@ class RecoveryStore:
             virtual_size=h.virtual_size, chunk_size=chunk_size, chunks=chunks,
             delta_sequence=h.sequence, changed_bytes=h.changed_bytes,
             source=source)
-        writer = _ChunkWriter(self, rp, parent)
-        for offset, length, kind, data in delta.iter_extents(
-                max_part_bytes=self.limits.max_part_bytes,
-                max_part_extents=self.limits.max_part_extents):
-            writer.apply(offset, length, data)
-        writer.flush()
+        with _ChunkWriter(self, rp, parent) as writer:
+            for offset, length, kind, data in delta.iter_extents(
+                    max_part_bytes=self.limits.max_part_bytes,
+                    max_part_extents=self.limits.max_part_extents):
+                writer.apply(offset, length, data)
         self.hooks.get('before_commit', lambda rp: None)(rp)
         elapsed = self.clock() - started
         if elapsed > self.gc_grace / 2:
@@ -213,16 +225,24 @@ class RecoveryStore:
                  rp.new_bytes)
         return rp
 
-    def _put_chunk(self, rp, data: bytes, cctx) -> str:
+    def _put_chunk(self, scope: str, data: bytes, compress: bool,
+                   claim=None):
+        """Store one chunk unless held.
+
+        ``claim(sha)`` says whether this call is the first of its merge to
+        hold that content (the same chunk twice in one delta is stored
+        once). Returns (sha, bytes newly stored, whether it was compressed).
+        """
         sha = hashlib.sha256(data).hexdigest()
-        key = objects.chunk_key(rp.scope, sha)
+        if claim is not None and not claim(sha):
+            return sha, 0, compress
+        key = objects.chunk_key(scope, sha)
         # NOTE: touch, not exists: a reused chunk must look fresh to gc.
-        if not self.driver.touch(key):
-            self.driver.put(key, objects.encode_chunk(data, self.compress,
-                                                      cctx))
-            rp.new_chunks += 1
-            rp.new_bytes += len(data)
-        return sha
+        if self.driver.touch(key):
+            return sha, 0, compress
+        blob = objects.encode_chunk(data, compress, _cctx())
+        self.driver.put(key, blob)
+        return sha, len(data), objects.is_compressed(blob)
 
     # --- retention, gc, verify ----------------------------------------------
 
@@ -357,14 +377,46 @@ class RecoveryStore:
         return rp
 
 
+_local = threading.local()
+
+
+def _cctx():
+    # NOTE: a zstd compressor is not thread-safe; one per writer thread.
+    if not hasattr(_local, 'cctx'):
+        _local.cctx = zstandard.ZstdCompressor(level=1)
+    return _local.cctx
+
+
 class _ChunkWriter:
-    """Assembles the chunks a merge touches, in offset order."""
+    """Assembles the chunks a merge touches, in offset order, and has a few
+    threads hash, compress and store them. Leaving the ``with`` block waits
+    for every chunk (and raises the first failure)."""
 
     def __init__(self, store: RecoveryStore, rp, parent):
         self.store, self.rp, self.parent = store, rp, parent
         self.index = None
         self.buf = None
-        self.cctx = zstandard.ZstdCompressor(level=1)
+        self.pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=WRITER_THREADS, thread_name_prefix='chunk-writer')
+        self.pending = collections.deque()
+        self.claimed = set()
+        self.claim_lock = threading.Lock()
+        # NOTE: incompressible data stays so; compression is tried again
+        # only now and then once a chunk did not shrink.
+        self.skip_compression = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                self.flush()
+                while self.pending:
+                    self._collect()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        return False
 
     def apply(self, offset: int, length: int, data) -> None:
         cs = self.rp.chunk_size
@@ -387,7 +439,7 @@ class _ChunkWriter:
                 else:
                     self.buf = bytearray(clen)
             if data is None:
-                self.buf[within:within + n] = bytes(n)
+                self.buf[within:within + n] = _zeros(n)
             else:
                 self.buf[within:within + n] = data[pos:pos + n]
             pos += n
@@ -396,9 +448,46 @@ class _ChunkWriter:
         if self.buf is None:
             return
         data = bytes(self.buf)
-        if data.count(0) == len(data):
-            self.rp.chunks.pop(self.index, None)
-        else:
-            self.rp.chunks[self.index] = self.store._put_chunk(
-                self.rp, data, self.cctx)
         self.buf = None
+        if data == _zeros(len(data)):
+            self.rp.chunks.pop(self.index, None)
+            return
+        compress = self.store.compress and self.skip_compression == 0
+        self.skip_compression = max(0, self.skip_compression - 1)
+        self.pending.append((self.index, len(data), compress,
+                             self.pool.submit(self.store._put_chunk,
+                                              self.rp.scope, data, compress,
+                                              self._claim)))
+        while len(self.pending) > WRITER_QUEUE:
+            self._collect()
+
+    def _claim(self, sha: str) -> bool:
+        with self.claim_lock:
+            if sha in self.claimed:
+                return False
+            self.claimed.add(sha)
+            return True
+
+    def _collect(self) -> None:
+        index, length, tried, future = self.pending.popleft()
+        sha, stored, shrank = future.result()
+        if tried and not shrank:
+            self.skip_compression = SKIP_AFTER_INCOMPRESSIBLE
+        self.rp.chunks[index] = sha
+        if stored:
+            self.rp.new_chunks += 1
+            self.rp.new_bytes += stored
+
+
+_ZEROS = {}
+
+
+def _zeros(n: int) -> bytes:
+    """A shared all-zero bytes of length ``n`` (comparison is a memcmp)."""
+    z = _ZEROS.get(n)
+    if z is None:
+        z = _ZEROS[n] = bytes(n)
+        if len(_ZEROS) > 64:
+            _ZEROS.clear()
+            _ZEROS[n] = z
+    return z

@@ -18,6 +18,8 @@ GOAL_KEYS = {
     'restore_vs_chain': ['ratio'],
     'dedup': ['fraction_of_image'],
     'chunk_size': ['recommended_chunk_size'],
+    'snapshot_stall': ['p50_ms', 'p99_ms', 'commit_mb_s'],
+    'swift_merge': ['ratio_vs_sdk_put'],
 }
 
 
@@ -52,3 +54,9 @@ class BenchmarkSmokeTestCase(testtools.TestCase):
 
     def test_chunk_size(self):
         self._run('chunk_size')
+
+    def test_snapshot_stall(self):
+        self._run('snapshot_stall')
+
+    def test_swift_merge(self):
+        self._run('swift_merge')

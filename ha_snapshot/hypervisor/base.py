@@ -1,0 +1,284 @@
+"""The hypervisor driver contract: live snapshots and commits of VM disks.
+
+A driver attaches to (or starts) a VM and keeps its disks recoverable by
+external qcow2 overlays:
+
+* :meth:`HypervisorDriver.snapshot` puts one new overlay on top of every
+  writable disk, all disks in one atomic step. The image that was active
+  freezes: it holds exactly the writes since the previous snapshot.
+* once the manager has made that delta durable, :meth:`HypervisorDriver.commit`
+  merges the frozen overlay down into the image below it and deletes it.
+  Snapshots and commits of one VM are serialised.
+
+The lowest image a driver ever writes into is the disk's *base*: the image
+that was active when protection began. The first snapshot freezes the base
+itself; it is never committed (and nothing below it is ever touched, e.g. a
+shared image the base stands on).
+
+This module holds the data classes, the exceptions of the package and the
+abstract driver; it imports only ha_snapshot.exception.
+"""
+
+import abc
+import dataclasses
+import typing
+
+from ha_snapshot import exception
+
+# Synthetic lifecycle events, next to QMP's own (SHUTDOWN, STOP, RESUME,
+# BLOCK_IO_ERROR, BLOCK_JOB_COMPLETED, JOB_STATUS_CHANGE, ...).
+PROCESS_EXITED = 'PROCESS_EXITED'
+MONITOR_CLOSED = 'MONITOR_CLOSED'
+
+
+# NOTE: the exceptions live in ha_snapshot/exception.py; these names keep
+# hv_base.X working for the driver's users.
+HypervisorError = exception.HypervisorError
+HypervisorDriverNotFound = exception.HypervisorDriverNotFound
+QemuNotFound = exception.QemuNotFound
+VMStartFailed = exception.VMStartFailed
+VMAttachFailed = exception.VMAttachFailed
+VMNotRunning = exception.VMNotRunning
+QmpError = exception.QmpError
+QmpTimeout = exception.QmpTimeout
+HmpError = exception.HmpError
+DiskNotFound = exception.DiskNotFound
+SnapshotFailed = exception.SnapshotFailed
+CommitInProgress = exception.CommitInProgress
+CommitFailed = exception.CommitFailed
+CommitOrderError = exception.CommitOrderError
+
+
+# --- data -------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Image:
+    """One image of a disk's chain, as the hypervisor has it open."""
+    node: str
+    path: str
+    format: str
+    owned: bool = False
+    """Created by this driver (an overlay), not the base or below it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Disk:
+    name: str
+    """Stable id: the guest device id, else the base image's node name."""
+    device: str | None
+    """The guest device's path (QEMU qdev), None for a bare block node."""
+    virtual_size: int
+    chain: tuple
+    """Images from the active one down to the bottom of the chain."""
+
+    @property
+    def active(self) -> Image:
+        return self.chain[0]
+
+    @property
+    def base(self) -> Image:
+        """The lowest image the driver writes into (see the module doc)."""
+        for image in self.chain:
+            if not image.owned:
+                return image
+        return self.chain[-1]
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenOverlay:
+    """One disk's part of a snapshot."""
+    disk: str
+    frozen: Image
+    """Holds exactly the writes since the previous snapshot (the first
+    snapshot freezes the base itself, which holds everything)."""
+    backing: Image | None
+    """What ``frozen`` stood on when the snapshot was taken; None when the
+    frozen image is the bottom of the chain."""
+    active: Image
+    """The new, empty overlay the guest now writes into."""
+
+    @property
+    def committable(self) -> bool:
+        """False for the base: it is never committed."""
+        return self.frozen.owned
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    vm: str
+    disks: tuple
+    """One FrozenOverlay per writable disk, all taken in one transaction."""
+    qmp_seconds: float
+    """Monitor time of the snapshot: the overlays added (unless prepared
+    ahead), the disks flushed, the transaction."""
+    transaction_seconds: float
+    """The atomic switch alone (the only step that pauses guest I/O)."""
+    taken_at: float
+
+    def disk(self, name: str) -> FrozenOverlay:
+        for d in self.disks:
+            if d.disk == name:
+                return d
+        raise KeyError(name)
+
+
+@dataclasses.dataclass(frozen=True)
+class CommitResult:
+    disk: str
+    top: Image
+    base: Image | None
+    committed: bool
+    """False when there was nothing to do (the base, or already done)."""
+    seconds: float = 0.0
+    top_bytes: int = 0
+    """Bytes the committed file held on disk (allocated) before the commit."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockStats:
+    disk: str
+    node: str
+    rd_bytes: int
+    rd_operations: int
+    wr_bytes: int
+    wr_operations: int
+    flush_operations: int
+    wr_highest_offset: int
+    accounted: bool
+    """True when the counters are a guest device's; a bare block node has
+    only ``wr_highest_offset`` (QEMU accounts I/O per device)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    vm: str
+    kind: str
+    """A QMP event name, PROCESS_EXITED or MONITOR_CLOSED."""
+    data: dict
+    timestamp: float
+
+
+@dataclasses.dataclass(frozen=True)
+class DiskSpec:
+    path: str
+    format: str = 'qcow2'
+    node: str | None = None
+    """Block node name (default disk0, disk1, ...)."""
+    device: str | None = None
+    """Guest device id for machines with devices (default vd0, vd1...)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class VMSpec:
+    """What :meth:`HypervisorDriver.start` launches."""
+    name: str
+    disks: tuple
+    qmp_path: str
+    log_path: str
+    machine: str = 'none'
+    """'none' (bare block nodes, no guest) or 'q35' (virtio-blk disks)."""
+    pidfile: str | None = None
+    accel: str = 'tcg'
+    memory_mb: int = 64
+    paused: bool = False
+    """Start with the CPUs stopped (-S): no guest code ever runs."""
+    extra_args: tuple = ()
+
+
+class VM:
+    """A handle on one running VM, returned by start() and attach()."""
+
+    def __init__(self, name: str, pid: int, qmp_path: str,
+                 log_path: str | None = None):
+        self.name = name
+        self.pid = pid
+        self.qmp_path = qmp_path
+        self.log_path = log_path
+
+    def __repr__(self):
+        return '<%s %s pid=%s>' % (type(self).__name__, self.name, self.pid)
+
+
+class Subscription:
+    """Returned by subscribe(); ``cancel()`` stops the deliveries."""
+
+    def __init__(self, cancel: typing.Callable[[], None]):
+        self._cancel = cancel
+
+    def cancel(self) -> None:
+        self._cancel()
+
+
+# --- the contract -----------------------------------------------------------
+
+class HypervisorDriver(abc.ABC):
+    """Base class; ``__init__(conf)`` receives the service's ConfigOpts.
+
+    Every method raises VMNotRunning once the VM's process or monitor is
+    gone. Event callbacks run on one thread per VM, in order, and may call
+    the driver.
+    """
+
+    def __init__(self, conf):
+        self.conf = conf
+
+    @abc.abstractmethod
+    def start(self, spec: VMSpec) -> VM:
+        """Launch a VM and return once its monitor answers."""
+
+    @abc.abstractmethod
+    def attach(self, name: str, qmp_path: str, pid: int, *,
+               log_path: str | None = None) -> VM:
+        """Take over a running VM by its monitor socket and process id."""
+
+    @abc.abstractmethod
+    def detach(self, vm: VM) -> None:
+        """Let go of the VM; it keeps running."""
+
+    @abc.abstractmethod
+    def is_alive(self, vm: VM) -> bool:
+        """The process runs and its monitor is connected."""
+
+    @abc.abstractmethod
+    def quit(self, vm: VM, timeout: float | None = None) -> int | None:
+        """Stop the VM cleanly (SIGKILL after ``timeout``); exit status if
+        known."""
+
+    @abc.abstractmethod
+    def kill(self, vm: VM) -> None:
+        """SIGKILL the VM's process and detach."""
+
+    @abc.abstractmethod
+    def subscribe(self, vm: VM, callback: typing.Callable[[Event], None],
+                  events: typing.Iterable[str] | None = None) -> Subscription:
+        """Deliver the VM's events (all, or those named) to ``callback``."""
+
+    @abc.abstractmethod
+    def disks(self, vm: VM, refresh: bool = True) -> list:
+        """The VM's writable disks (list of Disk)."""
+
+    @abc.abstractmethod
+    def snapshot(self, vm: VM, *, wait: float | None = None) -> Snapshot:
+        """One atomic live snapshot of all writable disks.
+
+        Raises CommitInProgress when a commit still runs after ``wait``
+        seconds, SnapshotFailed when nothing changed.
+        """
+
+    @abc.abstractmethod
+    def commit(self, vm: VM, frozen: 'Snapshot | FrozenOverlay | list', *,
+               timeout: float | None = None) -> list:
+        """Merge frozen overlays down and delete them (list of
+        CommitResult, one per FrozenOverlay). Overlays are committed oldest
+        first (CommitOrderError otherwise); the base is never committed.
+        Safe to call again for an overlay already committed."""
+
+    @abc.abstractmethod
+    def blockstats(self, vm: VM) -> dict:
+        """Disk name -> BlockStats."""
+
+    @abc.abstractmethod
+    def write(self, vm: VM, disk: str, offset: int, length: int,
+              pattern: int = 0x11) -> None:
+        """Write ``length`` bytes of ``pattern`` at ``offset`` into the
+        disk without a guest (tests and the demo)."""
