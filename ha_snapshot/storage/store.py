@@ -42,7 +42,6 @@ VERIFY_CACHE_BYTES = 256 << 20
 # assembled chunks wait for them.
 WRITER_THREADS = 3
 WRITER_QUEUE = 8
-SKIP_AFTER_INCOMPRESSIBLE = 8
 
 
 @dataclasses.dataclass
@@ -231,18 +230,17 @@ class RecoveryStore:
 
         ``claim(sha)`` says whether this call is the first of its merge to
         hold that content (the same chunk twice in one delta is stored
-        once). Returns (sha, bytes newly stored, whether it was compressed).
+        once). Returns (sha, bytes newly stored).
         """
         sha = hashlib.sha256(data).hexdigest()
         if claim is not None and not claim(sha):
-            return sha, 0, compress
+            return sha, 0
         key = objects.chunk_key(scope, sha)
         # NOTE: touch, not exists: a reused chunk must look fresh to gc.
         if self.driver.touch(key):
-            return sha, 0, compress
-        blob = objects.encode_chunk(data, compress, _cctx())
-        self.driver.put(key, blob)
-        return sha, len(data), objects.is_compressed(blob)
+            return sha, 0
+        self.driver.put(key, objects.encode_chunk(data, compress, _cctx()))
+        return sha, len(data)
 
     # --- retention, gc, verify ----------------------------------------------
 
@@ -401,9 +399,6 @@ class _ChunkWriter:
         self.pending = collections.deque()
         self.claimed = set()
         self.claim_lock = threading.Lock()
-        # NOTE: incompressible data stays so; compression is tried again
-        # only now and then once a chunk did not shrink.
-        self.skip_compression = 0
 
     def __enter__(self):
         return self
@@ -430,6 +425,12 @@ class _ChunkWriter:
             clen = self.rp.chunk_length(index)
             within = at - index * cs
             n = min(length - pos, clen - within)
+            if self.buf is None and within == 0 and n == clen and (
+                    data is not None):
+                # NOTE: a whole chunk of the delta: no copy at all.
+                self.buf = data[pos:pos + n]
+                pos += n
+                continue
             if self.buf is None:
                 if within == 0 and n == clen:
                     self.buf = bytearray(clen)  # NOTE: wholly overwritten.
@@ -447,17 +448,14 @@ class _ChunkWriter:
     def flush(self) -> None:
         if self.buf is None:
             return
-        data = bytes(self.buf)
+        data = self.buf
         self.buf = None
         if data == _zeros(len(data)):
             self.rp.chunks.pop(self.index, None)
             return
-        compress = self.store.compress and self.skip_compression == 0
-        self.skip_compression = max(0, self.skip_compression - 1)
-        self.pending.append((self.index, len(data), compress,
-                             self.pool.submit(self.store._put_chunk,
-                                              self.rp.scope, data, compress,
-                                              self._claim)))
+        self.pending.append((self.index, self.pool.submit(
+            self.store._put_chunk, self.rp.scope, data, self.store.compress,
+            self._claim)))
         while len(self.pending) > WRITER_QUEUE:
             self._collect()
 
@@ -469,10 +467,8 @@ class _ChunkWriter:
             return True
 
     def _collect(self) -> None:
-        index, length, tried, future = self.pending.popleft()
-        sha, stored, shrank = future.result()
-        if tried and not shrank:
-            self.skip_compression = SKIP_AFTER_INCOMPRESSIBLE
+        index, future = self.pending.popleft()
+        sha, stored = future.result()
         self.rp.chunks[index] = sha
         if stored:
             self.rp.new_chunks += 1
