@@ -70,7 +70,7 @@ class HealthMonitor(threading.Thread):
         self.clock = clock
         self.expected_exit = False
         self.reported = None
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._sub = None
         self._anomaly = None
@@ -85,7 +85,7 @@ class HealthMonitor(threading.Thread):
         super().start()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
         if self._sub is not None:
             self._sub.cancel()
         if self.is_alive() and threading.current_thread() is not self:
@@ -113,7 +113,7 @@ class HealthMonitor(threading.Thread):
     def run(self) -> None:
         failures = {'monitor': 0, 'guest-agent': 0}
         interval = self.conf.agent.health_interval
-        while not self._stop.wait(interval):
+        while not self._stopping.wait(interval):
             checks = {'monitor': self._alive}
             if self.qga_path:
                 checks['guest-agent'] = lambda: guest_ping(

@@ -52,7 +52,7 @@ class SnapshotAgent(threading.Thread):
         self.sampler = sampler
         self.clock = clock
         self.vm = None
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self._now_event = threading.Event()
         self.failed = threading.Event()
         self.durable = threading.Condition()
@@ -60,7 +60,10 @@ class SnapshotAgent(threading.Thread):
         self.last_delta_bytes = 0
         self.last_ship_seconds = 0.0
         self.shipped_bytes = 0
+        self.shipped_changed_bytes = 0
         self.restore_points = []
+        self.taken_at = {}
+        """Restore point id -> wall-clock time of its snapshot."""
         self._write_meter = metrics.WriteRateMeter()
         self._last_snapshot_at = None
         self.error = None
@@ -75,7 +78,7 @@ class SnapshotAgent(threading.Thread):
     # --- control ------------------------------------------------------------
 
     def stop(self, timeout: float | None = 30) -> None:
-        self._stop.set()
+        self._stopping.set()
         self._now_event.set()
         if self.is_alive() and threading.current_thread() is not self:
             self.join(timeout)
@@ -95,13 +98,13 @@ class SnapshotAgent(threading.Thread):
     def _wait(self, seconds: float) -> None:
         self._now_event.wait(max(0.0, seconds))
         self._now_event.clear()
-        if self._stop.is_set():
+        if self._stopping.is_set():
             raise Stopped()
 
     def _retry(self, what: str, func, *args, **kwargs):
         delay = self.conf.agent.retry_initial
         while True:
-            if self._stop.is_set():
+            if self._stopping.is_set():
                 raise Stopped()
             try:
                 return func(*args, **kwargs)
@@ -109,7 +112,7 @@ class SnapshotAgent(threading.Thread):
                 LOG.warning('Instance %s: %s failed (%s: %s); retrying in '
                             '%.1f s', self.instance, what, type(e).__name__,
                             e, delay)
-                if self._stop.wait(delay):
+                if self._stopping.wait(delay):
                     raise Stopped()
                 delay = min(delay * 2, self.conf.agent.retry_max)
 
@@ -120,6 +123,9 @@ class SnapshotAgent(threading.Thread):
             self._run()
         except Stopped:
             pass
+        except hv_base.VMNotRunning as e:
+            # NOTE: the health monitor reports the VM; nothing to add.
+            self.mark_failed(str(e))
         except Exception as e:
             self.error = e
             LOG.exception('Instance %s: snapshot agent stopped on an error',
@@ -152,7 +158,7 @@ class SnapshotAgent(threading.Thread):
             self._attach()
         self._register()
         self._adopt_unknown_overlays()
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             if self.failed.is_set():
                 self._wait(3600)
                 continue
@@ -206,6 +212,7 @@ class SnapshotAgent(threading.Thread):
 
     def _snapshot(self) -> None:
         self._last_snapshot_at = self.clock()
+        taken_at = time.time()
         snap = self.driver.snapshot(self.vm, wait=30)
         disk = self._disk_name()
         for fo in snap.disks:
@@ -218,6 +225,7 @@ class SnapshotAgent(threading.Thread):
             if first and self.state.baseline_restore_point:
                 # The base is already durable (restored from it).
                 self.state.parent = self.state.baseline_restore_point
+                self.taken_at[self.state.parent] = taken_at
                 self.state.baseline_restore_point = None
                 self._durable_now(0, 0.0)
                 continue
@@ -225,7 +233,7 @@ class SnapshotAgent(threading.Thread):
                 sequence=self.state.next_sequence, disk=fo.disk,
                 frozen=fo.frozen.path,
                 backing=fo.backing.path if fo.backing else None,
-                committable=fo.committable))
+                committable=fo.committable, taken_at=taken_at))
             self.state.next_sequence += 1
         self.save()
         LOG.debug('Instance %s: snapshot in %.1f ms', self.instance,
@@ -256,7 +264,7 @@ class SnapshotAgent(threading.Thread):
     # --- shipping -----------------------------------------------------------
 
     def _ship_pending(self) -> None:
-        while self.state.pending and not self._stop.is_set():
+        while self.state.pending and not self._stopping.is_set():
             entry = self.state.pending[0]
             if entry.restore_point is None:
                 self._ship(entry)
@@ -306,7 +314,9 @@ class SnapshotAgent(threading.Thread):
         self.state.parent = ack['restore_point']
         self.save()
         self.shipped_bytes += sent
+        self.shipped_changed_bytes += delta.header.changed_bytes
         self.restore_points.append(ack['restore_point'])
+        self.taken_at[ack['restore_point']] = entry.taken_at
         self._durable_now(sent, self.clock() - started)
         LOG.info('Instance %s: delta %d durable as %s (%d bytes sent)',
                  self.instance, entry.sequence, ack['restore_point'], sent)

@@ -27,6 +27,8 @@ class Pending:
     a resend after a crash is recognised by the manager."""
     restore_point: str | None = None
     """Set once acknowledged (the overlay is then only to be committed)."""
+    taken_at: float | None = None
+    """Wall-clock time the snapshot was taken."""
 
 
 @dataclasses.dataclass

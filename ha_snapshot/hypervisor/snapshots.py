@@ -66,6 +66,7 @@ def _new_overlay(driver, vm, disk: base.Disk) -> base.Image:
         path = blockgraph.overlay_path(disk.base, node,
                                        driver.opts.overlay_dir)
         try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             continue

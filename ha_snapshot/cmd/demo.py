@@ -1,0 +1,49 @@
+"""ha-snapshot-demo: the local demo of the protection loop (see
+ha_snapshot/demo.py). ``--json`` prints the report as one JSON object."""
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+
+from ha_snapshot import demo
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog='ha-snapshot-demo',
+                                description=demo.__doc__.splitlines()[0])
+    p.add_argument('--json', action='store_true',
+                   help='print the report as one JSON object')
+    p.add_argument('--workdir', help='keep everything here')
+    p.add_argument('--vms', type=int, default=2)
+    p.add_argument('--seconds', type=float, default=20.0,
+                   help='how long the workload runs before the kill')
+    p.add_argument('--transport-url', default='fake://')
+    args = p.parse_args(argv)
+    work = args.workdir or tempfile.mkdtemp(prefix='ha-snapshot-demo-',
+                                            dir='/var/tmp')
+
+    def progress(msg):
+        print('-- ' + msg, file=sys.stderr if args.json else sys.stdout,
+              flush=True)
+    try:
+        report = demo.run(work, vms=args.vms, seconds=args.seconds,
+                          transport_url=args.transport_url,
+                          progress=progress)
+    except Exception as e:
+        report = {'verified': False, 'error': '%s: %s' % (type(e).__name__,
+                                                          e)}
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for key, value in report.items():
+            print('%-36s %s' % (key, value))
+    return 0 if report.get('verified') else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
