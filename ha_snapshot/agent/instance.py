@@ -40,7 +40,8 @@ class Stopped(Exception):
 class SnapshotAgent(threading.Thread):
 
     def __init__(self, conf, driver, manager_api, state, policy, host: str,
-                 reporter=None, sampler=None, clock=time.monotonic):
+                 reporter=None, sampler=None, app_metrics=None,
+                 clock=time.monotonic):
         super().__init__(name='snap-%s' % state.instance[:8], daemon=True)
         self.conf = conf
         self.driver = driver
@@ -50,6 +51,7 @@ class SnapshotAgent(threading.Thread):
         self.host = host
         self.reporter = reporter
         self.sampler = sampler
+        self.app_metrics = app_metrics
         self.clock = clock
         self.vm = None
         self._stopping = threading.Event()
@@ -190,11 +192,13 @@ class SnapshotAgent(threading.Thread):
                 stats.wr_bytes if stats.accounted
                 else stats.wr_highest_offset, now)
         host = self.sampler.sample().figures() if self.sampler else {}
+        app = (self.app_metrics.collect(self.instance)
+               if self.app_metrics else {})
         return metrics.Figures(
             now=now, write_rate_bps=rate,
             last_delta_bytes=self.last_delta_bytes,
             last_ship_seconds=self.last_ship_seconds,
-            last_durable_at=self.last_durable_at, **host)
+            last_durable_at=self.last_durable_at, app_figures=app, **host)
 
     def _disk_name(self) -> str:
         name = self.state.spec.get('disk')

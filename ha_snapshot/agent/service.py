@@ -55,6 +55,7 @@ class AgentService(service.Service):
         self.lock = threading.RLock()
         self.rpc_server = None
         self.sampler = None
+        self.app_metrics = None
         self._beat = threading.Event()
         self._beat_thread = None
 
@@ -69,6 +70,7 @@ class AgentService(service.Service):
         self.manager_api = manager_rpcapi.ManagerAPI(
             self.transport, timeout=conf.agent.rpc_timeout)
         self.sampler = metrics.HostSampler()
+        self.app_metrics = metrics.AppMetrics.from_entry_points()
         for st in state_mod.InstanceState.load_all(conf.agent.state_dir):
             try:
                 self._start_instance(st)
@@ -128,7 +130,8 @@ class AgentService(service.Service):
         agent = instance_mod.SnapshotAgent(
             self.conf, self.driver, self.manager_api, st,
             policy_mod.load_policy(self.conf, st.instance), self.host,
-            reporter=self.report, sampler=self.sampler)
+            reporter=self.report, sampler=self.sampler,
+            app_metrics=self.app_metrics)
         agent.vm = vm or agent._attach()
         monitor = health_mod.HealthMonitor(
             self.conf, self.driver, agent.vm, st.instance, self.report,
