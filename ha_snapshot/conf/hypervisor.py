@@ -7,6 +7,8 @@ namespace with ``[agent] hypervisor``.
 from oslo_config import cfg
 from oslo_utils import units
 
+from ha_snapshot.conf import base
+
 GROUP = cfg.OptGroup('qemu', title='QEMU driver',
                      help='Live snapshots and commits of QEMU VMs over QMP.')
 
@@ -50,11 +52,7 @@ OPTS = [
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
-    # NOTE: a fresh OptGroup per ConfigOpts (register_group() copies a
-    # group shallowly); registering twice is harmless.
-    conf.register_group(cfg.OptGroup(GROUP.name, title=GROUP.title,
-                                     help=GROUP.help))
-    conf.register_opts(OPTS, group=GROUP.name)
+    base.register(conf, GROUP, OPTS)
 
 
 def list_opts():

@@ -3,6 +3,8 @@
 from oslo_config import cfg
 from oslo_utils import units
 
+from ha_snapshot.conf import base
+
 GROUP = cfg.OptGroup('image', title='Image handling',
                      help='Inspection and resource limits for qemu-img.')
 
@@ -28,11 +30,7 @@ OPTS = [
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
-    # NOTE: a fresh OptGroup per ConfigOpts: register_group() only copies
-    # the group shallowly, and overrides set on one conf would show on all.
-    conf.register_group(cfg.OptGroup(GROUP.name, title=GROUP.title,
-                                     help=GROUP.help))
-    conf.register_opts(OPTS, group=GROUP.name)
+    base.register(conf, GROUP, OPTS)
 
 
 def list_opts():

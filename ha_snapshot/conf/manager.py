@@ -2,6 +2,8 @@
 
 from oslo_config import cfg
 
+from ha_snapshot.conf import base
+
 MANAGER = cfg.OptGroup('manager', title='ha-snapshot-manager')
 MANAGER_OPTS = [
     cfg.StrOpt('spool_dir', default='/var/lib/ha-snapshot/spool',
@@ -62,10 +64,9 @@ AGENT_OPTS = [
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
-    for group, opts in ((MANAGER, MANAGER_OPTS), (RECOVERY, RECOVERY_OPTS),
-                        (AGENT, AGENT_OPTS)):
-        conf.register_group(cfg.OptGroup(group.name, title=group.title))
-        conf.register_opts(opts, group=group.name)
+    base.register(conf, MANAGER, MANAGER_OPTS)
+    base.register(conf, RECOVERY, RECOVERY_OPTS)
+    base.register(conf, AGENT, AGENT_OPTS)
 
 
 def list_opts():

@@ -2,6 +2,8 @@
 
 from oslo_config import cfg
 
+from ha_snapshot.conf import base
+
 GROUP = cfg.OptGroup(
     'policy', title='Snapshot policy',
     help='The policy engine of the agent picks the time between two '
@@ -64,11 +66,7 @@ OPTS = [
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
-    # NOTE: a fresh OptGroup per ConfigOpts: register_group() only copies
-    # the group shallowly, and overrides set on one conf would show on all.
-    conf.register_group(cfg.OptGroup(GROUP.name, title=GROUP.title,
-                                     help=GROUP.help))
-    conf.register_opts(OPTS, group=GROUP.name)
+    base.register(conf, GROUP, OPTS)
 
 
 def list_opts():

@@ -3,6 +3,8 @@
 from oslo_config import cfg
 from oslo_utils import units
 
+from ha_snapshot.conf import base
+
 GROUP = cfg.OptGroup('storage', title='Recovery image store')
 
 OPTS = [
@@ -51,15 +53,8 @@ RETENTION_OPTS = [
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
-    # NOTE: a fresh OptGroup per ConfigOpts: register_group() only copies
-    # the group shallowly, and overrides set on one conf would show on all.
-    conf.register_group(cfg.OptGroup(GROUP.name, title=GROUP.title,
-                                     help=GROUP.help))
-    conf.register_opts(OPTS, group=GROUP.name)
-    conf.register_group(cfg.OptGroup(RETENTION_GROUP.name,
-                                     title=RETENTION_GROUP.title,
-                                     help=RETENTION_GROUP.help))
-    conf.register_opts(RETENTION_OPTS, group=RETENTION_GROUP.name)
+    base.register(conf, GROUP, OPTS)
+    base.register(conf, RETENTION_GROUP, RETENTION_OPTS)
 
 
 def list_opts():

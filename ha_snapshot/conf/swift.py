@@ -12,6 +12,8 @@ Keystone (tests, a private proxy).
 from keystoneauth1 import loading as ks_loading
 from oslo_config import cfg
 
+from ha_snapshot.conf import base
+
 GROUP = cfg.OptGroup(
     'swift', title='Swift object store backend',
     help='Used when [storage] backend_url is swift://CONTAINER[/PREFIX]. '
@@ -54,11 +56,7 @@ OPTS = [
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
-    # NOTE: a fresh OptGroup per ConfigOpts: register_group() only copies
-    # the group shallowly, and overrides set on one conf would show on all.
-    conf.register_group(cfg.OptGroup(GROUP.name, title=GROUP.title,
-                                     help=GROUP.help))
-    conf.register_opts(OPTS, group=GROUP.name)
+    base.register(conf, GROUP, OPTS)
     ks_loading.register_session_conf_options(conf, GROUP.name)
     ks_loading.register_auth_conf_options(conf, GROUP.name)
     # NOTE: keystoneauth's default is no timeout at all: a Swift that
