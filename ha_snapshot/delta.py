@@ -55,6 +55,10 @@ class DeltaHeader:
     data_bytes: int
     created_at: float = dataclasses.field(default_factory=time.time)
     format_version: int = FORMAT_VERSION
+    full: bool = False
+    """The whole image (a baseline): ranges it does not hold are zeros,
+    whatever the parent held. A re-baseline on top of existing restore
+    points has a parent and is full."""
 
 
 @dataclasses.dataclass
@@ -281,7 +285,7 @@ def header_from_primitive(prim) -> DeltaHeader:
                                      reason='header missing or not a dict')
     names = {f.name for f in dataclasses.fields(DeltaHeader)}
     unknown = set(prim) - names
-    missing = names - set(prim) - {'created_at', 'format_version'}
+    missing = names - set(prim) - {'created_at', 'format_version', 'full'}
     if unknown or missing:
         raise exception.InvalidDelta(
             instance=prim.get('instance', '?'),
@@ -316,6 +320,8 @@ def validate_header(h: DeltaHeader, max_virtual_size: int) -> None:
     _int(h.part_count, 'part_count', h)
     _int(h.changed_bytes, 'changed_bytes', h)
     _int(h.data_bytes, 'data_bytes', h)
+    if not isinstance(h.full, bool):
+        raise _invalid(h, 'full must be true or false')
     if not isinstance(h.created_at, (int, float)):
         raise _invalid(h, 'created_at must be a number')
 
@@ -443,15 +449,17 @@ def from_image(info: image_inspect.ImageInfo, *, instance: str, project: str,
                sequence: int, parent: str | None, max_part_bytes: int,
                max_part_extents: int, compression_level: int = 3,
                limits: qemu.Limits | None = None,
-               tmpdir: str | None = None) -> Delta:
+               tmpdir: str | None = None, full: bool = False) -> Delta:
     """Build the delta of an inspected file's own ranges.
 
-    With ``parent=None`` (a baseline) zero extents are dropped: a new
-    recovery image starts all zeros. The file stays open (through the
-    returned delta's lazy parts) only while parts are being produced.
+    A full delta (``full``, or any with ``parent=None``) is a whole image:
+    its zero extents are dropped, since it starts from all zeros. The file
+    stays open (through the returned delta's lazy parts) only while parts
+    are being produced.
     """
+    full = full or parent is None
     extents = ranges.own_extents(info, limits=limits)
-    if parent is None:
+    if full:
         extents = [e for e in extents if e.kind == DATA]
     plan = plan_parts(extents, max_part_bytes, max_part_extents)
     header = DeltaHeader(
@@ -459,7 +467,8 @@ def from_image(info: image_inspect.ImageInfo, *, instance: str, project: str,
         virtual_size=info.virtual_size, cluster_size=info.cluster_size,
         part_count=len(plan),
         changed_bytes=sum(e.length for e in extents),
-        data_bytes=sum(e.length for e in extents if e.kind == DATA))
+        data_bytes=sum(e.length for e in extents if e.kind == DATA),
+        full=full)
 
     def source():
         cctx = zstandard.ZstdCompressor(level=compression_level)

@@ -237,7 +237,7 @@ class SnapshotAgent(threading.Thread):
                 sequence=self.state.next_sequence, disk=fo.disk,
                 frozen=fo.frozen.path,
                 backing=fo.backing.path if fo.backing else None,
-                committable=fo.committable, taken_at=taken_at))
+                committable=fo.committable, taken_at=taken_at, full=first))
             self.state.next_sequence += 1
         self.save()
         LOG.debug('Instance %s: snapshot in %.1f ms', self.instance,
@@ -295,7 +295,7 @@ class SnapshotAgent(threading.Thread):
             max_part_bytes=conf.image.max_part_bytes,
             max_part_extents=conf.image.max_part_extents,
             compression_level=conf.image.compression_level,
-            limits=qemu.Limits.from_conf(conf))
+            limits=qemu.Limits.from_conf(conf), full=entry.full)
         sent = 0
         for part in delta.parts():
             prim = part.to_primitive()

@@ -29,6 +29,8 @@ class Pending:
     """Set once acknowledged (the overlay is then only to be committed)."""
     taken_at: float | None = None
     """Wall-clock time the snapshot was taken."""
+    full: bool = False
+    """The frozen image is the whole disk (the base): a (re-)baseline."""
 
 
 @dataclasses.dataclass

@@ -176,7 +176,7 @@ class RecoveryStore:
                 newest=newest)
         if parent is None:
             return
-        if h.virtual_size != parent.virtual_size:
+        if h.virtual_size != parent.virtual_size and not h.full:
             raise exception.InvalidDelta(
                 instance=h.instance, sequence=h.sequence,
                 reason='virtual size %d does not match the recovery image '
@@ -192,6 +192,10 @@ class RecoveryStore:
         started = self.clock()
         if parent is None:
             chunk_size, scope, chunks = self.chunk_size, self._scope(h), {}
+        elif h.full:
+            # NOTE: a re-baseline replaces the image; dedup still finds
+            # every chunk the instance's project already holds.
+            chunk_size, scope, chunks = parent.chunk_size, parent.scope, {}
         else:
             chunk_size, scope = parent.chunk_size, parent.scope
             chunks = dict(parent.chunks)
@@ -203,7 +207,7 @@ class RecoveryStore:
             virtual_size=h.virtual_size, chunk_size=chunk_size, chunks=chunks,
             delta_sequence=h.sequence, changed_bytes=h.changed_bytes,
             source=source)
-        with _ChunkWriter(self, rp, parent) as writer:
+        with _ChunkWriter(self, rp, None if h.full else parent) as writer:
             for offset, length, kind, data in delta.iter_extents(
                     max_part_bytes=self.limits.max_part_bytes,
                     max_part_extents=self.limits.max_part_extents):

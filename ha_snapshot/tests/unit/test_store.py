@@ -280,3 +280,28 @@ class StoreTestCase(StoreTests, base.TestCase):
             e = self.assertRaises(exception.BackendNotFound,
                                   storage.get_driver, self.conf, url)
             self.assertIn(reason, str(e))
+
+
+class FullDeltaTestCase(base.TestCase):
+    """A re-baseline (full delta) on top of existing restore points."""
+
+    def test_full_delta_replaces_the_image(self):
+        conf = base.make_conf(self.store_dir, storage__chunk_size=MiB)
+        store = self.make_store(conf)
+        inst = base.new_uuid()
+        old = self.make_qcow2('old.qcow2', 4 * MiB, 'write -P 0x11 0 4M')
+        rp1 = importer.import_file(conf, store, inst, old)
+        new = self.make_qcow2('new.qcow2', 6 * MiB, 'write -P 0x22 1M 512k')
+        info = image_inspect.inspect(new, 'qcow2', max_virtual_size=1 << 40)
+        d = delta_mod.from_image(info, instance=inst, project='default',
+                                 sequence=1, parent=rp1.id,
+                                 max_part_bytes=MiB, max_part_extents=64,
+                                 full=True)
+        self.assertTrue(d.header.full)
+        rp2 = store.merge(d)
+        self.assertEqual(6 * MiB, rp2.virtual_size)
+        out = self.path('out.raw')
+        store.export(inst, out, rp_id=rp2.id)
+        self.assertTrue(base.same_image(out, new, 'raw', 'qcow2'))
+        store.export(inst, out, rp_id=rp1.id)
+        self.assertTrue(base.same_image(out, old, 'raw', 'qcow2'))

@@ -1,0 +1,770 @@
+"""The protection loop on real parts, each daemon its own process.
+
+Real QEMU VMs (q35, paused: a virtio-blk device and no guest code), a
+private RabbitMQ, ``ha-snapshot-manager`` and ``ha-snapshot-agent`` started
+from a config file (fixtures/services.py), a sqlite database and a file
+store. The test records each instance in the manager's database and casts
+``protect`` to the agent, as the manager's notification listener does.
+
+QMP serves one client per socket and the agent holds the VM's own: each VM
+gets a second QMP monitor (``-qmp`` in ``VMSpec.extra_args``) on which the
+test writes into the disk's guest device with ``qemu-io``, as a guest
+would (through the device, so a write always lands in the active overlay
+whatever the agent does to the chain). Every write goes to fresh blocks and
+is logged with its start and end times.
+
+What the tests read is what an operator can: the database (restore points,
+instance status, recoveries), the store (exports, ``ha-snapshot-manage
+store verify``), the agent's state files and the daemons' logs. A restore
+point is checked against the write log by containment: restore point k+1
+holds every write that ended before restore point k was recorded (its
+snapshot was taken after k was acknowledged), and restore point k holds
+no write begun after it was recorded.
+
+Each test waits only on bounded conditions (:meth:`wait_for`) that name
+what they wait for; a timeout attaches both daemons' logs.
+"""
+
+import dataclasses
+import errno
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+import uuid
+
+from testtools import content
+
+from ha_snapshot.agent import rpcapi as agent_rpcapi
+from ha_snapshot.db import engine as db_engine
+from ha_snapshot import delta as delta_mod
+from ha_snapshot import exception
+from ha_snapshot import hypervisor
+from ha_snapshot.hypervisor import base as hv_base
+from ha_snapshot.hypervisor import qmp
+from ha_snapshot.manager import rpcapi as manager_rpcapi
+from ha_snapshot.tests import base
+from ha_snapshot.tests.fixtures import qemu as qemu_fixture
+from ha_snapshot.tests.fixtures import rabbitmq
+from ha_snapshot.tests.fixtures import services
+
+KiB = 1 << 10
+MiB = 1 << 20
+DISK_SIZE = 1024 * MiB
+PATTERN_BLOCK = 64 * KiB
+PATTERN_AREA = 64 * MiB
+BALLAST_BLOCK = MiB
+PROJECT = 'test-project'
+_FAILURE = re.compile(r'(?i)\b(fail(ed|ure)?|error|not found|cannot)\b')
+
+
+def ts(value) -> float:
+    """Epoch seconds of a database time (naive UTC)."""
+    return db_engine.to_timestamp(value)
+
+
+@dataclasses.dataclass
+class Write:
+    offset: int
+    length: int
+    pattern: int | None
+    """The byte repeated over the block, or None for random data."""
+    digest: str | None
+    """sha256 of random data."""
+    started: float
+    ended: float
+
+    def holds(self, data: bytes) -> bool:
+        if self.pattern is not None:
+            return data == bytes([self.pattern]) * self.length
+        return hashlib.sha256(data).hexdigest() == self.digest
+
+
+class Guest:
+    """A test VM: started by the qemu driver, then left to the agent.
+
+    ``monitor`` is the test's own QMP connection, on a second socket.
+    """
+
+    def __init__(self, driver, workdir: str, name: str):
+        self.driver = driver
+        self.name = name
+        self.workdir = workdir
+        self.disk_path = os.path.join(workdir, '%s.qcow2' % name)
+        self.qmp_path = os.path.join(workdir, '%s.qmp' % name)
+        self.test_qmp_path = os.path.join(workdir, '%s-test.qmp' % name)
+        self.log_path = os.path.join(workdir, '%s.log' % name)
+        self.writes = []
+        self.lock = threading.Lock()
+        self.ballast_next = PATTERN_AREA
+        self.popen = None
+        self.monitor = None
+
+    def start(self) -> 'Guest':
+        subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2',
+                        self.disk_path, str(DISK_SIZE)], check=True,
+                       timeout=60)
+        spec = hv_base.VMSpec(
+            name=self.name, machine='q35', paused=True,
+            disks=(hv_base.DiskSpec(path=self.disk_path, node='disk0',
+                                    device='vd0'),),
+            qmp_path=self.qmp_path, log_path=self.log_path,
+            extra_args=('-qmp', 'unix:%s,server=on,wait=off'
+                        % self.test_qmp_path))
+        vm = self.driver.start(spec)
+        self.pid = vm.pid
+        self.popen = vm.process.popen
+        disk = self.driver.disks(vm)[0]
+        self.disk_name, self.device = disk.name, disk.device
+        # NOTE: QMP serves one client per socket: the agent attaches to
+        # the main one on its own; the test keeps the second.
+        self.driver.detach(vm)
+        self.monitor = qmp.QmpClient(self.test_qmp_path, vm=self.name)
+        self.monitor.connect(10)
+        return self
+
+    def agent_spec(self) -> dict:
+        return {'name': self.name, 'qmp_path': self.qmp_path,
+                'pid': self.pid, 'log_path': self.log_path,
+                'disk': self.disk_name, 'disk_path': self.disk_path,
+                'vm': {'machine': 'q35', 'paused': True, 'node': 'disk0',
+                       'device': 'vd0'}}
+
+    def qemu_io(self, command: str) -> None:
+        before = services.file_size(self.log_path)
+        out = self.monitor.execute(
+            'human-monitor-command',
+            {'command-line': 'qemu-io -d %s "%s"' % (self.device, command)},
+            timeout=30)
+        if out.strip():
+            raise hv_base.HmpError(vm=self.name, command=command,
+                                   reason=out.strip())
+        said = services.read_from(self.log_path, before)
+        if _FAILURE.search(said):
+            raise hv_base.HmpError(vm=self.name, command=command,
+                                   reason='qemu-io said: %s' % said[-500:])
+
+    def _record(self, write: Write) -> Write:
+        with self.lock:
+            self.writes.append(write)
+        return write
+
+    def write_pattern(self, offset: int, length: int, pattern: int) -> Write:
+        started = time.time()
+        self.qemu_io('write -P 0x%02x %d %d' % (pattern, offset, length))
+        return self._record(Write(offset, length, pattern, None, started,
+                                  time.time()))
+
+    def write_random(self, offset: int, length: int) -> Write:
+        data = os.urandom(length)
+        src = os.path.join(self.workdir, '%s-src-%d' % (self.name, offset))
+        with open(src, 'wb') as f:
+            f.write(data)
+        try:
+            started = time.time()
+            self.qemu_io('write -s %s %d %d' % (src, offset, length))
+            ended = time.time()
+        finally:
+            os.unlink(src)
+        return self._record(Write(offset, length, None,
+                                  hashlib.sha256(data).hexdigest(), started,
+                                  ended))
+
+    def fill(self, nbytes: int) -> list:
+        """Random, incompressible data into fresh 1 MiB blocks (aligned on
+        the store's chunks, so each block is one chunk of its own)."""
+        out = []
+        for _ in range(nbytes // BALLAST_BLOCK):
+            with self.lock:
+                offset = self.ballast_next
+                self.ballast_next += BALLAST_BLOCK
+            if offset + BALLAST_BLOCK > DISK_SIZE:
+                raise AssertionError('the test disk is full of ballast')
+            out.append(self.write_random(offset, BALLAST_BLOCK))
+        return out
+
+    def snapshot_writes(self) -> list:
+        with self.lock:
+            return list(self.writes)
+
+    def kill(self) -> None:
+        """SIGKILL the QEMU process (our child) and reap it."""
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGKILL)
+            self.popen.wait(30)
+
+    def close(self) -> None:
+        if self.monitor is not None:
+            self.monitor.close()
+        self.kill()
+
+    def log_tail(self) -> str:
+        return services.tail(self.log_path, 60)
+
+
+class Workload(threading.Thread):
+    """Numbered pattern blocks into fresh 64 KiB slots, at a steady pace,
+    until stopped or until the VM is gone."""
+
+    def __init__(self, guest: Guest, period: float = 0.05):
+        super().__init__(name='workload-%s' % guest.name, daemon=True)
+        self.guest = guest
+        self.period = period
+        self.stopped = threading.Event()
+        self.error = None
+
+    def run(self):
+        slot = 0
+        while not self.stopped.wait(self.period):
+            if (slot + 1) * PATTERN_BLOCK > PATTERN_AREA:
+                return
+            try:
+                self.guest.write_pattern(slot * PATTERN_BLOCK, PATTERN_BLOCK,
+                                         1 + slot % 255)
+            except exception.HaSnapshotException as e:
+                self.error = e  # NOTE: the VM is gone (a test killed it)
+                return
+            slot += 1
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(30)
+
+
+class ProtectionLoopTest(base.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        require = qemu_fixture.require_qemu()
+        self.assertTrue(require)
+        self.guests = []
+        self.workloads = []
+        self.svc = None
+        self._logs_attached = False
+        # NOTE: registered before the daemons start, so it runs after they
+        # are stopped: a VM killed while the agent watches is "recovered".
+        self.addCleanup(self._stop_guests)
+        self.addOnException(self._attach_logs)
+
+    # --- set-up helpers ---------------------------------------------------
+
+    def start_services(self, transport_url: str | None = None,
+                       options: dict | None = None) -> services.Services:
+        if transport_url is None:
+            transport_url = self.useFixture(
+                rabbitmq.SharedRabbitMQ()).transport_url
+        host = 'agent-%s' % uuid.uuid4().hex[:8]
+        self.svc = self.useFixture(services.Services(
+            self.path('services'), transport_url, host, options=options))
+        self.svc.start()
+        self.transport = self.svc.transport()
+        self.driver = hypervisor.get_driver(self.svc.conf, 'qemu')
+        return self.svc
+
+    def _stop_guests(self):
+        for w in self.workloads:
+            w.stopped.set()
+        for w in self.workloads:
+            w.join(10)
+        for g in self.guests:
+            g.close()
+
+    def _attach_logs(self, exc_info=None):
+        if self._logs_attached:
+            return
+        self._logs_attached = True
+        if self.svc is not None:
+            for name, text in self.svc.logs().items():
+                self.addDetail(name, content.text_content(text))
+        for g in self.guests:
+            self.addDetail('qemu-log-%s' % g.name,
+                           content.text_content(g.log_tail()))
+
+    def new_guest(self, name: str = 'vm0') -> Guest:
+        os.makedirs(self.path('vms'), exist_ok=True)
+        g = Guest(self.driver, self.path('vms'), name)
+        self.guests.append(g)
+        return g.start()
+
+    def protect(self, guest: Guest) -> str:
+        inst = str(uuid.uuid4())
+        self.svc.db.create_instance(inst, PROJECT, host=self.svc.host,
+                                    status='protecting', driver='qemu')
+        agent_rpcapi.AgentAPI(self.transport).protect(
+            self.svc.host, inst, PROJECT, guest.agent_spec())
+        return inst
+
+    def start_workload(self, guest: Guest, period: float = 0.05) -> Workload:
+        w = Workload(guest, period)
+        self.workloads.append(w)
+        w.start()
+        return w
+
+    # --- waiting ----------------------------------------------------------
+
+    def wait_for(self, predicate, timeout: float, what: str,
+                 interval: float = 0.05):
+        """Poll ``predicate`` until it returns something true; return it.
+
+        On timeout the test fails naming ``what``, with both daemons'
+        logs attached.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() >= deadline:
+                self._attach_logs()
+                self.fail('timed out after %.0f s waiting for %s'
+                          % (timeout, what))
+            time.sleep(interval)
+
+    def points(self, inst: str) -> list:
+        return self.svc.db.list_restore_points(inst)
+
+    def wait_points(self, inst: str, count: int, timeout: float = 30,
+                    after: float | None = None,
+                    pred=None) -> list:
+        """Wait until ``count`` restore points (recorded after ``after``,
+        matching ``pred``) exist; return all of the instance's."""
+        def enough():
+            rows = self.points(inst)
+            new = [r for r in rows
+                   if (after is None or ts(r.created_at) > after)
+                   and (pred is None or pred(r))]
+            return rows if len(new) >= count else None
+        return self.wait_for(
+            enough, timeout, '%d restore points of %s%s' % (
+                count, inst, ' recorded after %.3f' % after if after
+                else ''))
+
+    def wait_log(self, daemon, text: str, offset: int, timeout: float,
+                 count: int = 1) -> str:
+        return self.wait_for(
+            lambda: daemon.log(offset).count(text) >= count
+            and daemon.log(offset), timeout,
+            '%d x "%s" in the log of %s' % (count, text, daemon.name))
+
+    # --- checking ---------------------------------------------------------
+
+    def export(self, inst: str, rp_id: str) -> str:
+        os.makedirs(self.path('exports'), exist_ok=True)
+        out = self.path('exports', '%s.raw' % rp_id)
+        self.svc.store.export(inst, out, rp_id=rp_id)
+        return out
+
+    @staticmethod
+    def problems(path: str, writes: list, *, hold_before: float | None,
+                 lack_after: float | None) -> list:
+        """Writes ended before ``hold_before`` missing from the image at
+        ``path``; writes begun after ``lack_after`` present in it."""
+        out = []
+        with open(path, 'rb') as f:
+            for w in writes:
+                f.seek(w.offset)
+                data = f.read(w.length)
+                if hold_before is not None and w.ended < hold_before and (
+                        not w.holds(data)):
+                    out.append('write at %d (ended %.3f) missing'
+                               % (w.offset, w.ended))
+                if lack_after is not None and w.started > lack_after and (
+                        data.count(0) != len(data)):
+                    out.append('write at %d (begun %.3f) present'
+                               % (w.offset, w.started))
+        return out
+
+    def check_chain(self, inst: str, writes: list, upto: int | None = None,
+                    ) -> list:
+        """Restore points in the database and the store agree, none lost,
+        each a child of the one before; every one (up to number ``upto``)
+        holds what the write log says it must. Returns the rows."""
+        rows = self.points(inst)
+        manifests = self.svc.store.restore_points(inst)
+        self.assertEqual([(m.id, m.number, m.delta_sequence)
+                          for m in manifests],
+                         [(r.id, r.number, r.delta_sequence) for r in rows])
+        self.assertEqual(list(range(1, len(rows) + 1)),
+                         [r.number for r in rows])
+        self.assertEqual([None] + [r.id for r in rows[:-1]],
+                         [r.parent_id for r in rows])
+        seqs = [r.delta_sequence for r in rows]
+        self.assertEqual(sorted(set(seqs)), seqs)
+        problems = []
+        previous = None
+        for r in rows:
+            if upto is not None and r.number > upto:
+                break
+            path = self.export(inst, r.id)
+            try:
+                found = self.problems(
+                    path, writes,
+                    hold_before=ts(previous.created_at) if previous else None,
+                    lack_after=ts(r.created_at))
+            finally:
+                os.unlink(path)
+            problems += ['restore point #%d %s: %s' % (r.number, r.id, p)
+                         for p in found[:5]]
+            previous = r
+        self.assertEqual([], problems)
+        return rows
+
+    def assert_store_clean(self):
+        r = self.svc.manage('store', 'verify')
+        self.assertEqual(0, r.returncode, r.stdout + r.stderr)
+        self.assertIn('OK', r.stdout)
+
+    def quiesce(self, inst: str, workloads: list, guest: Guest | None = None):
+        """Stop writing; wait until a restore point holds every write."""
+        for w in workloads:
+            w.stop()
+        last = max((w.ended for g in self.guests for w in g.writes),
+                   default=time.time())
+        # NOTE: the second point recorded after the last write holds it.
+        self.wait_points(inst, 2, timeout=30, after=last)
+
+    def spooled(self, inst: str) -> dict:
+        """Sequence -> number of part files in the manager's spool."""
+        root = os.path.join(self.svc.spool_dir, inst)
+        out = {}
+        try:
+            names = os.listdir(root)
+        except FileNotFoundError:
+            return out
+        for name in names:
+            try:
+                out[int(name)] = len([p for p in os.listdir(
+                    os.path.join(root, name)) if p.endswith('.json')])
+            except (FileNotFoundError, ValueError):
+                continue
+        return out
+
+    # --- the tests ----------------------------------------------------------
+
+    def test_happy_path(self):
+        """Two VMs: restore points land; each holds what it must."""
+        self.start_services()
+        guests = [self.new_guest('vm%d' % i) for i in range(2)]
+        insts = [self.protect(g) for g in guests]
+        for inst in insts:
+            self.wait_points(inst, 1)
+            self.assertEqual('protected',
+                             self.svc.db.get_instance(inst).status)
+        started = time.time()
+        workloads = [self.start_workload(g) for g in guests]
+        for inst in insts:
+            self.wait_points(inst, 4, after=started)
+        for inst, g in zip(insts, guests):
+            self.quiesce(inst, workloads, g)
+            rows = self.check_chain(inst, g.snapshot_writes())
+            self.assertGreaterEqual(len(rows), 6)
+            row = self.svc.db.get_instance(inst)
+            self.assertEqual('protected', row.status)
+            self.assertEqual(rows[-1].id, row.newest_restore_point_id)
+            # The newest point holds every write.
+            path = self.export(inst, rows[-1].id)
+            self.assertEqual([], self.problems(
+                path, g.snapshot_writes(), hold_before=float('inf'),
+                lack_after=None))
+        self.assertGreater(sum(len(g.writes) for g in guests), 50)
+        self.assert_store_clean()
+
+    def test_agent_killed_while_shipping(self):
+        """SIGKILL the agent mid-delta; a new agent sends it again."""
+        svc = self.start_services(options={'image': {'max_part_bytes': MiB}})
+        g = self.new_guest()
+        inst = self.protect(g)
+        self.wait_points(inst, 1)
+        workload = self.start_workload(g)
+        killed = None
+        for _attempt in range(5):
+            g.fill(32 * MiB)
+
+            def shipping():
+                recorded = {r.delta_sequence for r in self.points(inst)}
+                busy = [s for s, n in self.spooled(inst).items()
+                        if n >= 4 and s not in recorded]
+                return busy and max(busy)
+            seq = self.wait_for(shipping, 20, 'parts of a 32 MiB delta in '
+                                'the spool of %s' % inst, interval=0.005)
+            svc.agent.kill()
+            kill_time = time.time()
+            if seq not in {r.delta_sequence for r in self.points(inst)}:
+                killed = seq
+                break
+            svc.agent.start()  # NOTE: too late, it was durable: again.
+        self.assertIsNotNone(killed, 'the agent was never killed while '
+                             'shipping')
+        parts = self.spooled(inst)[killed]
+        state = svc.agent_state(inst)
+        pending = [p for p in state['pending'] if p['sequence'] == killed]
+        self.assertEqual(1, len(pending), state)
+        self.assertIsNone(pending[0]['restore_point'])
+        self.assertIsNotNone(pending[0]['parent'])
+
+        offset = svc.agent.start()
+        rows = self.wait_points(
+            inst, 1, pred=lambda r: r.delta_sequence == killed)
+        resent = [r for r in rows if r.delta_sequence == killed][0]
+        self.assertEqual(pending[0]['parent'], resent.parent_id)
+        self.assertIn('delta %d durable' % killed, svc.agent.log(offset))
+        self.assertNotIn(killed, self.spooled(inst))
+        # The first snapshot the new agent takes holds every write that
+        # ended before the kill.
+        rows = self.wait_points(
+            inst, 3, pred=lambda r: r.delta_sequence > killed)
+        nxt = [r for r in rows if r.delta_sequence > killed][0]
+        path = self.export(inst, nxt.id)
+        self.assertEqual([], self.problems(
+            path, [w for w in g.snapshot_writes() if w.ended < kill_time],
+            hold_before=kill_time, lack_after=None))
+        os.unlink(path)
+        self.quiesce(inst, [workload])
+        self.check_chain(inst, g.snapshot_writes())
+        self.assert_store_clean()
+        self.addDetail('killed-while-shipping', content.text_content(
+            'delta %d killed with %d parts spooled' % (killed, parts)))
+
+    def test_manager_killed_while_merging(self):
+        """SIGKILL the manager mid-merge; the agent retries the commit."""
+        svc = self.start_services(options={'image': {'max_part_bytes': MiB}})
+        g = self.new_guest()
+        inst = self.protect(g)
+        self.wait_points(inst, 1)
+        workload = self.start_workload(g)
+        chunk_dir = os.path.join(self.svc.path('store'), 'chunks',
+                                 'p-' + PROJECT)
+        killed = None
+        for _attempt in range(5):
+            ballast = g.fill(32 * MiB)
+            count_before = len(self.points(inst))
+
+            def merging():
+                # NOTE: the ballast is random, a chunk per block: its
+                # chunks appear in the store while the merge runs, its
+                # restore point only once the merge is done.
+                stored = sum(os.path.exists(os.path.join(
+                    chunk_dir, w.digest[:3], w.digest)) for w in ballast)
+                return stored >= 2 and stored
+            self.wait_for(merging, 20, 'chunks of a 32 MiB delta in the '
+                          'store', interval=0.005)
+            svc.manager.kill()
+            spooled = self.spooled(inst)
+            rows = self.points(inst)
+            if spooled and len(rows) == count_before:
+                killed = max(spooled)
+                break
+            svc.manager.start()  # NOTE: too late, it was durable: again.
+        self.assertIsNotNone(killed, 'the manager was never killed while '
+                             'merging')
+        agent_offset = services.file_size(svc.agent.log_path)
+        svc.manager.start()
+        self.wait_points(inst, 1, timeout=45,
+                         pred=lambda r: r.delta_sequence == killed)
+        self.assertIn('commit of delta %d failed' % killed,
+                      svc.agent.log(agent_offset))
+        self.wait_points(inst, 2, pred=lambda r: r.delta_sequence > killed)
+        self.quiesce(inst, [workload])
+        self.check_chain(inst, g.snapshot_writes())
+        self.assert_store_clean()
+
+    def test_rabbitmq_restarted(self):
+        """The broker goes away mid-cycle and comes back: protection
+        resumes by itself."""
+        broker = self.useFixture(rabbitmq.RabbitMQServer())
+        svc = self.start_services(transport_url=broker.transport_url)
+        g = self.new_guest()
+        inst = self.protect(g)
+        self.wait_points(inst, 1)
+        started = time.time()
+        workload = self.start_workload(g)
+        self.wait_points(inst, 2, after=started)
+        offset = services.file_size(svc.agent.log_path)
+        broker.stop()
+        self.wait_log(svc.agent, 'retrying', offset, 30)
+        broker.start()
+        back = time.time()
+        self.wait_points(inst, 3, timeout=60, after=back)
+        self.quiesce(inst, [workload])
+        self.check_chain(inst, g.snapshot_writes())
+        self.assertEqual('protected', svc.db.get_instance(inst).status)
+        self.assert_store_clean()
+
+    def test_store_full(self):
+        """ENOSPC in the store: nothing acknowledged, the overlay kept;
+        space back: protection resumes by itself."""
+        mnt = self.path('small')
+        os.makedirs(mnt)
+        r = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=40m',
+                            'tmpfs', mnt], capture_output=True, text=True)
+        if r.returncode:
+            self.skipTest('cannot mount a tmpfs here: %s' % r.stderr.strip())
+        self.addCleanup(subprocess.run, ['umount', mnt], check=True)
+        svc = self.start_services(options={'storage': {
+            'backend_url': 'file://' + os.path.join(mnt, 'store')}})
+        g = self.new_guest()
+        inst = self.protect(g)
+        self.wait_points(inst, 1)
+        started = time.time()
+        workload = self.start_workload(g)
+        self.wait_points(inst, 2, after=started)
+
+        offset = services.file_size(svc.manager.log_path)
+        filler = os.path.join(mnt, 'filler')
+        with open(filler, 'wb') as f:
+            for size in (MiB, 4 * KiB):
+                try:
+                    while True:
+                        f.write(b'\xff' * size)
+                        f.flush()
+                except OSError as e:
+                    self.assertEqual(errno.ENOSPC, e.errno)
+        self.wait_log(svc.manager, 'the store is full', offset, 30)
+        count = len(self.points(inst))
+        self.wait_log(svc.manager, 'the store is full', offset, 30, count=3)
+        self.assertEqual(count, len(self.points(inst)))
+        pending = svc.agent_state(inst)['pending']
+        self.assertTrue(pending)
+        self.assertIsNone(pending[0]['restore_point'])
+        self.assertTrue(os.path.exists(pending[0]['frozen']))
+
+        os.unlink(filler)
+        freed = time.time()
+        self.wait_points(inst, 2, after=freed)
+        self.quiesce(inst, [workload])
+        self.check_chain(inst, g.snapshot_writes())
+        self.assert_store_clean()
+
+    def test_vm_killed_is_recovered(self):
+        """SIGKILL the VM: the agent reports it, the manager has it
+        restarted on the newest restore point, protection goes on."""
+        svc = self.start_services()
+        g = self.new_guest()
+        inst = self.protect(g)
+        self.wait_points(inst, 1)
+        started = time.time()
+        self.start_workload(g)
+        self.wait_points(inst, 3, after=started)
+        old_pid = g.pid
+        g.kill()
+        killed = time.time()
+        recs = self.wait_for(
+            lambda: [r for r in svc.db.list_recoveries(inst)
+                     if r.state in ('succeeded', 'failed')],
+            45, 'the recovery of %s to end' % inst)
+        rec = recs[-1]
+        self.assertEqual('succeeded', rec.state, rec.error)
+        self.wait_for(lambda: svc.db.get_instance(inst).status ==
+                      'protected', 10, '%s to be protected again' % inst)
+        recovered = time.time()
+        row = svc.db.get_instance(inst)
+        self.assertIn('exited', row.last_report_reason)
+
+        spec = svc.agent_state(inst)['spec']
+        self.assertNotEqual(old_pid, spec['pid'])
+        with open('/proc/%d/cmdline' % spec['pid'], 'rb') as f:
+            self.assertIn(g.qmp_path.encode(), f.read())
+        self.assertIn(rec.restore_point_id, spec['disk_path'])
+        # The restarted VM's disk is the restore point recovered to.
+        path = self.export(inst, rec.restore_point_id)
+        r = subprocess.run(['qemu-img', 'compare', '-U', '-f', 'raw', '-F',
+                            'qcow2', path, spec['disk_path']],
+                           capture_output=True, text=True, timeout=120)
+        self.assertEqual(0, r.returncode, r.stdout + r.stderr)
+
+        # Protection goes on from it: new points, the same content (no
+        # one writes into the new VM).
+        rows = self.wait_points(inst, 2, after=recovered)
+        newest = self.export(inst, rows[-1].id)
+        self.assertTrue(base.same_image(path, newest))
+        rp = [r for r in rows if r.id == rec.restore_point_id][0]
+        self.check_chain(inst, g.snapshot_writes(), upto=rp.number)
+        self.assert_store_clean()
+        self.addDetail('recovery-seconds', content.text_content(
+            '%.2f' % (recovered - killed)))
+
+    def test_rogue_client_rejected(self):
+        """Bad calls straight to the manager: each refused, by name."""
+        svc = self.start_services()
+        g = self.new_guest()
+        inst = self.protect(g)
+        self.wait_points(inst, 1)
+        workload = self.start_workload(g)
+        self.wait_points(inst, 3)
+        workload.stop()
+        svc.agent.stop()
+        rows = self.points(inst)
+        newest = rows[-1]
+        before = base.tree_digest(svc.path('store'))
+        api = manager_rpcapi.ManagerAPI(self.transport, timeout=30)
+
+        def part(instance, sequence, raw, sha=None, payload=None):
+            import base64
+            import zstandard
+            if payload is None:
+                payload = base64.b64encode(
+                    zstandard.ZstdCompressor().compress(raw)).decode()
+            return {'instance': instance, 'sequence': sequence, 'index': 0,
+                    'extents': [[0, len(raw), delta_mod.DATA]],
+                    'raw_size': len(raw), 'compression': 'zstd',
+                    'sha256': sha or hashlib.sha256(raw).hexdigest(),
+                    'payload': payload}
+
+        def header(instance, sequence, parent, raw):
+            return {'instance': instance, 'project': PROJECT,
+                    'sequence': sequence, 'parent': parent,
+                    'virtual_size': newest.virtual_size,
+                    'cluster_size': 64 * KiB, 'part_count': 1,
+                    'changed_bytes': len(raw), 'data_bytes': len(raw),
+                    'created_at': time.time(), 'format_version': 1}
+
+        raw = os.urandom(64 * KiB)
+        log_offset = services.file_size(svc.manager.log_path)
+        refused = []
+
+        def refuse(exc_class, reason, func, *args):
+            e = self.assertRaises(exc_class, func, *args)
+            self.assertIn(reason, str(e))
+            refused.append((type(e).__name__, reason))
+
+        # An instance the manager does not protect.
+        stranger = str(uuid.uuid4())
+        refuse(exception.InstanceNotFound, 'not recorded in the database',
+               api.put_part, stranger, 0, part(stranger, 0, raw))
+        refuse(exception.InstanceNotFound, 'not recorded in the database',
+               api.commit_delta, header(stranger, 0, None, raw))
+        # An old delta replayed on a parent that is not the newest.
+        old = rows[1]
+        api.put_part(inst, old.delta_sequence,
+                     part(inst, old.delta_sequence, raw))
+        refuse(exception.DeltaParentMismatch,
+               'the newest restore point is %s' % newest.id,
+               api.commit_delta,
+               header(inst, old.delta_sequence, rows[0].id, raw))
+        # A part whose data does not match its checksum.
+        seq = newest.delta_sequence + 100
+        api.put_part(inst, seq, part(inst, seq, raw,
+                                     sha=hashlib.sha256(b'x').hexdigest()))
+        refuse(exception.InvalidDelta, 'checksum mismatch',
+               api.commit_delta, header(inst, seq, newest.id, raw))
+        # A payload larger than any part may be.
+        limit = svc.conf.image.max_part_bytes
+        refuse(exception.InvalidDelta, 'larger than the part limit',
+               api.put_part, inst, seq + 1,
+               part(inst, seq + 1, raw, payload='A' * (limit * 2)))
+
+        log = svc.manager.log(log_offset)
+        for _name, reason in refused:
+            self.assertIn(reason, log)
+        self.assertEqual(before, base.tree_digest(svc.path('store')))
+        self.assertEqual([r.id for r in rows],
+                         [r.id for r in self.points(inst)])
+        # The instance is still protected: a new agent goes on.
+        restarted = time.time()
+        svc.agent.start()
+        self.wait_points(inst, 2, after=restarted)
+        self.check_chain(inst, g.snapshot_writes())
+        self.assert_store_clean()
