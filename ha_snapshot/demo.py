@@ -56,7 +56,7 @@ def make_conf(work: str, interval: float,
         'database': {'connection': 'sqlite:///' + os.path.join(
             work, 'ha-snapshot.sqlite')},
         'manager': {'spool_dir': os.path.join(work, 'spool'),
-                    'host': 'demo-manager'},
+                    'host': 'demo-manager', 'listen_notifications': False},
         'agent': {'state_dir': os.path.join(work, 'agent'), 'host': HOST,
                   'health_interval': 0.2, 'health_failures': 2},
         'policy': {'name': 'adaptive', 'rpo_target': rpo_target,

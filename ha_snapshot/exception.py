@@ -81,6 +81,10 @@ class CorruptObject(StorageError):
     msg_fmt = 'Object %(key)s is corrupt: %(reason)s'
 
 
+class BadNotification(HaSnapshotException):
+    msg_fmt = 'Notification %(event_type)s dropped: %(reason)s'
+
+
 class InvalidInstance(HaSnapshotException):
     msg_fmt = 'Invalid instance id %(instance)r: expected a UUID.'
 

@@ -50,6 +50,12 @@ def get_transport(conf, url: str | None = None):
                                        allowed_remote_exmods=ALLOWED_EXMODS)
 
 
+def get_notification_transport(conf, url: str | None = None):
+    if conf is not cfg.CONF:
+        conffixture.ConfFixture(conf)
+    return messaging.get_notification_transport(conf, url=url)
+
+
 def get_server(transport, topic: str, server: str, endpoints):
     target = messaging.Target(exchange=EXCHANGE, topic=topic, server=server)
     # NOTE: the threading executor is the default without eventlet.

@@ -147,6 +147,14 @@ class AgentService(service.Service):
         return p
 
     def protect(self, instance: str, project: str, spec: dict) -> None:
+        missing = [k for k in ('name', 'qmp_path', 'pid') if k not in spec]
+        if missing:
+            # NOTE: Nova's servers come with their uuid only; finding their
+            # libvirt domain is the libvirt driver's job.
+            raise exception.HaSnapshotException(
+                'Instance %s cannot be protected by the %s driver: its spec '
+                'lacks %s (a Nova server needs the libvirt driver).'
+                % (instance, self.conf.agent.hypervisor, ', '.join(missing)))
         with self.lock:
             if instance in self.instances:
                 LOG.info('Instance %s is already protected here', instance)

@@ -12,6 +12,20 @@ MANAGER_OPTS = [
                help='Name of this manager on the bus (default: hostname).'),
     cfg.IntOpt('rpc_timeout', default=120, min=1,
                help='Seconds an RPC call to an agent may take.'),
+    cfg.BoolOpt('protect_all', default=False,
+                help='Protect every server Nova creates, not only those '
+                     'with metadata or a flavor extra spec '
+                     'ha_snapshot:protect=true.'),
+    cfg.BoolOpt('listen_notifications', default=True,
+                help='Listen to Nova\'s versioned notifications (Nova must '
+                     'send them: [notifications] notification_format = '
+                     'versioned and [oslo_messaging_notifications] driver '
+                     '= messagingv2).'),
+    cfg.ListOpt('notification_topics', default=['versioned_notifications'],
+                help='Topics Nova sends versioned notifications on.'),
+    cfg.StrOpt('notification_pool', default='ha-snapshot-manager',
+               help='Listener pool: managers in one pool share the stream '
+                    'instead of each seeing every notification.'),
 ]
 
 RECOVERY = cfg.OptGroup('recovery', title='Recovery of failed servers')

@@ -23,7 +23,10 @@ class ManagerAPI:
                                      version_cap=version_cap, timeout=timeout)
 
     def _call(self, method, version='1.0', timeout=None, **kwargs):
-        cctxt = self.client.prepare(version=version, timeout=timeout)
+        # NOTE: prepare(timeout=None) would replace the client's timeout
+        # ([agent] rpc_timeout) with rpc_response_timeout.
+        extra = {} if timeout is None else {'timeout': timeout}
+        cctxt = self.client.prepare(version=version, **extra)
         return cctxt.call(rpc.context(), method, **kwargs)
 
     def register_instance(self, instance: str, project: str, host: str,

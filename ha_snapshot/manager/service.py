@@ -8,6 +8,7 @@ from ha_snapshot.agent import rpcapi as agent_rpcapi
 from ha_snapshot.db import api as db_api
 from ha_snapshot.db import migration
 from ha_snapshot.manager import manager as manager_mod
+from ha_snapshot.manager import notifications
 from ha_snapshot.manager import recovery as recovery_engine
 from ha_snapshot.manager import spool as spool_mod
 from ha_snapshot import recovery
@@ -27,6 +28,7 @@ class ManagerService(service.Service):
         self.transport = transport
         self.host = conf.manager.host or socket.gethostname()
         self.rpc_server = None
+        self.listener = None
         self.engine = None
         self.db = None
 
@@ -50,12 +52,20 @@ class ManagerService(service.Service):
             self.transport, rpc.MANAGER_TOPIC, self.host,
             [manager_mod.ManagerEndpoint(self.manager)])
         self.rpc_server.start()
+        if conf.manager.listen_notifications:
+            self.listener = notifications.get_listener(
+                rpc.get_notification_transport(conf), conf, self.db,
+                agent_api)
+            self.listener.start()
         resumed = self.engine.resume()
         LOG.info('Manager %s serving %s (store %s); %d recoveries resumed',
                  self.host, rpc.MANAGER_TOPIC, store.driver.describe(),
                  resumed)
 
     def stop(self) -> None:
+        if self.listener is not None:
+            self.listener.stop()
+            self.listener.wait()
         if self.rpc_server is not None:
             self.rpc_server.stop()
             self.rpc_server.wait()

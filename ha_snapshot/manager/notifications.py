@@ -1,0 +1,190 @@
+"""The Nova hook: Nova's versioned notifications start and stop protection.
+
+The manager listens on ``versioned_notifications`` (exchange ``nova``)
+with a notification listener (threading executor, listener pool
+``ha-snapshot-manager``, so that several managers share the stream):
+
+* ``instance.create.end``: protect the server if it opts in (server
+  metadata or flavor extra spec ``ha_snapshot:protect=true``, or ``[manager]
+  protect_all``): record it and cast ``protect`` to the agent on the
+  payload's ``host``.
+* ``instance.delete.end``: stop protecting; restore points stay until
+  retention removes them.
+* ``instance.shutdown.end``, ``instance.power_off.end``: pause (reports
+  from the health monitor about a server Nova stopped start nothing);
+  ``instance.power_on.end``: resume.
+* ``instance.rebuild.end``: the disk was replaced: re-baseline (a full
+  delta on top of the restore points already held, no alarm).
+* ``instance.live_migration_post.end``: the server moved: protect it from
+  its new host.
+
+Payloads are Nova's (``nova_object.name``, ``nova_object.data``). A
+malformed or unknown notification is logged with the reason and dropped;
+the listener never stops on one.
+"""
+
+from oslo_log import log as logging
+import oslo_messaging as messaging
+from oslo_utils import uuidutils
+
+from ha_snapshot import exception
+
+LOG = logging.getLogger(__name__)
+
+OPT_IN_KEY = 'ha_snapshot:protect'
+EVENTS = ('instance.create.end', 'instance.delete.end',
+          'instance.shutdown.end', 'instance.power_off.end',
+          'instance.power_on.end', 'instance.rebuild.end',
+          'instance.live_migration_post.end')
+
+
+BadNotification = exception.BadNotification
+
+
+def _truthy(value) -> bool:
+    return str(value).strip().lower() in ('true', '1', 'yes', 'on')
+
+
+def parse(event_type: str, payload) -> dict:
+    """The fields we use from a Nova instance payload, checked."""
+    def bad(reason):
+        return BadNotification(event_type=event_type, reason=reason)
+    if not isinstance(payload, dict) or not isinstance(
+            payload.get('nova_object.data'), dict):
+        raise bad('payload has no nova_object.data')
+    data = payload['nova_object.data']
+    uuid = data.get('uuid')
+    if not (isinstance(uuid, str) and uuidutils.is_uuid_like(uuid)):
+        raise bad('uuid %r is not a UUID' % (uuid,))
+    host = data.get('host')
+    if host is not None and not isinstance(host, str):
+        raise bad('host %r is not a string' % (host,))
+    project = data.get('tenant_id')
+    if not isinstance(project, str) or not project:
+        raise bad('tenant_id missing')
+    metadata = data.get('metadata') or {}
+    flavor = (data.get('flavor') or {}).get('nova_object.data') or {}
+    extra_specs = flavor.get('extra_specs') or {}
+    if not isinstance(metadata, dict) or not isinstance(extra_specs, dict):
+        raise bad('metadata or flavor extra_specs is not a dict')
+    return {'uuid': uuid, 'host': host, 'project': project,
+            'metadata': metadata, 'extra_specs': extra_specs,
+            'name': data.get('display_name'), 'state': data.get('state')}
+
+
+class NovaNotificationEndpoint:
+
+    filter_rule = messaging.NotificationFilter(
+        event_type='^(%s)$' % '|'.join(e.replace('.', r'\.')
+                                       for e in EVENTS))
+
+    def __init__(self, conf, db, agent_api):
+        self.conf = conf
+        self.db = db
+        self.agent_api = agent_api
+
+    def info(self, ctxt, publisher_id, event_type, payload, metadata):
+        try:
+            server = parse(event_type, payload)
+            handler = getattr(self, '_' + event_type.split('.', 1)[1]
+                              .rsplit('.', 1)[0])
+            result = handler(server)
+            LOG.info('%s for %s: %s', event_type, server['uuid'], result)
+        except exception.HaSnapshotException as e:
+            LOG.warning('%s', e)
+        except Exception:
+            LOG.exception('Notification %s dropped: unexpected error',
+                          event_type)
+        # NOTE: None acknowledges: a bad notification is never requeued.
+        return None
+
+    def _opted_in(self, server) -> bool:
+        return (self.conf.manager.protect_all
+                or _truthy(server['metadata'].get(OPT_IN_KEY, ''))
+                or _truthy(server['extra_specs'].get(OPT_IN_KEY, '')))
+
+    def _spec(self, server) -> dict:
+        return {'nova': True, 'uuid': server['uuid'], 'name': server['name']}
+
+    def _protect(self, server, rebaseline=False) -> str:
+        if not server['host']:
+            raise BadNotification(event_type='protect', reason='server %s '
+                                  'has no host' % server['uuid'])
+        self.db.create_instance(server['uuid'], server['project'],
+                                host=server['host'], status='protecting',
+                                driver=self.conf.agent.hypervisor)
+        self.db.update_instance(server['uuid'], host=server['host'])
+        if rebaseline:
+            self.agent_api.unprotect(server['host'], server['uuid'])
+        self.agent_api.protect(server['host'], server['uuid'],
+                               server['project'], self._spec(server))
+        return 'protect cast to %s' % server['host']
+
+    def _known(self, server):
+        try:
+            row = self.db.get_instance(server['uuid'])
+        except exception.InstanceNotFound:
+            return None
+        return None if row.status == 'deleted' else row
+
+    def _create(self, server) -> str:
+        if not self._opted_in(server):
+            return 'not protected (no %s=true)' % OPT_IN_KEY
+        return self._protect(server)
+
+    def _delete(self, server) -> str:
+        row = self._known(server)
+        if row is None:
+            return 'not protected'
+        self.db.mark_instance_deleted(server['uuid'])
+        if row.host:
+            self.agent_api.unprotect(row.host, server['uuid'])
+        return 'protection stopped; restore points kept for retention'
+
+    def _pause(self, server) -> str:
+        row = self._known(server)
+        if row is None:
+            return 'not protected'
+        try:
+            self.db.update_instance_status(server['uuid'],
+                                           ('protected', 'protecting'),
+                                           'paused')
+        except exception.InstanceStatusConflict as e:
+            return 'not paused: %s' % e
+        return 'paused'
+
+    _shutdown = _pause
+    _power_off = _pause
+
+    def _power_on(self, server) -> str:
+        row = self._known(server)
+        if row is None:
+            return 'not protected'
+        try:
+            self.db.update_instance_status(server['uuid'], 'paused',
+                                           'protected')
+        except exception.InstanceStatusConflict as e:
+            return 'not resumed: %s' % e
+        return 'resumed'
+
+    def _rebuild(self, server) -> str:
+        if self._known(server) is None:
+            return self._create(server)
+        return self._protect(server, rebaseline=True) + ' (re-baseline)'
+
+    def _live_migration_post(self, server) -> str:
+        row = self._known(server)
+        if row is None:
+            return 'not protected'
+        if row.host and row.host != server['host']:
+            self.agent_api.unprotect(row.host, server['uuid'])
+        return self._protect(server, rebaseline=True) + ' (moved)'
+
+
+def get_listener(transport, conf, db, agent_api):
+    targets = [messaging.Target(topic=t, exchange='nova')
+               for t in conf.manager.notification_topics]
+    return messaging.get_notification_listener(
+        transport, targets,
+        [NovaNotificationEndpoint(conf, db, agent_api)],
+        pool=conf.manager.notification_pool)
