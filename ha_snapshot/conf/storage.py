@@ -12,7 +12,7 @@ OPTS = [
                help='Where recovery images are kept. The URL scheme picks '
                     'the driver from the ha_snapshot.storage namespace, '
                     'e.g. file:///var/lib/ha-snapshot/store.'),
-    cfg.IntOpt('chunk_size', default=4 * units.Mi,
+    cfg.IntOpt('chunk_size', default=1 * units.Mi,
                min=64 * units.Ki, max=64 * units.Mi,
                help='Size of the content-addressed chunks of new recovery '
                     'images, a power of two (bytes). An existing image '

@@ -14,7 +14,7 @@ class ConfTestCase(testtools.TestCase):
         a.set_override('keep_last', 1, group='retention')
         a.set_override('chunk_size', 1 << 20, group='storage')
         self.assertEqual(24, b.retention.keep_last)
-        self.assertEqual(4 << 20, b.storage.chunk_size)
+        self.assertEqual(1 << 20, b.storage.chunk_size)
         self.assertEqual(('file:///a', 'file:///b'),
                          (a.storage.backend_url, b.storage.backend_url))
 
