@@ -121,20 +121,27 @@ class SnapshotAgent(threading.Thread):
     # --- the loop -----------------------------------------------------------
 
     def run(self) -> None:
-        try:
-            self._run()
-        except Stopped:
-            pass
-        except hv_base.VMNotRunning as e:
-            # NOTE: the health monitor reports the VM; nothing to add.
-            self.mark_failed(str(e))
-        except Exception as e:
-            self.error = e
-            LOG.exception('Instance %s: snapshot agent stopped on an error',
-                          self.instance)
-            if self.reporter:
-                self.reporter(self.instance, 'snapshot agent error: %s' % e,
-                              {})
+        delay = self.conf.agent.retry_initial
+        while not self._stopping.is_set():
+            try:
+                self._run()
+                return
+            except Stopped:
+                return
+            except hv_base.VMNotRunning as e:
+                # NOTE: the health monitor reports the VM; nothing to add.
+                self.mark_failed(str(e))
+                return
+            except Exception as e:
+                # NOTE: our own failure is not the VM's: reporting it would
+                # have the manager roll a healthy VM back. Log it, keep
+                # every unacknowledged overlay, and start the loop again.
+                self.error = e
+                LOG.exception('Instance %s: snapshot agent error; the loop '
+                              'starts again in %.1f s', self.instance, delay)
+                if self._stopping.wait(delay):
+                    return
+                delay = min(delay * 2, self.conf.agent.retry_max)
 
     def _attach(self):
         spec = self.state.spec

@@ -219,10 +219,15 @@ class AgentService(service.Service):
                                     node=vm_spec.get('node'),
                                     device=vm_spec.get('device')),)))
         old_files = [x.frozen for x in st.pending] + [spec.get('disk_path')]
+        # NOTE: the stopped agent may have made a restore point durable
+        # after the manager chose this one (a delta in flight when the VM
+        # died): the restored disk is then no child of the newest point and
+        # is sent whole (a full delta) instead of taken as the baseline.
+        newer = st.parent not in (None, restore_point)
         st.spec = dict(spec, pid=new_vm.pid, disk_path=disk_path, disk=None)
         st.pending = []
         st.parent = restore_point
-        st.baseline_restore_point = restore_point
+        st.baseline_restore_point = None if newer else restore_point
         st.status = 'protecting'
         st.save(self.conf.agent.state_dir)
         self._start_instance(st, vm=new_vm)

@@ -23,7 +23,10 @@ MANAGER_OPTS = [
                      '= messagingv2).'),
     cfg.ListOpt('notification_topics', default=['versioned_notifications'],
                 help='Topics Nova sends versioned notifications on.'),
-    cfg.StrOpt('notification_pool', default='ha-snapshot-manager',
+    # NOTE: the pool names the listener's queue: it must not be the
+    # manager's RPC topic (ha-snapshot-manager), or the RPC server and the
+    # listener share one queue and take each other's messages.
+    cfg.StrOpt('notification_pool', default='ha-snapshot-notifications',
                help='Listener pool: managers in one pool share the stream '
                     'instead of each seeing every notification.'),
 ]

@@ -76,7 +76,9 @@ class Manager:
         removed = self._io(self.store.apply_retention, h.instance)
         if removed:
             self.db.delete_restore_points(removed)
-        self.spool.drop(h.instance, h.sequence)
+        # NOTE: parts of this delta and of any older one (refused, or
+        # superseded by a resend) are of no use any more.
+        self.spool.drop_through(h.instance, h.sequence)
         LOG.info('Instance %s: delta %d durable as restore point %s (#%d)',
                  h.instance, h.sequence, rp.id, rp.number)
         return {'restore_point': rp.id, 'number': rp.number,

@@ -10,9 +10,26 @@ fails clearly (oslo.messaging's version check) instead of sending calls the
 manager cannot read.
 """
 
+import contextlib
+
+import kombu.exceptions
+import oslo_messaging as messaging
+
 from ha_snapshot import rpc
 
 VERSION = '1.0'
+
+
+@contextlib.contextmanager
+def _bus_errors():
+    # NOTE: when a call or cast gives up connecting to the broker (the
+    # clients have a retry count), the rabbit driver lets kombu's error out
+    # instead of a messaging error: callers retry messaging errors only.
+    try:
+        yield
+    except kombu.exceptions.OperationalError as e:
+        raise messaging.MessageDeliveryFailure(
+            'the message bus is unreachable: %s' % e) from e
 
 
 class ManagerAPI:
@@ -27,7 +44,8 @@ class ManagerAPI:
         # ([agent] rpc_timeout) with rpc_response_timeout.
         extra = {} if timeout is None else {'timeout': timeout}
         cctxt = self.client.prepare(version=version, **extra)
-        return cctxt.call(rpc.context(), method, **kwargs)
+        with _bus_errors():
+            return cctxt.call(rpc.context(), method, **kwargs)
 
     def register_instance(self, instance: str, project: str, host: str,
                           driver: str, details: dict) -> dict:
@@ -49,13 +67,15 @@ class ManagerAPI:
     def report_health(self, instance: str, host: str, reason: str,
                       details: dict) -> None:
         cctxt = self.client.prepare(version='1.0')
-        cctxt.cast(rpc.context(), 'report_health', instance=instance,
-                   host=host, reason=reason, details=details)
+        with _bus_errors():
+            cctxt.cast(rpc.context(), 'report_health', instance=instance,
+                       host=host, reason=reason, details=details)
 
     def heartbeat(self, host: str, instances: list) -> None:
         cctxt = self.client.prepare(version='1.0')
-        cctxt.cast(rpc.context(), 'heartbeat', host=host,
-                   instances=instances)
+        with _bus_errors():
+            cctxt.cast(rpc.context(), 'heartbeat', host=host,
+                       instances=instances)
 
     def get_manifest(self, instance: str, restore_point: str | None) -> dict:
         return self._call('get_manifest', instance=instance,

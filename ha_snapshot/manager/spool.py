@@ -86,6 +86,14 @@ class Spool:
             parts.append(delta_mod.part_from_primitive(header, prim))
         return delta_mod.Delta(header, parts)
 
+    def drop_through(self, instance: str, sequence: int) -> None:
+        """Forget the parts of every delta up to ``sequence``."""
+        root = os.path.join(self.root, instance)
+        self._dir(instance, sequence)  # NOTE: validates both.
+        for name in os.listdir(root) if os.path.isdir(root) else ():
+            if name.isdigit() and int(name) <= sequence:
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
     def drop(self, instance: str, sequence: int | None = None) -> None:
         """Forget one delta's parts, or all of an instance's."""
         if sequence is None:

@@ -64,8 +64,14 @@ class FileDriver(base.StorageDriver):
             while view:
                 view = view[os.write(fd, view):]
             os.fsync(fd)
-        finally:
+        except BaseException:
+            # NOTE: e.g. ENOSPC: a partial file must not stay and hold the
+            # space the next attempt needs.
             os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        os.close(fd)
         try:
             if create_only:
                 try:

@@ -11,7 +11,10 @@ gets a second QMP monitor (``-qmp`` in ``VMSpec.extra_args``) on which the
 test writes into the disk's guest device with ``qemu-io``, as a guest
 would (through the device, so a write always lands in the active overlay
 whatever the agent does to the chain). Every write goes to fresh blocks and
-is logged with its start and end times.
+is logged with its start and end times: numbered 64 KiB pattern blocks at
+a steady pace, and, where a test needs a large delta to kill something in
+the middle of, 32 MiB of random 1 MiB blocks (``write -s``; each one
+chunk of the store, so that its merge can be seen as it happens).
 
 What the tests read is what an operator can: the database (restore points,
 instance status, recoveries), the store (exports, ``ha-snapshot-manage
@@ -22,9 +25,11 @@ snapshot was taken after k was acknowledged), and restore point k holds
 no write begun after it was recorded.
 
 Each test waits only on bounded conditions (:meth:`wait_for`) that name
-what they wait for; a timeout attaches both daemons' logs.
+what they wait for; a timeout attaches both daemons' logs. What was
+waited for, and when, is the test's ``timeline`` detail.
 """
 
+import base64
 import dataclasses
 import errno
 import hashlib
@@ -37,6 +42,7 @@ import time
 import uuid
 
 from testtools import content
+import zstandard
 
 from ha_snapshot.agent import rpcapi as agent_rpcapi
 from ha_snapshot.db import engine as db_engine
@@ -238,12 +244,15 @@ class ProtectionLoopTest(base.TestCase):
 
     def setUp(self):
         super().setUp()
-        require = qemu_fixture.require_qemu()
-        self.assertTrue(require)
+        qemu_fixture.require_qemu()  # NOTE: fails naming the package
         self.guests = []
         self.workloads = []
         self.svc = None
         self._logs_attached = False
+        self.started = time.time()
+        self.events = []
+        self.addDetail('timeline', content.Content(
+            content.UTF8_TEXT, lambda: [self._timeline().encode()]))
         # NOTE: registered before the daemons start, so it runs after they
         # are stopped: a VM killed while the agent watches is "recovered".
         self.addCleanup(self._stop_guests)
@@ -259,12 +268,25 @@ class ProtectionLoopTest(base.TestCase):
         host = 'agent-%s' % uuid.uuid4().hex[:8]
         self.svc = self.useFixture(services.Services(
             self.path('services'), transport_url, host, options=options))
+        self.addCleanup(self.mark, 'clean-up starts')
         self.svc.start()
+        self.mark('manager and agent started')
         self.transport = self.svc.transport()
         self.driver = hypervisor.get_driver(self.svc.conf, 'qemu')
         return self.svc
 
+    def mark(self, what: str) -> float:
+        """Note an event in the test's timeline (a detail of the test)."""
+        now = time.time()
+        self.events.append((now, what))
+        return now
+
+    def _timeline(self) -> str:
+        return ''.join('%7.2f s  %s\n' % (t - self.started, what)
+                       for t, what in self.events)
+
     def _stop_guests(self):
+        self.mark('daemons stopped')
         for w in self.workloads:
             w.stopped.set()
         for w in self.workloads:
@@ -312,15 +334,23 @@ class ProtectionLoopTest(base.TestCase):
         On timeout the test fails naming ``what``, with both daemons'
         logs attached.
         """
+        value = self.poll(predicate, timeout, interval)
+        if not value:
+            self._attach_logs()
+            self.fail('timed out after %.0f s waiting for %s'
+                      % (timeout, what))
+        self.mark(what)
+        return value
+
+    @staticmethod
+    def poll(predicate, timeout: float, interval: float = 0.05):
+        """``predicate()`` once it is true, or its false value after
+        ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while True:
             value = predicate()
-            if value:
+            if value or time.monotonic() >= deadline:
                 return value
-            if time.monotonic() >= deadline:
-                self._attach_logs()
-                self.fail('timed out after %.0f s waiting for %s'
-                          % (timeout, what))
             time.sleep(interval)
 
     def points(self, inst: str) -> list:
@@ -410,21 +440,45 @@ class ProtectionLoopTest(base.TestCase):
                          for p in found[:5]]
             previous = r
         self.assertEqual([], problems)
+        self.mark('%d restore points of %s checked' % (len(rows), inst))
         return rows
 
     def assert_store_clean(self):
         r = self.svc.manage('store', 'verify')
         self.assertEqual(0, r.returncode, r.stdout + r.stderr)
         self.assertIn('OK', r.stdout)
+        self.mark('store verify: OK')
 
-    def quiesce(self, inst: str, workloads: list, guest: Guest | None = None):
+    def assert_untouched(self, inst: str, guest: Guest):
+        """No recovery was started: the VM the test started still runs."""
+        self.assertEqual([], [(r.state, r.reason) for r in
+                              self.svc.db.list_recoveries(inst)])
+        self.assertIsNone(guest.popen.poll())
+        self.assertEqual(guest.pid, self.svc.agent_state(inst)['spec']['pid'])
+
+    def quiesce(self, inst: str, workloads: list):
         """Stop writing; wait until a restore point holds every write."""
         for w in workloads:
             w.stop()
-        last = max((w.ended for g in self.guests for w in g.writes),
-                   default=time.time())
+        last = max((w.ended for g in self.guests
+                    for w in g.snapshot_writes()), default=time.time())
         # NOTE: the second point recorded after the last write holds it.
         self.wait_points(inst, 2, timeout=30, after=last)
+
+    def merging(self, ballast: list):
+        """A predicate: the merge of the delta holding ``ballast`` runs.
+
+        The ballast is random, a chunk per block: its chunks appear in the
+        store while the merge runs, its restore point once it is done.
+        """
+        chunk_dir = os.path.join(self.svc.path('store'), 'chunks',
+                                 'p-' + PROJECT)
+
+        def stored():
+            n = sum(os.path.exists(os.path.join(
+                chunk_dir, w.digest[:3], w.digest)) for w in ballast)
+            return n >= 2 and n
+        return stored
 
     def spooled(self, inst: str) -> dict:
         """Sequence -> number of part files in the manager's spool."""
@@ -458,18 +512,25 @@ class ProtectionLoopTest(base.TestCase):
         for inst in insts:
             self.wait_points(inst, 4, after=started)
         for inst, g in zip(insts, guests):
-            self.quiesce(inst, workloads, g)
+            self.quiesce(inst, workloads)
             rows = self.check_chain(inst, g.snapshot_writes())
             self.assertGreaterEqual(len(rows), 6)
-            row = self.svc.db.get_instance(inst)
-            self.assertEqual('protected', row.status)
-            self.assertEqual(rows[-1].id, row.newest_restore_point_id)
+            self.assertEqual('protected',
+                             self.svc.db.get_instance(inst).status)
+            # NOTE: protection goes on: read both until no point lands
+            # in between.
+            self.wait_for(
+                lambda: self.svc.db.get_instance(
+                    inst).newest_restore_point_id == self.points(inst)[-1].id,
+                10, 'the newest restore point of %s on its row' % inst)
             # The newest point holds every write.
             path = self.export(inst, rows[-1].id)
             self.assertEqual([], self.problems(
                 path, g.snapshot_writes(), hold_before=float('inf'),
                 lack_after=None))
         self.assertGreater(sum(len(g.writes) for g in guests), 50)
+        for inst, g in zip(insts, guests):
+            self.assert_untouched(inst, g)
         self.assert_store_clean()
 
     def test_agent_killed_while_shipping(self):
@@ -484,21 +545,24 @@ class ProtectionLoopTest(base.TestCase):
             g.fill(32 * MiB)
 
             def shipping():
+                busy = [s for s, n in self.spooled(inst).items() if n >= 4]
+                if not busy:
+                    return None  # NOTE: no database query every 5 ms
                 recorded = {r.delta_sequence for r in self.points(inst)}
-                busy = [s for s, n in self.spooled(inst).items()
-                        if n >= 4 and s not in recorded]
+                busy = [s for s in busy if s not in recorded]
                 return busy and max(busy)
             seq = self.wait_for(shipping, 20, 'parts of a 32 MiB delta in '
                                 'the spool of %s' % inst, interval=0.005)
             svc.agent.kill()
-            kill_time = time.time()
+            kill_time = self.mark('agent SIGKILLed while delta %d ships '
+                                  '(%d parts spooled)'
+                                  % (seq, self.spooled(inst).get(seq, 0)))
             if seq not in {r.delta_sequence for r in self.points(inst)}:
                 killed = seq
                 break
             svc.agent.start()  # NOTE: too late, it was durable: again.
         self.assertIsNotNone(killed, 'the agent was never killed while '
                              'shipping')
-        parts = self.spooled(inst)[killed]
         state = svc.agent_state(inst)
         pending = [p for p in state['pending'] if p['sequence'] == killed]
         self.assertEqual(1, len(pending), state)
@@ -506,11 +570,12 @@ class ProtectionLoopTest(base.TestCase):
         self.assertIsNotNone(pending[0]['parent'])
 
         offset = svc.agent.start()
+        self.mark('agent started again')
         rows = self.wait_points(
             inst, 1, pred=lambda r: r.delta_sequence == killed)
         resent = [r for r in rows if r.delta_sequence == killed][0]
         self.assertEqual(pending[0]['parent'], resent.parent_id)
-        self.assertIn('delta %d durable' % killed, svc.agent.log(offset))
+        self.wait_log(svc.agent, 'delta %d durable' % killed, offset, 10)
         self.assertNotIn(killed, self.spooled(inst))
         # The first snapshot the new agent takes holds every write that
         # ended before the kill.
@@ -524,9 +589,8 @@ class ProtectionLoopTest(base.TestCase):
         os.unlink(path)
         self.quiesce(inst, [workload])
         self.check_chain(inst, g.snapshot_writes())
+        self.assert_untouched(inst, g)
         self.assert_store_clean()
-        self.addDetail('killed-while-shipping', content.text_content(
-            'delta %d killed with %d parts spooled' % (killed, parts)))
 
     def test_manager_killed_while_merging(self):
         """SIGKILL the manager mid-merge; the agent retries the commit."""
@@ -535,23 +599,15 @@ class ProtectionLoopTest(base.TestCase):
         inst = self.protect(g)
         self.wait_points(inst, 1)
         workload = self.start_workload(g)
-        chunk_dir = os.path.join(self.svc.path('store'), 'chunks',
-                                 'p-' + PROJECT)
         killed = None
         for _attempt in range(5):
             ballast = g.fill(32 * MiB)
             count_before = len(self.points(inst))
 
-            def merging():
-                # NOTE: the ballast is random, a chunk per block: its
-                # chunks appear in the store while the merge runs, its
-                # restore point only once the merge is done.
-                stored = sum(os.path.exists(os.path.join(
-                    chunk_dir, w.digest[:3], w.digest)) for w in ballast)
-                return stored >= 2 and stored
-            self.wait_for(merging, 20, 'chunks of a 32 MiB delta in the '
-                          'store', interval=0.005)
+            self.wait_for(self.merging(ballast), 20, 'chunks of a 32 MiB '
+                          'delta in the store', interval=0.005)
             svc.manager.kill()
+            self.mark('manager SIGKILLed while merging')
             spooled = self.spooled(inst)
             rows = self.points(inst)
             if spooled and len(rows) == count_before:
@@ -562,6 +618,7 @@ class ProtectionLoopTest(base.TestCase):
                              'merging')
         agent_offset = services.file_size(svc.agent.log_path)
         svc.manager.start()
+        self.mark('manager started again')
         self.wait_points(inst, 1, timeout=45,
                          pred=lambda r: r.delta_sequence == killed)
         self.assertIn('commit of delta %d failed' % killed,
@@ -569,6 +626,7 @@ class ProtectionLoopTest(base.TestCase):
         self.wait_points(inst, 2, pred=lambda r: r.delta_sequence > killed)
         self.quiesce(inst, [workload])
         self.check_chain(inst, g.snapshot_writes())
+        self.assert_untouched(inst, g)
         self.assert_store_clean()
 
     def test_rabbitmq_restarted(self):
@@ -584,13 +642,15 @@ class ProtectionLoopTest(base.TestCase):
         self.wait_points(inst, 2, after=started)
         offset = services.file_size(svc.agent.log_path)
         broker.stop()
+        self.mark('broker stopped')
         self.wait_log(svc.agent, 'retrying', offset, 30)
         broker.start()
-        back = time.time()
+        back = self.mark('broker started again')
         self.wait_points(inst, 3, timeout=60, after=back)
         self.quiesce(inst, [workload])
         self.check_chain(inst, g.snapshot_writes())
         self.assertEqual('protected', svc.db.get_instance(inst).status)
+        self.assert_untouched(inst, g)
         self.assert_store_clean()
 
     def test_store_full(self):
@@ -613,55 +673,71 @@ class ProtectionLoopTest(base.TestCase):
         self.wait_points(inst, 2, after=started)
 
         offset = services.file_size(svc.manager.log_path)
+        self.mark('filling the store\'s disk')
         filler = os.path.join(mnt, 'filler')
-        with open(filler, 'wb') as f:
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
             for size in (MiB, 4 * KiB):
                 try:
                     while True:
-                        f.write(b'\xff' * size)
-                        f.flush()
+                        os.write(fd, b'\xff' * size)
                 except OSError as e:
                     self.assertEqual(errno.ENOSPC, e.errno)
-        self.wait_log(svc.manager, 'the store is full', offset, 30)
+        finally:
+            os.close(fd)
+        def refusals(n):
+            return lambda: len([
+                line for line in svc.manager.log(offset).splitlines()
+                if 'Refused delta' in line and 'the store is full' in line
+            ]) >= n
+        self.wait_for(refusals(1), 30, 'a delta refused: the store is full')
         count = len(self.points(inst))
-        self.wait_log(svc.manager, 'the store is full', offset, 30, count=3)
+        # NOTE: the agent retries (0.2, 0.4, 0.8 s...): still refused.
+        self.wait_for(refusals(4), 30, '3 more refusals')
         self.assertEqual(count, len(self.points(inst)))
         pending = svc.agent_state(inst)['pending']
         self.assertTrue(pending)
         self.assertIsNone(pending[0]['restore_point'])
         self.assertTrue(os.path.exists(pending[0]['frozen']))
 
+        # Refused writes leave nothing behind on the full disk.
+        self.assertEqual([], [
+            os.path.join(d, n) for d, _dirs, names in os.walk(mnt)
+            for n in names if n.startswith('.tmp-')])
         os.unlink(filler)
-        freed = time.time()
+        freed = self.mark('filler removed')
         self.wait_points(inst, 2, after=freed)
         self.quiesce(inst, [workload])
         self.check_chain(inst, g.snapshot_writes())
+        self.assert_untouched(inst, g)
         self.assert_store_clean()
 
-    def test_vm_killed_is_recovered(self):
-        """SIGKILL the VM: the agent reports it, the manager has it
-        restarted on the newest restore point, protection goes on."""
-        svc = self.start_services()
-        g = self.new_guest()
-        inst = self.protect(g)
-        self.wait_points(inst, 1)
-        started = time.time()
-        self.start_workload(g)
-        self.wait_points(inst, 3, after=started)
+    def kill_and_recover(self, g: Guest, inst: str, in_flight=None):
+        """SIGKILL the VM; check that it is recovered, once, on the restore
+        point the recovery names, and that protection goes on from there.
+
+        ``in_flight``: the sequence of a delta the old agent was shipping
+        when the VM died (it may or may not have become durable)."""
+        svc = self.svc
         old_pid = g.pid
         g.kill()
-        killed = time.time()
+        killed = self.mark('VM SIGKILLed')
         recs = self.wait_for(
             lambda: [r for r in svc.db.list_recoveries(inst)
                      if r.state in ('succeeded', 'failed')],
             45, 'the recovery of %s to end' % inst)
         rec = recs[-1]
         self.assertEqual('succeeded', rec.state, rec.error)
+        self.assertGreater(ts(rec.created_at), killed)
         self.wait_for(lambda: svc.db.get_instance(inst).status ==
                       'protected', 10, '%s to be protected again' % inst)
-        recovered = time.time()
+        recovered = self.mark('recovered to %s' % rec.restore_point_id)
         row = svc.db.get_instance(inst)
-        self.assertIn('exited', row.last_report_reason)
+        # NOTE: whichever the agent saw first: the exit or the monitor.
+        self.assertIn(row.last_report_reason, (
+            'QEMU process exited', 'QMP monitor closed',
+            'monitor check failed 2 times in a row'))
+        self.assertEqual(row.last_report_reason, rec.reason)
 
         spec = svc.agent_state(inst)['spec']
         self.assertNotEqual(old_pid, spec['pid'])
@@ -675,16 +751,53 @@ class ProtectionLoopTest(base.TestCase):
                            capture_output=True, text=True, timeout=120)
         self.assertEqual(0, r.returncode, r.stdout + r.stderr)
 
-        # Protection goes on from it: new points, the same content (no
-        # one writes into the new VM).
-        rows = self.wait_points(inst, 2, after=recovered)
+        # Protection goes on from it: new points, all with its content (no
+        # one writes into the new VM), and no second recovery.
+        rows = self.wait_points(inst, 3, after=recovered)
         newest = self.export(inst, rows[-1].id)
         self.assertTrue(base.same_image(path, newest))
+        self.assertEqual([rec.id], [r.id for r in
+                                    svc.db.list_recoveries(inst)])
+        self.assertEqual(spec['pid'], svc.agent_state(inst)['spec']['pid'])
         rp = [r for r in rows if r.id == rec.restore_point_id][0]
-        self.check_chain(inst, g.snapshot_writes(), upto=rp.number)
+        old = [r.number for r in rows if in_flight is not None
+               and r.delta_sequence <= in_flight]
+        if old and max(old) > rp.number:
+            self.mark('the old agent made #%d durable after the recovery '
+                      'chose #%d' % (max(old), rp.number))
+        self.check_chain(inst, g.snapshot_writes(),
+                         upto=max(old + [rp.number]))
         self.assert_store_clean()
-        self.addDetail('recovery-seconds', content.text_content(
-            '%.2f' % (recovered - killed)))
+
+    def test_vm_killed_is_recovered(self):
+        """SIGKILL the VM: the agent reports it, the manager has it
+        restarted on the newest restore point, protection goes on."""
+        self.start_services()
+        g = self.new_guest()
+        inst = self.protect(g)
+        self.wait_points(inst, 1)
+        started = time.time()
+        self.start_workload(g)
+        self.wait_points(inst, 3, after=started)
+        self.kill_and_recover(g, inst)
+
+    def test_vm_killed_while_shipping(self):
+        """SIGKILL the VM while a large delta is being merged: the point
+        the old agent makes durable after the manager chose the point to
+        recover to does not derail the restarted VM's protection (nor
+        restart it a second time)."""
+        self.start_services(options={'image': {'max_part_bytes': MiB}})
+        g = self.new_guest()
+        inst = self.protect(g)
+        self.wait_points(inst, 1)
+        started = time.time()
+        self.start_workload(g)
+        self.wait_points(inst, 2, after=started)
+        ballast = g.fill(32 * MiB)
+        self.wait_for(self.merging(ballast), 20, 'chunks of a 32 MiB delta '
+                      'in the store', interval=0.005)
+        in_flight = max(self.spooled(inst), default=None)
+        self.kill_and_recover(g, inst, in_flight=in_flight)
 
     def test_rogue_client_rejected(self):
         """Bad calls straight to the manager: each refused, by name."""
@@ -702,8 +815,6 @@ class ProtectionLoopTest(base.TestCase):
         api = manager_rpcapi.ManagerAPI(self.transport, timeout=30)
 
         def part(instance, sequence, raw, sha=None, payload=None):
-            import base64
-            import zstandard
             if payload is None:
                 payload = base64.b64encode(
                     zstandard.ZstdCompressor().compress(raw)).decode()
@@ -727,6 +838,9 @@ class ProtectionLoopTest(base.TestCase):
 
         def refuse(exc_class, reason, func, *args):
             e = self.assertRaises(exc_class, func, *args)
+            # NOTE: the manager's own exception, across the bus.
+            self.assertEqual(exc_class.__name__ + '_Remote',
+                             type(e).__name__)
             self.assertIn(reason, str(e))
             refused.append((type(e).__name__, reason))
 
@@ -767,4 +881,5 @@ class ProtectionLoopTest(base.TestCase):
         svc.agent.start()
         self.wait_points(inst, 2, after=restarted)
         self.check_chain(inst, g.snapshot_writes())
+        self.assert_untouched(inst, g)
         self.assert_store_clean()

@@ -117,6 +117,17 @@ class ManagerTestCase(_Base):
         self.assertEqual(before, base.tree_digest(self.store_dir))
         self.assertEqual([], self.db.list_restore_points(self.inst))
 
+    def test_refused_parts_do_not_stay_in_the_spool(self):
+        self.register()
+        prim = self.delta(self.base, 0, None, backing=False)
+        bad = json.loads(json.dumps(prim))
+        bad['parts'][0]['sha256'] = '0' * 64
+        self.assertRaises(exception.InvalidDelta, self.ship, bad)
+        spooled = os.path.join(self.path('spool'), self.inst)
+        self.assertEqual(['000000000000'], os.listdir(spooled))
+        self.assertEqual(1, self.ship(prim)['number'])
+        self.assertEqual([], os.listdir(spooled))
+
     def test_full_store_is_not_acknowledged(self):
         self.register()
         prim = self.delta(self.base, 0, None, backing=False)
