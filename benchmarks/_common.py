@@ -311,3 +311,40 @@ def tree_bytes(path: str) -> tuple:
                 continue
             files += 1
     return files, size
+
+
+# --- percentiles, broker -----------------------------------------------------
+
+def percentile(values, q: float) -> float:
+    """Nearest-rank percentile (``q`` in 0-100) of a non-empty sequence."""
+    import math
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100.0 * len(ordered)) - 1)]
+
+
+@contextlib.contextmanager
+def rabbitmq(root_dir: str | None = None):
+    """A private RabbitMQ broker on loopback for the block; yields it.
+
+    The test fixture (ha_snapshot.tests.fixtures.rabbitmq) is used as is:
+    its ``transport_url`` is the broker's; cleanup stops it by pid.
+    """
+    from ha_snapshot.tests.fixtures import rabbitmq as rabbitmq_fixture
+    broker = rabbitmq_fixture.RabbitMQServer(root_dir=root_dir)
+    t = time.monotonic()
+    broker.setUp()
+    try:
+        log('RabbitMQ up on port %d in %.1f s', broker.port,
+            time.monotonic() - t)
+        yield broker
+    finally:
+        broker.cleanUp()
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM ends the run like Ctrl-C: cleanups (brokers, VMs) run."""
+    import signal
+
+    def handler(signum, _frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, handler)
