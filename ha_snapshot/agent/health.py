@@ -133,7 +133,9 @@ class HealthMonitor(threading.Thread):
             return False
 
     def _check_anomalies(self) -> None:
-        if not self._anomaly or not self.figures:
+        # NOTE: an ExtensionManager with no extensions is still truthy.
+        if not self._anomaly or not self._anomaly.extensions or (
+                not self.figures):
             return
         figures = self.figures()
         for ext in self._anomaly:

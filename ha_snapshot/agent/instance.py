@@ -173,9 +173,11 @@ class SnapshotAgent(threading.Thread):
                 continue
             self._ship_pending()
             decision = self._decide()
-            # NOTE: the policy's interval runs from the latest snapshot.
-            since = self.clock() - (self._last_snapshot_at or self.clock())
-            self._wait(decision.interval_seconds - since)
+            # NOTE: the policy's interval runs from the latest snapshot;
+            # the first one (the baseline) is taken at once.
+            if self._last_snapshot_at is not None:
+                self._wait(decision.interval_seconds
+                           - (self.clock() - self._last_snapshot_at))
             if self.failed.is_set():
                 continue
             self._snapshot()

@@ -54,7 +54,6 @@ class AgentService(service.Service):
         self.instances = {}
         self.lock = threading.RLock()
         self.rpc_server = None
-        self.sampler = None
         self.app_metrics = None
         self._beat = threading.Event()
         self._beat_thread = None
@@ -69,7 +68,6 @@ class AgentService(service.Service):
             conf, conf.agent.hypervisor)
         self.manager_api = manager_rpcapi.ManagerAPI(
             self.transport, timeout=conf.agent.rpc_timeout)
-        self.sampler = metrics.HostSampler()
         self.app_metrics = metrics.AppMetrics.from_entry_points()
         for st in state_mod.InstanceState.load_all(conf.agent.state_dir):
             try:
@@ -93,6 +91,12 @@ class AgentService(service.Service):
             self.rpc_server.stop()
             self.rpc_server.wait()
         with self.lock:
+            # NOTE: all are told first, then waited for: one at a time,
+            # 200 instances took longer than a service manager waits.
+            for p in self.instances.values():
+                p.monitor._stopping.set()
+                p.agent._stopping.set()
+                p.agent._now_event.set()
             for p in self.instances.values():
                 p.stop()
             for p in self.instances.values():
@@ -127,10 +131,12 @@ class AgentService(service.Service):
                       instance, reason, e)
 
     def _start_instance(self, st, vm=None) -> Protected:
+        # NOTE: a sampler per instance: each sample covers the time since
+        # that instance's previous decision, not since anyone's.
         agent = instance_mod.SnapshotAgent(
             self.conf, self.driver, self.manager_api, st,
             policy_mod.load_policy(self.conf, st.instance), self.host,
-            reporter=self.report, sampler=self.sampler,
+            reporter=self.report, sampler=metrics.HostSampler(),
             app_metrics=self.app_metrics)
         agent.vm = vm or agent._attach()
         monitor = health_mod.HealthMonitor(

@@ -20,6 +20,10 @@ GOAL_KEYS = {
     'chunk_size': ['recommended_chunk_size'],
     'snapshot_stall': ['p50_ms', 'p99_ms', 'commit_mb_s'],
     'swift_merge': ['ratio_vs_sdk_put'],
+    'transport': ['ratio'],
+    'rpo_under_load': ['rpo_p50_s', 'rpo_p99_s', 'rpo_max_s'],
+    'scale': ['manager_cpu_fraction', 'manager_rss_mb',
+              'agent_kb_per_instance'],
 }
 
 
@@ -60,3 +64,12 @@ class BenchmarkSmokeTestCase(testtools.TestCase):
 
     def test_swift_merge(self):
         self._run('swift_merge')
+
+    def test_transport(self):
+        self._run('transport')
+
+    def test_rpo_under_load(self):
+        self._run('rpo_under_load')
+
+    def test_scale(self):
+        self._run('scale')
