@@ -491,7 +491,7 @@ class ProtectionLoopTest(base.TestCase):
         for name in names:
             try:
                 out[int(name)] = len([p for p in os.listdir(
-                    os.path.join(root, name)) if p.endswith('.json')])
+                    os.path.join(root, name)) if p.endswith('.part')])
             except (FileNotFoundError, ValueError):
                 continue
         return out
