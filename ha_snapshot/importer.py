@@ -8,29 +8,12 @@ The overlay is read with a null backing: its backing file is never opened.
 
 import os
 
-from oslo_utils.imageutils import format_inspector
-
 from ha_snapshot import delta as delta_mod
 from ha_snapshot import exception
 from ha_snapshot.image import inspect as image_inspect
 from ha_snapshot.image import qemu
 
 DEFAULT_PROJECT = 'default'
-
-
-def _detect(path: str) -> str:
-    try:
-        inspector = format_inspector.detect_file_format(path)
-    except format_inspector.ImageFormatError as e:
-        raise exception.UnsafeImage(path=path,
-                                    reason='unreadable header (%s)' % e)
-    except OSError:
-        raise exception.ImageNotFound(path=path)
-    name = inspector.NAME if inspector is not None else 'raw'
-    if name not in image_inspect.FORMATS:
-        raise exception.UnsafeImage(path=path, reason='it is %s, expected '
-                                    'raw or qcow2' % name)
-    return name
 
 
 def import_file(conf, store, instance: str, path: str,
@@ -44,7 +27,7 @@ def import_file(conf, store, instance: str, path: str,
     newest = store.newest(instance)
     if newest is None:
         info = image_inspect.inspect(
-            path, _detect(path), max_virtual_size=conf.image.max_virtual_size,
+            path, None, max_virtual_size=conf.image.max_virtual_size,
             limits=limits)
         parent, sequence = None, 0
         project = project or DEFAULT_PROJECT

@@ -37,17 +37,20 @@ def _refuse(path, reason):
     raise exception.UnsafeImage(path=path, reason=reason)
 
 
-def inspect(path: str, expected_format: str, *, max_virtual_size: int,
+def inspect(path: str, expected_format: str | None, *,
+            max_virtual_size: int,
             allow_backing: bool = False, expected_backing: str | None = None,
             limits: qemu.Limits | None = None) -> ImageInfo:
     """Inspect ``path`` and return its facts, or raise UnsafeImage.
 
+    :param expected_format: ``raw`` or ``qcow2``; None accepts whichever
+        of the two the file is.
     :param allow_backing: the file is an overlay: a backing file name is
         accepted (it will never be opened: overlays are read with a null
         backing) provided it is a plain local path, and ``expected_backing``
         when given.
     """
-    if expected_format not in FORMATS:
+    if expected_format is not None and expected_format not in FORMATS:
         raise exception.ImageError(
             path=path, reason='unsupported format %r, expected one of %s'
             % (expected_format, ', '.join(FORMATS)))
@@ -66,8 +69,11 @@ def inspect(path: str, expected_format: str, *, max_virtual_size: int,
     except format_inspector.ImageFormatError as e:
         _refuse(path, 'unreadable image header (%s)' % e)
     detected = inspector.NAME if inspector is not None else 'raw'
+    if expected_format is None and detected in FORMATS:
+        expected_format = detected
     if detected != expected_format:
-        _refuse(path, 'it is %s, expected %s' % (detected, expected_format))
+        _refuse(path, 'it is %s, expected %s' % (
+            detected, expected_format or ' or '.join(FORMATS)))
     try:
         inspector.safety_check()
     except format_inspector.SafetyCheckFailed as e:
