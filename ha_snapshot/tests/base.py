@@ -6,6 +6,7 @@ Real qemu-img and qemu-io make every disk and overlay; nothing is mocked.
 import hashlib
 import os
 import subprocess
+import sys
 import uuid
 
 import fixtures
@@ -99,6 +100,16 @@ class TestCase(testtools.TestCase):
         conf = conf or make_conf(self.store_dir)
         self.conf = conf
         return store_mod.RecoveryStore.from_conf(conf, **kwargs)
+
+    def manage(self, *args, ok=True):
+        """Run ha-snapshot-manage with ``self.conf_file``, a real process."""
+        r = subprocess.run(
+            [sys.executable, '-m', 'ha_snapshot.cmd.manage', '--config-file',
+             self.conf_file] + list(args),
+            capture_output=True, text=True, timeout=300)
+        if ok:
+            self.assertEqual(0, r.returncode, r.stderr)
+        return r
 
     def make_qcow2(self, name: str, size: int, *writes: str) -> str:
         path = self.path(name)

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 from ha_snapshot.tests import base
 
@@ -19,15 +17,6 @@ class ManageTestCase(base.TestCase):
             f.write('[storage]\nbackend_url = file://%s\nchunk_size = %d\n'
                     % (self.store_dir, MiB))
         self.inst = base.new_uuid()
-
-    def manage(self, *args, ok=True):
-        r = subprocess.run(
-            [sys.executable, '-m', 'ha_snapshot.cmd.manage', '--config-file',
-             self.conf_file] + list(args),
-            capture_output=True, text=True, timeout=300)
-        if ok:
-            self.assertEqual(0, r.returncode, r.stderr)
-        return r
 
     def assertFails(self, expect, *args):
         before = base.tree_digest(self.store_dir)

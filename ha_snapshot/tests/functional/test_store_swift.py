@@ -368,15 +368,6 @@ class SwiftManageTestCase(SwiftTestCase):
                     % (self.container, MiB, self.swift.endpoint))
         self.inst = base.new_uuid()
 
-    def manage(self, *args, ok=True):
-        r = subprocess.run(
-            [sys.executable, '-m', 'ha_snapshot.cmd.manage', '--config-file',
-             self.conf_file] + list(args),
-            capture_output=True, text=True, timeout=300)
-        if ok:
-            self.assertEqual(0, r.returncode, r.stderr)
-        return r
-
     def test_operator_round_trip(self):
         b = self.make_qcow2('base.qcow2', 16 * MiB, 'write -P 0x41 0 5M')
         o = base.new_overlay(self.path('o.qcow2'), b)
