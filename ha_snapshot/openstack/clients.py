@@ -1,0 +1,60 @@
+"""openstacksdk connections built from the [nova] and [glance] groups.
+
+``connection(conf, 'nova')`` gives a Connection whose ``compute`` proxy
+goes where [nova] says (keystoneauth session and auth from that group,
+``endpoint_override``, ``region_name``, ``interface``);
+``connection(conf, 'glance')`` the same for ``image``. One group, one
+Connection: the two services may use different credentials or endpoints.
+
+May import ha_snapshot.conf.clients and ha_snapshot.exception.
+"""
+
+from keystoneauth1 import exceptions as ks_exc
+from keystoneauth1 import loading as ks_loading
+from openstack import connection as sdk_connection
+from openstack import exceptions as sdk_exc
+
+from ha_snapshot.conf import clients as clients_conf
+from ha_snapshot import exception
+
+APP_NAME = 'ha-snapshot'
+
+
+def connection(conf, group: str) -> sdk_connection.Connection:
+    """An openstacksdk Connection for the service of ``group``.
+
+    Raises ConfigurationError naming the group and what is wrong when the
+    options cannot make a session (no auth_type, auth_type = none without
+    endpoint_override, an unknown plugin, a missing option).
+    """
+    service = clients_conf.SERVICE_TYPES.get(group)
+    if service is None:
+        raise exception.ConfigurationError(
+            reason='no OpenStack client group [%s]: expected one of %s'
+            % (group, ', '.join(sorted(clients_conf.SERVICE_TYPES))))
+    # NOTE: idempotent; also done by ha_snapshot.conf.register_opts.
+    clients_conf.register_opts(conf)
+    opts = conf[group]
+    try:
+        auth = ks_loading.load_auth_from_conf_options(conf, group)
+        if auth is None:
+            raise exception.ConfigurationError(
+                reason='[%s] auth_type is not set: set it to a keystoneauth '
+                'plugin (e.g. password, with auth_url, username, password, '
+                'project_name, user_domain_name, project_domain_name) or to '
+                'none with [%s] endpoint_override' % (group, group))
+        if opts.auth_type == 'none' and not opts.endpoint_override:
+            raise exception.ConfigurationError(
+                reason='[%s] auth_type = none needs [%s] endpoint_override '
+                '(the %s API URL)' % (group, group, service))
+        session = ks_loading.load_session_from_conf_options(
+            conf, group, auth=auth)
+        kwargs = {'%s_interface' % service: opts.interface}
+        if opts.endpoint_override:
+            kwargs['%s_endpoint_override' % service] = opts.endpoint_override
+        return sdk_connection.Connection(
+            session=session, app_name=APP_NAME,
+            region_name=opts.region_name, **kwargs)
+    except (ks_exc.ClientException, sdk_exc.SDKException) as e:
+        raise exception.ConfigurationError(
+            reason='[%s] options: %s: %s' % (group, type(e).__name__, e))
