@@ -224,3 +224,40 @@ class CommitOrderError(CommitFailed):
     msg_fmt = ('Commit of %(top)s on VM %(vm)s refused: the older overlay '
                '%(base)s below it is not committed yet; commit frozen '
                'overlays oldest first.')
+
+
+# --- the openstack ha client (ha_snapshot/osc) -----------------------------
+
+class ClientError(HaSnapshotException):
+    msg_fmt = '%(reason)s'
+
+
+class EndpointNotFound(ClientError):
+    msg_fmt = ('No ha-snapshot API endpoint: %(reason)s. Pass '
+               '--os-ha-snapshot-url (or OS_HA_SNAPSHOT_URL), or register '
+               'the API in Keystone under service type "ha-snapshot".')
+
+
+class ApiUnreachable(ClientError):
+    msg_fmt = 'The ha-snapshot API at %(url)s cannot be reached: %(reason)s'
+
+
+class ApiError(ClientError):
+    """The API refused a request; ``status`` and ``code`` say why."""
+
+    msg_fmt = '%(detail)s (HTTP %(status)s%(extra)s)'
+
+
+class ServerNotFound(ClientError):
+    msg_fmt = ('No server with the name or ID %(server)r: %(reason)s')
+
+
+class AmbiguousServerName(ClientError):
+    msg_fmt = ('%(count)d servers are named %(server)r: use the ID of the '
+               'one you mean (%(ids)s).')
+
+
+class RecoveryTimeout(ClientError):
+    msg_fmt = ('Recovery %(recovery)s of server %(server)s is still '
+               '%(state)s after %(timeout)s s; it goes on: follow it with '
+               '"openstack ha recovery list %(server)s".')

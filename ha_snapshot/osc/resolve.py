@@ -1,0 +1,78 @@
+"""Names to IDs, as ``openstack server ...`` commands take them.
+
+A UUID is used as it is, without asking Nova: the ha-snapshot API knows
+servers by ID, and an operator recovering a server whose compute host is
+gone must not depend on Nova answering. Anything else is a name, looked up
+through the compute API with openstacksdk (the same ``find_server`` that
+``openstack server show`` uses, over the same session); no match and more
+than one match are clear errors. Projects likewise, through Keystone.
+
+May import openstacksdk, oslo.utils and ha_snapshot.exception.
+"""
+
+import re
+
+from openstack import exceptions as sdk_exc
+from oslo_utils import uuidutils
+
+from ha_snapshot import exception
+
+# NOTE: Keystone project IDs are 32 hex digits, no dashes.
+_HEX_ID = re.compile(r'^[0-9a-fA-F]{32}$')
+
+
+def server_id(client_manager, name_or_id: str) -> str:
+    """The ID of the server named or identified by ``name_or_id``."""
+    if uuidutils.is_uuid_like(name_or_id):
+        return name_or_id
+    try:
+        compute = client_manager.compute
+        server = compute.find_server(name_or_id, ignore_missing=False,
+                                     details=False)
+    except sdk_exc.DuplicateResource as e:
+        ids = _duplicate_ids(client_manager, name_or_id)
+        raise exception.AmbiguousServerName(
+            server=name_or_id, count=max(len(ids), 2),
+            ids=', '.join(ids) or 'see "openstack server list --name"'
+        ) from e
+    except sdk_exc.NotFoundException as e:
+        raise exception.ServerNotFound(
+            server=name_or_id,
+            reason='the compute API knows no such server in this project'
+        ) from e
+    except Exception as e:
+        # NOTE: no compute endpoint (noauth without one), Nova down, ...:
+        # a name cannot be resolved, an ID would not have needed Nova.
+        raise exception.ServerNotFound(
+            server=name_or_id,
+            reason='the name could not be looked up in the compute API '
+                   '(%s); pass the server ID instead' % e) from e
+    return server.id
+
+
+def _duplicate_ids(client_manager, name: str) -> list:
+    try:
+        servers = client_manager.compute.servers(name='^%s$' % re.escape(
+            name), details=False)
+        return sorted(s.id for s in servers if s.name == name)
+    except Exception:
+        # NOTE: only to help the message; the ambiguity is already known.
+        return []
+
+
+def project_id(client_manager, name_or_id: str) -> str:
+    """The ID of a Keystone project given by name or ID."""
+    if _HEX_ID.match(name_or_id) or uuidutils.is_uuid_like(name_or_id):
+        return name_or_id
+    try:
+        project = client_manager.sdk_connection.identity.find_project(
+            name_or_id, ignore_missing=False)
+    except sdk_exc.DuplicateResource as e:
+        raise exception.ClientError(
+            reason='More than one project is named %r: use its ID.'
+                   % name_or_id) from e
+    except Exception as e:
+        raise exception.ClientError(
+            reason='No project with the name or ID %r: %s. Pass the project '
+                   'ID instead.' % (name_or_id, e)) from e
+    return project.id

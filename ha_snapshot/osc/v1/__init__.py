@@ -1,0 +1,1 @@
+"""The commands of the ha-snapshot API v1 (``openstack.ha.v1``)."""

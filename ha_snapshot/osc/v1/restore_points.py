@@ -1,0 +1,34 @@
+"""``openstack ha restore point list``: a server's restore points."""
+
+from osc_lib.command import command
+from osc_lib import utils
+
+from ha_snapshot.osc import resolve
+
+
+class ListRestorePoints(command.Lister):
+    """List the restore points of a protected server, newest last."""
+
+    def get_parser(self, prog_name):
+        parser = super().get_parser(prog_name)
+        parser.add_argument(
+            'server', metavar='<server>',
+            help='Server whose restore points to list (name or ID)')
+        parser.add_argument(
+            '--long', action='store_true', default=False,
+            help='List more fields in output')
+        return parser
+
+    def take_action(self, parsed_args):
+        mgr = self.app.client_manager
+        server_id = resolve.server_id(mgr, parsed_args.server)
+        points = mgr.ha.list_restore_points(server_id)
+        fields = ['id', 'number', 'created_at', 'virtual_size',
+                  'changed_bytes', 'new_bytes']
+        headers = ['ID', 'Number', 'Created At', 'Virtual Size',
+                   'Changed Bytes', 'New Bytes']
+        if parsed_args.long:
+            fields += ['sequence', 'parent_id']
+            headers += ['Sequence', 'Parent ID']
+        return headers, (utils.get_dict_properties(p, fields)
+                         for p in points)
