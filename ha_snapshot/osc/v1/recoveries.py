@@ -90,10 +90,10 @@ def wait_for_recovery(client, server_id: str, recovery: dict, *,
 class RecoverServer(command.ShowOne):
     """Recover a protected server from a restore point.
 
-    Without --restore-point the newest restore point is used. Without
-    --wait the command returns once the recovery is accepted; with it, it
-    follows the recovery to its end, shows each state and step on stderr,
-    and fails if the recovery fails.
+    The newest restore point is used unless one is chosen. The command
+    returns once the recovery is accepted, or, when asked to wait, follows
+    the recovery to its end, shows each state and step on stderr, and
+    fails if the recovery fails.
     """
 
     def get_parser(self, prog_name):

@@ -31,7 +31,7 @@ class ProtectServer(command.ShowOne):
     """Protect a server: snapshot it continuously, recover it on failure.
 
     Protecting a server that is already protected changes nothing unless
-    --policy or --host differ (the call is idempotent).
+    the policy or host given differ (the call is idempotent).
     """
 
     def get_parser(self, prog_name):
