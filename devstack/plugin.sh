@@ -149,6 +149,7 @@ function configure_ha_snapshot {
     iniset "$HA_SNAPSHOT_CONF" agent state_dir "$HA_SNAPSHOT_STATE_DIR/agent"
     iniset "$HA_SNAPSHOT_CONF" agent hypervisor "$HA_SNAPSHOT_HYPERVISOR"
     iniset "$HA_SNAPSHOT_CONF" libvirt connection_uri "$HA_SNAPSHOT_LIBVIRT_URI"
+    iniset "$HA_SNAPSHOT_CONF" libvirt backup_dir "$HA_SNAPSHOT_STATE_DIR/libvirt"
     iniset "$HA_SNAPSHOT_CONF" policy name "$HA_SNAPSHOT_POLICY"
     iniset "$HA_SNAPSHOT_CONF" policy rpo_target "$HA_SNAPSHOT_RPO_TARGET"
 
@@ -162,6 +163,7 @@ function configure_ha_snapshot {
     iniset "$HA_SNAPSHOT_CONF" manager spool_dir "$HA_SNAPSHOT_STATE_DIR/spool"
     iniset "$HA_SNAPSHOT_CONF" manager protect_all "$HA_SNAPSHOT_PROTECT_ALL"
     iniset "$HA_SNAPSHOT_CONF" recovery actions "$HA_SNAPSHOT_RECOVERY_ACTIONS"
+    iniset "$HA_SNAPSHOT_CONF" recovery work_dir "$HA_SNAPSHOT_STATE_DIR/recovery"
 
     local store
     store=$(_ha_snapshot_store_url)
