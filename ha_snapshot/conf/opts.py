@@ -1,5 +1,6 @@
 """Entry point for oslo-config-generator (``oslo.config.opts``)."""
 
+from ha_snapshot.conf import api
 from ha_snapshot.conf import clients
 from ha_snapshot.conf import database
 from ha_snapshot.conf import hypervisor
@@ -12,7 +13,7 @@ from ha_snapshot.conf import swift
 
 def list_opts():
     groups = {}
-    for module in (clients, database, hypervisor, image, manager, policy,
-                   storage, swift):
+    for module in (api, clients, database, hypervisor, image, manager,
+                   policy, storage, swift):
         groups.update(module.list_opts())
     return [(group, opts) for group, opts in groups.items()]

@@ -466,6 +466,31 @@ class Database:
                 sa.select(models.Agent).order_by(models.Agent.host))
                 .scalars())
 
+    # --- figures (the API's /metrics) ---------------------------------------
+
+    def restore_point_totals(self) -> dict:
+        """instance uuid -> (restore points, changed bytes, new bytes) of
+        the restore points recorded now (retention removes old ones)."""
+        point = models.RestorePoint
+        query = (sa.select(point.instance_uuid, sa.func.count(),
+                           sa.func.coalesce(sa.func.sum(point.changed_bytes),
+                                            0),
+                           sa.func.coalesce(sa.func.sum(point.new_bytes), 0))
+                 .group_by(point.instance_uuid))
+        with self._reader() as session:
+            return {uuid: (int(n), int(changed), int(new))
+                    for uuid, n, changed, new in session.execute(query)}
+
+    def recovery_counts(self) -> dict:
+        """(instance uuid, state) -> number of recoveries."""
+        query = (sa.select(models.Recovery.instance_uuid,
+                           models.Recovery.state, sa.func.count())
+                 .group_by(models.Recovery.instance_uuid,
+                           models.Recovery.state))
+        with self._reader() as session:
+            return {(uuid, state): int(n)
+                    for uuid, state, n in session.execute(query)}
+
     # --- rebuilding ---------------------------------------------------------
 
     def rebuild_from_store(self, store, *, status: str = 'protected') -> dict:

@@ -25,12 +25,14 @@ LOG = logging.getLogger(__name__)
 class Manager:
     """What the endpoint does, without the bus (tests call it directly)."""
 
-    def __init__(self, conf, store, db, spool, recovery=None):
+    def __init__(self, conf, store, db, spool, recovery=None,
+                 agent_api=None):
         self.conf = conf
         self.store = store
         self.db = db
         self.spool = spool
         self.recovery = recovery
+        self.agent_api = agent_api
 
     def _protected(self, instance: str):
         row = self.db.get_instance(instance)

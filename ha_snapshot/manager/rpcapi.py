@@ -1,9 +1,10 @@
-"""Client side of the manager's RPC API (what agents call).
+"""Client side of the manager's RPC API (what agents and the API call).
 
 API version history:
 
 * 1.0 - Initial version: register_instance, put_part, commit_delta,
         report_health, heartbeat, get_manifest, get_chunk.
+* 1.1 - For ha-snapshot-api: protect, unprotect, recover, alarm.
 
 Every method pins the version it needs, so an agent newer than its manager
 fails clearly (oslo.messaging's version check) instead of sending calls the
@@ -17,7 +18,7 @@ import oslo_messaging as messaging
 
 from ha_snapshot import rpc
 
-VERSION = '1.0'
+VERSION = '1.1'
 
 
 @contextlib.contextmanager
@@ -85,3 +86,28 @@ class ManagerAPI:
                   index: int) -> str:
         return self._call('get_chunk', instance=instance,
                           restore_point=restore_point, index=index)
+
+    # --- 1.1: what ha-snapshot-api asks of the manager -----------------------
+
+    def protect(self, instance: str, project: str | None,
+                host: str | None = None, policy: str | None = None) -> dict:
+        """Protect a server (idempotent); with no ``host`` the manager asks
+        Nova where it runs (and, with no ``project``, whose it is)."""
+        return self._call('protect', version='1.1', instance=instance,
+                          project=project, host=host, policy=policy)
+
+    def unprotect(self, instance: str) -> None:
+        """Stop protecting a server; its restore points stay."""
+        return self._call('unprotect', version='1.1', instance=instance)
+
+    def recover(self, instance: str, restore_point: str | None = None,
+                reason: str = 'operator request') -> dict:
+        """Start a recovery now (no cooldown); returns the recovery."""
+        return self._call('recover', version='1.1', instance=instance,
+                          restore_point=restore_point, reason=reason)
+
+    def alarm(self, instance: str, alarm: dict) -> str:
+        """Report an alarm's transition into "alarm"; returns what the
+        recovery state machine started (or why nothing)."""
+        return self._call('alarm', version='1.1', instance=instance,
+                          alarm=alarm)

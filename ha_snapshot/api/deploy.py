@@ -1,0 +1,87 @@
+"""The middleware pipeline of ha-snapshot-api, in one place.
+
+:func:`loadapp` is how every caller gets the application: the WSGI module
+(ha_snapshot.wsgi.api), the embedded server (ha-snapshot-api) and the
+tests (which pass their own database and messaging transport).
+"""
+
+from oslo_log import log as logging
+from oslo_middleware import healthcheck
+from oslo_middleware import http_proxy_to_wsgi
+from oslo_middleware import request_id
+
+from ha_snapshot.api import auth
+from ha_snapshot.api import fault_wrap
+from ha_snapshot.api import handler
+from ha_snapshot.api import microversion
+from ha_snapshot.api import policy
+from ha_snapshot.db import api as db_api
+from ha_snapshot.manager import rpcapi as manager_rpcapi
+from ha_snapshot import rpc
+
+LOG = logging.getLogger(__name__)
+
+HEALTHCHECK_PATH = '/healthcheck'
+
+
+class _Healthcheck:
+    """/healthcheck by oslo.middleware's Healthcheck (an application in
+    its own right: it answers every request it is given)."""
+
+    def __init__(self, application, conf):
+        self.application = application
+        self.healthcheck = healthcheck.Healthcheck(None, conf)
+
+    def __call__(self, environ, start_response):
+        if environ.get('PATH_INFO') == HEALTHCHECK_PATH:
+            return self.healthcheck(environ, start_response)
+        return self.application(environ, start_response)
+
+
+def deploy(conf, state: handler.State):
+    """Wrap the handler in its middleware, outermost last."""
+    enforcer = policy.make_enforcer(conf)
+    application = handler.ApiHandler(state)
+    # NOTE: the order matters; listed from the inside out, so a request
+    # meets them bottom-up:
+    # - http_proxy_to_wsgi first restores the scheme and host a proxy
+    #   saw, so that links (and alarm URLs) point where clients can go;
+    # - request_id gives every request (and every error body) its id;
+    # - fault_wrap turns any exception below into a JSON 500;
+    # - healthcheck answers load balancers before any authentication;
+    # - the microversion middleware picks the version and adds its headers
+    #   to every response, 401s included;
+    # - auth (keystonemiddleware or noauth) checks the caller, then the
+    #   context middleware turns the headers it left into a
+    #   RequestContext carrying the policy enforcer;
+    # - the handler dispatches to the route's function.
+    for middleware in (
+            lambda app: auth.ContextMiddleware(app, enforcer),
+            auth.auth_middleware(conf),
+            microversion.MicroversionMiddleware,
+            lambda app: _Healthcheck(app, conf),
+            fault_wrap.FaultWrapper,
+            lambda app: request_id.RequestId(app, conf),
+            lambda app: http_proxy_to_wsgi.HTTPProxyToWSGI(app, conf),
+    ):
+        application = middleware(application)
+    return application
+
+
+def loadapp(conf, *, db=None, transport=None, manager_api=None):
+    """The WSGI application for ``conf`` (a parsed ConfigOpts).
+
+    ``db``, ``transport`` and ``manager_api`` default to what ``conf``
+    says ([database], [DEFAULT] transport_url).
+    """
+    if conf.api.auth_strategy == 'noauth' and conf.api.host not in (
+            '127.0.0.1', '::1', 'localhost'):
+        LOG.warning('[api] auth_strategy = noauth while binding %s: anyone '
+                    'who reaches it can act as any user. Use keystone.',
+                    conf.api.host)
+    if manager_api is None:
+        transport = transport or rpc.get_transport(conf)
+        manager_api = manager_rpcapi.ManagerAPI(
+            transport, timeout=conf.api.rpc_timeout)
+    state = handler.State(conf, db or db_api.Database(conf), manager_api)
+    return deploy(conf, state)

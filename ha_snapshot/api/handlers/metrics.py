@@ -1,0 +1,90 @@
+"""GET /metrics: figures of every protected server, Prometheus text format.
+
+Read from the manager's database at each scrape (no state in the API):
+
+* ``ha_snapshot_rpo_seconds``: age of the newest restore point, the RPO
+  achieved right now;
+* ``ha_snapshot_restore_points``, ``ha_snapshot_restore_point_changed_bytes``
+  and ``ha_snapshot_restore_point_new_bytes``: the restore points held now,
+  the bytes their deltas shipped (changed) and added to the store (new);
+  retention removes old restore points, so these go down too (gauges);
+* ``ha_snapshot_recoveries_total`` by state (``failed`` counts the failures)
+  and ``ha_snapshot_recovery_attempts`` (failed attempts in a row);
+* ``ha_snapshot_servers`` by status.
+"""
+
+import time
+
+import prometheus_client
+from prometheus_client import core as prom_core
+
+from ha_snapshot.api import util
+from ha_snapshot.db import models
+from ha_snapshot.policies import metrics as metrics_policies
+
+# NOTE: what generate_latest() writes; Prometheus 2 and 3 both read it.
+CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8'
+LABELS = ['server', 'project']
+
+
+class _Collector:
+    """A one-scrape prometheus_client collector over database rows."""
+
+    def __init__(self, db, now):
+        self.db = db
+        self.now = now
+
+    def collect(self):
+        rows = self.db.list_instances(include_deleted=False)
+        totals = self.db.restore_point_totals()
+        recoveries = self.db.recovery_counts()
+        gauge = prom_core.GaugeMetricFamily
+        servers = gauge('ha_snapshot_servers',
+                        'Protected servers by status.', labels=['status'])
+        by_status = {s: 0 for s in models.INSTANCE_STATUSES
+                     if s != 'deleted'}
+        rpo = gauge('ha_snapshot_rpo_seconds',
+                    'Age of the newest restore point (achieved RPO).',
+                    labels=LABELS)
+        points = gauge('ha_snapshot_restore_points',
+                       'Restore points held.', labels=LABELS)
+        changed = gauge('ha_snapshot_restore_point_changed_bytes',
+                        'Bytes the deltas of the held restore points '
+                        'shipped (changed ranges).', labels=LABELS)
+        new = gauge('ha_snapshot_restore_point_new_bytes',
+                    'Bytes the held restore points added to the store '
+                    '(new chunks).', labels=LABELS)
+        attempts = gauge('ha_snapshot_recovery_attempts',
+                         'Failed recovery attempts in a row.', labels=LABELS)
+        recs = prom_core.CounterMetricFamily(
+            'ha_snapshot_recoveries', 'Recoveries by state.',
+            labels=LABELS + ['state'])
+        for row in rows:
+            by_status[row.status] = by_status.get(row.status, 0) + 1
+            labels = [row.uuid, row.project_id]
+            age = util.age(row.newest_restore_point_at, self.now)
+            if age is not None:
+                rpo.add_metric(labels, age)
+            n, shipped, stored = totals.get(row.uuid, (0, 0, 0))
+            points.add_metric(labels, n)
+            changed.add_metric(labels, shipped)
+            new.add_metric(labels, stored)
+            attempts.add_metric(labels, row.recovery_attempts)
+            for state in models.RECOVERY_STATES:
+                recs.add_metric(labels + [state],
+                                recoveries.get((row.uuid, state), 0))
+        for status, n in by_status.items():
+            servers.add_metric([status], n)
+        yield from (servers, rpo, points, changed, new, attempts, recs)
+
+
+@util.wsgify
+def show_metrics(req):
+    util.context(req).can(metrics_policies.SHOW)
+    registry = prometheus_client.CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(util.state(req).db, time.time()))
+    resp = req.response
+    resp.status = 200
+    resp.body = prometheus_client.generate_latest(registry)
+    resp.headers['Content-Type'] = CONTENT_TYPE
+    return resp

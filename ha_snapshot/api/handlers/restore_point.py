@@ -1,0 +1,27 @@
+"""/v1/servers/{server_id}/restore-points: what a server can go back to."""
+
+from ha_snapshot.api.handlers import server
+from ha_snapshot.api import util
+from ha_snapshot.policies import restore_point as rp_policies
+
+
+def restore_point_view(rp) -> dict:
+    return {
+        'id': rp.id,
+        'number': rp.number,
+        'sequence': rp.delta_sequence,
+        'parent_id': rp.parent_id,
+        'created_at': util.isotime(rp.created_at),
+        'virtual_size': rp.virtual_size,
+        'changed_bytes': rp.changed_bytes,
+        'new_bytes': rp.new_bytes,
+    }
+
+
+@util.wsgify
+def list_restore_points(req):
+    row = server.find_server(req, util.path_item(req.environ, 'server_id'),
+                             rp_policies.LIST)
+    points = util.state(req).db.list_restore_points(row.uuid)
+    return util.json_response(
+        req, {'restore_points': [restore_point_view(p) for p in points]})

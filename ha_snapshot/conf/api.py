@@ -1,0 +1,63 @@
+"""[api]: ha-snapshot-api, the REST API and the Aodh alarm endpoint.
+
+Keystone's own options (``[keystone_authtoken]``) belong to
+keystonemiddleware and are registered by it when the auth_token middleware
+is built; the sample configuration lists them through its own
+``keystonemiddleware.auth_token`` generator namespace. oslo.policy's
+``[oslo_policy]`` options are registered the same way (``oslo.policy``).
+"""
+
+from oslo_config import cfg
+
+from ha_snapshot.conf import base
+
+GROUP = cfg.OptGroup('api', title='ha-snapshot-api',
+                     help='The REST API service (ha-snapshot-api).')
+
+DEFAULT_PORT = 8799
+
+OPTS = [
+    cfg.HostAddressOpt('host', default='127.0.0.1',
+                       help='Address the embedded server of '
+                            'ha-snapshot-api binds (unused when a WSGI '
+                            'server such as uwsgi or gunicorn serves '
+                            'ha_snapshot.wsgi.api).'),
+    cfg.PortOpt('port', default=DEFAULT_PORT,
+                help='Port the embedded server binds.'),
+    cfg.IntOpt('workers', default=8, min=1,
+               help='Requests the embedded server handles at the same '
+                    'time (threads); further ones wait for a free thread.'),
+    # NOTE: the embedded default (like the sqlite database) is noauth on
+    # loopback; a cloud sets keystone (the devstack plugin does).
+    cfg.StrOpt('auth_strategy', default='noauth',
+               choices=[('keystone', 'Keystone tokens, checked by '
+                                     'keystonemiddleware with the '
+                                     '[keystone_authtoken] options'),
+                        ('noauth', 'No authentication: the identity is '
+                                   'taken from the X-User-Id, X-Project-Id '
+                                   'and X-Roles headers. For the embedded '
+                                   'single-host setup and tests only.')],
+               help='How requests are authenticated.'),
+    cfg.StrOpt('alarm_secret_key', secret=True,
+               help='Key of the per-server alarm secrets: an Aodh alarm '
+                    'action http://HOST:PORT/v1/alarms/SERVER?secret=HEX '
+                    'is accepted without a Keystone token when HEX is the '
+                    'HMAC-SHA256 of the server id under this key '
+                    '("ha-snapshot-manage alarm-url SERVER" or the '
+                    'alarm_url field of GET /v1/servers/SERVER prints it). '
+                    'Unset: only Keystone tokens (Aodh trust+http) are '
+                    'accepted. Changing it invalidates every alarm URL.'),
+    cfg.IntOpt('rpc_timeout', default=60, min=1,
+               help='Seconds a call from the API to the manager may take.'),
+    cfg.IntOpt('max_request_body_size', default=64 * 1024, min=1024,
+               help='Largest request body (bytes) accepted; larger ones '
+                    'get 413.'),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    base.register(conf, GROUP, OPTS)
+
+
+def list_opts():
+    return {GROUP: OPTS}

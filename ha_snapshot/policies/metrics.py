@@ -1,0 +1,22 @@
+"""Rules of /metrics (Prometheus)."""
+
+from oslo_policy import policy
+
+from ha_snapshot.policies import base
+
+SHOW = 'ha_snapshot:metrics:show'
+
+rules = [
+    policy.DocumentedRuleDefault(
+        name=SHOW,
+        check_str=base.ADMIN,
+        description='Read the Prometheus metrics of every protected server '
+                    '(RPO age, bytes shipped and stored, merges, '
+                    'recoveries).',
+        operations=[{'method': 'GET', 'path': '/metrics'}],
+        scope_types=['project']),
+]
+
+
+def list_rules():
+    return rules

@@ -1,0 +1,158 @@
+"""Gabbi fixtures: the API in process, over a real database and a real
+manager.
+
+Per YAML file, :class:`APIFixture` builds a sqlite database file migrated
+to head, a ``fake://`` oslo.messaging transport, the manager's real RPC
+endpoint (Manager, RecoveryEngine with the ``restart`` action) served on
+it, and a recording agent (the one fake: what a compute host's agent is
+told); then the application itself with ``auth_strategy = noauth``.
+Identifiers go to the environment for the YAML (``$ENVIRON['SERVER_A']``).
+
+Seeded servers: A (project P, two restore points, host compute-1), B
+(project Q, one restore point), C (project P, no restore point yet).
+"""
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+
+from gabbi import fixture
+import oslo_messaging as messaging
+
+from ha_snapshot.agent import rpcapi as agent_rpcapi
+from ha_snapshot.api import deploy
+from ha_snapshot.api import secret
+from ha_snapshot.db import api as db_api
+from ha_snapshot.db import migration
+from ha_snapshot.manager import manager as manager_mod
+from ha_snapshot.manager import recovery as recovery_engine
+from ha_snapshot.manager import spool as spool_mod
+from ha_snapshot.recovery import restart
+from ha_snapshot import rpc
+from ha_snapshot.storage import objects
+from ha_snapshot.storage import store as store_mod
+from ha_snapshot.tests import base
+
+HOST = 'compute-1'
+SECRET_KEY = 'gabbi-alarm-key'
+
+# NOTE: gabbi builds the intercepted application when it builds the tests,
+# before any fixture runs; the application is made by the fixture and
+# looked up at the first request.
+_APP = {}
+
+
+class LazyApp:
+
+    def __call__(self, environ, start_response):
+        return _APP['app'](environ, start_response)
+
+
+def setup_app():
+    return LazyApp()
+
+
+class RecordingAgent:
+    """The agent's RPC API on one host, recording what it is told."""
+
+    target = messaging.Target(version='1.0')
+
+    def __init__(self):
+        self.calls = []
+        self.cond = threading.Condition()
+
+    def _record(self, name, **kw):
+        with self.cond:
+            self.calls.append((name, kw))
+            self.cond.notify_all()
+
+    def protect(self, ctxt, instance, project, spec):
+        self._record('protect', instance=instance, project=project,
+                     spec=spec)
+
+    def unprotect(self, ctxt, instance):
+        self._record('unprotect', instance=instance)
+
+    def restart(self, ctxt, instance, restore_point):
+        self._record('restart', instance=instance,
+                     restore_point=restore_point)
+        return {'instance': instance, 'restore_point': restore_point}
+
+
+def _restore_point(instance, project, number, parent=None):
+    return objects.RestorePoint(
+        id=base.new_uuid(), instance=instance, project=project,
+        scope=project, number=number, parent=parent,
+        created_at=time.time() - 60 * (3 - number), virtual_size=8 << 20,
+        chunk_size=1 << 20, chunks={}, delta_sequence=number - 1,
+        changed_bytes=number << 20, new_chunks=number,
+        new_bytes=number << 20)
+
+
+class APIFixture(fixture.GabbiFixture):
+
+    def start_fixture(self):
+        self.tmp = tempfile.mkdtemp(prefix='ha-api-', dir='/var/tmp')
+        conf = base.make_conf(os.path.join(self.tmp, 'store'))
+        conf.set_override('connection', 'sqlite:///' + os.path.join(
+            self.tmp, 'db.sqlite'), group='database')
+        conf.set_override('auth_strategy', 'noauth', group='api')
+        conf.set_override('alarm_secret_key', SECRET_KEY, group='api')
+        conf.set_override('spool_dir', os.path.join(self.tmp, 'spool'),
+                          group='manager')
+        self.conf = conf
+        self.db = db_api.Database(conf)
+        migration.upgrade(conf, database=self.db)
+        self.transport = rpc.get_transport(conf, url='fake:///')
+        self.agent = RecordingAgent()
+        self.servers = [rpc.get_server(self.transport, rpc.AGENT_TOPIC, HOST,
+                                       [self.agent])]
+        agent_api = agent_rpcapi.AgentAPI(self.transport, timeout=30)
+        self.engine = recovery_engine.RecoveryEngine(
+            conf, self.db, restart.RestartAction(conf, agent_api=agent_api))
+        manager = manager_mod.Manager(
+            conf, store_mod.RecoveryStore.from_conf(conf), self.db,
+            spool_mod.Spool(conf.manager.spool_dir,
+                            conf.image.max_part_bytes),
+            recovery=self.engine, agent_api=agent_api)
+        self.servers.append(rpc.get_server(
+            self.transport, rpc.MANAGER_TOPIC, 'manager-1',
+            [manager_mod.ManagerEndpoint(manager)]))
+        for server in self.servers:
+            server.start()
+        self._seed()
+        _APP['app'] = deploy.loadapp(conf, db=self.db,
+                                     transport=self.transport)
+
+    def _seed(self):
+        env = {'PROJECT_P': base.new_uuid(), 'PROJECT_Q': base.new_uuid(),
+               'SERVER_A': base.new_uuid(), 'SERVER_B': base.new_uuid(),
+               'SERVER_C': base.new_uuid(), 'UNKNOWN_ID': base.new_uuid(),
+               'NEW_SERVER': base.new_uuid(), 'HOST': HOST}
+        for name, project in (('SERVER_A', 'PROJECT_P'),
+                              ('SERVER_B', 'PROJECT_Q'),
+                              ('SERVER_C', 'PROJECT_P')):
+            self.db.create_instance(env[name], env[project], host=HOST,
+                                    status='protected', driver='qemu')
+        a1 = _restore_point(env['SERVER_A'], env['PROJECT_P'], 1)
+        a2 = _restore_point(env['SERVER_A'], env['PROJECT_P'], 2, a1.id)
+        b1 = _restore_point(env['SERVER_B'], env['PROJECT_Q'], 1)
+        for rp in (a1, a2, b1):
+            self.db.record_restore_point(rp)
+        env.update(RP_A1=a1.id, RP_A2=a2.id, RP_B1=b1.id)
+        for name in ('SERVER_A', 'SERVER_B', 'UNKNOWN_ID'):
+            env['SECRET_' + name] = secret.secret_for(SECRET_KEY, env[name])
+        os.environ.update(env)
+
+    def stop_fixture(self):
+        _APP.pop('app', None)
+        for server in self.servers:
+            server.stop()
+        for server in self.servers:
+            server.wait()
+        self.engine.stop()
+        self.transport.cleanup()
+        self.db.dispose()
+        shutil.rmtree(self.tmp, ignore_errors=True)
