@@ -27,11 +27,18 @@ extensions = [
     # NOTE: the openstack ha reference is generated from the commands'
     # own parsers (cli/openstack-ha.rst).
     'cliff.sphinxext',
+    # NOTE: the policy reference and sample, from the oslo.policy.policies
+    # entry point (configuration/policy.rst).
+    'oslo_policy.sphinxext',
+    'oslo_policy.sphinxpolicygen',
 ]
 
 config_generator_config_file = (
     '../../etc/ha-snapshot/ha-snapshot-config-generator.conf')
 sample_config_basename = '_static/ha-snapshot'
+policy_generator_config_file = (
+    '../../etc/ha-snapshot/ha-snapshot-policy-generator.conf')
+sample_policy_basename = '_static/ha-snapshot'
 
 master_doc = 'index'
 source_suffix = {'.rst': 'restructuredtext'}
