@@ -226,6 +226,26 @@ class CommitOrderError(CommitFailed):
                'overlays oldest first.')
 
 
+class LibvirtError(HypervisorError):
+    msg_fmt = 'libvirt call %(call)s for domain %(vm)s failed: %(reason)s'
+
+
+class LibvirtUnavailable(HypervisorError):
+    msg_fmt = ('Cannot connect to libvirt at %(uri)s: %(reason)s. Is '
+               'libvirtd running there, and [libvirt] connection_uri set '
+               'to it? (Debian packages libvirt-daemon and '
+               'libvirt-daemon-driver-qemu; Python package libvirt-python.)')
+
+
+class DomainNotFound(VMAttachFailed):
+    msg_fmt = ('No libvirt domain %(vm)s at %(uri)s (looked up by %(by)s); '
+               'a Nova server\'s domain is named by its instance uuid.')
+
+
+class OperationNotSupported(HypervisorError):
+    msg_fmt = 'VM %(vm)s: the %(driver)s driver cannot %(what)s: %(reason)s'
+
+
 # --- the openstack ha client (ha_snapshot/osc) -----------------------------
 
 class ClientError(HaSnapshotException):

@@ -1,4 +1,4 @@
-"""[qemu]: the qemu hypervisor driver (QEMU over QMP).
+"""[qemu] and [libvirt]: the hypervisor drivers' options.
 
 The driver itself is chosen by name from the ``ha_snapshot.hypervisor``
 namespace with ``[agent] hypervisor``.
@@ -51,9 +51,38 @@ OPTS = [
 ]
 
 
+LIBVIRT_GROUP = cfg.OptGroup(
+    'libvirt', title='libvirt driver',
+    help='Incremental backups of libvirt domains (Nova\'s servers) with '
+         'checkpoints: dirty bitmaps and push-mode backup jobs.')
+
+LIBVIRT_OPTS = [
+    cfg.StrOpt('connection_uri', default='qemu:///system',
+               help='libvirt connection URI: the one nova-compute uses '
+                    '(its [libvirt] connection_uri, qemu:///system by '
+                    'default).'),
+    cfg.StrOpt('backup_dir', default='/var/lib/ha-snapshot/libvirt',
+               help='Where the driver writes delta files (one qcow2 per '
+                    'disk and snapshot, deleted once the manager has made '
+                    'it durable) and the checkpoints it keeps per domain. '
+                    'Never inside Nova\'s instances directory.'),
+    cfg.FloatOpt('backup_timeout', default=3600.0, min=1,
+                 help='Seconds a backup job may run before it is aborted '
+                      'and the snapshot fails (nothing is lost: the next '
+                      'one covers the same writes).'),
+    cfg.FloatOpt('snapshot_wait', default=0.0, min=0,
+                 help='Seconds a snapshot waits for a running commit of '
+                      'the same domain before it is refused.'),
+    cfg.FloatOpt('quit_timeout', default=60.0, min=0.1,
+                 help='Seconds a domain gets to shut down cleanly before '
+                      'it is destroyed (driver quit).'),
+]
+
+
 def register_opts(conf: cfg.ConfigOpts) -> None:
     base.register(conf, GROUP, OPTS)
+    base.register(conf, LIBVIRT_GROUP, LIBVIRT_OPTS)
 
 
 def list_opts():
-    return {GROUP: OPTS}
+    return {GROUP: OPTS, LIBVIRT_GROUP: LIBVIRT_OPTS}

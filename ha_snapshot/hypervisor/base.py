@@ -96,6 +96,10 @@ class FrozenOverlay:
     frozen image is the bottom of the chain."""
     active: Image
     """The new, empty overlay the guest now writes into."""
+    full: bool = False
+    """The frozen image holds the whole disk, not the writes since the
+    previous snapshot (a driver whose change tracking was lost says so:
+    the delta is then a re-baseline)."""
 
     @property
     def committable(self) -> bool:
@@ -272,6 +276,40 @@ class HypervisorDriver(abc.ABC):
         CommitResult, one per FrozenOverlay). Overlays are committed oldest
         first (CommitOrderError otherwise); the base is never committed.
         Safe to call again for an overlay already committed."""
+
+    def frozen_images(self, vm: VM, disk: str) -> list:
+        """The frozen images of ``disk`` not committed yet, oldest first
+        (FrozenOverlay each): what a restarted agent sends again.
+
+        This default reads them off the disk's chain: the owned images
+        below the active one.
+        """
+        for d in self.disks(vm):
+            if d.name != disk:
+                continue
+            out = []
+            for i in range(len(d.chain) - 1, 0, -1):
+                if d.chain[i].owned:
+                    out.append(FrozenOverlay(
+                        disk=d.name, frozen=d.chain[i],
+                        backing=(d.chain[i + 1] if i + 1 < len(d.chain)
+                                 else None), active=d.chain[0]))
+            return out
+        return []
+
+    def start_tracking(self, vm: VM) -> bool:
+        """The disks' contents were replaced (a rebuild from a restore
+        point): forget what was tracked of the old ones and track the
+        writes from now on. True when the next snapshot then holds only
+        those writes; False for a driver with no change tracking of its
+        own (the next snapshot freezes the whole base, as on a first
+        protection)."""
+        return False
+
+    def stop_tracking(self, vm: VM) -> None:
+        """Forget every frozen image and all change tracking (protection
+        stops, or the manager needs a whole disk again): the next snapshot
+        holds the whole disk. Nothing of ours stays in the VM's disks."""
 
     @abc.abstractmethod
     def blockstats(self, vm: VM) -> dict:

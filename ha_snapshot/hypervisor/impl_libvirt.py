@@ -1,0 +1,412 @@
+"""The ``libvirt`` hypervisor driver: Nova's domains, backed up incrementally.
+
+Nova owns its domains' disks: overlays the driver left in a disk chain
+would be a layout Nova knows nothing about (and breaks its snapshots,
+resizes and migrations). So this driver never changes a disk chain. A
+snapshot is a push-mode backup job (``virDomainBackupBegin``) that copies
+the clusters written since the previous checkpoint (the disk's dirty
+bitmap) into a new qcow2 file of ours, and starts the next checkpoint in
+the same step. Those files are the frozen images the agent ships:
+
+* an incremental file has the disk as its backing file in its header and
+  holds only the dirty clusters (the rest unallocated), so read with a
+  null backing it gives exactly the changed ranges, like an overlay;
+* a full file (first protection, or a checkpoint that was lost) has no
+  backing and holds the whole disk; it is flagged ``full`` so the manager
+  re-baselines, and the fallback is logged with its reason.
+
+A commit, once the manager made a delta durable, deletes the file and the
+checkpoints older than it; nothing is ever merged into Nova's disk. How
+checkpoints are kept so that Nova can still undefine its domains:
+:mod:`ha_snapshot.hypervisor.libvirt_tracking`. Events: libvirt's domain
+events, on libvirt's event loop thread (libvirt_events), queued and
+delivered in order by one thread per domain.
+
+Needs libvirt >= 7.2 (push-mode backups and checkpoints enabled for QEMU,
+checkpoint redefinition with validation; Debian 12 has 9.0) and QEMU >= 6.0
+(Debian 12: 7.2). May import ha_snapshot.hypervisor.* and
+ha_snapshot.conf.hypervisor; libvirt-python is imported when the driver
+is created.
+"""
+
+import os
+import queue
+import threading
+import time
+
+from oslo_log import log as logging
+from oslo_utils import uuidutils
+
+from ha_snapshot.conf import hypervisor as hypervisor_conf
+from ha_snapshot import exception
+from ha_snapshot.hypervisor import base
+from ha_snapshot.hypervisor import libvirt_events as events
+from ha_snapshot.hypervisor import libvirt_tracking as tracking
+from ha_snapshot.hypervisor import libvirt_ops as ops
+
+LOG = logging.getLogger(__name__)
+
+NAME = 'libvirt'
+
+
+class LibvirtVM(base.VM):
+    """The driver's state of one domain (use only through the driver)."""
+
+    def __init__(self, name, dom):
+        super().__init__(name, None, None)
+        self.dom = dom
+        self.uuid = dom.UUIDString()
+        self.op_lock = threading.Lock()
+        self.busy = None
+        self.callbacks = []
+        self.events = queue.Queue()
+        self.subscribers = []
+        self.sub_lock = threading.Lock()
+        self.dispatcher = None
+        self.detached = False
+        self.job_done = threading.Event()
+        self.disks = {}
+
+
+class LibvirtDriver(base.HypervisorDriver):
+
+    def __init__(self, conf):
+        super().__init__(conf)
+        hypervisor_conf.register_opts(conf)
+        self.opts = conf.libvirt
+        try:
+            import libvirt
+        except ImportError as e:
+            raise exception.HypervisorDriverNotFound(
+                name=NAME, reason='libvirt-python is not installed (%s)' % e)
+        self.lv = libvirt
+        events.ensure_loop(libvirt)
+        self._conn = None
+        self._conn_lock = threading.Lock()
+        self._vms = []
+
+    # --- connection ----------------------------------------------------------
+
+    def conn(self):
+        with self._conn_lock:
+            if self._conn is not None and self._conn.isAlive():
+                return self._conn
+            uri = self.opts.connection_uri
+            try:
+                conn = self.lv.open(uri)
+            except self.lv.libvirtError as e:
+                raise exception.LibvirtUnavailable(uri=uri, reason=e)
+            conn.registerCloseCallback(self._on_close, None)
+            old, self._conn = self._conn, conn
+            if old is not None:
+                # NOTE: libvirtd restarted: domain events come through the
+                # new connection only.
+                for vm in list(self._vms):
+                    self._register_events(vm)
+            return conn
+
+    def _on_close(self, conn, reason, opaque):  # the event loop thread
+        LOG.warning('libvirt connection %s closed (reason %s); it is '
+                    'opened again on next use', self.opts.connection_uri,
+                    reason)
+        threading.Thread(target=self._reconnect, daemon=True,
+                         name='libvirt-reconnect').start()
+
+    def _reconnect(self) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                self.conn()
+            except exception.LibvirtUnavailable:
+                time.sleep(1)
+                continue
+            for vm in list(self._vms):
+                if not self.is_alive(vm):
+                    self._emit(vm, base.PROCESS_EXITED,
+                               {'reason': 'not running after libvirtd '
+                                'came back'})
+            return
+        for vm in list(self._vms):
+            self._emit(vm, base.MONITOR_CLOSED,
+                       {'reason': 'libvirt unreachable for 60 s'})
+
+    def call(self, vm, what: str, func, *args):
+        try:
+            return func(*args)
+        except self.lv.libvirtError as e:
+            if not self.is_alive(vm):
+                raise base.VMNotRunning(vm=vm.name, reason=str(e))
+            raise exception.LibvirtError(call=what, vm=vm.name, reason=e)
+
+    # --- lifecycle -----------------------------------------------------------
+
+    def start(self, spec: base.VMSpec):
+        raise exception.OperationNotSupported(
+            vm=spec.name, driver=NAME, what='start a VM',
+            reason='it protects domains that Nova (or an operator) defines '
+                   'and starts; recovery goes through a Nova rebuild')
+
+    def attach(self, name: str, qmp_path: str | None = None,
+               pid: int | None = None, *, log_path: str | None = None):
+        conn = self.conn()
+        by = 'uuid' if uuidutils.is_uuid_like(name) else 'name'
+        try:
+            dom = (conn.lookupByUUIDString(name) if by == 'uuid'
+                   else conn.lookupByName(name))
+        except self.lv.libvirtError as e:
+            if e.get_error_code() == self.lv.VIR_ERR_NO_DOMAIN:
+                raise exception.DomainNotFound(vm=name, by=by,
+                                               uri=self.opts.connection_uri)
+            raise exception.VMAttachFailed(vm=name, path=self.opts
+                                           .connection_uri, pid=pid,
+                                           reason=e)
+        vm = LibvirtVM(name, dom)
+        vm.dispatcher = threading.Thread(
+            target=self._dispatch, args=(vm,), daemon=True,
+            name='libvirt-events-%s' % name[:8])
+        vm.dispatcher.start()
+        self._register_events(vm)
+        self._vms.append(vm)
+        with vm.op_lock:
+            ops.recover(self, vm)
+        LOG.info('Domain %s attached (%s), disks %s', name,
+                 'running' if self.is_alive(vm) else 'not running',
+                 ', '.join(d.name for d in self._safe_disks(vm)) or 'none')
+        return vm
+
+    def _safe_disks(self, vm):
+        try:
+            return self.disks(vm)
+        except exception.HaSnapshotException:
+            return []
+
+    def _register_events(self, vm) -> None:
+        conn = self._conn
+        lv = self.lv
+        vm.callbacks = [
+            conn.domainEventRegisterAny(
+                vm.dom, lv.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                lambda c, d, ev, detail, op: self._emit(
+                    vm, *events.lifecycle(lv, ev, detail)), None),
+            conn.domainEventRegisterAny(
+                vm.dom, lv.VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON,
+                lambda c, d, path, alias, action, reason, op: self._emit(
+                    vm, *events.io_error(path, alias, action, reason)),
+                None),
+            conn.domainEventRegisterAny(
+                vm.dom, lv.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED,
+                lambda c, d, params, op: self._emit(
+                    vm, events.JOB_COMPLETED, dict(params)), None),
+        ]
+
+    def detach(self, vm) -> None:
+        if vm.detached:
+            return
+        vm.detached = True
+        if vm in self._vms:
+            self._vms.remove(vm)
+        for cb in vm.callbacks:
+            try:
+                self._conn.domainEventDeregisterAny(cb)
+            except (self.lv.libvirtError, AttributeError):
+                pass
+        vm.callbacks = []
+        vm.events.put(None)
+        if vm.dispatcher is not threading.current_thread():
+            vm.dispatcher.join(5)
+
+    def is_alive(self, vm) -> bool:
+        try:
+            return bool(vm.dom.isActive())
+        except self.lv.libvirtError:
+            return False
+
+    def quit(self, vm, timeout: float | None = None) -> int | None:
+        timeout = self.opts.quit_timeout if timeout is None else timeout
+        try:
+            vm.dom.shutdown()
+        except self.lv.libvirtError as e:
+            LOG.debug('Domain %s: shutdown: %s', vm.name, e)
+        deadline = time.monotonic() + timeout
+        while self.is_alive(vm) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if self.is_alive(vm):
+            LOG.warning('Domain %s: still running %s s after shutdown; '
+                        'destroying it', vm.name, timeout)
+            self.kill(vm)
+            return None
+        self.detach(vm)
+        return None
+
+    def kill(self, vm) -> None:
+        try:
+            vm.dom.destroy()
+        except self.lv.libvirtError as e:
+            LOG.debug('Domain %s: destroy: %s', vm.name, e)
+        self.detach(vm)
+
+    # --- events --------------------------------------------------------------
+
+    def subscribe(self, vm, callback, events=None) -> base.Subscription:
+        entry = (callback, frozenset(events) if events is not None else None)
+        with vm.sub_lock:
+            vm.subscribers.append(entry)
+
+        def cancel():
+            with vm.sub_lock:
+                if entry in vm.subscribers:
+                    vm.subscribers.remove(entry)
+        return base.Subscription(cancel)
+
+    def _emit(self, vm, kind: str, data: dict) -> None:
+        if kind == events.JOB_COMPLETED:
+            vm.job_done.set()
+        if kind in (base.PROCESS_EXITED, events.DOMAIN_STOPPED):
+            LOG.info('Domain %s stopped (%s)', vm.name, data.get('reason'))
+        if not vm.detached:
+            vm.events.put(base.Event(vm.name, kind, data, time.time()))
+
+    def _dispatch(self, vm) -> None:
+        while True:
+            event = vm.events.get()
+            if event is None:
+                return
+            with vm.sub_lock:
+                subscribers = list(vm.subscribers)
+            for callback, kinds in subscribers:
+                if kinds is None or event.kind in kinds:
+                    try:
+                        callback(event)
+                    except Exception:
+                        LOG.exception('Domain %s: subscriber failed on %s',
+                                      vm.name, event.kind)
+
+    # --- disks ---------------------------------------------------------------
+
+    def domain_disks(self, vm) -> list:
+        xml = self.call(vm, 'XMLDesc', vm.dom.XMLDesc, 0)
+        return tracking.domain_disks(xml)
+
+    def disks(self, vm, refresh: bool = True) -> list:
+        if refresh or not vm.disks:
+            out = {}
+            for dd in self.domain_disks(vm):
+                if dd.device != 'disk' or dd.readonly or not dd.chain:
+                    continue
+                info = self.call(vm, 'blockInfo', vm.dom.blockInfo,
+                                 dd.target)
+                chain = tuple(
+                    base.Image(node='libvirt-%s-format' % index if index
+                               else dd.target, path=path,
+                               format=fmt or 'raw')
+                    for path, fmt, index in dd.chain)
+                out[dd.target] = base.Disk(
+                    name=dd.target, device=dd.alias,
+                    virtual_size=int(info[0]), chain=chain)
+            vm.disks = out
+        return list(vm.disks.values())
+
+    def _disk(self, vm, name) -> base.Disk:
+        if name not in vm.disks:
+            self.disks(vm)
+        try:
+            return vm.disks[name]
+        except KeyError:
+            raise base.DiskNotFound(vm=vm.name, disk=name,
+                                    known=', '.join(vm.disks) or 'none')
+
+    def workdir(self, vm) -> str:
+        return os.path.join(self.opts.backup_dir, vm.uuid)
+
+    # --- snapshot and commit -------------------------------------------------
+
+    def _locked(self, vm, wait, what):
+        if not (vm.op_lock.acquire(timeout=wait) if wait > 0
+                else vm.op_lock.acquire(blocking=False)):
+            raise base.CommitInProgress(
+                vm=vm.name, reason='%s is running' % (vm.busy or 'a commit'))
+        vm.busy = what
+
+    def _unlock(self, vm):
+        vm.busy = None
+        vm.op_lock.release()
+
+    def snapshot(self, vm, *, wait: float | None = None) -> base.Snapshot:
+        wait = self.opts.snapshot_wait if wait is None else wait
+        self._locked(vm, wait, 'a backup')
+        try:
+            if not self.is_alive(vm):
+                raise base.VMNotRunning(vm=vm.name,
+                                        reason='the domain is not running')
+            return ops.backup(self, vm)
+        finally:
+            self._unlock(vm)
+
+    def commit(self, vm, frozen, *, timeout: float | None = None) -> list:
+        if isinstance(frozen, base.Snapshot):
+            items = frozen.disks
+        elif isinstance(frozen, base.FrozenOverlay):
+            items = (frozen,)
+        else:
+            items = tuple(frozen)
+        timeout = self.opts.backup_timeout if timeout is None else timeout
+        if not vm.op_lock.acquire(timeout=timeout):
+            raise base.CommitFailed(
+                vm=vm.name, top=', '.join(i.frozen.path for i in items),
+                base='nothing', reason='%s held the domain for %s s'
+                % (vm.busy or 'another operation', timeout))
+        vm.busy = 'a commit'
+        try:
+            return ops.commit(self, vm, items)
+        finally:
+            self._unlock(vm)
+
+    def frozen_images(self, vm, disk: str) -> list:
+        with vm.op_lock:
+            return ops.frozen_images(self, vm, disk)
+
+    def start_tracking(self, vm) -> bool:
+        with vm.op_lock:
+            ops.drop_all(self, vm)
+            ops.new_checkpoint(self, vm)
+        return True
+
+    def stop_tracking(self, vm) -> None:
+        with vm.op_lock:
+            ops.drop_all(self, vm)
+
+    # --- I/O -----------------------------------------------------------------
+
+    def blockstats(self, vm) -> dict:
+        out = {}
+        for d in self.disks(vm, refresh=not vm.disks):
+            s = self.call(vm, 'blockStatsFlags', vm.dom.blockStatsFlags,
+                          d.name, 0)
+            info = self.call(vm, 'blockInfo', vm.dom.blockInfo, d.name)
+            out[d.name] = base.BlockStats(
+                disk=d.name, node=d.active.node,
+                rd_bytes=int(s.get('rd_bytes', 0)),
+                rd_operations=int(s.get('rd_operations', 0)),
+                wr_bytes=int(s.get('wr_bytes', 0)),
+                wr_operations=int(s.get('wr_operations', 0)),
+                flush_operations=int(s.get('flush_operations', 0)),
+                wr_highest_offset=int(info[1]), accounted=True)
+        return out
+
+    def write(self, vm, disk: str, offset: int, length: int,
+              pattern: int = 0x11) -> None:
+        for what, value in (('offset', offset), ('length', length),
+                            ('pattern', pattern)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise base.HypervisorError(
+                    vm=vm.name, reason='write: %s %r is not an integer'
+                    % (what, value))
+        d = self._disk(vm, disk)
+        if not 0 <= pattern <= 0xff or offset < 0 or length <= 0 or (
+                offset + length > d.virtual_size):
+            raise base.HypervisorError(
+                vm=vm.name, reason='write of %d bytes of 0x%x at %d does not '
+                'fit disk %s (%d bytes)' % (length, pattern, offset, disk,
+                                            d.virtual_size))
+        ops.qemu_io(self, vm, disk, 'write -P 0x%02x %d %d'
+                    % (pattern, offset, length))
