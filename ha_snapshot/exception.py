@@ -158,6 +158,38 @@ class RecoveryStateConflict(DatabaseError):
                '%(state)s.')
 
 
+# --- recovery requests and actions ------------------------------------------
+
+class RecoveryConflict(HaSnapshotException):
+    msg_fmt = 'Instance %(instance)s cannot be recovered now: %(reason)s.'
+
+
+class NoRestorePoint(RecoveryConflict):
+    msg_fmt = ('Instance %(instance)s has no restore point yet: there is '
+               'nothing to recover to.')
+
+
+class OpenStackError(HaSnapshotException):
+    """A call to another OpenStack service (Nova, Glance) failed."""
+
+    msg_fmt = '%(service)s: %(reason)s'
+
+
+class ImageUploadFailed(OpenStackError):
+    msg_fmt = ('Recovery image %(image)s of instance %(instance)s could not '
+               'be stored in Glance: %(reason)s')
+
+
+class RebuildFailed(OpenStackError):
+    msg_fmt = 'Rebuild of server %(server)s failed: %(reason)s'
+
+
+class RebuildTimeout(RebuildFailed):
+    msg_fmt = ('Server %(server)s is not ACTIVE %(timeout)s s after its '
+               'rebuild (status %(status)s, task_state %(task_state)s); '
+               'raise [recovery] rebuild_timeout if Nova is slow.')
+
+
 # --- hypervisor -------------------------------------------------------------
 
 class HypervisorError(HaSnapshotException):

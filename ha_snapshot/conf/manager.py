@@ -49,6 +49,44 @@ RECOVERY_OPTS = [
                help='Seconds one recovery may take before it is failed.'),
     cfg.IntOpt('workers', default=4, min=1,
                help='Recoveries run at the same time.'),
+    cfg.DictOpt('actions', default={'qemu': 'restart', 'libvirt': 'rebuild'},
+                help='Recovery action per hypervisor driver of the '
+                     'instance, as driver:action pairs: local QEMU VMs '
+                     'are restarted by their agent, Nova-managed (libvirt) '
+                     'servers rebuilt through Nova. Drivers not listed use '
+                     '[recovery] action.'),
+    # NOTE: options of the rebuild action (ha_snapshot/recovery/rebuild.py).
+    cfg.StrOpt('image_disk_format', default='qcow2',
+               choices=['qcow2', 'raw'],
+               help='rebuild: format of the recovery image uploaded to '
+                    'Glance. qcow2 sends only the allocated data; raw '
+                    'sends the whole virtual size (zeros included) but '
+                    'suits Ceph-backed Glance and Nova, which want raw.'),
+    cfg.StrOpt('image_owner', default='project',
+               choices=['project', 'service'],
+               help='rebuild: project owning the recovery image: the '
+                    'server\'s own project (needs a service user allowed '
+                    'to set an image\'s owner, e.g. admin; otherwise the '
+                    'image falls back to the service project) or the '
+                    'service user\'s project. Images are private either '
+                    'way.'),
+    cfg.IntOpt('keep_images', default=1, min=0,
+               help='rebuild: recovery images kept in Glance per instance '
+                    'after a successful rebuild, the one the server now '
+                    'runs from first. Keep at least 1 if Nova may need the '
+                    'image again (evacuation, or a rebuild without a new '
+                    'image); 0 deletes it at once.'),
+    cfg.IntOpt('rebuild_timeout', default=900, min=1,
+               help='rebuild: seconds Nova may take to rebuild the server '
+                    'and bring it back ACTIVE.'),
+    cfg.FloatOpt('rebuild_poll_interval', default=2.0, min=0.01,
+                 help='rebuild: seconds between two looks at the server '
+                      'while Nova rebuilds it.'),
+    cfg.StrOpt('work_dir', default='/var/lib/ha-snapshot/recovery',
+               help='rebuild: where a restore point is exported before its '
+                    'upload to Glance; needs room for the image (a raw '
+                    'export is sparse; qcow2 needs the raw file and the '
+                    'qcow2 one for a while).'),
 ]
 
 AGENT = cfg.OptGroup('agent', title='ha-snapshot-agent')

@@ -11,7 +11,6 @@ from ha_snapshot.manager import manager as manager_mod
 from ha_snapshot.manager import notifications
 from ha_snapshot.manager import recovery as recovery_engine
 from ha_snapshot.manager import spool as spool_mod
-from ha_snapshot import recovery
 from ha_snapshot import rpc
 from ha_snapshot import service
 from ha_snapshot.storage import store as store_mod
@@ -40,9 +39,11 @@ class ManagerService(service.Service):
         store = store_mod.RecoveryStore.from_conf(conf)
         agent_api = agent_rpcapi.AgentAPI(self.transport,
                                           timeout=conf.manager.rpc_timeout)
-        action = recovery.load(conf.recovery.action, conf,
-                               agent_api=agent_api)
-        self.engine = recovery_engine.RecoveryEngine(conf, self.db, action)
+        # NOTE: each action takes what its constructor names: restart the
+        # agent API, rebuild also the store (it exports restore points).
+        actions = recovery_engine.load_actions(conf, agent_api=agent_api,
+                                               store=store)
+        self.engine = recovery_engine.RecoveryEngine(conf, self.db, actions)
         self.manager = manager_mod.Manager(
             conf, store, self.db,
             spool_mod.Spool(conf.manager.spool_dir,

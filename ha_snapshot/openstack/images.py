@@ -1,0 +1,260 @@
+"""Recovery images in Glance: create, stream up, find again, prune.
+
+A recovery image belongs to one instance and one restore point. It is
+tagged ``ha_snapshot`` and ``ha_snapshot:<instance>`` and carries the
+properties ``ha_snapshot_instance``, ``ha_snapshot_restore_point`` and
+``ha_snapshot_source_image``, so that a recovery run again (a manager
+restarted mid-way) finds the image it uploaded before instead of uploading
+twice, and so that old images can be pruned.
+
+The upload is one ``PUT /v2/images/{id}/file`` whose body is read from the
+exported file in small blocks as the socket takes them (Content-Length
+known up front, nothing held in memory), hashed on the way and checked
+against what Glance computed.
+
+May import ha_snapshot.exception; takes openstacksdk image proxies.
+"""
+
+import hashlib
+import os
+
+from keystoneauth1 import exceptions as ks_exc
+from openstack import exceptions as sdk_exc
+from openstack.image.v2 import image as image_res
+from oslo_log import log as logging
+
+from ha_snapshot import exception
+
+LOG = logging.getLogger(__name__)
+
+TAG = 'ha_snapshot'
+PROP_INSTANCE = 'ha_snapshot_instance'
+PROP_RESTORE_POINT = 'ha_snapshot_restore_point'
+PROP_SOURCE = 'ha_snapshot_source_image'
+READ_BLOCK = 1 << 20
+# NOTE: image properties that describe the guest, not the bytes: a
+# rebuilt server must boot the same way (firmware, disk bus, machine
+# type...), so they are copied from the image the server ran before.
+INHERITED_PREFIXES = ('hw_', 'os_', 'img_')
+INHERITED_KEYS = ('architecture', 'hypervisor_type', 'vm_mode', 'min_disk',
+                  'min_ram', 'auto_disk_config')
+NOT_INHERITED = ('os_hash_algo', 'os_hash_value', 'os_hidden')
+
+_API_ERRORS = (sdk_exc.SDKException, ks_exc.ClientException)
+
+
+def instance_tag(instance: str) -> str:
+    return '%s:%s' % (TAG, instance)
+
+
+class HashingReader:
+    """A file read front to back, hashed (sha512) as it is read.
+
+    requests sends a body with ``read`` in blocks; ``len`` gives it the
+    Content-Length. A seek elsewhere than where hashing stands (a client
+    rewinding to retry) invalidates the hashes instead of lying.
+    """
+
+    def __init__(self, path: str):
+        self.file = open(path, 'rb')
+        self.size = os.fstat(self.file.fileno()).st_size
+        self.sha512 = hashlib.sha512()
+        self.hashed = 0
+        self.valid = True
+        self.largest_read = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0 or n > READ_BLOCK:
+            n = READ_BLOCK
+        pos = self.file.tell()
+        data = self.file.read(n)
+        if pos != self.hashed:
+            self.valid = False
+        elif data:
+            self.sha512.update(data)
+            self.hashed += len(data)
+        self.largest_read = max(self.largest_read, len(data))
+        return data
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self.file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, sdk_exc.HttpException):
+        details = (e.details or '').strip()
+        return 'HTTP %s%s' % (e.status_code,
+                              ': ' + details if details else '')
+    return '%s: %s' % (type(e).__name__, e)
+
+
+def find(glance, instance: str, restore_point: str | None = None,
+         disk_format: str | None = None) -> list:
+    """Recovery images of ``instance`` (of one restore point, in one disk
+    format, if given), newest first."""
+    found = []
+    for image in glance.images(tag=instance_tag(instance)):
+        props = image.properties or {}
+        if props.get(PROP_INSTANCE) != instance:
+            continue
+        if restore_point and props.get(PROP_RESTORE_POINT) != restore_point:
+            continue
+        if disk_format and image.disk_format != disk_format:
+            continue
+        found.append(image)
+    found.sort(key=lambda i: i.created_at or '', reverse=True)
+    return found
+
+
+def find_reusable(glance, instance: str, restore_point: str,
+                  disk_format: str):
+    """The active image of this restore point if one exists.
+
+    Images of it that are not active (an upload cut short by a crash or a
+    failure) are deleted: nobody else writes them, and a fresh upload is
+    the way to a whole image.
+    """
+    active = None
+    for image in find(glance, instance, restore_point, disk_format):
+        if image.status == 'active' and active is None:
+            active = image
+        elif image.status != 'active':
+            LOG.info('Instance %s: deleting unfinished recovery image %s '
+                     '(%s)', instance, image.id, image.status)
+            delete(glance, image.id)
+    return active
+
+
+def inheritable_properties(glance, image_id: str | None) -> dict:
+    """Guest-describing properties of ``image_id``; {} if it is gone."""
+    if not image_id:
+        return {}
+    try:
+        resp = glance.get('/images/%s' % image_id)
+        if resp.status_code == 404:
+            LOG.warning('Source image %s is gone from Glance: the recovery '
+                        'image gets no hw_*/os_* properties from it',
+                        image_id)
+            return {}
+        sdk_exc.raise_from_response(resp)
+        body = resp.json()
+    except _API_ERRORS as e:
+        raise exception.OpenStackError(
+            service='Glance', reason='reading source image %s: %s'
+            % (image_id, _reason(e)))
+    out = {}
+    for key, value in body.items():
+        if key in NOT_INHERITED or key.startswith('os_glance'):
+            continue
+        if key in INHERITED_KEYS or key.startswith(INHERITED_PREFIXES):
+            if value not in (None, ''):
+                out[key] = value
+    return out
+
+
+def create(glance, *, name: str, instance: str, restore_point: str,
+           disk_format: str, source_image: str | None, owner: str | None,
+           properties: dict):
+    """Create the image record (queued); ``owner`` None: the caller's.
+
+    If Glance refuses to let the service user give the image to another
+    project (403), it is created in the service user's project instead.
+    """
+    attrs = dict(properties)
+    attrs.update({
+        'name': name, 'disk_format': disk_format,
+        'container_format': 'bare', 'visibility': 'private',
+        'tags': [TAG, instance_tag(instance)],
+        PROP_INSTANCE: instance, PROP_RESTORE_POINT: restore_point})
+    if source_image:
+        attrs[PROP_SOURCE] = source_image
+    if owner:
+        attrs['owner'] = owner
+    try:
+        try:
+            return image_res.Image.new(**attrs).create(glance)
+        except sdk_exc.ForbiddenException as e:
+            if not owner:
+                raise
+            LOG.warning('Glance refused image owner %s (%s): the recovery '
+                        'image of %s stays in the service project; give the '
+                        'service user the admin role or set [recovery] '
+                        'image_owner = service', owner, _reason(e), instance)
+            del attrs['owner']
+            return image_res.Image.new(**attrs).create(glance)
+    except _API_ERRORS as e:
+        raise exception.ImageUploadFailed(
+            image=name, instance=instance,
+            reason='creating the image record: %s' % _reason(e))
+
+
+def upload(glance, image, path: str, instance: str) -> dict:
+    """Stream ``path`` into ``image``; check Glance got every byte."""
+    try:
+        with HashingReader(path) as reader:
+            resp = image.upload(glance, data=reader)
+            sdk_exc.raise_from_response(resp)
+            stored = glance.get_image(image.id)
+    except _API_ERRORS as e:
+        delete(glance, image.id)
+        raise exception.ImageUploadFailed(
+            image=image.id, instance=instance,
+            reason='uploading %s: %s' % (os.path.basename(path), _reason(e)))
+    problem = None
+    if stored.status != 'active':
+        problem = 'it is %s after the upload, not active' % stored.status
+    elif stored.size != reader.size:
+        problem = 'Glance stored %s bytes of %d' % (stored.size, reader.size)
+    elif (reader.valid and stored.hash_algo == 'sha512'
+            and stored.hash_value != reader.sha512.hexdigest()):
+        problem = 'its sha512 differs from the uploaded file\'s'
+    if problem:
+        delete(glance, image.id)
+        raise exception.ImageUploadFailed(image=image.id, instance=instance,
+                                          reason=problem)
+    LOG.info('Instance %s: recovery image %s uploaded (%d bytes, %s)',
+             instance, image.id, reader.size, image.disk_format)
+    return {'image': image.id, 'size': reader.size,
+            'largest_read': reader.largest_read}
+
+
+def delete(glance, image_id: str) -> bool:
+    """Delete an image; False (logged) if Glance would not."""
+    try:
+        glance.delete_image(image_id, ignore_missing=True)
+        return True
+    except _API_ERRORS as e:
+        LOG.warning('Could not delete recovery image %s: %s', image_id,
+                    _reason(e))
+        return False
+
+
+def prune(glance, instance: str, keep: int, current: str | None) -> list:
+    """Delete the recovery images of ``instance`` beyond the ``keep``
+    newest, ``current`` (the one the server now runs from) counting first.
+    Return the ids deleted."""
+    images = find(glance, instance)
+    images.sort(key=lambda i: i.id != current)  # NOTE: stable: current first
+    deleted = []
+    for image in images[keep:]:
+        if delete(glance, image.id):
+            deleted.append(image.id)
+    return deleted

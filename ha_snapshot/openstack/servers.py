@@ -1,0 +1,107 @@
+"""Nova calls of the rebuild recovery: look, rebuild, start, wait.
+
+``rebuild`` sends ``POST /servers/{id}/action {"rebuild": {"imageRef":
+...}}`` and nothing else, so Nova keeps the server's name, metadata, key,
+user data, networks and volumes (ephemeral and swap disks come back
+empty: Nova's libvirt driver cannot preserve them). Waiting polls ``GET
+/servers/{id}`` until the server runs the new image with no task left:
+ACTIVE is done; SHUTOFF (Nova keeps a stopped server stopped across a
+rebuild) gets one ``os-start``; ERROR fails with Nova's fault message.
+
+May import ha_snapshot.exception; takes openstacksdk compute proxies.
+"""
+
+import time
+
+from keystoneauth1 import exceptions as ks_exc
+from openstack import exceptions as sdk_exc
+from oslo_log import log as logging
+
+from ha_snapshot import exception
+
+LOG = logging.getLogger(__name__)
+
+_API_ERRORS = (sdk_exc.SDKException, ks_exc.ClientException)
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, sdk_exc.HttpException):
+        details = (e.details or '').strip()
+        return 'HTTP %s%s' % (e.status_code,
+                              ': ' + details if details else '')
+    return '%s: %s' % (type(e).__name__, e)
+
+
+def image_id(server) -> str | None:
+    """The server's image id; None for a volume-backed server."""
+    image = server.image
+    return getattr(image, 'id', None) or None
+
+
+def get(nova, server_id: str):
+    try:
+        return nova.get_server(server_id)
+    except sdk_exc.NotFoundException:
+        raise exception.RebuildFailed(
+            server=server_id, reason='Nova has no such server any more '
+            '(deleted?): nothing to rebuild')
+    except _API_ERRORS as e:
+        raise exception.RebuildFailed(
+            server=server_id, reason='reading the server: %s' % _reason(e))
+
+
+def rebuild(nova, server, image: str) -> None:
+    try:
+        nova.rebuild_server(server, image)
+    except _API_ERRORS as e:
+        raise exception.RebuildFailed(
+            server=server.id, reason='Nova refused the rebuild with image '
+            '%s: %s' % (image, _reason(e)))
+    LOG.info('Server %s: rebuild with image %s accepted', server.id, image)
+
+
+def start(nova, server) -> None:
+    try:
+        nova.start_server(server)
+    except _API_ERRORS as e:
+        raise exception.RebuildFailed(
+            server=server.id, reason='the rebuilt server is stopped and '
+            'Nova refused to start it: %s' % _reason(e))
+    LOG.info('Server %s: rebuilt while stopped; started', server.id)
+
+
+def wait_active(nova, server_id: str, image: str, *, timeout: float,
+                interval: float, on_start=None, clock=time.monotonic,
+                sleep=time.sleep):
+    """Poll until the server runs ``image``, ACTIVE, with no task.
+
+    ``on_start()`` is called before the one ``os-start`` a server left
+    SHUTOFF gets (a progress step).
+    """
+    deadline = clock() + timeout
+    started = False
+    while True:
+        server = get(nova, server_id)
+        task = server.task_state
+        if image_id(server) != image:
+            raise exception.RebuildFailed(
+                server=server_id, reason='it runs image %s now, not the '
+                'recovery image %s: someone else rebuilt it'
+                % (image_id(server), image))
+        if task is None and server.status == 'ACTIVE':
+            return server
+        if task is None and server.status == 'ERROR':
+            fault = server.fault or {}
+            raise exception.RebuildFailed(
+                server=server_id, reason='Nova put it in ERROR: %s'
+                % (fault.get('message') or 'no fault recorded'))
+        if task is None and server.status == 'SHUTOFF' and not started:
+            if on_start is not None:
+                on_start()
+            start(nova, server)
+            started = True
+        if clock() >= deadline:
+            raise exception.RebuildTimeout(
+                server=server_id, timeout=timeout, status=server.status,
+                task_state=task)
+        sleep(interval)

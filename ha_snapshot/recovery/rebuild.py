@@ -1,0 +1,177 @@
+"""``rebuild``: bring a failed Nova server back on its restore point.
+
+The manager does the work, step by step (each step's name is recorded on
+the recovery before it starts, so a failure says where it stopped):
+
+``inspect-server``
+    ``GET /servers/{id}`` from Nova (it must exist and boot from an image:
+    volume-backed servers are refused, Nova cannot rebuild them with
+    another image before microversion 2.93).
+``find-image``
+    An active recovery image of this restore point already in Glance (a
+    previous attempt uploaded it) is used again; unfinished ones are
+    deleted.
+``export``
+    The restore point is exported from the store into ``[recovery]
+    work_dir`` (raw or qcow2, ``[recovery] image_disk_format``).
+``upload-image``
+    A private image is created (owned by the server's project if the
+    service user may, tagged ``ha_snapshot`` and ``ha_snapshot:<server>``,
+    properties naming server, restore point and source image, plus the
+    source image's hw_*/os_* properties so the server boots the same way)
+    and the export streamed into it; the export is removed.
+``rebuild-server``
+    ``POST /servers/{id}/action {"rebuild": {"imageRef": ...}}``.
+``wait-active``
+    Until the server runs the image, ACTIVE, with no task left, for at
+    most ``[recovery] rebuild_timeout``; ERROR fails with Nova's fault.
+    (``start-server`` if Nova left it SHUTOFF.)
+``rebaseline``
+    The agent on the server's host starts change tracking afresh on the
+    rebuilt disk, its next delta based on this restore point: what the
+    store holds is not sent again.
+``cleanup-images``
+    Recovery images beyond ``[recovery] keep_images`` are deleted (a
+    failure here is logged, not fatal).
+
+Run again after a manager restart (the recovery was resumed), it uses the
+image uploaded before and, when the recorded step shows the rebuild was
+already sent, does not send it again if the server runs the image.
+
+May import ha_snapshot.openstack, the store (given to the constructor) and
+ha_snapshot.exception.
+"""
+
+import os
+
+from keystoneauth1 import exceptions as ks_exc
+from openstack import exceptions as sdk_exc
+from oslo_log import log as logging
+
+from ha_snapshot import exception
+from ha_snapshot.openstack import clients
+from ha_snapshot.openstack import images
+from ha_snapshot.openstack import servers
+
+LOG = logging.getLogger(__name__)
+
+# NOTE: steps after which Nova may already have the rebuild request.
+_REBUILD_SENT = ('rebuild-server', 'wait-active', 'start-server',
+                 'rebaseline', 'cleanup-images')
+
+
+class RebuildAction:
+
+    name = 'rebuild'
+
+    def __init__(self, conf, agent_api=None, store=None,
+                 connect=clients.connection):
+        self.conf = conf
+        self.agent_api = agent_api
+        self.store = store
+        self.connect = connect
+
+    def recover(self, instance, restore_point: str, progress) -> dict:
+        if self.store is None or self.agent_api is None:
+            raise exception.ConfigurationError(
+                reason='the rebuild recovery action needs the store and the '
+                'agent API: load it through the manager service')
+        conf = self.conf.recovery
+        uuid = instance.uuid
+        # NOTE: set by the engine when it resumes a recovery that a
+        # stopped manager left running; plain callables have none.
+        resumed_at = getattr(progress, 'previous_step', None)
+
+        progress('inspect-server')
+        nova = self._proxy('nova', 'compute', 'Nova')
+        server = servers.get(nova, uuid)
+        current = servers.image_id(server)
+        if current is None:
+            raise exception.RebuildFailed(
+                server=uuid, reason='it boots from a volume; the rebuild '
+                'action only handles servers booted from an image')
+
+        progress('find-image')
+        glance = self._proxy('glance', 'image', 'Glance')
+        image = images.find_reusable(glance, uuid, restore_point,
+                                     conf.image_disk_format)
+        if image is not None:
+            LOG.info('Instance %s: reusing recovery image %s of restore '
+                     'point %s', uuid, image.id, restore_point)
+        else:
+            image = self._upload(glance, server, instance, restore_point,
+                                 current, progress)
+
+        progress('rebuild-server')
+        server = servers.get(nova, uuid)
+        if resumed_at in _REBUILD_SENT and (
+                servers.image_id(server) == image.id):
+            LOG.info('Instance %s: Nova already has the rebuild with image '
+                     '%s (resumed at %s)', uuid, image.id, resumed_at)
+        else:
+            servers.rebuild(nova, server, image.id)
+
+        progress('wait-active')
+        server = servers.wait_active(
+            nova, uuid, image.id, timeout=conf.rebuild_timeout,
+            interval=conf.rebuild_poll_interval,
+            on_start=lambda: progress('start-server'))
+
+        progress('rebaseline')
+        host = server.compute_host or instance.host
+        if host != instance.host:
+            LOG.warning('Instance %s: Nova has it on %s, the manager knew '
+                        '%s; re-baselining on %s', uuid, host, instance.host,
+                        host)
+        result = self.agent_api.rebaseline(host, uuid, restore_point,
+                                           timeout=self.conf.recovery.timeout)
+
+        progress('cleanup-images')
+        pruned = images.prune(glance, uuid, conf.keep_images, image.id)
+        LOG.info('Instance %s rebuilt from restore point %s (image %s) on '
+                 '%s; %d old recovery images deleted', uuid, restore_point,
+                 image.id, host, len(pruned))
+        return {'instance': uuid, 'restore_point': restore_point,
+                'image': image.id, 'host': host, 'rebaseline': result,
+                'images_deleted': pruned}
+
+    def _proxy(self, group, service, name):
+        # NOTE: openstacksdk discovers the API version when a proxy is
+        # first used, so an unreachable endpoint fails here.
+        try:
+            return getattr(self.connect(self.conf, group), service)
+        except (ks_exc.ClientException, sdk_exc.SDKException) as e:
+            raise exception.OpenStackError(
+                service=name, reason='cannot reach the %s API ([%s] '
+                'options): %s: %s' % (service, group, type(e).__name__, e))
+
+    def _upload(self, glance, server, instance, restore_point, current,
+                progress):
+        conf = self.conf.recovery
+        uuid = instance.uuid
+        # NOTE: after an earlier recovery the server runs one of our
+        # images; the original image is the one that one was made from.
+        source = current
+        for image in images.find(glance, uuid):
+            if image.id == current:
+                source = (image.properties or {}).get(images.PROP_SOURCE)
+        inherited = images.inheritable_properties(glance, source)
+        owner = server.project_id if conf.image_owner == 'project' else None
+
+        progress('export')
+        fmt = conf.image_disk_format
+        os.makedirs(conf.work_dir, mode=0o700, exist_ok=True)
+        path = os.path.join(conf.work_dir, '%s-%s.%s'
+                            % (uuid, restore_point, fmt))
+        try:
+            self.store.export(uuid, path, restore_point, fmt=fmt)
+            progress('upload-image')
+            image = images.create(
+                glance, name='ha-snapshot-%s-%s' % (uuid, restore_point),
+                instance=uuid, restore_point=restore_point, disk_format=fmt,
+                source_image=source, owner=owner, properties=inherited)
+            images.upload(glance, image, path, uuid)
+        finally:
+            if os.path.exists(path):
+                os.unlink(path)
+        return image
