@@ -1,0 +1,197 @@
+"""What the integration scenario does to the harness's cloud, from outside.
+
+Everything here talks to the real services the way a user, an operator or
+the hypervisor would: openstacksdk against Keystone/Glance/Nova, Nova's
+versioned notifications read off RabbitMQ, libvirt for the domain (its
+QEMU monitor for writes into the running disk, its pid file to kill it),
+qemu-io on a copy of the disk file for reads. It never asks ha-snapshot
+what it did except through its public REST API.
+
+This module may import openstack, oslo.messaging, libvirt and
+ha_snapshot.rpc (for the transport helper); it must not import the
+manager, agent or storage code it checks.
+"""
+
+import json
+import os
+import queue
+import shutil
+import subprocess
+import time
+
+from oslo_config import cfg
+import oslo_messaging as messaging
+
+from ha_snapshot import rpc
+
+_POLL = 0.2
+
+
+class ScenarioError(Exception):
+    """A step of the scenario did not go as it must."""
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = _POLL):
+    """The first truthy ``predicate()``; fail naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise ScenarioError('timed out after %.0f s waiting for %s'
+                                % (timeout, what))
+        time.sleep(poll)
+
+
+def connect(state: dict, user: str = 'admin'):
+    import openstack
+    project = {'admin': 'admin', 'demo': 'demo'}[user]
+    return openstack.connect(
+        auth_url=state['keystone_url'], username=user,
+        password=state['passwords'][user], project_name=project,
+        user_domain_name='Default', project_domain_name='Default',
+        region_name=state['region'], identity_api_version='3')
+
+
+class NotificationLog:
+    """Nova's versioned notifications, as they arrive, in a queue.
+
+    A listener pool of its own: it sees every notification besides (not
+    instead of) ha-snapshot-manager's listener.
+    """
+
+    def __init__(self, transport_url: str):
+        self.conf = cfg.ConfigOpts()
+        self.conf([], project='ha-snapshot-e2e', default_config_files=[])
+        self.transport = rpc.get_notification_transport(
+            self.conf, url=transport_url)
+        self.events = queue.Queue()
+        self.seen = []
+
+        log = self
+
+        class Endpoint:
+            def _record(self, ctxt, publisher_id, event_type, payload,
+                        metadata):
+                log.events.put((event_type, payload))
+
+            info = warn = error = _record
+
+        self.listener = messaging.get_notification_listener(
+            self.transport,
+            [messaging.Target(topic='versioned_notifications',
+                              exchange='nova')],
+            [Endpoint()], executor='threading', pool='ha-snapshot-e2e')
+
+    def start(self):
+        self.listener.start()
+
+    def stop(self):
+        self.listener.stop()
+        self.listener.wait()
+        self.transport.cleanup()
+
+    def wait(self, event_type: str, uuid: str, timeout: float) -> dict:
+        """The payload of ``event_type`` for instance ``uuid``."""
+        for event, payload in self.seen:
+            if event == event_type and _uuid(payload) == uuid:
+                return payload
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ScenarioError(
+                    'timed out after %.0f s waiting for the notification '
+                    '%s of server %s (seen: %s)' % (
+                        timeout, event_type, uuid,
+                        sorted({e for e, _p in self.seen})))
+            try:
+                event, payload = self.events.get(timeout=min(left, 1.0))
+            except queue.Empty:
+                continue
+            self.seen.append((event, payload))
+            if event == event_type and _uuid(payload) == uuid:
+                return payload
+
+
+def _uuid(payload) -> str | None:
+    try:
+        return payload['nova_object.data']['uuid']
+    except (KeyError, TypeError):
+        return None
+
+
+class Domain:
+    """The libvirt domain of a Nova server, seen from the compute host."""
+
+    def __init__(self, state: dict, instance_name: str):
+        import libvirt
+        self.state = state
+        self.name = instance_name
+        self.conn = libvirt.open(state['libvirt_uri'])
+        self.dom = self.conn.lookupByName(instance_name)
+
+    def close(self):
+        self.conn.close()
+
+    def hmp(self, command: str) -> str:
+        import libvirt_qemu
+        return libvirt_qemu.qemuMonitorCommand(
+            self.dom, command,
+            libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+
+    def write(self, pattern: int, offset: int, length: int) -> None:
+        """Write ``length`` bytes of ``pattern`` at ``offset`` of vda.
+
+        NOTE: HMP qemu-io on the disk's virtio device runs in the live
+        QEMU, like a guest write (it goes through the active layer,
+        whatever overlays and backups sit under it); an error comes back
+        as text, not as a monitor error.
+        """
+        out = self.hmp('qemu-io -d virtio-disk0/virtio-backend '
+                       '"write -P 0x%02x %d %d"' % (pattern, offset, length))
+        if out.strip():
+            raise ScenarioError('qemu-io write into %s failed: %s'
+                                % (self.name, out.strip()))
+
+    def disk_path(self) -> str:
+        import xml.etree.ElementTree as ET
+        root = ET.fromstring(self.dom.XMLDesc())
+        for disk in root.iter('disk'):
+            target = disk.find('target')
+            if target is not None and target.get('dev') == 'vda':
+                return disk.find('source').get('file')
+        raise ScenarioError('domain %s has no vda disk' % self.name)
+
+    def qemu_pid(self) -> int:
+        path = os.path.join(self.state['libvirt_dir'], 'run', 'qemu',
+                            self.name + '.pid')
+        with open(path) as f:
+            return int(f.read().strip())
+
+
+def copy_disk(disk_path: str, workdir: str) -> str:
+    """A standalone qcow2 copy of the disk (its whole backing chain).
+
+    NOTE: -U (force share): the live QEMU holds the disk's locks; the
+    copy is taken once nothing writes (after the rebuild) and cannot
+    change while it is read.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    copy = os.path.join(workdir, 'disk-copy.qcow2')
+    subprocess.run(['qemu-img', 'convert', '-U', '-O', 'qcow2', disk_path,
+                    copy], check=True, capture_output=True, timeout=600)
+    return copy
+
+
+def holds_pattern(image: str, pattern: int, offset: int,
+                  length: int) -> bool:
+    """Whether ``image`` (a copy_disk) holds ``pattern`` there (qemu-io)."""
+    proc = subprocess.run(
+        ['qemu-io', '-r', '-f', 'qcow2', image, '-c',
+         'read -P 0x%02x %d %d' % (pattern, offset, length)],
+        capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    return proc.returncode == 0 and 'verification failed' not in out \
+        and 'read %d/%d bytes' % (length, length) in out
