@@ -12,10 +12,8 @@ ha_snapshot.rpc (for the transport helper); it must not import the
 manager, agent or storage code it checks.
 """
 
-import json
 import os
 import queue
-import shutil
 import subprocess
 import time
 
