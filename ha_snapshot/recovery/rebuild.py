@@ -125,6 +125,10 @@ class RebuildAction:
                         host)
         result = self.agent_api.rebaseline(host, uuid, restore_point,
                                            timeout=self.conf.recovery.timeout)
+        if (result or {}).get('full'):
+            LOG.warning('Instance %s: the agent on %s sends the whole disk '
+                        'again (it holds a restore point newer than %s)',
+                        uuid, host, restore_point)
 
         progress('cleanup-images')
         pruned = images.prune(glance, uuid, conf.keep_images, image.id)
