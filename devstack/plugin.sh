@@ -100,7 +100,11 @@ function _ha_snapshot_notification_format {
 # install_ha_snapshot() - the project and the tools it runs
 function install_ha_snapshot {
     # NOTE: every delta and image is inspected with qemu-img before use.
-    install_package qemu-utils
+    if is_ubuntu; then
+        install_package qemu-utils
+    else
+        install_package qemu-img
+    fi
     setup_develop "$HA_SNAPSHOT_DIR"
 }
 

@@ -82,6 +82,7 @@ recreate_database() {
     _record recreate_database "$@"
     rm -f "$STUB_DIR/$1.sqlite"
 }
+is_ubuntu() { [[ $STUB_DISTRO == debian ]]; }
 install_package() { _record install_package "$@"; }
 setup_develop() { _record setup_develop "$@"; }
 create_service_user() { _record create_service_user "$@"; }
@@ -223,7 +224,7 @@ class DevstackPluginTestCase(base.TestCase):
             'NOVA_CONF': os.path.join(self.nova_dir, 'nova.conf'),
             'NOVA_CPU_CONF': os.path.join(self.nova_dir, 'nova-cpu.conf'),
             'NOVA_NUM_CELLS': '1', 'NOVA_NOTIFICATION_FORMAT': 'unversioned',
-            'HA_SNAPSHOT_CONF_DIR': self.conf_dir,
+            'HA_SNAPSHOT_CONF_DIR': self.conf_dir, 'STUB_DISTRO': 'debian',
             'DISABLED_SERVICES': '',
         }
 
@@ -449,6 +450,11 @@ class DevstackPluginTestCase(base.TestCase):
         self.assertEqual('swift://recovery/site-a', conf.storage.backend_url)
         self.assertEqual(('container', 'create', 'recovery'),
                          self.named(calls, 'openstack')[0][-3:])
+
+    def test_rpm_distribution(self):
+        self.env['STUB_DISTRO'] = 'fedora'
+        _, calls = self.run_phases('key,n-cpu', 'stack install')
+        self.assertEqual([('qemu-img',)], self.named(calls, 'install_package'))
 
     def test_compute_only_node(self):
         """An agent holds no credentials: no database, store, Keystone."""
