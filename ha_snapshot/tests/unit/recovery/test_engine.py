@@ -12,8 +12,10 @@ from ha_snapshot.db import api as db_api
 from ha_snapshot.db import migration
 from ha_snapshot import exception
 from ha_snapshot.manager import recovery as recovery_mod
+from ha_snapshot.manager import service as service_mod
 from ha_snapshot.recovery import rebuild
 from ha_snapshot.recovery import restart
+from ha_snapshot import rpc
 from ha_snapshot.tests import base
 
 
@@ -276,3 +278,27 @@ class LoadActionsTestCase(base.TestCase):
                               recovery_mod.load_actions, conf)
         self.assertIn("recovery action 'teleport'", str(e))
         self.assertIn('ha_snapshot.recovery', str(e))
+
+
+class ManagerServiceTestCase(base.TestCase):
+
+    def test_service_loads_every_configured_action(self):
+        conf = base.make_conf(self.store_dir)
+        conf.set_override('connection',
+                          'sqlite:///' + self.path('db.sqlite'),
+                          group='database')
+        conf.set_override('spool_dir', self.path('spool'), group='manager')
+        conf.set_override('listen_notifications', False, group='manager')
+        db = db_api.Database(conf)
+        migration.upgrade(conf, database=db)
+        db.dispose()
+        svc = service_mod.ManagerService(
+            conf, transport=rpc.get_transport(conf, url='fake:/'))
+        svc.start()
+        self.addCleanup(svc.stop)
+        actions = svc.engine.actions
+        self.assertEqual(['rebuild', 'restart'], sorted(actions))
+        self.assertIs(svc.manager.store, actions['rebuild'].store)
+        self.assertIsNotNone(actions['rebuild'].agent_api)
+        self.assertIs(actions['rebuild'].agent_api,
+                      actions['restart'].agent_api)
