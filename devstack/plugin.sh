@@ -99,11 +99,13 @@ function _ha_snapshot_notification_format {
 
 # install_ha_snapshot() - the project and the tools it runs
 function install_ha_snapshot {
-    # NOTE: every delta and image is inspected with qemu-img before use.
+    # NOTE: every delta and image is inspected with qemu-img before use;
+    # libvirt-python, a requirement, has no wheels and builds against the
+    # host's libvirt, also where nova-compute (which installs it) is not.
     if is_ubuntu; then
-        install_package qemu-utils
+        install_package qemu-utils libvirt-dev pkg-config
     else
-        install_package qemu-img
+        install_package qemu-img libvirt-devel pkgconf-pkg-config
     fi
     setup_develop "$HA_SNAPSHOT_DIR"
 }

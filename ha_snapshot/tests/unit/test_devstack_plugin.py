@@ -345,7 +345,8 @@ class DevstackPluginTestCase(base.TestCase):
         # install
         self.assertIn((os.path.join(self.env['DEST'], 'ha-snapshot'),),
                       self.named(calls, 'setup_develop'))
-        self.assertIn(('qemu-utils',), self.named(calls, 'install_package'))
+        self.assertEqual([('qemu-utils', 'libvirt-dev', 'pkg-config')],
+                         self.named(calls, 'install_package'))
 
         # post-config: Nova, then ha-snapshot.conf, then Keystone
         self.assert_nova_notifications(self.env['NOVA_CONF'], 'versioned')
@@ -454,7 +455,8 @@ class DevstackPluginTestCase(base.TestCase):
     def test_rpm_distribution(self):
         self.env['STUB_DISTRO'] = 'fedora'
         _, calls = self.run_phases('key,n-cpu', 'stack install')
-        self.assertEqual([('qemu-img',)], self.named(calls, 'install_package'))
+        self.assertEqual([('qemu-img', 'libvirt-devel', 'pkgconf-pkg-config')],
+                         self.named(calls, 'install_package'))
 
     def test_compute_only_node(self):
         """An agent holds no credentials: no database, store, Keystone."""
