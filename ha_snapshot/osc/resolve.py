@@ -10,6 +10,7 @@ than one match are clear errors. Projects likewise, through Keystone.
 May import openstacksdk, oslo.utils and ha_snapshot.exception.
 """
 
+import logging
 import re
 
 from openstack import exceptions as sdk_exc
@@ -17,6 +18,7 @@ from oslo_utils import uuidutils
 
 from ha_snapshot import exception
 
+LOG = logging.getLogger(__name__)
 # NOTE: Keystone project IDs are 32 hex digits, no dashes.
 _HEX_ID = re.compile(r'^[0-9a-fA-F]{32}$')
 
@@ -61,7 +63,12 @@ def _duplicate_ids(client_manager, name: str) -> list:
 
 
 def project_id(client_manager, name_or_id: str) -> str:
-    """The ID of a Keystone project given by name or ID."""
+    """The ID of a Keystone project given by name or ID.
+
+    As osc's identity commands do, a value Keystone cannot be asked about
+    (no identity endpoint, a user not allowed to list projects, noauth) is
+    taken for an ID; one Keystone answers it does not know is an error.
+    """
     if _HEX_ID.match(name_or_id) or uuidutils.is_uuid_like(name_or_id):
         return name_or_id
     try:
@@ -71,8 +78,12 @@ def project_id(client_manager, name_or_id: str) -> str:
         raise exception.ClientError(
             reason='More than one project is named %r: use its ID.'
                    % name_or_id) from e
-    except Exception as e:
+    except sdk_exc.NotFoundException as e:
         raise exception.ClientError(
-            reason='No project with the name or ID %r: %s. Pass the project '
-                   'ID instead.' % (name_or_id, e)) from e
+            reason='Keystone knows no project with the name or ID %r.'
+                   % name_or_id) from e
+    except Exception as e:
+        LOG.debug('Project %r not looked up in Keystone (%s): taken for '
+                  'an ID', name_or_id, e)
+        return name_or_id
     return project.id

@@ -115,13 +115,17 @@ class ScriptedEndpoint(fixtures.Fixture):
 class NovaEndpoint(ScriptedEndpoint):
     """The compute API shapes ``find_server`` reads, for some servers.
 
-    ``servers`` maps ID -> name. GET /v2.1 (version discovery),
+    ``servers`` maps ID -> name, ``hosts`` and ``projects`` ID -> compute
+    host and project. GET /v2.1 (version discovery),
     GET /v2.1/servers/{id}, GET /v2.1/servers[/detail]?name=REGEX.
     """
 
-    def __init__(self, servers: dict):
+    def __init__(self, servers: dict, hosts: dict | None = None,
+                 projects: dict | None = None):
         super().__init__()
         self.servers = servers
+        self.hosts = hosts or {}
+        self.projects = projects or {}
 
     def _setUp(self):
         super()._setUp()
@@ -142,6 +146,8 @@ class NovaEndpoint(ScriptedEndpoint):
 
     def _server(self, uuid):
         return {'id': uuid, 'name': self.servers[uuid], 'status': 'ACTIVE',
+                'tenant_id': self.projects.get(uuid, 'p1'),
+                'OS-EXT-SRV-ATTR:host': self.hosts.get(uuid),
                 'links': []}
 
     def _list(self, request):
