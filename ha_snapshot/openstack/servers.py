@@ -83,18 +83,20 @@ def wait_active(nova, server_id: str, image: str, *, timeout: float,
     while True:
         server = get(nova, server_id)
         task = server.task_state
+        fault = (server.fault or {}).get('message') or 'no fault recorded'
+        if task is None and server.status == 'ERROR':
+            # NOTE: Nova rolls the image back when the scheduler refuses
+            # the rebuild (NoValidHost), so this comes before the image.
+            raise exception.RebuildFailed(
+                server=server_id, reason='Nova put it in ERROR: %s' % fault)
         if image_id(server) != image:
             raise exception.RebuildFailed(
-                server=server_id, reason='it runs image %s now, not the '
-                'recovery image %s: someone else rebuilt it'
-                % (image_id(server), image))
+                server=server_id, reason='it runs image %s, not the recovery '
+                'image %s (status %s): Nova rolled the rebuild back or '
+                'someone rebuilt it again; see openstack server event list'
+                % (image_id(server), image, server.status))
         if task is None and server.status == 'ACTIVE':
             return server
-        if task is None and server.status == 'ERROR':
-            fault = server.fault or {}
-            raise exception.RebuildFailed(
-                server=server_id, reason='Nova put it in ERROR: %s'
-                % (fault.get('message') or 'no fault recorded'))
         if task is None and server.status == 'SHUTOFF' and not started:
             if on_start is not None:
                 on_start()

@@ -212,12 +212,15 @@ class FakeNova:
         self.servers = {}
         self.lock = threading.Lock()
         # NOTE: what the next rebuild ends in: 'active', 'error' (with
-        # fault_message), 'stuck' (never settles) or 'shutoff'.
+        # fault_message), 'novalidhost' (the scheduler refused it: Nova
+        # rolls the image back and puts the server in ERROR), 'stuck'
+        # (never settles) or 'shutoff'.
         self.outcome = 'active'
         self.fault_message = 'No valid host was found.'
         self.polls = 2
         self.rebuild_fail = []
         self._settle = {}
+        self._previous = {}
         self.endpoint = scripted_http.ScriptedEndpoint(self.app)
         self.url = self.endpoint.url + '/v2.1'
 
@@ -327,6 +330,7 @@ class FakeNova:
                 return 400, headers, {'badRequest': {
                     'code': 400, 'message': 'Image %s is not active.'
                     % image_id}}
+        self._previous[server['id']] = server['image']['id']
         server['image'] = dict(server['image'], id=image_id)
         server.update({'OS-EXT-STS:task_state': 'rebuilding',
                        'status': 'REBUILD', 'updated': _now()})
@@ -354,11 +358,15 @@ class FakeNova:
         del self._settle[server['id']]
         states = {'active': ('ACTIVE', 'active', 1),
                   'shutoff': ('SHUTOFF', 'stopped', 4),
-                  'error': ('ERROR', 'error', 0)}
+                  'error': ('ERROR', 'error', 0),
+                  'novalidhost': ('ERROR', 'error', 1)}
         status, vm_state, power = states[outcome]
+        previous = self._previous.pop(server['id'], None)
+        if outcome == 'novalidhost':
+            server['image'] = dict(server['image'], id=previous)
         server.update({'status': status, 'OS-EXT-STS:vm_state': vm_state,
                        'OS-EXT-STS:power_state': power,
                        'OS-EXT-STS:task_state': None, 'updated': _now()})
-        if outcome == 'error':
+        if outcome in ('error', 'novalidhost'):
             server['fault'] = {'code': 500, 'created': _now(),
                                'message': self.fault_message}

@@ -394,6 +394,29 @@ class FailureTestCase(RebuildTestBase):
         self.nova.outcome = 'active'
         self.retry_succeeds()
 
+    def test_nova_scheduler_refuses(self):
+        # Nova rolls the image back and records the fault.
+        self.nova.outcome = 'novalidhost'
+        self.nova.fault_message = 'No valid host was found. '
+        self.assertFailed(self.recover(), 'wait-active', 'Nova put it in '
+                          'ERROR: No valid host was found.')
+        self.assertEqual(SOURCE_IMAGE,
+                         self.nova.servers[self.inst]['image']['id'])
+        self.nova.outcome = 'active'
+        self.retry_succeeds()
+
+    def test_rebuild_replaced_by_another(self):
+        # Someone rebuilt the server with another image meanwhile.
+        real = self.nova.rebuild
+
+        def rebuild(server, body, headers):
+            answer = real(server, body, headers)
+            server['image'] = dict(server['image'], id=SOURCE_IMAGE)
+            return answer
+        self.nova.rebuild = rebuild
+        self.assertFailed(self.recover(), 'wait-active', 'runs image %s, '
+                          'not the recovery image' % SOURCE_IMAGE)
+
     def test_timeout_waiting_for_active(self):
         self.conf.set_override('rebuild_timeout', 1, group='recovery')
         self.nova.outcome = 'stuck'
