@@ -123,6 +123,59 @@ class ShellTest(testtools.TestCase):
             self.assertIn(name, out)
 
 
+class ProjectTest(testtools.TestCase):
+    """--project by name through a scripted Keystone, or as an ID."""
+
+    def setUp(self):
+        super().setUp()
+        self.keystone = self.useFixture(scripted.ScriptedEndpoint())
+        url = self.keystone.url
+        version = {'id': 'v3.14', 'status': 'stable',
+                   'updated': '2020-04-07T00:00:00Z',
+                   'links': [{'rel': 'self', 'href': url + '/v3/'}]}
+        self.keystone.script[('GET', '/v3')] = (200, {'version': version})
+        self.keystone.script[('GET', '/v3/')] = (200, {'version': version})
+        self.keystone.script[('GET', '/v3/projects')] = lambda r: (200, {
+            'projects': [{'id': 'a' * 32, 'name': 'demo',
+                          'domain_id': 'default'}]
+            if r.query.get('name') == ['demo'] else []})
+        self.api = self.useFixture(scripted.ScriptedEndpoint())
+        self.api.script[('GET', '/v1/servers')] = (200, {'servers': []})
+
+    def list(self, project, keystone=True):
+        env = {}
+        if keystone:
+            env['OS_IDENTITY_ENDPOINT_OVERRIDE'] = self.keystone.url + '/v3'
+        return scripted.run_openstack(
+            '--os-auth-type', 'none', '--os-ha-snapshot-url', self.api.url,
+            'ha', 'list', '--project', project, env=env)
+
+    def test_name(self):
+        code, out, err = self.list('demo')
+        self.assertEqual(0, code, err)
+        request, = self.api.requests
+        self.assertEqual({'project_id': ['a' * 32]}, request.query)
+
+    def test_unknown_name(self):
+        code, out, err = self.list('nosuch')
+        self.assertEqual(1, code)
+        self.assertIn("Keystone knows no project with the name or ID "
+                      "'nosuch'", err)
+        self.assertEqual([], self.api.requests)
+
+    def test_id_is_not_looked_up(self):
+        code, out, err = self.list('b' * 32)
+        self.assertEqual(0, code, err)
+        self.assertEqual([], self.keystone.requests)
+        self.assertEqual({'project_id': ['b' * 32]},
+                         self.api.requests[0].query)
+
+    def test_without_keystone_the_value_is_an_id(self):
+        code, out, err = self.list('p2', keystone=False)
+        self.assertEqual(0, code, err)
+        self.assertEqual({'project_id': ['p2']}, self.api.requests[0].query)
+
+
 class _Clock:
     def __init__(self):
         self.now = 0.0
