@@ -145,15 +145,17 @@ class SnapshotAgent(threading.Thread):
 
     def _attach(self):
         spec = self.state.spec
-        self.vm = self.driver.attach(spec['name'], spec['qmp_path'],
-                                     spec['pid'],
+        # NOTE: a libvirt domain is found by its name or uuid alone.
+        self.vm = self.driver.attach(spec.get('domain') or spec['name'],
+                                     spec.get('qmp_path'), spec.get('pid'),
                                      log_path=spec.get('log_path'))
         return self.vm
 
     def _register(self) -> None:
         reg = self._retry('registration', self.manager_api.register_instance,
                           self.instance, self.state.project, self.host,
-                          self.conf.agent.hypervisor,
+                          self.state.spec.get('driver')
+                          or self.conf.agent.hypervisor,
                           {'disk': self.state.spec.get('disk')})
         newest, last = reg['newest_restore_point'], reg['last_sequence']
         self.state.next_sequence = max(self.state.next_sequence, last + 1)
@@ -234,7 +236,7 @@ class SnapshotAgent(threading.Thread):
                 # kept short (committed at once), not shipped.
                 self.driver.commit(self.vm, fo, timeout=600)
                 continue
-            first = not fo.committable and fo.backing is None
+            first = fo.full or (not fo.committable and fo.backing is None)
             if first and self.state.baseline_restore_point:
                 # The base is already durable (restored from it).
                 self.state.parent = self.state.baseline_restore_point
@@ -257,20 +259,17 @@ class SnapshotAgent(threading.Thread):
         right after a snapshot): send them like any other."""
         known = {p.frozen for p in self.state.pending}
         disk = self._disk_name()
-        for d in self.driver.disks(self.vm):
-            if d.name != disk:
+        for fo in self.driver.frozen_images(self.vm, disk):
+            if fo.frozen.path in known:
                 continue
-            frozen = [img for img in reversed(d.chain[1:]) if img.owned]
-            for i, img in enumerate(frozen):
-                if img.path in known:
-                    continue
-                below = d.chain[d.chain.index(img) + 1]
-                LOG.warning('Instance %s: adopting frozen overlay %s found '
-                            'in the chain', self.instance, img.path)
-                self.state.pending.append(state_mod.Pending(
-                    sequence=self.state.next_sequence, disk=disk,
-                    frozen=img.path, backing=below.path, committable=True))
-                self.state.next_sequence += 1
+            LOG.warning('Instance %s: adopting frozen overlay %s found '
+                        'in the chain', self.instance, fo.frozen.path)
+            self.state.pending.append(state_mod.Pending(
+                sequence=self.state.next_sequence, disk=disk,
+                frozen=fo.frozen.path,
+                backing=fo.backing.path if fo.backing else None,
+                committable=True, full=fo.full))
+            self.state.next_sequence += 1
         self.state.pending.sort(key=lambda p: p.sequence)
         self.save()
 
@@ -351,13 +350,8 @@ class SnapshotAgent(threading.Thread):
     def _commit(self, entry) -> None:
         if not entry.committable:
             return
-        for d in self.driver.disks(self.vm):
-            paths = [img.path for img in d.chain]
-            if entry.frozen not in paths:
-                continue  # already committed (a crash after the commit)
-            i = paths.index(entry.frozen)
-            fo = hv_base.FrozenOverlay(
-                disk=d.name, frozen=d.chain[i],
-                backing=d.chain[i + 1] if i + 1 < len(d.chain) else None,
-                active=d.chain[0])
-            self.driver.commit(self.vm, fo, timeout=600)
+        # NOTE: not among the frozen images: already committed (a crash
+        # after the commit).
+        for fo in self.driver.frozen_images(self.vm, entry.disk):
+            if fo.frozen.path == entry.frozen:
+                self.driver.commit(self.vm, fo, timeout=600)

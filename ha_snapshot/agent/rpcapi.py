@@ -3,11 +3,14 @@
 API version history:
 
 * 1.0 - Initial version: protect, unprotect, restart.
+* 1.1 - Add rebaseline: after a Nova rebuild replaced the disk with an
+        image of a restore point, track the new disk and ship increments
+        on top of that restore point.
 """
 
 from ha_snapshot import rpc
 
-VERSION = '1.0'
+VERSION = '1.1'
 
 
 class AgentAPI:
@@ -34,4 +37,15 @@ class AgentAPI:
         cctxt = self.client.prepare(server=host, version='1.0',
                                     timeout=timeout)
         return cctxt.call(rpc.context(), 'restart', instance=instance,
+                          restore_point=restore_point)
+
+    def rebaseline(self, host: str, instance: str, restore_point: str,
+                   timeout: int | None = None) -> dict:
+        """The server's disk now holds ``restore_point``: protect it from
+        there (call). Returns {"instance", "restore_point", "driver",
+        "full"}: full is true when the agent must send the whole disk
+        again (it made a newer restore point durable meanwhile)."""
+        cctxt = self.client.prepare(server=host, version='1.1',
+                                    timeout=timeout)
+        return cctxt.call(rpc.context(), 'rebaseline', instance=instance,
                           restore_point=restore_point)

@@ -1,9 +1,14 @@
 """ha-snapshot-agent as a service: one per compute host.
 
-Serves the agent RPC API (protect, unprotect, restart) on topic
-``ha-snapshot-agent``, server = this host; runs a snapshot agent and a
-health monitor per protected VM; re-creates them at start-up from the
-state directory, so frozen overlays not yet acknowledged are sent again.
+Serves the agent RPC API (protect, unprotect, restart, rebaseline) on
+topic ``ha-snapshot-agent``, server = this host; runs a snapshot agent
+and a health monitor per protected VM; re-creates them at start-up from
+the state directory, so frozen overlays not yet acknowledged are sent
+again.
+
+The hypervisor driver is chosen per VM from its spec: ``driver`` when
+given, ``libvirt`` for a Nova server (``nova: true``: its domain is named
+by the instance uuid), else ``[agent] hypervisor``.
 """
 
 import os
@@ -29,6 +34,8 @@ from ha_snapshot import service
 
 LOG = logging.getLogger(__name__)
 
+NOVA_DRIVER = 'libvirt'
+
 
 class Protected:
     """A protected VM: its snapshot agent and its health monitor."""
@@ -50,6 +57,8 @@ class AgentService(service.Service):
         self.conf = conf
         self.transport = transport
         self.driver = driver
+        self.drivers = {}
+        """Driver name -> driver, for VMs not on [agent] hypervisor."""
         self.host = conf.agent.host or socket.gethostname()
         self.instances = {}
         self.lock = threading.RLock()
@@ -101,7 +110,7 @@ class AgentService(service.Service):
                 p.stop()
             for p in self.instances.values():
                 if p.agent.vm is not None:
-                    self.driver.detach(p.agent.vm)
+                    p.agent.driver.detach(p.agent.vm)
 
     def reload(self) -> None:
         for p in list(self.instances.values()):
@@ -130,17 +139,32 @@ class AgentService(service.Service):
             LOG.error('Instance %s: report "%s" not delivered: %s',
                       instance, reason, e)
 
+    def driver_name(self, spec: dict) -> str:
+        return spec.get('driver') or (NOVA_DRIVER if spec.get('nova')
+                                      else self.conf.agent.hypervisor)
+
+    def driver_for(self, spec: dict):
+        """The hypervisor driver of a VM with this spec (loaded once)."""
+        name = self.driver_name(spec)
+        if name == self.conf.agent.hypervisor:
+            return self.driver
+        with self.lock:
+            if name not in self.drivers:
+                self.drivers[name] = hypervisor.get_driver(self.conf, name)
+            return self.drivers[name]
+
     def _start_instance(self, st, vm=None) -> Protected:
+        driver = self.driver_for(st.spec)
         # NOTE: a sampler per instance: each sample covers the time since
         # that instance's previous decision, not since anyone's.
         agent = instance_mod.SnapshotAgent(
-            self.conf, self.driver, self.manager_api, st,
+            self.conf, driver, self.manager_api, st,
             policy_mod.load_policy(self.conf, st.instance), self.host,
             reporter=self.report, sampler=metrics.HostSampler(),
             app_metrics=self.app_metrics)
         agent.vm = vm or agent._attach()
         monitor = health_mod.HealthMonitor(
-            self.conf, self.driver, agent.vm, st.instance, self.report,
+            self.conf, driver, agent.vm, st.instance, self.report,
             figures=agent._figures, qga_path=st.spec.get('qga_path'))
         p = Protected(agent, monitor)
         with self.lock:
@@ -148,19 +172,26 @@ class AgentService(service.Service):
         monitor.start()
         agent.start()
         # NOTE: a VM that died while no agent watched is reported now.
-        if not self.driver.is_alive(agent.vm):
+        if not driver.is_alive(agent.vm):
             monitor._report('VM not running when protection resumed', {})
         return p
 
     def protect(self, instance: str, project: str, spec: dict) -> None:
-        missing = [k for k in ('name', 'qmp_path', 'pid') if k not in spec]
+        spec = dict(spec)
+        if spec.get('nova'):
+            # NOTE: Nova names the domain by the instance uuid.
+            spec.setdefault('driver', NOVA_DRIVER)
+            spec.setdefault('domain', spec.get('uuid') or instance)
+        driver = spec.get('driver') or self.conf.agent.hypervisor
+        needs = (('domain',) if driver == NOVA_DRIVER
+                 else ('name', 'qmp_path', 'pid'))
+        missing = [k for k in needs if k not in spec]
         if missing:
-            # NOTE: Nova's servers come with their uuid only; finding their
-            # libvirt domain is the libvirt driver's job.
             raise exception.HaSnapshotException(
                 'Instance %s cannot be protected by the %s driver: its spec '
                 'lacks %s (a Nova server needs the libvirt driver).'
-                % (instance, self.conf.agent.hypervisor, ', '.join(missing)))
+                % (instance, driver, ', '.join(missing)))
+        spec.setdefault('name', spec.get('domain'))
         with self.lock:
             if instance in self.instances:
                 LOG.info('Instance %s is already protected here', instance)
@@ -178,12 +209,19 @@ class AgentService(service.Service):
             return
         p.stop()
         if p.agent.vm is not None:
-            self.driver.detach(p.agent.vm)
+            # NOTE: nothing of ours stays in the VM's disks (the libvirt
+            # driver's bitmaps); the domain may be gone already.
+            try:
+                p.agent.driver.stop_tracking(p.agent.vm)
+            except exception.HaSnapshotException as e:
+                LOG.warning('Instance %s: change tracking not removed: %s',
+                            instance, e)
+            p.agent.driver.detach(p.agent.vm)
         p.agent.state.remove(self.conf.agent.state_dir)
         LOG.info('Instance %s: protection stopped', instance)
 
-    def restart(self, instance: str, restore_point: str) -> dict:
-        """Make sure the failed VM is gone, start it on the restore point."""
+    def _take(self, instance: str, expected_exit: bool = False) -> tuple:
+        """Stop protecting ``instance`` for a while: (state, vm or None)."""
         with self.lock:
             p = self.instances.pop(instance, None)
         if p is None:
@@ -194,12 +232,22 @@ class AgentService(service.Service):
                     'Instance %s is not protected on %s.' % (instance,
                                                              self.host),
                     instance=instance)
-            st = state_mod.InstanceState.load(path)
-            vm = None
-        else:
-            p.monitor.expected_exit = True
-            p.stop()
-            st, vm = p.agent.state, p.agent.vm
+            return state_mod.InstanceState.load(path), None
+        p.monitor.expected_exit = expected_exit
+        p.stop()
+        return p.agent.state, p.agent.vm
+
+    def restart(self, instance: str, restore_point: str) -> dict:
+        """Make sure the failed VM is gone, start it on the restore point."""
+        with self.lock:
+            p = self.instances.get(instance)
+        if p is not None and self.driver_name(p.agent.state.spec) == (
+                NOVA_DRIVER):
+            raise exception.OperationNotSupported(
+                vm=instance, driver=NOVA_DRIVER, what='restart a VM',
+                reason='its VMs are recovered by a Nova rebuild, then a '
+                'rebaseline')
+        st, vm = self._take(instance, expected_exit=True)
         spec = st.spec
         if vm is not None:
             try:
@@ -246,6 +294,55 @@ class AgentService(service.Service):
         return {'pid': new_vm.pid, 'disk': disk_path}
 
 
+    def rebaseline(self, instance: str, restore_point: str) -> dict:
+        """The VM's disk was replaced by an image of ``restore_point`` (a
+        Nova rebuild): drop what was known of the old disk, track changes
+        of the new one from now on, and ship the next delta with parent
+        ``restore_point``, not a full.
+
+        A delta this agent made durable after ``restore_point`` means the
+        manager's newest point is not the disk's: the next delta is then
+        a full (a re-baseline on top of the newest), as after a restart.
+        """
+        st, vm = self._take(instance, expected_exit=True)
+        driver = self.driver_for(st.spec)
+        newer = st.parent not in (None, restore_point)
+        if vm is not None:
+            driver.detach(vm)
+        # NOTE: after a rebuild the domain is a new one (same name): attach
+        # afresh; the agent's own files of the old disk go.
+        spec = st.spec
+        vm = driver.attach(spec.get('domain') or spec['name'],
+                           spec.get('qmp_path'), spec.get('pid'),
+                           log_path=spec.get('log_path'))
+        old_files = [x.frozen for x in st.pending if x.committable]
+        if newer:
+            driver.stop_tracking(vm)
+            tracked = False
+        else:
+            tracked = driver.start_tracking(vm)
+        workdir = os.path.join(self.conf.agent.state_dir, instance)
+        for path in old_files:
+            if path.startswith(workdir) and os.path.exists(path):
+                os.unlink(path)
+        st.pending = []
+        st.spec = dict(st.spec, disk=None)
+        if not newer:
+            st.parent = restore_point
+        st.baseline_restore_point = (None if tracked or newer
+                                     else restore_point)
+        st.status = 'protecting'
+        st.save(self.conf.agent.state_dir)
+        self._start_instance(st, vm=vm)
+        driver_name = self.driver_name(st.spec)
+        LOG.info('Instance %s: rebaselined on restore point %s (%s driver; '
+                 'next delta %s)', instance, restore_point, driver_name,
+                 'a full: newer restore points exist' if newer
+                 else 'an increment' if tracked else 'none: the base is it')
+        return {'instance': instance, 'restore_point': restore_point,
+                'driver': driver_name, 'full': newer}
+
+
 def _kill_pid(pid) -> None:
     if not pid:
         return
@@ -256,9 +353,9 @@ def _kill_pid(pid) -> None:
 
 
 class AgentEndpoint:
-    """RPC API 1.0; see ha_snapshot/agent/rpcapi.py for the history."""
+    """RPC API 1.1; see ha_snapshot/agent/rpcapi.py for the history."""
 
-    target = messaging.Target(version='1.0')
+    target = messaging.Target(version='1.1')
 
     def __init__(self, svc: AgentService):
         self.svc = svc
@@ -276,4 +373,6 @@ class AgentEndpoint:
     def restart(self, ctxt, instance, restore_point):
         return self.svc.restart(instance, restore_point)
 
-
+    @messaging.expected_exceptions(exception.HaSnapshotException)
+    def rebaseline(self, ctxt, instance, restore_point):
+        return self.svc.rebaseline(instance, restore_point)

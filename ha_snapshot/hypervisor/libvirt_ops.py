@@ -304,13 +304,18 @@ def commit(drv, vm, items) -> list:
             disk=fo.disk, top=fo.frozen, base=None, committed=removed,
             seconds=time.monotonic() - t0, top_bytes=size))
     # NOTE: checkpoints older than the newest committed one are no longer
-    # a base for anything: their bitmaps only cost write time.
+    # a base for anything: their bitmaps only cost write time. libvirt
+    # deletes bitmaps of running domains only, and metadata of a stopped
+    # one would stop Nova from undefining it: those wait for a later
+    # commit while the domain runs.
+    alive = drv.is_alive(vm)
     keep = []
     for i, c in enumerate(state.checkpoints):
         if i < newest_index and not state.files(c):
-            if c.live and drv.is_alive(vm):
-                _remove_bitmaps(drv, vm, c.xml, c.name)
-            continue
+            if not c.live:
+                continue
+            if alive and _remove_bitmaps(drv, vm, c.xml, c.name):
+                continue
         keep.append(c)
     if len(keep) != len(state.checkpoints):
         state.checkpoints = keep

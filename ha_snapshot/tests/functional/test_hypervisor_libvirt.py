@@ -19,6 +19,7 @@ import uuid
 import fixtures
 from testtools import content
 
+from ha_snapshot.agent import rpcapi as agent_rpcapi
 from ha_snapshot import delta as delta_mod
 from ha_snapshot import exception
 from ha_snapshot import hypervisor
@@ -28,6 +29,8 @@ from ha_snapshot.hypervisor import libvirt_tracking
 from ha_snapshot.image import inspect as image_inspect
 from ha_snapshot.tests import base
 from ha_snapshot.tests.fixtures import libvirt as libvirt_fixture
+from ha_snapshot.tests.fixtures import rabbitmq
+from ha_snapshot.tests.fixtures import services
 
 KiB, MiB = base.KiB, base.MiB
 SIZE = 64 * MiB
@@ -413,3 +416,124 @@ class TestLibvirtDriver(LibvirtTestCase):
         rp, header = self.ship(fo)
         self.assertEqual(64 * KiB, header.changed_bytes)
         self.assert_restore_point(rp, self.expected.path)
+
+
+class TestNovaServerProtection(LibvirtTestCase):
+    """The agent and manager daemons (real processes, RabbitMQ) protect a
+    domain the way the Nova hook asks: a spec with the instance uuid only;
+    then a Nova-like rebuild and the rebaseline RPC."""
+
+    def start_services(self):
+        rabbit = self.useFixture(rabbitmq.SharedRabbitMQ())
+        self.host = 'agent-%s' % uuid.uuid4().hex[:8]
+        self.svc = self.useFixture(services.Services(
+            self.path('services'), rabbit.transport_url, self.host,
+            options={'libvirt': {'connection_uri': self.libvirtd.uri,
+                                 'backup_dir': self.path('agent-backups')},
+                     # NOTE: no Nova here: a health report ends in a
+                     # refused restart, never in a rebuild attempt.
+                     'recovery': {'actions': 'libvirt:restart'}}))
+        self.addOnException(lambda exc_info: [
+            self.addDetail(name, content.text_content(text))
+            for name, text in self.svc.logs().items()])
+        self.svc.start()
+        self.api = agent_rpcapi.AgentAPI(self.svc.transport())
+
+    def points(self):
+        return self.svc.db.list_restore_points(self.inst)
+
+    def wait_for(self, predicate, what, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.1)
+        self.fail('timed out after %s s waiting for %s' % (timeout, what))
+
+    def wait_points(self, count, after_number=0):
+        return self.wait_for(
+            lambda: [p for p in self.points() if p.number > after_number]
+            if len([p for p in self.points()
+                    if p.number > after_number]) >= count else None,
+            '%d restore points after #%d' % (count, after_number))
+
+    def export(self, rp_id):
+        out = self.path('export-%s.raw' % rp_id)
+        self.svc.store.export(self.inst, out, rp_id=rp_id)
+        return out
+
+    def test_nova_spec_protected_by_libvirt_then_rebaselined(self):
+        self.start_services()
+        dom_uuid, dom, disk = self.new_domain('server')
+        self.inst = dom_uuid
+        vm = self.attach(dom_uuid)
+        self.svc.db.create_instance(self.inst, PROJECT, host=self.host,
+                                    status='protecting', driver='qemu')
+        # What the Nova hook casts for instance.create.end.
+        self.api.protect(self.host, self.inst, PROJECT,
+                         {'nova': True, 'uuid': self.inst,
+                          'name': 'server-1'})
+        first = self.wait_points(1)[0]
+        self.assertIsNone(first.parent_id)
+        self.assertEqual('libvirt',
+                         self.svc.db.get_instance(self.inst).driver)
+        self.write(vm, [(3 * MiB, 256 * KiB, 0x31), (0, 4 * KiB, 0x32)])
+        newest = self.wait_points(2, after_number=first.number)[-1]
+        self.assertTrue(base.same_image(self.export(newest.id),
+                                        self.expected.path))
+        increments = [p for p in self.points() if p.number > 1]
+        self.assertTrue(all(p.changed_bytes <= 320 * KiB
+                            for p in increments), [p.changed_bytes
+                                                   for p in increments])
+
+        # The server fails: the agent reports it and stops snapshots.
+        dom.destroy()
+        self.wait_for(lambda: not self.svc.agent_state(self.inst)[
+            'pending'] and self.svc.agent_state(self.inst)['parent']
+            == self.points()[-1].id, 'the agent to settle')
+        x = self.points()[-1]
+        x_raw = self.export(x.id)
+        self.assertTrue(base.same_image(x_raw, self.expected.path))
+
+        # Nova rebuilds it from an image of X: the domain goes (Nova's
+        # undefine flags), the disk is a new overlay on that image at the
+        # same path, the same domain is defined and started again.
+        flags = 0
+        for name in NOVA_UNDEFINE:
+            flags |= getattr(self.lv, name)
+        dom.undefineFlags(flags)
+        image = self.path('rebuild-image.qcow2')
+        base.qemu_img('convert', '-f', 'raw', '-O', 'qcow2', x_raw, image)
+        os.unlink(disk)
+        base.new_overlay(disk, image)
+        dom = self.conn.defineXML(self.dom_xml)
+        dom.createWithFlags(self.lv.VIR_DOMAIN_START_PAUSED)
+        subprocess.run(['cp', '--sparse=always', x_raw,
+                        self.expected.path], check=True)
+
+        result = self.api.rebaseline(self.host, self.inst, x.id, timeout=60)
+        self.assertEqual({'instance': self.inst, 'restore_point': x.id,
+                          'driver': 'libvirt', 'full': False}, result)
+        self.driver.detach(vm)
+        vm = self.attach(dom_uuid)
+        self.write(vm, [(9 * MiB, 64 * KiB, 0x39)])
+        after = self.wait_points(2, after_number=x.number)
+        following = [p for p in after if p.number > x.number]
+        # NOTE: the next delta applies to X and holds only the new write.
+        self.assertEqual(x.id, following[0].parent_id)
+        self.assertTrue(all(p.changed_bytes <= 64 * KiB
+                            for p in following),
+                        [p.changed_bytes for p in following])
+        self.assertTrue(base.same_image(self.export(following[-1].id),
+                                        self.expected.path))
+        # A restart (the qemu driver's recovery) is refused for it.
+        e = self.assertRaises(exception.OperationNotSupported,
+                              self.api.restart, self.host, self.inst, x.id,
+                              30)
+        self.assertIn('rebuild', str(e))
+        # Protection goes on after the refusal.
+        self.write(vm, [(12 * MiB, 64 * KiB, 0x3c)])
+        newest = self.wait_points(2, after_number=following[-1].number)[-1]
+        self.assertTrue(base.same_image(self.export(newest.id),
+                                        self.expected.path))
