@@ -6,12 +6,15 @@ store, a sqlite database and a spool, served by ``ha_snapshot.rpc.
 get_server``) next to a trivial endpoint that takes one string and returns
 its length. This process builds a baseline delta of a 64 MiB (16 MiB with
 --quick) raw disk full of incompressible data and ships it the agent's way:
-``ManagerAPI.put_part`` for every part, then ``ManagerAPI.commit_delta``,
-which answers once the restore point is durable. Then, in the same round,
-the baseline: the trivial endpoint called once per part with a base64
-string of exactly the size of that part's payload (the same serializer,
-exchange and broker). Rounds alternate the order; every round ships fresh
-random data under a new instance (nothing deduplicates).
+``ManagerAPI.put_part`` for every part, up to ``PARTS_IN_FLIGHT`` at once
+(``ha_snapshot.agent.instance.send_parts``, what the agent calls), then
+``ManagerAPI.commit_delta``, which answers once the restore point is
+durable. Then, in the same round, the baseline: the trivial endpoint called
+once per part, one call after the other, with a base64 string of exactly
+the size of that part's payload (the same serializer, exchange and
+broker); and the same calls with the agent's window (``windowed``), to
+show what the window alone buys. Rounds alternate the order; every round
+ships fresh random data under a new instance (nothing deduplicates).
 
 * ``ship_mb_s``: changed bytes / (time of the put_part calls + the
   commit_delta call); parts are produced (read, compressed, hashed) before
@@ -21,7 +24,8 @@ random data under a new instance (nothing deduplicates).
 * ``baseline_mb_s``: the same number of data bytes / time of the plain
   call loop with same-size payloads.
 * ``ratio`` = ship_mb_s / baseline_mb_s (medians over the rounds);
-  ``put_ratio`` the same for put_part alone.
+  ``put_ratio`` the same for put_part alone. ``windowed_baseline_mb_s``
+  and ``ratio_vs_windowed`` compare with the windowed trivial calls.
 * ``wire_per_changed``: bytes of the JSON of the parts and the header
   (what oslo.messaging carries, before its envelope) / changed bytes.
 * CPU seconds of this process (the agent side) and of the child (the
@@ -41,6 +45,8 @@ import threading
 import time
 
 import _common as c
+
+from ha_snapshot.agent import instance as instance_mod
 
 GOAL_RATIO = 0.8
 ECHO_TOPIC = 'ha-snapshot-bench-echo'
@@ -146,7 +152,7 @@ class Meter:
         self.server_cpu = cpu_seconds(self.child) - self.cpu[1]
 
 
-def one_ship(conf, api, wd, size, rnd_index, me, child) -> dict:
+def one_ship(conf, api, wd, size, rnd_index, me, child, window) -> dict:
     inst = c.new_instance()
     path = c.make_raw(os.path.join(wd, 'disk%d.raw' % rnd_index), size,
                       [(0, c.random_bytes(size))])
@@ -157,9 +163,11 @@ def one_ship(conf, api, wd, size, rnd_index, me, child) -> dict:
     with Meter(me, child) as produce:
         prims = [p.to_primitive() for p in delta.parts()]
     header = delta.to_header_primitive()
-    with Meter(me, child) as put:
-        for prim in prims:
-            api.put_part(inst, 0, prim)
+    def put(prim):
+        api.put_part(inst, 0, prim)
+        return len(prim['payload'])
+    with Meter(me, child) as put_m:
+        instance_mod.send_parts(iter(prims), put, window)
     with Meter(me, child) as commit:
         ack = api.commit_delta(header)
     assert ack['number'] == 1, ack
@@ -168,10 +176,11 @@ def one_ship(conf, api, wd, size, rnd_index, me, child) -> dict:
     return {'changed': delta.header.changed_bytes,
             'payload_lengths': [len(p['payload']) for p in prims],
             'payload_bytes': sum(len(p['payload']) for p in prims),
-            'wire': wire, 'produce': produce, 'put': put, 'commit': commit}
+            'wire': wire, 'produce': produce, 'put': put_m,
+            'commit': commit}
 
 
-def one_baseline(echo, lengths, me, child):
+def one_baseline(echo, lengths, me, child, window=1):
     # NOTE: base64 text of random bytes: what a part's payload looks like.
     import base64
     texts = []
@@ -179,10 +188,17 @@ def one_baseline(echo, lengths, me, child):
         raw = base64.b64encode(c.random_bytes(n * 3 // 4 + 3)).decode()
         texts.append(raw[:n])
     ctxt = _context()
+
+    def call(text):
+        out = echo.call(ctxt, 'echo', data=text)
+        assert out['length'] == len(text)
+        return len(text)
     with Meter(me, child) as m:
-        for text in texts:
-            out = echo.call(ctxt, 'echo', data=text)
-            assert out['length'] == len(text)
+        if window == 1:
+            for text in texts:
+                call(text)
+        else:
+            instance_mod.send_parts(iter(texts), call, window)
     return m
 
 
@@ -199,6 +215,9 @@ def main():
                        help='Rounds (ship + baseline); default 5, quick 3.')
         p.add_argument('--size-mib', type=int, default=None,
                        help='Delta size in MiB (default 64, quick 16).')
+        p.add_argument('--window', type=int, default=None,
+                       help='Parts in flight (default: the agent\'s, '
+                            'PARTS_IN_FLIGHT).')
     args = c.parse_args(__doc__, more)
     if args.serve:
         return serve(args.serve, args.url)
@@ -208,6 +227,7 @@ def main():
     from ha_snapshot import rpc
 
     size = (args.size_mib or (16 if args.quick else 64)) * c.MiB
+    window = args.window or instance_mod.PARTS_IN_FLIGHT
     rounds = args.rounds or (3 if args.quick else 5)
     with c.workdir(args, 'transport') as wd, c.rabbitmq(wd) as broker:
         conf = c.make_conf(os.path.join(wd, 'client-store'))
@@ -219,12 +239,13 @@ def main():
             echo = rpc.get_client(transport, ECHO_TOPIC, '1.0', timeout=300,
                                   server=SERVER)
             echo.call(_context(), 'echo', data='warm-up')
-            ships, bases = [], []
+            ships, bases, wbases = [], [], []
             for r in range(rounds):
                 order = ('ship', 'base') if r % 2 == 0 else ('base', 'ship')
                 for what in order:
                     if what == 'ship':
-                        s = one_ship(conf, api, wd, size, r, me, kid)
+                        s = one_ship(conf, api, wd, size, r, me, kid,
+                                     window)
                         ships.append(s)
                         t = s['put'].seconds + s['commit'].seconds
                         c.log('round %d: shipped %d MiB in %d parts: put '
@@ -239,10 +260,13 @@ def main():
                                    else _guess_lengths(conf, size))
                         m = one_baseline(echo, lengths, me, kid)
                         bases.append(m)
+                        wm = one_baseline(echo, lengths, me, kid, window)
+                        wbases.append(wm)
                         c.log('round %d: plain call loop, %d calls of %.1f '
-                              'MB: %.2f s = %.1f MB/s', r, len(lengths),
-                              lengths[0] / 1e6, m.seconds,
-                              c.mb_per_s(size, m.seconds))
+                              'MB: %.2f s = %.1f MB/s (window of %d: %.1f '
+                              'MB/s)', r, len(lengths), lengths[0] / 1e6,
+                              m.seconds, c.mb_per_s(size, m.seconds),
+                              window, c.mb_per_s(size, wm.seconds))
         finally:
             child.send_signal(signal.SIGTERM)
             try:
@@ -262,6 +286,7 @@ def main():
     agent_s = med([s['produce'].seconds + s['put'].seconds
                    + s['commit'].seconds for s in ships])
     base_s = med([m.seconds for m in bases])
+    wbase_s = med([m.seconds for m in wbases])
     s0 = ships[len(ships) // 2]
     result = {
         'benchmark': 'transport', 'quick': args.quick, 'rounds': rounds,
@@ -273,6 +298,9 @@ def main():
         'agent_mb_s': c.mb_per_s(changed, agent_s),
         'baseline_mb_s': c.mb_per_s(changed, base_s),
         'ratio': c.rnd(base_s / ship_s, 3),
+        'window': window,
+        'windowed_baseline_mb_s': c.mb_per_s(changed, wbase_s),
+        'ratio_vs_windowed': c.rnd(wbase_s / ship_s, 3),
         'put_ratio': c.rnd(base_s / put_s, 3),
         'wire_bytes': s0['wire'],
         'wire_per_changed': c.rnd(s0['wire'] / changed, 4),
@@ -298,10 +326,12 @@ def main():
             'baseline_mb_s': c.mb_per_s(changed, m.seconds)}
             for s, m in zip(ships, bases)],
         'definition': 'ship = ManagerAPI.put_part of every (pre-produced) '
-                      'part + commit_delta (durable ack) to a manager in a '
+                      'part, the agent\'s window of parts in flight, '
+                      '+ commit_delta (durable ack) to a manager in a '
                       'child process over a private RabbitMQ; baseline = '
-                      'the same number of calls with same-size base64 '
-                      'strings to a trivial endpoint in the same child; '
+                      'the same number of calls, one after the other, with '
+                      'same-size base64 strings to a trivial endpoint in '
+                      'the same child; '
                       'MB/s = changed bytes / seconds; medians over rounds',
         'goal': 'ratio >= %g' % GOAL_RATIO,
     }

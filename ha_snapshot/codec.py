@@ -1,11 +1,23 @@
-"""Bounded zstandard decompression for untrusted or possibly damaged data.
+"""Codecs for untrusted or possibly damaged data: zstandard and base64.
 
-One frame, with its content size declared, no larger than the caller's
-limit, fully consumed with nothing after it: anything else is an error, and
-no more than ``limit`` bytes are ever allocated.
+zstandard: one frame, with its content size declared, no larger than the
+caller's limit, fully consumed with nothing after it: anything else is an
+error, and no more than ``limit`` bytes are ever allocated.
+
+base64: delta parts cross oslo.messaging (JSON) as base64 text. The
+standard library's codec runs at ~300 MB/s here, which made decoding the
+manager's largest cost per part; pybase64 (SIMD) does the same, strictly
+validated, at over 1.5 GB/s. The standard library stays the fallback.
 """
 
+import binascii
+
 import zstandard
+
+try:
+    import pybase64
+except ImportError:  # pragma: no cover - pybase64 is in requirements.txt
+    pybase64 = None
 
 
 class CodecError(ValueError):
@@ -36,3 +48,31 @@ def decompress(blob, limit: int) -> bytes:
         raise CodecError('frame declares %d bytes, holds %d' % (size,
                                                                 len(out)))
     return out
+
+
+def b64encode(data) -> str:
+    """Base64 text (ASCII ``str``) of ``data``."""
+    if pybase64 is not None:
+        return pybase64.b64encode(data).decode('ascii')
+    return binascii.b2a_base64(data, newline=False).decode('ascii')
+
+
+def b64decode(text, limit: int) -> bytes:
+    """Strictly validated base64 (``str`` or bytes), at most ``limit``
+    decoded bytes; raise CodecError on anything else."""
+    if isinstance(text, str):
+        try:
+            text = text.encode('ascii')
+        except UnicodeEncodeError:
+            raise CodecError('not base64: non-ASCII characters')
+    elif not isinstance(text, (bytes, bytearray, memoryview)):
+        raise CodecError('not base64: %s' % type(text).__name__)
+    if len(text) > (limit + 2) // 3 * 4:
+        raise CodecError('base64 text of %d characters decodes to more than '
+                         '%d bytes' % (len(text), limit))
+    try:
+        if pybase64 is not None:
+            return pybase64.b64decode(text, validate=True)
+        return binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError) as e:
+        raise CodecError('not base64 (%s)' % e)

@@ -14,8 +14,6 @@ decompressed, under a hard decompression limit.
 May import ha_snapshot.image; must not import ha_snapshot.storage.
 """
 
-import base64
-import binascii
 import concurrent.futures
 import dataclasses
 import hashlib
@@ -85,7 +83,7 @@ class DeltaPart:
     def to_primitive(self) -> dict:
         """JSON-able form (oslo.messaging): the payload in base64."""
         prim = self.meta()
-        prim['payload'] = base64.b64encode(self.payload).decode('ascii')
+        prim['payload'] = codec.b64encode(self.payload)
         return prim
 
     def decode(self, header: DeltaHeader) -> bytes:
@@ -206,14 +204,17 @@ class Delta:
         """Decompress and checksum every held part (before any write).
 
         Up to ``keep_bytes`` of decoded data is kept, so that the merge
-        that follows does not decode those parts a second time.
+        that follows does not decode those parts a second time. Parts that
+        already hold their decoded bytes were checked when they arrived
+        (:func:`receive_part`) and are not decoded again.
         """
         kept = 0
+        todo = [p for p in self.parts() if p.decoded is None]
         # NOTE: zstd and sha256 release the GIL: parts check in parallel.
         with concurrent.futures.ThreadPoolExecutor(
                 max_workers=VERIFY_THREADS) as pool:
-            for part, raw in zip(self.parts(), pool.map(
-                    lambda p: p.decode(self.header), self.parts())):
+            for part, raw in zip(todo, pool.map(
+                    lambda p: p.decode(self.header), todo)):
                 if kept + len(raw) <= keep_bytes:
                     part.decoded = raw
                     kept += len(raw)
@@ -326,20 +327,55 @@ def validate_header(h: DeltaHeader, max_virtual_size: int) -> None:
         raise _invalid(h, 'created_at must be a number')
 
 
-def part_from_primitive(header: DeltaHeader, prim) -> DeltaPart:
+def max_payload_bytes(max_part_bytes: int) -> int:
+    """The largest compressed payload a part of that limit may carry."""
+    return int(max_part_bytes * _MAX_EXPANSION + _MAX_OVERHEAD)
+
+
+def part_from_primitive(header: DeltaHeader, prim,
+                        max_part_bytes: int = 64 << 20) -> DeltaPart:
     if not isinstance(prim, dict):
         raise _invalid(header, 'part is not a dict')
     try:
-        payload = base64.b64decode(prim['payload'], validate=True)
+        payload = codec.b64decode(prim['payload'],
+                                  max_payload_bytes(max_part_bytes))
+    except codec.CodecError as e:
+        raise _invalid(header, 'malformed part %r: payload %s'
+                       % (prim.get('index'), e))
+    except KeyError as e:
+        raise _invalid(header, 'malformed part %r: %s'
+                       % (prim.get('index'), e))
+    try:
         part = DeltaPart(instance=prim['instance'], sequence=prim['sequence'],
                          index=prim['index'],
                          extents=[tuple(e) for e in prim['extents']],
                          raw_size=prim['raw_size'], sha256=prim['sha256'],
                          payload=payload, compression=prim['compression'])
-    except (KeyError, TypeError, ValueError, binascii.Error) as e:
+    except (KeyError, TypeError, ValueError) as e:
         raise _invalid(header, 'malformed part %r: %s'
                        % (prim.get('index'), e))
     return part
+
+
+def receive_part(instance: str, sequence: int, part: DeltaPart, *,
+                 max_part_bytes: int, max_part_extents: int) -> bytes:
+    """Check one part on arrival, alone; return its decoded bytes.
+
+    Everything that does not need the header or the other parts: its
+    extents (well formed, in order, not overlapping, data bytes matching
+    ``raw_size``), the limits, and its payload (decompressed under the
+    limit and checksummed). The rest (order across parts, bounds of the
+    disk, totals) is checked at commit. Raises InvalidDelta.
+    """
+    stand_in = DeltaHeader(
+        instance=instance, project='?', sequence=sequence, parent=None,
+        virtual_size=1 << 63, cluster_size=512, part_count=0,
+        changed_bytes=0, data_bytes=0)
+    stand_in.part_count = _int(part.index, 'part index', stand_in) + 1
+    check = _PartChecker(stand_in, max_part_bytes, max_part_extents)
+    check.next_index = part.index
+    check(part)
+    return part.decode(stand_in)
 
 
 class _PartChecker:

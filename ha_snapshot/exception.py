@@ -110,6 +110,11 @@ class MergeTooSlow(StorageError):
                'nothing was committed: retry, or raise gc_grace_period.')
 
 
+class MergeInProgress(StorageError):
+    msg_fmt = ('Delta %(sequence)s of instance %(instance)s is still being '
+               'merged (an earlier commit_delta call); ask again later.')
+
+
 class PolicyNotFound(HaSnapshotException):
     msg_fmt = ('No snapshot policy named %(name)r: %(reason)s. Set [policy] '
                'name to one of: %(available)s.')

@@ -1,15 +1,21 @@
 """One protected VM's snapshot agent: snapshot, ship, wait for durable, commit.
 
-A thread per instance. Each cycle: ship whatever is pending (oldest first,
-part by part, retrying with backoff until the manager's durable ack),
-commit the acknowledged overlay down, ask the policy how long to wait,
-wait, snapshot. The state file (agent/state.py) is written at every step,
-so a killed agent resends what was never acknowledged and nothing is lost.
+Two threads per instance. The snapshot loop asks the policy how long to
+wait, waits, and snapshots; each snapshot's frozen overlay joins the
+pending list. The shipper sends pending deltas oldest first (several parts
+of one delta in flight at once, retrying with backoff until the manager's
+durable ack), then commits the acknowledged overlay down. Snapshots thus go
+on while earlier deltas ship (the interval is not bounded below by the
+shipping time), up to MAX_PENDING unacknowledged deltas; commits stay in
+order. The state file (agent/state.py) is written at every step, so a
+killed agent resends what was never acknowledged and nothing is lost.
 
 May import the delta engine, the hypervisor contract and the RPC clients;
 the health monitor lives next door (agent/health.py).
 """
 
+import collections
+import concurrent.futures
 import threading
 import time
 
@@ -31,6 +37,25 @@ LOG = logging.getLogger(__name__)
 TRANSIENT = (messaging.MessagingTimeout, messaging.MessageDeliveryFailure,
              messaging.MessagingException, exception.StorageError,
              ConnectionError, TimeoutError)
+
+
+# NOTE: unacknowledged deltas (frozen overlays in the VM's chain) the
+# snapshot loop may run ahead of the shipper: a manager that is away
+# must not grow the chain (and the VM's I/O path) without bound.
+MAX_PENDING = 3
+# NOTE: parts of one delta in flight at once: the manager checks and
+# spools one while the next travels; each holds at most a part's payload
+# (plus its base64 text) in memory.
+PARTS_IN_FLIGHT = 3
+# NOTE: a part is bounded work for the manager (a few MiB checked and
+# spooled): a call that takes longer than this went to a manager that is
+# gone (its reply will never come), so it is sent again at once rather
+# than after the whole [agent] rpc_timeout.
+PART_TIMEOUT = 15
+# NOTE: likewise for a commit: its chunks were stored while the parts
+# arrived, so it is short; one that runs longer is asked again and the
+# manager answers "still merging" (MergeInProgress, retried) or the ack.
+COMMIT_TIMEOUT = 20
 
 
 class Stopped(Exception):
@@ -56,6 +81,12 @@ class SnapshotAgent(threading.Thread):
         self.vm = None
         self._stopping = threading.Event()
         self._now_event = threading.Event()
+        self.lock = threading.RLock()
+        """Guards the state (pending list, parent, sequence) and its file:
+        the snapshot loop and the shipper both change it."""
+        self._shippable = threading.Event()
+        self._progress = threading.Condition(self.lock)
+        self._shipper = None
         self.failed = threading.Event()
         self.durable = threading.Condition()
         self.last_durable_at = None
@@ -75,15 +106,23 @@ class SnapshotAgent(threading.Thread):
         return self.state.instance
 
     def save(self) -> None:
-        self.state.save(self.conf.agent.state_dir)
+        with self.lock:
+            self.state.save(self.conf.agent.state_dir)
 
     # --- control ------------------------------------------------------------
 
     def stop(self, timeout: float | None = 30) -> None:
         self._stopping.set()
         self._now_event.set()
-        if self.is_alive() and threading.current_thread() is not self:
+        self._shippable.set()
+        with self._progress:
+            self._progress.notify_all()
+        me = threading.current_thread()
+        if self.is_alive() and me is not self:
             self.join(timeout)
+        shipper = self._shipper
+        if shipper is not None and shipper.is_alive() and me is not shipper:
+            shipper.join(timeout)
 
     def snapshot_now(self) -> None:
         """Cut the current wait short (tests, the demo, operators)."""
@@ -96,6 +135,8 @@ class SnapshotAgent(threading.Thread):
                         reason)
         self.failed.set()
         self._now_event.set()
+        with self._progress:
+            self._progress.notify_all()
 
     def _wait(self, seconds: float) -> None:
         self._now_event.wait(max(0.0, seconds))
@@ -158,22 +199,28 @@ class SnapshotAgent(threading.Thread):
                           or self.conf.agent.hypervisor,
                           {'disk': self.state.spec.get('disk')})
         newest, last = reg['newest_restore_point'], reg['last_sequence']
-        self.state.next_sequence = max(self.state.next_sequence, last + 1)
-        if not self.state.pending or all(p.restore_point
-                                         for p in self.state.pending):
-            self.state.parent = newest
-        self.save()
+        with self.lock:
+            self.state.next_sequence = max(self.state.next_sequence,
+                                           last + 1)
+            if not self.state.pending or all(p.restore_point
+                                             for p in self.state.pending):
+                self.state.parent = newest
+            self.save()
 
     def _run(self) -> None:
         if self.vm is None:
             self._attach()
         self._register()
         self._adopt_unknown_overlays()
+        if self._shipper is None:
+            self._shipper = threading.Thread(
+                target=self._ship_loop, daemon=True,
+                name='ship-%s' % self.instance[:8])
+            self._shipper.start()
         while not self._stopping.is_set():
             if self.failed.is_set():
                 self._wait(3600)
                 continue
-            self._ship_pending()
             decision = self._decide()
             # NOTE: the policy's interval runs from the latest snapshot;
             # the first one (the baseline) is taken at once.
@@ -182,7 +229,27 @@ class SnapshotAgent(threading.Thread):
                            - (self.clock() - self._last_snapshot_at))
             if self.failed.is_set():
                 continue
+            self._wait_for_room()
+            if self.failed.is_set():
+                continue
             self._snapshot()
+
+    def _unacknowledged(self) -> int:
+        return sum(1 for p in self.state.pending if p.restore_point is None)
+
+    def _wait_for_room(self) -> None:
+        """Block while MAX_PENDING deltas wait for their ack."""
+        with self._progress:
+            if self._unacknowledged() >= MAX_PENDING:
+                LOG.info('Instance %s: %d deltas wait for the manager; the '
+                         'next snapshot waits for one of them',
+                         self.instance, self._unacknowledged())
+            while (self._unacknowledged() >= MAX_PENDING
+                   and not self._stopping.is_set()
+                   and not self.failed.is_set()):
+                self._progress.wait(1.0)
+        if self._stopping.is_set():
+            raise Stopped()
 
     def _decide(self):
         figures = self._figures()
@@ -237,65 +304,109 @@ class SnapshotAgent(threading.Thread):
                 self.driver.commit(self.vm, fo, timeout=600)
                 continue
             first = fo.full or (not fo.committable and fo.backing is None)
-            if first and self.state.baseline_restore_point:
-                # The base is already durable (restored from it).
-                self.state.parent = self.state.baseline_restore_point
-                self.taken_at[self.state.parent] = taken_at
-                self.state.baseline_restore_point = None
-                self._durable_now(0, 0.0)
-                continue
-            self.state.pending.append(state_mod.Pending(
-                sequence=self.state.next_sequence, disk=fo.disk,
-                frozen=fo.frozen.path,
-                backing=fo.backing.path if fo.backing else None,
-                committable=fo.committable, taken_at=taken_at, full=first))
-            self.state.next_sequence += 1
+            with self.lock:
+                if first and self.state.baseline_restore_point:
+                    # The base is already durable (restored from it).
+                    self.state.parent = self.state.baseline_restore_point
+                    self.taken_at[self.state.parent] = taken_at
+                    self.state.baseline_restore_point = None
+                    self._durable_now(0, 0.0)
+                    continue
+                self.state.pending.append(state_mod.Pending(
+                    sequence=self.state.next_sequence, disk=fo.disk,
+                    frozen=fo.frozen.path,
+                    backing=fo.backing.path if fo.backing else None,
+                    committable=fo.committable, taken_at=taken_at,
+                    full=first))
+                self.state.next_sequence += 1
         self.save()
+        self._shippable.set()
         LOG.debug('Instance %s: snapshot in %.1f ms', self.instance,
                   snap.qmp_seconds * 1000)
 
     def _adopt_unknown_overlays(self) -> None:
         """Frozen overlays in the chain the state does not know (a crash
         right after a snapshot): send them like any other."""
-        known = {p.frozen for p in self.state.pending}
         disk = self._disk_name()
-        for fo in self.driver.frozen_images(self.vm, disk):
-            if fo.frozen.path in known:
-                continue
-            LOG.warning('Instance %s: adopting frozen overlay %s found '
-                        'in the chain', self.instance, fo.frozen.path)
-            self.state.pending.append(state_mod.Pending(
-                sequence=self.state.next_sequence, disk=disk,
-                frozen=fo.frozen.path,
-                backing=fo.backing.path if fo.backing else None,
-                committable=True, full=fo.full))
-            self.state.next_sequence += 1
-        self.state.pending.sort(key=lambda p: p.sequence)
-        self.save()
+        with self.lock:
+            known = {p.frozen for p in self.state.pending}
+            for fo in self.driver.frozen_images(self.vm, disk):
+                if fo.frozen.path in known:
+                    continue
+                LOG.warning('Instance %s: adopting frozen overlay %s '
+                            'found in the chain', self.instance,
+                            fo.frozen.path)
+                self.state.pending.append(state_mod.Pending(
+                    sequence=self.state.next_sequence, disk=disk,
+                    frozen=fo.frozen.path,
+                    backing=fo.backing.path if fo.backing else None,
+                    committable=True, full=fo.full))
+                self.state.next_sequence += 1
+            self.state.pending.sort(key=lambda p: p.sequence)
+            self.save()
+        self._shippable.set()
 
     # --- shipping -----------------------------------------------------------
 
+    def _ship_loop(self) -> None:
+        """The shipper thread: pending deltas out, oldest first."""
+        delay = self.conf.agent.retry_initial
+        while not self._stopping.is_set():
+            try:
+                if not self.failed.is_set():
+                    self._ship_pending()
+                delay = self.conf.agent.retry_initial
+                self._shippable.wait(1.0)
+                self._shippable.clear()
+            except Stopped:
+                return
+            except hv_base.VMNotRunning as e:
+                self.mark_failed(str(e))
+                return
+            except Exception as e:
+                # NOTE: as in run(): keep every unacknowledged overlay,
+                # learn again what the manager holds, and go on.
+                self.error = e
+                LOG.exception('Instance %s: shipping error; shipping starts '
+                              'again in %.1f s', self.instance, delay)
+                if self._stopping.wait(delay):
+                    return
+                delay = min(delay * 2, self.conf.agent.retry_max)
+                try:
+                    self._register()
+                except Stopped:
+                    return
+
     def _ship_pending(self) -> None:
-        while self.state.pending and not self._stopping.is_set():
-            entry = self.state.pending[0]
+        while not self._stopping.is_set() and not self.failed.is_set():
+            with self.lock:
+                if not self.state.pending:
+                    return
+                entry = self.state.pending[0]
             if entry.restore_point is None:
                 self._ship(entry)
             self._commit(entry)
-            self.state.pending.pop(0)
-            self.save()
+            with self._progress:
+                self.state.pending.remove(entry)
+                self.save()
+                self._progress.notify_all()
 
     def _ship(self, entry) -> None:
         conf = self.conf
-        if entry.parent is None:
-            entry.parent = self.state.parent
-            self.save()
+        with self.lock:
+            if entry.parent is None:
+                entry.parent = self.state.parent
+                self.save()
         started = self.clock()
+        # NOTE: the overlay's backing is the image below it in the chain
+        # now: committing the delta before it rewrote its header.
+        backing = self._below(entry)
         info = image_inspect.inspect(
-            entry.frozen, 'qcow2' if entry.backing or entry.committable
+            entry.frozen, 'qcow2' if backing or entry.committable
             else self._base_format(entry),
             max_virtual_size=conf.image.max_virtual_size,
-            allow_backing=entry.backing is not None,
-            expected_backing=entry.backing,
+            allow_backing=backing is not None,
+            expected_backing=backing,
             limits=qemu.Limits.from_conf(conf))
         delta = delta_mod.from_image(
             info, instance=self.instance, project=self.state.project,
@@ -304,34 +415,75 @@ class SnapshotAgent(threading.Thread):
             max_part_extents=conf.image.max_part_extents,
             compression_level=conf.image.compression_level,
             limits=qemu.Limits.from_conf(conf), full=entry.full)
-        sent = 0
-        for part in delta.parts():
-            prim = part.to_primitive()
-            self._retry('part %d of delta %d' % (part.index, entry.sequence),
-                        self.manager_api.put_part, self.instance,
-                        entry.sequence, prim)
-            sent += len(part.payload)
+        sent = self._send_parts(entry, delta)
         try:
             ack = self._retry('commit of delta %d' % entry.sequence,
                               self.manager_api.commit_delta,
-                              delta.to_header_primitive())
+                              delta.to_header_primitive(),
+                              timeout=min(self.conf.agent.rpc_timeout,
+                                          COMMIT_TIMEOUT))
         except exception.InvalidDelta as e:
             if 'never received' not in str(e):
                 raise
-            # NOTE: the manager lost its spool (restarted on a new disk):
-            # send the parts again.
+            # NOTE: the manager lost its spool (restarted on a new disk,
+            # or a part file torn by a crash): send the parts again.
             LOG.warning('Instance %s: %s; sending again', self.instance, e)
             return self._ship(entry)
-        entry.restore_point = ack['restore_point']
-        self.state.parent = ack['restore_point']
-        self.save()
+        with self.lock:
+            entry.restore_point = ack['restore_point']
+            self.state.parent = ack['restore_point']
+            self.save()
         self.shipped_bytes += sent
         self.shipped_changed_bytes += delta.header.changed_bytes
-        self.restore_points.append(ack['restore_point'])
         self.taken_at[ack['restore_point']] = entry.taken_at
-        self._durable_now(sent, self.clock() - started)
+        self.restore_points.append(ack['restore_point'])
+        # NOTE: what the policy needs is the lag from snapshot to durable
+        # (the RPO of this point when it lands), which includes any wait
+        # behind earlier deltas; an adopted overlay has no snapshot time.
+        lag = self.clock() - started
+        if entry.taken_at is not None:
+            lag = max(lag, time.time() - entry.taken_at)
+        self._durable_now(sent, lag)
         LOG.info('Instance %s: delta %d durable as %s (%d bytes sent)',
                  self.instance, entry.sequence, ack['restore_point'], sent)
+
+    def _send_parts(self, entry, delta) -> int:
+        """put_part every part, up to PARTS_IN_FLIGHT at once; bytes sent.
+
+        Parts are produced (read, compressed, checksummed) here, one ahead
+        of the window at most, so memory stays bounded by the window.
+        """
+        def put(part):
+            prim = part.to_primitive()
+            what = 'part %d of delta %d' % (part.index, entry.sequence)
+            self._retry(what, self.manager_api.put_part, self.instance,
+                        entry.sequence, prim, timeout=self._part_timeout())
+            return len(part.payload)
+
+        if delta.header.part_count <= 1:
+            return sum(put(part) for part in delta.parts())
+        return send_parts(delta.parts(), put, PARTS_IN_FLIGHT,
+                          'put-%s' % self.instance[:8])
+
+    def _part_timeout(self) -> float:
+        return min(self.conf.agent.rpc_timeout, PART_TIMEOUT)
+
+    def _below(self, entry) -> str | None:
+        """Path of the image below ``entry``'s overlay in the live chain
+        (the recorded backing if the chain no longer holds it)."""
+        if entry.backing is None:
+            return None
+        for d in self.driver.disks(self.vm):
+            paths = [img.path for img in d.chain]
+            if entry.frozen in paths:
+                i = paths.index(entry.frozen)
+                if i + 1 < len(paths):
+                    if paths[i + 1] != entry.backing:
+                        with self.lock:
+                            entry.backing = paths[i + 1]
+                            self.save()
+                    return paths[i + 1]
+        return entry.backing
 
     def _durable_now(self, sent: int, seconds: float) -> None:
         with self.durable:
@@ -355,3 +507,25 @@ class SnapshotAgent(threading.Thread):
         for fo in self.driver.frozen_images(self.vm, entry.disk):
             if fo.frozen.path == entry.frozen:
                 self.driver.commit(self.vm, fo, timeout=600)
+
+
+def send_parts(parts, put, window: int, name: str = 'put') -> int:
+    """``put(part)`` for every part, up to ``window`` calls at once, the
+    parts taken from the iterator only as room frees up (one ahead of the
+    window at most: memory stays bounded). Returns the sum of what the
+    calls returned; the first error is raised once the calls under way
+    have ended, and the parts not yet sent are not sent."""
+    total = 0
+    inflight = collections.deque()
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=window,
+                                                 thread_name_prefix=name)
+    try:
+        for part in parts:
+            while len(inflight) >= window:
+                total += inflight.popleft().result()
+            inflight.append(pool.submit(put, part))
+        while inflight:
+            total += inflight.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return total

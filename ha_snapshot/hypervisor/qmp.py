@@ -33,6 +33,10 @@ LOG = logging.getLogger(__name__)
 # is the biggest one we ask for); a monitor sending more is broken.
 MAX_MESSAGE = 32 << 20
 CONNECT_RETRY = 0.02
+# NOTE: QEMU (7.2 seen here) may queue an event (RESUME, under load) on a
+# new monitor connection ahead of the greeting; a few such events are
+# taken and delivered after it, more is not a QMP server.
+MAX_EARLY_EVENTS = 16
 
 
 class _Pending:
@@ -110,7 +114,8 @@ class QmpClient:
         except OSError:
             self.peer_pid = None
         try:
-            self.greeting = self._read_greeting(sock, deadline, timeout)
+            self.greeting, early, rest = self._read_greeting(sock, deadline,
+                                                             timeout)
         except BaseException:
             sock.close()
             raise
@@ -118,9 +123,11 @@ class QmpClient:
         self._sock = sock
         self._closed = False
         self._close_reason = ''
+        for msg in early:
+            self._deliver(msg)
         self._reader = threading.Thread(
-            target=self._read_loop, name='qmp-reader-%s' % self.vm,
-            daemon=True)
+            target=self._read_loop, args=(rest,),
+            name='qmp-reader-%s' % self.vm, daemon=True)
         self._reader.start()
         try:
             self.execute('qmp_capabilities',
@@ -130,9 +137,32 @@ class QmpClient:
             raise
         return self.greeting
 
-    def _read_greeting(self, sock, deadline, timeout) -> dict:
+    def _read_greeting(self, sock, deadline, timeout) -> tuple:
+        """(greeting, events that came before it, bytes after it)."""
         buf = bytearray()
-        while b'\n' not in buf:
+        early = []
+        while True:
+            while b'\n' in buf:
+                end = buf.index(b'\n')
+                line = bytes(buf[:end]).strip()
+                del buf[:end + 1]
+                if not line:
+                    continue
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    msg = None
+                if isinstance(msg, dict) and 'QMP' in msg:
+                    return msg, early, bytes(buf)
+                if isinstance(msg, dict) and 'event' in msg and (
+                        len(early) < MAX_EARLY_EVENTS):
+                    LOG.debug('VM %s: event %s before the QMP greeting',
+                              self.vm, msg.get('event'))
+                    early.append(msg)
+                    continue
+                raise base.QmpError(vm=self.vm, command='connect',
+                                    reason='%s does not speak QMP: %r'
+                                    % (self.path, line[:200]))
             remaining = deadline - time.monotonic()
             try:
                 if remaining <= 0:
@@ -157,19 +187,6 @@ class QmpClient:
             if len(buf) > MAX_MESSAGE:
                 raise base.QmpError(vm=self.vm, command='connect',
                                     reason='oversized greeting')
-        line, _, rest = bytes(buf).partition(b'\n')
-        try:
-            greeting = json.loads(line)
-        except ValueError:
-            greeting = None
-        if not isinstance(greeting, dict) or 'QMP' not in greeting:
-            raise base.QmpError(vm=self.vm, command='connect',
-                                reason='%s does not speak QMP: %r'
-                                % (self.path, line[:200]))
-        if rest.strip():
-            LOG.debug('VM %s: ignoring %d bytes after the greeting',
-                      self.vm, len(rest))
-        return greeting
 
     def close(self) -> None:
         """Close the connection; waiting commands fail at once."""
@@ -284,15 +301,20 @@ class QmpClient:
 
     # --- reader --------------------------------------------------------------
 
-    def _read_loop(self) -> None:
+    def _read_loop(self, rest: bytes = b'') -> None:
+        # NOTE: ``rest``: what came right after the greeting (an event,
+        # even the first reply), read with it.
         buf = bytearray()
+        chunk = rest
         reason = 'QEMU closed the monitor connection'
         try:
             while True:
-                chunk = self._sock.recv(65536)
                 if not chunk:
-                    break
+                    chunk = self._sock.recv(65536)
+                    if not chunk:
+                        break
                 buf += chunk
+                chunk = b''
                 start = 0
                 while True:
                     end = buf.find(b'\n', start)
@@ -325,11 +347,7 @@ class QmpClient:
         if not isinstance(msg, dict):
             return
         if 'event' in msg:
-            if self._on_event is not None:
-                try:
-                    self._on_event(msg)
-                except Exception:
-                    LOG.exception('VM %s: event handler failed', self.vm)
+            self._deliver(msg)
             return
         ident = msg.get('id')
         with self._lock:
@@ -343,3 +361,10 @@ class QmpClient:
             return
         pending.reply = msg
         pending.done.set()
+
+    def _deliver(self, msg: dict) -> None:
+        if self._on_event is not None:
+            try:
+                self._on_event(msg)
+            except Exception:
+                LOG.exception('VM %s: event handler failed', self.vm)

@@ -1,6 +1,7 @@
 """The manager's RPC endpoint: deltas in, durable restore points out.
 
-A delta arrives as parts (``put_part``, each spooled to disk) and a
+A delta arrives as parts (``put_part``, each checked whole, spooled to
+disk, and its whole chunks stored ahead of the merge) and a
 ``commit_delta`` that validates the whole delta, merges it into the store,
 records the restore point in the database and only then answers: the
 answer is the durable acknowledgement the agent waits for before it
@@ -12,6 +13,7 @@ May import the store, the database, the spool and the recovery engine.
 
 import base64
 import errno
+import threading
 
 from oslo_log import log as logging
 import oslo_messaging as messaging
@@ -20,6 +22,11 @@ from ha_snapshot import delta as delta_mod
 from ha_snapshot import exception
 
 LOG = logging.getLogger(__name__)
+
+# NOTE: a commit_delta of a delta whose merge already runs (the agent's
+# call timed out and it asked again) waits this long for it, then says
+# "ask again" rather than holding an RPC thread for the whole merge.
+COMMIT_WAIT = 5.0
 
 
 class Manager:
@@ -32,6 +39,8 @@ class Manager:
         self.db = db
         self.spool = spool
         self.recovery = recovery
+        self._commits = {}
+        self._commits_lock = threading.Lock()
         self.agent_api = agent_api
 
     def _protected(self, instance: str):
@@ -60,8 +69,14 @@ class Manager:
                 'last_sequence': newest.delta_sequence if newest else -1}
 
     def put_part(self, instance, sequence, part) -> dict:
-        self._protected(instance)
-        index = self._io(self.spool.put, instance, sequence, part)
+        row = self._protected(instance)
+
+        def received(checked, data):
+            # NOTE: the merge's chunk writes start now, while the next
+            # parts travel; the commit then finds them held.
+            self.store.prestore(instance, row.project_id, checked.extents,
+                                data)
+        index = self._io(self.spool.put, instance, sequence, part, received)
         return {'instance': instance, 'sequence': sequence, 'index': index}
 
     def commit_delta(self, header) -> dict:
@@ -72,8 +87,28 @@ class Manager:
             raise exception.InvalidDelta(
                 instance=h.instance, sequence=h.sequence,
                 reason='project %s does not own this instance' % h.project)
-        delta = self.spool.load(h)
-        rp = self._io(self.store.merge, delta)
+        key = (h.instance, h.sequence)
+        with self._commits_lock:
+            running = self._commits.get(key)
+            if running is None:
+                mine = self._commits[key] = threading.Event()
+        if running is not None:
+            if not running.wait(COMMIT_WAIT):
+                raise exception.MergeInProgress(instance=h.instance,
+                                                sequence=h.sequence)
+            return self.commit_delta(header)
+        try:
+            return self._commit(h)
+        finally:
+            with self._commits_lock:
+                self._commits.pop(key, None)
+            mine.set()
+
+    def _commit(self, h) -> dict:
+        rp = self._merged(h)
+        if rp is None:
+            delta = self.spool.load(h)
+            rp = self._io(self.store.merge, delta)
         self.db.record_restore_point(rp)
         removed = self._io(self.store.apply_retention, h.instance)
         if removed:
@@ -85,6 +120,17 @@ class Manager:
                  h.instance, h.sequence, rp.id, rp.number)
         return {'restore_point': rp.id, 'number': rp.number,
                 'sequence': h.sequence, 'created_at': rp.created_at}
+
+    def _merged(self, h):
+        """The restore point this delta already made (its ack was lost, or
+        the agent asked again while it merged), or None."""
+        newest = self._io(self.store.newest, h.instance)
+        if newest is not None and (newest.parent == h.parent and
+                                   newest.delta_sequence == h.sequence):
+            LOG.info('Instance %s: delta %d already merged as %s',
+                     h.instance, h.sequence, newest.id)
+            return newest
+        return None
 
     @staticmethod
     def _io(func, *args):

@@ -47,7 +47,8 @@ class ManagerService(service.Service):
         self.manager = manager_mod.Manager(
             conf, store, self.db,
             spool_mod.Spool(conf.manager.spool_dir,
-                            conf.image.max_part_bytes),
+                            conf.image.max_part_bytes,
+                            conf.image.max_part_extents),
             recovery=self.engine)
         self.rpc_server = rpc.get_server(
             self.transport, rpc.MANAGER_TOPIC, self.host,

@@ -37,6 +37,9 @@ from ha_snapshot.storage import retention
 LOG = logging.getLogger(__name__)
 
 VERIFY_CACHE_BYTES = 256 << 20
+# NOTE: keys of chunks stored ahead of their merge, kept for its count of
+# new chunks (a delta never committed leaves its keys until pushed out).
+PRESTORED_KEYS = 65536
 # NOTE: chunks are hashed, compressed and written by a few threads
 # (hashlib, zstd and file I/O release the GIL); this bounds how many
 # assembled chunks wait for them.
@@ -70,6 +73,13 @@ class RecoveryStore:
         self.clock = clock
         # NOTE: test seams, called by name at fixed points of a merge.
         self.hooks = hooks or {}
+        self._layouts = {}
+        """instance -> (chunk_size, scope), once it has a restore point
+        (neither ever changes after that)."""
+        self._prestored = collections.OrderedDict()
+        """Chunk key -> bytes: chunks stored ahead of their merge
+        (:meth:`prestore`) that the merge counts as new."""
+        self._prestored_lock = threading.Lock()
 
     @classmethod
     def from_conf(cls, conf, driver=None, **kwargs) -> 'RecoveryStore':
@@ -228,6 +238,67 @@ class RecoveryStore:
                  rp.new_bytes)
         return rp
 
+    def _layout(self, instance: str, project: str) -> tuple:
+        layout = self._layouts.get(instance)
+        if layout is None:
+            newest = self.newest(instance)
+            if newest is None:
+                return self.chunk_size, ('i-' + instance if (
+                    self.dedup_scope == 'instance') else 'p-' + project)
+            layout = self._layouts[instance] = (newest.chunk_size,
+                                                newest.scope)
+        return layout
+
+    def prestore(self, instance: str, project: str, extents,
+                 data: bytes) -> int:
+        """Store, ahead of its merge, every whole chunk that one checked
+        part's data covers; return the bytes newly stored.
+
+        The chunk writes of a merge then overlap the transfer of the
+        delta's later parts, and the merge finds those chunks held (it
+        touches them). Nothing becomes visible: chunks are named by their
+        content and only a manifest refers to them; chunks of a delta never
+        committed are collected by gc like any unreferenced chunk. Best
+        effort: a chunk not stored here (a full store, an I/O error) is
+        stored, or its error reported, by the merge.
+        """
+        self._check_instance(instance)
+        cs, scope = self._layout(instance, project)
+        stored = 0
+        pos = 0
+        view = memoryview(data)
+        for offset, length, kind in extents:
+            if kind != delta_mod.DATA:
+                continue
+            first = -(-offset // cs)
+            for index in range(first, (offset + length) // cs):
+                start = pos + index * cs - offset
+                chunk = view[start:start + cs]
+                if chunk == _zeros(cs):
+                    continue
+                try:
+                    sha, new = self._put_chunk(scope, chunk, self.compress)
+                except (OSError, exception.StorageError) as e:
+                    LOG.debug('Instance %s: chunk not stored ahead of its '
+                              'merge: %s', instance, e)
+                    return stored
+                if new:
+                    self._remember_prestored(
+                        objects.chunk_key(scope, sha), new)
+                    stored += new
+            pos += length
+        return stored
+
+    def _remember_prestored(self, key: str, nbytes: int) -> None:
+        with self._prestored_lock:
+            self._prestored[key] = nbytes
+            while len(self._prestored) > PRESTORED_KEYS:
+                self._prestored.popitem(last=False)
+
+    def _take_prestored(self, key: str) -> int:
+        with self._prestored_lock:
+            return self._prestored.pop(key, 0)
+
     def _put_chunk(self, scope: str, data: bytes, compress: bool,
                    claim=None):
         """Store one chunk unless held.
@@ -242,7 +313,9 @@ class RecoveryStore:
         key = objects.chunk_key(scope, sha)
         # NOTE: touch, not exists: a reused chunk must look fresh to gc.
         if self.driver.touch(key):
-            return sha, 0
+            # NOTE: stored by prestore() for this merge: new all the same.
+            return sha, (self._take_prestored(key) if claim is not None
+                         else 0)
         self.driver.put(key, objects.encode_chunk(data, compress, _cctx()))
         return sha, len(data)
 

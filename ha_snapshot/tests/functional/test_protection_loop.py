@@ -19,10 +19,12 @@ chunk of the store, so that its merge can be seen as it happens).
 What the tests read is what an operator can: the database (restore points,
 instance status, recoveries), the store (exports, ``ha-snapshot-manage
 store verify``), the agent's state files and the daemons' logs. A restore
-point is checked against the write log by containment: restore point k+1
-holds every write that ended before restore point k was recorded (its
-snapshot was taken after k was acknowledged), and restore point k holds
-no write begun after it was recorded.
+point is checked against the write log by containment: restore point
+k+MAX_PENDING holds every write that ended before restore point k was
+recorded (the agent snapshots while earlier deltas ship, but never more
+than MAX_PENDING ahead of the acks: that snapshot was taken after k was
+acknowledged), and restore point k holds no write begun after it was
+recorded.
 
 Each test waits only on bounded conditions (:meth:`wait_for`) that name
 what they wait for; a timeout attaches both daemons' logs. What was
@@ -44,6 +46,7 @@ import uuid
 from testtools import content
 import zstandard
 
+from ha_snapshot.agent import instance as agent_instance
 from ha_snapshot.agent import rpcapi as agent_rpcapi
 from ha_snapshot.db import engine as db_engine
 from ha_snapshot import delta as delta_mod
@@ -64,6 +67,8 @@ PATTERN_BLOCK = 64 * KiB
 PATTERN_AREA = 64 * MiB
 BALLAST_BLOCK = MiB
 PROJECT = 'test-project'
+# NOTE: how many snapshots the agent may take ahead of the acks.
+AHEAD = agent_instance.MAX_PENDING
 _FAILURE = re.compile(r'(?i)\b(fail(ed|ure)?|error|not found|cannot)\b')
 
 
@@ -411,7 +416,9 @@ class ProtectionLoopTest(base.TestCase):
                     ) -> list:
         """Restore points in the database and the store agree, none lost,
         each a child of the one before; every one (up to number ``upto``)
-        holds what the write log says it must. Returns the rows."""
+        holds what the write log says it must: every write that ended
+        before the point AHEAD numbers earlier was recorded, none begun
+        after it was itself recorded. Returns the rows."""
         rows = self.points(inst)
         manifests = self.svc.store.restore_points(inst)
         self.assertEqual([(m.id, m.number, m.delta_sequence)
@@ -424,21 +431,20 @@ class ProtectionLoopTest(base.TestCase):
         seqs = [r.delta_sequence for r in rows]
         self.assertEqual(sorted(set(seqs)), seqs)
         problems = []
-        previous = None
-        for r in rows:
+        for i, r in enumerate(rows):
             if upto is not None and r.number > upto:
                 break
+            earlier = rows[i - AHEAD] if i >= AHEAD else None
             path = self.export(inst, r.id)
             try:
                 found = self.problems(
                     path, writes,
-                    hold_before=ts(previous.created_at) if previous else None,
+                    hold_before=ts(earlier.created_at) if earlier else None,
                     lack_after=ts(r.created_at))
             finally:
                 os.unlink(path)
             problems += ['restore point #%d %s: %s' % (r.number, r.id, p)
                          for p in found[:5]]
-            previous = r
         self.assertEqual([], problems)
         self.mark('%d restore points of %s checked' % (len(rows), inst))
         return rows
@@ -462,8 +468,9 @@ class ProtectionLoopTest(base.TestCase):
             w.stop()
         last = max((w.ended for g in self.guests
                     for w in g.snapshot_writes()), default=time.time())
-        # NOTE: the second point recorded after the last write holds it.
-        self.wait_points(inst, 2, timeout=30, after=last)
+        # NOTE: the point AHEAD after the first one recorded after the
+        # last write was snapshotted after that write (check_chain).
+        self.wait_points(inst, AHEAD + 1, timeout=30, after=last)
 
     def merging(self, ballast: list):
         """A predicate: the merge of the delta holding ``ballast`` runs.
@@ -568,6 +575,8 @@ class ProtectionLoopTest(base.TestCase):
         self.assertEqual(1, len(pending), state)
         self.assertIsNone(pending[0]['restore_point'])
         self.assertIsNotNone(pending[0]['parent'])
+        # NOTE: snapshots the old agent took while that delta shipped.
+        taken = max(p['sequence'] for p in state['pending'])
 
         offset = svc.agent.start()
         self.mark('agent started again')
@@ -580,8 +589,8 @@ class ProtectionLoopTest(base.TestCase):
         # The first snapshot the new agent takes holds every write that
         # ended before the kill.
         rows = self.wait_points(
-            inst, 3, pred=lambda r: r.delta_sequence > killed)
-        nxt = [r for r in rows if r.delta_sequence > killed][0]
+            inst, 3, pred=lambda r: r.delta_sequence > taken)
+        nxt = [r for r in rows if r.delta_sequence > taken][0]
         path = self.export(inst, nxt.id)
         self.assertEqual([], self.problems(
             path, [w for w in g.snapshot_writes() if w.ended < kill_time],
@@ -621,8 +630,10 @@ class ProtectionLoopTest(base.TestCase):
         self.mark('manager started again')
         self.wait_points(inst, 1, timeout=45,
                          pred=lambda r: r.delta_sequence == killed)
-        self.assertIn('commit of delta %d failed' % killed,
-                      svc.agent.log(agent_offset))
+        # NOTE: chunks are stored while parts arrive: the kill may have
+        # hit a part or the commit; either is sent again.
+        self.assertRegex(svc.agent.log(agent_offset),
+                         r'(commit|part \d+) of delta %d failed' % killed)
         self.wait_points(inst, 2, pred=lambda r: r.delta_sequence > killed)
         self.quiesce(inst, [workload])
         self.check_chain(inst, g.snapshot_writes())
@@ -858,11 +869,13 @@ class ProtectionLoopTest(base.TestCase):
                'the newest restore point is %s' % newest.id,
                api.commit_delta,
                header(inst, old.delta_sequence, rows[0].id, raw))
-        # A part whose data does not match its checksum.
+        # A part whose data does not match its checksum: refused on
+        # arrival, and a commit without it finds it missing.
         seq = newest.delta_sequence + 100
-        api.put_part(inst, seq, part(inst, seq, raw,
-                                     sha=hashlib.sha256(b'x').hexdigest()))
         refuse(exception.InvalidDelta, 'checksum mismatch',
+               api.put_part, inst, seq,
+               part(inst, seq, raw, sha=hashlib.sha256(b'x').hexdigest()))
+        refuse(exception.InvalidDelta, 'part 0 of 1 was never received',
                api.commit_delta, header(inst, seq, newest.id, raw))
         # A payload larger than any part may be.
         limit = svc.conf.image.max_part_bytes

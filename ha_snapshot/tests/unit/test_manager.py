@@ -3,6 +3,7 @@
 import json
 import os
 import threading
+import time
 
 from ha_snapshot.db import api as db_api
 from ha_snapshot.db import migration
@@ -114,19 +115,121 @@ class ManagerTestCase(_Base):
         # Out of order: a delta whose parent is not the newest.
         wrong = self.delta(self.base, 3, base.new_uuid(), backing=False)
         self.assertRaises(exception.DeltaParentMismatch, self.ship, wrong)
-        self.assertEqual(before, base.tree_digest(self.store_dir))
         self.assertEqual([], self.db.list_restore_points(self.inst))
+        self.assertEqual([], self.store.restore_points(self.inst))
+        # NOTE: whole chunks of checked parts are stored ahead of their
+        # merge (Manager.put_part): a delta refused at commit leaves only
+        # unreferenced chunks, which gc collects after its grace period.
+        later = self.make_store(self.conf, clock=lambda: time.time() + (
+            self.conf.storage.gc_grace_period + 1))
+        later.gc()
+        self.assertEqual(before, base.tree_digest(self.store_dir))
 
     def test_refused_parts_do_not_stay_in_the_spool(self):
         self.register()
         prim = self.delta(self.base, 0, None, backing=False)
         bad = json.loads(json.dumps(prim))
         bad['parts'][0]['sha256'] = '0' * 64
-        self.assertRaises(exception.InvalidDelta, self.ship, bad)
+        # NOTE: a part is checked whole when it arrives.
+        e = self.assertRaises(exception.InvalidDelta, self.mgr.put_part,
+                              self.inst, 0, bad['parts'][0])
+        self.assertIn('part 0: checksum mismatch', str(e))
         spooled = os.path.join(self.path('spool'), self.inst)
-        self.assertEqual(['000000000000'], os.listdir(spooled))
+        self.assertEqual([], [n for _d, _s, names in os.walk(spooled)
+                              for n in names])
         self.assertEqual(1, self.ship(prim)['number'])
         self.assertEqual([], os.listdir(spooled))
+
+    def test_part_checked_on_arrival(self):
+        self.register()
+        good = self.delta(self.base, 0, None, backing=False)['parts'][0]
+        cases = {
+            'payload is not base64': dict(good, payload='@' * 8),
+            'corrupt compressed payload': dict(
+                good, payload=good['payload'][:-8] + 'AAAAAAAA'),
+            'data extents hold': dict(good, raw_size=good['raw_size'] - 1),
+            'overlaps or precedes': dict(good, extents=[
+                [0, 65536, 'data'], [0, 65536, 'data']]),
+        }
+        for reason, part in cases.items():
+            e = self.assertRaises(exception.InvalidDelta, self.mgr.put_part,
+                                  self.inst, 0, part)
+            self.assertIn(reason, str(e))
+        self.assertEqual(0, self.spool.cached_bytes)
+        self.mgr.put_part(self.inst, 0, good)
+        self.assertEqual(good['raw_size'], self.spool.cached_bytes)
+
+    def test_chunks_stored_while_parts_arrive(self):
+        """Whole chunks of a part are in the store before the commit; the
+        commit counts them as new and references them."""
+        self.register()
+        disk = self.make_qcow2('three.qcow2', 8 * MiB, 'write -P 0x11 0 1M',
+                               'write -P 0x22 1M 1M', 'write -P 0x33 2M 1M',
+                               'write -P 0x44 5M 64K')
+        prim = self.delta(disk, 0, None, backing=False)
+        for part in prim['parts']:
+            self.mgr.put_part(self.inst, 0, part)
+        chunks = [n for _d, _s, names in os.walk(
+            os.path.join(self.store_dir, 'chunks')) for n in names]
+        # NOTE: three whole chunks; the 64 KiB write is no whole chunk.
+        self.assertEqual(3, len(chunks))
+        self.assertEqual([], self.store.restore_points(self.inst))
+        self.mgr.commit_delta(prim['header'])
+        rp = self.store.newest(self.inst)
+        self.assertEqual((4, 4 * MiB), (rp.new_chunks, rp.new_bytes))
+        self.assertLess(set(chunks), set(rp.chunks.values()))
+        self.assertEqual([], self.store.verify(self.inst))
+
+    def test_commit_asked_again(self):
+        """A commit asked again while its merge runs is told to ask later
+        (no second merge, no RPC thread held for the whole merge); asked
+        after it, it gets the same ack, without the parts again."""
+        self.register()
+        prim = self.delta(self.base, 0, None, backing=False)
+        for part in prim['parts']:
+            self.mgr.put_part(self.inst, 0, part)
+        merging, release = threading.Event(), threading.Event()
+
+        def block(rp):
+            merging.set()
+            release.wait(30)
+        self.store.hooks['before_commit'] = block
+        self.patch(manager_mod, 'COMMIT_WAIT', 0.1)
+        first = []
+        t = threading.Thread(target=lambda: first.append(
+            self.mgr.commit_delta(prim['header'])))
+        t.start()
+        self.assertTrue(merging.wait(30))
+        self.assertRaises(exception.MergeInProgress, self.mgr.commit_delta,
+                          prim['header'])
+        release.set()
+        t.join(30)
+        self.store.hooks.clear()
+        again = self.mgr.commit_delta(prim['header'])
+        self.assertEqual(first[0]['restore_point'], again['restore_point'])
+        self.assertEqual(1, len(self.store.restore_points(self.inst)))
+        self.assertEqual(1, len(self.db.list_restore_points(self.inst)))
+
+    def test_torn_spool_part_is_sent_again(self):
+        """A part file torn by a crash (parts are not fsynced) is reported
+        as never received whole: the agent sends the delta again."""
+        self.register()
+        prim = self.delta(self.base, 0, None, backing=False)
+        for part in prim['parts']:
+            self.mgr.put_part(self.inst, 0, part)
+        restarted = spool_mod.Spool(self.path('spool'), MiB)
+        path = os.path.join(self.path('spool'), self.inst, '%012d' % 0,
+                            '%06d.part' % 0)
+        with open(path, 'r+b') as f:
+            f.truncate(2)
+        mgr = manager_mod.Manager(self.conf, self.store, self.db, restarted)
+        e = self.assertRaises(exception.InvalidDelta, mgr.commit_delta,
+                              prim['header'])
+        self.assertIn('never received', str(e))
+        self.assertEqual([], self.store.restore_points(self.inst))
+        for part in prim['parts']:
+            mgr.put_part(self.inst, 0, part)
+        self.assertEqual(1, mgr.commit_delta(prim['header'])['number'])
 
     def test_full_store_is_not_acknowledged(self):
         self.register()
