@@ -61,8 +61,9 @@ def load_actions(conf, **resources) -> dict:
                 'cannot be loaded from %s: %s'
                 % (name, recovery_plugins.NAMESPACE, e.__cause__ or e))
         params = inspect.signature(cls).parameters
+        takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
         actions[name] = cls(conf, **{k: v for k, v in resources.items()
-                                     if k in params})
+                                     if takes_all or k in params})
     return actions
 
 

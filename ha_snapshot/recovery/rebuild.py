@@ -35,8 +35,10 @@ the recovery before it starts, so a failure says where it stopped):
     failure here is logged, not fatal).
 
 Run again after a manager restart (the recovery was resumed), it uses the
-image uploaded before and, when the recorded step shows the rebuild was
-already sent, does not send it again if the server runs the image.
+image uploaded before; when the recorded step shows the rebuild was
+already sent, it does not send it again if the server runs the image; when
+the step shows the rebuild had ended (``rebaseline``, ``cleanup-images``),
+it goes on from there even if the image is pruned already.
 
 May import ha_snapshot.openstack, the store (given to the constructor) and
 ha_snapshot.exception.
@@ -56,8 +58,9 @@ from ha_snapshot.openstack import servers
 LOG = logging.getLogger(__name__)
 
 # NOTE: steps after which Nova may already have the rebuild request.
-_REBUILD_SENT = ('rebuild-server', 'wait-active', 'start-server',
-                 'rebaseline', 'cleanup-images')
+_REBUILD_SENT = ('rebuild-server', 'wait-active', 'start-server')
+# NOTE: steps reached only once the server ran the recovery image, ACTIVE.
+_REBUILT = ('rebaseline', 'cleanup-images')
 
 
 class RebuildAction:
@@ -91,6 +94,40 @@ class RebuildAction:
                 server=uuid, reason='it boots from a volume; the rebuild '
                 'action only handles servers booted from an image')
 
+        if resumed_at in _REBUILT:
+            # NOTE: the rebuild ended before the manager stopped; its image
+            # may be pruned already (keep_images = 0): do not rebuild again.
+            LOG.info('Instance %s: rebuilt before the manager stopped (at '
+                     '%s); image %s', uuid, resumed_at, current)
+            image_id = current
+            glance = self._proxy('glance', 'image', 'Glance')
+        else:
+            glance, image_id, server = self._rebuild(
+                nova, server, instance, restore_point, resumed_at,
+                progress)
+
+        host = server.compute_host or instance.host
+        result = None
+        if resumed_at != 'cleanup-images':
+            progress('rebaseline')
+            result = self._rebaseline(instance, host, restore_point)
+
+        progress('cleanup-images')
+        pruned = images.prune(glance, uuid, conf.keep_images, image_id)
+        LOG.info('Instance %s rebuilt from restore point %s (image %s) on '
+                 '%s; %d old recovery images deleted', uuid, restore_point,
+                 image_id, host, len(pruned))
+        return {'instance': uuid, 'restore_point': restore_point,
+                'image': image_id, 'host': host, 'rebaseline': result,
+                'images_deleted': pruned}
+
+    def _rebuild(self, nova, server, instance, restore_point, resumed_at,
+                 progress):
+        """find-image, export, upload-image, rebuild-server, wait-active.
+        Returns (glance proxy, image id, the rebuilt server)."""
+        conf = self.conf.recovery
+        uuid = instance.uuid
+        current = servers.image_id(server)
         progress('find-image')
         glance = self._proxy('glance', 'image', 'Glance')
         image = images.find_reusable(glance, uuid, restore_point,
@@ -116,9 +153,10 @@ class RebuildAction:
             nova, uuid, image.id, timeout=conf.rebuild_timeout,
             interval=conf.rebuild_poll_interval,
             on_start=lambda: progress('start-server'))
+        return glance, image.id, server
 
-        progress('rebaseline')
-        host = server.compute_host or instance.host
+    def _rebaseline(self, instance, host, restore_point):
+        uuid = instance.uuid
         if host != instance.host:
             LOG.warning('Instance %s: Nova has it on %s, the manager knew '
                         '%s; re-baselining on %s', uuid, host, instance.host,
@@ -129,15 +167,7 @@ class RebuildAction:
             LOG.warning('Instance %s: the agent on %s sends the whole disk '
                         'again (it holds a restore point newer than %s)',
                         uuid, host, restore_point)
-
-        progress('cleanup-images')
-        pruned = images.prune(glance, uuid, conf.keep_images, image.id)
-        LOG.info('Instance %s rebuilt from restore point %s (image %s) on '
-                 '%s; %d old recovery images deleted', uuid, restore_point,
-                 image.id, host, len(pruned))
-        return {'instance': uuid, 'restore_point': restore_point,
-                'image': image.id, 'host': host, 'rebaseline': result,
-                'images_deleted': pruned}
+        return result
 
     def _proxy(self, group, service, name):
         # NOTE: openstacksdk discovers the API version when a proxy is

@@ -498,6 +498,26 @@ class ResumeTestCase(RebuildTestBase):
         # The crash came as the rebaseline step began: it runs once now.
         self.assertEqual(1, len(self.agent.calls))
 
+    def test_resume_at_cleanup_after_image_pruned(self):
+        # keep_images = 0: the image may be gone when the manager resumes;
+        # the server must not be rebuilt again nor re-baselined.
+        self.conf.set_override('keep_images', 0, group='recovery')
+        self.die_at = 'cleanup-images'
+        rec = self.recover()
+        self.assertEqual(('running', 'cleanup-images'),
+                         (rec.state, rec.step))
+        [image] = self.recovery_images()
+        image['status'] = 'deleted'
+        self.die_at = None
+        eng = self.engine()
+        self.assertEqual(1, eng.resume())
+        eng.wait(self.inst, 60)
+        rec = self.db.get_recovery(rec.id)
+        self.assertEqual(('succeeded', 'done'), (rec.state, rec.step))
+        self.assertEqual(1, len(self.glance.uploads))
+        self.assertEqual(1, len(self.nova_posts()))
+        self.assertEqual(1, len(self.agent.calls))
+
     def test_resume_mid_upload_deletes_the_unfinished_image(self):
         # A crash while the image was uploading leaves it saving/queued.
         self.die_at = 'upload-image'
