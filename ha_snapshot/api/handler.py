@@ -66,6 +66,8 @@ _TRANSLATIONS = (
      'ha_snapshot.policy_name.invalid'),
     (exception.InvalidStatus, webob.exc.HTTPBadRequest,
      'ha_snapshot.query.invalid'),
+    (exception.ConfigurationError, webob.exc.HTTPServiceUnavailable,
+     'ha_snapshot.configuration'),
 )
 
 
@@ -107,10 +109,8 @@ def _extra_translations() -> tuple:
     for name, http, code in (
             ('RecoveryConflict', webob.exc.HTTPConflict,
              'ha_snapshot.recovery.conflict'),
-            ('NovaServerNotFound', webob.exc.HTTPNotFound,
-             'ha_snapshot.server.not_found'),
-            ('NovaError', webob.exc.HTTPBadGateway,
-             'ha_snapshot.nova.error')):
+            ('OpenStackError', webob.exc.HTTPBadGateway,
+             'ha_snapshot.openstack.error')):
         cls = getattr(exception, name, None)
         if cls is not None:
             out.append((cls, http, code))

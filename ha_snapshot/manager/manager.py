@@ -12,14 +12,18 @@ May import the store, the database, the spool and the recovery engine.
 """
 
 import base64
+import datetime
 import errno
 import threading
 
+from openstack import exceptions as sdk_exc
 from oslo_log import log as logging
 import oslo_messaging as messaging
 
 from ha_snapshot import delta as delta_mod
 from ha_snapshot import exception
+from ha_snapshot.manager import notifications
+from ha_snapshot.openstack import clients
 
 LOG = logging.getLogger(__name__)
 
@@ -170,10 +174,127 @@ class Manager:
         return base64.b64encode(self.store.read_chunk(rp, index)).decode()
 
 
-class ManagerEndpoint:
-    """RPC API 1.0; see ha_snapshot/manager/rpcapi.py for the history."""
+    # --- RPC API 1.1: what ha-snapshot-api asks -----------------------------
 
-    target = messaging.Target(version='1.0')
+    def _nova_server(self, instance: str) -> dict:
+        """Where Nova runs ``instance`` and whose it is."""
+        try:
+            server = clients.connection(self.conf, 'nova').compute.get_server(
+                instance)
+        except sdk_exc.NotFoundException:
+            raise exception.InstanceNotFound(
+                'Nova has no server %s.' % instance, instance=instance)
+        except sdk_exc.SDKException as e:
+            raise exception.OpenStackError(
+                service='Nova', reason='looking up server %s: %s'
+                % (instance, e))
+        if not server.compute_host:
+            raise exception.OpenStackError(
+                service='Nova', reason='server %s has no host (status %s); '
+                'protect it once it is ACTIVE, or check that the [nova] '
+                'user of the manager has the admin role (hosts are shown '
+                'to admins only)' % (instance, server.status))
+        return {'uuid': instance, 'host': server.compute_host,
+                'project': server.project_id, 'name': server.name}
+
+    def protect(self, instance, project, host=None, policy=None) -> dict:
+        """Protect a server (idempotent): record it, cast to its agent."""
+        if self.agent_api is None:
+            raise exception.ConfigurationError(
+                reason='this manager cannot reach agents')
+        try:
+            row = self.db.get_instance(instance)
+        except exception.InstanceNotFound:
+            row = None
+        server = {'uuid': instance, 'host': host, 'project': project,
+                  'name': None}
+        if host is None and row is not None and row.status != 'deleted' \
+                and row.host:
+            # NOTE: recorded: the agent on its host already knows it (a
+            # move is Nova's live_migration notification's business).
+            server.update(host=row.host, project=row.project_id)
+        elif host is None:
+            found = self._nova_server(instance)
+            if project is not None and found['project'] != project:
+                # NOTE: not "belongs to another project": not our business.
+                raise exception.InstanceNotFound(
+                    'Nova has no server %s in project %s.'
+                    % (instance, project), instance=instance)
+            server = found
+        elif project is None:
+            raise exception.HaSnapshotException(
+                'Protecting server %s on a named host needs its project.'
+                % instance)
+        if row is not None and row.status not in ('deleted', 'protecting') \
+                and row.host == server['host']:
+            if policy is not None and policy != row.policy:
+                row = self.db.update_instance(instance, policy=policy)
+            return self._protected_dict(row, False, 'already protected on %s'
+                                        % row.host)
+        if row is not None and row.status == 'deleted':
+            self.db.update_instance_status(instance, 'deleted', 'protecting')
+        if row is not None and row.host and row.host != server['host'] \
+                and row.status != 'deleted':
+            self.agent_api.unprotect(row.host, instance)
+        result = notifications.protect_server(self.conf, self.db,
+                                              self.agent_api, server)
+        row = self.db.update_instance(instance, policy=policy) \
+            if policy is not None else self.db.get_instance(instance)
+        LOG.info('Instance %s: %s (API request)', instance, result)
+        return self._protected_dict(row, True, result)
+
+    @staticmethod
+    def _protected_dict(row, cast: bool, result: str) -> dict:
+        return {'instance': row.uuid, 'project': row.project_id,
+                'host': row.host, 'status': row.status,
+                'policy': row.policy, 'cast': cast, 'result': result}
+
+    def unprotect(self, instance) -> None:
+        """Stop protecting; the restore points stay for retention."""
+        row = self.db.get_instance(instance)
+        if row.status == 'deleted':
+            return None
+        if row.status == 'recovering':
+            raise exception.RecoveryConflict(
+                instance=instance, reason='a recovery is running; '
+                'unprotect the server when it has ended')
+        self.db.mark_instance_deleted(instance)
+        if row.host and self.agent_api is not None:
+            self.agent_api.unprotect(row.host, instance)
+        LOG.info('Instance %s: protection stopped (API request)', instance)
+        return None
+
+    def recover(self, instance, restore_point=None,
+                reason='operator request') -> dict:
+        if self.recovery is None:
+            raise exception.ConfigurationError(
+                reason='this manager has no recovery engine')
+        rec = self.recovery.request(instance, restore_point, reason)
+        return {c: _primitive(getattr(rec, c))
+                for c in rec.__table__.columns.keys()}
+
+    def alarm(self, instance, alarm) -> str:
+        reason = 'alarm: %s (%s): %s' % (
+            alarm.get('alarm_name') or alarm.get('alarm_id'),
+            alarm.get('severity') or 'no severity',
+            alarm.get('reason') or 'no reason given')
+        if self.recovery is None:
+            LOG.warning('Instance %s: %s; no recovery engine configured',
+                        instance, reason)
+            return 'ignored: no recovery engine'
+        return self.recovery.report(instance, reason, alarm)
+
+
+def _primitive(value):
+    if isinstance(value, datetime.datetime):
+        return value.isoformat()
+    return value
+
+
+class ManagerEndpoint:
+    """RPC API 1.1; see ha_snapshot/manager/rpcapi.py for the history."""
+
+    target = messaging.Target(version='1.1')
 
     def __init__(self, manager: Manager):
         self.manager = manager
@@ -229,3 +350,26 @@ class ManagerEndpoint:
     def get_chunk(self, ctxt, instance, restore_point, index):
         return self._run(self.manager.get_chunk, 'chunk of %s' % instance,
                          instance, restore_point, index)
+
+    # --- 1.1 ----------------------------------------------------------------
+
+    @messaging.expected_exceptions(exception.HaSnapshotException)
+    def protect(self, ctxt, instance, project, host=None, policy=None):
+        return self._run(self.manager.protect, 'protection of %s'
+                         % instance, instance, project, host, policy)
+
+    @messaging.expected_exceptions(exception.HaSnapshotException)
+    def unprotect(self, ctxt, instance):
+        return self._run(self.manager.unprotect, 'unprotection of %s'
+                         % instance, instance)
+
+    @messaging.expected_exceptions(exception.HaSnapshotException)
+    def recover(self, ctxt, instance, restore_point=None,
+                reason='operator request'):
+        return self._run(self.manager.recover, 'recovery of %s' % instance,
+                         instance, restore_point, reason)
+
+    @messaging.expected_exceptions(exception.HaSnapshotException)
+    def alarm(self, ctxt, instance, alarm):
+        return self._run(self.manager.alarm, 'alarm about %s' % instance,
+                         instance, alarm)

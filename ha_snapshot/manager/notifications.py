@@ -72,6 +72,30 @@ def parse(event_type: str, payload) -> dict:
             'name': data.get('display_name'), 'state': data.get('state')}
 
 
+def protect_server(conf, db, agent_api, server: dict,
+                   rebaseline: bool = False) -> str:
+    """Record a Nova server and cast ``protect`` to the agent on its host.
+
+    ``server`` as :func:`parse` returns it (``uuid``, ``host``,
+    ``project``, ``name``). The one way a server starts being protected:
+    Nova's notifications and the API's protect (the manager's RPC) both
+    come here.
+    """
+    if not server['host']:
+        raise BadNotification(event_type='protect', reason='server %s '
+                              'has no host' % server['uuid'])
+    db.create_instance(server['uuid'], server['project'],
+                       host=server['host'], status='protecting',
+                       driver=conf.agent.hypervisor)
+    db.update_instance(server['uuid'], host=server['host'])
+    if rebaseline:
+        agent_api.unprotect(server['host'], server['uuid'])
+    spec = {'nova': True, 'uuid': server['uuid'], 'name': server['name']}
+    agent_api.protect(server['host'], server['uuid'], server['project'],
+                      spec)
+    return 'protect cast to %s' % server['host']
+
+
 class NovaNotificationEndpoint:
 
     filter_rule = messaging.NotificationFilter(
@@ -103,22 +127,9 @@ class NovaNotificationEndpoint:
                 or _truthy(server['metadata'].get(OPT_IN_KEY, ''))
                 or _truthy(server['extra_specs'].get(OPT_IN_KEY, '')))
 
-    def _spec(self, server) -> dict:
-        return {'nova': True, 'uuid': server['uuid'], 'name': server['name']}
-
     def _protect(self, server, rebaseline=False) -> str:
-        if not server['host']:
-            raise BadNotification(event_type='protect', reason='server %s '
-                                  'has no host' % server['uuid'])
-        self.db.create_instance(server['uuid'], server['project'],
-                                host=server['host'], status='protecting',
-                                driver=self.conf.agent.hypervisor)
-        self.db.update_instance(server['uuid'], host=server['host'])
-        if rebaseline:
-            self.agent_api.unprotect(server['host'], server['uuid'])
-        self.agent_api.protect(server['host'], server['uuid'],
-                               server['project'], self._spec(server))
-        return 'protect cast to %s' % server['host']
+        return protect_server(self.conf, self.db, self.agent_api, server,
+                              rebaseline=rebaseline)
 
     def _known(self, server):
         try:

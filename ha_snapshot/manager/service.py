@@ -49,7 +49,7 @@ class ManagerService(service.Service):
             spool_mod.Spool(conf.manager.spool_dir,
                             conf.image.max_part_bytes,
                             conf.image.max_part_extents),
-            recovery=self.engine)
+            recovery=self.engine, agent_api=agent_api)
         self.rpc_server = rpc.get_server(
             self.transport, rpc.MANAGER_TOPIC, self.host,
             [manager_mod.ManagerEndpoint(self.manager)])

@@ -4,12 +4,14 @@ manager.
 Per YAML file, :class:`APIFixture` builds a sqlite database file migrated
 to head, a ``fake://`` oslo.messaging transport, the manager's real RPC
 endpoint (Manager, RecoveryEngine with the ``restart`` action) served on
-it, and a recording agent (the one fake: what a compute host's agent is
-told); then the application itself with ``auth_strategy = noauth``.
+it, a recording agent (what a compute host's agent is told) and a
+scripted Nova (tests/unit/fake_openstack.py) for the manager's host
+lookups; then the application itself with ``auth_strategy = noauth``.
 Identifiers go to the environment for the YAML (``$ENVIRON['SERVER_A']``).
 
 Seeded servers: A (project P, two restore points, host compute-1), B
-(project Q, one restore point), C (project P, no restore point yet).
+(project Q, one restore point), C (project P, no restore point yet);
+NOVA_SERVER is known to Nova only (project P, host compute-1).
 """
 
 import os
@@ -34,6 +36,7 @@ from ha_snapshot import rpc
 from ha_snapshot.storage import objects
 from ha_snapshot.storage import store as store_mod
 from ha_snapshot.tests import base
+from ha_snapshot.tests.unit import fake_openstack
 
 HOST = 'compute-1'
 SECRET_KEY = 'gabbi-alarm-key'
@@ -102,6 +105,9 @@ class APIFixture(fixture.GabbiFixture):
         conf.set_override('alarm_secret_key', SECRET_KEY, group='api')
         conf.set_override('spool_dir', os.path.join(self.tmp, 'spool'),
                           group='manager')
+        self.nova = fake_openstack.FakeNova()
+        conf.set_override('auth_type', 'none', group='nova')
+        conf.set_override('endpoint_override', self.nova.url, group='nova')
         self.conf = conf
         self.db = db_api.Database(conf)
         migration.upgrade(conf, database=self.db)
@@ -123,14 +129,17 @@ class APIFixture(fixture.GabbiFixture):
         for server in self.servers:
             server.start()
         self._seed()
-        _APP['app'] = deploy.loadapp(conf, db=self.db,
-                                     transport=self.transport)
+        self.app = deploy.loadapp(conf, db=self.db, transport=self.transport)
+        _APP['app'] = self.app
 
     def _seed(self):
         env = {'PROJECT_P': base.new_uuid(), 'PROJECT_Q': base.new_uuid(),
                'SERVER_A': base.new_uuid(), 'SERVER_B': base.new_uuid(),
                'SERVER_C': base.new_uuid(), 'UNKNOWN_ID': base.new_uuid(),
-               'NEW_SERVER': base.new_uuid(), 'HOST': HOST}
+               'NEW_SERVER': base.new_uuid(), 'NOVA_SERVER': base.new_uuid(),
+               'HOST': HOST}
+        self.nova.add_server(env['NOVA_SERVER'], env['PROJECT_P'], None,
+                             host=HOST, name='web-1')
         for name, project in (('SERVER_A', 'PROJECT_P'),
                               ('SERVER_B', 'PROJECT_Q'),
                               ('SERVER_C', 'PROJECT_P')):
@@ -144,15 +153,31 @@ class APIFixture(fixture.GabbiFixture):
         env.update(RP_A1=a1.id, RP_A2=a2.id, RP_B1=b1.id)
         for name in ('SERVER_A', 'SERVER_B', 'UNKNOWN_ID'):
             env['SECRET_' + name] = secret.secret_for(SECRET_KEY, env[name])
+        self.seeded = env
         os.environ.update(env)
+
+    def wait_agent(self, n: int, timeout: float = 30) -> None:
+        """Until the agent was told ``n`` things (casts are asynchronous)."""
+        with self.agent.cond:
+            ok = self.agent.cond.wait_for(
+                lambda: len(self.agent.calls) >= n, timeout)
+        if not ok:
+            raise AssertionError('the agent got %d calls in %s s, waited '
+                                 'for %d: %s' % (len(self.agent.calls),
+                                                 timeout, n,
+                                                 self.agent.calls))
 
     def stop_fixture(self):
         _APP.pop('app', None)
-        for server in self.servers:
-            server.stop()
-        for server in self.servers:
-            server.wait()
+        # NOTE: the manager first; running recoveries still talk to the
+        # agent, which stops last.
+        manager_server, agent_server = self.servers[1], self.servers[0]
+        manager_server.stop()
+        manager_server.wait()
         self.engine.stop()
+        agent_server.stop()
+        agent_server.wait()
+        self.nova.stop()
         self.transport.cleanup()
         self.db.dispose()
         shutil.rmtree(self.tmp, ignore_errors=True)
