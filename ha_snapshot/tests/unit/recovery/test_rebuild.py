@@ -11,6 +11,8 @@ import hashlib
 import os
 import tracemalloc
 
+from ha_snapshot.agent import rpcapi as agent_rpcapi
+from ha_snapshot.agent import service as agent_service
 from ha_snapshot.db import api as db_api
 from ha_snapshot.db import migration
 from ha_snapshot import delta as delta_mod
@@ -21,6 +23,7 @@ from ha_snapshot.manager import recovery as recovery_mod
 from ha_snapshot.manager import spool as spool_mod
 from ha_snapshot.openstack import images as images_mod
 from ha_snapshot.recovery import rebuild
+from ha_snapshot import rpc
 from ha_snapshot.tests import base
 from ha_snapshot.tests.unit import fake_openstack
 
@@ -535,6 +538,50 @@ class ResumeTestCase(RebuildTestBase):
         self.assertEqual('succeeded', self.db.get_recovery(rec.id).state)
         self.assertEqual('deleted', leftover['status'])
         self.assertEqual(1, len(self.recovery_images()))
+
+
+class AgentService:
+    """Stands in for the agent service behind the real RPC endpoint."""
+
+    def __init__(self):
+        self.calls = []
+        self.fail = None
+
+    def rebaseline(self, instance, restore_point):
+        self.calls.append((instance, restore_point))
+        if self.fail:
+            raise self.fail
+        return {'instance': instance, 'restore_point': restore_point,
+                'driver': 'libvirt', 'full': False}
+
+
+class AgentRpcTestCase(RebuildTestBase):
+    """The rebaseline call through the real AgentAPI client and the
+    agent's real RPC endpoint (oslo.messaging's in-process transport)."""
+
+    def setUp(self):
+        super().setUp()
+        transport = rpc.get_transport(self.conf, url='fake:/')
+        self.svc = AgentService()
+        server = rpc.get_server(transport, rpc.AGENT_TOPIC, 'host1',
+                                [agent_service.AgentEndpoint(self.svc)])
+        server.start()
+        self.addCleanup(server.wait)
+        self.addCleanup(server.stop)
+        self.action.agent_api = agent_rpcapi.AgentAPI(transport, timeout=30)
+
+    def test_rebaseline_over_rpc(self):
+        rec = self.recover()
+        self.assertEqual('succeeded', rec.state, rec.error)
+        self.assertEqual([(self.inst, self.rp)], self.svc.calls)
+
+    def test_agent_error_names_the_agent_side_failure(self):
+        self.svc.fail = exception.HypervisorError(
+            vm=self.inst, reason='checkpoint of the new disk failed')
+        rec = self.recover()
+        self.assertEqual(('failed', 'rebaseline'), (rec.state, rec.step))
+        self.assertIn('HypervisorError', rec.error)
+        self.assertIn('checkpoint of the new disk failed', rec.error)
 
 
 class ActionUnitTestCase(base.TestCase):
