@@ -19,16 +19,21 @@ bitmap is still there and consistent) right before, and deleted
 in the disk between snapshots; a QEMU crash leaves them inconsistent, the
 validation then fails and the driver falls back to a full backup.
 
-May import the standard library and ha_snapshot.exception.
+May import the standard library, oslo.log and ha_snapshot.exception.
 """
 
 import dataclasses
 import json
 import os
 import re
+import time
 from xml.etree import ElementTree
 
+from oslo_log import log as logging
+
 from ha_snapshot import exception
+
+LOG = logging.getLogger(__name__)
 
 PREFIX = 'ha-snapshot-'
 """Every checkpoint and bitmap the driver makes is named PREFIX<n>."""
@@ -61,24 +66,36 @@ class Tracking:
 
     @classmethod
     def load(cls, workdir: str) -> 'Tracking':
+        """The state in ``workdir``; a fresh one when there is none.
+
+        An unreadable or malformed file is moved aside (kept for a look)
+        and a fresh state returned: the next snapshot is then a full
+        backup, which is always correct.
+        """
         path = os.path.join(workdir, STATE_FILE)
+        # NOTE: a fresh state's names must not meet bitmaps an earlier,
+        # lost state left in a running QEMU: start the counter at the time.
+        fresh = cls(path=path, counter=int(time.time() * 1000))
         try:
             with open(path) as f:
                 d = json.load(f)
-        except FileNotFoundError:
-            return cls(path=path)
-        except (OSError, ValueError) as e:
-            raise exception.HaSnapshotException(
-                'Checkpoint state %s is unreadable (%s); move it away: the '
-                'next snapshot is then a full backup.' % (path, e))
-        try:
-            return cls(path=path, counter=int(d.get('counter', 0)),
+            return cls(path=path, counter=int(d['counter']),
                        checkpoints=[Checkpoint(**c)
-                                    for c in d.get('checkpoints', [])])
-        except (TypeError, ValueError) as e:
-            raise exception.HaSnapshotException(
-                'Checkpoint state %s is malformed (%s); move it away: the '
-                'next snapshot is then a full backup.' % (path, e))
+                                    for c in d['checkpoints']])
+        except FileNotFoundError:
+            return fresh
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            aside = '%s.unreadable-%d' % (path, time.time())
+            try:
+                os.replace(path, aside)
+            except OSError:
+                raise exception.HaSnapshotException(
+                    'Checkpoint state %s is unreadable (%s) and cannot be '
+                    'moved aside; move it away: the next snapshot is then '
+                    'a full backup.' % (path, e))
+            LOG.error('Checkpoint state %s is unreadable (%s); moved to %s, '
+                      'the next snapshot is a full backup', path, e, aside)
+            return fresh
 
     def save(self) -> None:
         os.makedirs(self.workdir, exist_ok=True)
