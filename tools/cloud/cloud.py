@@ -37,14 +37,20 @@ START_TIMEOUT = float(os.environ.get('HA_SNAPSHOT_CLOUD_START_TIMEOUT', 180))
 USERS = ('admin', 'demo', 'nova', 'glance', 'placement', 'ha-snapshot')
 HA_SERVICES = ('ha-snapshot-manager', 'ha-snapshot-api',
                'ha-snapshot-agent')
-# NOTE: the reverse of the start order; nova-compute goes before the
-# conductor (it waits for the conductor at exit), the agent before the
-# domains are destroyed, libvirtd before nothing of Nova needs it.
-STOP_ORDER = ('ha-snapshot-agent', 'ha-snapshot-api', 'ha-snapshot-manager',
-              'nova-compute', 'libvirtd', 'virtlogd', 'nova-scheduler',
-              'nova-conductor', 'nova-api', 'netstub', 'placement', 'glance',
-              'keystone', 'swift-proxy', 'swift-object', 'swift-container',
-              'swift-account', 'mariadb', 'rabbitmq', 'rabbitmq-epmd')
+# NOTE: the reverse of the start order, a group at a time (the processes
+# of one group in parallel: Nova's take seconds each to exit). ha-snapshot
+# first; nova-compute before the conductor (it waits for the conductor at
+# exit) and before libvirtd; the domains are destroyed with libvirtd.
+STOP_GROUPS = (
+    ('ha-snapshot-agent', 'ha-snapshot-api', 'ha-snapshot-manager'),
+    ('nova-compute',),
+    ('libvirtd', 'virtlogd'),
+    ('nova-scheduler', 'nova-conductor', 'nova-api', 'netstub', 'placement',
+     'glance', 'keystone'),
+    ('swift-proxy', 'swift-object', 'swift-container', 'swift-account',
+     'mariadb', 'rabbitmq', 'rabbitmq-epmd'),
+)
+STOP_ORDER = tuple(n for group in STOP_GROUPS for n in group)
 
 
 class Cloud:
@@ -420,10 +426,11 @@ class Cloud:
     def stop(self) -> float:
         """Stop everything this cloud started; the seconds it took."""
         t = time.monotonic()
-        for name in STOP_ORDER[:4]:
-            self.table.stop(name, stop_timeout(name))
+        for group in STOP_GROUPS[:2]:
+            _stop_group(self.table, group)
         if self._libvirtd is not None:
             self._libvirtd.stop()
+        _stop_group(self.table, STOP_GROUPS[3])
         # NOTE: the fixtures stop their own (and reap them); their logs
         # are copied first, as their cleanup removes their directories.
         if self._rabbit is not None:
@@ -462,16 +469,24 @@ def stop_run_dir(run_dir: str) -> list:
             libvirt_dir = json.load(f).get('libvirt_dir')
     except (OSError, ValueError):
         libvirt_dir = os.path.join(run_dir, 'data', 'libvirt')
-    order = [n for n in STOP_ORDER if n in present]
-    order += [n for n in present if n not in order and n != 'harness']
-    stopped = []
-    for name in order:
-        if name == 'libvirtd' and os.path.isdir(libvirt_dir or ''):
+    stopped = [n for n in present
+               if n != 'harness' and table.process(n) is not None]
+    groups = [g for g in STOP_GROUPS]
+    groups.append(tuple(n for n in present
+                        if n not in STOP_ORDER and n != 'harness'))
+    for group in groups:
+        if 'libvirtd' in group and 'libvirtd' in present and os.path.isdir(
+                libvirt_dir or ''):
             _stop_libvirt_domains(libvirt_dir)
-        if table.process(name) is not None:
-            stopped.append(name)
-        table.stop(name, stop_timeout(name))
+        _stop_group(table, [n for n in group if n in present])
     return stopped
+
+
+def _stop_group(table, names) -> None:
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(names))) as pool:
+        for f in [pool.submit(table.stop, n, stop_timeout(n))
+                  for n in names]:
+            f.result()
 
 
 def stop_timeout(name: str) -> float:
