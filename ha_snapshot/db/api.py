@@ -301,6 +301,12 @@ class Database:
             if rp.number >= newest:
                 instance.newest_restore_point_id = row.id
                 instance.newest_restore_point_at = row.created_at
+            # NOTE: only a new row counts; a replayed recording returned
+            # above.
+            instance.merges = (instance.merges or 0) + 1
+            instance.shipped_bytes = ((instance.shipped_bytes or 0)
+                                      + rp.changed_bytes)
+            instance.stored_bytes = (instance.stored_bytes or 0) + rp.new_bytes
             instance.last_sequence = max(rp.delta_sequence,
                                          instance.last_sequence or 0)
             instance.updated_at = now

@@ -81,6 +81,14 @@ class Instance(Base):
         sa.DateTime)
     cooldown_until: orm.Mapped[datetime.datetime | None] = orm.mapped_column(
         sa.DateTime)
+    # NOTE: totals since the instance was first recorded, for the API's
+    # Prometheus counters: retention removes restore points, not these.
+    merges: orm.Mapped[int] = orm.mapped_column(
+        sa.BigInteger, default=0, server_default='0')
+    shipped_bytes: orm.Mapped[int] = orm.mapped_column(
+        sa.BigInteger, default=0, server_default='0')
+    stored_bytes: orm.Mapped[int] = orm.mapped_column(
+        sa.BigInteger, default=0, server_default='0')
 
 
 class RestorePoint(Base):

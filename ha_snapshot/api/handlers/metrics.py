@@ -8,6 +8,10 @@ Read from the manager's database at each scrape (no state in the API):
   and ``ha_snapshot_restore_point_new_bytes``: the restore points held now,
   the bytes their deltas shipped (changed) and added to the store (new);
   retention removes old restore points, so these go down too (gauges);
+* ``ha_snapshot_merges_total``, ``ha_snapshot_shipped_bytes_total`` and
+  ``ha_snapshot_stored_bytes_total``: every delta merged since the server
+  was first recorded, the bytes it shipped and those it added to the store
+  (counters: retention does not lower them);
 * ``ha_snapshot_recoveries_total`` by state (``failed`` counts the failures)
   and ``ha_snapshot_recovery_attempts`` (failed attempts in a row);
 * ``ha_snapshot_servers`` by status.
@@ -56,6 +60,15 @@ class _Collector:
                     '(new chunks).', labels=LABELS)
         attempts = gauge('ha_snapshot_recovery_attempts',
                          'Failed recovery attempts in a row.', labels=LABELS)
+        counter = prom_core.CounterMetricFamily
+        merges = counter('ha_snapshot_merges',
+                         'Deltas merged into restore points.', labels=LABELS)
+        shipped = counter('ha_snapshot_shipped_bytes',
+                          'Bytes of changed ranges the merged deltas '
+                          'shipped.', labels=LABELS)
+        stored = counter('ha_snapshot_stored_bytes',
+                         'Bytes the merged deltas added to the store.',
+                         labels=LABELS)
         recs = prom_core.CounterMetricFamily(
             'ha_snapshot_recoveries', 'Recoveries by state.',
             labels=LABELS + ['state'])
@@ -65,17 +78,21 @@ class _Collector:
             age = util.age(row.newest_restore_point_at, self.now)
             if age is not None:
                 rpo.add_metric(labels, age)
-            n, shipped, stored = totals.get(row.uuid, (0, 0, 0))
-            points.add_metric(labels, n)
-            changed.add_metric(labels, shipped)
-            new.add_metric(labels, stored)
+            held, held_changed, held_new = totals.get(row.uuid, (0, 0, 0))
+            points.add_metric(labels, held)
+            changed.add_metric(labels, held_changed)
+            new.add_metric(labels, held_new)
             attempts.add_metric(labels, row.recovery_attempts)
+            merges.add_metric(labels, row.merges)
+            shipped.add_metric(labels, row.shipped_bytes)
+            stored.add_metric(labels, row.stored_bytes)
             for state in models.RECOVERY_STATES:
                 recs.add_metric(labels + [state],
                                 recoveries.get((row.uuid, state), 0))
         for status, n in by_status.items():
             servers.add_metric([status], n)
-        yield from (servers, rpo, points, changed, new, attempts, recs)
+        yield from (servers, rpo, points, changed, new, merges, shipped,
+                    stored, attempts, recs)
 
 
 @util.wsgify
