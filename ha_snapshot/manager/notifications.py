@@ -179,8 +179,14 @@ class NovaNotificationEndpoint:
         return 'resumed'
 
     def _rebuild(self, server) -> str:
-        if self._known(server) is None:
+        row = self._known(server)
+        if row is None:
             return self._create(server)
+        if row.status == 'recovering':
+            # NOTE: our own rebuild recovery ends with this notification;
+            # the recovery re-baselines on the restore point it used, so a
+            # protect here would only race it into a full resend.
+            return 'rebuilt by a recovery; it re-baselines protection'
         return self._protect(server, rebaseline=True) + ' (re-baseline)'
 
     def _live_migration_post(self, server) -> str:

@@ -2,10 +2,12 @@
 
 import copy
 import json
+import logging
 import os
 import threading
 import time
 
+import fixtures
 from oslo_context import context as oslo_context
 import oslo_messaging as messaging
 from oslo_messaging import conffixture
@@ -171,3 +173,26 @@ class NotificationTestCase(base.TestCase):
         self.assertEqual(['protect', 'unprotect', 'protect'],
                          [c[0] for c in self.spy.calls])
         self.assertEqual([], self.db.list_recoveries(uuid))
+
+    def test_rebuild_by_our_own_recovery_is_left_to_it(self):
+        log = self.useFixture(fixtures.FakeLogger(
+            name='ha_snapshot.manager.notifications', level=logging.INFO))
+        payload = self.server('instance.create.end',
+                              metadata={'ha_snapshot:protect': 'true'})
+        uuid = payload['nova_object.data']['uuid']
+        self.publish('instance.create.end', payload)
+        self.spy.wait(1)
+        self.db.update_instance_status(uuid, 'protecting', 'recovering')
+        self.publish('instance.rebuild.end', self.server(
+            'instance.rebuild.end', uuid=uuid,
+            metadata={'ha_snapshot:protect': 'true'}))
+        deadline = time.monotonic() + 30
+        while 'instance.rebuild.end for %s' % uuid not in log.output:
+            self.assertLess(time.monotonic(), deadline,
+                            'the listener never handled instance.rebuild.end')
+            time.sleep(0.05)
+        # The recovery re-baselines itself: no unprotect/protect pair that
+        # would make the agent resend the whole disk.
+        self.assertIn('rebuilt by a recovery', log.output)
+        self.assertEqual(['protect'], [c[0] for c in self.spy.calls])
+        self.assertEqual('recovering', self.db.get_instance(uuid).status)
