@@ -1,8 +1,9 @@
 """Gabbi fixtures: the API in process, over a real database and a real
 manager.
 
-Per YAML file, :class:`APIFixture` builds a sqlite database file migrated
-to head, a ``fake://`` oslo.messaging transport, the manager's real RPC
+Per YAML file, :class:`APIFixture` builds a sqlite database file
+(:class:`PostgreSQLAPIFixture`: a database on a real PostgreSQL server)
+migrated to head, a ``fake://`` oslo.messaging transport, the manager's real RPC
 endpoint (Manager, RecoveryEngine with the ``restart`` action) served on
 it, a recording agent (what a compute host's agent is told) and a
 scripted Nova (tests/unit/fake_openstack.py) for the manager's host
@@ -36,6 +37,7 @@ from ha_snapshot import rpc
 from ha_snapshot.storage import objects
 from ha_snapshot.storage import store as store_mod
 from ha_snapshot.tests import base
+from ha_snapshot.tests.fixtures import database as db_fixtures
 from ha_snapshot.tests.unit import fake_openstack
 
 HOST = 'compute-1'
@@ -95,12 +97,16 @@ def _restore_point(instance, project, number, parent=None):
 
 
 class APIFixture(fixture.GabbiFixture):
+    """The API over a sqlite database file."""
+
+    def database_url(self) -> str:
+        return 'sqlite:///' + os.path.join(self.tmp, 'db.sqlite')
 
     def start_fixture(self):
         self.tmp = tempfile.mkdtemp(prefix='ha-api-', dir='/var/tmp')
         conf = base.make_conf(os.path.join(self.tmp, 'store'))
-        conf.set_override('connection', 'sqlite:///' + os.path.join(
-            self.tmp, 'db.sqlite'), group='database')
+        conf.set_override('connection', self.database_url(),
+                          group='database')
         conf.set_override('auth_strategy', 'noauth', group='api')
         conf.set_override('alarm_secret_key', SECRET_KEY, group='api')
         conf.set_override('spool_dir', os.path.join(self.tmp, 'spool'),
@@ -181,3 +187,18 @@ class APIFixture(fixture.GabbiFixture):
         self.transport.cleanup()
         self.db.dispose()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class PostgreSQLAPIFixture(APIFixture):
+    """The API over a fresh database on a real PostgreSQL server."""
+
+    def database_url(self) -> str:
+        self.postgresql = db_fixtures.PostgreSQLServer()
+        self.postgresql.setUp()
+        return self.postgresql.url
+
+    def stop_fixture(self):
+        try:
+            super().stop_fixture()
+        finally:
+            self.postgresql.cleanUp()
