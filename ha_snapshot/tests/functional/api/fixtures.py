@@ -3,9 +3,9 @@ manager.
 
 Per YAML file, :class:`APIFixture` builds a sqlite database file
 (:class:`PostgreSQLAPIFixture`: a database on a real PostgreSQL server)
-migrated to head, a ``fake://`` oslo.messaging transport, the manager's real RPC
-endpoint (Manager, RecoveryEngine with the ``restart`` action) served on
-it, a recording agent (what a compute host's agent is told) and a
+migrated to head, a ``fake://`` oslo.messaging transport, the manager's
+real RPC endpoint (Manager, RecoveryEngine with the ``restart`` action)
+served on it, a recording agent (what a compute host's agent is told) and a
 scripted Nova (tests/unit/fake_openstack.py) for the manager's host
 lookups; then the application itself with ``auth_strategy = noauth``.
 Identifiers go to the environment for the YAML (``$ENVIRON['SERVER_A']``).
