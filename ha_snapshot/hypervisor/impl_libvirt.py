@@ -47,6 +47,8 @@ from ha_snapshot.hypervisor import libvirt_ops as ops
 LOG = logging.getLogger(__name__)
 
 NAME = 'libvirt'
+RECONNECT_WINDOW = 60.0
+"""Seconds libvirt may be unreachable before the domains are reported."""
 
 
 class LibvirtVM(base.VM):
@@ -80,10 +82,15 @@ class LibvirtDriver(base.HypervisorDriver):
             raise exception.HypervisorDriverNotFound(
                 name=NAME, reason='libvirt-python is not installed (%s)' % e)
         self.lv = libvirt
+        # NOTE: libvirt prints every error on stderr by default; they are
+        # raised (and logged) here as exceptions already.
+        libvirt.registerErrorHandler(lambda ctx, err: None, None)
         events.ensure_loop(libvirt)
         self._conn = None
         self._conn_lock = threading.Lock()
         self._vms = []
+        self._down_since = None
+        """When the connection closed, while it is being opened again."""
 
     # --- connection ----------------------------------------------------------
 
@@ -99,13 +106,33 @@ class LibvirtDriver(base.HypervisorDriver):
             conn.registerCloseCallback(self._on_close, None)
             old, self._conn = self._conn, conn
             if old is not None:
-                # NOTE: libvirtd restarted: domain events come through the
-                # new connection only.
+                # NOTE: libvirtd restarted: domain handles and events are
+                # the new connection's.
                 for vm in list(self._vms):
+                    try:
+                        vm.dom = conn.lookupByUUIDString(vm.uuid)
+                    except self.lv.libvirtError as e:
+                        LOG.warning('Domain %s is gone after libvirtd came '
+                                    'back: %s', vm.name, e)
+                        continue
                     self._register_events(vm)
             return conn
 
+    def close(self) -> None:
+        """Close the connection (not part of the driver contract)."""
+        with self._conn_lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.unregisterCloseCallback()
+                conn.close()
+            except self.lv.libvirtError:
+                pass
+
     def _on_close(self, conn, reason, opaque):  # the event loop thread
+        if reason == self.lv.VIR_CONNECT_CLOSE_REASON_CLIENT:
+            return
+        self._down_since = time.monotonic()
         LOG.warning('libvirt connection %s closed (reason %s); it is '
                     'opened again on next use', self.opts.connection_uri,
                     reason)
@@ -113,13 +140,16 @@ class LibvirtDriver(base.HypervisorDriver):
                          name='libvirt-reconnect').start()
 
     def _reconnect(self) -> None:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + RECONNECT_WINDOW
         while time.monotonic() < deadline:
             try:
                 self.conn()
             except exception.LibvirtUnavailable:
                 time.sleep(1)
                 continue
+            self._down_since = None
+            LOG.info('libvirt connection %s open again',
+                     self.opts.connection_uri)
             for vm in list(self._vms):
                 if not self.is_alive(vm):
                     self._emit(vm, base.PROCESS_EXITED,
@@ -128,7 +158,8 @@ class LibvirtDriver(base.HypervisorDriver):
             return
         for vm in list(self._vms):
             self._emit(vm, base.MONITOR_CLOSED,
-                       {'reason': 'libvirt unreachable for 60 s'})
+                       {'reason': 'libvirt unreachable for %d s'
+                        % RECONNECT_WINDOW})
 
     def call(self, vm, what: str, func, *args):
         try:
@@ -219,7 +250,12 @@ class LibvirtDriver(base.HypervisorDriver):
         try:
             return bool(vm.dom.isActive())
         except self.lv.libvirtError:
-            return False
+            # NOTE: libvirtd restarting says nothing about the domain: it
+            # counts as alive while the connection is being opened again
+            # (_reconnect reports it if it is gone then).
+            down = self._down_since
+            return down is not None and (
+                time.monotonic() - down < RECONNECT_WINDOW)
 
     def quit(self, vm, timeout: float | None = None) -> int | None:
         timeout = self.opts.quit_timeout if timeout is None else timeout

@@ -109,6 +109,7 @@ class LibvirtTestCase(base.TestCase):
                                group='libvirt')
         self.conf.set_override('backup_timeout', 60, group='libvirt')
         self.driver = hypervisor.get_driver(self.conf, 'libvirt')
+        self.addCleanup(self.driver.close)
         self.conn = libvirt.open(self.libvirtd.uri)
         self.addCleanup(self.conn.close)
         self.store = self.make_store(self.conf)
@@ -393,6 +394,44 @@ class TestLibvirtDriver(LibvirtTestCase):
                                        hv.PROCESS_EXITED][0].data['reason'])
         self.assertFalse(self.driver.is_alive(vm))
         self.assertRaises(hv.VMNotRunning, self.driver.snapshot, vm)
+
+    def test_libvirtd_restart_is_not_a_failure(self):
+        dom_uuid, dom, disk = self.new_domain('restart')
+        vm = self.attach(dom_uuid)
+        seen = []
+        self.driver.subscribe(vm, seen.append)
+        fo = self.driver.snapshot(vm).disk('vda')
+        self.ship(fo)
+        self.driver.commit(vm, fo)
+        self.write(vm, [(8 * MiB, 64 * KiB, 0x58)])
+        self.libvirtd.restart_libvirtd()
+        self.assertTrue(self.driver.is_alive(vm))
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                fo = self.driver.snapshot(vm).disk('vda')
+                break
+            except (exception.LibvirtError, hv.SnapshotFailed):
+                # NOTE: the driver has not reconnected yet.
+                self.assertLess(time.monotonic(), deadline,
+                                'no snapshot 30 s after libvirtd restart')
+                time.sleep(0.2)
+        self.assertFalse(fo.full)
+        rp, header = self.ship(fo)
+        self.assertEqual(64 * KiB, header.changed_bytes)
+        self.assert_restore_point(rp, self.expected.path)
+        self.driver.commit(vm, fo)
+        self.assertEqual([], [e.kind for e in seen if e.kind in (
+            hv.PROCESS_EXITED, hv.MONITOR_CLOSED)])
+        # Events come through the new connection.
+        conn = self.lv.open(self.libvirtd.uri)
+        self.addCleanup(conn.close)
+        conn.lookupByUUIDString(dom_uuid).destroy()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and hv.PROCESS_EXITED not in [
+                e.kind for e in seen]:
+            time.sleep(0.05)
+        self.assertIn(hv.PROCESS_EXITED, [e.kind for e in seen])
 
     def test_unrecorded_checkpoint_is_dropped_at_attach(self):
         """An agent killed between the backup and its record: the next
