@@ -5,17 +5,15 @@ Three kinds of path:
 * public (``/``, the versions document): no identity needed;
 * ``/v1/alarms/{server_id}``: Aodh calls it either with a Keystone token
   (``trust+http``) or with a per-server secret in the query string
-  (``?secret=``). With a secret, keystonemiddleware runs with
+  (``?secret=``). There keystonemiddleware runs with
   ``delay_auth_decision``: it still strips forged identity headers and
   validates a token if one is sent, but lets the request through without
-  one; the alarm handler then requires a valid secret or a confirmed
-  identity, and answers 401 otherwise.
+  a valid one; the alarm handler then requires a valid secret or a
+  confirmed identity, and answers 401 otherwise (and logs the refusal).
 * everything else: a valid identity or 401.
 
 May import keystonemiddleware, oslo libraries, webob and ha_snapshot.api.
 """
-
-import urllib.parse
 
 from keystonemiddleware import auth_token
 from oslo_log import log as logging
@@ -50,12 +48,6 @@ def is_public(path: str) -> bool:
 
 def is_alarm(path: str) -> bool:
     return path.startswith(ALARM_PREFIX)
-
-
-def has_secret(environ) -> bool:
-    query = urllib.parse.parse_qs(environ.get('QUERY_STRING', ''),
-                                  keep_blank_values=True)
-    return 'secret' in query
 
 
 def expand_roles(roles) -> list:
@@ -134,7 +126,7 @@ class KeystoneAuth:
             for name in IDENTITY_HEADERS:
                 environ.pop(name, None)
             return self.application(environ, start_response)
-        if is_alarm(path) and has_secret(environ):
+        if is_alarm(path):
             return self.delayed(environ, start_response)
         return self.strict(environ, start_response)
 

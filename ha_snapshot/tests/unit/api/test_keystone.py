@@ -3,6 +3,7 @@ Keystone v3 (token bodies built by keystoneauth1's own fixtures, the
 shapes Keystone sends): tokens, 401s, forged identity headers, and the
 alarm route's two ways in."""
 
+import fixtures
 from keystoneauth1 import fixture as ks_fixture
 from oslo_config import cfg
 import webob
@@ -203,8 +204,13 @@ class KeystoneAuthTestCase(base.TestCase):
         resp = self.request('POST', '/v1/alarms/' + self.server,
                             {'X-Auth-Token': self.other}, self.alarm_body())
         self.assertEqual(404, resp.status_int, resp.text)
+        log = self.useFixture(fixtures.FakeLogger(
+            name='ha_snapshot.api.handlers.alarm'))
         resp = self.request('POST', '/v1/alarms/' + self.server,
                             {'X-Auth-Token': 'nope'}, self.alarm_body())
         self.assertEqual(401, resp.status_int, resp.text)
         self.assertEqual(1, len(self.manager.calls))
+        self.assertIn('Alarm for server %s from' % self.server, log.output)
+        self.assertIn('refused: it carries neither a valid Keystone token '
+                      'nor a secret', log.output)
 
