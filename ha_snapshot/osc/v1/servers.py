@@ -14,11 +14,20 @@ SHOW_FIELDS = (
 )
 
 
+def _rounded(server: dict) -> dict:
+    # NOTE: the API gives the age to the microsecond; a tenth of a second
+    # is what an RPO is read at.
+    rpo = server.get('rpo_seconds')
+    if isinstance(rpo, float):
+        server = dict(server, rpo_seconds=round(rpo, 1))
+    return server
+
+
 def show_server(server: dict) -> tuple:
     """(columns, values) of a SERVER document for a ShowOne."""
     fields = [f for f in SHOW_FIELDS if f in server]
     fields += sorted(set(server) - set(SHOW_FIELDS))
-    return tuple(fields), utils.get_dict_properties(server, fields)
+    return tuple(fields), utils.get_dict_properties(_rounded(server), fields)
 
 
 def add_server_argument(parser, action: str):
@@ -113,7 +122,7 @@ class ListServers(command.Lister):
                        'updated_at']
             headers += ['Driver', 'Newest Restore Point', 'Recovery Attempts',
                         'Last Report', 'Updated At']
-        return headers, (utils.get_dict_properties(s, fields)
+        return headers, (utils.get_dict_properties(_rounded(s), fields)
                          for s in servers)
 
 

@@ -149,12 +149,20 @@ class ApiStack(fixtures.Fixture):
         self.addCleanup(server.stop)
 
         app = deploy.loadapp(conf, db=self.db, transport=transport)
+        # NOTE: every request as it arrives, and the index of each one
+        # whose answer is made (the handler has read the database).
         self.requests = []
+        self.answered = []
+        lock = threading.Lock()
 
         def counting(environ, start_response):
-            self.requests.append((environ['REQUEST_METHOD'],
-                                  environ['PATH_INFO']))
-            return app(environ, start_response)
+            with lock:
+                index = len(self.requests)
+                self.requests.append((environ['REQUEST_METHOD'],
+                                      environ['PATH_INFO']))
+            body = app(environ, start_response)
+            self.answered.append(index)
+            return body
 
         httpd = wsgiref.simple_server.make_server(
             '127.0.0.1', 0, counting, server_class=_ThreadingWSGIServer,
@@ -222,7 +230,10 @@ class OpenStackHaTest(base.TestCase):
         self.assertEqual([WEB], [s['ID'] for s in servers])
         self.assertEqual('protected', servers[0]['Status'])
         self.assertEqual('cn1', servers[0]['Host'])
-        self.assertGreater(servers[0]['RPO (s)'], 0)
+        # NOTE: the age of restore point 2 (made at T0 + 2), to 0.1 s.
+        rpo = servers[0]['RPO (s)']
+        self.assertAlmostEqual(time.time() - (T0 + 2), rpo, delta=30)
+        self.assertEqual(round(rpo, 1), rpo)
 
         every = self.openstack('ha', 'list', '--all-projects', '-f', 'json')
         self.assertEqual({WEB: ADMIN, OTHER: 'p2'},
@@ -396,9 +407,10 @@ class OpenStackHaTest(base.TestCase):
         """Release each step of the action once the CLI has polled the
         recovery after the previous step was recorded, so that it sees
         every step (the CLI reports changes it sees, not each write)."""
-        def polls():
-            return len([r for r in self.api.requests
-                        if r[0] == 'GET' and '/recoveries/' in r[1]])
+        def answered_poll_since(first: int) -> bool:
+            return any(index >= first and self.api.requests[index][0] ==
+                       'GET' and '/recoveries/' in self.api.requests[index][1]
+                       for index in list(self.api.answered))
 
         def step_is(step):
             recs = self.api.db.list_recoveries(server_id)
@@ -406,10 +418,11 @@ class OpenStackHaTest(base.TestCase):
 
         def seen_by_a_poll(step):
             wait_for(lambda: step_is(step), 'step %s recorded' % step)
-            # NOTE: requests are counted when they arrive: one counted
-            # from now on reads the step just recorded.
-            count = polls()
-            wait_for(lambda: polls() > count, 'a poll after step %s' % step)
+            # NOTE: a poll that arrived after the step was recorded, and
+            # was answered before the next step is released, read it.
+            first = len(self.api.requests)
+            wait_for(lambda: answered_poll_since(first),
+                     'a poll answered after step %s' % step)
 
         def run():
             try:
