@@ -15,6 +15,7 @@ endpoint of ``--os-auth-type none --os-endpoint``.
 import logging
 import re
 
+from keystoneauth1 import exceptions as ksa_exc
 from osc_lib import exceptions as osc_exc
 from osc_lib import utils
 
@@ -58,8 +59,9 @@ def _endpoint(instance) -> str:
         url = instance.get_endpoint_for_service_type(
             SERVICE_TYPE, region_name=instance.region_name,
             interface=instance.interface)
-    except Exception as e:
-        # NOTE: keystoneauth's EndpointNotFound and catalog errors.
+    except ksa_exc.CatalogException as e:
+        # NOTE: not found, or an empty catalog; an authentication failure
+        # is not caught here: osc reports it as such.
         raise exception.EndpointNotFound(reason=str(e)) from e
     if not url:
         raise exception.EndpointNotFound(

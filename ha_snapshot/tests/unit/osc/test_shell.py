@@ -176,6 +176,63 @@ class ProjectTest(testtools.TestCase):
         self.assertEqual({'project_id': ['p2']}, self.api.requests[0].query)
 
 
+class CatalogTest(testtools.TestCase):
+    """The endpoint from the catalog of a (scripted) Keystone token."""
+
+    def setUp(self):
+        super().setUp()
+        self.keystone = self.useFixture(scripted.ScriptedEndpoint())
+        self.api = self.useFixture(scripted.ScriptedEndpoint())
+        self.api.script[('GET', '/v1/servers')] = (200, {'servers': []})
+        url = self.keystone.url
+        version = {'id': 'v3.14', 'status': 'stable',
+                   'updated': '2020-04-07T00:00:00Z',
+                   'links': [{'rel': 'self', 'href': url + '/v3/'}]}
+        self.keystone.script[('GET', '/v3')] = (200, {'version': version})
+        self.keystone.script[('GET', '/v3/')] = (200, {'version': version})
+        self.catalog = []
+        self.keystone.script[('POST', '/v3/auth/tokens')] = self._token
+
+    def _token(self, request):
+        domain = {'id': 'default', 'name': 'Default'}
+        token = {
+            'methods': ['password'], 'expires_at': '2099-01-01T00:00:00Z',
+            'issued_at': '2020-01-01T00:00:00Z',
+            'user': {'id': 'u1', 'name': 'demo', 'domain': domain},
+            'project': {'id': 'p1', 'name': 'demo', 'domain': domain},
+            'roles': [{'id': 'r1', 'name': 'member'}],
+            'catalog': self.catalog}
+        return 201, {'token': token}, {'X-Subject-Token': 'tok-123'}
+
+    def list(self):
+        return scripted.run_openstack(
+            '--os-auth-url', self.keystone.url + '/v3',
+            '--os-username', 'demo', '--os-password', 'secret',
+            '--os-project-name', 'demo', '--os-user-domain-id', 'default',
+            '--os-project-domain-id', 'default', 'ha', 'list')
+
+    def test_endpoint_from_catalog(self):
+        self.catalog.append({
+            'type': 'ha-snapshot', 'name': 'ha-snapshot', 'id': 's1',
+            'endpoints': [{'id': 'e1', 'interface': 'public',
+                           'region': 'RegionOne', 'region_id': 'RegionOne',
+                           'url': self.api.url}]})
+        code, out, err = self.list()
+        self.assertEqual(0, code, err)
+        request, = self.api.requests
+        self.assertEqual('tok-123', request.headers['X-Auth-Token'])
+        self.assertEqual({'password'}, set(self.keystone.made(
+            'POST', '/v3/auth/tokens')[0].json()['auth']['identity'][
+                'methods']))
+
+    def test_catalog_without_the_service(self):
+        code, out, err = self.list()
+        self.assertEqual(1, code)
+        self.assertIn('No ha-snapshot API endpoint', err)
+        self.assertIn('service type "ha-snapshot"', err)
+        self.assertEqual([], self.api.requests)
+
+
 class _Clock:
     def __init__(self):
         self.now = 0.0
