@@ -347,8 +347,12 @@ def drop_all(drv, vm) -> None:
     for c in state.checkpoints:
         for path in state.files(c).values():
             _unlink(path)
-    state.checkpoints = []
-    state.save()
+    # NOTE: nothing left for this domain (it may be deleted for good).
+    _unlink(state.path)
+    try:
+        os.rmdir(state.workdir)
+    except OSError:
+        pass
     _delete_metadata(drv, vm)
 
 

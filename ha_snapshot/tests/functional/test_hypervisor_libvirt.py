@@ -351,6 +351,7 @@ class TestLibvirtDriver(LibvirtTestCase):
         self.assertFalse(os.path.exists(fo.frozen.path))
         self.assertEqual([], self.bitmaps(disk, dom))
         self.assertEqual([], self.driver.frozen_images(vm, 'vda'))
+        self.assertFalse(os.path.exists(self.driver.workdir(vm)))
         # start_tracking: the next snapshot holds only later writes.
         self.assertTrue(self.driver.start_tracking(vm))
         self.assertEqual([], self.our_metadata(dom_uuid))
@@ -576,3 +577,12 @@ class TestNovaServerProtection(LibvirtTestCase):
         newest = self.wait_points(2, after_number=following[-1].number)[-1]
         self.assertTrue(base.same_image(self.export(newest.id),
                                         self.expected.path))
+        # Unprotected: nothing of ours stays in the domain or on the host.
+        self.api.unprotect(self.host, self.inst)
+        self.wait_for(lambda: not os.path.exists(os.path.join(
+            self.svc.state_dir, self.inst, 'state.json')),
+            'the agent to drop the instance')
+        self.assertEqual([], self.bitmaps(disk, dom))
+        self.assertFalse(os.path.exists(self.path('agent-backups',
+                                                  self.inst)))
+        self.assertEqual([], self.our_metadata(self.inst))
