@@ -60,19 +60,20 @@ def b64encode(data) -> str:
 def b64decode(text, limit: int) -> bytes:
     """Strictly validated base64 (``str`` or bytes), at most ``limit``
     decoded bytes; raise CodecError on anything else."""
-    if isinstance(text, str):
-        try:
-            text = text.encode('ascii')
-        except UnicodeEncodeError:
-            raise CodecError('not base64: non-ASCII characters')
-    elif not isinstance(text, (bytes, bytearray, memoryview)):
+    if not isinstance(text, (str, bytes, bytearray, memoryview)):
         raise CodecError('not base64: %s' % type(text).__name__)
     if len(text) > (limit + 2) // 3 * 4:
         raise CodecError('base64 text of %d characters decodes to more than '
                          '%d bytes' % (len(text), limit))
     try:
         if pybase64 is not None:
+            # NOTE: it reads an ASCII str as is (encoding it first cost
+            # more than the decoding) and refuses any other.
             return pybase64.b64decode(text, validate=True)
+        if isinstance(text, str):
+            text = text.encode('ascii')
         return binascii.a2b_base64(text, strict_mode=True)
+    except UnicodeEncodeError:
+        raise CodecError('not base64: non-ASCII characters')
     except (binascii.Error, ValueError) as e:
         raise CodecError('not base64 (%s)' % e)

@@ -437,13 +437,11 @@ class SnapshotAgent(threading.Thread):
         self.shipped_changed_bytes += delta.header.changed_bytes
         self.taken_at[ack['restore_point']] = entry.taken_at
         self.restore_points.append(ack['restore_point'])
-        # NOTE: what the policy needs is the lag from snapshot to durable
-        # (the RPO of this point when it lands), which includes any wait
-        # behind earlier deltas; an adopted overlay has no snapshot time.
-        lag = self.clock() - started
-        if entry.taken_at is not None:
-            lag = max(lag, time.time() - entry.taken_at)
-        self._durable_now(sent, lag)
+        # NOTE: the shipping time alone (not the wait behind earlier
+        # deltas): the policy derives the shipping throughput from it, and
+        # its intervals keep each delta's shipping shorter than the
+        # interval, so deltas do not queue.
+        self._durable_now(sent, self.clock() - started)
         LOG.info('Instance %s: delta %d durable as %s (%d bytes sent)',
                  self.instance, entry.sequence, ack['restore_point'], sent)
 
@@ -473,16 +471,13 @@ class SnapshotAgent(threading.Thread):
         (the recorded backing if the chain no longer holds it)."""
         if entry.backing is None:
             return None
-        for d in self.driver.disks(self.vm):
-            paths = [img.path for img in d.chain]
-            if entry.frozen in paths:
-                i = paths.index(entry.frozen)
-                if i + 1 < len(paths):
-                    if paths[i + 1] != entry.backing:
-                        with self.lock:
-                            entry.backing = paths[i + 1]
-                            self.save()
-                    return paths[i + 1]
+        for fo in self.driver.frozen_images(self.vm, entry.disk):
+            if fo.frozen.path == entry.frozen and fo.backing is not None:
+                if fo.backing.path != entry.backing:
+                    with self.lock:
+                        entry.backing = fo.backing.path
+                        self.save()
+                return fo.backing.path
         return entry.backing
 
     def _durable_now(self, sent: int, seconds: float) -> None:

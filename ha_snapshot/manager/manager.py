@@ -12,9 +12,12 @@ May import the store, the database, the spool and the recovery engine.
 """
 
 import base64
+import collections
+import concurrent.futures
 import datetime
 import errno
 import threading
+import time
 
 from openstack import exceptions as sdk_exc
 from oslo_log import log as logging
@@ -31,6 +34,16 @@ LOG = logging.getLogger(__name__)
 # call timed out and it asked again) waits this long for it, then says
 # "ask again" rather than holding an RPC thread for the whole merge.
 COMMIT_WAIT = 5.0
+# NOTE: chunks stored ahead of their merge (Manager.put_part) are written
+# by these threads after the part's call has answered, so the fsyncs do
+# not hold the agent's window; parts beyond the queue are left to the
+# merge (the queue holds their decoded bytes).
+PRESTORE_THREADS = 2
+PRESTORE_QUEUE = 16
+# NOTE: put_part, the hot path, looks an instance up in the database at
+# most this often (seconds); commit_delta always does, so a part of an
+# instance deleted meanwhile is spooled at worst, never merged.
+LOOKUP_TTL = 10.0
 
 
 class Manager:
@@ -45,15 +58,30 @@ class Manager:
         self.recovery = recovery
         self._commits = {}
         self._commits_lock = threading.Lock()
+        self._prestore_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=PRESTORE_THREADS, thread_name_prefix='prestore')
+        self._prestores = collections.defaultdict(list)
+        self._projects = {}
+        self._prestore_lock = threading.Lock()
         self.agent_api = agent_api
 
     def _protected(self, instance: str):
         row = self.db.get_instance(instance)
         if row.status == 'deleted':
+            self._projects.pop(instance, None)
             raise exception.InstanceNotFound(
                 'Instance %s was deleted: deltas for it are refused.'
                 % instance, instance=instance)
+        self._projects[instance] = (row.project_id,
+                                    time.monotonic() + LOOKUP_TTL)
         return row
+
+    def _project_of(self, instance: str) -> str:
+        """The project of a protected instance (a recent lookup)."""
+        known = self._projects.get(instance)
+        if known is None or known[1] < time.monotonic():
+            return self._protected(instance).project_id
+        return known[0]
 
     def register_instance(self, instance, project, host, driver,
                           details) -> dict:
@@ -73,15 +101,30 @@ class Manager:
                 'last_sequence': newest.delta_sequence if newest else -1}
 
     def put_part(self, instance, sequence, part) -> dict:
-        row = self._protected(instance)
+        project = self._project_of(instance)
 
         def received(checked, data):
             # NOTE: the merge's chunk writes start now, while the next
             # parts travel; the commit then finds them held.
-            self.store.prestore(instance, row.project_id, checked.extents,
-                                data)
+            with self._prestore_lock:
+                if sum(not f.done() for fs in self._prestores.values()
+                       for f in fs) >= PRESTORE_QUEUE:
+                    return
+                self._prestores[(instance, sequence)].append(
+                    self._prestore_pool.submit(
+                        self.store.prestore, instance, project,
+                        checked.extents, data))
         index = self._io(self.spool.put, instance, sequence, part, received)
         return {'instance': instance, 'sequence': sequence, 'index': index}
+
+    def _prestored(self, instance: str, sequence: int) -> None:
+        """Wait for the chunks of this delta (and older ones) being stored
+        ahead of the merge; forget them."""
+        with self._prestore_lock:
+            keys = [k for k in self._prestores
+                    if k[0] == instance and k[1] <= sequence]
+            futures = [f for k in keys for f in self._prestores.pop(k)]
+        concurrent.futures.wait(futures)
 
     def commit_delta(self, header) -> dict:
         h = delta_mod.header_from_primitive(header)
@@ -109,6 +152,7 @@ class Manager:
             mine.set()
 
     def _commit(self, h) -> dict:
+        self._prestored(h.instance, h.sequence)
         rp = self._merged(h)
         if rp is None:
             delta = self.spool.load(h)

@@ -169,9 +169,17 @@ class ManagerTestCase(_Base):
         prim = self.delta(disk, 0, None, backing=False)
         for part in prim['parts']:
             self.mgr.put_part(self.inst, 0, part)
-        chunks = [n for _d, _s, names in os.walk(
-            os.path.join(self.store_dir, 'chunks')) for n in names]
-        # NOTE: three whole chunks; the 64 KiB write is no whole chunk.
+
+        def chunks():
+            return [n for _d, _s, names in os.walk(
+                os.path.join(self.store_dir, 'chunks')) for n in names
+                if not n.startswith('.')]
+        # NOTE: stored by the manager's threads after put_part answered:
+        # three whole chunks; the 64 KiB write is no whole chunk.
+        deadline = time.monotonic() + 30
+        while len(chunks()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        chunks = chunks()
         self.assertEqual(3, len(chunks))
         self.assertEqual([], self.store.restore_points(self.inst))
         self.mgr.commit_delta(prim['header'])
