@@ -51,7 +51,8 @@ def openrc(state: dict, user: str = 'admin') -> str:
 
 def cmd_serve(args) -> int:
     cloud = cloud_mod.Cloud(args.state_dir,
-                            with_ha_snapshot=not args.openstack_only)
+                            with_ha_snapshot=not args.openstack_only,
+                            with_aodh=args.with_aodh)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
@@ -83,6 +84,8 @@ def cmd_start(args) -> int:
             args.state_dir, 'serve']
     if args.openstack_only:
         argv.append('--openstack-only')
+    if args.with_aodh:
+        argv.append('--with-aodh')
     with open(log_path, 'wb') as log:
         sup = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                stderr=subprocess.STDOUT, cwd=cloud_mod.REPO,
@@ -165,6 +168,8 @@ def main(argv=None) -> int:
                            else argparse.SUPPRESS)
         p.add_argument('--openstack-only', action='store_true',
                        help='no ha-snapshot services, only OpenStack')
+        p.add_argument('--with-aodh', action='store_true',
+                       help='also Aodh (API, listener, notifier)')
     sub.add_parser('stop', help='stop everything the harness started')
     sub.add_parser('status', help='list the processes and whether they run')
     p = sub.add_parser('openrc', help='print OS_* variables')

@@ -46,7 +46,7 @@ STOP_GROUPS = (
     ('nova-compute',),
     ('libvirtd', 'virtlogd'),
     ('nova-scheduler', 'nova-conductor', 'nova-api', 'netstub', 'placement',
-     'glance', 'keystone'),
+     'glance', 'keystone', 'aodh', 'aodh-listener', 'aodh-notifier'),
     ('swift-proxy', 'swift-object', 'swift-container', 'swift-account',
      'mariadb', 'rabbitmq', 'rabbitmq-epmd'),
 )
@@ -55,12 +55,13 @@ STOP_ORDER = tuple(n for group in STOP_GROUPS for n in group)
 
 class Cloud:
     def __init__(self, state_dir: str = DEFAULT_STATE_DIR, *,
-                 with_ha_snapshot: bool = True, ha_overrides=None,
-                 log=print):
+                 with_ha_snapshot: bool = True, with_aodh: bool = False,
+                 ha_overrides=None, log=print):
         self.state_dir = os.path.abspath(state_dir)
         self.run_dir = os.path.join(self.state_dir, 'run')
         self.log_dir = os.path.join(self.run_dir, 'logs')
         self.with_ha_snapshot = with_ha_snapshot
+        self.with_aodh = with_aodh
         self.ha_overrides = ha_overrides or {}
         self.log = log
         self.table = procs.ProcessTable(self.run_dir)
@@ -118,16 +119,18 @@ class Cloud:
     def _allocate(self):
         from ha_snapshot.tests.fixtures import rabbitmq as rabbit_fx
         names = ('keystone', 'glance', 'placement', 'nova-api', 'netstub',
-                 'mariadb')
+                 'mariadb', 'aodh')
         self.ports = {}
         for name in names:
             self.ports[name] = rabbit_fx.free_port(set(self.ports.values()))
         self.ports['ha-snapshot-api'] = (
             8799 if not procs.port_accepts(8799)
             else rabbit_fx.free_port(set(self.ports.values())))
-        self.passwords = {u: secrets.token_hex(12) for u in USERS}
+        self.passwords = {u: secrets.token_hex(12)
+                          for u in USERS + ('aodh',)}
         self.passwords['alarm-key'] = secrets.token_hex(16)
         self.passwords['nova-db'] = secrets.token_hex(12)
+        self.passwords['aodh-db'] = secrets.token_hex(12)
 
     def _start_all(self):
         # NOTE: Swift's servers die with the thread that started them
@@ -147,6 +150,9 @@ class Cloud:
                 ('placement', self._start_placement),
                 ('netstub', self._start_netstub),
                 ('nova_db', self._sync_nova))]
+            if self.with_aodh:
+                futures.append(pool.submit(self._timed, 'aodh',
+                                           self._start_aodh))
             for f in futures:
                 f.result()
         self._timed('nova', self._start_nova)
@@ -280,7 +286,8 @@ class Cloud:
                 roles[name] = ident.create_role(name=name)
         projects = {n: ident.create_project(name=n, domain_id='default')
                     for n in ('service', 'demo')}
-        for user in USERS[2:]:
+        services = USERS[2:] + (('aodh',) if self.with_aodh else ())
+        for user in services:
             u = ident.create_user(name=user, password=self.passwords[user],
                                   domain_id='default')
             for role in ('admin', 'service'):
@@ -297,7 +304,9 @@ class Cloud:
                 ('nova', 'compute', self.url('nova-api') + '/v2.1'),
                 ('neutron', 'network', self.url('netstub')),
                 ('ha-snapshot', 'ha-snapshot',
-                 self.url('ha-snapshot-api'))):
+                 self.url('ha-snapshot-api'))) + ((
+                ('aodh', 'alarming', self.url('aodh')),)
+                    if self.with_aodh else ()):
             svc = ident.create_service(name=name, type=stype)
             ident.create_endpoint(service_id=svc.id, interface='public',
                                   url=url, region_id=configs.REGION)
@@ -375,6 +384,25 @@ class Cloud:
         self._run('nova-manage', [self.bin('nova-manage'), '--config-file',
                                   conf, 'cell_v2', 'discover_hosts'])
 
+    def _start_aodh(self):
+        self.aodh_db = self._mariadb.create_database(
+            'aodh', 'aodh', self.passwords['aodh-db'])
+        conf = self._write('aodh', 'aodh.conf', configs.aodh(self))
+        self._run('aodh-dbsync', [self.bin('aodh-dbsync'), '--config-file',
+                                  conf])
+        # NOTE: aodh.wsgi.api, and the keystonemiddleware in its paste
+        # pipeline, read the default config files of project aodh only,
+        # the first of which is ~/.aodh/aodh.conf: HOME points there.
+        home = self.path('aodh', 'home')
+        os.makedirs(os.path.join(home, '.aodh'), exist_ok=True)
+        os.symlink(conf, os.path.join(home, '.aodh', 'aodh.conf'))
+        self._gunicorn('aodh', 'aodh.wsgi.api', {'HOME': home})
+        for name in ('aodh-listener', 'aodh-notifier'):
+            self.table.spawn(name, [self.bin(name), '--config-file', conf])
+        self._wait_http('aodh', '/')
+        for name in ('aodh-listener', 'aodh-notifier'):
+            self.table.check_running(name)
+
     # --- ha-snapshot ---
 
     def _start_ha_snapshot(self):
@@ -414,6 +442,7 @@ class Cloud:
             'libvirt_uri': self.libvirt_uri, 'libvirt_dir': self.libvirt_dir,
             'compute_host': self.compute_host,
             'ha_snapshot_url': self.url('ha-snapshot-api'),
+            'aodh_url': self.url('aodh') if self.with_aodh else None,
             'ha_snapshot_conf': self.etc('ha-snapshot', 'ha-snapshot.conf'),
             'nova_instances': self.path('nova', 'instances'),
             'timings': self.timings,

@@ -137,6 +137,23 @@ def nova(c, compute: bool = False) -> dict:
     return conf
 
 
+def aodh(c) -> dict:
+    """aodh.conf: API, listener (event alarms) and notifier (HTTP)."""
+    return {
+        'DEFAULT': {'transport_url': c.transport_url, 'debug': False,
+                    # NOTE: no cache of each project's event alarms, or an
+                    # alarm created after the project's first event would
+                    # be seen only a minute later.
+                    'event_alarm_cache_ttl': 0},
+        'database': {'connection': c.aodh_db},
+        'api': {'auth_mode': 'keystone'},
+        'keystone_authtoken': authtoken(c, 'aodh'),
+        'service_credentials': dict(ksa(c, 'aodh'), interface='public'),
+        'listener': {'batch_size': 1, 'batch_timeout': 1},
+        'notifier': {'batch_size': 1, 'batch_timeout': 1},
+    }
+
+
 def ha_snapshot(c) -> dict:
     """ha-snapshot.conf of the three daemons, as the devstack plugin does.
 

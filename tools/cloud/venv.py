@@ -22,7 +22,6 @@ from tools.cloud import procs
 HERE = os.path.dirname(os.path.abspath(__file__))
 REQUIREMENTS = os.path.join(HERE, 'requirements.txt')
 CONSTRAINTS = os.path.join(HERE, 'constraints.txt')
-EXTRA = {'aodh': os.path.join(HERE, 'requirements-aodh.txt')}
 INSTALL_TIMEOUT = int(os.environ.get('HA_SNAPSHOT_CLOUD_PIP_TIMEOUT', 1200))
 
 
@@ -34,14 +33,14 @@ def _digest(files) -> str:
     return h.hexdigest()
 
 
-def ensure(state_dir: str, extras=(), log=print) -> dict:
+def ensure(state_dir: str, log=print) -> dict:
     """The venv's path and install facts, building it when needed.
 
     Returns ``{"path", "digest", "install_seconds", "cached"}``.
     """
     path = os.path.join(state_dir, 'venv')
     marker = os.path.join(path, 'venv.json')
-    files = [REQUIREMENTS, CONSTRAINTS] + [EXTRA[e] for e in extras]
+    files = [REQUIREMENTS, CONSTRAINTS]
     digest = _digest(files)
     try:
         with open(marker) as f:
@@ -73,12 +72,9 @@ def ensure(state_dir: str, extras=(), log=print) -> dict:
         run([sys.executable, '-m', 'venv', path], 'python -m venv %s' % path)
         pip = [os.path.join(path, 'bin', 'python'), '-m', 'pip',
                '--disable-pip-version-check', 'install', '-q']
-        args = ['-r', REQUIREMENTS]
-        for e in extras:
-            args += ['-r', EXTRA[e]]
-        run(pip + ['-c', CONSTRAINTS] + args,
+        run(pip + ['-c', CONSTRAINTS, '-r', REQUIREMENTS],
             'pip install of the pinned OpenStack series into %s' % path)
-    info = {'path': path, 'digest': digest, 'extras': list(extras),
+    info = {'path': path, 'digest': digest,
             'install_seconds': round(time.monotonic() - started, 1)}
     with open(marker, 'w') as f:
         json.dump(info, f)

@@ -113,6 +113,43 @@ class NotificationLog:
                 return payload
 
 
+class EventPublisher:
+    """Events on Aodh's event-alarm topic, as Ceilometer publishes them.
+
+    Ceilometer does not run here; what it would send when a server fails
+    (an ``event`` sample on topic ``alarm.all`` of exchange ``aodh``, a
+    list of events with typed traits) is sent instead, and Aodh's own
+    listener, evaluator and notifier do the rest.
+    """
+
+    def __init__(self, transport_url: str):
+        import oslo_messaging.opts
+        self.conf = cfg.ConfigOpts()
+        for group, opts in oslo_messaging.opts.list_opts():
+            self.conf.register_opts(opts, group=group)
+        self.conf([], project='ha-snapshot-e2e', default_config_files=[])
+        # NOTE: Aodh's listener reads its topic on its own exchange.
+        self.conf.set_override('control_exchange', 'aodh')
+        self.transport = rpc.get_notification_transport(
+            self.conf, url=transport_url)
+        self.notifier = messaging.Notifier(
+            self.transport, publisher_id='ceilometer.ha-e2e',
+            driver='messagingv2', topics=['alarm.all'])
+
+    def publish(self, event_type: str, traits: dict) -> None:
+        import datetime
+        import uuid
+        event = {'message_id': str(uuid.uuid4()), 'event_type': event_type,
+                 'generated': datetime.datetime.now(
+                     datetime.timezone.utc).isoformat(),
+                 'traits': [[k, 1, v] for k, v in sorted(traits.items())],
+                 'raw': {}}
+        self.notifier.sample(rpc.context(), 'event', [event])
+
+    def close(self):
+        self.transport.cleanup()
+
+
 def _uuid(payload) -> str | None:
     try:
         return payload['nova_object.data']['uuid']

@@ -17,15 +17,21 @@
 5. waits for the recovery to succeed and A to be ACTIVE again on the
    rebuilt disk; copies that disk and checks every pattern written before
    the restore point used, with qemu-io (not by asking ha-snapshot);
-6. writes once more and waits for the next restore point: protection
-   resumed, and its delta is small (no full resend);
-7. B was never protected; A, deleted, stops being protected.
+6. waits for the first restore point after the recovery (its delta must
+   be small: no full resend), writes once more and waits for a restore
+   point holding that write;
+7. when the harness runs Aodh: creates a real Aodh event alarm (as the
+   demo user) whose action is the server's alarm URL from the API,
+   publishes the event Ceilometer would, and waits for Aodh's notifier to
+   post it and for the recovery it starts to succeed;
+8. B was never protected; A, deleted, stops being protected.
 
 It returns the measurements; ``verified`` is true only when every check
 held. ``python3 -m ha_snapshot.tests.integration.scenario STATE_JSON``
 runs it against a cloud started by hand.
 """
 
+import datetime
 import json
 import os
 import signal
@@ -259,20 +265,44 @@ class Scenario:
                    'missing %s' % missing if missing else None)
         self.check('the rebuilt disk holds the image data', image_ok)
 
-        # Protection resumes with a small delta.
-        known = len(self.restore_points(a.id))
-        dom.write(0x7e, 40 * MiB, WRITE)
-        dom.close()
-        resumed = self.wait_new_restore_point(
-            a.id, known, 'a restore point after the recovery')
+        # Protection resumes from the restore point used, with a small
+        # delta (no full resend), and keeps taking writes.
+        def after_recovery():
+            self.server_row(a.id)
+            return [rp for rp in self.restore_points(a.id)
+                    if _ts(rp['created_at']) > _ts(rec['started_at'])]
+        resumed = cloudlib.wait_for(
+            after_recovery, PROTECT_TIMEOUT,
+            'a restore point of %s after the recovery' % a.id, poll=0.5)[0]
         r['resumed_delta_bytes'] = resumed.get('changed_bytes')
-        self.sampling = True
-        self.server_row(a.id)
-        self.sampling = False
         self.check('the resumed delta is small (no full resend)',
                    resumed.get('changed_bytes') is not None
                    and resumed['changed_bytes'] < IMAGE_DATA // 4,
                    resumed.get('changed_bytes'))
+        self.sampling = True
+        known = len(self.restore_points(a.id))
+        dom.write(0x7e, 40 * MiB, WRITE)
+        dom.close()
+
+        def captured():
+            self.server_row(a.id)
+            return [rp for rp in self.restore_points(a.id)[known:]
+                    if (rp.get('changed_bytes') or 0) >= WRITE]
+        try:
+            after = cloudlib.wait_for(
+                captured, PROTECT_TIMEOUT,
+                'a restore point holding the write after the recovery',
+                poll=0.5)[0]
+            ok = after['changed_bytes'] < IMAGE_DATA // 4
+            detail = after['changed_bytes']
+        except cloudlib.ScenarioError as e:
+            ok, detail = False, e
+        self.sampling = False
+        self.check('a write after the recovery lands in a small delta', ok,
+                   detail)
+
+        if self.state.get('aodh_url'):
+            self.aodh_alarm(a.id, a.project_id)
 
         # Negative cases.
         self.check('B (no opt-in) was never protected',
@@ -293,6 +323,58 @@ class Scenario:
         self.check('A, deleted, is no longer protected', ok)
         self.demo.compute.delete_server(b.id)
 
+    def aodh_alarm(self, uuid: str, project_id: str):
+        """A real Aodh event alarm whose action is the alarm endpoint."""
+        r = self.result
+        row = self.server_row(uuid)
+        url = row.get('alarm_url')
+        self.check('the API gives the server\'s alarm URL', bool(url), url)
+        event_type = 'compute.instance.ha-e2e.failed'
+        resp = self.demo.session.post(
+            self.state['aodh_url'] + '/v2/alarms', raise_exc=False, json={
+                'name': 'ha-e2e-%s' % uuid, 'type': 'event',
+                'severity': 'critical', 'repeat_actions': False,
+                'alarm_actions': [url],
+                'event_rule': {'event_type': event_type, 'query': [
+                    {'field': 'traits.instance_id', 'op': 'eq',
+                     'type': 'string', 'value': uuid}]}})
+        if resp.status_code != 201:
+            raise cloudlib.ScenarioError('Aodh refused the alarm: %d %s' % (
+                resp.status_code, resp.text[:500]))
+        alarm_id = resp.json()['alarm_id']
+        known = len(self.recoveries(uuid))
+        events = cloudlib.EventPublisher(self.state['transport_url'])
+        t = time.monotonic()
+        try:
+            # NOTE: Aodh's listener may not consume its topic yet when the
+            # first event goes out: send again until the alarm fires.
+            def fired():
+                if len(self.recoveries(uuid)) > known:
+                    return True
+                events.publish(event_type, {'instance_id': uuid,
+                                            'project_id': project_id})
+                return False
+            cloudlib.wait_for(fired, 120, 'the Aodh alarm %s to start a '
+                              'recovery of %s' % (alarm_id, uuid), poll=3)
+        finally:
+            events.close()
+        r['aodh_alarm_seconds'] = round(time.monotonic() - t, 1)
+        state = self.demo.session.get(
+            self.state['aodh_url'] + '/v2/alarms/%s' % alarm_id).json()
+        self.check('Aodh holds its alarm in state alarm',
+                   state.get('state') == 'alarm', state.get('state'))
+
+        def finished():
+            last = self.recoveries(uuid)[-1]
+            return last if last['state'] in ('succeeded', 'failed') \
+                else None
+        rec = cloudlib.wait_for(finished, RECOVERY_TIMEOUT,
+                                'the recovery started by Aodh to finish',
+                                poll=1)
+        self.check('the recovery started by Aodh succeeded',
+                   rec['state'] == 'succeeded', rec.get('error'))
+        self.wait_active(self.demo.compute.get_server(uuid))
+
     def post_alarm(self, uuid: str):
         body = {'alarm_name': 'ha-e2e-%s' % uuid, 'alarm_id': uuid,
                 'severity': 'critical', 'previous': 'ok',
@@ -302,6 +384,10 @@ class Scenario:
         if resp.status_code != 202:
             raise cloudlib.ScenarioError('POST /v1/alarms/%s: %d %s' % (
                 uuid, resp.status_code, resp.text[:500]))
+
+
+def _ts(text: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(text.replace('Z', '+00:00'))
 
 
 def run(state: dict, workdir: str, log=print) -> dict:

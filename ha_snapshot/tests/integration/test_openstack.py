@@ -19,7 +19,7 @@ class TestHighAvailabilityOnOpenStack(testtools.TestCase):
 
     def test_scenario(self):
         cloud = self.useFixture(fixture.CloudFixture(
-            ha_overrides=scenario.HA_OVERRIDES)).cloud
+            ha_overrides=scenario.HA_OVERRIDES, with_aodh=True)).cloud
         result = scenario.run(cloud.state,
                               os.path.join(cloud.run_dir, 'scenario'))
         self.addDetail('scenario-result', testtools.content.json_content(
