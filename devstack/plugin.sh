@@ -5,7 +5,8 @@
 # as its arguments ("stack install", "stack post-config", "stack extra",
 # "stack test-config", "unstack", "clean"), after devstack/settings.
 #
-#   stack install      install the project (pip install -e) and qemu-img
+#   stack install      install the project (pip install -e), qemu-img and
+#                      what libvirt-python builds against
 #   stack post-config  Nova's versioned notifications on every Nova node;
 #                      /etc/ha-snapshot/ha-snapshot.conf; on the node of
 #                      the API: the service user, the Keystone service
@@ -28,7 +29,8 @@
 # the HA_SNAPSHOT_* variables. (shellcheck takes upper-case names for
 # environment variables and does not flag them.)
 
-# NOTE: devstack runs with xtrace on; keep it as the caller had it.
+# NOTE: trace this file's commands into devstack's log, as devstack's own
+# files do; the caller's setting is restored at the end.
 _XTRACE_HA_SNAPSHOT=$(set +o | grep xtrace)
 set -o xtrace
 
