@@ -459,6 +459,8 @@ class Cloud:
             _stop_group(self.table, group)
         if self._libvirtd is not None:
             self._libvirtd.stop()
+            _copy_tree(self._libvirtd.log_dir,
+                       os.path.join(self.log_dir, 'libvirt'))
         _stop_group(self.table, STOP_GROUPS[3])
         # NOTE: the fixtures stop their own (and reap them); their logs
         # are copied first, as their cleanup removes their directories.

@@ -6,6 +6,8 @@ service's log are attached to the test (printed when it fails), and the
 whole logs stay in ``cloud.log_dir``.
 """
 
+import os
+
 import fixtures
 from testtools import content
 
@@ -28,14 +30,10 @@ class CloudFixture(fixtures.Fixture):
 
 def log_tails(cloud, lines: int = procs.TAIL_LINES) -> str:
     """The last lines of every log of ``cloud``'s run, one after another."""
-    import os
     out = ['logs: %s' % cloud.log_dir]
-    try:
-        names = sorted(os.listdir(cloud.log_dir))
-    except OSError:
-        return out[0]
-    for name in names:
-        path = os.path.join(cloud.log_dir, name)
-        if os.path.isfile(path):
+    for top, dirs, files in sorted(os.walk(cloud.log_dir)):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(top, name)
             out.append('--- %s ---\n%s' % (path, procs.tail(path, lines)))
     return '\n'.join(out)

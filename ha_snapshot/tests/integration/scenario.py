@@ -307,8 +307,7 @@ class Scenario:
         # Negative cases.
         self.check('B (no opt-in) was never protected',
                    self.server_row(b.id) is None)
-        self.demo.compute.delete_server(a.id)
-        self.notes.wait('instance.delete.end', a.id, 120)
+        self.delete(a.id)
 
         def unprotected():
             row = self.server_row(a.id)
@@ -321,7 +320,26 @@ class Scenario:
         except cloudlib.ScenarioError:
             ok = False
         self.check('A, deleted, is no longer protected', ok)
-        self.demo.compute.delete_server(b.id)
+        self.delete(b.id)
+
+    def delete(self, uuid: str):
+        """Delete a server through Nova; fail at once if Nova cannot."""
+        import openstack.exceptions
+        self.demo.compute.delete_server(uuid)
+
+        def gone():
+            try:
+                server = self.admin.compute.get_server(uuid)
+            except openstack.exceptions.NotFoundException:
+                return True
+            if server.status == 'ERROR':
+                raise cloudlib.ScenarioError(
+                    'Nova could not delete server %s: %s' % (
+                        uuid, (server.fault or {}).get('message')))
+            return False
+        cloudlib.wait_for(gone, 120, 'Nova to delete server %s' % uuid,
+                          poll=1)
+        self.notes.wait('instance.delete.end', uuid, 30)
 
     def aodh_alarm(self, uuid: str, project_id: str):
         """A real Aodh event alarm whose action is the alarm endpoint."""
