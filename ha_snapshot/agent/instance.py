@@ -388,6 +388,11 @@ class SnapshotAgent(threading.Thread):
             self._commit(entry)
             with self._progress:
                 self.state.pending.remove(entry)
+                # NOTE: the overlay above the one committed now stands on
+                # what that one stood on (the commit rewrote its header).
+                for later in self.state.pending:
+                    if entry.committable and later.backing == entry.frozen:
+                        later.backing = entry.backing
                 self.save()
                 self._progress.notify_all()
 
@@ -398,9 +403,7 @@ class SnapshotAgent(threading.Thread):
                 entry.parent = self.state.parent
                 self.save()
         started = self.clock()
-        # NOTE: the overlay's backing is the image below it in the chain
-        # now: committing the delta before it rewrote its header.
-        backing = self._below(entry)
+        backing = entry.backing
         info = image_inspect.inspect(
             entry.frozen, 'qcow2' if backing or entry.committable
             else self._base_format(entry),
@@ -465,20 +468,6 @@ class SnapshotAgent(threading.Thread):
 
     def _part_timeout(self) -> float:
         return min(self.conf.agent.rpc_timeout, PART_TIMEOUT)
-
-    def _below(self, entry) -> str | None:
-        """Path of the image below ``entry``'s overlay in the live chain
-        (the recorded backing if the chain no longer holds it)."""
-        if entry.backing is None:
-            return None
-        for fo in self.driver.frozen_images(self.vm, entry.disk):
-            if fo.frozen.path == entry.frozen and fo.backing is not None:
-                if fo.backing.path != entry.backing:
-                    with self.lock:
-                        entry.backing = fo.backing.path
-                        self.save()
-                return fo.backing.path
-        return entry.backing
 
     def _durable_now(self, sent: int, seconds: float) -> None:
         with self.durable:

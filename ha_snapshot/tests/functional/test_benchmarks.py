@@ -23,7 +23,7 @@ GOAL_KEYS = {
     'transport': ['ratio'],
     'rpo_under_load': ['rpo_p50_s', 'rpo_p99_s', 'rpo_max_s'],
     'scale': ['manager_cpu_fraction', 'manager_rss_mb',
-              'agent_kb_per_instance'],
+              'agent_kb_per_instance', 'snapshot_rate_achieved'],
 }
 
 
