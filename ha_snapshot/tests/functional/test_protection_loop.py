@@ -640,6 +640,41 @@ class ProtectionLoopTest(base.TestCase):
         self.assert_untouched(inst, g)
         self.assert_store_clean()
 
+    def test_snapshots_go_on_while_deltas_wait(self):
+        """The manager stops answering (SIGSTOP): the agent goes on
+        snapshotting while deltas wait, up to MAX_PENDING of them and no
+        more; once the manager answers again they all land, in order."""
+        svc = self.start_services()
+        g = self.new_guest()
+        inst = self.protect(g)
+        self.wait_points(inst, 1)
+        workload = self.start_workload(g)
+        self.wait_points(inst, 2)
+        offset = services.file_size(svc.agent.log_path)
+        svc.manager.signal(signal.SIGSTOP)
+        # NOTE: a stopped manager cannot be stopped by the clean-up.
+        self.addCleanup(svc.manager.signal, signal.SIGCONT)
+        self.mark('manager stopped (SIGSTOP)')
+
+        def waiting():
+            return [p['sequence'] for p in svc.agent_state(inst)['pending']
+                    if p['restore_point'] is None]
+        seqs = self.wait_for(lambda: len(waiting()) >= AHEAD and waiting(),
+                             30, '%d deltas waiting for their ack' % AHEAD)
+        # The policy asks for a snapshot every second: none comes while
+        # AHEAD deltas wait.
+        self.assertFalse(self.poll(lambda: len(waiting()) > AHEAD, 3))
+        self.assertEqual(list(range(seqs[0], seqs[0] + AHEAD)), waiting())
+        self.wait_log(svc.agent, 'deltas wait for the manager', offset, 10)
+        svc.manager.signal(signal.SIGCONT)
+        resumed = self.mark('manager continued (SIGCONT)')
+        rows = self.wait_points(inst, AHEAD + 1, timeout=60, after=resumed)
+        self.assertTrue(set(seqs) <= {r.delta_sequence for r in rows})
+        self.quiesce(inst, [workload])
+        self.check_chain(inst, g.snapshot_writes())
+        self.assert_untouched(inst, g)
+        self.assert_store_clean()
+
     def test_rabbitmq_restarted(self):
         """The broker goes away mid-cycle and comes back: protection
         resumes by itself."""
