@@ -22,7 +22,8 @@ window seconds: 1.0 is one core busy), ``manager_rss_mb``, ``agent_rss_mb``,
 ``agent_kb_per_instance`` = (agent RSS with N - agent RSS with 0) / N,
 ``manager_kb_per_instance`` likewise, the same figures with zero instances
 under ``baseline``, the deltas made durable in the window against
-N * window / interval (``snapshot_rate_achieved``: 1.0 = every instance
+N * window / interval (``snapshot_rate_achieved``: the fraction of the
+snapshots due that were made and made durable; 1.0 = every instance
 snapshotted on time) and the CPU of the VMs and the broker. Every process
 started here is stopped by its pid.
 """
@@ -341,6 +342,9 @@ def main():
                 manager.log_path, ' ERROR ')
             warnings = _count(agent.log_path, ' WARNING ') + _count(
                 manager.log_path, ' WARNING ')
+            first_problems = (_first(agent.log_path, (' ERROR ', ' WARNING '))
+                              + _first(manager.log_path,
+                                       (' ERROR ', ' WARNING ')))
             c.log('busy: manager %.3f cpu, %.1f MB; agent %.3f cpu, %.1f MB; '
                   '%d deltas durable (expected %.0f)',
                   busy['manager_cpu_fraction'], busy['manager_rss_mb'],
@@ -396,6 +400,7 @@ def main():
         'start_seconds': c.rnd(started_s, 1),
         'all_baselines_seconds': c.rnd(baseline_s, 1),
         'log_errors': errors, 'log_warnings': warnings,
+        'log_first_problems': first_problems[:6],
         'vm_start_retries': len(START_RETRIES),
         'vm_start_failures': START_RETRIES[:3],
         'baseline': {k: idle[k] for k in (
@@ -408,6 +413,21 @@ def main():
                       'same daemons idle with zero instances, same run',
     }
     c.emit(result)
+
+
+def _first(path, texts, n=3) -> list:
+    """The first ``n`` lines holding one of ``texts``, shortened."""
+    out = []
+    try:
+        with open(path, errors='replace') as f:
+            for line in f:
+                if any(t in line for t in texts):
+                    out.append(line.strip()[:300])
+                    if len(out) >= n:
+                        break
+    except OSError:
+        pass
+    return out
 
 
 def _count(path, text) -> int:
