@@ -137,19 +137,26 @@ class Cloud:
         # (PR_SET_PDEATHSIG): it starts in this thread, the rest around it.
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             rabbit = pool.submit(self._timed, 'rabbitmq', self._start_rabbit)
-            db = pool.submit(self._timed, 'mariadb', self._start_mariadb)
             virt = pool.submit(self._timed, 'libvirtd', self._start_libvirtd)
             ks = pool.submit(self._timed, 'keystone', self._start_keystone)
+
+            def databases():
+                self._timed('mariadb', self._start_mariadb)
+                # NOTE: Nova's schemas need no Keystone: they load while
+                # Keystone starts. nova.conf names the broker and libvirtd.
+                rabbit.result()
+                virt.result()
+                self._timed('nova_db', self._sync_nova)
+            db = pool.submit(databases)
             self._timed('swift', self._start_swift)
-            for f in (rabbit, db, virt, ks):
+            for f in (rabbit, virt, ks, db):
                 f.result()
         self._timed('keystone_setup', self._setup_keystone)
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             futures = [pool.submit(self._timed, name, fn) for name, fn in (
                 ('glance', self._start_glance),
                 ('placement', self._start_placement),
-                ('netstub', self._start_netstub),
-                ('nova_db', self._sync_nova))]
+                ('netstub', self._start_netstub))]
             if self.with_aodh:
                 futures.append(pool.submit(self._timed, 'aodh',
                                            self._start_aodh))
