@@ -148,3 +148,32 @@ def _reap(proc):
     if proc.poll() is None:
         proc.kill()
     proc.wait(10)
+
+
+class TestDiskCheck(testtools.TestCase):
+    """The scenario's proof reads the disk: that reading must catch a
+    missing write, also through a backing chain like Nova's."""
+
+    def test_pattern_found_only_where_written(self):
+        from ha_snapshot.tests.integration import cloudlib
+        d = self.useFixture(fixtures.TempDir()).path
+        base = os.path.join(d, 'base.raw')
+        top = os.path.join(d, 'disk')
+        subprocess.run(['qemu-img', 'create', '-q', '-f', 'raw', base,
+                        '8M'], check=True)
+        subprocess.run(['qemu-io', '-f', 'raw', base, '-c',
+                        'write -P 0x11 0 1M'], check=True,
+                       capture_output=True)
+        subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-F',
+                        'raw', '-b', base, top], check=True)
+        subprocess.run(['qemu-io', '-f', 'qcow2', top, '-c',
+                        'write -P 0x42 4M 256k'], check=True,
+                       capture_output=True)
+        copy = cloudlib.copy_disk(top, os.path.join(d, 'work'))
+        self.assertTrue(cloudlib.holds_pattern(copy, 0x42, 4 << 20,
+                                               256 << 10))
+        self.assertTrue(cloudlib.holds_pattern(copy, 0x11, 0, 1 << 20))
+        self.assertFalse(cloudlib.holds_pattern(copy, 0x43, 4 << 20,
+                                                256 << 10))
+        self.assertFalse(cloudlib.holds_pattern(copy, 0x42, 5 << 20,
+                                                256 << 10))
