@@ -5,12 +5,10 @@ ha_snapshot.wsgi.api:application``. Importing this module reads the
 configuration (see ha_snapshot.wsgi); nothing else reads it at import.
 """
 
-import threading
-
 from ha_snapshot import wsgi
 
-_lock = threading.Lock()
-application = None
-with _lock:
-    if application is None:
-        application = wsgi.init_application()
+# NOTE: a WSGI server imports this module once per worker (Python's import
+# lock serialises it), so building the application here is safe; it is the
+# one module that reads the configuration when imported, as WSGI servers
+# expect of a module named by "module:application".
+application = wsgi.init_application()
