@@ -19,6 +19,7 @@ import time
 
 from tools.cloud import cloud as cloud_mod
 from tools.cloud import procs
+from tools.cloud import stop as stop_mod
 
 READY_TIMEOUT = float(os.environ.get('HA_SNAPSHOT_CLOUD_READY_TIMEOUT',
                                      1800))
@@ -115,7 +116,7 @@ def cmd_start(args) -> int:
 
 def cmd_stop(args) -> int:
     run_dir = os.path.join(os.path.abspath(args.state_dir), 'run')
-    sup = cloud_mod.running_supervisor(run_dir)
+    sup = stop_mod.running_supervisor(run_dir)
     t = time.monotonic()
     if sup is not None:
         sup.terminate()
@@ -124,7 +125,7 @@ def cmd_stop(args) -> int:
         except Exception:
             print('harness: supervisor pid %d did not stop within 300 s; '
                   'stopping by pid files' % sup.pid, file=sys.stderr)
-    stopped = cloud_mod.stop_run_dir(run_dir)
+    stopped = stop_mod.stop_run_dir(run_dir)
     procs.ProcessTable(run_dir).stop('harness')
     print('harness: stopped in %.1f s%s; logs in %s' % (
         time.monotonic() - t,

@@ -7,7 +7,8 @@ conductor, scheduler and nova-compute (libvirt driver, QEMU TCG), then
 ha-snapshot-manager, ha-snapshot-api and ha-snapshot-agent, configured as
 the devstack plugin would. ``state.json`` there holds what a client needs
 (URLs, passwords); ``pids/`` and ``logs/`` hold every process's pid file
-and log. :meth:`Cloud.stop` (or :func:`stop_run_dir` from another process)
+and log. :meth:`Cloud.stop` (or :func:`tools.cloud.stop.stop_run_dir` from
+another process)
 stops everything by pid, in reverse order.
 
 Runs in the project's interpreter; the OpenStack services run from the
@@ -26,6 +27,7 @@ import time
 from tools.cloud import configs
 from tools.cloud import mariadb
 from tools.cloud import procs
+from tools.cloud import stop as stop_mod
 from tools.cloud import venv as venv_mod
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -37,20 +39,6 @@ START_TIMEOUT = float(os.environ.get('HA_SNAPSHOT_CLOUD_START_TIMEOUT', 180))
 USERS = ('admin', 'demo', 'nova', 'glance', 'placement', 'ha-snapshot')
 HA_SERVICES = ('ha-snapshot-manager', 'ha-snapshot-api',
                'ha-snapshot-agent')
-# NOTE: the reverse of the start order, a group at a time (the processes
-# of one group in parallel: Nova's take seconds each to exit). ha-snapshot
-# first; nova-compute before the conductor (it waits for the conductor at
-# exit) and before libvirtd; the domains are destroyed with libvirtd.
-STOP_GROUPS = (
-    ('ha-snapshot-agent', 'ha-snapshot-api', 'ha-snapshot-manager'),
-    ('nova-compute',),
-    ('libvirtd', 'virtlogd'),
-    ('nova-scheduler', 'nova-conductor', 'nova-api', 'netstub', 'placement',
-     'glance', 'keystone', 'aodh', 'aodh-listener', 'aodh-notifier'),
-    ('swift-proxy', 'swift-object', 'swift-container', 'swift-account',
-     'mariadb', 'rabbitmq', 'rabbitmq-epmd'),
-)
-STOP_ORDER = tuple(n for group in STOP_GROUPS for n in group)
 
 
 class Cloud:
@@ -88,7 +76,8 @@ class Cloud:
 
     def start(self) -> dict:
         """Start everything; the state (also in ``state.json``)."""
-        if running_supervisor(self.run_dir) or self.table.names():
+        if (stop_mod.running_supervisor(self.run_dir)
+                or self.table.names()):
             raise procs.CloudError(
                 'a cloud already runs from %s (pids in %s): stop it first '
                 '(python3 -m tools.cloud stop)' % (self.run_dir,
@@ -462,81 +451,24 @@ class Cloud:
     def stop(self) -> float:
         """Stop everything this cloud started; the seconds it took."""
         t = time.monotonic()
-        for group in STOP_GROUPS[:2]:
-            _stop_group(self.table, group)
+        for group in stop_mod.STOP_GROUPS[:2]:
+            stop_mod.stop_group(self.table, group)
         if self._libvirtd is not None:
             self._libvirtd.stop()
-            _copy_tree(self._libvirtd.log_dir,
+            stop_mod.copy_tree(self._libvirtd.log_dir,
                        os.path.join(self.log_dir, 'libvirt'))
-        _stop_group(self.table, STOP_GROUPS[3])
+        stop_mod.stop_group(self.table, stop_mod.STOP_GROUPS[3])
         # NOTE: the fixtures stop their own (and reap them); their logs
         # are copied first, as their cleanup removes their directories.
         if self._rabbit is not None:
-            _copy_tree(self._rabbit.log_dir, os.path.join(self.log_dir,
+            stop_mod.copy_tree(self._rabbit.log_dir, os.path.join(self.log_dir,
                                                           'rabbitmq'))
             self._rabbit.cleanUp()
         if self._swift is not None:
             with open(os.path.join(self.log_dir, 'swift.log'), 'w') as f:
                 f.write(self._swift.log_text(100000))
             self._swift.cleanUp()
-        stop_run_dir(self.run_dir)
+        stop_mod.stop_run_dir(self.run_dir)
         return time.monotonic() - t
 
 
-def _copy_tree(src, dst):
-    try:
-        shutil.copytree(src, dst, dirs_exist_ok=True)
-    except OSError:
-        pass
-
-
-def running_supervisor(run_dir: str):
-    return procs.ProcessTable(run_dir).process('harness')
-
-
-def stop_run_dir(run_dir: str) -> list:
-    """Stop every process recorded in ``run_dir``; the names stopped.
-
-    Works from any process: pid files only (a libvirtd's domains are
-    destroyed through its own pid files first).
-    """
-    table = procs.ProcessTable(run_dir)
-    present = table.names()
-    try:
-        with open(os.path.join(run_dir, 'state.json')) as f:
-            libvirt_dir = json.load(f).get('libvirt_dir')
-    except (OSError, ValueError):
-        libvirt_dir = os.path.join(run_dir, 'data', 'libvirt')
-    stopped = [n for n in present
-               if n != 'harness' and table.process(n) is not None]
-    groups = [g for g in STOP_GROUPS]
-    groups.append(tuple(n for n in present
-                        if n not in STOP_ORDER and n != 'harness'))
-    for group in groups:
-        if 'libvirtd' in group and 'libvirtd' in present and os.path.isdir(
-                libvirt_dir or ''):
-            _stop_libvirt_domains(libvirt_dir)
-        _stop_group(table, [n for n in group if n in present])
-    return stopped
-
-
-def _stop_group(table, names) -> None:
-    with concurrent.futures.ThreadPoolExecutor(max(1, len(names))) as pool:
-        for f in [pool.submit(table.stop, n, stop_timeout(n))
-                  for n in names]:
-            f.result()
-
-
-def stop_timeout(name: str) -> float:
-    # NOTE: Nova's services wait for in-flight work, and nova-compute's
-    # thread pool for good, after SIGTERM; nothing of theirs needs saving
-    # at the end of a test run.
-    return 10.0 if name.startswith('nova-') else 30.0
-
-
-def _stop_libvirt_domains(libvirt_dir: str) -> None:
-    from ha_snapshot.tests.fixtures import libvirt as libvirt_fx
-    handle = libvirt_fx.Libvirtd(libvirt_dir)
-    handle.libvirtd_pid = libvirt_fx._read_pid(handle.libvirtd_pidfile)
-    handle.virtlogd_pid = libvirt_fx._read_pid(handle.virtlogd_pidfile)
-    handle.stop()

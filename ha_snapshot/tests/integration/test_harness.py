@@ -18,6 +18,7 @@ import testtools
 from tools.cloud import cloud as cloud_mod
 from tools.cloud import configs
 from tools.cloud import procs
+from tools.cloud import stop as stop_mod
 from tools.cloud import venv as venv_mod
 
 REPO = cloud_mod.REPO
@@ -60,7 +61,7 @@ class TestProcessTable(testtools.TestCase):
     def test_stop_run_dir_from_another_table(self):
         procs_ = [self._sleeper(n) for n in ('nova-compute', 'keystone',
                                              'something-else')]
-        stopped = cloud_mod.stop_run_dir(self.run_dir)
+        stopped = stop_mod.stop_run_dir(self.run_dir)
         self.assertEqual(['keystone', 'nova-compute', 'something-else'],
                          sorted(stopped))
         for p in procs_:
