@@ -11,20 +11,20 @@ returns its exit code, stdout and stderr.
 """
 
 import contextlib
-import http.server
 import io
 import json
 import logging
 import os
 import re
 import sys
-import threading
 import urllib.parse
 
 import fixtures
 from osc_lib import clientmanager
 
 from openstackclient import shell as osc_shell
+
+from ha_snapshot.tests.unit import scripted_http
 
 
 class Request:
@@ -43,49 +43,13 @@ class Request:
                              urllib.parse.urlencode(self.query, doseq=True))
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = 'HTTP/1.1'
-
-    def _answer(self):
-        url = urllib.parse.urlsplit(self.path)
-        length = int(self.headers.get('Content-Length') or 0)
-        body = self.rfile.read(length) if length else b''
-        request = Request(self.command, url.path,
-                          urllib.parse.parse_qs(url.query),
-                          dict(self.headers), body)
-        endpoint = self.server.endpoint
-        endpoint.requests.append(request)
-        answer = endpoint.script.get((self.command, url.path))
-        if callable(answer):
-            answer = answer(request)
-        if answer is None:
-            answer = (404, {'errors': [{
-                'status': 404, 'title': 'Not Found',
-                'detail': 'scripted endpoint: nothing for %s %s' % (
-                    self.command, url.path)}]})
-        status, doc = answer[0], answer[1]
-        headers = answer[2] if len(answer) > 2 else {}
-        if isinstance(doc, (dict, list)):
-            payload = json.dumps(doc).encode()
-            headers.setdefault('Content-Type', 'application/json')
-        else:
-            payload = (doc or '').encode()
-            headers.setdefault('Content-Type', 'text/plain')
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header('Content-Length', str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    do_GET = do_PUT = do_POST = do_DELETE = do_PATCH = _answer
-
-    def log_message(self, *args):
-        pass
-
-
 class ScriptedEndpoint(fixtures.Fixture):
-    """``script[(method, path)] = (status, doc[, headers])`` or callable."""
+    """``script[(method, path)] = (status, doc[, headers])`` or callable.
+
+    A script over :class:`ha_snapshot.tests.unit.scripted_http.
+    ScriptedEndpoint` (the one HTTP server of the unit tests): what is not
+    in the script gets a placement-style 404.
+    """
 
     def __init__(self):
         super().__init__()
@@ -93,19 +57,28 @@ class ScriptedEndpoint(fixtures.Fixture):
         self.requests = []
 
     def _setUp(self):
-        self.server = http.server.ThreadingHTTPServer(
-            ('127.0.0.1', 0), _Handler)
-        self.server.endpoint = self
-        self.server.daemon_threads = True
-        # NOTE: shutdown() waits for a poll; a short one keeps tests quick.
-        thread = threading.Thread(target=self.server.serve_forever,
-                                  kwargs={'poll_interval': 0.05},
-                                  name='scripted-endpoint', daemon=True)
-        thread.start()
-        self.addCleanup(thread.join, 10)
-        self.addCleanup(self.server.server_close)
-        self.addCleanup(self.server.shutdown)
-        self.url = 'http://127.0.0.1:%d' % self.server.server_address[1]
+        self.server = scripted_http.ScriptedEndpoint(self._answer)
+        self.addCleanup(self.server.stop)
+        self.url = self.server.url
+
+    def _answer(self, raw):
+        request = Request(raw.method, raw.path, raw.query, raw.headers,
+                          raw.stream.read_all())
+        self.requests.append(request)
+        answer = self.script.get((raw.method, raw.path))
+        if callable(answer):
+            answer = answer(request)
+        if answer is None:
+            answer = (404, {'errors': [{
+                'status': 404, 'title': 'Not Found',
+                'detail': 'scripted endpoint: nothing for %s %s' % (
+                    raw.method, raw.path)}]})
+        status, doc = answer[0], answer[1]
+        headers = dict(answer[2]) if len(answer) > 2 else {}
+        if not isinstance(doc, (dict, list)):
+            doc = doc or ''
+            headers.setdefault('Content-Type', 'text/plain')
+        return status, headers, doc
 
     def made(self, method, path):
         return [r for r in self.requests
