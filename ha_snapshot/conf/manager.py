@@ -46,7 +46,11 @@ RECOVERY_OPTS = [
                help='Seconds without any report after which the count of '
                     'recovery attempts starts again from zero.'),
     cfg.IntOpt('timeout', default=300, min=10,
-               help='Seconds one recovery may take before it is failed.'),
+               help='Seconds the manager waits for the agent to answer '
+                    'a recovery call (restart, or the re-baseline after '
+                    'a rebuild) before it fails the recovery. Not a '
+                    'limit on the whole recovery: the rebuild\'s wait '
+                    'for Nova has [recovery] rebuild_timeout.'),
     cfg.IntOpt('workers', default=4, min=1,
                help='Recoveries run at the same time.'),
     cfg.DictOpt('actions', default={'qemu': 'restart', 'libvirt': 'rebuild'},
