@@ -14,7 +14,6 @@ needs the admin role (or a policy allowing it) to rebuild other projects'
 servers and to give recovery images to their projects.
 """
 
-from keystoneauth1 import loading as ks_loading
 from oslo_config import cfg
 
 from ha_snapshot.conf import base
@@ -68,28 +67,10 @@ def glance_opts() -> list:
 def register_opts(conf: cfg.ConfigOpts) -> None:
     for group, opts in ((NOVA, nova_opts()), (GLANCE, glance_opts())):
         base.register(conf, group, opts)
-        ks_loading.register_session_conf_options(conf, group.name)
-        ks_loading.register_auth_conf_options(conf, group.name)
-        # NOTE: keystoneauth's default is no timeout at all: an API that
-        # accepts connections and never answers would hang a recovery.
-        # This bounds each request; an image upload's request lasts as
-        # long as bytes keep flowing (it is a read timeout).
-        conf.set_default('timeout', DEFAULT_TIMEOUT, group=group.name)
-
-
-def _session_opts() -> list:
-    opts = ks_loading.get_session_conf_options()  # NOTE: fresh copies
-    for opt in opts:
-        if opt.dest == 'timeout':
-            opt.default = DEFAULT_TIMEOUT
-    return opts
+        base.register_keystoneauth(conf, group.name, DEFAULT_TIMEOUT)
 
 
 def list_opts():
-    # NOTE: the sample documents the password plugin's options; any other
-    # keystoneauth plugin's options are read once auth_type names it.
-    return {group: opts + _session_opts()
-            + ks_loading.get_auth_common_conf_options()
-            + ks_loading.get_auth_plugin_conf_options('password')
+    return {group: opts + base.keystoneauth_opts(DEFAULT_TIMEOUT)
             for group, opts in ((NOVA, nova_opts()),
                                 (GLANCE, glance_opts()))}

@@ -9,7 +9,6 @@ object store is and how hard to retry it. ``auth_type = none`` with
 Keystone (tests, a private proxy).
 """
 
-from keystoneauth1 import loading as ks_loading
 from oslo_config import cfg
 
 from ha_snapshot.conf import base
@@ -57,24 +56,8 @@ OPTS = [
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
     base.register(conf, GROUP, OPTS)
-    ks_loading.register_session_conf_options(conf, GROUP.name)
-    ks_loading.register_auth_conf_options(conf, GROUP.name)
-    # NOTE: keystoneauth's default is no timeout at all: a Swift that
-    # accepts connections and never answers would hang a merge forever.
-    conf.set_default('timeout', DEFAULT_TIMEOUT, group=GROUP.name)
-
-
-def _session_opts() -> list:
-    opts = ks_loading.get_session_conf_options()  # NOTE: fresh copies
-    for opt in opts:
-        if opt.dest == 'timeout':
-            opt.default = DEFAULT_TIMEOUT
-    return opts
+    base.register_keystoneauth(conf, GROUP.name, DEFAULT_TIMEOUT)
 
 
 def list_opts():
-    # NOTE: the sample documents the password plugin's options; any other
-    # keystoneauth plugin's options are read once auth_type names it.
-    return {GROUP: OPTS + _session_opts()
-            + ks_loading.get_auth_common_conf_options()
-            + ks_loading.get_auth_plugin_conf_options('password')}
+    return {GROUP: OPTS + base.keystoneauth_opts(DEFAULT_TIMEOUT)}

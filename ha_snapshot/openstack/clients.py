@@ -34,6 +34,22 @@ def connection(conf, group: str) -> sdk_connection.Connection:
             % (group, ', '.join(sorted(clients_conf.SERVICE_TYPES))))
     # NOTE: idempotent; also done by ha_snapshot.conf.register_opts.
     clients_conf.register_opts(conf)
+    return group_connection(conf, group, service,
+                            'the %s API URL' % service)
+
+
+def group_connection(conf, group: str, service: str,
+                     endpoint_hint: str) -> sdk_connection.Connection:
+    """A Connection from the keystoneauth options of ``[group]``.
+
+    The one way a client of another OpenStack service is built here
+    ([nova], [glance] above, [swift] for the object store backend): the
+    group must hold keystoneauth's session and auth options plus
+    ``endpoint_override``, ``region_name`` and ``interface`` (see
+    ha_snapshot.conf.base.register_keystoneauth). ``service`` is the
+    openstacksdk service type the endpoint options apply to;
+    ``endpoint_hint`` says what endpoint_override must be.
+    """
     opts = conf[group]
     try:
         auth = ks_loading.load_auth_from_conf_options(conf, group)
@@ -46,7 +62,7 @@ def connection(conf, group: str) -> sdk_connection.Connection:
         if opts.auth_type == 'none' and not opts.endpoint_override:
             raise exception.ConfigurationError(
                 reason='[%s] auth_type = none needs [%s] endpoint_override '
-                '(the %s API URL)' % (group, group, service))
+                '(%s)' % (group, group, endpoint_hint))
         session = ks_loading.load_session_from_conf_options(
             conf, group, auth=auth)
         kwargs = {'%s_interface' % service: opts.interface}

@@ -93,13 +93,12 @@ import time
 import urllib.parse
 
 from keystoneauth1 import exceptions as ks_exc
-from keystoneauth1 import loading as ks_loading
-from openstack import connection
 from openstack import exceptions as sdk_exc
 from oslo_log import log as logging
 
 from ha_snapshot.conf import swift as swift_conf
 from ha_snapshot import exception
+from ha_snapshot.openstack import clients
 from ha_snapshot.storage import base
 
 LOG = logging.getLogger(__name__)
@@ -196,32 +195,10 @@ class SwiftDriver(base.StorageDriver):
                                                         safe='')
 
     def _connect(self, conf):
-        group = swift_conf.GROUP.name
-        try:
-            auth = ks_loading.load_auth_from_conf_options(conf, group)
-            if auth is None:
-                raise exception.ConfigurationError(
-                    reason='[swift] auth_type is not set: set it to a '
-                    'keystoneauth plugin (e.g. password, with auth_url, '
-                    'username, password, project_name...) or to none with '
-                    '[swift] endpoint_override')
-            if (conf[group].auth_type == 'none'
-                    and not conf[group].endpoint_override):
-                raise exception.ConfigurationError(
-                    reason='[swift] auth_type = none needs [swift] '
-                    'endpoint_override (the account URL, e.g. '
-                    'http://127.0.0.1:8080/v1/AUTH_test)')
-            session = ks_loading.load_session_from_conf_options(
-                conf, group, auth=auth)
-            conn = connection.Connection(
-                session=session, app_name='ha-snapshot',
-                region_name=conf[group].region_name,
-                object_store_endpoint_override=conf[group].endpoint_override,
-                object_store_interface=conf[group].interface)
-            return conn.object_store
-        except (ks_exc.ClientException, sdk_exc.SDKException) as e:
-            raise exception.ConfigurationError(
-                reason='[swift] options: %s: %s' % (type(e).__name__, e))
+        return clients.group_connection(
+            conf, swift_conf.GROUP.name, 'object_store',
+            'the account URL, e.g. http://127.0.0.1:8080/v1/AUTH_test'
+        ).object_store
 
     def describe(self) -> str:
         where = (_safe_url(self.endpoint_override) if self.endpoint_override
