@@ -18,6 +18,18 @@ from ha_snapshot.conf import clients as clients_conf
 from ha_snapshot import exception
 
 APP_NAME = 'ha-snapshot'
+# NOTE: what a call to another service may raise when that service, the
+# network or the credentials fail; anything else is a bug and shows as one.
+API_ERRORS = (sdk_exc.SDKException, ks_exc.ClientException)
+
+
+def error_reason(e: BaseException) -> str:
+    """What went wrong in a call to another service, for a message."""
+    if isinstance(e, sdk_exc.HttpException):
+        details = (e.details or '').strip()
+        return 'HTTP %s%s' % (e.status_code,
+                              ': ' + details if details else '')
+    return '%s: %s' % (type(e).__name__, e)
 
 
 def connection(conf, group: str) -> sdk_connection.Connection:
@@ -71,6 +83,6 @@ def group_connection(conf, group: str, service: str,
         return sdk_connection.Connection(
             session=session, app_name=APP_NAME,
             region_name=opts.region_name, **kwargs)
-    except (ks_exc.ClientException, sdk_exc.SDKException) as e:
+    except API_ERRORS as e:
         raise exception.ConfigurationError(
             reason='[%s] options: %s: %s' % (group, type(e).__name__, e))

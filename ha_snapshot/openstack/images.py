@@ -12,20 +12,24 @@ exported file in small blocks as the socket takes them (Content-Length
 known up front, nothing held in memory), hashed on the way and checked
 against what Glance computed.
 
-May import ha_snapshot.exception; takes openstacksdk image proxies.
+May import ha_snapshot.exception and ha_snapshot.openstack.clients; takes
+openstacksdk image proxies.
 """
 
 import hashlib
 import os
 
-from keystoneauth1 import exceptions as ks_exc
 from openstack import exceptions as sdk_exc
 from openstack.image.v2 import image as image_res
 from oslo_log import log as logging
 
 from ha_snapshot import exception
+from ha_snapshot.openstack import clients
 
 LOG = logging.getLogger(__name__)
+
+_API_ERRORS = clients.API_ERRORS
+_reason = clients.error_reason
 
 TAG = 'ha_snapshot'
 PROP_INSTANCE = 'ha_snapshot_instance'
@@ -39,9 +43,6 @@ INHERITED_PREFIXES = ('hw_', 'os_', 'img_')
 INHERITED_KEYS = ('architecture', 'hypervisor_type', 'vm_mode', 'min_disk',
                   'min_ram', 'auto_disk_config')
 NOT_INHERITED = ('os_hash_algo', 'os_hash_value', 'os_hidden')
-
-_API_ERRORS = (sdk_exc.SDKException, ks_exc.ClientException)
-
 
 def instance_tag(instance: str) -> str:
     return '%s:%s' % (TAG, instance)
@@ -96,14 +97,6 @@ class HashingReader:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _reason(e: BaseException) -> str:
-    if isinstance(e, sdk_exc.HttpException):
-        details = (e.details or '').strip()
-        return 'HTTP %s%s' % (e.status_code,
-                              ': ' + details if details else '')
-    return '%s: %s' % (type(e).__name__, e)
 
 
 def find(glance, instance: str, restore_point: str | None = None,

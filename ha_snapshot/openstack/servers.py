@@ -8,28 +8,22 @@ empty: Nova's libvirt driver cannot preserve them). Waiting polls ``GET
 ACTIVE is done; SHUTOFF (Nova keeps a stopped server stopped across a
 rebuild) gets one ``os-start``; ERROR fails with Nova's fault message.
 
-May import ha_snapshot.exception; takes openstacksdk compute proxies.
+May import ha_snapshot.exception and ha_snapshot.openstack.clients; takes
+openstacksdk compute proxies.
 """
 
 import time
 
-from keystoneauth1 import exceptions as ks_exc
 from openstack import exceptions as sdk_exc
 from oslo_log import log as logging
 
 from ha_snapshot import exception
+from ha_snapshot.openstack import clients
 
 LOG = logging.getLogger(__name__)
 
-_API_ERRORS = (sdk_exc.SDKException, ks_exc.ClientException)
-
-
-def _reason(e: BaseException) -> str:
-    if isinstance(e, sdk_exc.HttpException):
-        details = (e.details or '').strip()
-        return 'HTTP %s%s' % (e.status_code,
-                              ': ' + details if details else '')
-    return '%s: %s' % (type(e).__name__, e)
+_API_ERRORS = clients.API_ERRORS
+_reason = clients.error_reason
 
 
 def image_id(server) -> str | None:
