@@ -4,7 +4,6 @@ import copy
 import json
 import logging
 import os
-import threading
 import time
 
 import fixtures
@@ -15,9 +14,11 @@ from oslo_messaging import conffixture
 from ha_snapshot.agent import rpcapi as agent_rpcapi
 from ha_snapshot.db import api as db_api
 from ha_snapshot.db import migration
+from ha_snapshot import exception
 from ha_snapshot.manager import notifications
 from ha_snapshot import rpc
 from ha_snapshot.tests import base
+from ha_snapshot.tests.fixtures import agent as agent_fixture
 from ha_snapshot.tests.fixtures import rabbitmq
 
 # NOTE: notifications captured from a real Nova 34 (see DESIGN.md).
@@ -27,35 +28,6 @@ CAPTURED = os.path.join(os.path.dirname(__file__), 'nova')
 def load(event):
     with open(os.path.join(CAPTURED, event + '.json')) as f:
         return json.load(f)
-
-
-class AgentSpy:
-    """The agent's RPC API, served on a real bus, recording its calls."""
-
-    target = messaging.Target(version='1.0')
-
-    def __init__(self):
-        self.calls = []
-        self.cond = threading.Condition()
-
-    def _record(self, name, **kw):
-        with self.cond:
-            self.calls.append((name, kw))
-            self.cond.notify_all()
-
-    def protect(self, ctxt, instance, project, spec):
-        self._record('protect', instance=instance, project=project,
-                     spec=spec)
-
-    def unprotect(self, ctxt, instance):
-        self._record('unprotect', instance=instance)
-
-    def wait(self, n, timeout=30):
-        with self.cond:
-            ok = self.cond.wait_for(lambda: len(self.calls) >= n, timeout)
-        if not ok:
-            raise AssertionError('agent got %d calls, waited for %d: %s'
-                                 % (len(self.calls), n, self.calls))
 
 
 class NotificationTestCase(base.TestCase):
@@ -80,7 +52,7 @@ class NotificationTestCase(base.TestCase):
         ntransport = rpc.get_notification_transport(
             self.conf, url=broker.transport_url)
         self.addCleanup(ntransport.cleanup)
-        self.spy = AgentSpy()
+        self.spy = agent_fixture.RecordingAgent()
         server = rpc.get_server(transport, rpc.AGENT_TOPIC, self.host,
                                 [self.spy])
         server.start()
@@ -121,10 +93,11 @@ class NotificationTestCase(base.TestCase):
             try:
                 if self.db.get_instance(uuid).status == status:
                     return
-            except Exception:
-                pass
+            except exception.InstanceNotFound:
+                pass  # NOTE: not recorded yet
             time.sleep(0.05)
-        raise AssertionError('instance %s never became %s' % (uuid, status))
+        raise AssertionError('instance %s did not become %s within %s s'
+                             % (uuid, status, timeout))
 
     def test_opt_in_protect_pause_delete(self):
         opted = self.server('instance.create.end',

@@ -18,11 +18,9 @@ NOVA_SERVER is known to Nova only (project P, host compute-1).
 import os
 import shutil
 import tempfile
-import threading
 import time
 
 from gabbi import fixture
-import oslo_messaging as messaging
 
 from ha_snapshot.agent import rpcapi as agent_rpcapi
 from ha_snapshot.api import deploy
@@ -37,6 +35,7 @@ from ha_snapshot import rpc
 from ha_snapshot.storage import objects
 from ha_snapshot.storage import store as store_mod
 from ha_snapshot.tests import base
+from ha_snapshot.tests.fixtures import agent as agent_fixture
 from ha_snapshot.tests.fixtures import database as db_fixtures
 from ha_snapshot.tests.unit import fake_openstack
 
@@ -57,33 +56,6 @@ class LazyApp:
 
 def setup_app():
     return LazyApp()
-
-
-class RecordingAgent:
-    """The agent's RPC API on one host, recording what it is told."""
-
-    target = messaging.Target(version='1.0')
-
-    def __init__(self):
-        self.calls = []
-        self.cond = threading.Condition()
-
-    def _record(self, name, **kw):
-        with self.cond:
-            self.calls.append((name, kw))
-            self.cond.notify_all()
-
-    def protect(self, ctxt, instance, project, spec):
-        self._record('protect', instance=instance, project=project,
-                     spec=spec)
-
-    def unprotect(self, ctxt, instance):
-        self._record('unprotect', instance=instance)
-
-    def restart(self, ctxt, instance, restore_point):
-        self._record('restart', instance=instance,
-                     restore_point=restore_point)
-        return {'instance': instance, 'restore_point': restore_point}
 
 
 def _restore_point(instance, project, number, parent=None):
@@ -118,7 +90,7 @@ class APIFixture(fixture.GabbiFixture):
         self.db = db_api.Database(conf)
         migration.upgrade(conf, database=self.db)
         self.transport = rpc.get_transport(conf, url='fake:///')
-        self.agent = RecordingAgent()
+        self.agent = agent_fixture.RecordingAgent()
         self.servers = [rpc.get_server(self.transport, rpc.AGENT_TOPIC, HOST,
                                        [self.agent])]
         agent_api = agent_rpcapi.AgentAPI(self.transport, timeout=30)
