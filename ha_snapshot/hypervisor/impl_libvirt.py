@@ -299,6 +299,15 @@ class LibvirtDriver(base.HypervisorDriver):
             vm.job_done.set()
         if kind in (base.PROCESS_EXITED, events.DOMAIN_STOPPED):
             LOG.info('Domain %s stopped (%s)', vm.name, data.get('reason'))
+            # NOTE: Nova undefines a stopped domain right after destroying
+            # it, and refuses to if checkpoint metadata is left: a backup
+            # caught by the stop may still hold some. Drop it now, off the
+            # event loop thread (callbacks must not call libvirt), and wake
+            # a backup waiting for its job.
+            vm.job_done.set()
+            threading.Thread(target=ops.drop_metadata, args=(self, vm),
+                             name='libvirt-stop-%s' % vm.name,
+                             daemon=True).start()
         if not vm.detached:
             vm.events.put(base.Event(vm.name, kind, data, time.time()))
 

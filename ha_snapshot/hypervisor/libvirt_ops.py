@@ -62,6 +62,18 @@ def _delete_metadata(drv, vm) -> None:
                         vm.name, cp.getName(), e)
 
 
+def drop_metadata(drv, vm) -> None:
+    """After the domain stopped: no checkpoint metadata of ours may stay
+    (see the module doc). Needs no operation lock: it removes only what a
+    running backup would remove itself, and a backup caught by the stop
+    fails anyway."""
+    try:
+        _delete_metadata(drv, vm)
+    except Exception:
+        LOG.exception('Domain %s: checkpoint metadata not dropped after the '
+                      'domain stopped', vm.name)
+
+
 def _redefine(drv, vm, xml: str, validate: bool):
     flags = drv.lv.VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE
     if validate:
@@ -215,6 +227,7 @@ def backup(drv, vm) -> base.Snapshot:
         _unlink(path)  # NOTE: libvirt creates the targets itself
     vm.job_done.clear()
     t0 = time.monotonic()
+    xml = None
     try:
         try:
             vm.dom.backupBegin(
@@ -226,17 +239,31 @@ def backup(drv, vm) -> base.Snapshot:
                 raise base.VMNotRunning(vm=vm.name, reason=str(e))
             raise base.SnapshotFailed(vm=vm.name, reason=str(e))
         begun = time.monotonic() - t0
-        _wait_job(drv, vm, time.monotonic() + drv.opts.backup_timeout)
+        # NOTE: the metadata goes at once, while the job runs (libvirt
+        # allows it; the job and the bitmaps live in QEMU): Nova undefines
+        # a domain without VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA, and a
+        # server deleted while a long backup ran would otherwise fail in
+        # ERROR. What is left of the window is backupBegin itself.
         cp = vm.dom.checkpointLookupByName(name)
         xml = tracking.redefinable(cp.getXMLDesc(
             lv.VIR_DOMAIN_CHECKPOINT_XML_NO_DOMAIN))
+        _delete_metadata(drv, vm)
+        _wait_job(drv, vm, time.monotonic() + drv.opts.backup_timeout)
     except BaseException:
-        for c in _our_metadata(drv, vm):
-            if c.getName() == name:
-                try:
-                    c.delete(0)
-                except lv.libvirtError:
-                    pass
+        if xml is not None:
+            # The new checkpoint's bitmaps must not outlive a failed job;
+            # but never redefine metadata on a stopped domain (Nova may be
+            # undefining it right now): its bitmaps died with QEMU or are
+            # stale ones that recover() drops at the next attach.
+            if drv.is_alive(vm):
+                _remove_bitmaps(drv, vm, xml, name)
+        else:
+            for c in _our_metadata(drv, vm):
+                if c.getName() == name:
+                    try:
+                        c.delete(0)
+                    except lv.libvirtError:
+                        pass
         for path in targets.values():
             _unlink(path)
         _delete_metadata(drv, vm)
@@ -244,7 +271,6 @@ def backup(drv, vm) -> base.Snapshot:
     state.checkpoints.append(tracking.Checkpoint(
         name=name, xml=xml, disks=names, full=prev is None))
     state.save()
-    _delete_metadata(drv, vm)
     active = {d.name: d.active for d in disks}
     frozen = tuple(_frozen(d, targets[d], active[d], prev is None)
                    for d in names)

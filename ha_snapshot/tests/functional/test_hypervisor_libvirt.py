@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 import uuid
 
@@ -123,8 +124,9 @@ class LibvirtTestCase(base.TestCase):
 
     # --- domains ------------------------------------------------------------
 
-    def new_domain(self, name='dom', base_writes=('write -P 0x22 0 1M',)):
-        base_path = self.make_qcow2('%s-base.qcow2' % name, SIZE,
+    def new_domain(self, name='dom', base_writes=('write -P 0x22 0 1M',),
+                   size=SIZE):
+        base_path = self.make_qcow2('%s-base.qcow2' % name, size,
                                     *base_writes)
         disk = base.new_overlay(self.path('%s.qcow2' % name), base_path)
         dom_uuid = base.new_uuid()
@@ -135,7 +137,7 @@ class LibvirtTestCase(base.TestCase):
         # NOTE: paused: no guest code runs (there is none), the block
         # layer still takes qemu-io writes and backups.
         dom.createWithFlags(self.lv.VIR_DOMAIN_START_PAUSED)
-        self.expected = Expected(self.path('%s-expected.raw' % name), SIZE,
+        self.expected = Expected(self.path('%s-expected.raw' % name), size,
                                  base_path)
         return dom_uuid, dom, disk
 
@@ -291,6 +293,49 @@ class TestLibvirtDriver(LibvirtTestCase):
         rp, header = self.ship(fo)
         self.assertEqual(128 * KiB, header.changed_bytes)
         self.assert_restore_point(rp, self.expected.path)
+
+    def test_no_checkpoint_metadata_while_a_backup_runs(self):
+        # A server Nova deletes while a (long) backup runs: Nova destroys
+        # the domain and undefines it with its flags at once; any
+        # checkpoint metadata left would put the server in ERROR.
+        dom_uuid, dom, disk = self.new_domain(
+            'long', base_writes=('write -P 0x22 0 900M',), size=1024 * MiB)
+        vm = self.attach(dom_uuid)
+        outcome = []
+
+        def snapshot():
+            try:
+                outcome.append(self.driver.snapshot(vm))
+            except Exception as e:
+                outcome.append(e)
+        thread = threading.Thread(target=snapshot)
+        thread.start()
+        self.addCleanup(thread.join, 120)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                running = (dom.jobInfo()[0] != self.lv.VIR_DOMAIN_JOB_NONE)
+            except self.lv.libvirtError:
+                running = False  # NOTE: "backup job data missing" at start
+            if running and not self.our_metadata(dom_uuid):
+                break
+            self.assertFalse(outcome, 'the backup ended before its job '
+                             'was seen running without metadata')
+            self.assertLess(time.monotonic(), deadline,
+                            'no backup job running without checkpoint '
+                            'metadata within 60 s')
+            time.sleep(0.005)
+        dom.destroy()
+        flags = 0
+        for name in NOVA_UNDEFINE:
+            flags |= getattr(self.lv, name)
+        dom.undefineFlags(flags)  # raises if metadata were left
+        thread.join(120)
+        self.assertFalse(thread.is_alive(), 'snapshot hung after destroy')
+        self.assertIsInstance(outcome[0], hv.HypervisorError)
+        self.assertEqual([], [n for n in os.listdir(
+            self.driver.workdir(vm)) if n.endswith('.qcow2')],
+            'a failed backup left its delta files')
 
     def test_lost_checkpoint_after_crash_falls_back_to_full_and_says_so(self):
         dom_uuid, dom, disk = self.new_domain('crash')
