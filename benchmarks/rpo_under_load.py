@@ -51,6 +51,7 @@ Goal (issue): ``rpo_p99_s`` <= 5.
 import collections
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -85,7 +86,8 @@ VARIANTS = {'random': ('random', POLICIES),
 
 
 def make_conf(work: str, role: str, policy: str | None,
-              min_interval: float, host_cpu=None) -> cfg.ConfigOpts:
+              min_interval: float, host_cpu=None,
+              policy_opts=None) -> cfg.ConfigOpts:
     """The demo's configuration; one per service (own host, own policy)."""
     conf = cfg.ConfigOpts()
     ha_conf.register_opts(conf)
@@ -108,6 +110,7 @@ def make_conf(work: str, role: str, policy: str | None,
         if host_cpu:
             overrides['policy'].update({'host_cpu_high': host_cpu[0],
                                         'host_cpu_severe': host_cpu[1]})
+        overrides['policy'].update(policy_opts or {})
     elif policy == 'fixed':
         overrides['policy'] = {'name': 'fixed', 'interval': RPO_TARGET,
                                'rpo_target': RPO_TARGET}
@@ -214,7 +217,10 @@ class Sampler(threading.Thread):
 
 
 class Decisions(logging.Handler):
-    """The policy's decisions, from its INFO log line."""
+    """The policy's decisions, from its INFO log line: (time, interval,
+    reason, inputs); inputs holds the numeric ones of the line."""
+
+    INPUT = re.compile(r'(\S+)=(-?[0-9.]+(?:e[+-]?[0-9]+)?)(?=\s|$)')
 
     def __init__(self):
         super().__init__(logging.INFO)
@@ -223,8 +229,11 @@ class Decisions(logging.Handler):
     def emit(self, record):
         args = record.args
         if isinstance(args, dict) and 'interval' in args:
+            inputs = {k: float(v) for k, v in
+                      self.INPUT.findall(str(args.get('inputs', '')))}
             self.by_instance[args.get('instance')].append(
-                (time.time(), args['interval'], args.get('reason', '')))
+                (time.time(), args['interval'], args.get('reason', ''),
+                 inputs))
 
 
 class HostCpu:
@@ -276,7 +285,7 @@ def wait_for(predicate, timeout, what):
 
 
 def run_variant(work, broker, kind, policies, seconds, rate, min_interval,
-                decisions, host_cpu=None) -> dict:
+                decisions, host_cpu=None, policy_opts=None) -> dict:
     os.makedirs(work)
     url = broker.transport_url
     mconf = make_conf(work, 'manager', None, min_interval)
@@ -287,7 +296,8 @@ def run_variant(work, broker, kind, policies, seconds, rate, min_interval,
     services, vms, started_vms, workloads = {}, {}, [], {}
     try:
         for policy in policies:
-            conf = make_conf(work, policy, policy, min_interval, host_cpu)
+            conf = make_conf(work, policy, policy, min_interval, host_cpu,
+                             policy_opts)
             svc = agent_service.AgentService(
                 conf, rpc.get_transport(conf, url=url),
                 hypervisor.get_driver(conf, 'qemu'))
@@ -389,10 +399,12 @@ def summarize(policy, sa, sampler, workload, decisions) -> dict:
     taken = [t for t, _d in points]
     intervals = [b - a for a, b in zip(taken, taken[1:])]
     lags = [d - t for t, d in points[1:]]
+    # NOTE: the reason without its figures (in parentheses) and its
+    # consequence (after the colon).
     reasons = collections.Counter(
-        r.split(' (')[0].split(':')[0].split(';')[0]
-        for _t, _i, r in decisions)
-    chosen = [i for _t, i, _r in decisions]
+        re.sub(r' \([^)]*\)', '', r).split(':')[0].split(';')[0]
+        for _t, _i, r, _in in decisions)
+    chosen = [i for _t, i, _r, _in in decisions]
 
     def stats(values, prefix):
         if not values:
@@ -416,6 +428,13 @@ def summarize(policy, sa, sampler, workload, decisions) -> dict:
         'decisions': dict(reasons),
     }
     out.update(stats(intervals, 'interval'))
+    # NOTE: the host figures as the policy saw them (averaged over
+    # [policy] host_window by the agent's sampler).
+    for key, name in (('host_cpu_percent', 'policy_host_cpu'),
+                      ('host_own_cpu_percent', 'policy_own_cpu')):
+        seen = [i[key] for _t, _i, _r, i in decisions if key in i]
+        if seen:
+            out[name + '_p50_pct'] = c.rnd(c.percentile(seen, 50), 1)
     out.update(stats(lags, 'ship_lag'))
     if chosen:
         out['chosen_interval_min_s'] = c.rnd(min(chosen), 3)
@@ -440,6 +459,10 @@ def main():
                        help='[policy] host_cpu_high,host_cpu_severe of the '
                             'adaptive run (default: the product defaults, '
                             '85,98).')
+        p.add_argument('--policy-opt', action='append', default=[],
+                       metavar='NAME=VALUE',
+                       help='Another [policy] option of the adaptive run '
+                            '(repeatable), e.g. host_window=0.')
         p.add_argument('--variants', default=None,
                        help='Comma-separated, of %s (default: all; quick: '
                             'random).' % ', '.join(VARIANTS))
@@ -451,6 +474,12 @@ def main():
     rate = args.rate_mib * c.MiB
     host_cpu = ([float(x) for x in args.host_cpu.split(',')]
                 if args.host_cpu else None)
+    policy_opts = {}
+    for opt in args.policy_opt:
+        name, sep, value = opt.partition('=')
+        if not sep:
+            raise SystemExit('--policy-opt %r: expected NAME=VALUE' % opt)
+        policy_opts[name.strip()] = float(value)
     results = {}
     with c.workdir(args, 'rpo') as wd:
         logging.basicConfig(
@@ -466,7 +495,7 @@ def main():
                 results[name] = run_variant(
                     os.path.join(wd, name), broker, kind, policies,
                     seconds, rate, args.min_interval, decisions,
-                    host_cpu)
+                    host_cpu, policy_opts)
                 for policy in policies:
                     r = results[name][policy]
                     c.log('%s/%s: rpo p50 %.2f s, p99 %.2f s, max %.2f s; '
@@ -484,6 +513,7 @@ def main():
         'rpo_target_s': RPO_TARGET,
         'adaptive_min_interval_s': args.min_interval,
         'adaptive_host_cpu_high_severe': host_cpu or 'defaults (85, 98)',
+        'adaptive_policy_opts': policy_opts,
         'headline_variant': ('random' if 'random' in results
                              else variants[0]),
         'rpo_p50_s': head['adaptive']['rpo_p50_s'],

@@ -114,8 +114,7 @@ class AgentService(service.Service):
 
     def reload(self) -> None:
         for p in list(self.instances.values()):
-            p.agent.policy = policy_mod.load_policy(self.conf,
-                                                    p.agent.instance)
+            p.agent.policy = self._policy(p.agent.state)
 
     def _heartbeat(self) -> None:
         while not self._beat.wait(self.conf.agent.heartbeat_interval):
@@ -153,14 +152,32 @@ class AgentService(service.Service):
                 self.drivers[name] = hypervisor.get_driver(self.conf, name)
             return self.drivers[name]
 
+    def _policy(self, st):
+        """The policy of the instance's spec, else [policy] name."""
+        return policy_mod.load_policy(self.conf, st.instance,
+                                      name=st.spec.get('policy'))
+
+    def _check_policy(self, instance: str, spec: dict) -> None:
+        name = spec.get('policy')
+        if name is None:
+            return
+        available = policy_mod.available_policies()
+        if not isinstance(name, str) or name not in available:
+            raise exception.HaSnapshotException(
+                'Instance %s cannot be protected: its spec asks for the '
+                'snapshot policy %r, which is not installed on %s '
+                '(available: %s).' % (instance, name, self.host,
+                                      ', '.join(available) or 'none'))
+
     def _start_instance(self, st, vm=None) -> Protected:
         driver = self.driver_for(st.spec)
-        # NOTE: a sampler per instance: each sample covers the time since
-        # that instance's previous decision, not since anyone's.
+        # NOTE: a sampler per instance: its window of readings follows
+        # that instance's decisions, not anyone's.
         agent = instance_mod.SnapshotAgent(
             self.conf, driver, self.manager_api, st,
-            policy_mod.load_policy(self.conf, st.instance), self.host,
-            reporter=self.report, sampler=metrics.HostSampler(),
+            self._policy(st), self.host, reporter=self.report,
+            sampler=metrics.HostSampler(
+                window=self.conf.policy.host_window),
             app_metrics=self.app_metrics)
         agent.vm = vm or agent._attach()
         monitor = health_mod.HealthMonitor(
@@ -192,8 +209,11 @@ class AgentService(service.Service):
                 'lacks %s (a Nova server needs the libvirt driver).'
                 % (instance, driver, ', '.join(missing)))
         spec.setdefault('name', spec.get('domain'))
+        self._check_policy(instance, spec)
         with self.lock:
-            if instance in self.instances:
+            p = self.instances.get(instance)
+            if p is not None:
+                self._change_policy(p, spec.get('policy'))
                 LOG.info('Instance %s is already protected here', instance)
                 return
             st = state_mod.InstanceState(instance=instance, project=project,
@@ -201,6 +221,20 @@ class AgentService(service.Service):
             st.save(self.conf.agent.state_dir)
             self._start_instance(st)
         LOG.info('Instance %s: protection started', instance)
+
+    def _change_policy(self, p, name) -> None:
+        """A protect of a protected instance naming another policy."""
+        st = p.agent.state
+        if name is None or name == st.spec.get('policy'):
+            return
+        # NOTE: built first: a policy that refuses its options changes
+        # nothing.
+        new = policy_mod.load_policy(self.conf, st.instance, name=name)
+        with p.agent.lock:
+            st.spec = dict(st.spec, policy=name)
+            p.agent.policy = new
+            p.agent.save()
+        LOG.info('Instance %s: snapshot policy now %s', st.instance, name)
 
     def unprotect(self, instance: str) -> None:
         with self.lock:

@@ -48,16 +48,41 @@ OPTS = [
                       'host counts as overloaded.'),
     cfg.FloatOpt('host_cpu_severe', default=98.0, min=1.0, max=100.0,
                  help='Host CPU use (percent) from which the overload is '
-                      'severe: the adaptive policy then backs off up to '
-                      'max_interval even if rpo_target is missed. At least '
-                      'host_cpu_high.'),
+                      'severe. If the agent is a significant part of the '
+                      'load (host_own_share_severe), the adaptive policy '
+                      'then backs off past rpo_target, up to '
+                      'backoff_max_stretch. At least host_cpu_high.'),
     cfg.FloatOpt('host_iowait_severe', default=50.0, min=1.0, max=100.0,
                  help='Host I/O wait (percent) from which the overload is '
                       'severe. At least host_iowait_high.'),
+    cfg.FloatOpt('host_own_share_severe', default=30.0, min=0.0, max=100.0,
+                 help='Our share of a severe overload (percent of the '
+                      'busy host CPU time, or of the host disk traffic for '
+                      'an I/O wait overload) from which the adaptive '
+                      'policy may give up rpo_target to relieve the host. '
+                      'Ours is the agent process and the qemu-img '
+                      'processes it runs. Below it the load is someone '
+                      'else\'s, snapshotting less would hardly relieve '
+                      'it, and the policy backs off within rpo_target only. '
+                      '0 gives up the target at every severe overload.'),
+    cfg.FloatOpt('host_window', default=10.0, min=0.0, max=300.0,
+                 help='Seconds over which the agent averages host CPU, I/O '
+                      'wait, disk traffic and its own share of them before '
+                      'the adaptive policy judges the load, so that one '
+                      'busy moment does not count as an overload. 0 uses '
+                      'the time since the previous decision only.'),
     cfg.FloatOpt('backoff_factor', default=2.0, min=1.0, max=10.0,
                  help='Factor by which the adaptive policy stretches the '
-                      'interval at each decision while the host is '
-                      'overloaded or the instance writes nothing.'),
+                      'interval at each decision while the instance '
+                      'writes nothing, or while the host is overloaded '
+                      'and all of the load is ours. For an overload it is '
+                      'scaled by our share of the load: with a share s the '
+                      'interval grows by 1 + (backoff_factor - 1) * s.'),
+    cfg.FloatOpt('backoff_max_stretch', default=4.0, min=1.0, max=100.0,
+                 help='At most this many times the interval that keeps '
+                      'rpo_target may a severe overload stretch the '
+                      'interval (and never past max_interval). 1 never '
+                      'gives up the target for the host\'s sake.'),
     cfg.FloatOpt('ewma_alpha', default=0.3, min=0.01, max=1.0,
                  help='Weight of the newest shipping measurement in the '
                       'moving averages of the adaptive policy (1 keeps '

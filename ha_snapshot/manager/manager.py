@@ -272,7 +272,15 @@ class Manager:
         if row is not None and row.status not in ('deleted', 'protecting') \
                 and row.host == server['host']:
             if policy is not None and policy != row.policy:
-                row = self.db.update_instance(instance, policy=policy)
+                # NOTE: the agent protecting it switches to the policy a
+                # protect cast names.
+                result = notifications.protect_server(
+                    self.conf, self.db, self.agent_api,
+                    dict(server, host=row.host, project=row.project_id),
+                    policy=policy)
+                return self._protected_dict(
+                    self.db.get_instance(instance), True,
+                    'policy %s: %s' % (policy, result))
             return self._protected_dict(row, False, 'already protected on %s'
                                         % row.host)
         if row is not None and row.status == 'deleted':
@@ -281,9 +289,9 @@ class Manager:
                 and row.status != 'deleted':
             self.agent_api.unprotect(row.host, instance)
         result = notifications.protect_server(self.conf, self.db,
-                                              self.agent_api, server)
-        row = self.db.update_instance(instance, policy=policy) \
-            if policy is not None else self.db.get_instance(instance)
+                                              self.agent_api, server,
+                                              policy=policy)
+        row = self.db.get_instance(instance)
         LOG.info('Instance %s: %s (API request)', instance, result)
         return self._protected_dict(row, True, result)
 

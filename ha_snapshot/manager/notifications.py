@@ -73,13 +73,15 @@ def parse(event_type: str, payload) -> dict:
 
 
 def protect_server(conf, db, agent_api, server: dict,
-                   rebaseline: bool = False) -> str:
+                   rebaseline: bool = False, policy: str | None = None) -> str:
     """Record a Nova server and cast ``protect`` to the agent on its host.
 
     ``server`` as :func:`parse` returns it (``uuid``, ``host``,
     ``project``, ``name``). The one way a server starts being protected:
     Nova's notifications and the API's protect (the manager's RPC) both
-    come here.
+    come here. ``policy``, or else the one recorded for the server (an
+    operator's choice outlives a rebuild or a move), goes to the agent in
+    the spec; without either the agent uses its [policy] name.
     """
     if not server['host']:
         raise BadNotification(event_type='protect', reason='server %s '
@@ -87,10 +89,16 @@ def protect_server(conf, db, agent_api, server: dict,
     db.create_instance(server['uuid'], server['project'],
                        host=server['host'], status='protecting',
                        driver=conf.agent.hypervisor)
-    db.update_instance(server['uuid'], host=server['host'])
+    if policy is not None:
+        row = db.update_instance(server['uuid'], host=server['host'],
+                                 policy=policy)
+    else:
+        row = db.update_instance(server['uuid'], host=server['host'])
     if rebaseline:
         agent_api.unprotect(server['host'], server['uuid'])
     spec = {'nova': True, 'uuid': server['uuid'], 'name': server['name']}
+    if row.policy:
+        spec['policy'] = row.policy
     agent_api.protect(server['host'], server['uuid'], server['project'],
                       spec)
     return 'protect cast to %s' % server['host']

@@ -24,14 +24,25 @@ decision):
    and the next decision after writes resume is back to rule 4. (Writes
    that resume during a stretched wait are exposed until it ends: an agent
    that watches block statistics may cut the wait short and ask again.)
-2. Severe host overload (CPU >= ``host_cpu_severe`` or I/O wait >=
-   ``host_iowait_severe``): I = min(max(I_prev, I_keep) * f, max_interval).
-   The host comes first; the RPO target is given up and the reason says so.
+2. Severe host overload that is ours to relieve: CPU >= ``host_cpu_severe``
+   or I/O wait >= ``host_iowait_severe``, AND our share s of that load
+   (below) >= ``host_own_share_severe``: I = min(max(I_prev, I_keep) * f_s,
+   I_cap), f_s = 1 + (f - 1) * s, I_cap = min(I_keep *
+   ``backoff_max_stretch``, max_interval) (at least I_limit). The host
+   comes first: the RPO target is given up and the reason says so.
 3. Host overload (CPU > ``host_cpu_high``, I/O wait > ``host_iowait_high``,
-   or the sampler's ``host_load_ok`` false): I = min(max(I_prev * f,
-   I_keep), I_limit). The interval stretches by f per decision but only
-   into the safety margin: the predicted RPO still meets the target.
+   the sampler's ``host_load_ok`` false, or a severe overload mostly
+   someone else's): I = min(max(I_prev * f_s, I_keep), I_limit). The
+   interval stretches only into the safety margin: the predicted RPO still
+   meets the target.
 4. Otherwise I = I_keep.
+
+Our share s is what backing off can relieve: the agent's CPU time (its
+process and the qemu-img processes it ran) over the busy host CPU time, or
+for an I/O wait overload the agent's disk bytes over the host's, whichever
+of the overloaded resources gives the larger; unknown (a sampler that does
+not measure it) counts as 1, all ours. The host figures are averaged by
+the sampler over ``host_window`` seconds, not taken from one instant.
 
 The result is clamped to [min_interval, max_interval]. Until a first delta
 has been shipped, or while w is unknown (no block statistics yet) or no
@@ -84,9 +95,9 @@ class AdaptivePolicy(base.Policy):
                      + 2.0 * self._error, opts.rpo_target / 2.0)
         keep, limit, throughput = self._bounds(w, margin)
         previous = self._interval or keep
-        overload, load_text = self._overload(figures)
-        interval, reason = self._rule(w, overload, load_text, keep, limit,
-                                      previous, throughput)
+        overload, load_text, share = self._overload(figures)
+        interval, reason = self._rule(w, overload, load_text, share, keep,
+                                      limit, previous, throughput)
         interval = _clamp(interval, opts.min_interval, opts.max_interval)
 
         expected = self._expected_ship(interval, w, throughput)
@@ -114,6 +125,7 @@ class AdaptivePolicy(base.Policy):
             'interval_limit': limit,
             'previous_interval': previous,
             'overload': overload or 'none',
+            'own_share': share,
         })
         return base.Decision(interval, reason, inputs)
 
@@ -137,7 +149,7 @@ class AdaptivePolicy(base.Policy):
         keep = _clamp(keep, opts.min_interval, target)
         return keep, _clamp(limit, keep, target), throughput
 
-    def _rule(self, w, overload, load_text, keep, limit, previous,
+    def _rule(self, w, overload, load_text, share, keep, limit, previous,
               throughput):
         """The four rules of the module's docstring, first match wins."""
         opts = self.conf.policy
@@ -145,12 +157,22 @@ class AdaptivePolicy(base.Policy):
         if w is not None and w <= 0:
             return (min(max(previous, keep) * factor, opts.max_interval),
                     'idle: no writes, stretching toward max_interval')
-        if overload == 'severe':
-            return (min(max(previous, keep) * factor, opts.max_interval),
+        # NOTE: snapshotting less often relieves the host of our part of
+        # its load only: the stretch is in proportion to it.
+        stretch = 1.0 + (factor - 1.0) * share
+        ours = opts.host_own_share_severe / 100.0
+        if overload == 'severe' and share >= ours:
+            cap = max(min(keep * opts.backoff_max_stretch,
+                          opts.max_interval), limit)
+            return (min(max(previous, keep) * stretch, cap),
                     'severe host overload (%s): backing off, RPO target '
                     'given up' % load_text)
+        if overload == 'severe':
+            return (min(max(previous * stretch, keep), limit),
+                    'severe host overload (%s), mostly not ours: backing '
+                    'off within the RPO target' % load_text)
         if overload == 'moderate':
-            return (min(max(previous * factor, keep), limit),
+            return (min(max(previous * stretch, keep), limit),
                     'host overloaded (%s): backing off within the RPO '
                     'target' % load_text)
         if self._ship is None:
@@ -185,18 +207,44 @@ class AdaptivePolicy(base.Policy):
         return w * interval / throughput
 
     def _overload(self, f: metrics.Figures):
+        """(None | 'moderate' | 'severe', text for the log, our share).
+
+        Our share (0 to 1) is that of the resources over their limits:
+        CPU time for a CPU overload, disk bytes for an I/O wait overload
+        (or a busy disk, load_ok false), the larger if both.
+        """
         opts = self.conf.policy
+        cpu, iowait = f.host_cpu_percent, f.host_iowait_percent
+        if f.host_own_cpu_percent is None or cpu <= 0:
+            cpu_share = None
+        else:
+            cpu_share = min(f.host_own_cpu_percent / cpu, 1.0)
+        io_share = (None if f.host_own_io_percent is None
+                    else f.host_own_io_percent / 100.0)
+        severe_cpu = cpu >= opts.host_cpu_severe
+        severe_io = iowait >= opts.host_iowait_severe
+        if severe_cpu or severe_io:
+            level, cpu_over, io_over = 'severe', severe_cpu, severe_io
+        else:
+            level = None
+            cpu_over = cpu > opts.host_cpu_high
+            io_over = iowait > opts.host_iowait_high or not f.host_load_ok
+            if cpu_over or io_over:
+                level = 'moderate'
+        shares = [s for over, s in ((cpu_over, cpu_share),
+                                    (io_over, io_share)) if over]
+        # NOTE: a share we cannot measure is counted as all ours: the host
+        # comes first when we cannot tell.
+        share = (max(1.0 if s is None else s for s in shares) if shares
+                 else 0.0)
         text = 'cpu %.0f%%, iowait %.0f%%, load %s' % (
-            f.host_cpu_percent, f.host_iowait_percent,
-            'ok' if f.host_load_ok else 'high')
-        if (f.host_cpu_percent >= opts.host_cpu_severe
-                or f.host_iowait_percent >= opts.host_iowait_severe):
-            return 'severe', text
-        if (f.host_cpu_percent > opts.host_cpu_high
-                or f.host_iowait_percent > opts.host_iowait_high
-                or not f.host_load_ok):
-            return 'moderate', text
-        return None, text
+            cpu, iowait, 'ok' if f.host_load_ok else 'high')
+        if level:
+            text += ', %s ours' % ('%.0f%%' % (100 * share)
+                                   if None not in shares else 'all assumed')
+        if f.host_window_seconds:
+            text += ' over %.0f s' % f.host_window_seconds
+        return level, text, share
 
 
 def _check(ok: bool, reason: str) -> None:

@@ -3,16 +3,19 @@
 * :class:`Figures`: one cycle's figures, as the agent hands them over.
 * :class:`WriteRateMeter`: an instance's write rate from its cumulative
   block statistics (libvirt ``wr_bytes``, QMP ``query-blockstats``).
-* :class:`HostSampler`: host CPU, I/O wait, disk and load, from psutil, as
-  deltas between two calls (it never sleeps to measure).
+* :class:`HostSampler`: host CPU, I/O wait, disk and load, and our own
+  part of them, from psutil, as deltas over a short window of calls (it
+  never sleeps to measure).
 * :class:`AppMetrics`: optional application figures from plugins in the
   ``ha_snapshot.policy.app_metrics`` namespace.
 
 May import psutil, stevedore and oslo.log; nothing of ha_snapshot.
 """
 
+import collections
 import collections.abc
 import dataclasses
+import functools
 import math
 import numbers
 import os
@@ -48,6 +51,14 @@ class Figures:
     last_durable_at: float | None = None
     host_cpu_percent: float = 0.0
     host_iowait_percent: float = 0.0
+    #: Our part of the host's CPU time (the agent process and its reaped
+    #: children, such as qemu-img), percent of all CPUs; None: unknown.
+    host_own_cpu_percent: float | None = None
+    #: Our part of the host's disk traffic (bytes read and written by the
+    #: agent process and its reaped children), percent; None: unknown.
+    host_own_io_percent: float | None = None
+    #: The time the host figures were averaged over.
+    host_window_seconds: float | None = None
     #: The host sampler's verdict on run queue and disk saturation.
     host_load_ok: bool = True
     #: Numbers from the application metrics plugins, "plugin.key" -> value.
@@ -81,7 +92,7 @@ class WriteRateMeter:
 
 @dataclasses.dataclass(frozen=True)
 class HostSample:
-    """Host figures over the time between two :meth:`HostSampler.sample`."""
+    """Host figures over a window of recent :meth:`HostSampler.sample`."""
 
     #: CPU time neither idle nor waiting for I/O, percent of all CPUs.
     cpu_percent: float
@@ -94,18 +105,43 @@ class HostSample:
     disk_busy_percent: float | None
     #: load_per_cpu and disk_busy_percent are under their limits.
     load_ok: bool
+    #: Our CPU time (this process and its reaped children), percent of
+    #: all CPUs (the scale of cpu_percent); None if unknown.
+    own_cpu_percent: float | None = None
+    #: Our share of the host's disk bytes (read + written); None if
+    #: unknown (no I/O accounting, or no disk traffic at all).
+    own_io_percent: float | None = None
+    #: Seconds the figures cover (the window, or less at start-up).
+    window_seconds: float = 0.0
 
     def figures(self) -> dict:
         """The host fields of :class:`Figures`: ``Figures(**s.figures())``."""
         return {'host_cpu_percent': self.cpu_percent,
                 'host_iowait_percent': self.iowait_percent,
-                'host_load_ok': self.load_ok}
+                'host_load_ok': self.load_ok,
+                'host_own_cpu_percent': self.own_cpu_percent,
+                'host_own_io_percent': self.own_io_percent,
+                'host_window_seconds': self.window_seconds}
+
+
+_Reading = collections.namedtuple(
+    '_Reading', 'clock cpu disk_total disks own_cpu own_io')
 
 
 class HostSampler:
-    """Samples the host without blocking: each sample is a delta.
+    """Samples the host without blocking, averaged over a short window.
 
-    The first :meth:`sample` covers the time since the sampler was built.
+    Each :meth:`sample` is the difference between the counters read now
+    and the oldest reading kept that is at least ``window`` seconds old
+    (or the previous one, whichever is newer): one busy second does not
+    make an overload, and a window of 0 compares with the previous call
+    only. The first sample covers the time since the sampler was built.
+
+    Besides the host totals it reads our own share: the CPU and disk
+    bytes of ``own_process`` (default: this process) and of its children
+    once reaped (qemu-img runs), which is what snapshotting less often
+    can give back to the host.
+
     psutil's own ``cpu_times_percent(interval=None)`` keeps one baseline
     per process, which any other caller resets; this class keeps its own.
     The psutil functions and the clock can be replaced (tests).
@@ -117,18 +153,29 @@ class HostSampler:
                  cpu_times: Callable = psutil.cpu_times,
                  disk_io: Callable = psutil.disk_io_counters,
                  loadavg: Callable = os.getloadavg,
-                 cpu_count: int | None = None):
+                 cpu_count: int | None = None,
+                 window: float = 0.0,
+                 own_process: psutil.Process | None = None,
+                 own_cpu: Callable | None = None,
+                 own_io: Callable | None = None):
         self.load_per_cpu_high = load_per_cpu_high
         self.disk_busy_high = disk_busy_high
+        self.window = max(float(window), 0.0)
         self._clock = clock
         self._cpu_times = cpu_times
         self._disk_io = disk_io
         self._loadavg = loadavg
         self._cpu_count = cpu_count or psutil.cpu_count() or 1
+        if own_cpu is None or own_io is None:
+            proc = own_process or psutil.Process()
+            own_cpu = own_cpu or functools.partial(_process_cpu, proc)
+            own_io = own_io or functools.partial(_process_io, proc)
+        self._own_cpu = own_cpu
+        self._own_io = own_io
         self._last_sample = None
-        self._base = self._read()
+        self._readings = collections.deque([self._read()])
 
-    def _read(self):
+    def _read(self) -> _Reading:
         try:
             # NOTE: the totals skip partitions (psutil counts whole
             # devices); the busy share is the busiest single device's.
@@ -137,37 +184,57 @@ class HostSampler:
         except (OSError, RuntimeError):
             # No /proc/diskstats (some containers): no disk figures.
             total, disks = None, {}
-        return self._clock(), self._cpu_times(), total, disks
+        return _Reading(self._clock(), self._cpu_times(), total, disks,
+                        self._own_cpu(), self._own_io())
 
     def sample(self) -> HostSample:
         now = self._read()
-        base, self._base = self._base, now
-        elapsed = now[0] - base[0]
-        cpu = _cpu_deltas(base[1], now[1])
+        readings = self._readings
+        # NOTE: keep the newest reading at least a window old as the base;
+        # drop what is older than that.
+        while (len(readings) > 1
+               and now.clock - readings[1].clock >= self.window):
+            readings.popleft()
+        base = readings[0]
+        elapsed = now.clock - base.clock
+        cpu = _cpu_deltas(base.cpu, now.cpu)
         if cpu is None or elapsed <= 0:
             # Two calls within one clock tick: nothing new to say.
             if self._last_sample is None:
-                self._last_sample = self._host_sample((0.0, 0.0), 0.0, 0.0,
-                                                      None)
+                self._last_sample = self._host_sample(
+                    (0.0, 0.0, 0.0), 0.0, 0.0, None, None, None, 0.0)
             return self._last_sample
+        readings.append(now)
         read = write = 0
-        if now[2] is not None and base[2] is not None:
-            read = max(now[2].read_bytes - base[2].read_bytes, 0)
-            write = max(now[2].write_bytes - base[2].write_bytes, 0)
+        if now.disk_total is not None and base.disk_total is not None:
+            read = max(now.disk_total.read_bytes
+                       - base.disk_total.read_bytes, 0)
+            write = max(now.disk_total.write_bytes
+                        - base.disk_total.write_bytes, 0)
         busy = None
-        for name, counters in now[3].items():
-            before = base[3].get(name)
+        for name, counters in now.disks.items():
+            before = base.disks.get(name)
             busy_ms = getattr(counters, 'busy_time', None)
             if before is None or busy_ms is None:
                 continue
             share = 100.0 * max(busy_ms - before.busy_time, 0) / (
                 elapsed * 1000.0)
             busy = max(busy or 0.0, min(share, 100.0))
+        own_cpu = None
+        if now.own_cpu is not None and base.own_cpu is not None:
+            own_cpu = _percent(max(now.own_cpu - base.own_cpu, 0.0), cpu[2])
+        own_io = None
+        if (now.own_io is not None and base.own_io is not None
+                and read + write > 0):
+            own_io = _percent(max(now.own_io - base.own_io, 0),
+                              read + write)
         self._last_sample = self._host_sample(cpu, read / elapsed,
-                                              write / elapsed, busy)
+                                              write / elapsed, busy,
+                                              own_cpu, own_io, elapsed)
         return self._last_sample
 
-    def _host_sample(self, cpu, read_bps, write_bps, busy) -> HostSample:
+    def _host_sample(self, cpu, read_bps, write_bps, busy, own_cpu, own_io,
+                     elapsed) -> HostSample:
         load_per_cpu = self._loadavg()[0] / self._cpu_count
         load_ok = (load_per_cpu <= self.load_per_cpu_high and
                    (busy is None or busy < self.disk_busy_high))
@@ -175,11 +242,32 @@ class HostSampler:
             cpu_percent=cpu[0], iowait_percent=cpu[1],
             load_per_cpu=load_per_cpu, disk_read_bps=read_bps,
             disk_write_bps=write_bps, disk_busy_percent=busy,
-            load_ok=load_ok)
+            load_ok=load_ok, own_cpu_percent=own_cpu,
+            own_io_percent=own_io, window_seconds=elapsed)
 
 
-def _cpu_deltas(before, after) -> tuple[float, float] | None:
-    """(busy %, iowait %) between two psutil.cpu_times() readings."""
+def _process_cpu(proc) -> float | None:
+    """CPU seconds of ``proc`` and of its children it has waited for."""
+    try:
+        t = proc.cpu_times()
+    except (psutil.Error, OSError):
+        return None
+    return (t.user + t.system + getattr(t, 'children_user', 0.0)
+            + getattr(t, 'children_system', 0.0))
+
+
+def _process_io(proc) -> int | None:
+    """Disk bytes of ``proc`` (Linux counts reaped children in)."""
+    try:
+        io = proc.io_counters()
+    except (psutil.Error, OSError, AttributeError, NotImplementedError):
+        return None
+    return io.read_bytes + io.write_bytes
+
+
+def _cpu_deltas(before, after) -> tuple[float, float, float] | None:
+    """(busy %, iowait %, CPU seconds spent in all) between two
+    psutil.cpu_times() readings."""
     def total(t):
         # NOTE: on Linux guest time is already counted in user and nice.
         return (sum(t) - getattr(t, 'guest', 0.0)
@@ -191,7 +279,7 @@ def _cpu_deltas(before, after) -> tuple[float, float] | None:
     idle = after.idle - before.idle
     iowait = getattr(after, 'iowait', 0.0) - getattr(before, 'iowait', 0.0)
     busy = spent - idle - iowait
-    return (_percent(busy, spent), _percent(iowait, spent))
+    return (_percent(busy, spent), _percent(iowait, spent), spent)
 
 
 def _percent(part: float, whole: float) -> float:

@@ -209,19 +209,116 @@ class AdaptivePolicyTest(PolicyTestCase):
         self.assertAlmostEqual(normal.interval_seconds,
                                again.interval_seconds, places=6)
 
-    def test_severe_overload_backs_off_up_to_max_interval(self):
-        sim = Simulation(self.adaptive(max_interval=300), 10 * MB, 50 * MB,
+    def converged(self, **overrides):
+        """A policy past its start-up, on steady figures, and its
+        RPO-keeping interval."""
+        sim = Simulation(self.adaptive(**overrides), 10 * MB, 50 * MB,
                          jitter=0).run(20)
-        normal = sim.policy.next_interval(sim.figures()).interval_seconds
-        intervals = [sim.policy.next_interval(sim.figures(
-            host_cpu_percent=99.0)).interval_seconds for _ in range(5)]
-        self.assertAlmostEqual(normal * 2, intervals[0], places=6)
-        self.assertAlmostEqual(normal * 4, intervals[1], places=6)
-        self.assertEqual([300.0] * 3, intervals[2:])
+        normal = sim.policy.next_interval(sim.figures())
+        return sim, normal
+
+    def test_severe_overload_of_ours_backs_off_up_to_the_cap(self):
+        sim, normal = self.converged(max_interval=300)
+        keep = normal.inputs['interval_keep']
+        # All of the load is ours: the full backoff_factor per decision,
+        # up to backoff_max_stretch (4) times the RPO-keeping interval.
+        ours = {'host_cpu_percent': 99.0, 'host_own_cpu_percent': 99.0}
+        decisions = [sim.policy.next_interval(sim.figures(**ours))
+                     for _ in range(4)]
+        intervals = [d.interval_seconds for d in decisions]
+        self.assertAlmostEqual(keep * 2, intervals[0], places=6)
+        self.assertAlmostEqual(keep * 4, intervals[1], places=6)
+        self.assertEqual([keep * 4] * 2, intervals[2:])
+        self.assertIn('RPO target given up', decisions[-1].reason)
+        self.assertIn('100% ours', decisions[-1].reason)
+        self.assertEqual('severe', decisions[-1].inputs['overload'])
+        self.assertEqual(1.0, decisions[-1].inputs['own_share'])
+        # A larger cap: up to max_interval, never past it.
+        sim, normal = self.converged(max_interval=300,
+                                     backoff_max_stretch=100)
+        intervals = [sim.policy.next_interval(sim.figures(**ours))
+                     .interval_seconds for _ in range(5)]
+        self.assertEqual([300.0] * 2, intervals[-2:])
+        # A cap of 1: the target is never given up.
+        sim, normal = self.converged(backoff_max_stretch=1)
+        busy = [sim.policy.next_interval(sim.figures(**ours))
+                for _ in range(3)]
+        for d in busy:
+            self.assertLessEqual(d.inputs['predicted_rpo_seconds'],
+                                 60.0 + 1e-9)
+
+    def test_severe_overload_mostly_not_ours_keeps_the_target(self):
+        # The old rule gave up the target here: 99 % busy host, but the
+        # agent uses 10 % of the CPU time (a tenth of the load).
+        sim, normal = self.converged()
+        others = {'host_cpu_percent': 99.0, 'host_own_cpu_percent': 9.9}
+        decisions = [sim.policy.next_interval(sim.figures(**others))
+                     for _ in range(6)]
+        for d in decisions:
+            self.assertEqual('severe', d.inputs['overload'])
+            self.assertAlmostEqual(0.1, d.inputs['own_share'])
+            self.assertLessEqual(d.interval_seconds,
+                                 d.inputs['interval_limit'] + 1e-9)
+            self.assertLessEqual(d.inputs['predicted_rpo_seconds'],
+                                 60.0 + 1e-9)
+            self.assertIn('mostly not ours', d.reason)
+            self.assertIn('within the RPO target', d.reason)
+            self.assertNotIn('given up', d.reason)
+        self.assertGreaterEqual(decisions[0].interval_seconds,
+                                normal.interval_seconds)
+        # An I/O wait overload is judged by our share of the disk bytes.
+        io = sim.policy.next_interval(sim.figures(
+            host_iowait_percent=60.0, host_own_cpu_percent=80.0,
+            host_own_io_percent=5.0))
+        self.assertIn('mostly not ours', io.reason)
+        io = sim.policy.next_interval(sim.figures(
+            host_iowait_percent=60.0, host_own_cpu_percent=0.0,
+            host_own_io_percent=70.0))
+        self.assertIn('RPO target given up', io.reason)
+        self.assertEqual(0.7, io.inputs['own_share'])
+
+    def test_significant_share_is_an_option(self):
+        others = {'host_cpu_percent': 99.0, 'host_own_cpu_percent': 27.0}
+        sim, _normal = self.converged()
+        self.assertIn('mostly not ours', sim.policy.next_interval(
+            sim.figures(**others)).reason)
+        sim, _normal = self.converged(host_own_share_severe=25)
+        self.assertIn('RPO target given up', sim.policy.next_interval(
+            sim.figures(**others)).reason)
+        # 0: every severe overload gives up the target, ours or not.
+        sim, _normal = self.converged(host_own_share_severe=0)
+        self.assertIn('RPO target given up', sim.policy.next_interval(
+            sim.figures(host_cpu_percent=99.0,
+                        host_own_cpu_percent=0.0)).reason)
+
+    def test_backoff_in_proportion_to_our_share(self):
+        # Two thirds of a severe load ours: each decision stretches by
+        # 1 + (2 - 1) * 2/3, not by the whole backoff_factor.
+        sim, normal = self.converged(max_interval=300)
+        keep = normal.inputs['interval_keep']
+        busy = sim.policy.next_interval(sim.figures(
+            host_cpu_percent=99.0, host_own_cpu_percent=66.0))
+        self.assertAlmostEqual(keep * (1 + 2 / 3), busy.interval_seconds,
+                               places=6)
+        self.assertIn('RPO target given up', busy.reason)
+        # A moderate overload that is none of ours does not stretch at
+        # all: backing off would relieve nothing.
+        sim, normal = self.converged()
+        busy = sim.policy.next_interval(sim.figures(
+            host_cpu_percent=90.0, host_own_cpu_percent=0.0))
+        self.assertEqual('moderate', busy.inputs['overload'])
+        self.assertAlmostEqual(normal.interval_seconds,
+                               busy.interval_seconds, places=6)
+
+    def test_unmeasured_share_counts_as_ours(self):
+        sim, normal = self.converged(max_interval=300)
         severe = sim.policy.next_interval(sim.figures(
             host_iowait_percent=60.0))
         self.assertIn('RPO target given up', severe.reason)
+        self.assertIn('all assumed ours', severe.reason)
         self.assertEqual('severe', severe.inputs['overload'])
+        self.assertAlmostEqual(normal.inputs['interval_keep'] * 2,
+                               severe.interval_seconds, places=6)
 
     def test_idle_instance_stretches_toward_max_interval(self):
         sim = Simulation(self.adaptive(), 10 * MB, 50 * MB, jitter=0)
@@ -247,7 +344,8 @@ class AdaptivePolicyTest(PolicyTestCase):
         self.assertEqual(3, len(lines))
         for key in ('write_rate_bps=', 'last_ship_seconds=',
                     'expected_ship_seconds=', 'predicted_rpo_seconds=',
-                    'rpo_target=60', 'host_cpu_percent='):
+                    'rpo_target=60', 'host_cpu_percent=',
+                    'host_own_cpu_percent=', 'own_share=', 'overload='):
             self.assertIn(key, lines[-1])
         self.assertEqual(set(sim.decisions[-1].inputs),
                          set(sim.decisions[0].inputs))
@@ -280,6 +378,8 @@ class FakeHost:
         self.cpu = CpuTimes(10, 0, 10, 80, 0, 0, 0, 0, 0, 0)
         self.disks = {'sda': DiskIO(0, 0, 0), 'sda1': DiskIO(0, 0, 0)}
         self.load = (0.5, 0.5, 0.5)
+        self.own_cpu = 0.0
+        self.own_io = 0
 
     def disk_io(self, perdisk):
         if perdisk:
@@ -287,10 +387,27 @@ class FakeHost:
         whole = self.disks['sda']
         return DiskIO(whole.read_bytes, whole.write_bytes, whole.busy_time)
 
-    def sampler(self):
+    def sampler(self, window=0.0):
         return metrics.HostSampler(
             clock=lambda: self.clock, cpu_times=lambda: self.cpu,
-            disk_io=self.disk_io, loadavg=lambda: self.load, cpu_count=2)
+            disk_io=self.disk_io, loadavg=lambda: self.load, cpu_count=2,
+            window=window, own_cpu=lambda: self.own_cpu,
+            own_io=lambda: self.own_io)
+
+    def tick(self, seconds, busy, iowait=0.0, own=0.0, disk=0, own_io=0):
+        """``seconds`` pass; of the CPU time of both CPUs ``busy`` and
+        ``iowait`` are fractions (the rest idle), ``own`` ours."""
+        spent = 2 * seconds
+        c = self.cpu
+        self.cpu = c._replace(user=c.user + busy * spent,
+                              iowait=c.iowait + iowait * spent,
+                              idle=c.idle + (1 - busy - iowait) * spent)
+        self.own_cpu += own * spent
+        self.own_io += own_io
+        sda = self.disks['sda']
+        self.disks = dict(self.disks, sda=sda._replace(
+            write_bytes=sda.write_bytes + disk))
+        self.clock += seconds
 
 
 class HostSamplerTest(base.TestCase):
@@ -329,6 +446,50 @@ class HostSamplerTest(base.TestCase):
         # No time passed: the previous sample again, no division by zero.
         self.assertIs(sample, sampler.sample())
 
+    def test_window_smooths_a_busy_moment(self):
+        host = FakeHost()
+        sampler = host.sampler(window=10.0)
+        single = host.sampler(window=0.0)
+        for _ in range(9):
+            host.tick(1, busy=0.2)
+            sampler.sample()
+            single.sample()
+        host.tick(1, busy=1.0)
+        # One busy second among ten: no overload in the window...
+        smooth = sampler.sample()
+        self.assertAlmostEqual(28.0, smooth.cpu_percent)
+        self.assertEqual(10.0, smooth.window_seconds)
+        # ... where the previous sample alone says 100 %.
+        self.assertEqual(100.0, single.sample().cpu_percent)
+        # Older readings leave the window: ten busy seconds are seen.
+        for _ in range(10):
+            host.tick(1, busy=1.0)
+            sample = sampler.sample()
+        self.assertEqual(100.0, sample.cpu_percent)
+        self.assertEqual(10.0, sample.window_seconds)
+
+    def test_own_share_of_cpu_and_disk(self):
+        host = FakeHost()
+        sampler = host.sampler(window=5.0)
+        host.tick(5, busy=0.9, own=0.3, disk=100 * MB, own_io=25 * MB)
+        sample = sampler.sample()
+        self.assertAlmostEqual(90.0, sample.cpu_percent)
+        self.assertAlmostEqual(30.0, sample.own_cpu_percent)
+        self.assertAlmostEqual(25.0, sample.own_io_percent)
+        figures = metrics.Figures(now=1.0, **sample.figures())
+        self.assertAlmostEqual(30.0, figures.host_own_cpu_percent)
+        self.assertEqual(5.0, figures.host_window_seconds)
+        # No disk traffic at all: no share of it.
+        host.tick(5, busy=0.5, own=0.1)
+        self.assertIsNone(sampler.sample().own_io_percent)
+        # Counters we cannot read: unknown, not zero.
+        blind = metrics.HostSampler(
+            clock=lambda: host.clock, cpu_times=lambda: host.cpu,
+            disk_io=host.disk_io, loadavg=lambda: host.load, cpu_count=2,
+            own_cpu=lambda: None, own_io=lambda: None)
+        host.tick(1, busy=0.5)
+        self.assertIsNone(blind.sample().own_cpu_percent)
+
     def test_busy_disk_is_not_ok(self):
         host = FakeHost()
         sampler = host.sampler()
@@ -342,8 +503,14 @@ class HostSamplerTest(base.TestCase):
         started = time.monotonic()
         samples = [sampler.sample() for _ in range(3)]
         self.assertLess(time.monotonic() - started, 0.5)
+        # Our own CPU time is read from this process.
+        sum(i * i for i in range(200000))
+        samples.append(sampler.sample())
+        self.assertIsNotNone(samples[-1].own_cpu_percent)
         for s in samples:
             self.assertTrue(0.0 <= s.cpu_percent <= 100.0)
+            self.assertTrue(s.own_cpu_percent is None
+                            or 0.0 <= s.own_cpu_percent <= 100.0)
             self.assertTrue(0.0 <= s.iowait_percent <= 100.0)
             self.assertGreaterEqual(s.disk_write_bps, 0.0)
 

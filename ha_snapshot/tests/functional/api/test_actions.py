@@ -48,6 +48,38 @@ class ActionsTestCase(base.TestCase):
         self.assertEqual(1, len(self.env.agent.calls))
         self.assertEqual(asked, len(self.env.nova.endpoint.requests))
 
+    def test_the_chosen_policy_reaches_the_agent(self):
+        server = self.ids['NOVA_SERVER']
+        resp = self.request('PUT', '/v1/servers/' + server,
+                            body='{"policy": "fixed"}')
+        self.assertEqual(202, resp.status_int, resp.text)
+        self.env.wait_agent(1)
+        self.assertEqual(
+            [('protect', {'instance': server,
+                          'project': self.ids['PROJECT_P'],
+                          'spec': {'nova': True, 'uuid': server,
+                                   'name': 'web-1', 'policy': 'fixed'}})],
+            self.env.agent.calls)
+        self.assertEqual('fixed', self.env.db.get_instance(server).policy)
+        # Protected: another policy is cast to its agent; the same one
+        # again casts nothing.
+        self.env.db.update_instance_status(server, 'protecting', 'protected')
+        resp = self.request('PUT', '/v1/servers/' + server,
+                            body='{"policy": "adaptive"}')
+        self.assertEqual(202, resp.status_int, resp.text)
+        self.assertEqual('adaptive', resp.json['server']['policy'])
+        self.env.wait_agent(2)
+        self.assertEqual(
+            ('protect', {'instance': server,
+                         'project': self.ids['PROJECT_P'],
+                         'spec': {'nova': True, 'uuid': server,
+                                  'name': None, 'policy': 'adaptive'}}),
+            self.env.agent.calls[1])
+        resp = self.request('PUT', '/v1/servers/' + server,
+                            body='{"policy": "adaptive"}')
+        self.assertEqual(200, resp.status_int, resp.text)
+        self.assertEqual(2, len(self.env.agent.calls))
+
     def test_unprotect_casts_to_the_agent_and_keeps_restore_points(self):
         server = self.ids['SERVER_A']
         resp = self.request('DELETE', '/v1/servers/' + server)
