@@ -291,11 +291,16 @@ class OpenStackHaTest(base.TestCase):
         self.assertEqual([('protect', 'cn3', WEB)], self.api.agents.calls)
         # NOTE: as the agent does once it has started protecting it.
         self.api.db.update_instance_status(WEB, 'protecting', 'protected')
-        # NOTE: idempotent: no second cast, the policy is changed.
+        # NOTE: a new policy is cast to the agent protecting it; the same
+        # protect again casts nothing (idempotent).
         shown = self.openstack('ha', 'protect', WEB, '--host', 'cn3',
                                '--policy', 'fixed', '-f', 'json')
         self.assertEqual('fixed', shown['policy'])
-        self.assertEqual(1, len(self.api.agents.calls))
+        self.assertEqual([('protect', 'cn3', WEB)] * 2,
+                         self.api.agents.calls)
+        self.openstack('ha', 'protect', WEB, '--host', 'cn3', '--policy',
+                       'fixed')
+        self.assertEqual(2, len(self.api.agents.calls))
 
     def test_protect_unknown_policy_changes_nothing(self):
         self.api.protected(WEB)
