@@ -45,6 +45,12 @@ class QemuImgError(ImageError):
     msg_fmt = 'qemu-img failed on %(path)s: %(reason)s'
 
 
+class Qcow2Unsupported(ImageError):
+    """The pure-Python qcow2 reader does not handle this file; callers
+    fall back to the qemu-img path (which inspects and may refuse it)."""
+    msg_fmt = 'Image %(path)s: not read in Python: %(reason)s'
+
+
 # --- deltas -----------------------------------------------------------------
 
 class InvalidDelta(HaSnapshotException):

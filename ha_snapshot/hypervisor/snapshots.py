@@ -1,7 +1,8 @@
 """The qemu driver's snapshot and commit procedures (called under the VM's
 operation lock by :class:`~ha_snapshot.hypervisor.impl_qemu.QemuDriver`).
 
-Snapshot: ``qemu-img create -u`` an empty overlay per disk on the absolute
+Snapshot: write an empty overlay per disk (as ``qemu-img create -u``
+would, see :mod:`~ha_snapshot.hypervisor.qcow2new`) on the absolute
 path of its active image, ``blockdev-add`` each with a null backing, then
 one ``transaction`` of ``blockdev-snapshot`` actions: all disks switch or
 none does. Each active image is flushed just before (guest I/O goes
@@ -29,6 +30,7 @@ from oslo_log import log as logging
 from ha_snapshot.hypervisor import base
 from ha_snapshot.hypervisor import blockgraph
 from ha_snapshot.hypervisor import hmp
+from ha_snapshot.hypervisor import qcow2new
 
 LOG = logging.getLogger(__name__)
 
@@ -38,6 +40,22 @@ def unlink_quietly(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def create_overlay_file(vm, path: str, backing: base.Image, size: int,
+                        cluster_size: int) -> None:
+    """An empty overlay on ``backing``'s absolute path, written in Python
+    (:mod:`~ha_snapshot.hypervisor.qcow2new`: the same bytes as
+    ``qemu-img create -u``, no process) when its simple layout applies,
+    else by ``qemu-img create``."""
+    name = os.path.abspath(backing.path)
+    if not qcow2new.layout_fits(size, cluster_size, name, backing.format):
+        return qemu_img_create(vm, path, backing, size, cluster_size)
+    try:
+        qcow2new.create(path, size, cluster_size, name, backing.format)
+    except OSError as e:
+        raise base.SnapshotFailed(vm=vm.name, reason='writing overlay %s: '
+                                  '%s' % (path, e))
 
 
 def qemu_img_create(vm, path: str, backing: base.Image, size: int,
@@ -76,8 +94,8 @@ def _new_overlay(driver, vm, disk: base.Disk) -> base.Image:
         os.close(fd)
         break
     try:
-        qemu_img_create(vm, path, active, disk.virtual_size,
-                        driver.opts.overlay_cluster_size)
+        create_overlay_file(vm, path, active, disk.virtual_size,
+                            driver.opts.overlay_cluster_size)
         # NOTE: QEMU may run as another user than the agent: the overlay
         # gets the owner and mode of the image it goes on.
         st = os.stat(active.path)
