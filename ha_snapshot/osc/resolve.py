@@ -7,12 +7,14 @@ through the compute API with openstacksdk (the same ``find_server`` that
 ``openstack server show`` uses, over the same session); no match and more
 than one match are clear errors. Projects likewise, through Keystone.
 
-May import openstacksdk, oslo.utils and ha_snapshot.exception.
+May import openstacksdk, keystoneauth1, oslo.utils and
+ha_snapshot.exception.
 """
 
 import logging
 import re
 
+from keystoneauth1 import exceptions as ks_exc
 from openstack import exceptions as sdk_exc
 from oslo_utils import uuidutils
 
@@ -42,9 +44,10 @@ def server_id(client_manager, name_or_id: str) -> str:
             server=name_or_id,
             reason='the compute API knows no such server in this project'
         ) from e
-    except Exception as e:
+    except (sdk_exc.SDKException, ks_exc.ClientException) as e:
         # NOTE: no compute endpoint (noauth without one), Nova down, ...:
         # a name cannot be resolved, an ID would not have needed Nova.
+        # Anything else is a bug and shows as one.
         raise exception.ServerNotFound(
             server=name_or_id,
             reason='the name could not be looked up in the compute API '
@@ -57,8 +60,9 @@ def _duplicate_ids(client_manager, name: str) -> list:
         servers = client_manager.compute.servers(name='^%s$' % re.escape(
             name), details=False)
         return sorted(s.id for s in servers if s.name == name)
-    except Exception:
+    except (sdk_exc.SDKException, ks_exc.ClientException) as e:
         # NOTE: only to help the message; the ambiguity is already known.
+        LOG.debug('Servers named %r not listed: %s', name, e)
         return []
 
 
@@ -72,8 +76,15 @@ def project_id(client_manager, name_or_id: str) -> str:
     if _HEX_ID.match(name_or_id) or uuidutils.is_uuid_like(name_or_id):
         return name_or_id
     try:
-        project = client_manager.sdk_connection.identity.find_project(
-            name_or_id, ignore_missing=False)
+        identity = client_manager.sdk_connection.identity
+        # NOTE: openstacksdk hands out a bare Proxy, without find_project,
+        # when it cannot tell which identity API there is (noauth).
+        find = getattr(identity, 'find_project', None)
+        if find is None:
+            LOG.debug('Project %r not looked up: no identity API; taken '
+                      'for an ID', name_or_id)
+            return name_or_id
+        project = find(name_or_id, ignore_missing=False)
     except sdk_exc.DuplicateResource as e:
         raise exception.ClientError(
             reason='More than one project is named %r: use its ID.'
@@ -82,7 +93,7 @@ def project_id(client_manager, name_or_id: str) -> str:
         raise exception.ClientError(
             reason='Keystone knows no project with the name or ID %r.'
                    % name_or_id) from e
-    except Exception as e:
+    except (sdk_exc.SDKException, ks_exc.ClientException) as e:
         LOG.debug('Project %r not looked up in Keystone (%s): taken for '
                   'an ID', name_or_id, e)
         return name_or_id
