@@ -5,6 +5,8 @@ goes where [nova] says (keystoneauth session and auth from that group,
 ``endpoint_override``, ``region_name``, ``interface``);
 ``connection(conf, 'glance')`` the same for ``image``. One group, one
 Connection: the two services may use different credentials or endpoints.
+:func:`group_connection` is the part any group with keystoneauth options
+shares (the swift storage backend's [swift] too).
 
 May import ha_snapshot.conf.clients and ha_snapshot.exception.
 """
