@@ -7,6 +7,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 import uuid
 
 import fixtures
@@ -67,6 +68,22 @@ def tree_digest(root: str) -> dict:
                 out[os.path.relpath(path, root)] = hashlib.sha256(
                     f.read()).hexdigest()
     return out
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = 0.05):
+    """Poll ``predicate`` until it returns something true; return that.
+
+    Fails the test naming ``what`` and the timeout when it does not come.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError('timed out after %.0f s waiting for %s'
+                                 % (timeout, what))
+        time.sleep(poll)
 
 
 def new_uuid() -> str:

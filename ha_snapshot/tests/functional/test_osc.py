@@ -47,15 +47,6 @@ ADMIN = 'admin'
 T0 = 1_700_000_000.0
 
 
-def wait_for(predicate, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError('timed out after %s s waiting for %s'
-                                 % (timeout, what))
-        time.sleep(0.01)
-
-
 class RecordingAgentAPI:
     """The agents' RPC client, recording the casts the manager makes."""
 
@@ -422,12 +413,13 @@ class OpenStackHaTest(base.TestCase):
             return bool(recs) and recs[-1].step == step
 
         def seen_by_a_poll(step):
-            wait_for(lambda: step_is(step), 'step %s recorded' % step)
+            base.wait_for(lambda: step_is(step), 30,
+                          'step %s recorded' % step, poll=0.01)
             # NOTE: a poll that arrived after the step was recorded, and
             # was answered before the next step is released, read it.
             first = len(self.api.requests)
-            wait_for(lambda: answered_poll_since(first),
-                     'a poll answered after step %s' % step)
+            base.wait_for(lambda: answered_poll_since(first), 30,
+                          'a poll answered after step %s' % step, poll=0.01)
 
         def run():
             try:

@@ -8,7 +8,6 @@ driver; ``[policy] name`` is ``adaptive`` and the specs choose otherwise.
 import logging
 import os
 import signal
-import time
 
 import fixtures
 
@@ -24,15 +23,6 @@ from ha_snapshot.policy import adaptive
 from ha_snapshot.policy import fixed
 from ha_snapshot import rpc
 from ha_snapshot.tests import base
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError('timed out after %.0f s waiting for %s'
-                                 % (timeout, what))
-        time.sleep(0.05)
 
 
 class AgentPolicyChoiceTest(base.TestCase):
@@ -90,10 +80,10 @@ class AgentPolicyChoiceTest(base.TestCase):
     def test_the_spec_policy_is_run_else_the_configured_one(self):
         chosen = self.protect('chosen', policy='fixed')
         default = self.protect('default')
-        wait_for(lambda: self.decided('fixed', chosen), 60,
-                 'a decision of the fixed policy for %s' % chosen)
-        wait_for(lambda: self.decided('adaptive', default), 60,
-                 'a decision of the adaptive policy for %s' % default)
+        base.wait_for(lambda: self.decided('fixed', chosen), 60,
+                      'a decision of the fixed policy for %s' % chosen)
+        base.wait_for(lambda: self.decided('adaptive', default), 60,
+                      'a decision of the adaptive policy for %s' % default)
         self.assertFalse(self.decided('adaptive', chosen))
         self.assertIsInstance(self.agent.instances[chosen].agent.policy,
                               fixed.FixedPolicy)
@@ -111,8 +101,8 @@ class AgentPolicyChoiceTest(base.TestCase):
         self.api.protect(demo.HOST, default, 'p',
                          dict(self.agent.instances[default].agent.state.spec,
                               policy='fixed'))
-        wait_for(lambda: self.decided('fixed', default), 60,
-                 'a decision of the fixed policy for %s' % default)
+        base.wait_for(lambda: self.decided('fixed', default), 60,
+                      'a decision of the fixed policy for %s' % default)
         self.assertIn('Instance %s: snapshot policy now fixed' % default,
                       self.log.output)
         st = state_mod.InstanceState.load(state_mod.InstanceState.path_for(
@@ -121,8 +111,8 @@ class AgentPolicyChoiceTest(base.TestCase):
 
     def test_an_unknown_policy_is_refused_with_a_clear_error(self):
         inst = self.protect('unknown', policy='sometimes')
-        wait_for(lambda: 'Instance %s not protected' % inst
-                 in self.log.output, 30, 'the refusal of %s' % inst)
+        base.wait_for(lambda: 'Instance %s not protected' % inst
+                      in self.log.output, 30, 'the refusal of %s' % inst)
         self.assertIn("its spec asks for the snapshot policy 'sometimes', "
                       "which is not installed on %s (available: " % demo.HOST,
                       self.log.output)
