@@ -228,10 +228,12 @@ class Manager:
         except sdk_exc.NotFoundException:
             raise exception.InstanceNotFound(
                 'Nova has no server %s.' % instance, instance=instance)
-        except sdk_exc.SDKException as e:
+        except clients.API_ERRORS as e:
+            # NOTE: keystoneauth's errors too (Nova or Keystone unreachable,
+            # credentials refused): they are no SDKException.
             raise exception.OpenStackError(
                 service='Nova', reason='looking up server %s: %s'
-                % (instance, e))
+                % (instance, clients.error_reason(e)))
         if not server.compute_host:
             raise exception.OpenStackError(
                 service='Nova', reason='server %s has no host (status %s); '

@@ -48,6 +48,20 @@ class ActionsTestCase(base.TestCase):
         self.assertEqual(1, len(self.env.agent.calls))
         self.assertEqual(asked, len(self.env.nova.endpoint.requests))
 
+    def test_protect_with_nova_unreachable_is_a_clear_502(self):
+        server = self.ids['NOVA_SERVER']
+        # NOTE: nothing listens on the [nova] endpoint any more: the
+        # manager's lookup fails with keystoneauth's DiscoveryFailure,
+        # which is no openstacksdk exception.
+        self.env.nova.stop()
+        resp = self.request('PUT', '/v1/servers/' + server)
+        self.assertEqual(502, resp.status_int, resp.text)
+        error = resp.json['errors'][0]
+        self.assertEqual('ha_snapshot.openstack.error', error['code'])
+        self.assertIn('Nova: looking up server %s: DiscoveryFailure'
+                      % server, error['detail'])
+        self.assertEqual([], self.env.agent.calls)
+
     def test_the_chosen_policy_reaches_the_agent(self):
         server = self.ids['NOVA_SERVER']
         resp = self.request('PUT', '/v1/servers/' + server,
