@@ -52,6 +52,10 @@ ROUTE_DECLARATIONS = {
 # NOTE: what the layers below may raise, as (class, HTTP error, code);
 # the first match wins, so subclasses come before their bases.
 _TRANSLATIONS = (
+    (exception.RecoveryConflict, webob.exc.HTTPConflict,
+     'ha_snapshot.recovery.conflict'),
+    (exception.OpenStackError, webob.exc.HTTPBadGateway,
+     'ha_snapshot.openstack.error'),
     (exception.RestorePointNotFound, webob.exc.HTTPNotFound,
      'ha_snapshot.restore_point.not_found'),
     (exception.InstanceNotFound, webob.exc.HTTPNotFound,
@@ -82,7 +86,7 @@ class State:
 
 def translate(e: Exception):
     """An HTTP error for an error of the database or the manager."""
-    for cls, http, code in _extra_translations() + _TRANSLATIONS:
+    for cls, http, code in _TRANSLATIONS:
         if isinstance(e, cls):
             return errors.http_error(http, str(e.message if isinstance(
                 e, exception.HaSnapshotException) else e), code)
@@ -100,21 +104,6 @@ def translate(e: Exception):
         return errors.http_error(webob.exc.HTTPBadRequest, e.message,
                                  'ha_snapshot.refused')
     return None
-
-
-def _extra_translations() -> tuple:
-    # NOTE: classes other work adds to exception.py (the recovery engine's
-    # conflict); looked up by name so that this module imports without them.
-    out = []
-    for name, http, code in (
-            ('RecoveryConflict', webob.exc.HTTPConflict,
-             'ha_snapshot.recovery.conflict'),
-            ('OpenStackError', webob.exc.HTTPBadGateway,
-             'ha_snapshot.openstack.error')):
-        cls = getattr(exception, name, None)
-        if cls is not None:
-            out.append((cls, http, code))
-    return tuple(out)
 
 
 def dispatch(environ, start_response, mapper):
