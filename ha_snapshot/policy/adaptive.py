@@ -19,9 +19,12 @@ Terms (seconds and bytes):
 The rule, first match wins (f is ``backoff_factor``, I_prev the previous
 decision):
 
-1. Idle, w == 0: I = min(max(I_prev, I_keep) * f, max_interval). An idle
-   instance's snapshots are empty: there is nothing to lose by waiting,
-   and the next decision after writes resume is back to rule 4. (Writes
+1. Idle, w == 0, once a restore point is durable: I = min(max(I_prev,
+   I_keep) * f, max_interval). An idle instance's snapshots are empty:
+   there is nothing to lose by waiting, and the next decision after writes
+   resume is back to rule 4. (Before its first restore point is durable
+   the instance is not idle yet: a zero rate then comes from the moments
+   between attaching and the baseline, too short to tell.) (Writes
    that resume during a stretched wait are exposed until it ends: an agent
    that watches block statistics may cut the wait short and ask again.)
 2. Severe host overload that is ours to relieve: CPU >= ``host_cpu_severe``
@@ -96,8 +99,10 @@ class AdaptivePolicy(base.Policy):
         keep, limit, throughput = self._bounds(w, margin)
         previous = self._interval or keep
         overload, load_text, share = self._overload(figures)
-        interval, reason = self._rule(w, overload, load_text, share, keep,
-                                      limit, previous, throughput)
+        idle = (w is not None and w <= 0
+                and figures.last_durable_at is not None)
+        interval, reason = self._rule(idle, overload, load_text, share,
+                                      keep, limit, previous, throughput)
         interval = _clamp(interval, opts.min_interval, opts.max_interval)
 
         expected = self._expected_ship(interval, w, throughput)
@@ -149,12 +154,12 @@ class AdaptivePolicy(base.Policy):
         keep = _clamp(keep, opts.min_interval, target)
         return keep, _clamp(limit, keep, target), throughput
 
-    def _rule(self, w, overload, load_text, share, keep, limit, previous,
-              throughput):
+    def _rule(self, idle, overload, load_text, share, keep, limit,
+              previous, throughput):
         """The four rules of the module's docstring, first match wins."""
         opts = self.conf.policy
         factor = opts.backoff_factor
-        if w is not None and w <= 0:
+        if idle:
             return (min(max(previous, keep) * factor, opts.max_interval),
                     'idle: no writes, stretching toward max_interval')
         # NOTE: snapshotting less often relieves the host of our part of

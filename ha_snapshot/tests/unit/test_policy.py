@@ -337,6 +337,22 @@ class AdaptivePolicyTest(PolicyTestCase):
         self.assertLess(sim.decisions[-3].interval_seconds, 60.0)
         self.assertLessEqual(max(sim.rpos[-2:]), 60.0)
 
+    def test_not_idle_before_the_first_restore_point(self):
+        # Just after the baseline snapshot, before it is durable: a zero
+        # rate over that short moment does not stretch the interval.
+        pol = self.adaptive()
+        first = pol.next_interval(metrics.Figures(
+            now=10.0, write_rate_bps=0.0, last_delta_bytes=0,
+            last_ship_seconds=0.0))
+        self.assertEqual(27.0, first.interval_seconds)  # (60 - 6) / 2
+        self.assertNotIn('idle', first.reason)
+        # Once a restore point is durable, no writes is idle.
+        idle = pol.next_interval(metrics.Figures(
+            now=20.0, write_rate_bps=0.0, last_delta_bytes=0,
+            last_ship_seconds=0.5, last_durable_at=19.0))
+        self.assertIn('idle', idle.reason)
+        self.assertGreater(idle.interval_seconds, first.interval_seconds)
+
     def test_every_decision_is_logged(self):
         sim = Simulation(self.adaptive(), 10 * MB, 50 * MB).run(3)
         lines = [ln for ln in self.log.output.splitlines()
