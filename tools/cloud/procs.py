@@ -21,6 +21,8 @@ import urllib.parse
 
 import psutil
 
+from ha_snapshot.tests.fixtures import logs
+
 LOOPBACK = '127.0.0.1'
 _POLL = 0.1
 TAIL_LINES = 60
@@ -31,14 +33,7 @@ class CloudError(Exception):
 
 
 def tail(path: str, lines: int = TAIL_LINES) -> str:
-    try:
-        with open(path, 'rb') as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - lines * 300))
-            text = f.read().decode('utf-8', 'replace')
-    except OSError as e:
-        return '(no log %s: %s)' % (path, e)
-    return ''.join(text.splitlines(True)[-lines:])
+    return logs.tail(path, lines)
 
 
 def wait_for(predicate, timeout: float, what: str, logs=()) -> None:
