@@ -40,6 +40,10 @@ COMMIT_WAIT = 5.0
 # merge (the queue holds their decoded bytes).
 PRESTORE_THREADS = 2
 PRESTORE_QUEUE = 16
+# NOTE: chunks stored ahead are only a head start: a merge that waited this
+# long for them goes on and stores what is still missing itself (chunk
+# writes are atomic and content-addressed, so both may write one chunk).
+PRESTORE_WAIT = 60.0
 # NOTE: put_part, the hot path, looks an instance up in the database at
 # most this often (seconds); commit_delta always does, so a part of an
 # instance deleted meanwhile is spooled at worst, never merged.
@@ -124,7 +128,12 @@ class Manager:
             keys = [k for k in self._prestores
                     if k[0] == instance and k[1] <= sequence]
             futures = [f for k in keys for f in self._prestores.pop(k)]
-        concurrent.futures.wait(futures)
+        _done, late = concurrent.futures.wait(futures, PRESTORE_WAIT)
+        if late:
+            LOG.warning('Instance %s, delta %d: %d chunk writes started '
+                        'ahead still run after %.0f s; the merge stores '
+                        'what they have not', instance, sequence, len(late),
+                        PRESTORE_WAIT)
 
     def commit_delta(self, header) -> dict:
         h = delta_mod.header_from_primitive(header)
