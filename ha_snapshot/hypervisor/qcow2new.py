@@ -54,8 +54,10 @@ def layout_fits(size: int, cluster_size: int, backing: str,
     return 3 + l1_clusters <= cluster_size // 2
 
 
-def image_bytes(size: int, cluster_size: int, backing: str,
-                backing_format: str) -> bytes:
+def _pieces(size: int, cluster_size: int, backing: str,
+            backing_format: str):
+    """(file length, [(offset, bytes)]): the non-zero parts of the file;
+    everything else reads as zeros."""
     cluster_bits = cluster_size.bit_length() - 1
     name = backing.encode('utf-8')
     l1_size = _l1_size(size, cluster_size)
@@ -73,11 +75,20 @@ def image_bytes(size: int, cluster_size: int, backing: str,
     ext += struct.pack('>II', 0, 0)
     first = (header + ext).ljust(BACKING_NAME_OFFSET, b'\0') + name
     refcounts = 3 + l1_clusters
-    out = bytearray(3 * cluster_size + l1_size * 8)
-    out[:len(first)] = first
-    out[cluster_size:cluster_size + 8] = struct.pack('>Q', 2 * cluster_size)
-    out[2 * cluster_size:2 * cluster_size + 2 * refcounts] = struct.pack(
-        '>%dH' % refcounts, *([1] * refcounts))
+    return (3 * cluster_size + l1_size * 8,
+            [(0, first),
+             (cluster_size, struct.pack('>Q', 2 * cluster_size)),
+             (2 * cluster_size, struct.pack('>%dH' % refcounts,
+                                            *([1] * refcounts)))])
+
+
+def image_bytes(size: int, cluster_size: int, backing: str,
+                backing_format: str) -> bytes:
+    """The whole file, for tests (the agent writes only the pieces)."""
+    length, pieces = _pieces(size, cluster_size, backing, backing_format)
+    out = bytearray(length)
+    for offset, data in pieces:
+        out[offset:offset + len(data)] = data
     return bytes(out)
 
 
@@ -85,19 +96,17 @@ def create(path: str, size: int, cluster_size: int, backing: str,
            backing_format: str) -> None:
     """Write the overlay into ``path`` (an empty file the caller made with
     O_EXCL) and fsync it. Only the non-zero bytes are written (the rest is
-    a hole, read as zeros), as sparse as qemu-img's. Raises OSError."""
-    data = image_bytes(size, cluster_size, backing, backing_format)
+    a hole, read as zeros, and no whole-file buffer is built), as sparse
+    as qemu-img's. Raises OSError."""
+    length, pieces = _pieces(size, cluster_size, backing, backing_format)
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
-        os.ftruncate(fd, len(data))
-        for start in range(0, len(data), 4096):
-            chunk = data[start:start + 4096]
-            if chunk.count(0) != len(chunk):
-                view = memoryview(chunk)
-                pos = start
-                while view:
-                    n = os.pwrite(fd, view, pos)
-                    view, pos = view[n:], pos + n
+        os.ftruncate(fd, length)
+        for offset, data in pieces:
+            view = memoryview(data)
+            while view:
+                n = os.pwrite(fd, view, offset)
+                view, offset = view[n:], offset + n
         os.fsync(fd)
     finally:
         os.close(fd)
