@@ -84,6 +84,13 @@ def _redefine(drv, vm, xml: str, validate: bool):
 def _remove_bitmaps(drv, vm, xml: str, name: str) -> bool:
     """Delete a checkpoint and its bitmaps from the disks, by redefining
     it first (no validation: a broken bitmap goes too)."""
+    if not drv.is_alive(vm):
+        # NOTE: libvirt deletes bitmaps only of a running domain, and
+        # metadata redefined on a stopped one would make Nova's undefine
+        # fail: leave them to the next full backup.
+        LOG.info('Domain %s is not running: bitmaps of checkpoint %s stay '
+                 'until the next full backup', vm.name, name)
+        return False
     try:
         cp = _redefine(drv, vm, xml, validate=False)
         cp.delete(0)
@@ -193,6 +200,10 @@ def _wait_job(drv, vm, deadline) -> None:
 def backup(drv, vm) -> base.Snapshot:
     lv = drv.lv
     started = time.monotonic()
+    if not drv.is_alive(vm):
+        # NOTE: before any redefinition (see _remove_bitmaps).
+        raise base.VMNotRunning(vm=vm.name, reason='the domain is not '
+                                'running')
     state = _load(drv, vm)
     disks, all_targets = _protected_disks(drv, vm)
     if not disks:

@@ -302,6 +302,16 @@ class TestLibvirtDriver(LibvirtTestCase):
             'long', base_writes=('write -P 0x22 0 900M',), size=1024 * MiB)
         vm = self.attach(dom_uuid)
         outcome = []
+        dropped = threading.Event()
+        real_delete = libvirt_ops._delete_metadata
+
+        def delete_metadata(drv, vm_):
+            real_delete(drv, vm_)
+            dropped.set()
+        # NOTE: the one seam: when the backup has dropped the metadata.
+        self.useFixture(fixtures.MonkeyPatch(
+            'ha_snapshot.hypervisor.libvirt_ops._delete_metadata',
+            delete_metadata))
 
         def snapshot():
             try:
@@ -311,20 +321,13 @@ class TestLibvirtDriver(LibvirtTestCase):
         thread = threading.Thread(target=snapshot)
         thread.start()
         self.addCleanup(thread.join, 120)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                running = (dom.jobInfo()[0] != self.lv.VIR_DOMAIN_JOB_NONE)
-            except self.lv.libvirtError:
-                running = False  # NOTE: "backup job data missing" at start
-            if running and not self.our_metadata(dom_uuid):
-                break
-            self.assertFalse(outcome, 'the backup ended before its job '
-                             'was seen running without metadata')
-            self.assertLess(time.monotonic(), deadline,
-                            'no backup job running without checkpoint '
-                            'metadata within 60 s')
-            time.sleep(0.005)
+        self.assertTrue(dropped.wait(60), 'the backup never dropped the '
+                        'checkpoint metadata (60 s)')
+        self.assertNotEqual(self.lv.VIR_DOMAIN_JOB_NONE, dom.jobInfo()[0],
+                            'the backup job ended before the domain could '
+                            'be destroyed under it')
+        self.assertEqual([], self.our_metadata(dom_uuid))
+        self.assertFalse(outcome, 'the snapshot ended early: %s' % outcome)
         dom.destroy()
         flags = 0
         for name in NOVA_UNDEFINE:
