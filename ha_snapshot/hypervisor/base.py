@@ -16,14 +16,20 @@ itself; it is never committed (and nothing below it is ever touched, e.g. a
 shared image the base stands on).
 
 This module holds the data classes, the exceptions of the package and the
-abstract driver; it imports only ha_snapshot.exception.
+abstract driver, and the subscriber list both drivers deliver events
+through; of ha_snapshot it imports only ha_snapshot.exception.
 """
 
 import abc
 import dataclasses
+import threading
 import typing
 
+from oslo_log import log as logging
+
 from ha_snapshot import exception
+
+LOG = logging.getLogger(__name__)
 
 # Synthetic lifecycle events, next to QMP's own (SHUTDOWN, STOP, RESUME,
 # BLOCK_IO_ERROR, BLOCK_JOB_COMPLETED, JOB_STATUS_CHANGE, ...).
@@ -211,6 +217,43 @@ class Subscription:
 
     def cancel(self) -> None:
         self._cancel()
+
+
+class Subscribers:
+    """A VM's event subscribers (see HypervisorDriver.subscribe)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._entries = []
+
+    def add(self, callback, events=None) -> Subscription:
+        entry = (callback, frozenset(events) if events is not None else None)
+        with self._lock:
+            self._entries.append(entry)
+
+        def cancel():
+            with self._lock:
+                if entry in self._entries:
+                    self._entries.remove(entry)
+        return Subscription(cancel)
+
+    def dispatch(self, events, what: str) -> None:
+        """Deliver the events of queue ``events`` in order until a None;
+        a failing subscriber is logged (``what`` names the VM) and the
+        others still get the event."""
+        while True:
+            event = events.get()
+            if event is None:
+                return
+            with self._lock:
+                entries = list(self._entries)
+            for callback, kinds in entries:
+                if kinds is None or event.kind in kinds:
+                    try:
+                        callback(event)
+                    except Exception:
+                        LOG.exception('%s: subscriber failed on %s', what,
+                                      event.kind)
 
 
 # --- the contract -----------------------------------------------------------

@@ -62,8 +62,7 @@ class LibvirtVM(base.VM):
         self.busy = None
         self.callbacks = []
         self.events = queue.Queue()
-        self.subscribers = []
-        self.sub_lock = threading.Lock()
+        self.subscribers = base.Subscribers()
         self.dispatcher = None
         self.detached = False
         self.job_done = threading.Event()
@@ -284,15 +283,7 @@ class LibvirtDriver(base.HypervisorDriver):
     # --- events --------------------------------------------------------------
 
     def subscribe(self, vm, callback, events=None) -> base.Subscription:
-        entry = (callback, frozenset(events) if events is not None else None)
-        with vm.sub_lock:
-            vm.subscribers.append(entry)
-
-        def cancel():
-            with vm.sub_lock:
-                if entry in vm.subscribers:
-                    vm.subscribers.remove(entry)
-        return base.Subscription(cancel)
+        return vm.subscribers.add(callback, events)
 
     def _emit(self, vm, kind: str, data: dict) -> None:
         if kind == events.JOB_COMPLETED:
@@ -312,19 +303,7 @@ class LibvirtDriver(base.HypervisorDriver):
             vm.events.put(base.Event(vm.name, kind, data, time.time()))
 
     def _dispatch(self, vm) -> None:
-        while True:
-            event = vm.events.get()
-            if event is None:
-                return
-            with vm.sub_lock:
-                subscribers = list(vm.subscribers)
-            for callback, kinds in subscribers:
-                if kinds is None or event.kind in kinds:
-                    try:
-                        callback(event)
-                    except Exception:
-                        LOG.exception('Domain %s: subscriber failed on %s',
-                                      vm.name, event.kind)
+        vm.subscribers.dispatch(vm.events, 'Domain %s' % vm.name)
 
     # --- disks ---------------------------------------------------------------
 

@@ -53,8 +53,7 @@ class QemuVM(base.VM):
         self.prepared = {}
         self.jobs = jobs.JobTable()
         self.events = queue.Queue()
-        self.subscribers = []
-        self.sub_lock = threading.Lock()
+        self.subscribers = base.Subscribers()
         self.dispatcher = None
         self.detached = False
         self.quitting = False
@@ -217,15 +216,7 @@ class QemuDriver(base.HypervisorDriver):
     # --- events --------------------------------------------------------------
 
     def subscribe(self, vm, callback, events=None) -> base.Subscription:
-        entry = (callback, frozenset(events) if events is not None else None)
-        with vm.sub_lock:
-            vm.subscribers.append(entry)
-
-        def cancel():
-            with vm.sub_lock:
-                if entry in vm.subscribers:
-                    vm.subscribers.remove(entry)
-        return base.Subscription(cancel)
+        return vm.subscribers.add(callback, events)
 
     def _on_qmp_event(self, vm, msg):  # the QMP reader thread
         ts = msg.get('timestamp') or {}
@@ -253,20 +244,8 @@ class QemuDriver(base.HypervisorDriver):
                                  {'pid': vm.pid, 'returncode': returncode},
                                  time.time()))
 
-    def _dispatch(self, vm):
-        while True:
-            event = vm.events.get()
-            if event is None:
-                return
-            with vm.sub_lock:
-                subscribers = list(vm.subscribers)
-            for callback, kinds in subscribers:
-                if kinds is None or event.kind in kinds:
-                    try:
-                        callback(event)
-                    except Exception:
-                        LOG.exception('VM %s: subscriber failed on %s',
-                                      vm.name, event.kind)
+    def _dispatch(self, vm) -> None:
+        vm.subscribers.dispatch(vm.events, 'VM %s' % vm.name)
 
     # --- QMP -----------------------------------------------------------------
 
