@@ -17,6 +17,7 @@ from osc_lib import utils
 
 from ha_snapshot import exception
 from ha_snapshot.osc import resolve
+from ha_snapshot.osc.v1 import servers
 
 FINAL_STATES = ('succeeded', 'failed')
 SHOW_FIELDS = (
@@ -98,9 +99,7 @@ class RecoverServer(command.ShowOne):
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
-        parser.add_argument(
-            'server', metavar='<server>',
-            help='Server to recover (name or ID)')
+        servers.add_server_argument(parser, 'Server to recover')
         parser.add_argument(
             '--restore-point', metavar='<restore-point-id>',
             help='Restore point to recover to (default: the newest; see '
@@ -145,12 +144,8 @@ class ListRecoveries(command.Lister):
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
-        parser.add_argument(
-            'server', metavar='<server>',
-            help='Server whose recoveries to list (name or ID)')
-        parser.add_argument(
-            '--long', action='store_true', default=False,
-            help='List more fields in output')
+        servers.add_server_argument(parser, 'Server whose recoveries to list')
+        servers.add_long_argument(parser)
         return parser
 
     def take_action(self, parsed_args):

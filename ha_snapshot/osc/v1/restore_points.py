@@ -4,6 +4,7 @@ from osc_lib.command import command
 from osc_lib import utils
 
 from ha_snapshot.osc import resolve
+from ha_snapshot.osc.v1 import servers
 
 
 class ListRestorePoints(command.Lister):
@@ -11,12 +12,9 @@ class ListRestorePoints(command.Lister):
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
-        parser.add_argument(
-            'server', metavar='<server>',
-            help='Server whose restore points to list (name or ID)')
-        parser.add_argument(
-            '--long', action='store_true', default=False,
-            help='List more fields in output')
+        servers.add_server_argument(
+            parser, 'Server whose restore points to list')
+        servers.add_long_argument(parser)
         return parser
 
     def take_action(self, parsed_args):

@@ -30,10 +30,16 @@ def show_server(server: dict) -> tuple:
     return tuple(fields), utils.get_dict_properties(_rounded(server), fields)
 
 
-def add_server_argument(parser, action: str):
+def add_server_argument(parser, purpose: str):
+    """``purpose``: the help's start, e.g. "Server to protect"."""
     parser.add_argument(
-        'server', metavar='<server>',
-        help='Server to %s (name or ID)' % action)
+        'server', metavar='<server>', help='%s (name or ID)' % purpose)
+
+
+def add_long_argument(parser):
+    parser.add_argument(
+        '--long', action='store_true', default=False,
+        help='List more fields in output')
 
 
 class ProtectServer(command.ShowOne):
@@ -45,7 +51,7 @@ class ProtectServer(command.ShowOne):
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
-        add_server_argument(parser, 'protect')
+        add_server_argument(parser, 'Server to protect')
         parser.add_argument(
             '--policy', metavar='<policy>',
             help='Snapshot policy (e.g. adaptive, fixed); default: the '
@@ -69,7 +75,7 @@ class UnprotectServer(command.Command):
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
-        add_server_argument(parser, 'unprotect')
+        add_server_argument(parser, 'Server to unprotect')
         return parser
 
     def take_action(self, parsed_args):
@@ -94,9 +100,7 @@ class ListServers(command.Lister):
             '--status', metavar='<status>',
             help='List only servers in this status (e.g. protected, '
                  'recovering, failed)')
-        parser.add_argument(
-            '--long', action='store_true', default=False,
-            help='List more fields in output')
+        add_long_argument(parser)
         return parser
 
     def take_action(self, parsed_args):
@@ -132,7 +136,7 @@ class ShowServer(command.ShowOne):
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
-        add_server_argument(parser, 'show')
+        add_server_argument(parser, 'Server to show')
         return parser
 
     def take_action(self, parsed_args):
