@@ -87,6 +87,10 @@ class CorruptObject(StorageError):
     msg_fmt = 'Object %(key)s is corrupt: %(reason)s'
 
 
+class AgentStopped(HaSnapshotException):
+    msg_fmt = 'The snapshot agent was asked to stop while it waited.'
+
+
 class BadNotification(HaSnapshotException):
     msg_fmt = 'Notification %(event_type)s dropped: %(reason)s'
 

@@ -58,8 +58,8 @@ PART_TIMEOUT = 15
 COMMIT_TIMEOUT = 20
 
 
-class Stopped(Exception):
-    """The agent was asked to stop while waiting."""
+# NOTE: raised from deep in a wait; every loop catches it first.
+Stopped = exception.AgentStopped
 
 
 class SnapshotAgent(threading.Thread):
