@@ -360,7 +360,17 @@ class Scenario:
             raise cloudlib.ScenarioError('Aodh refused the alarm: %d %s' % (
                 resp.status_code, resp.text[:500]))
         alarm_id = resp.json()['alarm_id']
-        known = len(self.recoveries(uuid))
+        done = self.recoveries(uuid)
+        known = len(done)
+        # NOTE: an event alarm fires once, and the manager drops reports
+        # within [recovery] cooldown of the last recovery (that is how it
+        # deduplicates flapping alarms): the time-based wait is the point.
+        ended = [_ts(rec['finished_at']) for rec in done
+                 if rec.get('finished_at')]
+        if ended:
+            quiet = (max(ended).timestamp()
+                     + HA_OVERRIDES['recovery']['cooldown'] + 1)
+            time.sleep(max(0.0, quiet - time.time()))
         events = cloudlib.EventPublisher(self.state['transport_url'])
         t = time.monotonic()
         try:
