@@ -256,6 +256,24 @@ class Subscribers:
                                       event.kind)
 
 
+def checked_write(vm: str, offset, length, pattern, disk_of) -> Disk:
+    """Check write()'s arguments for both drivers; ``disk_of()`` looks the
+    disk up once the numbers are known to be integers. Returns the Disk."""
+    for what, value in (('offset', offset), ('length', length),
+                        ('pattern', pattern)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise HypervisorError(vm=vm, reason='write: %s %r is not an '
+                                  'integer' % (what, value))
+    d = disk_of()
+    if not 0 <= pattern <= 0xff or offset < 0 or length <= 0 or (
+            offset + length > d.virtual_size):
+        raise HypervisorError(
+            vm=vm, reason='write of %d bytes of 0x%x at %d does not fit '
+            'disk %s (%d bytes)' % (length, pattern, offset, d.name,
+                                    d.virtual_size))
+    return d
+
+
 # --- the contract -----------------------------------------------------------
 
 class HypervisorDriver(abc.ABC):

@@ -356,19 +356,8 @@ class QemuDriver(base.HypervisorDriver):
 
     def write(self, vm: QemuVM, disk: str, offset: int, length: int,
               pattern: int = 0x11) -> None:
-        for what, value in (('offset', offset), ('length', length),
-                            ('pattern', pattern)):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise base.HypervisorError(
-                    vm=vm.name, reason='write: %s %r is not an integer'
-                    % (what, value))
-        d = self._disk(vm, disk)
-        if not 0 <= pattern <= 0xff or offset < 0 or length <= 0 or (
-                offset + length > d.virtual_size):
-            raise base.HypervisorError(
-                vm=vm.name, reason='write of %d bytes of 0x%x at %d does not '
-                'fit disk %s (%d bytes)' % (length, pattern, offset, disk,
-                                            d.virtual_size))
+        base.checked_write(vm.name, offset, length, pattern,
+                           lambda: self._disk(vm, disk))
         with vm.graph_lock:
             d = vm.disks[disk]
             target = '-d %s' % d.device if d.device else d.active.node
