@@ -177,12 +177,20 @@ class SnapshotAgent(threading.Thread):
                 # NOTE: our own failure is not the VM's: reporting it would
                 # have the manager roll a healthy VM back. Log it, keep
                 # every unacknowledged overlay, and start the loop again.
-                self.error = e
-                LOG.exception('Instance %s: snapshot agent error; the loop '
-                              'starts again in %.1f s', self.instance, delay)
-                if self._stopping.wait(delay):
+                delay = self._back_off(e, delay, 'snapshot agent error; the '
+                                       'loop')
+                if delay is None:
                     return
-                delay = min(delay * 2, self.conf.agent.retry_max)
+
+    def _back_off(self, error, delay: float, what: str) -> float | None:
+        """Log an error of ours and wait ``delay``; the next delay, or None
+        when the agent is asked to stop meanwhile."""
+        self.error = error
+        LOG.exception('Instance %s: %s starts again in %.1f s',
+                      self.instance, what, delay)
+        if self._stopping.wait(delay):
+            return None
+        return min(delay * 2, self.conf.agent.retry_max)
 
     def _attach(self):
         spec = self.state.spec
@@ -366,12 +374,9 @@ class SnapshotAgent(threading.Thread):
             except Exception as e:
                 # NOTE: as in run(): keep every unacknowledged overlay,
                 # learn again what the manager holds, and go on.
-                self.error = e
-                LOG.exception('Instance %s: shipping error; shipping starts '
-                              'again in %.1f s', self.instance, delay)
-                if self._stopping.wait(delay):
+                delay = self._back_off(e, delay, 'shipping error; shipping')
+                if delay is None:
                     return
-                delay = min(delay * 2, self.conf.agent.retry_max)
                 try:
                     self._register()
                 except Stopped:
