@@ -158,6 +158,19 @@ class BlockStats:
     """True when the counters are a guest device's; a bare block node has
     only ``wr_highest_offset`` (QEMU accounts I/O per device)."""
 
+    @classmethod
+    def from_counters(cls, disk: str, node: str, counters: dict,
+                      wr_highest_offset, accounted: bool) -> 'BlockStats':
+        """From a counters dict with QEMU's (and libvirt's) key names."""
+        def n(key):
+            return int(counters.get(key, 0))
+        return cls(disk=disk, node=node, rd_bytes=n('rd_bytes'),
+                   rd_operations=n('rd_operations'), wr_bytes=n('wr_bytes'),
+                   wr_operations=n('wr_operations'),
+                   flush_operations=n('flush_operations'),
+                   wr_highest_offset=int(wr_highest_offset),
+                   accounted=accounted)
+
 
 @dataclasses.dataclass(frozen=True)
 class Event:

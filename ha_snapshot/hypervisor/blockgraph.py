@@ -158,13 +158,7 @@ def blockstats_from(disks: list, devices: list, nodes: list) -> dict:
         accounted = entry is not None
         entry = entry or by_node.get(d.active.node) or {}
         s = entry.get('stats') or {}
-        out[d.name] = base.BlockStats(
-            disk=d.name, node=d.active.node,
-            rd_bytes=int(s.get('rd_bytes', 0)),
-            rd_operations=int(s.get('rd_operations', 0)),
-            wr_bytes=int(s.get('wr_bytes', 0)),
-            wr_operations=int(s.get('wr_operations', 0)),
-            flush_operations=int(s.get('flush_operations', 0)),
-            wr_highest_offset=int(s.get('wr_highest_offset', 0)),
-            accounted=accounted)
+        out[d.name] = base.BlockStats.from_counters(
+            d.name, d.active.node, s, s.get('wr_highest_offset', 0),
+            accounted)
     return out

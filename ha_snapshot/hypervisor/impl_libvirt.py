@@ -407,14 +407,8 @@ class LibvirtDriver(base.HypervisorDriver):
             s = self.call(vm, 'blockStatsFlags', vm.dom.blockStatsFlags,
                           d.name, 0)
             info = self.call(vm, 'blockInfo', vm.dom.blockInfo, d.name)
-            out[d.name] = base.BlockStats(
-                disk=d.name, node=d.active.node,
-                rd_bytes=int(s.get('rd_bytes', 0)),
-                rd_operations=int(s.get('rd_operations', 0)),
-                wr_bytes=int(s.get('wr_bytes', 0)),
-                wr_operations=int(s.get('wr_operations', 0)),
-                flush_operations=int(s.get('flush_operations', 0)),
-                wr_highest_offset=int(info[1]), accounted=True)
+            out[d.name] = base.BlockStats.from_counters(
+                d.name, d.active.node, s, info[1], accounted=True)
         return out
 
     def write(self, vm, disk: str, offset: int, length: int,
