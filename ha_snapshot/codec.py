@@ -50,6 +50,24 @@ def decompress(blob, limit: int) -> bytes:
     return out
 
 
+# NOTE: compressing a sample first spares the whole compression of data
+# that does not shrink (encrypted or already compressed guest data).
+_PROBE = 64 * 1024
+
+
+def compress_if_it_pays(data, cctx) -> bytes | None:
+    """``data`` compressed by ``cctx``, or None when that saves too little
+    to be worth decompressing (less than 1/32 of it, or a 64 KiB sample
+    shrinks by less than 1/16)."""
+    if len(data) > _PROBE and len(cctx.compress(data[:_PROBE])) >= (
+            _PROBE - _PROBE // 16):
+        return None
+    packed = cctx.compress(data)
+    if len(packed) < len(data) - len(data) // 32:
+        return packed
+    return None
+
+
 def b64encode(data) -> str:
     """Base64 text (ASCII ``str``) of ``data``."""
     if pybase64 is not None:

@@ -2,8 +2,9 @@
 
 A delta is a header plus parts of bounded size. Each part lists its extents
 (offset, length, kind) and carries the data extents' bytes concatenated,
-zstandard-compressed, with the sha256 of the uncompressed bytes. Zero
-extents (writes of zeros, discards) carry no bytes.
+zstandard-compressed when that pays (as they are otherwise), with the sha256
+of the uncompressed bytes. Zero extents (writes of zeros, discards) carry
+no bytes.
 
 A delta built here produces its parts lazily (a 20 GiB baseline never sits
 in memory); a delta received from the wire holds them. ``validate`` checks
@@ -71,9 +72,14 @@ class DeltaPart:
     compression: str = 'zstd'
     decoded: bytes | None = dataclasses.field(default=None, repr=False,
                                               compare=False)
+    # NOTE: (chunk size, disk chunk index) -> sha256 of whole chunks of
+    # ``decoded``, computed by the manager itself (never from the wire).
+    chunk_digests: dict | None = dataclasses.field(default=None, repr=False,
+                                                   compare=False)
 
     def meta(self) -> dict:
-        # NOTE: ``decoded`` is a cache (Delta.verify), never serialised.
+        # NOTE: ``decoded`` and ``chunk_digests`` are caches, never
+        # serialised.
         return {'instance': self.instance, 'sequence': self.sequence,
                 'index': self.index,
                 'extents': [list(e) for e in self.extents],
@@ -516,12 +522,16 @@ def from_image(info: image_inspect.ImageInfo, *, instance: str, project: str,
                     if kind == DATA:
                         buf += reader.read(ext, offset, length)
                 raw = bytes(buf)
+                # NOTE: data that does not shrink travels as is: the
+                # manager then has nothing to decompress.
+                packed = codec.compress_if_it_pays(raw, cctx)
                 yield DeltaPart(
                     instance=instance, sequence=sequence, index=index,
                     extents=[(o, n, k) for o, n, k, _ in items],
                     raw_size=len(raw),
                     sha256=hashlib.sha256(raw).hexdigest(),
-                    payload=cctx.compress(raw))
+                    payload=raw if packed is None else packed,
+                    compression='none' if packed is None else 'zstd')
     return Delta(header, source=source)
 
 

@@ -7,7 +7,15 @@ from ha_snapshot.conf import base
 MANAGER = cfg.OptGroup('manager', title='ha-snapshot-manager')
 MANAGER_OPTS = [
     cfg.StrOpt('spool_dir', default='/var/lib/ha-snapshot/spool',
-               help='Where delta parts wait for their commit.'),
+               help='Where delta parts wait for their commit when they do '
+                    'not fit in spool_memory_mb.'),
+    cfg.IntOpt('spool_memory_mb', default=128, min=0,
+               help='MiB of delta parts (decoded) held in memory until '
+                    'their commit; parts beyond it are written to '
+                    'spool_dir. Parts are never written twice (spool and '
+                    'store) while they fit. Parts held are lost with a '
+                    'restart of the manager; agents then send them again. '
+                    '0 writes every part to spool_dir.'),
     cfg.StrOpt('host', sample_default='<hostname>',
                help='Name of this manager on the bus (default: hostname).'),
     cfg.IntOpt('rpc_timeout', default=120, min=1,

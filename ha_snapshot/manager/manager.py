@@ -107,7 +107,7 @@ class Manager:
     def put_part(self, instance, sequence, part) -> dict:
         project = self._project_of(instance)
 
-        def received(checked, data):
+        def received(checked, data, digests):
             # NOTE: the merge's chunk writes start now, while the next
             # parts travel; the commit then finds them held.
             with self._prestore_lock:
@@ -117,7 +117,7 @@ class Manager:
                 self._prestores[(instance, sequence)].append(
                     self._prestore_pool.submit(
                         self.store.prestore, instance, project,
-                        checked.extents, data))
+                        checked.extents, data, digests))
         index = self._io(self.spool.put, instance, sequence, part, received)
         return {'instance': instance, 'sequence': sequence, 'index': index}
 

@@ -46,9 +46,7 @@ class ManagerService(service.Service):
         self.engine = recovery_engine.RecoveryEngine(conf, self.db, actions)
         self.manager = manager_mod.Manager(
             conf, store, self.db,
-            spool_mod.Spool(conf.manager.spool_dir,
-                            conf.image.max_part_bytes,
-                            conf.image.max_part_extents),
+            spool_mod.Spool.from_conf(conf),
             recovery=self.engine, agent_api=agent_api)
         self.rpc_server = rpc.get_server(
             self.transport, rpc.MANAGER_TOPIC, self.host,

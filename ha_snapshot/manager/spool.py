@@ -1,19 +1,24 @@
-"""Delta parts received from agents, kept on disk until their commit.
-
-One file per part (``<root>/<instance>/<sequence>/<index>.part``), written
-atomically (a uniquely named temporary file, then a rename), so a part sent
-twice, even twice at once, is simply written twice.
+"""Delta parts received from agents, held until their commit.
 
 A part is checked whole when it arrives (structure, limits, decompression
 and checksum: :func:`ha_snapshot.delta.receive_part`): a bad part is
-refused by the call that brought it, and the commit does not decode it a
-second time when its decoded bytes are still in the memory cache (bounded
-by ``cache_bytes``; parts pushed out of it are checked again at commit).
+refused by the call that brought it, and only its checked, decoded bytes
+are kept.
 
-Part files are not fsynced. The spool holds nothing the agent does not
-still hold: the agent keeps its overlay until the commit's durable ack,
-and the ack is given only after the store made the restore point durable.
-A part lost or torn by a crash is found at commit (missing, unreadable, or
+Parts are held in memory (up to ``memory_bytes``, ``[manager]
+spool_memory_mb``) and written to disk only when pushed out of it (by
+parts that arrive meanwhile, of this delta or of others), one file per
+part (``<root>/<instance>/<sequence>/<index>.part``, written atomically: a
+uniquely named temporary file, then a rename, so a part sent twice, even
+twice at once, is simply written twice). A delta whose parts all fit is
+never written twice (once here, once into the store): on a 2-core host the
+spool write alone was a fifth of the manager's CPU per part.
+
+Neither is durable, and neither needs to be: the spool holds nothing the
+agent does not still hold. The agent keeps its overlay until the commit's
+durable ack, and the ack is given only after the store made the restore
+point durable. A part lost with a restarted manager's memory, or a file
+lost or torn by a crash, is found at commit (missing, unreadable, or
 failing its checksum) and reported as "never received; send it again",
 which the agent does.
 """
@@ -27,30 +32,43 @@ import struct
 import threading
 import types
 
+from oslo_log import log as logging
 from oslo_utils import uuidutils
 
 from ha_snapshot import codec
 from ha_snapshot import delta as delta_mod
 from ha_snapshot import exception
 
-# NOTE: the decoded parts kept for their commit; a 64 MiB delta of 1 MiB
-# parts fits with room for a few instances shipping at once.
-DEFAULT_CACHE_BYTES = 128 << 20
+LOG = logging.getLogger(__name__)
+
+# NOTE: a 64 MiB delta of 4 MiB parts fits with room for a few instances
+# shipping at once.
+DEFAULT_MEMORY_BYTES = 128 << 20
 
 
 class Spool:
 
     def __init__(self, root: str, max_part_bytes: int,
                  max_part_extents: int = 4096,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES):
+                 memory_bytes: int = DEFAULT_MEMORY_BYTES):
         self.root = root
         self.max_part_bytes = max_part_bytes
         self.max_part_extents = max_part_extents
-        self.cache_bytes = cache_bytes
-        self._cache = collections.OrderedDict()
-        self._cached = 0
+        self.memory_bytes = memory_bytes
+        # NOTE: key (instance, sequence, index) -> (meta dict, bytes,
+        # chunk digests), oldest first; ``_spilling``: pushed out, being
+        # written to disk.
+        self._held = collections.OrderedDict()
+        self._held_bytes = 0
+        self._spilling = {}
         self._lock = threading.Lock()
         os.makedirs(root, exist_ok=True)
+
+    @classmethod
+    def from_conf(cls, conf) -> 'Spool':
+        return cls(conf.manager.spool_dir, conf.image.max_part_bytes,
+                   conf.image.max_part_extents,
+                   memory_bytes=conf.manager.spool_memory_mb << 20)
 
     def _dir(self, instance, sequence) -> str:
         if not uuidutils.is_uuid_like(instance):
@@ -62,14 +80,20 @@ class Spool:
                                                 '>= 0')
         return os.path.join(self.root, instance, '%012d' % sequence)
 
+    def _path(self, key) -> str:
+        return os.path.join(self._dir(key[0], key[1]), '%06d.part' % key[2])
+
     def put(self, instance: str, sequence: int, part: dict,
             received=None) -> int:
         """Check and spool one part; return its index.
 
-        ``received(part, data)``, if given, is called with the checked
-        part and its decoded bytes once it is spooled.
+        ``received(part, data, digests)``, if given, is called with the
+        checked part, its decoded bytes and a dict in which whoever hashes
+        whole chunks of those very bytes may leave ``(chunk size, disk
+        chunk index) -> sha256`` for the merge (kept with the bytes while
+        they are held in memory; see :meth:`RecoveryStore.prestore`).
         """
-        directory = self._dir(instance, sequence)
+        self._dir(instance, sequence)
         if not isinstance(part, dict):
             raise exception.InvalidDelta(instance=instance, sequence=sequence,
                                          reason='part is not a dict')
@@ -106,61 +130,97 @@ class Spool:
         raw = delta_mod.receive_part(
             instance, sequence, obj, max_part_bytes=self.max_part_bytes,
             max_part_extents=self.max_part_extents)
-        meta = json.dumps(meta).encode()
-        os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, '%06d.part' % index)
+        # NOTE: what is kept is the checked, decoded bytes: a part read
+        # back from disk is then never decompressed again.
+        meta['compression'] = 'none'
+        key = (instance, sequence, index)
+        digests = {}
+        if len(raw) > self.memory_bytes:
+            self._forget(lambda k: k == key)
+            self._write(key, meta, raw)
+        else:
+            self._hold(key, (meta, raw, digests))
+        if received is not None:
+            received(obj, raw, digests)
+        return index
+
+    # --- memory, and the files parts pushed out of it go to ----------------
+
+    def _hold(self, key, entry: tuple) -> None:
+        out = []
+        with self._lock:
+            old = self._held.pop(key, None)
+            if old is not None:
+                self._held_bytes -= len(old[1])
+            self._held[key] = entry
+            self._held_bytes += len(entry[1])
+            while self._held_bytes > self.memory_bytes:
+                pushed, entry = self._held.popitem(last=False)
+                self._held_bytes -= len(entry[1])
+                self._spilling[pushed] = entry
+                out.append(pushed)
+        for pushed in out:
+            self._spill(pushed)
+
+    def _spill(self, key) -> None:
+        with self._lock:
+            entry = self._spilling.get(key)
+        if entry is None:
+            return
+        try:
+            self._write(key, entry[0], entry[1])
+        except OSError as e:
+            # NOTE: reported at commit as never received: sent again.
+            LOG.warning('Spool: part %d of delta %d of instance %s could '
+                        'not be written to %s: %s', key[2], key[1], key[0],
+                        self.root, e)
+        with self._lock:
+            if self._spilling.get(key) is entry:
+                del self._spilling[key]
+                return
+        # NOTE: dropped (committed, or its instance unprotected) while it
+        # was being written: the file must not outlive it.
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass
+
+    def _write(self, key, meta: dict, raw: bytes) -> None:
+        path = self._path(key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = '%s.%s.tmp' % (path, secrets.token_hex(4))
-        # NOTE: the payload is kept decoded from base64 (4/3 on disk, and
-        # a second decode at commit): meta length, meta JSON, zstd frame.
+        blob = json.dumps(meta).encode()
         try:
             with open(tmp, 'wb') as f:
-                f.write(struct.pack('>I', len(meta)) + meta)
-                f.write(blob)
+                f.write(struct.pack('>I', len(blob)) + blob)
+                f.write(raw)
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
-        self._remember((instance, sequence, index), obj.sha256, raw)
-        if received is not None:
-            received(obj, raw)
-        return index
 
-    # --- the decoded-part cache ---------------------------------------------
-
-    def _remember(self, key, sha: str, raw: bytes) -> None:
-        if len(raw) > self.cache_bytes:
-            return
+    def _recall(self, key):
         with self._lock:
-            old = self._cache.pop(key, None)
-            if old is not None:
-                self._cached -= len(old[1])
-            self._cache[key] = (sha, raw)
-            self._cached += len(raw)
-            while self._cached > self.cache_bytes:
-                _key, (_sha, dropped) = self._cache.popitem(last=False)
-                self._cached -= len(dropped)
-
-    def _recall(self, key, sha: str) -> bytes | None:
-        with self._lock:
-            entry = self._cache.get(key)
-        if entry is None or entry[0] != sha:
-            return None
-        return entry[1]
+            return self._held.get(key) or self._spilling.get(key)
 
     def _forget(self, match) -> None:
         with self._lock:
-            for key in [k for k in self._cache if match(k)]:
-                self._cached -= len(self._cache.pop(key)[1])
+            for key in [k for k in self._held if match(k)]:
+                self._held_bytes -= len(self._held.pop(key)[1])
+            for key in [k for k in self._spilling if match(k)]:
+                del self._spilling[key]
 
     @property
-    def cached_bytes(self) -> int:
-        return self._cached
+    def held_bytes(self) -> int:
+        """Decoded bytes of the parts held in memory."""
+        return self._held_bytes
 
     # --- commit -------------------------------------------------------------
 
     def load(self, header: delta_mod.DeltaHeader) -> delta_mod.Delta:
-        directory = self._dir(header.instance, header.sequence)
+        """The delta's parts, from memory or their files, for the merge."""
+        self._dir(header.instance, header.sequence)
         parts = []
 
         def again(reason):
@@ -168,35 +228,47 @@ class Spool:
                 instance=header.instance, sequence=header.sequence,
                 reason='%s; send it again' % reason)
         for index in range(header.part_count):
-            path = os.path.join(directory, '%06d.part' % index)
             key = (header.instance, header.sequence, index)
-            try:
-                with open(path, 'rb') as f:
-                    (n,) = struct.unpack('>I', f.read(4))
-                    prim = json.loads(f.read(n))
-                    decoded = self._recall(key, prim.get('sha256')) if (
-                        isinstance(prim, dict)) else None
-                    # NOTE: a part still in the cache was checked on
-                    # arrival: its compressed copy is not even read.
-                    raw = f.read() if decoded is None else None
-            except FileNotFoundError:
-                raise again('part %d of %d was never received'
-                            % (index, header.part_count))
-            except (ValueError, struct.error) as e:
-                # NOTE: torn by a crash (part files are not fsynced).
-                raise again('part %d of %d was never received whole '
-                            '(spooled copy unreadable: %s)'
-                            % (index, header.part_count, e))
-            if not isinstance(prim, dict):
-                raise again('part %d of %d was never received whole '
-                            '(spooled copy unreadable)'
-                            % (index, header.part_count))
-            prim['payload'] = ''
-            part = delta_mod.part_from_primitive(header, prim)
+            held = self._recall(key)
+            digests = None
+            if held is not None:
+                # NOTE: checked on arrival: the merge takes its bytes (and
+                # the digests of their whole chunks) as they are.
+                meta, decoded, raw = dict(held[0]), held[1], None
+                digests = held[2]
+            else:
+                meta, decoded, raw = self._read(key, header.part_count,
+                                                again)
+            meta['payload'] = ''
+            part = delta_mod.part_from_primitive(header, meta)
             part.payload = raw
             part.decoded = decoded
+            part.chunk_digests = digests
             parts.append(part)
         return delta_mod.Delta(header, parts)
+
+    def _read(self, key, count: int, again):
+        index = key[2]
+        try:
+            with open(self._path(key), 'rb') as f:
+                (n,) = struct.unpack('>I', f.read(4))
+                meta = json.loads(f.read(n))
+                raw = f.read()
+        except FileNotFoundError:
+            raise again('part %d of %d was never received (or was lost '
+                        'with a restart of the manager)' % (index, count))
+        except OSError as e:
+            raise again('part %d of %d was never received whole (spooled '
+                        'copy unreadable: %s)' % (index, count, e))
+        except (ValueError, struct.error) as e:
+            # NOTE: torn by a crash (part files are not fsynced).
+            raise again('part %d of %d was never received whole (spooled '
+                        'copy unreadable: %s)' % (index, count, e))
+        if not isinstance(meta, dict):
+            raise again('part %d of %d was never received whole (spooled '
+                        'copy unreadable)' % (index, count))
+        # NOTE: checked again by the merge (size, checksum).
+        return meta, None, raw
 
     def drop_through(self, instance: str, sequence: int) -> None:
         """Forget the parts of every delta up to ``sequence``."""

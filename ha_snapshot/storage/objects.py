@@ -39,23 +39,14 @@ def manifest_key(instance: str, number: int) -> str:
     return '%s%012d' % (manifest_prefix(instance), number)
 
 
-_PROBE = 64 * 1024
-
-
 def encode_chunk(data: bytes, compress: bool, cctx=None) -> bytes:
-    """The stored form of a chunk: compressed only if that pays.
-
-    A 64 KiB sample is compressed first: data that does not shrink there
-    (encrypted or already compressed guest data) is stored as is without
-    spending a whole-chunk compression on it.
-    """
+    """The stored form of a chunk: compressed only if that pays
+    (:func:`ha_snapshot.codec.compress_if_it_pays`)."""
     if compress:
-        cctx = cctx or zstandard.ZstdCompressor(level=1)
-        if len(data) <= _PROBE or len(cctx.compress(data[:_PROBE])) < (
-                _PROBE - _PROBE // 16):
-            packed = cctx.compress(data)
-            if len(packed) < len(data) - len(data) // 32:
-                return _CHUNK_MAGIC + bytes([_CODEC_ZSTD]) + packed
+        packed = codec_mod.compress_if_it_pays(
+            data, cctx or zstandard.ZstdCompressor(level=1))
+        if packed is not None:
+            return _CHUNK_MAGIC + bytes([_CODEC_ZSTD]) + packed
     return _CHUNK_MAGIC + bytes([_CODEC_NONE]) + data
 
 

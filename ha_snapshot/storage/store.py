@@ -217,7 +217,13 @@ class RecoveryStore:
             virtual_size=h.virtual_size, chunk_size=chunk_size, chunks=chunks,
             delta_sequence=h.sequence, changed_bytes=h.changed_bytes,
             source=source)
-        with _ChunkWriter(self, rp, None if h.full else parent) as writer:
+        known = {}
+        for part in delta.parts() if delta.materialized else ():
+            for (cs, index), sha in dict(part.chunk_digests or {}).items():
+                if cs == chunk_size:
+                    known[index] = sha
+        with _ChunkWriter(self, rp, None if h.full else parent,
+                          known) as writer:
             for offset, length, kind, data in delta.iter_extents(
                     max_part_bytes=self.limits.max_part_bytes,
                     max_part_extents=self.limits.max_part_extents):
@@ -250,7 +256,7 @@ class RecoveryStore:
         return layout
 
     def prestore(self, instance: str, project: str, extents,
-                 data: bytes) -> int:
+                 data: bytes, digests: dict | None = None) -> int:
         """Store, ahead of its merge, every whole chunk that one checked
         part's data covers; return the bytes newly stored.
 
@@ -261,6 +267,10 @@ class RecoveryStore:
         committed are collected by gc like any unreferenced chunk. Best
         effort: a chunk not stored here (a full store, an I/O error) is
         stored, or its error reported, by the merge.
+
+        ``digests``, if given, receives ``(chunk size, disk chunk index) ->
+        sha256`` of every whole chunk hashed here: the merge of these very
+        bytes then does not hash them again (``DeltaPart.chunk_digests``).
         """
         self._check_instance(instance)
         cs, scope = self._layout(instance, project)
@@ -276,8 +286,12 @@ class RecoveryStore:
                 chunk = view[start:start + cs]
                 if chunk == _zeros(cs):
                     continue
+                sha = hashlib.sha256(chunk).hexdigest()
+                if digests is not None:
+                    digests[(cs, index)] = sha
                 try:
-                    sha, new = self._put_chunk(scope, chunk, self.compress)
+                    sha, new = self._put_chunk(scope, chunk, self.compress,
+                                               sha=sha)
                 except (OSError, exception.StorageError) as e:
                     LOG.debug('Instance %s: chunk not stored ahead of its '
                               'merge: %s', instance, e)
@@ -300,14 +314,16 @@ class RecoveryStore:
             return self._prestored.pop(key, 0)
 
     def _put_chunk(self, scope: str, data: bytes, compress: bool,
-                   claim=None):
+                   claim=None, sha: str | None = None):
         """Store one chunk unless held.
 
         ``claim(sha)`` says whether this call is the first of its merge to
         hold that content (the same chunk twice in one delta is stored
-        once). Returns (sha, bytes newly stored).
+        once). ``sha``: its sha256, when this process already hashed these
+        very bytes. Returns (sha, bytes newly stored).
         """
-        sha = hashlib.sha256(data).hexdigest()
+        if sha is None:
+            sha = hashlib.sha256(data).hexdigest()
         if claim is not None and not claim(sha):
             return sha, 0
         key = objects.chunk_key(scope, sha)
@@ -467,10 +483,15 @@ class _ChunkWriter:
     threads hash, compress and store them. Leaving the ``with`` block waits
     for every chunk (and raises the first failure)."""
 
-    def __init__(self, store: RecoveryStore, rp, parent):
+    def __init__(self, store: RecoveryStore, rp, parent, known=None):
         self.store, self.rp, self.parent = store, rp, parent
+        # NOTE: disk chunk index -> sha256 of the whole chunk the delta
+        # holds there, hashed when its part arrived (Delta parts'
+        # chunk_digests); only a chunk taken whole from the delta uses it.
+        self.known = known or {}
         self.index = None
         self.buf = None
+        self.sha = None
         self.pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=WRITER_THREADS, thread_name_prefix='chunk-writer')
         self.pending = collections.deque()
@@ -506,6 +527,7 @@ class _ChunkWriter:
                     data is not None):
                 # NOTE: a whole chunk of the delta: no copy at all.
                 self.buf = data[pos:pos + n]
+                self.sha = self.known.get(index)
                 pos += n
                 continue
             if self.buf is None:
@@ -525,14 +547,14 @@ class _ChunkWriter:
     def flush(self) -> None:
         if self.buf is None:
             return
-        data = self.buf
-        self.buf = None
+        data, sha = self.buf, self.sha
+        self.buf = self.sha = None
         if data == _zeros(len(data)):
             self.rp.chunks.pop(self.index, None)
             return
         self.pending.append((self.index, self.pool.submit(
             self.store._put_chunk, self.rp.scope, data, self.store.compress,
-            self._claim)))
+            self._claim, sha)))
         while len(self.pending) > WRITER_QUEUE:
             self._collect()
 

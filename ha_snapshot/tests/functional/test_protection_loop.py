@@ -487,8 +487,20 @@ class ProtectionLoopTest(base.TestCase):
             return n >= 2 and n
         return stored
 
+    def unacked(self, inst: str) -> list:
+        """Sequences of the deltas the agent holds without a durable ack
+        (its state file), oldest first."""
+        try:
+            pending = self.svc.agent_state(inst)['pending']
+        except (OSError, ValueError):
+            return []
+        return sorted(p['sequence'] for p in pending
+                      if p.get('restore_point') is None)
+
     def spooled(self, inst: str) -> dict:
-        """Sequence -> number of part files in the manager's spool."""
+        """Sequence -> number of part files in the manager's spool (with
+        ``[manager] spool_memory_mb = 0``: parts are otherwise held in
+        memory)."""
         root = os.path.join(self.svc.spool_dir, inst)
         out = {}
         try:
@@ -542,7 +554,10 @@ class ProtectionLoopTest(base.TestCase):
 
     def test_agent_killed_while_shipping(self):
         """SIGKILL the agent mid-delta; a new agent sends it again."""
-        svc = self.start_services(options={'image': {'max_part_bytes': MiB}})
+        # NOTE: parts on disk, to see how far the delta has travelled.
+        svc = self.start_services(options={
+            'image': {'max_part_bytes': MiB},
+            'manager': {'spool_memory_mb': 0}})
         g = self.new_guest()
         inst = self.protect(g)
         self.wait_points(inst, 1)
@@ -602,7 +617,8 @@ class ProtectionLoopTest(base.TestCase):
         self.assert_store_clean()
 
     def test_manager_killed_while_merging(self):
-        """SIGKILL the manager mid-merge; the agent retries the commit."""
+        """SIGKILL the manager mid-merge; the agent retries the commit and
+        sends again the parts the manager held in memory."""
         svc = self.start_services(options={'image': {'max_part_bytes': MiB}})
         g = self.new_guest()
         inst = self.protect(g)
@@ -617,10 +633,12 @@ class ProtectionLoopTest(base.TestCase):
                           'delta in the store', interval=0.005)
             svc.manager.kill()
             self.mark('manager SIGKILLed while merging')
-            spooled = self.spooled(inst)
+            # NOTE: commits are in order: the oldest delta without an ack
+            # is the one whose commit (or parts) the kill interrupted.
+            unacked = self.unacked(inst)
             rows = self.points(inst)
-            if spooled and len(rows) == count_before:
-                killed = max(spooled)
+            if unacked and len(rows) == count_before:
+                killed = unacked[0]
                 break
             svc.manager.start()  # NOTE: too late, it was durable: again.
         self.assertIsNotNone(killed, 'the manager was never killed while '
@@ -634,6 +652,11 @@ class ProtectionLoopTest(base.TestCase):
         # hit a part or the commit; either is sent again.
         self.assertRegex(svc.agent.log(agent_offset),
                          r'(commit|part \d+) of delta %d failed' % killed)
+        # NOTE: parts of the 32 MiB delta had arrived (their chunks were
+        # stored): held in the killed manager's memory, they are reported
+        # lost at commit and sent again.
+        self.wait_log(svc.agent, 'lost with a restart of the manager',
+                      agent_offset, 30)
         self.wait_points(inst, 2, pred=lambda r: r.delta_sequence > killed)
         self.quiesce(inst, [workload])
         self.check_chain(inst, g.snapshot_writes())
@@ -842,7 +865,8 @@ class ProtectionLoopTest(base.TestCase):
         ballast = g.fill(32 * MiB)
         self.wait_for(self.merging(ballast), 20, 'chunks of a 32 MiB delta '
                       'in the store', interval=0.005)
-        in_flight = max(self.spooled(inst), default=None)
+        unacked = self.unacked(inst)
+        in_flight = unacked[-1] if unacked else None
         self.kill_and_recover(g, inst, in_flight=in_flight)
 
     def test_rogue_client_rejected(self):

@@ -5,6 +5,7 @@ import copy
 import hashlib
 import io
 import json
+import random
 
 import zstandard
 
@@ -64,6 +65,29 @@ class DeltaTestCase(base.TestCase):
                 seen[off] = bytes(data)
         self.assertEqual(b'\x22' * MiB, seen[64 * 1024])
         self.assertEqual(b'\x33' * MiB, seen[7 * MiB])
+
+    def test_incompressible_data_travels_as_is(self):
+        """Data that does not shrink (random here) is sent uncompressed,
+        so nobody decompresses it; compressible data stays compressed.
+        Both decode to the same bytes on the other side."""
+        noise = random.Random(7).randbytes(MiB)
+        with open(self.path('noise.raw'), 'wb') as f:
+            f.write(b'\x44' * MiB + noise)
+        info = image_inspect.inspect(self.path('noise.raw'), 'raw',
+                                     max_virtual_size=1 << 40)
+        d = delta_mod.from_image(info, instance=self.instance, project='p',
+                                 sequence=0, parent=None, max_part_bytes=MiB,
+                                 max_part_extents=64)
+        parts = list(d.parts())
+        self.assertEqual(['zstd', 'none'], [p.compression for p in parts])
+        self.assertLess(len(parts[0].payload), MiB // 100)
+        self.assertEqual(noise, parts[1].payload)
+        wire = delta_mod.Delta.from_primitive(
+            json.loads(json.dumps(d.to_primitive())))
+        wire.validate(**LIMITS)
+        got = {off: bytes(data) for off, _n, kind, data in wire.iter_extents(
+            max_part_bytes=MiB, max_part_extents=64) if kind == 'data'}
+        self.assertEqual({0: b'\x44' * MiB, MiB: noise}, got)
 
     def test_container_round_trip_and_truncation(self):
         d = self.build()

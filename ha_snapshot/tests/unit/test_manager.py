@@ -13,6 +13,7 @@ from ha_snapshot.image import inspect as image_inspect
 from ha_snapshot.manager import manager as manager_mod
 from ha_snapshot.manager import recovery as recovery_mod
 from ha_snapshot.manager import spool as spool_mod
+from ha_snapshot.storage import store as store_mod
 from ha_snapshot.tests import base
 
 MiB = base.MiB
@@ -55,6 +56,10 @@ class _Base(base.TestCase):
         return self.mgr.register_instance(self.inst, 'p1', 'host1', 'qemu',
                                           {})
 
+    def spooled_files(self):
+        return [n for _d, _s, names in os.walk(self.path('spool'))
+                for n in names]
+
 
 
 class ManagerTestCase(_Base):
@@ -73,8 +78,8 @@ class ManagerTestCase(_Base):
         self.assertEqual(ack2['restore_point'],
                          self.register()['newest_restore_point'])
         # The spool is emptied once durable.
-        self.assertEqual([], os.listdir(os.path.join(self.path('spool'),
-                                                     self.inst)))
+        self.assertEqual([], self.spooled_files())
+        self.assertEqual(0, self.spool.held_bytes)
         # Replayed after a lost ack: same restore point, nothing new.
         again = self.ship(self.delta(o1, 1, ack['restore_point']))
         self.assertEqual(ack2['restore_point'], again['restore_point'])
@@ -134,11 +139,11 @@ class ManagerTestCase(_Base):
         e = self.assertRaises(exception.InvalidDelta, self.mgr.put_part,
                               self.inst, 0, bad['parts'][0])
         self.assertIn('part 0: checksum mismatch', str(e))
-        spooled = os.path.join(self.path('spool'), self.inst)
-        self.assertEqual([], [n for _d, _s, names in os.walk(spooled)
-                              for n in names])
+        self.assertEqual([], self.spooled_files())
+        self.assertEqual(0, self.spool.held_bytes)
         self.assertEqual(1, self.ship(prim)['number'])
-        self.assertEqual([], os.listdir(spooled))
+        self.assertEqual([], self.spooled_files())
+        self.assertEqual(0, self.spool.held_bytes)
 
     def test_part_checked_on_arrival(self):
         self.register()
@@ -155,9 +160,9 @@ class ManagerTestCase(_Base):
             e = self.assertRaises(exception.InvalidDelta, self.mgr.put_part,
                                   self.inst, 0, part)
             self.assertIn(reason, str(e))
-        self.assertEqual(0, self.spool.cached_bytes)
+        self.assertEqual(0, self.spool.held_bytes)
         self.mgr.put_part(self.inst, 0, good)
-        self.assertEqual(good['raw_size'], self.spool.cached_bytes)
+        self.assertEqual(good['raw_size'], self.spool.held_bytes)
 
     def test_chunks_stored_while_parts_arrive(self):
         """Whole chunks of a part are in the store before the commit; the
@@ -182,10 +187,39 @@ class ManagerTestCase(_Base):
         chunks = chunks()
         self.assertEqual(3, len(chunks))
         self.assertEqual([], self.store.restore_points(self.inst))
+        # NOTE: the merge hashes only the chunk no part held whole (the
+        # one of the 64 KiB write): the others were hashed on arrival.
+        hashed = []
+        real_sha256 = store_mod.hashlib.sha256
+
+        def counting(data=b''):
+            hashed.append(len(data))
+            return real_sha256(data)
+        self.patch(store_mod.hashlib, 'sha256', counting)
         self.mgr.commit_delta(prim['header'])
+        self.assertEqual([MiB], [n for n in hashed if n == MiB])
         rp = self.store.newest(self.inst)
         self.assertEqual((4, 4 * MiB), (rp.new_chunks, rp.new_bytes))
         self.assertLess(set(chunks), set(rp.chunks.values()))
+        self.patch(store_mod.hashlib, 'sha256', real_sha256)
+        self.assertEqual([], self.store.verify(self.inst))
+
+    def test_part_sent_again_is_hashed_again(self):
+        """Digests taken when a part arrived belong to its bytes: a part
+        sent again with other bytes (same delta, same index) is merged
+        with its own content, never under the first one's digests."""
+        self.register()
+        one = self.make_qcow2('one.qcow2', 8 * MiB, 'write -P 0x11 0 1M')
+        two = self.make_qcow2('two.qcow2', 8 * MiB, 'write -P 0x22 0 1M')
+        first = self.delta(one, 0, None, backing=False)
+        second = self.delta(two, 0, None, backing=False)
+        self.mgr.put_part(self.inst, 0, first['parts'][0])
+        self.mgr.put_part(self.inst, 0, second['parts'][0])
+        self.mgr.commit_delta(second['header'])
+        out = self.path('out.raw')
+        self.store.export(self.inst, out)
+        with open(out, 'rb') as f:
+            self.assertEqual(b'\x22' * MiB, f.read(MiB))
         self.assertEqual([], self.store.verify(self.inst))
 
     def test_commit_asked_again(self):
@@ -223,8 +257,11 @@ class ManagerTestCase(_Base):
         as never received whole: the agent sends the delta again."""
         self.register()
         prim = self.delta(self.base, 0, None, backing=False)
+        on_disk = manager_mod.Manager(
+            self.conf, self.store, self.db,
+            spool_mod.Spool(self.path('spool'), MiB, memory_bytes=0))
         for part in prim['parts']:
-            self.mgr.put_part(self.inst, 0, part)
+            on_disk.put_part(self.inst, 0, part)
         restarted = spool_mod.Spool(self.path('spool'), MiB)
         path = os.path.join(self.path('spool'), self.inst, '%012d' % 0,
                             '%06d.part' % 0)

@@ -98,8 +98,7 @@ class APIFixture(fixture.GabbiFixture):
             conf, self.db, restart.RestartAction(conf, agent_api=agent_api))
         manager = manager_mod.Manager(
             conf, store_mod.RecoveryStore.from_conf(conf), self.db,
-            spool_mod.Spool(conf.manager.spool_dir,
-                            conf.image.max_part_bytes),
+            spool_mod.Spool.from_conf(conf),
             recovery=self.engine, agent_api=agent_api)
         self.servers.append(rpc.get_server(
             self.transport, rpc.MANAGER_TOPIC, 'manager-1',
