@@ -6,8 +6,9 @@ store, a sqlite database and a spool, served by ``ha_snapshot.rpc.
 get_server``) next to a trivial endpoint that takes one string and returns
 its length. This process builds a baseline delta of a 64 MiB (16 MiB with
 --quick) raw disk full of incompressible data and ships it the agent's way:
-``ManagerAPI.put_part`` for every part, up to ``PARTS_IN_FLIGHT`` at once
-(``ha_snapshot.agent.instance.send_parts``, what the agent calls), then
+``ManagerAPI.put_part`` for every part, up to ``[agent] parts_in_flight``
+at once (``ha_snapshot.agent.instance.send_parts``, what the agent calls),
+then
 ``ManagerAPI.commit_delta``, which answers once the restore point is
 durable. Then, in the same round, the baseline: the trivial endpoint called
 once per part, one call after the other, with a base64 string of exactly
@@ -221,7 +222,7 @@ def main():
                        help='Delta size in MiB (default 64, quick 16).')
         p.add_argument('--window', type=int, default=None,
                        help='Parts in flight (default: the agent\'s, '
-                            'PARTS_IN_FLIGHT).')
+                            '[agent] parts_in_flight).')
     args = c.parse_args(__doc__, more)
     if args.serve:
         return serve(args.serve, args.url)
@@ -231,10 +232,10 @@ def main():
     from ha_snapshot import rpc
 
     size = (args.size_mib or (16 if args.quick else 64)) * c.MiB
-    window = args.window or instance_mod.PARTS_IN_FLIGHT
     rounds = args.rounds or (3 if args.quick else 5)
     with c.workdir(args, 'transport') as wd, c.rabbitmq(wd) as broker:
         conf = c.make_conf(os.path.join(wd, 'client-store'))
+        window = args.window or conf.agent.parts_in_flight
         transport = rpc.get_transport(conf, url=broker.transport_url)
         child = start_child(wd, broker.transport_url)
         try:

@@ -6,9 +6,10 @@ pending list. The shipper sends pending deltas oldest first (several parts
 of one delta in flight at once, retrying with backoff until the manager's
 durable ack), then commits the acknowledged overlay down. Snapshots thus go
 on while earlier deltas ship (the interval is not bounded below by the
-shipping time), up to MAX_PENDING unacknowledged deltas; commits stay in
-order. The state file (agent/state.py) is written at every step, so a
-killed agent resends what was never acknowledged and nothing is lost.
+shipping time), up to ``[agent] max_pending_deltas`` unacknowledged
+deltas; commits stay in order. The state file (agent/state.py) is
+written at every step, so a killed agent resends what was never
+acknowledged and nothing is lost.
 
 May import the delta engine, the hypervisor contract and the RPC clients;
 the health monitor lives next door (agent/health.py).
@@ -39,14 +40,6 @@ TRANSIENT = (messaging.MessagingTimeout, messaging.MessageDeliveryFailure,
              ConnectionError, TimeoutError)
 
 
-# NOTE: unacknowledged deltas (frozen overlays in the VM's chain) the
-# snapshot loop may run ahead of the shipper: a manager that is away
-# must not grow the chain (and the VM's I/O path) without bound.
-MAX_PENDING = 3
-# NOTE: parts of one delta in flight at once: the manager checks and
-# spools one while the next travels; each holds at most a part's payload
-# (plus its base64 text) in memory.
-PARTS_IN_FLIGHT = 3
 # NOTE: a part is bounded work for the manager (a few MiB checked and
 # spooled): a call that takes longer than this went to a manager that is
 # gone (its reply will never come), so it is sent again at once rather
@@ -246,13 +239,16 @@ class SnapshotAgent(threading.Thread):
         return sum(1 for p in self.state.pending if p.restore_point is None)
 
     def _wait_for_room(self) -> None:
-        """Block while MAX_PENDING deltas wait for their ack."""
+        """Block while [agent] max_pending_deltas deltas wait for their
+        ack: a manager that is away must not grow the VM's chain (and its
+        I/O path) without bound."""
+        limit = self.conf.agent.max_pending_deltas
         with self._progress:
-            if self._unacknowledged() >= MAX_PENDING:
+            if self._unacknowledged() >= limit:
                 LOG.info('Instance %s: %d deltas wait for the manager; the '
                          'next snapshot waits for one of them',
                          self.instance, self._unacknowledged())
-            while (self._unacknowledged() >= MAX_PENDING
+            while (self._unacknowledged() >= limit
                    and not self._stopping.is_set()
                    and not self.failed.is_set()):
                 self._progress.wait(1.0)
@@ -464,7 +460,8 @@ class SnapshotAgent(threading.Thread):
                  self.instance, entry.sequence, ack['restore_point'], sent)
 
     def _send_parts(self, entry, delta) -> int:
-        """put_part every part, up to PARTS_IN_FLIGHT at once; bytes sent.
+        """put_part every part, up to [agent] parts_in_flight at once;
+        bytes sent.
 
         Parts are produced (read, compressed, checksummed) here, one ahead
         of the window at most, so memory stays bounded by the window.
@@ -478,7 +475,7 @@ class SnapshotAgent(threading.Thread):
 
         if delta.header.part_count <= 1:
             return sum(put(part) for part in delta.parts())
-        return send_parts(delta.parts(), put, PARTS_IN_FLIGHT,
+        return send_parts(delta.parts(), put, self.conf.agent.parts_in_flight,
                           'put-%s' % self.instance[:8])
 
     def _part_timeout(self) -> float:

@@ -127,6 +127,19 @@ AGENT_OPTS = [
                  help='Seconds a QMP or guest-agent ping may take.'),
     cfg.FloatOpt('heartbeat_interval', default=10.0, min=0.1,
                  help='Seconds between heartbeats to the manager.'),
+    cfg.IntOpt('max_pending_deltas', default=3, min=1, max=16,
+               help='Snapshots an instance may take ahead of the '
+                    'manager\'s durable acknowledgements. Each is a frozen '
+                    'overlay in the VM\'s disk chain until it is '
+                    'acknowledged: a manager that is away stops the '
+                    'snapshots here, not the VM. The achieved RPO may '
+                    'exceed the policy\'s target by up to this many '
+                    'shipping times when deltas queue.'),
+    cfg.IntOpt('parts_in_flight', default=3, min=1, max=16,
+               help='Parts of one delta sent at once: the manager checks '
+                    'and stores one while the next travel. Each holds up '
+                    'to [image] max_part_bytes (and its base64 text) in the '
+                    'agent\'s memory.'),
 ]
 
 

@@ -43,6 +43,10 @@ PRESTORED_KEYS = 65536
 # NOTE: chunks are hashed, compressed and written by a few threads
 # (hashlib, zstd and file I/O release the GIL); this bounds how many
 # assembled chunks wait for them.
+# NOTE: what retention reads of a manifest (number, creation time, id),
+# kept by its listing: manifests are written once (create-only) and never
+# changed, so a commit no longer decodes every manifest of the instance.
+SUMMARY_KEYS = 65536
 WRITER_THREADS = 3
 WRITER_QUEUE = 8
 
@@ -80,6 +84,9 @@ class RecoveryStore:
         """Chunk key -> bytes: chunks stored ahead of their merge
         (:meth:`prestore`) that the merge counts as new."""
         self._prestored_lock = threading.Lock()
+        self._summaries = collections.OrderedDict()
+        """(key, size, mtime) -> (number, created_at, id) of manifests."""
+        self._summaries_lock = threading.Lock()
 
     @classmethod
     def from_conf(cls, conf, driver=None, **kwargs) -> 'RecoveryStore':
@@ -114,6 +121,22 @@ class RecoveryStore:
 
     def _load(self, key: str) -> objects.RestorePoint:
         return objects.decode_manifest(key, self.driver.get(key))
+
+    def _summary(self, obj) -> tuple:
+        """(number, created_at, id) of the manifest listed as ``obj``."""
+        ident = (obj.key, obj.size, obj.mtime)
+        with self._summaries_lock:
+            known = self._summaries.get(ident)
+            if known is not None:
+                self._summaries.move_to_end(ident)
+                return known
+        rp = self._load(obj.key)
+        known = (rp.number, rp.created_at, rp.id)
+        with self._summaries_lock:
+            self._summaries[ident] = known
+            while len(self._summaries) > SUMMARY_KEYS:
+                self._summaries.popitem(last=False)
+        return known
 
     def restore_points(self, instance: str) -> list:
         self._check_instance(instance)
@@ -339,15 +362,19 @@ class RecoveryStore:
 
     def apply_retention(self, instance: str) -> list:
         """Remove restore points the policy no longer keeps; return ids."""
+        self._check_instance(instance)
         with self.driver.lock('instance-' + instance):
-            points = self.restore_points(instance)
+            points = [(o.key, self._summary(o)) for o in sorted(
+                self.driver.list(objects.manifest_prefix(instance)),
+                key=lambda o: o.key)]
             keep = self.policy.keep(
-                [(p.number, p.created_at) for p in points], self.clock())
+                [(number, created) for _k, (number, created, _id) in points],
+                self.clock())
             removed = []
-            for rp in points:
-                if rp.number not in keep:
-                    self.driver.delete(rp.key)
-                    removed.append(rp.id)
+            for key, (number, _created, rp_id) in points:
+                if number not in keep:
+                    self.driver.delete(key)
+                    removed.append(rp_id)
         if removed:
             LOG.info('Instance %s: retention removed %d restore points',
                      instance, len(removed))

@@ -20,9 +20,10 @@ What the tests read is what an operator can: the database (restore points,
 instance status, recoveries), the store (exports, ``ha-snapshot-manage
 store verify``), the agent's state files and the daemons' logs. A restore
 point is checked against the write log by containment: restore point
-k+MAX_PENDING holds every write that ended before restore point k was
+k+AHEAD holds every write that ended before restore point k was
 recorded (the agent snapshots while earlier deltas ship, but never more
-than MAX_PENDING ahead of the acks: that snapshot was taken after k was
+than ``[agent] max_pending_deltas`` (AHEAD) ahead of the acks: that
+snapshot was taken after k was
 acknowledged), and restore point k holds no write begun after it was
 recorded.
 
@@ -46,7 +47,6 @@ import uuid
 from testtools import content
 import zstandard
 
-from ha_snapshot.agent import instance as agent_instance
 from ha_snapshot.agent import rpcapi as agent_rpcapi
 from ha_snapshot.db import engine as db_engine
 from ha_snapshot import delta as delta_mod
@@ -67,8 +67,9 @@ PATTERN_BLOCK = 64 * KiB
 PATTERN_AREA = 64 * MiB
 BALLAST_BLOCK = MiB
 PROJECT = 'test-project'
-# NOTE: how many snapshots the agent may take ahead of the acks.
-AHEAD = agent_instance.MAX_PENDING
+# NOTE: how many snapshots the agent may take ahead of the acks: [agent]
+# max_pending_deltas (its default; no test raises it).
+AHEAD = 3
 _FAILURE = re.compile(r'(?i)\b(fail(ed|ure)?|error|not found|cannot)\b')
 
 
@@ -665,9 +666,12 @@ class ProtectionLoopTest(base.TestCase):
 
     def test_snapshots_go_on_while_deltas_wait(self):
         """The manager stops answering (SIGSTOP): the agent goes on
-        snapshotting while deltas wait, up to MAX_PENDING of them and no
-        more; once the manager answers again they all land, in order."""
-        svc = self.start_services()
+        snapshotting while deltas wait, up to ``[agent]
+        max_pending_deltas`` of them and no more; once the manager answers
+        again they all land, in order."""
+        limit = AHEAD - 1
+        svc = self.start_services(options={
+            'agent': {'max_pending_deltas': limit}})
         g = self.new_guest()
         inst = self.protect(g)
         self.wait_points(inst, 1)
@@ -682,16 +686,16 @@ class ProtectionLoopTest(base.TestCase):
         def waiting():
             return [p['sequence'] for p in svc.agent_state(inst)['pending']
                     if p['restore_point'] is None]
-        seqs = self.wait_for(lambda: len(waiting()) >= AHEAD and waiting(),
-                             30, '%d deltas waiting for their ack' % AHEAD)
+        seqs = self.wait_for(lambda: len(waiting()) >= limit and waiting(),
+                             30, '%d deltas waiting for their ack' % limit)
         # The policy asks for a snapshot every second: none comes while
-        # AHEAD deltas wait.
-        self.assertFalse(self.poll(lambda: len(waiting()) > AHEAD, 3))
-        self.assertEqual(list(range(seqs[0], seqs[0] + AHEAD)), waiting())
+        # that many deltas wait.
+        self.assertFalse(self.poll(lambda: len(waiting()) > limit, 3))
+        self.assertEqual(list(range(seqs[0], seqs[0] + limit)), waiting())
         self.wait_log(svc.agent, 'deltas wait for the manager', offset, 10)
         svc.manager.signal(signal.SIGCONT)
         resumed = self.mark('manager continued (SIGCONT)')
-        rows = self.wait_points(inst, AHEAD + 1, timeout=60, after=resumed)
+        rows = self.wait_points(inst, limit + 1, timeout=60, after=resumed)
         self.assertTrue(set(seqs) <= {r.delta_sequence for r in rows})
         self.quiesce(inst, [workload])
         self.check_chain(inst, g.snapshot_writes())

@@ -194,6 +194,50 @@ class StoreTests:
         self.assertEqual([], late.verify())
         self.assertTrue(base.same_image(self.export(), views[-1]))
 
+    def test_retention_decodes_each_manifest_once(self):
+        """A commit's retention pass decodes only manifests it has not
+        seen; a manifest removed and written again under the same key is
+        read again (never a stale id)."""
+        disk = self.make_qcow2('disk.qcow2', 2 * MiB, 'write -P 0x11 0 1M')
+        info = image_inspect.inspect(disk, 'qcow2', max_virtual_size=1 << 40)
+        sequence = iter(range(100))
+
+        def add_point(store):
+            newest = store.newest(self.inst)
+            store.merge(delta_mod.from_image(
+                info, instance=self.inst, project='p',
+                sequence=next(sequence), parent=newest and newest.id,
+                max_part_bytes=MiB, max_part_extents=64, full=True))
+        self.conf.set_override('keep_last', 2, group='retention')
+        self.conf.set_override('age_tiers', [], group='retention')
+        store = self.make_store(self.conf)
+        for _ in range(3):
+            add_point(store)
+        decoded = []
+        real = objects.decode_manifest
+
+        def counting(key, blob):
+            decoded.append(key)
+            return real(key, blob)
+        self.patch(objects, 'decode_manifest', counting)
+        ids = [rp.id for rp in store.restore_points(self.inst)]
+        del decoded[:]
+        self.assertEqual(ids[:1], store.apply_retention(self.inst))
+        self.assertEqual(3, len(decoded))
+        add_point(store)
+        del decoded[:]
+        self.assertEqual(ids[1:2], store.apply_retention(self.inst))
+        self.assertEqual(1, len(decoded))
+        # Every manifest removed, the instance protected again: the same
+        # keys (numbers 1 to 3) now hold other restore points.
+        for rp in store.restore_points(self.inst):
+            store.driver.delete(rp.key)
+        for _ in range(3):
+            add_point(store)
+        fresh = [rp.id for rp in store.restore_points(self.inst)]
+        self.assertEqual(3, len(fresh))
+        self.assertEqual(fresh[:1], store.apply_retention(self.inst))
+
     def test_gc_during_merge_keeps_reused_chunks(self):
         """A chunk unreferenced when gc lists, reused by a merge: kept."""
         b = self.make_qcow2('b.qcow2', 4 * MiB, 'write -P 3 0 4M')
