@@ -7,37 +7,27 @@ does not match is an error: the VM is never started on unverified data.
 
 import base64
 import hashlib
-import os
 
 from ha_snapshot import exception
-from ha_snapshot.image import qemu
+from ha_snapshot.image import sparse
 
 
 def fetch(manager_api, instance: str, restore_point: str | None,
           dest: str, limits=None) -> dict:
     manifest = manager_api.get_manifest(instance, restore_point)
-    raw = dest + '.raw.part'
-    try:
-        with open(raw, 'wb') as f:
-            f.truncate(manifest['virtual_size'])
-            for key, sha in sorted(manifest['chunks'].items(),
-                                   key=lambda kv: int(kv[0])):
-                index = int(key)
-                data = base64.b64decode(manager_api.get_chunk(
-                    instance, manifest['id'], index))
-                if hashlib.sha256(data).hexdigest() != sha:
-                    raise exception.HaSnapshotException(
-                        'Chunk %d of restore point %s of %s does not match '
-                        'its checksum; not starting on it.'
-                        % (index, manifest['id'], instance))
-                os.pwrite(f.fileno(), data, index * manifest['chunk_size'])
-            f.flush()
-            os.fsync(f.fileno())
-        tmp = dest + '.part'
-        qemu.convert_raw_to_qcow2(raw, tmp, limits=limits)
-        os.replace(tmp, dest)
-    finally:
-        for path in (raw, dest + '.part'):
-            if os.path.exists(path):
-                os.unlink(path)
+
+    def chunks():
+        for key, sha in sorted(manifest['chunks'].items(),
+                               key=lambda kv: int(kv[0])):
+            index = int(key)
+            data = base64.b64decode(manager_api.get_chunk(
+                instance, manifest['id'], index))
+            if hashlib.sha256(data).hexdigest() != sha:
+                raise exception.HaSnapshotException(
+                    'Chunk %d of restore point %s of %s does not match '
+                    'its checksum; not starting on it.'
+                    % (index, manifest['id'], instance))
+            yield index * manifest['chunk_size'], data
+    sparse.write_image(dest, manifest['virtual_size'], chunks(),
+                       fmt='qcow2', limits=limits)
     return manifest

@@ -21,6 +21,7 @@ through; of ha_snapshot it imports only ha_snapshot.exception.
 """
 
 import abc
+import contextlib
 import dataclasses
 import threading
 import typing
@@ -285,6 +286,45 @@ def checked_write(vm: str, offset, length, pattern, disk_of) -> Disk:
             'disk %s (%d bytes)' % (length, pattern, offset, d.name,
                                     d.virtual_size))
     return d
+
+
+def find_disk(vm, name: str, refresh) -> Disk:
+    """``vm.disks[name]``, after ``refresh(vm)`` if it is not known yet
+    (a disk hot-plugged since); DiskNotFound names the disks there are."""
+    if name not in vm.disks:
+        refresh(vm)
+    try:
+        return vm.disks[name]
+    except KeyError:
+        raise DiskNotFound(vm=vm.name, disk=name,
+                           known=', '.join(vm.disks) or 'none')
+
+
+def frozen_items(frozen) -> tuple:
+    """commit()'s argument (a Snapshot, one FrozenOverlay or several) as a
+    tuple of FrozenOverlay."""
+    if isinstance(frozen, Snapshot):
+        return tuple(frozen.disks)
+    if isinstance(frozen, FrozenOverlay):
+        return (frozen,)
+    return tuple(frozen)
+
+
+@contextlib.contextmanager
+def operation(vm, what: str, wait: float, refused):
+    """Hold ``vm.op_lock`` (one snapshot or commit of a VM at a time) for
+    ``what``, named in ``vm.busy`` meanwhile. Waits up to ``wait`` seconds
+    (0: not at all); then raises ``refused(busy)``, busy naming what holds
+    the VM."""
+    if not (vm.op_lock.acquire(timeout=wait) if wait > 0
+            else vm.op_lock.acquire(blocking=False)):
+        raise refused(vm.busy or 'another operation')
+    vm.busy = what
+    try:
+        yield
+    finally:
+        vm.busy = None
+        vm.op_lock.release()
 
 
 # --- the contract -----------------------------------------------------------

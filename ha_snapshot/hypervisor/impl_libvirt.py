@@ -331,59 +331,34 @@ class LibvirtDriver(base.HypervisorDriver):
         return list(vm.disks.values())
 
     def _disk(self, vm, name) -> base.Disk:
-        if name not in vm.disks:
-            self.disks(vm)
-        try:
-            return vm.disks[name]
-        except KeyError:
-            raise base.DiskNotFound(vm=vm.name, disk=name,
-                                    known=', '.join(vm.disks) or 'none')
+        return base.find_disk(vm, name, self.disks)
 
     def workdir(self, vm) -> str:
         return os.path.join(self.opts.backup_dir, vm.uuid)
 
     # --- snapshot and commit -------------------------------------------------
 
-    def _locked(self, vm, wait, what):
-        if not (vm.op_lock.acquire(timeout=wait) if wait > 0
-                else vm.op_lock.acquire(blocking=False)):
-            raise base.CommitInProgress(
-                vm=vm.name, reason='%s is running' % (vm.busy or 'a commit'))
-        vm.busy = what
-
-    def _unlock(self, vm):
-        vm.busy = None
-        vm.op_lock.release()
-
     def snapshot(self, vm, *, wait: float | None = None) -> base.Snapshot:
         wait = self.opts.snapshot_wait if wait is None else wait
-        self._locked(vm, wait, 'a backup')
-        try:
+        with base.operation(vm, 'a backup', wait, lambda busy: (
+                base.CommitInProgress(vm=vm.name,
+                                      reason='%s is running' % busy))):
             if not self.is_alive(vm):
                 raise base.VMNotRunning(vm=vm.name,
                                         reason='the domain is not running')
             return ops.backup(self, vm)
-        finally:
-            self._unlock(vm)
 
     def commit(self, vm, frozen, *, timeout: float | None = None) -> list:
-        if isinstance(frozen, base.Snapshot):
-            items = frozen.disks
-        elif isinstance(frozen, base.FrozenOverlay):
-            items = (frozen,)
-        else:
-            items = tuple(frozen)
+        items = base.frozen_items(frozen)
         timeout = self.opts.backup_timeout if timeout is None else timeout
-        if not vm.op_lock.acquire(timeout=timeout):
-            raise base.CommitFailed(
-                vm=vm.name, top=', '.join(i.frozen.path for i in items),
-                base='nothing', reason='%s held the domain for %s s'
-                % (vm.busy or 'another operation', timeout))
-        vm.busy = 'a commit'
-        try:
+        with base.operation(vm, 'a commit', timeout,
+                            lambda busy: base.CommitFailed(
+                                vm=vm.name,
+                                top=', '.join(i.frozen.path for i in items),
+                                base='nothing',
+                                reason='%s held the domain for %s s'
+                                % (busy, timeout))):
             return ops.commit(self, vm, items)
-        finally:
-            self._unlock(vm)
 
     def frozen_images(self, vm, disk: str) -> list:
         with vm.op_lock:

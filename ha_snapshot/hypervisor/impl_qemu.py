@@ -292,13 +292,7 @@ class QemuDriver(base.HypervisorDriver):
         return list(vm.disks.values())
 
     def _disk(self, vm, name) -> base.Disk:
-        if name not in vm.disks:
-            self._refresh(vm)
-        try:
-            return vm.disks[name]
-        except KeyError:
-            raise base.DiskNotFound(vm=vm.name, disk=name,
-                                    known=', '.join(vm.disks) or 'none')
+        return base.find_disk(vm, name, self._refresh)
 
     def _check_alive(self, vm):
         if vm.process.exited():
@@ -309,42 +303,26 @@ class QemuDriver(base.HypervisorDriver):
 
     def snapshot(self, vm: QemuVM, *, wait: float | None = None):
         wait = self.opts.snapshot_wait if wait is None else wait
-        if not (vm.op_lock.acquire(timeout=wait) if wait > 0
-                else vm.op_lock.acquire(blocking=False)):
-            raise base.CommitInProgress(
-                vm=vm.name, reason='%s is running' % (vm.busy or 'a commit'))
-        try:
-            vm.busy = 'a snapshot'
+        with base.operation(vm, 'a snapshot', wait, lambda busy: (
+                base.CommitInProgress(vm=vm.name,
+                                      reason='%s is running' % busy))):
             self._check_alive(vm)
             return snapshots.take_snapshot(self, vm)
-        finally:
-            vm.busy = None
-            vm.op_lock.release()
 
     def commit(self, vm: QemuVM, frozen, *, timeout: float | None = None):
-        if isinstance(frozen, base.Snapshot):
-            items = frozen.disks
-        elif isinstance(frozen, base.FrozenOverlay):
-            items = (frozen,)
-        else:
-            items = tuple(frozen)
+        items = base.frozen_items(frozen)
         timeout = self.opts.commit_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        if not vm.op_lock.acquire(timeout=timeout):
-            raise base.CommitFailed(
-                vm=vm.name, top=', '.join(i.frozen.path for i in items),
-                base='its backing', reason='%s held the VM for %s s'
-                % (vm.busy or 'another operation', timeout))
-        try:
-            vm.busy = 'a commit of %s' % ', '.join(i.frozen.path
-                                                   for i in items)
+        tops = ', '.join(i.frozen.path for i in items)
+        with base.operation(vm, 'a commit of %s' % tops, timeout,
+                            lambda busy: base.CommitFailed(
+                                vm=vm.name, top=tops, base='its backing',
+                                reason='%s held the VM for %s s'
+                                % (busy, timeout))):
             self._check_alive(vm)
             results = snapshots.commit_overlays(self, vm, items, deadline)
             snapshots.prepare_overlays(self, vm)
             return results
-        finally:
-            vm.busy = None
-            vm.op_lock.release()
 
     # --- I/O -----------------------------------------------------------------
 

@@ -18,8 +18,6 @@ import collections
 import concurrent.futures
 import dataclasses
 import hashlib
-import os
-import tempfile
 import threading
 import time
 
@@ -30,6 +28,7 @@ import zstandard
 from ha_snapshot import delta as delta_mod
 from ha_snapshot import exception
 from ha_snapshot.image import qemu
+from ha_snapshot.image import sparse
 from ha_snapshot import storage
 from ha_snapshot.storage import objects
 from ha_snapshot.storage import retention
@@ -460,38 +459,13 @@ class RecoveryStore:
                fmt: str = 'raw',
                limits: qemu.Limits | None = None) -> objects.RestorePoint:
         """Write a restore point to ``out`` (sparse raw or qcow2)."""
-        if fmt not in ('raw', 'qcow2'):
+        if fmt not in sparse.FORMATS:
             raise exception.HaSnapshotException(
                 'Unsupported export format %r: use raw or qcow2.' % fmt)
         rp = self.get_restore_point(instance, rp_id)
-        out = os.path.abspath(out)
-        directory = os.path.dirname(out)
-        if not os.path.isdir(directory):
-            raise exception.HaSnapshotException(
-                'Cannot export to %s: directory %s does not exist.'
-                % (out, directory))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix='.ha-export-')
-        try:
-            with os.fdopen(fd, 'wb') as f:
-                f.truncate(rp.virtual_size)
-                for index in sorted(rp.chunks):
-                    os.pwrite(f.fileno(), self.read_chunk(rp, index),
-                              index * rp.chunk_size)
-                f.flush()
-                os.fsync(f.fileno())
-            if fmt == 'qcow2':
-                qtmp = tmp + '.qcow2'
-                try:
-                    qemu.convert_raw_to_qcow2(tmp, qtmp, limits=limits)
-                    os.replace(qtmp, out)
-                finally:
-                    if os.path.exists(qtmp):
-                        os.unlink(qtmp)
-            else:
-                os.replace(tmp, out)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        sparse.write_image(out, rp.virtual_size, (
+            (index * rp.chunk_size, self.read_chunk(rp, index))
+            for index in sorted(rp.chunks)), fmt=fmt, limits=limits)
         return rp
 
 
