@@ -135,7 +135,7 @@ class Spool:
         meta['compression'] = 'none'
         key = (instance, sequence, index)
         digests = {}
-        if len(raw) > self.memory_bytes:
+        if not self.memory_bytes or len(raw) > self.memory_bytes:
             self._forget(lambda k: k == key)
             self._write(key, meta, raw)
         else:
