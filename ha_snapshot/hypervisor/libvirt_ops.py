@@ -263,11 +263,14 @@ def backup(drv, vm) -> base.Snapshot:
     except BaseException:
         if xml is not None:
             # The new checkpoint's bitmaps must not outlive a failed job;
-            # but never redefine metadata on a stopped domain (Nova may be
-            # undefining it right now): its bitmaps died with QEMU or are
-            # stale ones that recover() drops at the next attach.
-            if drv.is_alive(vm):
-                _remove_bitmaps(drv, vm, xml, name)
+            # but a job fails most often because the domain is going away
+            # (Nova deleting the server destroys it, then undefines it at
+            # once), and metadata redefined to delete them would make that
+            # undefine fail: even "is it running?" answers yes while
+            # libvirt destroys it. They are removed by a later commit
+            # while the domain runs (or went with QEMU).
+            state.orphans.append([name, xml])
+            state.save()
         else:
             for c in _our_metadata(drv, vm):
                 if c.getName() == name:
@@ -346,6 +349,13 @@ def commit(drv, vm, items) -> list:
     # one would stop Nova from undefining it: those wait for a later
     # commit while the domain runs.
     alive = drv.is_alive(vm)
+    if alive and state.orphans:
+        # NOTE: one try each while the domain runs; a removal that fails
+        # leaves a stale bitmap, which the next full backup finds.
+        state.orphans = [[n, x] for n, x in state.orphans
+                         if not _remove_bitmaps(drv, vm, x, n)
+                         and not drv.is_alive(vm)]
+        state.save()
     keep = []
     for i, c in enumerate(state.checkpoints):
         if i < newest_index and not state.files(c):
@@ -372,6 +382,8 @@ def _drop_bitmaps(drv, vm, state) -> None:
         LOG.info('Domain %s: removing stale bitmap %s of disk %s', vm.name,
                  name, disk)
         _remove_bitmaps(drv, vm, tracking.bitmap_only_xml(name, disk), name)
+    # NOTE: orphans' bitmaps were stale ones just above.
+    state.orphans = []
     state.checkpoints = [c for c in state.checkpoints if state.files(c)]
     state.save()
 

@@ -59,6 +59,10 @@ class Tracking:
     path: str
     checkpoints: list = dataclasses.field(default_factory=list)
     counter: int = 0
+    orphans: list = dataclasses.field(default_factory=list)
+    """[name, xml] of checkpoints whose backup job failed: their bitmaps
+    are removed later, while the domain runs (never in the failure path,
+    which is most often a domain going away: see libvirt_ops.backup)."""
 
     @property
     def workdir(self) -> str:
@@ -79,9 +83,11 @@ class Tracking:
         try:
             with open(path) as f:
                 d = json.load(f)
+            orphans = [[str(n), str(x)] for n, x in d.get('orphans', [])]
             return cls(path=path, counter=int(d['counter']),
                        checkpoints=[Checkpoint(**c)
-                                    for c in d['checkpoints']])
+                                    for c in d['checkpoints']],
+                       orphans=orphans)
         except FileNotFoundError:
             return fresh
         except (OSError, ValueError, TypeError, KeyError) as e:
@@ -103,8 +109,8 @@ class Tracking:
         with open(tmp, 'w') as f:
             json.dump({'counter': self.counter,
                        'checkpoints': [dataclasses.asdict(c)
-                                       for c in self.checkpoints]}, f,
-                      indent=1)
+                                       for c in self.checkpoints],
+                       'orphans': self.orphans}, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)

@@ -340,6 +340,55 @@ class TestLibvirtDriver(LibvirtTestCase):
             self.driver.workdir(vm)) if n.endswith('.qcow2')],
             'a failed backup left its delta files')
 
+    def test_failed_backup_bitmaps_go_with_a_later_commit(self):
+        """A backup job that fails while the domain runs (aborted here)
+        leaves no metadata and no delta file; its checkpoint's bitmap is
+        not removed in the failure path (most failures are a domain going
+        away, when redefining metadata races Nova's undefine) but by the
+        next commit, and tracking goes on incrementally."""
+        dom_uuid, dom, disk = self.new_domain('abort', size=1024 * MiB)
+        vm = self.attach(dom_uuid)
+        first = self.driver.snapshot(vm).disk('vda')
+        self.ship(first)
+        self.driver.commit(vm, first)
+        self.assertEqual(1, len(self.bitmaps(disk, dom)))
+        # NOTE: enough changed data that the job runs while we abort it.
+        self.write(vm, [(0, 256 * MiB, 0x33)])
+        started = threading.Event()
+        real_wait = libvirt_ops._wait_job
+
+        def abort_then_wait(drv, vm_, deadline):
+            started.set()
+            try:
+                dom.abortJob()
+            except self.lv.libvirtError:
+                pass  # NOTE: ended already: the test below says so
+            return real_wait(drv, vm_, deadline)
+        self.useFixture(fixtures.MonkeyPatch(
+            'ha_snapshot.hypervisor.libvirt_ops._wait_job', abort_then_wait))
+        self.assertRaises(hv.SnapshotFailed, self.driver.snapshot, vm)
+        self.assertTrue(started.is_set())
+        self.assertTrue(self.driver.is_alive(vm))
+        self.assertEqual([], self.our_metadata(dom_uuid))
+        self.assertEqual([], self.driver.frozen_images(vm, 'vda'))
+        # The failed checkpoint's bitmap is still there, and recorded.
+        self.assertEqual(2, len(self.bitmaps(disk, dom)))
+        self.assertEqual(1, len(libvirt_ops._load(self.driver, vm).orphans))
+        self.useFixture(fixtures.MonkeyPatch(
+            'ha_snapshot.hypervisor.libvirt_ops._wait_job', real_wait))
+        second = self.driver.snapshot(vm).disk('vda')
+        self.assertFalse(second.full)
+        rp, _header = self.ship(second)
+        self.driver.commit(vm, second)
+        self.assertEqual([], libvirt_ops._load(self.driver, vm).orphans)
+        self.assertEqual(1, len(self.bitmaps(disk, dom)))
+        self.assertEqual([], self.our_metadata(dom_uuid))
+        out = self.path('abort.raw')
+        self.store.export(self.inst, out, rp_id=rp.id)
+        with open(out, 'rb') as f:
+            f.seek(255 * MiB)
+            self.assertEqual(b'\x33' * MiB, f.read(MiB))
+
     def test_lost_checkpoint_after_crash_falls_back_to_full_and_says_so(self):
         dom_uuid, dom, disk = self.new_domain('crash')
         vm = self.attach(dom_uuid)
