@@ -2,9 +2,9 @@
 
 A delta is a header plus parts of bounded size. Each part lists its extents
 (offset, length, kind) and carries the data extents' bytes concatenated,
-zstandard-compressed when that pays (as they are otherwise), with the sha256
-of the uncompressed bytes. Zero extents (writes of zeros, discards) carry
-no bytes.
+zstandard-compressed when that pays (as they are when it does not), with
+the sha256 of the uncompressed bytes. Zero extents (writes of zeros,
+discards) carry no bytes.
 
 A delta built here produces its parts lazily (a 20 GiB baseline never sits
 in memory); a delta received from the wire holds them. ``validate`` checks

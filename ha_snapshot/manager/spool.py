@@ -182,8 +182,8 @@ class Spool:
         # was being written: the file must not outlive it.
         try:
             os.unlink(self._path(key))
-        except FileNotFoundError:
-            pass
+        except OSError:
+            pass  # NOTE: never written, or gone with its directory
 
     def _write(self, key, meta: dict, raw: bytes) -> None:
         path = self._path(key)

@@ -39,13 +39,13 @@ VERIFY_CACHE_BYTES = 256 << 20
 # NOTE: keys of chunks stored ahead of their merge, kept for its count of
 # new chunks (a delta never committed leaves its keys until pushed out).
 PRESTORED_KEYS = 65536
-# NOTE: chunks are hashed, compressed and written by a few threads
-# (hashlib, zstd and file I/O release the GIL); this bounds how many
-# assembled chunks wait for them.
 # NOTE: what retention reads of a manifest (number, creation time, id),
 # kept by its listing: manifests are written once (create-only) and never
 # changed, so a commit no longer decodes every manifest of the instance.
 SUMMARY_KEYS = 65536
+# NOTE: chunks are hashed, compressed and written by a few threads
+# (hashlib, zstd and file I/O release the GIL); this bounds how many
+# assembled chunks wait for them.
 WRITER_THREADS = 3
 WRITER_QUEUE = 8
 
