@@ -7,6 +7,7 @@ from oslo_log import log as logging
 from ha_snapshot.agent import rpcapi as agent_rpcapi
 from ha_snapshot.db import api as db_api
 from ha_snapshot.db import migration
+from ha_snapshot.manager import image_sweep
 from ha_snapshot.manager import manager as manager_mod
 from ha_snapshot.manager import notifications
 from ha_snapshot.manager import recovery as recovery_engine
@@ -30,6 +31,7 @@ class ManagerService(service.Service):
         self.listener = None
         self.engine = None
         self.db = None
+        self.sweeper = None
 
     def start(self) -> None:
         conf = self.conf
@@ -57,12 +59,17 @@ class ManagerService(service.Service):
                 rpc.get_notification_transport(conf), conf, self.db,
                 agent_api)
             self.listener.start()
+        if image_sweep.wanted(conf):
+            self.sweeper = image_sweep.ImageSweeper(conf, self.db)
+            self.sweeper.start()
         resumed = self.engine.resume()
         LOG.info('Manager %s serving %s (store %s); %d recoveries resumed',
                  self.host, rpc.MANAGER_TOPIC, store.driver.describe(),
                  resumed)
 
     def stop(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.stop()
         if self.listener is not None:
             self.listener.stop()
             self.listener.wait()

@@ -176,7 +176,10 @@ def ha_snapshot(c) -> dict:
                     'backup_dir': os.path.join(d, 'libvirt')},
         'policy': {'name': 'adaptive', 'rpo_target': 60},
         'recovery': {'actions': 'libvirt:rebuild',
-                     'work_dir': os.path.join(d, 'recovery')},
+                     'work_dir': os.path.join(d, 'recovery'),
+                     # NOTE: the scenario waits for the sweep of a
+                     # deleted server's recovery images.
+                     'image_sweep_interval': 3},
         'nova': dict(ksa(c, 'ha-snapshot'), interface='public'),
         'glance': dict(ksa(c, 'ha-snapshot'), interface='public'),
         'api': {'host': '127.0.0.1', 'port': c.ports['ha-snapshot-api'],

@@ -24,7 +24,8 @@
    demo user) whose action is the server's alarm URL from the API,
    publishes the event Ceilometer would, and waits for Aodh's notifier to
    post it and for the recovery it starts to succeed;
-8. B was never protected; A, deleted, stops being protected.
+8. B was never protected; A, deleted, stops being protected, and the
+   manager's sweep removes A's recovery images from Glance.
 
 It returns the measurements; ``verified`` is true only when every check
 held. ``python3 -m ha_snapshot.tests.integration.scenario STATE_JSON``
@@ -320,6 +321,28 @@ class Scenario:
         except cloudlib.ScenarioError:
             ok = False
         self.check('A, deleted, is no longer protected', ok)
+
+        def images_of_a():
+            return [i.id for i in self.admin.image.images(
+                tag='ha_snapshot:%s' % a.id)]
+        # NOTE: the sweep may have run already; its log line says what it
+        # deleted (the recovery kept keep_images = 1 of A's).
+        manager_log = os.path.join(self.state['run_dir'], 'logs',
+                                   'ha-snapshot-manager.log')
+
+        def swept():
+            if images_of_a():
+                return False
+            with open(manager_log, errors='replace') as f:
+                return ('of deleted instance %s deleted' % a.id) in f.read()
+        try:
+            cloudlib.wait_for(swept, 60, 'the recovery images of deleted '
+                              'server %s to be swept from Glance' % a.id,
+                              poll=1)
+            ok = True
+        except cloudlib.ScenarioError:
+            ok = False
+        self.check('A\'s recovery images are swept from Glance', ok)
         self.delete(b.id)
 
     def delete(self, uuid: str):
