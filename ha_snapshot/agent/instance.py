@@ -391,9 +391,10 @@ class SnapshotAgent(threading.Thread):
                 self.state.pending.remove(entry)
                 # NOTE: the overlay above the one committed now stands on
                 # what that one stood on (the commit rewrote its header).
-                for later in self.state.pending:
-                    if entry.committable and later.backing == entry.frozen:
-                        later.backing = entry.backing
+                if entry.committable:
+                    for later in self.state.pending:
+                        if later.backing == entry.frozen:
+                            later.backing = entry.backing
                 self.save()
                 self._progress.notify_all()
 

@@ -311,14 +311,17 @@ def frozen_items(frozen) -> tuple:
 
 
 @contextlib.contextmanager
-def operation(vm, what: str, wait: float, refused):
+def operation(vm, what: str, wait: float, refused=None):
     """Hold ``vm.op_lock`` (one snapshot or commit of a VM at a time) for
     ``what``, named in ``vm.busy`` meanwhile. Waits up to ``wait`` seconds
     (0: not at all); then raises ``refused(busy)``, busy naming what holds
-    the VM."""
+    the VM (by default CommitInProgress: what a snapshot meets)."""
     if not (vm.op_lock.acquire(timeout=wait) if wait > 0
             else vm.op_lock.acquire(blocking=False)):
-        raise refused(vm.busy or 'another operation')
+        busy = vm.busy or 'another operation'
+        if refused is None:
+            raise CommitInProgress(vm=vm.name, reason='%s is running' % busy)
+        raise refused(busy)
     vm.busy = what
     try:
         yield

@@ -340,9 +340,7 @@ class LibvirtDriver(base.HypervisorDriver):
 
     def snapshot(self, vm, *, wait: float | None = None) -> base.Snapshot:
         wait = self.opts.snapshot_wait if wait is None else wait
-        with base.operation(vm, 'a backup', wait, lambda busy: (
-                base.CommitInProgress(vm=vm.name,
-                                      reason='%s is running' % busy))):
+        with base.operation(vm, 'a backup', wait):
             if not self.is_alive(vm):
                 raise base.VMNotRunning(vm=vm.name,
                                         reason='the domain is not running')

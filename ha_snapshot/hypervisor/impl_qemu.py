@@ -303,9 +303,7 @@ class QemuDriver(base.HypervisorDriver):
 
     def snapshot(self, vm: QemuVM, *, wait: float | None = None):
         wait = self.opts.snapshot_wait if wait is None else wait
-        with base.operation(vm, 'a snapshot', wait, lambda busy: (
-                base.CommitInProgress(vm=vm.name,
-                                      reason='%s is running' % busy))):
+        with base.operation(vm, 'a snapshot', wait):
             self._check_alive(vm)
             return snapshots.take_snapshot(self, vm)
 

@@ -26,17 +26,20 @@ class ActionsTestCase(base.TestCase):
             req.content_type = 'application/json'
         return req.get_response(self.env.app)
 
+    def protect_cast(self, server, **spec):
+        """The protect cast the agent must get for ``server`` (the Nova
+        server of the fixture, name web-1 unless ``spec`` says)."""
+        return ('protect', {'instance': server,
+                            'project': self.ids['PROJECT_P'],
+                            'spec': dict({'nova': True, 'uuid': server,
+                                          'name': 'web-1'}, **spec)})
+
     def test_protect_asks_nova_and_casts_to_the_agent_once(self):
         server = self.ids['NOVA_SERVER']
         resp = self.request('PUT', '/v1/servers/' + server)
         self.assertEqual(202, resp.status_int, resp.text)
         self.env.wait_agent(1)
-        self.assertEqual(
-            [('protect', {'instance': server,
-                          'project': self.ids['PROJECT_P'],
-                          'spec': {'nova': True, 'uuid': server,
-                                   'name': 'web-1'}})],
-            self.env.agent.calls)
+        self.assertEqual([self.protect_cast(server)], self.env.agent.calls)
         self.assertIn(('GET', '/v2.1/servers/' + server),
                       self.env.nova.endpoint.calls())
         # Protected (the agent registered): a second PUT casts nothing and
@@ -68,12 +71,8 @@ class ActionsTestCase(base.TestCase):
                             body='{"policy": "fixed"}')
         self.assertEqual(202, resp.status_int, resp.text)
         self.env.wait_agent(1)
-        self.assertEqual(
-            [('protect', {'instance': server,
-                          'project': self.ids['PROJECT_P'],
-                          'spec': {'nova': True, 'uuid': server,
-                                   'name': 'web-1', 'policy': 'fixed'}})],
-            self.env.agent.calls)
+        self.assertEqual([self.protect_cast(server, policy='fixed')],
+                         self.env.agent.calls)
         self.assertEqual('fixed', self.env.db.get_instance(server).policy)
         # Protected: another policy is cast to its agent; the same one
         # again casts nothing.
@@ -84,10 +83,7 @@ class ActionsTestCase(base.TestCase):
         self.assertEqual('adaptive', resp.json['server']['policy'])
         self.env.wait_agent(2)
         self.assertEqual(
-            ('protect', {'instance': server,
-                         'project': self.ids['PROJECT_P'],
-                         'spec': {'nova': True, 'uuid': server,
-                                  'name': None, 'policy': 'adaptive'}}),
+            self.protect_cast(server, name=None, policy='adaptive'),
             self.env.agent.calls[1])
         resp = self.request('PUT', '/v1/servers/' + server,
                             body='{"policy": "adaptive"}')
