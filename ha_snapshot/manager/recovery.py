@@ -5,6 +5,11 @@
                                                  | failed (attempts used up)
     protected | failed --request--> recovering (an operator asked)
 
+``recovery_attempts`` counts the recoveries that failed in a row: a
+failure adds one, a success sets it back to zero (so does a quiet
+``[recovery] attempts_reset``). ``max_attempts`` failures in a row mark
+the instance failed.
+
 Status changes are compare-and-swap updates in the database, so of many
 reports arriving together (the health monitor and an alarm, or two manager
 workers) exactly one starts a recovery; the rest are recorded and dropped.
@@ -141,7 +146,7 @@ class RecoveryEngine:
             return 'ignored: no restore point yet'
         try:
             row = self.db.update_instance_status(
-                instance, 'protected', 'recovering', count_attempt=True)
+                instance, 'protected', 'recovering')
         except exception.InstanceStatusConflict:
             return 'duplicate: another report won'
         rec = self._start(row, reason, row.newest_restore_point_id)
@@ -176,7 +181,7 @@ class RecoveryEngine:
         self._action(self.action_name(row))
         try:
             row = self.db.update_instance_status(
-                instance, row.status, 'recovering', count_attempt=True)
+                instance, row.status, 'recovering')
         except exception.InstanceStatusConflict as e:
             raise exception.RecoveryConflict(
                 instance=instance, reason='its status changed meanwhile '
@@ -187,7 +192,7 @@ class RecoveryEngine:
         name = self.action_name(row)
         rec = self.db.create_recovery(
             row.uuid, name, reason=reason, restore_point_id=restore_point,
-            attempt=row.recovery_attempts)
+            attempt=row.recovery_attempts + 1)
         LOG.warning('Instance %s: %s; recovery %s (%s, attempt %d) to '
                     'restore point %s', row.uuid, reason, rec.id, name,
                     rec.attempt, restore_point)
@@ -227,15 +232,22 @@ class RecoveryEngine:
                           rec.id)
             self.db.update_recovery(rec.id, state='failed',
                                     error='%s: %s' % (type(e).__name__, e))
-            exhausted = row.recovery_attempts >= (
-                self.conf.recovery.max_attempts)
+            # NOTE: the row read now, not the one the recovery started
+            # with: a resumed recovery's row may be older than its count.
+            failures = self.db.get_instance(instance).recovery_attempts + 1
+            exhausted = failures >= self.conf.recovery.max_attempts
             self.db.update_instance_status(
                 instance, 'recovering', 'failed' if exhausted else 'protected',
+                count_attempt=True,
                 cooldown_until=self.clock() + self.conf.recovery.cooldown)
+            if exhausted:
+                LOG.error('Instance %s: %d recoveries failed in a row; '
+                          'marked failed, the operator must act', instance,
+                          failures)
             return
         self.db.update_recovery(rec.id, state='succeeded', step='done')
         self.db.update_instance_status(
-            instance, 'recovering', 'protected',
+            instance, 'recovering', 'protected', reset_attempts=True,
             cooldown_until=self.clock() + self.conf.recovery.cooldown)
         LOG.info('Instance %s: recovery %s succeeded', instance, rec.id)
 

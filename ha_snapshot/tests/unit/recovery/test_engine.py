@@ -215,6 +215,58 @@ class EngineTestCase(base.TestCase):
                          (rec.state, rec.step, rec.error))
         self.assertEqual('protected', self.db.get_instance(uuid).status)
 
+    # --- attempts count failures in a row -----------------------------------
+
+    def test_successes_never_count_as_failures(self):
+        # max_attempts is 2: five operator recoveries that succeeded, then
+        # an alarm, must start a recovery, not mark the server failed.
+        uuid, _ = self.instance()
+        for _ in range(5):
+            self.assertEqual('succeeded', self.run_request(uuid).state)
+        self.assertEqual(0, self.db.get_instance(uuid).recovery_attempts)
+        self.now += 61
+        with self.assertLogs('ha_snapshot.manager.recovery',
+                             'INFO') as logs:
+            decision = self.engine.report(uuid, 'alarm', {})
+            self.engine.wait(uuid, 30)
+        self.assertTrue(decision.startswith('recovering'), decision)
+        self.assertFalse([m for m in logs.output if 'in a row' in m])
+        self.assertEqual('protected', self.db.get_instance(uuid).status)
+        self.assertEqual(6, len(self.rebuild.calls))
+
+    def test_a_success_resets_the_failures(self):
+        uuid, _ = self.instance()
+        self.rebuild.fail = 1
+        self.assertEqual('failed', self.run_request(uuid).state)
+        self.assertEqual(1, self.db.get_instance(uuid).recovery_attempts)
+        rec = self.run_request(uuid)
+        self.assertEqual(('succeeded', 2), (rec.state, rec.attempt))
+        self.assertEqual(0, self.db.get_instance(uuid).recovery_attempts)
+        # One failure after the success is one in a row, not two: the
+        # instance stays protected (max_attempts is 2).
+        self.rebuild.fail = 1
+        self.now += 61
+        self.engine.report(uuid, 'dead', {})
+        self.engine.wait(uuid, 30)
+        row = self.db.get_instance(uuid)
+        self.assertEqual(('protected', 1), (row.status,
+                                            row.recovery_attempts))
+
+    def test_failures_in_a_row_mark_failed_with_their_count(self):
+        uuid, _ = self.instance()
+        self.rebuild.fail = 2
+        with self.assertLogs('ha_snapshot.manager.recovery',
+                             'ERROR') as logs:
+            for _ in range(2):
+                self.engine.report(uuid, 'dead', {})
+                self.engine.wait(uuid, 30)
+                self.now += 61
+        row = self.db.get_instance(uuid)
+        self.assertEqual(('failed', 2), (row.status, row.recovery_attempts))
+        self.assertIn('2 recoveries failed in a row', logs.output[-1])
+        self.assertEqual([1, 2], [r.attempt for r in
+                                  self.db.list_recoveries(uuid)])
+
     # --- the action per driver ----------------------------------------------
 
     def test_action_per_driver(self):
