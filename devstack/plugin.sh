@@ -183,6 +183,12 @@ function configure_ha_snapshot {
     # uploads restore points as images: the service user acts for them.
     _ha_snapshot_iniset_ksa nova
     _ha_snapshot_iniset_ksa glance
+    # NOTE: with Aodh the manager verifies every alarm with it before a
+    # recovery ([recovery] alarm_verification = auto): a replayed alarm
+    # notification starts nothing.
+    if is_service_enabled aodh-api; then
+        _ha_snapshot_iniset_ksa aodh
+    fi
 
     iniset "$HA_SNAPSHOT_CONF" api auth_strategy keystone
     iniset "$HA_SNAPSHOT_CONF" api host "$HA_SNAPSHOT_API_LISTEN"

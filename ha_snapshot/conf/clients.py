@@ -1,4 +1,4 @@
-"""[nova], [glance]: how the manager reaches the Compute and Image APIs.
+"""[nova], [glance], [aodh]: how the manager reaches other OpenStack APIs.
 
 Each group holds keystoneauth1's session options (TLS, timeout) and auth
 options (``auth_type`` and the plugin's own, e.g. ``password``), registered
@@ -11,7 +11,9 @@ The manager uses [nova] to look up a server's host when it protects one,
 and both groups for the ``rebuild`` recovery action (upload the recovery
 image to Glance, rebuild the server with it through Nova). The service user
 needs the admin role (or a policy allowing it) to rebuild other projects'
-servers and to give recovery images to their projects.
+servers and to give recovery images to their projects. [aodh] lets it
+read the alarms that post to ha-snapshot-api (admin, or a policy allowing
+``telemetry:get_alarm`` on other projects' alarms).
 """
 
 from oslo_config import cfg
@@ -24,6 +26,13 @@ NOVA = cfg.OptGroup(
          'recovery action. Authentication and session options come from '
          'keystoneauth1: set auth_type (e.g. password) and its options, or '
          'auth_type = none with endpoint_override.')
+AODH = cfg.OptGroup(
+    'aodh', title='Alarming API (Aodh)',
+    help='Used to verify an alarm before it may start a recovery ([recovery] '
+         'alarm_verification): the manager asks Aodh whether the alarm a '
+         'notification names really fired. Authentication and session '
+         'options come from keystoneauth1: set auth_type (e.g. password) '
+         'and its options, or auth_type = none with endpoint_override.')
 GLANCE = cfg.OptGroup(
     'glance', title='Image API (Glance)',
     help='Used by the rebuild recovery action to upload recovery images. '
@@ -32,7 +41,8 @@ GLANCE = cfg.OptGroup(
          'with endpoint_override.')
 
 # NOTE: which openstacksdk service each group configures.
-SERVICE_TYPES = {NOVA.name: 'compute', GLANCE.name: 'image'}
+SERVICE_TYPES = {NOVA.name: 'compute', GLANCE.name: 'image',
+                 AODH.name: 'alarm'}
 
 DEFAULT_TIMEOUT = 60
 
@@ -64,13 +74,21 @@ def glance_opts() -> list:
     return _endpoint_opts('image', 'https://glance.example.com')
 
 
+def aodh_opts() -> list:
+    return _endpoint_opts('alarming', 'https://aodh.example.com')
+
+
+def _groups() -> tuple:
+    return ((NOVA, nova_opts()), (GLANCE, glance_opts()),
+            (AODH, aodh_opts()))
+
+
 def register_opts(conf: cfg.ConfigOpts) -> None:
-    for group, opts in ((NOVA, nova_opts()), (GLANCE, glance_opts())):
+    for group, opts in _groups():
         base.register(conf, group, opts)
         base.register_keystoneauth(conf, group.name, DEFAULT_TIMEOUT)
 
 
 def list_opts():
     return {group: opts + base.keystoneauth_opts(DEFAULT_TIMEOUT)
-            for group, opts in ((NOVA, nova_opts()),
-                                (GLANCE, glance_opts()))}
+            for group, opts in _groups()}

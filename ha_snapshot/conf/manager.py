@@ -61,6 +61,21 @@ RECOVERY_OPTS = [
                     'for Nova has [recovery] rebuild_timeout.'),
     cfg.IntOpt('workers', default=4, min=1,
                help='Recoveries run at the same time.'),
+    cfg.StrOpt('alarm_verification', default='auto',
+               choices=[('auto', 'aodh when [aodh] auth_type is set, '
+                                 'none otherwise'),
+                        ('aodh', 'an alarm starts a recovery only if Aodh '
+                                 'confirms it fired after the last recovery'),
+                        ('none', 'every alarm notification that passes the '
+                                 'API\'s authentication counts')],
+               help='How the manager checks an alarm posted to '
+                    'ha-snapshot-api before it may start a recovery. An '
+                    'alarm URL (with its secret) is a bearer credential: '
+                    'with none, whoever captured it can start a recovery '
+                    'after every cooldown; with aodh a replayed '
+                    'notification starts nothing, because Aodh says the '
+                    'alarm has not fired again. See the alarms page of '
+                    'the admin guide.'),
     cfg.DictOpt('actions', default={'qemu': 'restart', 'libvirt': 'rebuild'},
                 help='Recovery action per hypervisor driver of the '
                      'instance, as driver:action pairs: local QEMU VMs '

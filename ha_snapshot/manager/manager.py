@@ -25,6 +25,7 @@ import oslo_messaging as messaging
 
 from ha_snapshot import delta as delta_mod
 from ha_snapshot import exception
+from ha_snapshot.manager import alarms
 from ha_snapshot.manager import notifications
 from ha_snapshot.openstack import clients
 
@@ -345,6 +346,14 @@ class Manager:
             LOG.warning('Instance %s: %s; no recovery engine configured',
                         instance, reason)
             return 'ignored: no recovery engine'
+        recoveries = self.db.list_recoveries(instance)
+        refused = alarms.verify(
+            self.conf, instance, alarm,
+            max(r.created_at for r in recoveries) if recoveries else None)
+        if refused is not None:
+            LOG.warning('Instance %s: %s refused: %s', instance, reason,
+                        refused)
+            return 'refused: %s' % refused
         return self.recovery.report(instance, reason, alarm)
 
 

@@ -182,6 +182,10 @@ def ha_snapshot(c) -> dict:
                      'image_sweep_interval': 3},
         'nova': dict(ksa(c, 'ha-snapshot'), interface='public'),
         'glance': dict(ksa(c, 'ha-snapshot'), interface='public'),
+        # NOTE: alarms are verified with Aodh before a recovery, as the
+        # devstack plugin configures it when Aodh runs.
+        **({'aodh': dict(ksa(c, 'ha-snapshot'), interface='public')}
+           if c.with_aodh else {}),
         'api': {'host': '127.0.0.1', 'port': c.ports['ha-snapshot-api'],
                 'auth_strategy': 'keystone',
                 'alarm_secret_key': c.passwords['alarm-key']},

@@ -371,6 +371,7 @@ class DevstackPluginTestCase(base.TestCase):
         self.assertEqual(os.path.join(self.state_dir, 'spool'),
                          conf.manager.spool_dir)
         self.assertNotIn('swift', ini(self.conf_file))
+        self.assertNotIn('aodh', ini(self.conf_file))
         self.assert_ksa('nova')
         self.assert_ksa('glance')
         self.assertEqual([(self.conf_file, 'ha-snapshot')], self.named(
@@ -422,7 +423,7 @@ class DevstackPluginTestCase(base.TestCase):
 
     def test_controller_with_swift_and_ceilometer(self):
         services = ('key,mysql,rabbit,n-api,n-cond,n-sch,g-api,ceilometer,'
-                    's-proxy,s-object,s-container,s-account')
+                    's-proxy,s-object,s-container,s-account,aodh-api')
         self.env['DISABLED_SERVICES'] = 'ha-snapshot-agent'
         _, calls = self.run_phases(
             services, 'stack install', 'stack post-config', 'stack extra')
@@ -431,6 +432,8 @@ class DevstackPluginTestCase(base.TestCase):
         conf = self.assert_options_exist(self.conf_file)
         self.assertEqual('swift://ha-snapshot', conf.storage.backend_url)
         self.assert_ksa('swift')
+        # NOTE: alarms verified with Aodh before a recovery.
+        self.assert_ksa('aodh')
         created = self.named(calls, 'openstack')
         self.assertEqual(1, len(created))
         args = created[0]
