@@ -350,11 +350,19 @@ class AgentService(service.Service):
                            spec.get('qmp_path'), spec.get('pid'),
                            log_path=spec.get('log_path'))
         old_files = [x.frozen for x in st.pending if x.committable]
-        if newer:
-            driver.stop_tracking(vm)
-            tracked = False
-        else:
-            tracked = driver.start_tracking(vm)
+        try:
+            if newer:
+                driver.stop_tracking(vm)
+                tracked = False
+            else:
+                tracked = driver.start_tracking(vm)
+        except BaseException:
+            # NOTE: e.g. a domain Nova is still stopping: let the domain
+            # go, or its event callbacks stay registered and the next
+            # attach of it (a protect cast, the recovery's next try) fails
+            # with "event callback already tracked".
+            driver.detach(vm)
+            raise
         workdir = os.path.join(self.conf.agent.state_dir, instance)
         for path in old_files:
             if path.startswith(workdir) and os.path.exists(path):

@@ -195,10 +195,16 @@ class LibvirtDriver(base.HypervisorDriver):
             target=self._dispatch, args=(vm,), daemon=True,
             name='libvirt-events-%s' % name[:8])
         vm.dispatcher.start()
-        self._register_events(vm)
-        self._vms.append(vm)
-        with vm.op_lock:
-            ops.recover(self, vm)
+        try:
+            self._register_events(vm)
+            self._vms.append(vm)
+            with vm.op_lock:
+                ops.recover(self, vm)
+        except BaseException:
+            # NOTE: half an attach leaves nothing behind: callbacks left
+            # registered make every later attach of the domain fail.
+            self.detach(vm)
+            raise
         LOG.info('Domain %s attached (%s), disks %s', name,
                  'running' if self.is_alive(vm) else 'not running',
                  ', '.join(d.name for d in self._safe_disks(vm)) or 'none')
@@ -213,21 +219,21 @@ class LibvirtDriver(base.HypervisorDriver):
     def _register_events(self, vm) -> None:
         conn = self._conn
         lv = self.lv
-        vm.callbacks = [
-            conn.domainEventRegisterAny(
-                vm.dom, lv.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                lambda c, d, ev, detail, op: self._emit(
-                    vm, *events.lifecycle(lv, ev, detail)), None),
-            conn.domainEventRegisterAny(
-                vm.dom, lv.VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON,
-                lambda c, d, path, alias, action, reason, op: self._emit(
-                    vm, *events.io_error(path, alias, action, reason)),
-                None),
-            conn.domainEventRegisterAny(
-                vm.dom, lv.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED,
-                lambda c, d, params, op: self._emit(
-                    vm, events.JOB_COMPLETED, dict(params)), None),
-        ]
+        # NOTE: appended one by one, so that detach() deregisters those
+        # registered when a later one fails.
+        vm.callbacks = []
+        for event, callback in (
+                (lv.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                 lambda c, d, ev, detail, op: self._emit(
+                     vm, *events.lifecycle(lv, ev, detail))),
+                (lv.VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON,
+                 lambda c, d, path, alias, action, reason, op: self._emit(
+                     vm, *events.io_error(path, alias, action, reason))),
+                (lv.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED,
+                 lambda c, d, params, op: self._emit(
+                     vm, events.JOB_COMPLETED, dict(params)))):
+            vm.callbacks.append(conn.domainEventRegisterAny(
+                vm.dom, event, callback, None))
 
     def detach(self, vm) -> None:
         if vm.detached:

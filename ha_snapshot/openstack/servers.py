@@ -66,14 +66,22 @@ def start(nova, server) -> None:
 
 def wait_active(nova, server_id: str, image: str, *, timeout: float,
                 interval: float, on_start=None, clock=time.monotonic,
-                sleep=time.sleep):
+                sleep=time.sleep, was_stopped: bool = False):
     """Poll until the server runs ``image``, ACTIVE, with no task.
 
     ``on_start()`` is called before the one ``os-start`` a server left
-    SHUTOFF gets (a progress step).
+    SHUTOFF gets (a progress step). ``was_stopped``: the server was
+    stopped when the rebuild was asked for.
     """
     deadline = clock() + timeout
     started = False
+    # NOTE: Nova's rebuild of a stopped server saves it ACTIVE with no task
+    # once spawned and only then powers it off again (task powering-off,
+    # then SHUTOFF). Taken for the end, that moment sent the agent to a
+    # domain Nova was stopping. So a server stopped before the rebuild is
+    # ACTIVE only after our os-start, and any ACTIVE must still be ACTIVE
+    # at the next poll (the server may have been stopped after we looked).
+    seen_active = False
     while True:
         server = get(nova, server_id)
         task = server.task_state
@@ -89,14 +97,19 @@ def wait_active(nova, server_id: str, image: str, *, timeout: float,
                 'image %s (status %s): Nova rolled the rebuild back or '
                 'someone rebuilt it again; see openstack server event list'
                 % (image_id(server), image, server.status))
-        if task is None and server.status == 'ACTIVE':
-            return server
+        if task is None and server.status == 'ACTIVE' and (
+                started or not was_stopped):
+            if seen_active:
+                return server
+            seen_active = True
+        else:
+            seen_active = False
         if task is None and server.status == 'SHUTOFF' and not started:
             if on_start is not None:
                 on_start()
             start(nova, server)
             started = True
-        if clock() >= deadline:
+        if clock() >= deadline and not seen_active:
             raise exception.RebuildTimeout(
                 server=server_id, timeout=timeout, status=server.status,
                 task_state=task)

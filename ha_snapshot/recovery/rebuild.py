@@ -141,6 +141,10 @@ class RebuildAction:
 
         progress('rebuild-server')
         server = servers.get(nova, uuid)
+        # NOTE: unknown (False) when a resumed recovery finds its rebuild
+        # already under way; wait_active's second look covers that case.
+        was_stopped = (server.status == 'SHUTOFF'
+                       and resumed_at not in _REBUILD_SENT)
         if resumed_at in _REBUILD_SENT and (
                 servers.image_id(server) == image.id):
             LOG.info('Instance %s: Nova already has the rebuild with image '
@@ -152,7 +156,8 @@ class RebuildAction:
         server = servers.wait_active(
             nova, uuid, image.id, timeout=conf.rebuild_timeout,
             interval=conf.rebuild_poll_interval,
-            on_start=lambda: progress('start-server'))
+            on_start=lambda: progress('start-server'),
+            was_stopped=was_stopped)
         return glance, image.id, server
 
     def _rebaseline(self, instance, host, restore_point):

@@ -600,6 +600,40 @@ class TestNovaServerProtection(LibvirtTestCase):
         self.svc.store.export(self.inst, out, rp_id=rp_id)
         return out
 
+    def test_rebaseline_of_a_stopped_domain_leaves_it_attachable(self):
+        # A recovery's rebaseline reached a domain Nova had stopped again
+        # (the rebuild of a stopped server): the rebaseline fails, and
+        # the domain must be attachable afterwards (the protect cast of
+        # instance.rebuild.end, the recovery's next try).
+        self.start_services()
+        dom_uuid, dom, _disk = self.new_domain('server')
+        self.inst = dom_uuid
+        self.svc.db.create_instance(self.inst, PROJECT, host=self.host,
+                                    status='protecting', driver='qemu')
+        self.api.protect(self.host, self.inst, PROJECT,
+                         {'nova': True, 'uuid': self.inst,
+                          'name': 'server-1'})
+        first = self.wait_points(1)[0]
+        dom.destroy()
+        self.wait_for(lambda: not self.svc.agent_state(self.inst)[
+            'pending'], 'the agent to settle')
+        self.assertRaises(exception.HaSnapshotException,
+                          self.api.rebaseline, self.host, self.inst,
+                          first.id, timeout=60)
+        # What instance.rebuild.end casts, then the domain runs again.
+        self.api.protect(self.host, self.inst, PROJECT,
+                         {'nova': True, 'uuid': self.inst,
+                          'name': 'server-1'})
+        dom.create()
+        result = self.api.rebaseline(self.host, self.inst, first.id,
+                                     timeout=60)
+        self.assertEqual(first.id, result['restore_point'])
+        self.wait_points(1, after_number=self.points()[-1].number)
+        self.api.unprotect(self.host, self.inst)
+        self.wait_for(lambda: not os.path.exists(os.path.join(
+            self.svc.state_dir, self.inst, 'state.json')),
+            'the agent to drop the instance')
+
     def test_nova_spec_protected_by_libvirt_then_rebaselined(self):
         self.start_services()
         dom_uuid, dom, disk = self.new_domain('server')

@@ -335,7 +335,13 @@ class FakeNova:
         server.update({'OS-EXT-STS:task_state': 'rebuilding',
                        'status': 'REBUILD', 'updated': _now()})
         server.pop('fault', None)
-        self._settle[server['id']] = (self.outcome, self.polls)
+        outcome = self.outcome
+        if outcome == 'active' and server['OS-EXT-STS:vm_state'] == 'stopped':
+            # NOTE: as Nova's _do_rebuild_instance does: a server stopped
+            # before its rebuild is saved ACTIVE with no task once spawned,
+            # then powered off again (task powering-off, then SHUTOFF).
+            outcome = 'active-then-stop'
+        self._settle[server['id']] = (outcome, self.polls)
         return 202, headers, {'server': dict(server)}
 
     def start(self, server, headers):
@@ -356,6 +362,14 @@ class FakeNova:
             self._settle[server['id']] = (outcome, left - 1)
             return
         del self._settle[server['id']]
+        if outcome == 'powering-off':
+            server.update({'OS-EXT-STS:task_state': 'powering-off',
+                           'updated': _now()})
+            self._settle[server['id']] = ('shutoff', 1)
+            return
+        if outcome == 'active-then-stop':
+            self._settle[server['id']] = ('powering-off', 1)
+            outcome = 'active'
         states = {'active': ('ACTIVE', 'active', 1),
                   'shutoff': ('SHUTOFF', 'stopped', 4),
                   'error': ('ERROR', 'error', 0),

@@ -203,14 +203,15 @@ class RebuildTestCase(RebuildTestBase):
                           image['visibility']))
         self.assertEqual(self.export_sha512('qcow2'),
                          image['os_hash_value'])
-        # Nova: discovery, the server twice, one rebuild, polls till ACTIVE.
+        # Nova: discovery, the server twice, one rebuild, polls till ACTIVE
+        # and one more that finds it still ACTIVE.
         reqs = self.nova.endpoint.requests
         self.assertEqual([('GET', '/v2.1'), ('GET', '/v2.1/')],
                          [(r.method, r.path) for r in reqs[:2]])
         server = '/v2.1/servers/' + self.inst
         self.assertEqual([('GET', server)] * 2
                          + [('POST', server + '/action')]
-                         + [('GET', server)] * self.nova.polls,
+                         + [('GET', server)] * (self.nova.polls + 1),
                          [(r.method, r.path) for r in reqs[2:]])
         self.assertEqual([{'rebuild': {'imageRef': img}}], self.nova_posts())
         self.assertTrue(reqs[4].headers['OpenStack-API-Version']
@@ -296,6 +297,34 @@ class RebuildTestCase(RebuildTestBase):
         self.assertEqual('succeeded', rec.state, rec.error)
         self.assertIn('start-server', self.steps)
         self.assertEqual({'os-start': None}, self.nova_posts()[-1])
+        self.assertEqual('ACTIVE', self.nova.servers[self.inst]['status'])
+
+    def test_server_stopped_before_the_rebuild_is_started(self):
+        # Nova stopped the server (its QEMU died, Nova's power sync called
+        # the stop API) before the rebuild: Nova shows it ACTIVE with no
+        # task for a moment, then powers it off again. The recovery must
+        # not take that moment for the end (the agent then found the
+        # domain stopped): it starts the server and waits for ACTIVE.
+        server = self.nova.servers[self.inst]
+        server.update({'status': 'SHUTOFF', 'OS-EXT-STS:vm_state': 'stopped',
+                       'OS-EXT-STS:power_state': 4})
+        rec = self.recover()
+        self.assertEqual('succeeded', rec.state, rec.error)
+        self.assertIn('start-server', self.steps)
+        self.assertEqual({'os-start': None}, self.nova_posts()[-1])
+        self.assertEqual(('ACTIVE', 'active', None), (
+            server['status'], server['OS-EXT-STS:vm_state'],
+            server['OS-EXT-STS:task_state']))
+
+    def test_active_for_a_moment_is_not_taken_for_the_end(self):
+        # The server was ACTIVE when inspected but Nova stopped it before
+        # the rebuild arrived (the same race, one step later): the one
+        # ACTIVE without a task is confirmed by the next poll, which sees
+        # Nova powering it off; the recovery then starts it.
+        self.nova.outcome = 'active-then-stop'
+        rec = self.recover()
+        self.assertEqual('succeeded', rec.state, rec.error)
+        self.assertIn('start-server', self.steps)
         self.assertEqual('ACTIVE', self.nova.servers[self.inst]['status'])
 
     def test_source_image_gone(self):
