@@ -53,6 +53,23 @@ def _when(value) -> datetime.datetime | None:
         return None
 
 
+def _get_alarm(conf, alarm_id: str):
+    """``GET /v2/alarms/ID`` from Aodh; the keystoneauth response."""
+    opts = conf.aodh
+    session = clients.connection(conf, 'aodh').session
+    # NOTE: not through openstacksdk's alarm proxy: its version discovery
+    # ends the endpoint in /v2 (a real Aodh's catalog URL has none), and
+    # the path then doubled it. The unversioned root, then our path.
+    base = opts.endpoint_override or session.get_endpoint(
+        service_type='alarming', interface=opts.interface,
+        region_name=opts.region_name)
+    base = base.rstrip('/')
+    if base.endswith('/v2'):
+        base = base[:-len('/v2')]
+    return session.get('%s/v2/alarms/%s' % (
+        base, urllib.parse.quote(alarm_id, safe='')), raise_exc=False)
+
+
 def verify(conf, instance: str, alarm: dict,
            last_recovery_at: datetime.datetime | None) -> str | None:
     """Why this notification may not start a recovery, or None.
@@ -70,10 +87,7 @@ def verify(conf, instance: str, alarm: dict,
     if not alarm_id:
         return 'the notification names no alarm_id to verify with Aodh'
     try:
-        conn = clients.connection(conf, 'aodh')
-        resp = conn.alarm.get('/v2/alarms/%s'
-                              % urllib.parse.quote(alarm_id, safe=''),
-                              raise_exc=False)
+        resp = _get_alarm(conf, alarm_id)
     except exception.ConfigurationError as e:
         return 'alarms cannot be verified: %s' % e
     except clients.API_ERRORS as e:

@@ -49,7 +49,7 @@ def keystone(c) -> dict:
     d = c.path('keystone')
     return {
         'DEFAULT': {'debug': False},
-        'database': {'connection': 'sqlite:///%s/keystone.sqlite' % d},
+        'database': {'connection': c.os_db['keystone']},
         # NOTE: every token issued checks a bcrypt hash; at the default
         # 12 rounds that is ~0.3 s of CPU on a busy 2-core host, for
         # passwords that live for one run.
@@ -65,7 +65,7 @@ def glance(c) -> dict:
     return {
         'DEFAULT': {'enabled_backends': 'fs:file', 'debug': False,
                     'image_size_cap': 10 * 1024 ** 3},
-        'database': {'connection': 'sqlite:///%s/glance.sqlite' % d},
+        'database': {'connection': c.os_db['glance']},
         'glance_store': {'default_backend': 'fs'},
         'fs': {'filesystem_store_datadir': os.path.join(d, 'images')},
         'os_glance_staging_store': {
@@ -81,11 +81,9 @@ def glance(c) -> dict:
 
 
 def placement(c) -> dict:
-    d = c.path('placement')
     return {
         'DEFAULT': {'debug': False},
-        'placement_database': {
-            'connection': 'sqlite:///%s/placement.sqlite' % d},
+        'placement_database': {'connection': c.os_db['placement']},
         'api': {'auth_strategy': 'keystone'},
         'keystone_authtoken': authtoken(c, 'placement'),
     }
