@@ -3,6 +3,7 @@
 from oslo_log import log as logging
 import webob.exc
 
+from ha_snapshot.api import endpoint
 from ha_snapshot.api.schemas import server as schema
 from ha_snapshot.api import secret as alarm_secret
 from ha_snapshot.api import util
@@ -56,12 +57,15 @@ def server_view(req, row) -> dict:
         'recovery_attempts': row.recovery_attempts,
         'last_report_reason': row.last_report_reason,
     }
-    key = util.state(req).conf.api.alarm_secret_key
+    conf = util.state(req).conf
+    key = conf.api.alarm_secret_key
     if key and util.context(req).can(server_policies.PROTECT,
                                      {'project_id': row.project_id},
                                      fatal=False):
-        out['alarm_url'] = alarm_secret.alarm_url(req.application_url, key,
-                                                  row.uuid)
+        # NOTE: never from the request's Host header (see api/endpoint).
+        base = endpoint.public_url(conf, req.environ)
+        if base is not None:
+            out['alarm_url'] = alarm_secret.alarm_url(base, key, row.uuid)
     return out
 
 
