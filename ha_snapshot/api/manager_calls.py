@@ -148,6 +148,10 @@ class ManagerCalls:
         start = time.monotonic()
         if not self._ready.is_set():
             self.start()
+            if self.brokers and not self._broker_up():
+                raise exception.ManagerUnreachable(
+                    method=method, reason='the message bus (%s) refuses '
+                    'connections' % self._names())
             if not self._wait(self._ready, start):
                 self._check_stopping()
                 raise self._failure(method, waited=time.monotonic() - start,
@@ -161,6 +165,7 @@ class ManagerCalls:
         if not self._slots.acquire(blocking=False):
             raise exception.ManagerBusy(method=method, n=self.max_pending)
         outcome = _Outcome()
+        LOG.debug('Calling %s on the manager', method)
         threading.Thread(target=self._run, args=(outcome, method, args,
                                                  kwargs),
                          name='manager-call-%s' % method, daemon=True).start()
