@@ -38,8 +38,10 @@ def redact_query(query: str) -> str:
 
 def target(environ) -> str:
     """The request target as sent (path and query), secrets redacted."""
+    # NOTE: WSGI strings hold the raw bytes as latin-1.
     path = urllib.parse.quote(
-        environ.get('SCRIPT_NAME', '') + environ.get('PATH_INFO', ''),
+        (environ.get('SCRIPT_NAME', '') + environ.get('PATH_INFO', ''))
+        .encode('latin-1', 'backslashreplace'),
         safe="/;=,:@!$&'()*+~-._")
     query = redact_query(environ.get('QUERY_STRING', ''))
     return path + ('?' + query if query else '')

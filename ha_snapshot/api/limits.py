@@ -6,7 +6,7 @@ the API's JSON errors:
 * a request target longer than ``[api] max_url_length``: 414;
 * headers larger than ``[api] max_header_size`` in all: 431;
 * a control character in the path (``/v1/servers/ID%0a`` must not be
-  server ID): 400;
+  server ID), or a query string that is not UTF-8: 400;
 * a body without Content-Length (``Transfer-Encoding: chunked``): read
   into memory when the server de-chunked it (``wsgi.input_terminated``;
   413 beyond ``[api] max_request_body_size``), 411 when it did not, so
@@ -17,6 +17,7 @@ May import webob, oslo libraries and ha_snapshot.api.errors.
 
 import io
 import re
+import urllib.parse
 
 import webob.exc
 
@@ -49,6 +50,17 @@ def target_length(environ) -> int:
             + (len(query) + 1 if query else 0))
 
 
+def _utf8(query: str) -> bool:
+    # NOTE: webob decodes parameters as UTF-8 when a handler reads them;
+    # "?status=%ff" was a UnicodeDecodeError there, and a 500.
+    try:
+        urllib.parse.unquote_to_bytes(query.replace('+', ' ')).decode(
+            'utf-8')
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 class RequestLimits:
 
     def __init__(self, application, conf):
@@ -78,6 +90,11 @@ class RequestLimits:
                 environ, start_response, webob.exc.HTTPBadRequest,
                 'The path contains a control character (such as %0a): no '
                 'resource has one.', 'ha_snapshot.url.invalid')
+        if not _utf8(environ.get('QUERY_STRING', '')):
+            return _refuse(
+                environ, start_response, webob.exc.HTTPBadRequest,
+                'The query string is not UTF-8 once percent-decoded.',
+                'ha_snapshot.query.invalid')
         if environ.get('HTTP_TRANSFER_ENCODING'):
             refusal = self._read_chunked(environ)
             if refusal is not None:

@@ -135,6 +135,17 @@ class HygieneTestCase(base.TestCase):
         self.assertEqual('protected',
                          self.env.db.get_instance(self.server).status)
 
+    def test_a_query_string_that_is_not_utf8_is_a_400(self):
+        # NOTE: the class of the path's control characters: what a client
+        # sends in the URL that no handler can read.
+        for path in ('/v1/servers?status=%ff', '/v1/servers?all_projects=%ff',
+                     '/v1/servers?project_id=%ff%fe'):
+            resp = self.request('GET', path)
+            self.assertError(400, 'ha_snapshot.query.invalid', resp)
+        resp = self.request('POST', '/v1/alarms/%s?secret=%%ff' % self.server,
+                            '{"alarm_id": "a", "current": "alarm"}')
+        self.assertError(400, 'ha_snapshot.query.invalid', resp)
+
     def test_only_the_canonical_uuid_names_a_server(self):
         for alias in (self.server.upper(), '{%s}' % self.server,
                       'urn:uuid:' + self.server,
