@@ -59,6 +59,7 @@ def serve_manager(work: str, url: str) -> None:
 
     from oslo_config import cfg
 
+    from ha_snapshot.agent import rpcapi as agent_rpcapi
     from ha_snapshot import conf as ha_conf
     from ha_snapshot.db import api as db_api
     from ha_snapshot.manager import manager as manager_mod
@@ -75,9 +76,13 @@ def serve_manager(work: str, url: str) -> None:
     conf.set_override('spool_dir', os.path.join(work, 'spool'),
                       group='manager')
     db = db_api.Database(conf)
-    manager = manager_mod.Manager(conf, store_mod.RecoveryStore.from_conf(
-        conf), db, spool_mod.Spool.from_conf(conf))
     transport = rpc.get_transport(conf, url=url)
+    # NOTE: protect casts to the agent of the server's host; no agent
+    # runs here, the broker keeps those casts.
+    manager = manager_mod.Manager(
+        conf, store_mod.RecoveryStore.from_conf(conf), db,
+        spool_mod.Spool.from_conf(conf),
+        agent_api=agent_rpcapi.AgentAPI(transport, timeout=30))
     server = rpc.get_server(transport, rpc.MANAGER_TOPIC, 'bench-manager',
                             [manager_mod.ManagerEndpoint(manager)])
     stop = threading.Event()
@@ -102,6 +107,7 @@ def run_clients(spec: dict) -> None:
     """Active clients as threads; prints their samples as JSON."""
     deadline = time.monotonic() + spec['seconds']
     samples = []
+    examples = {}
     lock = threading.Lock()
     ops = [op for op, weight in MIX for _ in range(weight)]
 
@@ -140,8 +146,13 @@ def run_clients(spec: dict) -> None:
                         '127.0.0.1', spec['port'], timeout=30)
                 conn.request(method, path, body=data, headers=headers)
                 resp = conn.getresponse()
-                resp.read()
+                answer = resp.read()
                 status = resp.status
+                if status not in EXPECTED[op]:
+                    with lock:
+                        examples.setdefault('%s %s' % (op, status),
+                                            answer[:300].decode('utf-8',
+                                                                'replace'))
                 if resp.getheader('Connection', '').lower() == 'close':
                     conn.close()
                     conn = None
@@ -162,7 +173,7 @@ def run_clients(spec: dict) -> None:
         t.start()
     for t in threads:
         t.join(spec['seconds'] + 60)
-    print(json.dumps(samples))
+    print(json.dumps({'samples': samples, 'examples': examples}))
 
 
 # --- idle and slow clients ----------------------------------------------
@@ -286,9 +297,12 @@ def phase(args, port, servers, name, seed_no) -> dict:
             [sys.executable, os.path.abspath(__file__), '--client',
              json.dumps(spec)], stdout=subprocess.PIPE, text=True))
     samples = []
+    examples = {}
     for p in procs:
         out, _ = p.communicate(timeout=args.seconds + 120)
-        samples.extend(json.loads(out.strip().splitlines()[-1]))
+        got = json.loads(out.strip().splitlines()[-1])
+        samples.extend(got['samples'])
+        examples.update(got['examples'])
     result = {'requests': len(samples),
               'errors': sum(1 for _op, _t, ok, _s in samples if not ok)}
     by_status = {}
@@ -297,6 +311,7 @@ def phase(args, port, servers, name, seed_no) -> dict:
             key = '%s %s' % (op, status or 'no answer')
             by_status[key] = by_status.get(key, 0) + 1
     result['error_statuses'] = by_status
+    result['error_examples'] = examples
     for op, _weight in MIX:
         times = [t * 1000 for o, t, _ok, _s in samples if o == op]
         if times:
@@ -351,6 +366,16 @@ def main() -> None:
                                  if _still_open(s))
             finally:
                 holders.close()
+            if loaded['errors'] or baseline['errors']:
+                for name in ('api.log', 'manager.log'):
+                    path = os.path.join(work, name)
+                    with open(path, errors='replace') as f:
+                        lines = [ln for ln in f if (
+                            ' ERROR ' in ln or ' WARNING ' in ln or
+                            ' 503 ' in ln or 'status: 5' in ln)
+                            and 'waitress.queue' not in ln]
+                    c.log('%s: %d warnings/errors, the last:\n%s', name,
+                          len(lines), ''.join(lines[-8:]))
         finally:
             for proc in (api, manager):
                 proc.terminate()

@@ -69,14 +69,24 @@ def server_view(req, row) -> dict:
         'recovery_attempts': row.recovery_attempts,
         'last_report_reason': row.last_report_reason,
     }
-    conf = util.state(req).conf
-    key = conf.api.alarm_secret_key
-    if key and _may_protect(req, row.project_id):
-        # NOTE: never from the request's Host header (see api/endpoint).
-        base = endpoint.public_url(conf, req.environ)
-        if base is not None:
-            out['alarm_url'] = alarm_secret.alarm_url(base, key, row.uuid)
+    key, base = _alarm_url_parts(req)
+    if key and base is not None and _may_protect(req, row.project_id):
+        out['alarm_url'] = alarm_secret.alarm_url(base, key, row.uuid)
     return out
+
+
+def _alarm_url_parts(req):
+    """(secret key, public base URL) once per request: reading options
+    is not free either, and a list shows many servers."""
+    parts = req.environ.get('ha_snapshot.alarm_url_parts')
+    if parts is None:
+        conf = util.state(req).conf
+        key = conf.api.alarm_secret_key
+        # NOTE: never from the request's Host header (see api/endpoint).
+        parts = (key, endpoint.public_url(conf, req.environ) if key
+                 else None)
+        req.environ['ha_snapshot.alarm_url_parts'] = parts
+    return parts
 
 
 def _statuses(req):
