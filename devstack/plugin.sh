@@ -12,8 +12,9 @@
 #                      the API: the service user, the Keystone service
 #                      and its endpoint
 #   stack extra        the database and the Swift container (on the
-#                      manager's node); start the manager and the API on
-#                      the controller, the agent on compute hosts
+#                      manager's node); start the manager and the API
+#                      (under uWSGI by default) on the controller, the
+#                      agent on compute hosts
 #   stack test-config  check that the manager's store answers
 #   unstack            stop the three services
 #   clean              remove the configuration and the local state
@@ -60,8 +61,34 @@ function _ha_snapshot_store_url {
     fi
 }
 
+function _ha_snapshot_use_uwsgi {
+    [[ "${HA_SNAPSHOT_USE_UWSGI,,}" == true ]]
+}
+
+# The public endpoint: under Apache's path when uWSGI serves the API.
 function _ha_snapshot_api_url {
-    echo "$HA_SNAPSHOT_SERVICE_PROTOCOL://$HA_SNAPSHOT_SERVICE_HOST:$HA_SNAPSHOT_SERVICE_PORT"
+    if _ha_snapshot_use_uwsgi; then
+        echo "$HA_SNAPSHOT_SERVICE_PROTOCOL://$HA_SNAPSHOT_SERVICE_HOST$HA_SNAPSHOT_API_PATH"
+    else
+        echo "$HA_SNAPSHOT_SERVICE_PROTOCOL://$HA_SNAPSHOT_SERVICE_HOST:$HA_SNAPSHOT_SERVICE_PORT"
+    fi
+}
+
+# configure_ha_snapshot_uwsgi() - the uWSGI config of the API
+#
+# devstack's write_uwsgi_config: master, workers, die-on-term, graceful
+# SIGTERM, a unix socket behind Apache (which reads the requests of idle
+# and slow clients, so they never hold a worker). Then the API's own
+# needs: its config directory, no request log of uwsgi's (it would write
+# the alarm URL's secret; the API writes its own access log), and
+# harakiri as the last resort for a worker stuck past [api] rpc_timeout.
+function configure_ha_snapshot_uwsgi {
+    write_uwsgi_config "$HA_SNAPSHOT_UWSGI_CONF" "$HA_SNAPSHOT_UWSGI" \
+        "$HA_SNAPSHOT_API_PATH" "" "ha-snapshot-api"
+    iniset "$HA_SNAPSHOT_UWSGI_CONF" uwsgi env \
+        "OS_HA_SNAPSHOT_CONFIG_DIR=$HA_SNAPSHOT_CONF_DIR"
+    iniset "$HA_SNAPSHOT_UWSGI_CONF" uwsgi disable-logging true
+    iniset "$HA_SNAPSHOT_UWSGI_CONF" uwsgi harakiri 120
 }
 
 # Password authentication of the service user in one option group: the
@@ -191,8 +218,16 @@ function configure_ha_snapshot {
     fi
 
     iniset "$HA_SNAPSHOT_CONF" api auth_strategy keystone
-    iniset "$HA_SNAPSHOT_CONF" api host "$HA_SNAPSHOT_API_LISTEN"
-    iniset "$HA_SNAPSHOT_CONF" api port "$HA_SNAPSHOT_SERVICE_PORT"
+    # NOTE: alarm URLs are built from it, never from a request's Host.
+    iniset "$HA_SNAPSHOT_CONF" api public_endpoint "$(_ha_snapshot_api_url)"
+    if _ha_snapshot_use_uwsgi; then
+        if is_service_enabled ha-snapshot-api; then
+            configure_ha_snapshot_uwsgi
+        fi
+    else
+        iniset "$HA_SNAPSHOT_CONF" api host "$HA_SNAPSHOT_API_LISTEN"
+        iniset "$HA_SNAPSHOT_CONF" api port "$HA_SNAPSHOT_SERVICE_PORT"
+    fi
     # NOTE: the key of the per-server secrets in Aodh alarm URLs; a new one
     # per stack.sh invalidates the alarm URLs of the previous stack.
     iniset "$HA_SNAPSHOT_CONF" api alarm_secret_key "$(generate_hex_string 32)"
@@ -246,7 +281,11 @@ function start_ha_snapshot {
     local cmd="--config-file $HA_SNAPSHOT_CONF"
     run_process ha-snapshot-manager "$HA_SNAPSHOT_BIN_DIR/ha-snapshot-manager $cmd"
     if is_service_enabled ha-snapshot-api; then
-        run_process ha-snapshot-api "$HA_SNAPSHOT_BIN_DIR/ha-snapshot-api $cmd"
+        if _ha_snapshot_use_uwsgi; then
+            run_process ha-snapshot-api "$HA_SNAPSHOT_BIN_DIR/uwsgi --procname-prefix ha-snapshot-api --ini $HA_SNAPSHOT_UWSGI_CONF"
+        else
+            run_process ha-snapshot-api "$HA_SNAPSHOT_BIN_DIR/ha-snapshot-api $cmd"
+        fi
         echo "Waiting for ha-snapshot-api to answer at $(_ha_snapshot_api_url)"
         if ! wait_for_service "$SERVICE_TIMEOUT" "$(_ha_snapshot_api_url)/"; then
             die $LINENO "ha-snapshot-api did not answer at" \
@@ -277,6 +316,9 @@ function stop_ha_snapshot {
 
 # cleanup_ha_snapshot() - remove what stack.sh left on this node
 function cleanup_ha_snapshot {
+    if _ha_snapshot_use_uwsgi && is_service_enabled ha-snapshot-api; then
+        remove_uwsgi_config "$HA_SNAPSHOT_UWSGI_CONF" "ha-snapshot-api"
+    fi
     sudo rm -rf "$HA_SNAPSHOT_CONF_DIR" "$HA_SNAPSHOT_STATE_DIR"
 }
 

@@ -328,3 +328,31 @@ class RecoveryTimeout(ClientError):
     msg_fmt = ('Recovery %(recovery)s of server %(server)s is still '
                '%(state)s after %(timeout)s s; it goes on: follow it with '
                '"openstack ha recovery list %(server)s".')
+
+
+# --- ha-snapshot-api and the manager (ha_snapshot/api/manager_calls.py) -----
+
+class ManagerCallFailed(HaSnapshotException):
+    """A call from the API to the manager that did not complete."""
+
+    msg_fmt = 'The call %(method)s to the manager failed.'
+
+
+class ManagerUnreachable(ManagerCallFailed):
+    msg_fmt = ('The manager cannot be reached (%(method)s): %(reason)s. '
+               'Nothing was done; try again when the message bus is back.')
+
+
+class ManagerTimeout(ManagerCallFailed):
+    msg_fmt = ('The manager did not answer %(method)s within %(seconds).0f s '
+               '([api] rpc_timeout; is ha-snapshot-manager running?). The '
+               'request may still be carried out: check before retrying.')
+
+
+class ManagerBusy(ManagerCallFailed):
+    msg_fmt = ('%(n)d calls to the manager are already outstanding ([api] '
+               'rpc_max_pending); %(method)s was not sent. Try again later.')
+
+
+class ApiStopping(HaSnapshotException):
+    msg_fmt = 'ha-snapshot-api is stopping; send the request again.'

@@ -10,9 +10,12 @@ from oslo_middleware import healthcheck
 from oslo_middleware import http_proxy_to_wsgi
 from oslo_middleware import request_id
 
+from ha_snapshot.api import access_log
 from ha_snapshot.api import auth
 from ha_snapshot.api import fault_wrap
 from ha_snapshot.api import handler
+from ha_snapshot.api import limits
+from ha_snapshot.api import manager_calls
 from ha_snapshot.api import microversion
 from ha_snapshot.api import policy
 from ha_snapshot.db import api as db_api
@@ -47,6 +50,9 @@ def deploy(conf, state: handler.State):
     # - http_proxy_to_wsgi first restores the scheme and host a proxy
     #   saw, so that links (and alarm URLs) point where clients can go;
     # - request_id gives every request (and every error body) its id;
+    # - the access log sees every request, with the status it got;
+    # - limits refuses what no handler may see (oversized URLs and
+    #   headers, control characters in paths, unreadable chunked bodies);
     # - fault_wrap turns any exception below into a JSON 500;
     # - healthcheck answers load balancers before any authentication;
     # - the microversion middleware picks the version and adds its headers
@@ -61,6 +67,8 @@ def deploy(conf, state: handler.State):
             microversion.MicroversionMiddleware,
             lambda app: _Healthcheck(app, conf),
             fault_wrap.FaultWrapper,
+            lambda app: limits.RequestLimits(app, conf),
+            access_log.AccessLog,
             lambda app: request_id.RequestId(app, conf),
             lambda app: http_proxy_to_wsgi.HTTPProxyToWSGI(app, conf),
     ):
@@ -74,14 +82,28 @@ def loadapp(conf, *, db=None, transport=None, manager_api=None):
     ``db``, ``transport`` and ``manager_api`` default to what ``conf``
     says ([database], [DEFAULT] transport_url).
     """
+    return build(conf, db=db, transport=transport,
+                 manager_api=manager_api)[0]
+
+
+def build(conf, *, db=None, transport=None, manager_api=None):
+    """(application, handler.State): as :func:`loadapp`, with the state
+    a server stops (``state.manager_api.stop()``) on SIGTERM."""
     if conf.api.auth_strategy == 'noauth' and conf.api.host not in (
             '127.0.0.1', '::1', 'localhost'):
         LOG.warning('[api] auth_strategy = noauth while binding %s: anyone '
                     'who reaches it can act as any user. Use keystone.',
                     conf.api.host)
+    brokers = ()
     if manager_api is None:
-        transport = transport or rpc.get_transport(conf)
+        if transport is None:
+            transport = rpc.get_transport(conf)
+            brokers = manager_calls.broker_addresses(conf)
         manager_api = manager_rpcapi.ManagerAPI(
             transport, timeout=conf.api.rpc_timeout)
-    state = handler.State(conf, db or db_api.Database(conf), manager_api)
-    return deploy(conf, state)
+    calls = manager_calls.ManagerCalls(
+        manager_api, conf.api.rpc_timeout, conf.api.rpc_max_pending,
+        brokers=brokers, transport=transport)
+    calls.start()
+    state = handler.State(conf, db or db_api.Database(conf), calls)
+    return deploy(conf, state), state

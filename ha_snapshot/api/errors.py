@@ -16,6 +16,8 @@ May import webob and oslo libraries only.
 
 from oslo_log import log as logging
 from oslo_middleware import request_id
+import string
+
 import webob.dec
 import webob.exc
 
@@ -27,6 +29,7 @@ ENV_ERROR_CODE = 'ha_snapshot.error_code'
 # that the error says which versions the service speaks.
 ENV_VERSION_RANGE = 'ha_snapshot.version_range'
 DEFAULT_ERROR_CODE = 'ha_snapshot.undefined_code'
+_DETAIL_ONLY = string.Template('${detail}')
 
 
 def json_error_formatter(body, status, title, environ) -> dict:
@@ -56,6 +59,9 @@ def prepare(environ, exc) -> None:
     # found.") before the detail; the detail says it better.
     if exc.detail:
         exc.explanation = ''
+        # NOTE: some of webob's classes (405, 406, 415...) have a template
+        # that says their own sentence before the detail: say it once.
+        exc.body_template_obj = _DETAIL_ONLY
     if exc.comment:
         environ[ENV_ERROR_CODE] = exc.comment
         exc.comment = None

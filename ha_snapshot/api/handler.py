@@ -49,9 +49,19 @@ ROUTE_DECLARATIONS = {
     '/metrics': {'GET': metrics.show_metrics},
 }
 
+# NOTE: the routes of these methods read no body: one sent is refused
+# rather than silently ignored.
+BODYLESS_METHODS = ('GET', 'HEAD', 'DELETE')
+
 # NOTE: what the layers below may raise, as (class, HTTP error, code);
 # the first match wins, so subclasses come before their bases.
 _TRANSLATIONS = (
+    (exception.ManagerTimeout, webob.exc.HTTPGatewayTimeout,
+     'ha_snapshot.manager.timeout'),
+    (exception.ManagerCallFailed, webob.exc.HTTPServiceUnavailable,
+     'ha_snapshot.manager.unavailable'),
+    (exception.ApiStopping, webob.exc.HTTPServiceUnavailable,
+     'ha_snapshot.api.stopping'),
     (exception.RecoveryConflict, webob.exc.HTTPConflict,
      'ha_snapshot.recovery.conflict'),
     (exception.OpenStackError, webob.exc.HTTPBadGateway,
@@ -132,6 +142,11 @@ def handle_405(environ, start_response):
 def make_map(declarations) -> routes.Mapper:
     mapper = routes.Mapper()
     for route, targets in declarations.items():
+        targets = dict(targets)
+        # NOTE: HEAD is GET without the body (webob's Response leaves the
+        # body out and keeps the headers), as RFC 9110 wants of a GET.
+        if 'GET' in targets:
+            targets.setdefault('HEAD', targets['GET'])
         for method, handler in targets.items():
             mapper.connect(route, action=handler,
                            conditions={'method': [method]})
@@ -168,10 +183,18 @@ class ApiHandler:
             return
         try:
             length = int(length)
+            if length < 0:
+                raise ValueError(length)
         except ValueError:
             raise errors.http_error(webob.exc.HTTPBadRequest,
-                                    'Content-Length must be an integer.',
-                                    'ha_snapshot.body.length')
+                                    'Content-Length must be a non-negative '
+                                    'integer.', 'ha_snapshot.body.length')
+        method = environ.get('REQUEST_METHOD')
+        if length > 0 and method in BODYLESS_METHODS:
+            raise errors.http_error(
+                webob.exc.HTTPBadRequest,
+                'A %s request takes no body here; this one has %d bytes.'
+                % (method, length), 'ha_snapshot.body.unexpected')
         limit = self.state.conf.api.max_request_body_size
         if length > limit:
             raise errors.http_error(

@@ -7,9 +7,9 @@ May import webob, jsonschema, oslo libraries and ha_snapshot.api.errors.
 import datetime
 import json
 import time
+import uuid
 
 import jsonschema
-from oslo_utils import uuidutils
 import webob
 import webob.exc
 
@@ -27,9 +27,78 @@ ENVIRON_CONTEXT = 'ha_snapshot.context'
 _FORMAT_CHECKER = jsonschema.FormatChecker()
 
 
+# NOTE: deeper JSON is refused before it is parsed: json and jsonschema
+# recurse once per level (a 2 KB body of 1,000 nested arrays was a
+# RecursionError), and no body of this API nests more than a few levels.
+MAX_JSON_DEPTH = 32
+
+
+def is_uuid(value) -> bool:
+    """A UUID in its one canonical form (lower case, hyphens), so that
+    one server has one id: uuidutils also takes upper case, braces,
+    "urn:uuid:" and no hyphens, and each would name the same server
+    differently."""
+    if not isinstance(value, str) or len(value) != 36:
+        return False
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
 @_FORMAT_CHECKER.checks('uuid')
 def _is_uuid(value) -> bool:
-    return not isinstance(value, str) or uuidutils.is_uuid_like(value)
+    return not isinstance(value, str) or is_uuid(value)
+
+
+def json_depth(data: bytes) -> int:
+    """How deep arrays and objects nest in a JSON text (strings are
+    skipped), without recursion."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5c:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5b, 0x7b):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5d, 0x7d):
+            depth -= 1
+    return deepest
+
+
+def _no_constant(name):
+    raise ValueError('%s is not valid JSON' % name)
+
+
+def _check_text(data, path=()):
+    """Refuse strings that cannot be stored or logged (lone surrogates)."""
+    stack = [(data, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode('utf-8')
+            except UnicodeEncodeError:
+                raise http_error(
+                    webob.exc.HTTPBadRequest,
+                    'JSON does not validate at %s: the string is not valid '
+                    'Unicode (a lone surrogate).'
+                    % ('/'.join(map(str, where)) or '(body)'),
+                    'ha_snapshot.body.invalid')
+        elif isinstance(item, dict):
+            for key, value in item.items():
+                stack.append((key, where))
+                stack.append((value, where + (key,)))
+        elif isinstance(item, list):
+            stack.extend((v, where + (i,)) for i, v in enumerate(item))
 
 
 def extract_json(req: webob.Request, schema: dict, *,
@@ -46,11 +115,19 @@ def extract_json(req: webob.Request, schema: dict, *,
                          'The media type %s is not supported, use %s.'
                          % (req.content_type or 'None', JSON),
                          'ha_snapshot.body.media_type')
+    body = req.body
+    depth = json_depth(body)
+    if depth > MAX_JSON_DEPTH:
+        raise http_error(webob.exc.HTTPBadRequest,
+                         'The JSON body nests %d levels deep; at most %d '
+                         'are accepted.' % (depth, MAX_JSON_DEPTH),
+                         'ha_snapshot.body.json')
     try:
-        data = json.loads(req.body)
-    except ValueError as e:
+        data = json.loads(body, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as e:
         raise http_error(webob.exc.HTTPBadRequest,
                          'Malformed JSON: %s' % e, 'ha_snapshot.body.json')
+    _check_text(data)
     try:
         jsonschema.validate(data, schema, format_checker=_FORMAT_CHECKER)
     except jsonschema.ValidationError as e:
@@ -100,7 +177,7 @@ def query_bool(req: webob.Request, name: str) -> bool:
 
 
 def require_uuid(value: str, what: str) -> str:
-    if not uuidutils.is_uuid_like(value):
+    if not is_uuid(value):
         raise http_error(webob.exc.HTTPNotFound,
                          '%s %r is not a UUID: no such %s.'
                          % (what.capitalize(), value, what),

@@ -25,8 +25,36 @@ OPTS = [
     cfg.PortOpt('port', default=DEFAULT_PORT,
                 help='Port the embedded server binds.'),
     cfg.IntOpt('workers', default=8, min=1,
-               help='Requests the embedded server handles at the same '
-                    'time (threads); further ones wait for a free thread.'),
+               help='Requests the embedded server runs at the same time '
+                    '(application threads). Only complete requests reach '
+                    'them: the server reads headers and bodies itself, so '
+                    'idle or slow clients never hold one.'),
+    cfg.IntOpt('max_connections', default=1000, min=10,
+               help='Client connections the embedded server keeps open at '
+                    'once; further ones wait in the listen backlog.'),
+    cfg.IntOpt('client_timeout', default=60, min=1,
+               help='Seconds the embedded server keeps a connection on '
+                    'which nothing was sent or received (an idle keep-alive '
+                    'connection, or a client that stopped mid-request).'),
+    cfg.IntOpt('shutdown_timeout', default=5, min=0,
+               help='Seconds ha-snapshot-api lets running requests finish '
+                    'after SIGTERM before it exits; requests waiting for '
+                    'the manager are answered 503 at once.'),
+    cfg.URIOpt('public_endpoint', schemes=['http', 'https'],
+               help='The URL clients (and Aodh) reach this API at, e.g. '
+                    'https://cloud.example.com/ha-snapshot. Alarm URLs '
+                    '(the alarm_url of a server) and the versions '
+                    'document are built from it. Unset: from the '
+                    '"ha-snapshot" endpoint of the Keystone catalog when '
+                    'the request carries one (auth_strategy = keystone), '
+                    'else servers are shown without alarm_url (never from '
+                    'the Host header a client sent).'),
+    cfg.IntOpt('max_url_length', default=8192, min=256,
+               help='Longest request target (path and query) accepted; '
+                    'longer ones get 414.'),
+    cfg.IntOpt('max_header_size', default=32768, min=1024,
+               help='Largest total size of the request headers accepted; '
+                    'larger ones get 431.'),
     # NOTE: the embedded default (like the sqlite database) is noauth on
     # loopback; a cloud sets keystone (the devstack plugin does).
     cfg.StrOpt('auth_strategy', default='noauth',
@@ -48,7 +76,16 @@ OPTS = [
                     'Unset: only Keystone tokens (Aodh trust+http) are '
                     'accepted. Changing it invalidates every alarm URL.'),
     cfg.IntOpt('rpc_timeout', default=60, min=1,
-               help='Seconds a call from the API to the manager may take.'),
+               help='Seconds a call from the API to the manager may take. '
+                    'A request that needs the manager is answered within '
+                    'about this time whatever the message bus does: 503 '
+                    'when the broker cannot be reached, 504 when the '
+                    'manager does not answer.'),
+    cfg.IntOpt('rpc_max_pending', default=32, min=1,
+               help='Calls to the manager that may be outstanding at once '
+                    '(a call that outlived rpc_timeout still counts until '
+                    'oslo.messaging gives it back). Further requests that '
+                    'need the manager get 503 at once.'),
     cfg.IntOpt('max_request_body_size', default=64 * 1024, min=1024,
                help='Largest request body (bytes) accepted; larger ones '
                     'get 413.'),

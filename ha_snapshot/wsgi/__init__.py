@@ -15,6 +15,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from ha_snapshot.api import deploy
+from ha_snapshot.api import log_safety
 from ha_snapshot.api import policy
 from ha_snapshot.cmd import common
 from ha_snapshot import conf as ha_conf
@@ -43,5 +44,6 @@ def init_application(conf: cfg.ConfigOpts | None = None):
         logging.get_default_log_levels() + common.QUIET + ['routes=INFO']))
     conf([], project='ha-snapshot', default_config_files=config_files())
     logging.setup(conf, 'ha-snapshot')
+    log_safety.install()
     py_logging.captureWarnings(True)
     return deploy.loadapp(conf)

@@ -186,6 +186,7 @@ def ha_snapshot(c) -> dict:
            if c.with_aodh else {}),
         'api': {'host': '127.0.0.1', 'port': c.ports['ha-snapshot-api'],
                 'auth_strategy': 'keystone',
+                'public_endpoint': c.url('ha-snapshot-api'),
                 'alarm_secret_key': c.passwords['alarm-key']},
         'keystone_authtoken': authtoken(c, 'ha-snapshot'),
     }

@@ -22,6 +22,7 @@ GOAL_KEYS = {
     'swift_merge': ['ratio_vs_sdk_put'],
     'transport': ['ratio'],
     'rpo_under_load': ['rpo_p50_s', 'rpo_p99_s', 'rpo_max_s'],
+    'api_load': ['p50_list_ms', 'p99_list_ms', 'p99_list_ms_baseline'],
     'scale': ['manager_cpu_fraction', 'manager_rss_mb',
               'agent_kb_per_instance', 'snapshot_rate_achieved'],
 }
@@ -73,3 +74,7 @@ class BenchmarkSmokeTestCase(testtools.TestCase):
 
     def test_scale(self):
         self._run('scale')
+
+    def test_api_load(self):
+        result = self._run('api_load')
+        self.assertEqual(result['idle_clients'], result['idle_still_open'])

@@ -101,6 +101,16 @@ generate_hex_string() {
 run_process() { is_service_enabled "$1" && _record run_process "$@"; :; }
 stop_process() { is_service_enabled "$1" && _record stop_process "$@"; :; }
 wait_for_service() { _record wait_for_service "$@"; }
+# NOTE: as devstack's (lib/apache), the part that matters here: the ini
+# file with the module; the Apache site is recorded only.
+write_uwsgi_config() {
+    _record write_uwsgi_config "$@"
+    rm -f "$1"
+    iniset "$1" uwsgi module "$2"
+    iniset "$1" uwsgi die-on-term true
+    iniset "$1" uwsgi socket "/var/run/uwsgi/$5.socket"
+}
+remove_uwsgi_config() { _record remove_uwsgi_config "$@"; }
 openstack() { _record openstack "$@"; }
 sudo() { _record sudo "$@"; "$@"; }
 '''
@@ -380,8 +390,19 @@ class DevstackPluginTestCase(base.TestCase):
                          self.named(calls, 'create_service_user'))
         self.assertEqual('ha-snapshot', self.named(
             calls, 'get_or_create_service')[0][1])
-        self.assertEqual([('svc-0123', 'RegionOne', 'http://10.0.0.5:8799')],
+        self.assertEqual([('svc-0123', 'RegionOne',
+                           'http://10.0.0.5/ha-snapshot')],
                          self.named(calls, 'get_or_create_endpoint'))
+        self.assertEqual('http://10.0.0.5/ha-snapshot',
+                         conf.api.public_endpoint)
+        uwsgi_ini = os.path.join(self.conf_dir, 'ha-snapshot-api-uwsgi.ini')
+        self.assertEqual([(uwsgi_ini, 'ha_snapshot.wsgi.api:application',
+                           '/ha-snapshot', '', 'ha-snapshot-api')],
+                         self.named(calls, 'write_uwsgi_config'))
+        uwsgi = ini(uwsgi_ini)['uwsgi']
+        self.assertEqual('true', uwsgi['disable-logging'])
+        self.assertEqual('OS_HA_SNAPSHOT_CONFIG_DIR=' + self.conf_dir,
+                         uwsgi['env'])
 
         # extra: the database really synced, the services started
         self.assertEqual([('ha_snapshot',)],
@@ -398,11 +419,16 @@ class DevstackPluginTestCase(base.TestCase):
         self.assertEqual({'ha-snapshot-manager', 'ha-snapshot-api',
                           'ha-snapshot-agent'}, set(started))
         for name, args in started.items():
+            if name == 'ha-snapshot-api':
+                self.assertEqual(
+                    '%s/uwsgi --procname-prefix ha-snapshot-api --ini %s'
+                    % (self.bin, uwsgi_ini), args[0])
+                continue
             self.assertEqual('%s/%s --config-file %s' % (
                 self.bin, name, self.conf_file), args[0])
             self.assertIn(name, console_scripts())
         self.assertEqual(('libvirt',), started['ha-snapshot-agent'][1:])
-        self.assertEqual([('60', 'http://10.0.0.5:8799/')],
+        self.assertEqual([('60', 'http://10.0.0.5/ha-snapshot/')],
                          self.named(calls, 'wait_for_service'))
 
         # test-config: the real store verify, with the written file
@@ -417,9 +443,26 @@ class DevstackPluginTestCase(base.TestCase):
                          set(self.named(calls, 'stop_process')))
         self.assertEqual([], self.named(calls, 'run_process'))
         self.assertTrue(os.path.exists(self.conf_file))
-        self.run_phases(services, 'clean')
+        _, calls = self.run_phases(services, 'clean')
+        self.assertEqual([(uwsgi_ini, 'ha-snapshot-api')],
+                         self.named(calls, 'remove_uwsgi_config'))
         self.assertFalse(os.path.exists(self.conf_dir))
         self.assertFalse(os.path.exists(self.state_dir))
+
+    def test_embedded_server(self):
+        """HA_SNAPSHOT_USE_UWSGI=False: ha-snapshot-api on its port."""
+        self.env['HA_SNAPSHOT_USE_UWSGI'] = 'False'
+        _, calls = self.run_phases('key,mysql,rabbit', 'stack post-config',
+                                   'stack extra')
+        conf = self.assert_options_exist(self.conf_file)
+        self.assertEqual(('0.0.0.0', 8799), (conf.api.host, conf.api.port))
+        self.assertEqual('http://10.0.0.5:8799', conf.api.public_endpoint)
+        self.assertEqual([], self.named(calls, 'write_uwsgi_config'))
+        started = {c[0]: c[1:] for c in self.named(calls, 'run_process')}
+        self.assertEqual('%s/ha-snapshot-api --config-file %s' % (
+            self.bin, self.conf_file), started['ha-snapshot-api'][0])
+        self.assertEqual([('svc-0123', 'RegionOne', 'http://10.0.0.5:8799')],
+                         self.named(calls, 'get_or_create_endpoint'))
 
     def test_controller_with_swift_and_ceilometer(self):
         services = ('key,mysql,rabbit,n-api,n-cond,n-sch,g-api,ceilometer,'

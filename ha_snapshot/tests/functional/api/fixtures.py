@@ -41,6 +41,7 @@ from ha_snapshot.tests.unit import fake_openstack
 
 HOST = 'compute-1'
 SECRET_KEY = 'gabbi-alarm-key'
+PUBLIC_ENDPOINT = 'https://cloud.example/ha-snapshot'
 
 # NOTE: gabbi builds the intercepted application when it builds the tests,
 # before any fixture runs; the application is made by the fixture and
@@ -81,6 +82,7 @@ class APIFixture(fixture.GabbiFixture):
                           group='database')
         conf.set_override('auth_strategy', 'noauth', group='api')
         conf.set_override('alarm_secret_key', SECRET_KEY, group='api')
+        conf.set_override('public_endpoint', PUBLIC_ENDPOINT, group='api')
         conf.set_override('spool_dir', os.path.join(self.tmp, 'spool'),
                           group='manager')
         self.nova = fake_openstack.FakeNova()
