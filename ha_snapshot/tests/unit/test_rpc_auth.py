@@ -86,6 +86,19 @@ class SigningTest(base.TestCase):
         part = dict(self.ARGS['part'], payload='QUJE')
         self.refused(manager_verifier(), env, 'bad signature',
                      args=dict(self.ARGS, part=part))
+        # A long payload (signed by its digest): one byte changed, or the
+        # digest's own text put in its place.
+        big = dict(self.ARGS, part=dict(self.ARGS['part'],
+                                        payload='QUJD' * 4096))
+        env = self.sign(args=big)
+        self.assertEqual(HOST, manager_verifier().verify(
+            Ctxt(env), 'put_part', big))
+        for payload in ('QUJD' * 4095 + 'QUJE',
+                        rpc_auth._digested('QUJD' * 4096),
+                        rpc_auth._digested('QUJD' * 4096)[2:]):
+            self.refused(manager_verifier(), env, 'bad signature',
+                         args=dict(big, part=dict(big['part'],
+                                                  payload=payload)))
 
     def test_tampered_method_sender_audience_time(self):
         v = manager_verifier()
