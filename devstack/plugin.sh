@@ -8,7 +8,9 @@
 #   stack install      install the project (pip install -e), qemu-img and
 #                      what libvirt-python builds against
 #   stack post-config  Nova's versioned notifications on every Nova node;
-#                      /etc/ha-snapshot/ha-snapshot.conf; on the node of
+#                      /etc/ha-snapshot/ha-snapshot.conf and the bus
+#                      signing key (the master key on the manager's node,
+#                      HA_SNAPSHOT_RPC_KEY elsewhere); on the node of
 #                      the API: the service user, the Keystone service
 #                      and its endpoint
 #   stack extra        the database and the Swift container (on the
@@ -168,6 +170,37 @@ function configure_nova_notifications {
     done
 }
 
+# _ha_snapshot_write_key <file> <key> - a key file only the stack user reads
+function _ha_snapshot_write_key {
+    install -m 600 /dev/null "$1"
+    printf '%s\n' "$2" > "$1"
+}
+
+# configure_ha_snapshot_keys() - [rpc_auth]: the master key on the
+# manager's node (the API and an agent there derive theirs from it), the
+# host's own derived key on a compute-only node
+function configure_ha_snapshot_keys {
+    if is_service_enabled ha-snapshot-manager; then
+        local master=$HA_SNAPSHOT_RPC_MASTER_KEY
+        if [[ -z "$master" ]]; then
+            master=$(generate_hex_string 32)
+        fi
+        _ha_snapshot_write_key "$HA_SNAPSHOT_CONF_DIR/rpc-master.key" "$master"
+        iniset "$HA_SNAPSHOT_CONF" rpc_auth master_key_file \
+            "$HA_SNAPSHOT_CONF_DIR/rpc-master.key"
+    elif [[ -n "$HA_SNAPSHOT_RPC_KEY" ]]; then
+        _ha_snapshot_write_key "$HA_SNAPSHOT_CONF_DIR/rpc.key" \
+            "$HA_SNAPSHOT_RPC_KEY"
+        iniset "$HA_SNAPSHOT_CONF" rpc_auth key_file \
+            "$HA_SNAPSHOT_CONF_DIR/rpc.key"
+    else
+        die $LINENO "ha-snapshot needs this host's bus key: set" \
+            "HA_SNAPSHOT_RPC_KEY in local.conf to what" \
+            "'ha-snapshot-manage rpc-key derive --host <this host>' (--api" \
+            "for an API-only node) prints on the manager's node"
+    fi
+}
+
 # configure_ha_snapshot() - write ha-snapshot.conf and make the state dirs
 function configure_ha_snapshot {
     sudo install -d -o "$STACK_USER" "$HA_SNAPSHOT_CONF_DIR" \
@@ -187,6 +220,7 @@ function configure_ha_snapshot {
     iniset "$HA_SNAPSHOT_CONF" libvirt backup_dir "$HA_SNAPSHOT_STATE_DIR/libvirt"
     iniset "$HA_SNAPSHOT_CONF" policy name "$HA_SNAPSHOT_POLICY"
     iniset "$HA_SNAPSHOT_CONF" policy rpo_target "$HA_SNAPSHOT_RPO_TARGET"
+    configure_ha_snapshot_keys
 
     if ! _ha_snapshot_is_mirror_node; then
         return 0

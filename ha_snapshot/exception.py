@@ -356,3 +356,18 @@ class ManagerBusy(ManagerCallFailed):
 
 class ApiStopping(HaSnapshotException):
     msg_fmt = 'ha-snapshot-api is stopping; send the request again.'
+
+
+# --- message identity on the bus ---------------------------------------------
+
+class MessageAuthFailed(HaSnapshotException):
+    """A message on the bus without a valid signed identity: refused,
+    never dispatched (ha_snapshot/rpc_auth.py)."""
+    msg_fmt = ('Message %(method)s claiming to come from %(sender)s '
+               'refused: %(reason)s')
+
+
+class NotAuthorized(HaSnapshotException):
+    """A signed sender asked for something its identity may not do
+    (ha_snapshot/manager/authz.py)."""
+    msg_fmt = '%(sender)s may not call %(method)s: %(reason)s'

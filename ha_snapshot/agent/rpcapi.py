@@ -6,9 +6,13 @@ API version history:
 * 1.1 - Add rebaseline: after a Nova rebuild replaced the disk with an
         image of a restore point, track the new disk and ship increments
         on top of that restore point.
+
+The manager signs every message with the key of the host it is for
+(ha_snapshot/rpc_auth.py): an agent obeys only those.
 """
 
 from ha_snapshot import rpc
+from ha_snapshot import rpc_auth
 
 VERSION = '1.1'
 
@@ -16,28 +20,40 @@ VERSION = '1.1'
 class AgentAPI:
 
     def __init__(self, transport, timeout: int | None = None,
-                 version_cap: str | None = None):
+                 version_cap: str | None = None,
+                 signer: rpc_auth.Signer | None = None):
+        """``signer``: the manager's (its master keys); None signs with
+        this process's ephemeral key (the demo, tests)."""
         self.client = rpc.get_client(transport, rpc.AGENT_TOPIC, VERSION,
                                      version_cap=version_cap, timeout=timeout)
+        self.signer = signer or rpc_auth.Signer(rpc_auth.MANAGER,
+                                                rpc_auth.Keys.ephemeral())
+
+    def _context(self, host, method, **kwargs):
+        return rpc.signed_context(self.signer, rpc_auth.agent_audience(host),
+                                  method, kwargs)
 
     def protect(self, host: str, instance: str, project: str,
                 spec: dict) -> None:
         """Start protecting ``instance`` on ``host`` (cast)."""
         cctxt = self.client.prepare(server=host, version='1.0')
-        cctxt.cast(rpc.context(), 'protect', instance=instance,
-                   project=project, spec=spec)
+        kwargs = dict(instance=instance, project=project, spec=spec)
+        cctxt.cast(self._context(host, 'protect', **kwargs), 'protect',
+                   **kwargs)
 
     def unprotect(self, host: str, instance: str) -> None:
         cctxt = self.client.prepare(server=host, version='1.0')
-        cctxt.cast(rpc.context(), 'unprotect', instance=instance)
+        cctxt.cast(self._context(host, 'unprotect', instance=instance),
+                   'unprotect', instance=instance)
 
     def restart(self, host: str, instance: str, restore_point: str,
                 timeout: int) -> dict:
         """Restart the VM on ``restore_point``; returns when it runs."""
         cctxt = self.client.prepare(server=host, version='1.0',
                                     timeout=timeout)
-        return cctxt.call(rpc.context(), 'restart', instance=instance,
-                          restore_point=restore_point)
+        kwargs = dict(instance=instance, restore_point=restore_point)
+        return cctxt.call(self._context(host, 'restart', **kwargs),
+                          'restart', **kwargs)
 
     def rebaseline(self, host: str, instance: str, restore_point: str,
                    timeout: int | None = None) -> dict:
@@ -47,5 +63,6 @@ class AgentAPI:
         again (it made a newer restore point durable meanwhile)."""
         cctxt = self.client.prepare(server=host, version='1.1',
                                     timeout=timeout)
-        return cctxt.call(rpc.context(), 'rebaseline', instance=instance,
-                          restore_point=restore_point)
+        kwargs = dict(instance=instance, restore_point=restore_point)
+        return cctxt.call(self._context(host, 'rebaseline', **kwargs),
+                          'rebaseline', **kwargs)

@@ -30,6 +30,7 @@ from ha_snapshot.manager import rpcapi as manager_rpcapi
 from ha_snapshot import policy as policy_mod
 from ha_snapshot.policy import metrics
 from ha_snapshot import rpc
+from ha_snapshot import rpc_auth
 from ha_snapshot import service
 
 LOG = logging.getLogger(__name__)
@@ -75,8 +76,16 @@ class AgentService(service.Service):
         self.transport = self.transport or rpc.get_transport(conf)
         self.driver = self.driver or hypervisor.get_driver(
             conf, conf.agent.hypervisor)
+        me = rpc_auth.host_identity(self.host)
+        keys = rpc_auth.Keys.from_conf(conf, me)
         self.manager_api = manager_rpcapi.ManagerAPI(
-            self.transport, timeout=conf.agent.rpc_timeout)
+            self.transport, timeout=conf.agent.rpc_timeout,
+            signer=rpc_auth.Signer(me, keys))
+        # NOTE: only the manager's messages signed with this host's key
+        # are obeyed: another compute host cannot stop or restart VMs here.
+        verifier = rpc_auth.Verifier.from_conf(
+            conf, keys, rpc_auth.agent_audience(self.host),
+            lambda sender: sender == rpc_auth.MANAGER)
         self.app_metrics = metrics.AppMetrics.from_entry_points()
         for st in state_mod.InstanceState.load_all(conf.agent.state_dir):
             try:
@@ -86,7 +95,8 @@ class AgentService(service.Service):
                 self.report(st.instance, 'not resumed after agent restart: '
                             '%s' % e, {})
         self.rpc_server = rpc.get_server(self.transport, rpc.AGENT_TOPIC,
-                                         self.host, [AgentEndpoint(self)])
+                                         self.host, [AgentEndpoint(self)],
+                                         guard=verifier.verify)
         self.rpc_server.start()
         self._beat_thread = threading.Thread(target=self._heartbeat,
                                              name='heartbeat', daemon=True)

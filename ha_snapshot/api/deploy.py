@@ -21,6 +21,7 @@ from ha_snapshot.api import policy
 from ha_snapshot.db import api as db_api
 from ha_snapshot.manager import rpcapi as manager_rpcapi
 from ha_snapshot import rpc
+from ha_snapshot import rpc_auth
 
 LOG = logging.getLogger(__name__)
 
@@ -99,8 +100,13 @@ def build(conf, *, db=None, transport=None, manager_api=None):
         if transport is None:
             transport = rpc.get_transport(conf)
             brokers = manager_calls.broker_addresses(conf)
+        # NOTE: the API signs as "api" ([rpc_auth] key_file, or derived
+        # from master_key_file on the manager's node): the manager takes
+        # protect, unprotect, recover and alarm from this identity only.
         manager_api = manager_rpcapi.ManagerAPI(
-            transport, timeout=conf.api.rpc_timeout)
+            transport, timeout=conf.api.rpc_timeout,
+            signer=rpc_auth.Signer(rpc_auth.API, rpc_auth.Keys.from_conf(
+                conf, rpc_auth.API)))
     calls = manager_calls.ManagerCalls(
         manager_api, conf.api.rpc_timeout, conf.api.rpc_max_pending,
         brokers=brokers, transport=transport)

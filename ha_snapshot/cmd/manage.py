@@ -7,6 +7,7 @@
     ha-snapshot-manage store verify [--instance UUID]
     ha-snapshot-manage store gc
     ha-snapshot-manage db sync [--revision REV] | db version | db rebuild
+    ha-snapshot-manage rpc-key generate | rpc-key derive (--host H | --api)
 
 Exit codes: 0 success, 1 a failure reported on stderr in one line (or, for
 ``store verify``, one line per broken object), 2 a usage error.
@@ -20,6 +21,7 @@ from oslo_config import cfg
 from oslo_db import exception as db_exc
 from oslo_log import log as logging
 
+from ha_snapshot.cmd import rpc_key
 from ha_snapshot import conf as ha_conf
 from ha_snapshot.db import cli as db_cli
 from ha_snapshot import exception
@@ -120,6 +122,7 @@ def add_command_parsers(subparsers):
                        'chunks and leftovers of interrupted writes.')
     p.set_defaults(func=store_gc)
     db_cli.add_command_parsers(subparsers)
+    rpc_key.add_command_parsers(subparsers)
 
 
 def main(argv=None) -> int:
@@ -145,7 +148,8 @@ def main(argv=None) -> int:
     try:
         # NOTE: "db sync" and "db version" must not create a store.
         store = None
-        if (conf.category.name, conf.category.action) not in (
+        if conf.category.name != 'rpc-key' and (
+                conf.category.name, conf.category.action) not in (
                 ('db', 'sync'), ('db', 'version')):
             store = store_mod.RecoveryStore.from_conf(conf)
         if conf.category.name == 'store' and conf.category.action == 'gc':

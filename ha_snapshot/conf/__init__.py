@@ -13,6 +13,7 @@ from ha_snapshot.conf import hypervisor
 from ha_snapshot.conf import image
 from ha_snapshot.conf import manager
 from ha_snapshot.conf import policy
+from ha_snapshot.conf import rpc_auth
 from ha_snapshot.conf import storage
 from ha_snapshot.conf import swift
 
@@ -25,5 +26,6 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     image.register_opts(conf)
     manager.register_opts(conf)
     policy.register_opts(conf)
+    rpc_auth.register_opts(conf)
     storage.register_opts(conf)
     swift.register_opts(conf)

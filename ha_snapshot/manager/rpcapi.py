@@ -8,7 +8,8 @@ API version history:
 
 Every method pins the version it needs, so an agent newer than its manager
 fails clearly (oslo.messaging's version check) instead of sending calls the
-manager cannot read.
+manager cannot read. Every message is signed by the caller's identity
+(ha_snapshot/rpc_auth.py): an agent's host key, or the API's key.
 """
 
 import contextlib
@@ -17,6 +18,7 @@ import kombu.exceptions
 import oslo_messaging as messaging
 
 from ha_snapshot import rpc
+from ha_snapshot import rpc_auth
 
 VERSION = '1.1'
 
@@ -36,9 +38,18 @@ def _bus_errors():
 class ManagerAPI:
 
     def __init__(self, transport, timeout: int | None = None,
-                 version_cap: str | None = None):
+                 version_cap: str | None = None,
+                 signer: rpc_auth.Signer | None = None):
+        """``signer``: who calls (an agent's host identity, the API's);
+        None signs as the API with this process's ephemeral key (tests)."""
         self.client = rpc.get_client(transport, rpc.MANAGER_TOPIC, VERSION,
                                      version_cap=version_cap, timeout=timeout)
+        self.signer = signer or rpc_auth.Signer(rpc_auth.API,
+                                                rpc_auth.Keys.ephemeral())
+
+    def _context(self, method, kwargs):
+        return rpc.signed_context(self.signer, rpc_auth.MANAGER, method,
+                                  kwargs)
 
     def _call(self, method, version='1.0', timeout=None, **kwargs):
         # NOTE: prepare(timeout=None) would replace the client's timeout
@@ -46,7 +57,13 @@ class ManagerAPI:
         extra = {} if timeout is None else {'timeout': timeout}
         cctxt = self.client.prepare(version=version, **extra)
         with _bus_errors():
-            return cctxt.call(rpc.context(), method, **kwargs)
+            return cctxt.call(self._context(method, kwargs), method,
+                              **kwargs)
+
+    def _cast(self, method, version='1.0', **kwargs):
+        cctxt = self.client.prepare(version=version)
+        with _bus_errors():
+            cctxt.cast(self._context(method, kwargs), method, **kwargs)
 
     def register_instance(self, instance: str, project: str, host: str,
                           driver: str, details: dict) -> dict:
@@ -67,16 +84,11 @@ class ManagerAPI:
 
     def report_health(self, instance: str, host: str, reason: str,
                       details: dict) -> None:
-        cctxt = self.client.prepare(version='1.0')
-        with _bus_errors():
-            cctxt.cast(rpc.context(), 'report_health', instance=instance,
-                       host=host, reason=reason, details=details)
+        self._cast('report_health', instance=instance, host=host,
+                   reason=reason, details=details)
 
     def heartbeat(self, host: str, instances: list) -> None:
-        cctxt = self.client.prepare(version='1.0')
-        with _bus_errors():
-            cctxt.cast(rpc.context(), 'heartbeat', host=host,
-                       instances=instances)
+        self._cast('heartbeat', host=host, instances=instances)
 
     def get_manifest(self, instance: str, restore_point: str | None) -> dict:
         return self._call('get_manifest', instance=instance,

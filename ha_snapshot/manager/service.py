@@ -7,12 +7,14 @@ from oslo_log import log as logging
 from ha_snapshot.agent import rpcapi as agent_rpcapi
 from ha_snapshot.db import api as db_api
 from ha_snapshot.db import migration
+from ha_snapshot.manager import authz
 from ha_snapshot.manager import image_sweep
 from ha_snapshot.manager import manager as manager_mod
 from ha_snapshot.manager import notifications
 from ha_snapshot.manager import recovery as recovery_engine
 from ha_snapshot.manager import spool as spool_mod
 from ha_snapshot import rpc
+from ha_snapshot import rpc_auth
 from ha_snapshot import service
 from ha_snapshot.storage import store as store_mod
 
@@ -39,8 +41,10 @@ class ManagerService(service.Service):
         self.db = db_api.Database(conf)
         migration.check(conf, database=self.db)
         store = store_mod.RecoveryStore.from_conf(conf)
-        agent_api = agent_rpcapi.AgentAPI(self.transport,
-                                          timeout=conf.manager.rpc_timeout)
+        keys = rpc_auth.Keys.from_conf(conf)
+        agent_api = agent_rpcapi.AgentAPI(
+            self.transport, timeout=conf.manager.rpc_timeout,
+            signer=rpc_auth.Signer(rpc_auth.MANAGER, keys))
         # NOTE: each action takes what its constructor names: restart the
         # agent API, rebuild also the store (it exports restore points).
         actions = recovery_engine.load_actions(conf, agent_api=agent_api,
@@ -52,7 +56,9 @@ class ManagerService(service.Service):
             recovery=self.engine, agent_api=agent_api)
         self.rpc_server = rpc.get_server(
             self.transport, rpc.MANAGER_TOPIC, self.host,
-            [manager_mod.ManagerEndpoint(self.manager)])
+            [manager_mod.ManagerEndpoint(self.manager)],
+            guard=authz.Guard.from_conf(conf, keys, self.db,
+                                        self.manager._nova_server))
         self.rpc_server.start()
         if conf.manager.listen_notifications:
             self.listener = notifications.get_listener(

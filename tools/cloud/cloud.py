@@ -414,7 +414,35 @@ class Cloud:
 
     # --- ha-snapshot ---
 
+    def _write_key(self, name: str, key: str) -> str:
+        path = self.etc('ha-snapshot', name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, 'w') as f:
+            f.write(key + '\n')
+        return path
+
+    def _rpc_keys(self) -> dict:
+        """Provision the bus keys as an operator does: a master key for
+        the manager, and for the API and the agent the keys derived from
+        it (ha-snapshot-manage rpc-key derive): daemon -> extra config."""
+        from ha_snapshot import rpc_auth
+        master = secrets.token_hex(32)
+        self._write_key('rpc-master.key', master)
+        extra = {}
+        for name, identity in (
+                ('ha-snapshot-api', rpc_auth.API),
+                ('ha-snapshot-agent',
+                 rpc_auth.host_identity(self.compute_host))):
+            key = self._write_key(name + '.key', rpc_auth.derive(
+                master.encode(), identity).decode())
+            extra[name] = ['--config-file', self._write(
+                'ha-snapshot', name + '-rpc.conf',
+                configs.rpc_key_conf(key))]
+        return extra
+
     def _start_ha_snapshot(self):
+        extra = self._rpc_keys()
         conf = self._write('ha-snapshot', 'ha-snapshot.conf',
                            configs.ha_snapshot(self))
         self._run('ha-snapshot-manage', [
@@ -426,7 +454,8 @@ class Cloud:
                 ('ha-snapshot-api', 'ha_snapshot.cmd.api'),
                 ('ha-snapshot-agent', 'ha_snapshot.cmd.agent')):
             self.table.spawn(name, [sys.executable, '-m', module,
-                                    '--config-file', conf], env=env, cwd=REPO)
+                                    '--config-file', conf]
+                             + extra.get(name, []), env=env, cwd=REPO)
         self._wait_http('ha-snapshot-api', '/')
         for name in ('ha-snapshot-manager', 'ha-snapshot-agent'):
             path = self.table.log_path(name)

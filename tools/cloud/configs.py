@@ -189,7 +189,17 @@ def ha_snapshot(c) -> dict:
                 'public_endpoint': c.url('ha-snapshot-api'),
                 'alarm_secret_key': c.passwords['alarm-key']},
         'keystone_authtoken': authtoken(c, 'ha-snapshot'),
+        # NOTE: the manager signs and checks with the master key; the API
+        # and the agent get their own derived keys (rpc_key_conf below).
+        'rpc_auth': {'master_key_file': c.etc('ha-snapshot',
+                                              'rpc-master.key')},
     }
     for section, options in (c.ha_overrides or {}).items():
         conf.setdefault(section, {}).update(options)
     return conf
+
+
+def rpc_key_conf(key_file: str) -> dict:
+    """The extra config file of a daemon that holds only its own bus key
+    (as a compute host or an API node would)."""
+    return {'rpc_auth': {'key_file': key_file}}

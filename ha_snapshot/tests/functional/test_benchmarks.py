@@ -21,6 +21,7 @@ GOAL_KEYS = {
     'snapshot_stall': ['p50_ms', 'p99_ms', 'commit_mb_s'],
     'swift_merge': ['ratio_vs_sdk_put'],
     'transport': ['ratio'],
+    'rpc_signing': ['ratio', 'sign_ms', 'verify_ms'],
     'rpo_under_load': ['rpo_p50_s', 'rpo_p99_s', 'rpo_max_s'],
     'api_load': ['p50_list_ms', 'p99_list_ms', 'p99_list_ms_baseline'],
     'scale': ['manager_cpu_fraction', 'manager_rss_mb',
@@ -65,6 +66,9 @@ class BenchmarkSmokeTestCase(testtools.TestCase):
 
     def test_swift_merge(self):
         self._run('swift_merge')
+
+    def test_rpc_signing(self):
+        self._run('rpc_signing')
 
     def test_transport(self):
         self._run('transport')

@@ -574,7 +574,8 @@ class TestNovaServerProtection(LibvirtTestCase):
             self.addDetail(name, content.text_content(text))
             for name, text in self.svc.logs().items()])
         self.svc.start()
-        self.api = agent_rpcapi.AgentAPI(self.svc.transport())
+        self.api = agent_rpcapi.AgentAPI(self.svc.transport(),
+                                         signer=self.svc.signer())
 
     def points(self):
         return self.svc.db.list_restore_points(self.inst)

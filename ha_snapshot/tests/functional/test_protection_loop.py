@@ -55,6 +55,7 @@ from ha_snapshot import hypervisor
 from ha_snapshot.hypervisor import base as hv_base
 from ha_snapshot.hypervisor import qmp
 from ha_snapshot.manager import rpcapi as manager_rpcapi
+from ha_snapshot import rpc_auth
 from ha_snapshot.tests import base
 from ha_snapshot.tests.fixtures import qemu as qemu_fixture
 from ha_snapshot.tests.fixtures import rabbitmq
@@ -321,7 +322,8 @@ class ProtectionLoopTest(base.TestCase):
         inst = str(uuid.uuid4())
         self.svc.db.create_instance(inst, PROJECT, host=self.svc.host,
                                     status='protecting', driver='qemu')
-        agent_rpcapi.AgentAPI(self.transport).protect(
+        agent_rpcapi.AgentAPI(
+            self.transport, signer=self.svc.signer()).protect(
             self.svc.host, inst, PROJECT, guest.agent_spec())
         return inst
 
@@ -888,7 +890,10 @@ class ProtectionLoopTest(base.TestCase):
         rows = self.points(inst)
         newest = rows[-1]
         before = base.tree_digest(svc.path('store'))
-        api = manager_rpcapi.ManagerAPI(self.transport, timeout=30)
+        # NOTE: a client holding the agent's own key: what it may do.
+        api = manager_rpcapi.ManagerAPI(
+            self.transport, timeout=30,
+            signer=svc.signer(rpc_auth.host_identity(svc.host)))
 
         def part(instance, sequence, raw, sha=None, payload=None):
             if payload is None:

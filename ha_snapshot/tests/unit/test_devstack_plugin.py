@@ -23,6 +23,7 @@ import importlib.metadata
 import os
 import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
 
@@ -302,6 +303,11 @@ class DevstackPluginTestCase(base.TestCase):
                 group[key]
         return conf
 
+    def assert_key_file(self, path, key):
+        with open(path) as f:
+            self.assertEqual(key + '\n', f.read())
+        self.assertEqual(0o600, stat.S_IMODE(os.stat(path).st_mode))
+
     def assert_ksa(self, section):
         s = ini(self.conf_file)[section]
         self.assertEqual(
@@ -380,6 +386,12 @@ class DevstackPluginTestCase(base.TestCase):
         self.assertEqual(60, conf.policy.rpo_target)
         self.assertEqual(os.path.join(self.state_dir, 'spool'),
                          conf.manager.spool_dir)
+        # NOTE: one node: the manager, the API and the agent all derive
+        # their bus keys from the master key, readable by the user only.
+        master = os.path.join(self.conf_dir, 'rpc-master.key')
+        self.assertEqual(master, conf.rpc_auth.master_key_file)
+        self.assertIsNone(conf.rpc_auth.key_file)
+        self.assert_key_file(master, '5a' * 32)
         self.assertNotIn('swift', ini(self.conf_file))
         self.assertNotIn('aodh', ini(self.conf_file))
         self.assert_ksa('nova')
@@ -508,6 +520,8 @@ class DevstackPluginTestCase(base.TestCase):
         """An agent holds no credentials: no database, store, Keystone."""
         services = 'n-cpu,placement-client'
         self.env['DISABLED_SERVICES'] = 'ha-snapshot-api,ha-snapshot-manager'
+        self.env['HA_SNAPSHOT_RPC_KEY'] = 'c0' * 32
+        self.env['HA_SNAPSHOT_RPC_MASTER_KEY'] = 'not-written-here'
         # NOTE: a re-stack: nova-cpu.conf is left from the previous run.
         with open(self.env['NOVA_CPU_CONF'], 'w') as f:
             f.write('[DEFAULT]\nhost = compute1\n')
@@ -521,7 +535,15 @@ class DevstackPluginTestCase(base.TestCase):
         self.assert_options_exist(self.conf_file)
         written = ini(self.conf_file)
         self.assertEqual({'DEFAULT', 'oslo_messaging_notifications', 'agent',
-                          'libvirt', 'policy'}, set(written.sections()))
+                          'libvirt', 'policy', 'rpc_auth'},
+                         set(written.sections()))
+        # NOTE: its own key only, never the master.
+        self.assertEqual({'key_file': os.path.join(self.conf_dir, 'rpc.key')},
+                         dict(written['rpc_auth']))
+        self.assert_key_file(os.path.join(self.conf_dir, 'rpc.key'),
+                             'c0' * 32)
+        self.assertEqual(['ha-snapshot.conf', 'rpc.key'],
+                         sorted(os.listdir(self.conf_dir)))
         with open(self.conf_file) as f:
             self.assertNotIn(SERVICE_PASSWORD, f.read())
         for name in ('recreate_database', 'ha-snapshot-manage',
@@ -534,6 +556,16 @@ class DevstackPluginTestCase(base.TestCase):
         _, calls = self.run_phases(services, 'unstack')
         self.assertEqual([('ha-snapshot-agent',)],
                          self.named(calls, 'stop_process'))
+
+    def test_compute_only_node_without_a_key_fails(self):
+        self.env['DISABLED_SERVICES'] = 'ha-snapshot-api,ha-snapshot-manager'
+        r, calls = self.run_phases('n-cpu', 'stack install',
+                                   'stack post-config', ok=False)
+        self.assertNotEqual(0, r.returncode)
+        died = self.named(calls, 'die')
+        self.assertEqual(1, len(died))
+        self.assertIn('HA_SNAPSHOT_RPC_KEY', ' '.join(died[0]))
+        self.assertIn('rpc-key derive --host', ' '.join(died[0]))
 
     def test_not_enabled_does_nothing(self):
         self.env['DISABLED_SERVICES'] = ('ha-snapshot-api,ha-snapshot-agent,'
