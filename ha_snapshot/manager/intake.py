@@ -166,7 +166,13 @@ class DeltaIntake:
                     project, [e for e in checked.extents
                               if e[2] == delta_mod.DATA],
                     data, digests, sequence)
-        index = self._io(self.spool.put, instance, sequence, part, received)
+        try:
+            index = self._io(self.spool.put, instance, sequence, part,
+                             received)
+        except exception.DeltaTooManyParts:
+            # NOTE: the delta cannot be merged whole: what came of it goes.
+            self.abandon(instance, sequence)
+            raise
         return {'instance': instance, 'sequence': sequence, 'index': index}
 
     def _prestored(self, instance: str, sequence: int) -> None:

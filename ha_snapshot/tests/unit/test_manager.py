@@ -402,6 +402,19 @@ class IntakeTestCase(_Base):
         self.assertEqual([], self.spooled_files())
         self.assertEqual(2, rp.number)
 
+    def test_delta_with_too_many_parts_leaves_nothing(self):
+        self.spool.max_delta_parts = 1
+        prim = self.beyond(1)
+        o = base.new_overlay(self.path('o2.qcow2'), self.base)
+        base.qemu_io(o, 'write -P 0x77 2M 1M', 'write -P 0x78 4M 1M')
+        prim = self.delta(o, 1, self.first['restore_point'])
+        self.assertEqual(2, len(prim['parts']))
+        self.send(dict(prim, parts=prim['parts'][:1]))
+        e = self.assertRaises(exception.DeltaTooManyParts, self.mgr.put_part,
+                              self.inst, 1, prim['parts'][1])
+        self.assertIn('max_delta_parts', str(e))
+        self.assert_left_nothing()
+
     def test_abandoned_delta_swept(self):
         """No part for [manager] spool_max_age: the manager's sweep drops
         its parts and the chunks stored ahead for it."""
@@ -432,6 +445,77 @@ class IntakeTestCase(_Base):
             self.spool.drop(self.inst)
         base.wait_for(lambda: len(self.mgr.prestores) == 0, 30,
                       'chunk writes started ahead to end')
+
+
+class AgentReactionTestCase(_Base):
+    """The agent's shipper against the intake's new refusals (the real
+    Manager in-process, no bus): it keeps the delta, waits, and the delta
+    lands once the manager takes it."""
+
+    def agent(self, api):
+        from ha_snapshot.agent import instance as agent_mod
+        from ha_snapshot.agent import state as state_mod
+        self.conf.set_override('state_dir', self.path('agent'), group='agent')
+        self.conf.set_override('retry_initial', 0.05, group='agent')
+        self.conf.set_override('retry_max', 0.1, group='agent')
+        self.patch(agent_mod, 'TOO_MANY_PARTS_WAIT', 0.1)
+        state = state_mod.InstanceState(instance=self.inst, project='p1',
+                                        spec={})
+        disk = self.make_qcow2('two.qcow2', 8 * MiB, 'write -P 0x11 0 1M',
+                               'write -P 0x22 2M 1M')
+        entry = state_mod.Pending(sequence=0, disk='d', frozen=disk,
+                                  backing=None, committable=False,
+                                  full=True)
+        snap = agent_mod.SnapshotAgent(self.conf, None, api, state, None,
+                                       'host1')
+        snap._base_format = lambda entry: 'qcow2'
+        return snap, entry
+
+    def test_too_many_parts_then_raised_limit(self):
+        self.register()
+        self.spool.max_delta_parts = 1
+        calls = []
+
+        class Api:
+            def put_part(api, instance, sequence, part, timeout=None):
+                calls.append(part['index'])
+                if len(calls) == 3:
+                    # NOTE: the operator raises [manager] max_delta_parts.
+                    self.spool.max_delta_parts = 100
+                return self.mgr.put_part(instance, sequence, part)
+
+            def commit_delta(api, header, timeout=None):
+                return self.mgr.commit_delta(header)
+        snap, entry = self.agent(Api())
+        with self.assertLogs('ha_snapshot.agent.instance', 'ERROR') as logs:
+            snap._ship(entry)
+        self.assertIn('max_delta_parts', logs.output[0])
+        self.assertIn('delta 0 is kept and sent again', logs.output[0])
+        self.assertEqual([0, 1, 0, 1], calls)
+        self.assertEqual(entry.restore_point,
+                         self.store.newest(self.inst).id)
+
+    def test_too_many_deltas_is_retried(self):
+        self.register()
+        self.spool.max_deltas_per_instance = 1
+        stale = self.delta(self.base, 7, None, backing=False)
+        self.mgr.put_part(self.inst, 7, stale['parts'][0])
+        calls = []
+
+        class Api:
+            def put_part(api, instance, sequence, part, timeout=None):
+                calls.append(sequence)
+                if len(calls) == 3:
+                    self.spool.drop(self.inst, 7)  # NOTE: swept
+                return self.mgr.put_part(instance, sequence, part)
+
+            def commit_delta(api, header, timeout=None):
+                return self.mgr.commit_delta(header)
+        snap, entry = self.agent(Api())
+        with self.assertLogs('ha_snapshot.agent.instance', 'WARNING') as logs:
+            snap._ship(entry)
+        self.assertIn('TooManyDeltas', logs.output[0])
+        self.assertEqual(1, self.store.newest(self.inst).number)
 
 
 class Died(BaseException):
