@@ -204,6 +204,17 @@ class DeltaIntake:
         dropped = self.spool.sweep()
         for instance, sequence in dropped:
             self.abandon(instance, sequence)
+        # NOTE: owners first: a delta is in the spool before any chunk is
+        # stored ahead for it.
+        owners = self.store.prestored_owners()
+        held = self.spool.deltas()
+        with self._commits_lock:
+            committing = set(self._commits)
+        for owner in owners:
+            # NOTE: a chunk write that outlived its delta's abandon.
+            if owner[1] not in held.get(owner[0], ()) and (
+                    owner not in committing):
+                self.store.discard_prestored(*owner)
         instances = set(self.spool.deltas()) | {
             i for i, _s in self.store.prestored_owners()}
         for instance in instances:

@@ -438,6 +438,14 @@ class IntakeTestCase(_Base):
         self.assertEqual([(self.inst, None)], self.mgr.sweep())
         self.assert_left_nothing()
 
+    def test_sweep_takes_back_chunks_of_a_delta_gone_from_the_spool(self):
+        """Chunk writes that outlived their delta's drop (a write slower
+        than the wait for it): the next sweep removes their chunks."""
+        self.send(self.beyond(1))
+        self.spool.drop(self.inst)
+        self.assertEqual([], self.mgr.sweep())
+        self.assert_left_nothing()
+
     def test_nothing_kept_per_abandoned_delta(self):
         """The map of chunk writes started ahead keeps none that ended."""
         for sequence in range(1, 4):
