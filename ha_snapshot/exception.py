@@ -64,6 +64,14 @@ class DeltaParentMismatch(InvalidDelta):
                'point is %(newest)s.')
 
 
+class DeltaTooManyParts(InvalidDelta):
+    msg_fmt = ('Delta %(sequence)s of instance %(instance)s refused: part '
+               '%(index)s is beyond the limit of %(limit)s parts per delta '
+               '([manager] max_delta_parts). The agent keeps the delta and '
+               'sends it again; raise max_delta_parts on the manager to let '
+               'it through.')
+
+
 # --- store ------------------------------------------------------------------
 
 class StorageError(HaSnapshotException):
@@ -123,6 +131,22 @@ class MergeTooSlow(StorageError):
 class MergeInProgress(StorageError):
     msg_fmt = ('Delta %(sequence)s of instance %(instance)s is still being '
                'merged (an earlier commit_delta call); ask again later.')
+
+
+class DeltaDeferred(StorageError):
+    """The manager cannot take a delta now, for no fault of the delta: the
+    agent sends it again later (it is a StorageError: retried)."""
+    msg_fmt = ('Delta %(sequence)s of instance %(instance)s deferred: '
+               '%(reason)s')
+
+
+class TooManyDeltas(DeltaDeferred):
+    msg_fmt = ('Delta %(sequence)s of instance %(instance)s deferred: the '
+               'manager already holds parts of %(count)s uncommitted deltas '
+               'of this instance ([manager] max_deltas_per_instance = '
+               '%(limit)s). Send it again later: held deltas go with their '
+               'commit, or after [manager] spool_max_age = %(max_age)s s '
+               'without a new part.')
 
 
 class PolicyNotFound(HaSnapshotException):

@@ -49,6 +49,11 @@ PART_TIMEOUT = 15
 # arrived, so it is short; one that runs longer is asked again and the
 # manager answers "still merging" (MergeInProgress, retried) or the ack.
 COMMIT_TIMEOUT = 20
+# NOTE: a delta with more parts than the manager takes ([manager]
+# max_delta_parts) is kept and sent again after this long (the operator
+# may raise the limit), not every [agent] retry_max: each try sends up to
+# that many parts.
+TOO_MANY_PARTS_WAIT = 600
 
 
 # NOTE: raised from deep in a wait; every loop catches it first.
@@ -430,7 +435,16 @@ class SnapshotAgent(threading.Thread):
             max_part_extents=conf.image.max_part_extents,
             compression_level=conf.image.compression_level,
             limits=qemu.Limits.from_conf(conf), full=entry.full)
-        sent = self._send_parts(entry, delta)
+        while True:
+            try:
+                sent = self._send_parts(entry, delta)
+                break
+            except exception.DeltaTooManyParts as e:
+                LOG.error('Instance %s: %s; delta %d is kept and sent again '
+                          'in %d s', self.instance, e, entry.sequence,
+                          TOO_MANY_PARTS_WAIT)
+                if self._stopping.wait(TOO_MANY_PARTS_WAIT):
+                    raise Stopped()
         try:
             ack = self._retry('commit of delta %d' % entry.sequence,
                               self.manager_api.commit_delta,

@@ -10,12 +10,38 @@ MANAGER_OPTS = [
                help='Where delta parts wait for their commit when they do '
                     'not fit in spool_memory_mb.'),
     cfg.IntOpt('spool_memory_mb', default=128, min=0,
-               help='MiB of delta parts (decoded) held in memory until '
-                    'their commit; parts beyond it are written to '
+               help='MiB of delta parts held in memory until their commit, '
+                    'counted as they cost (decoded bytes, extents and '
+                    'bookkeeping: a part of zero extents only costs its '
+                    'extents); parts beyond it are written to '
                     'spool_dir. Parts are never written twice (spool and '
                     'store) while they fit. Parts held are lost with a '
                     'restart of the manager; agents then send them again. '
                     '0 writes every part to spool_dir.'),
+    cfg.IntOpt('spool_max_age', default=3600, min=300,
+               help='Seconds the parts of an uncommitted delta are kept '
+                    'after its latest part arrived (an agent that lost its '
+                    'state, a server unprotected or deleted mid-delta). '
+                    'Then a sweep drops them, from memory and spool_dir, '
+                    'with the chunks stored ahead for them; an agent that '
+                    'still wants the delta is told at commit that its '
+                    'parts were never received and sends them again. The '
+                    'sweep runs every spool_max_age / 10 s (at most every '
+                    '60 s).'),
+    cfg.IntOpt('max_delta_parts', default=2 * 1024 * 1024, min=1,
+               help='Parts one delta may have (parts are numbered from 0; '
+                    'a part numbered at or beyond this is refused: '
+                    'DeltaTooManyParts). The default takes a delta of '
+                    '8 TiB of data in parts of the default [image] '
+                    'max_part_bytes (4 MiB). Bounds what one delta may put '
+                    'in spool_dir.'),
+    cfg.IntOpt('max_deltas_per_instance', default=4, min=1,
+               help='Uncommitted deltas of one instance whose parts the '
+                    'manager holds at once. An agent sends one delta at a '
+                    'time, so more are deltas it abandoned; a part of one '
+                    'more delta is deferred (TooManyDeltas: the agent '
+                    'sends it again later) until a commit or '
+                    'spool_max_age frees room.'),
     cfg.StrOpt('host', sample_default='<hostname>',
                help='Name of this manager on the bus (default: hostname).'),
     cfg.IntOpt('rpc_timeout', default=120, min=1,

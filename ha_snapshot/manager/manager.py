@@ -12,10 +12,7 @@ May import the store, the database, the spool and the recovery engine.
 """
 
 import base64
-import collections
-import concurrent.futures
 import datetime
-import errno
 import threading
 import time
 
@@ -23,35 +20,21 @@ from openstack import exceptions as sdk_exc
 from oslo_log import log as logging
 import oslo_messaging as messaging
 
-from ha_snapshot import delta as delta_mod
 from ha_snapshot import exception
 from ha_snapshot.manager import alarms
+from ha_snapshot.manager import intake
 from ha_snapshot.manager import notifications
 from ha_snapshot.openstack import clients
 
 LOG = logging.getLogger(__name__)
 
-# NOTE: a commit_delta of a delta whose merge already runs (the agent's
-# call timed out and it asked again) waits this long for it, then says
-# "ask again" rather than holding an RPC thread for the whole merge.
-COMMIT_WAIT = 5.0
-# NOTE: chunks stored ahead of their merge (Manager.put_part) are written
-# by these threads after the part's call has answered, so the fsyncs do
-# not hold the agent's window; parts beyond the queue are left to the
-# merge (the queue holds their decoded bytes).
-PRESTORE_THREADS = 2
-PRESTORE_QUEUE = 16
-# NOTE: chunks stored ahead are only a head start: a merge that waited this
-# long for them goes on and stores what is still missing itself (chunk
-# writes are atomic and content-addressed, so both may write one chunk).
-PRESTORE_WAIT = 60.0
 # NOTE: put_part, the hot path, looks an instance up in the database at
 # most this often (seconds); commit_delta always does, so a part of an
 # instance deleted meanwhile is spooled at worst, never merged.
 LOOKUP_TTL = 10.0
 
 
-class Manager:
+class Manager(intake.DeltaIntake):
     """What the endpoint does, without the bus (tests call it directly)."""
 
     def __init__(self, conf, store, db, spool, recovery=None,
@@ -63,11 +46,9 @@ class Manager:
         self.recovery = recovery
         self._commits = {}
         self._commits_lock = threading.Lock()
-        self._prestore_pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=PRESTORE_THREADS, thread_name_prefix='prestore')
-        self._prestores = collections.defaultdict(list)
+        self.prestores = intake.Prestores(intake.PRESTORE_THREADS,
+                                          intake.PRESTORE_QUEUE)
         self._projects = {}
-        self._prestore_lock = threading.Lock()
         self.agent_api = agent_api
 
     def _protected(self, instance: str):
@@ -104,102 +85,6 @@ class Manager:
                 'newest_restore_point': newest.id if newest else None,
                 'newest_number': newest.number if newest else 0,
                 'last_sequence': newest.delta_sequence if newest else -1}
-
-    def put_part(self, instance, sequence, part) -> dict:
-        project = self._project_of(instance)
-
-        def received(checked, data, digests):
-            # NOTE: the merge's chunk writes start now, while the next
-            # parts travel; the commit then finds them held.
-            with self._prestore_lock:
-                if sum(not f.done() for fs in self._prestores.values()
-                       for f in fs) >= PRESTORE_QUEUE:
-                    return
-                self._prestores[(instance, sequence)].append(
-                    self._prestore_pool.submit(
-                        self.store.prestore, instance, project,
-                        checked.extents, data, digests))
-        index = self._io(self.spool.put, instance, sequence, part, received)
-        return {'instance': instance, 'sequence': sequence, 'index': index}
-
-    def _prestored(self, instance: str, sequence: int) -> None:
-        """Wait for the chunks of this delta (and older ones) being stored
-        ahead of the merge; forget them."""
-        with self._prestore_lock:
-            keys = [k for k in self._prestores
-                    if k[0] == instance and k[1] <= sequence]
-            futures = [f for k in keys for f in self._prestores.pop(k)]
-        _done, late = concurrent.futures.wait(futures, PRESTORE_WAIT)
-        if late:
-            LOG.warning('Instance %s, delta %d: %d chunk writes started '
-                        'ahead still run after %.0f s; the merge stores '
-                        'what they have not', instance, sequence, len(late),
-                        PRESTORE_WAIT)
-
-    def commit_delta(self, header) -> dict:
-        h = delta_mod.header_from_primitive(header)
-        delta_mod.validate_header(h, self.conf.image.max_virtual_size)
-        row = self._protected(h.instance)
-        if row.project_id != h.project:
-            raise exception.InvalidDelta(
-                instance=h.instance, sequence=h.sequence,
-                reason='project %s does not own this instance' % h.project)
-        key = (h.instance, h.sequence)
-        with self._commits_lock:
-            running = self._commits.get(key)
-            if running is None:
-                mine = self._commits[key] = threading.Event()
-        if running is not None:
-            if not running.wait(COMMIT_WAIT):
-                raise exception.MergeInProgress(instance=h.instance,
-                                                sequence=h.sequence)
-            return self.commit_delta(header)
-        try:
-            return self._commit(h)
-        finally:
-            with self._commits_lock:
-                self._commits.pop(key, None)
-            mine.set()
-
-    def _commit(self, h) -> dict:
-        self._prestored(h.instance, h.sequence)
-        rp = self._merged(h)
-        if rp is None:
-            delta = self.spool.load(h)
-            rp = self._io(self.store.merge, delta)
-        self.db.record_restore_point(rp)
-        removed = self._io(self.store.apply_retention, h.instance)
-        if removed:
-            self.db.delete_restore_points(removed)
-        # NOTE: parts of this delta and of any older one (refused, or
-        # superseded by a resend) are of no use any more.
-        self.spool.drop_through(h.instance, h.sequence)
-        LOG.info('Instance %s: delta %d durable as restore point %s (#%d)',
-                 h.instance, h.sequence, rp.id, rp.number)
-        return {'restore_point': rp.id, 'number': rp.number,
-                'sequence': h.sequence, 'created_at': rp.created_at}
-
-    def _merged(self, h):
-        """The restore point this delta already made (its ack was lost, or
-        the agent asked again while it merged), or None."""
-        newest = self._io(self.store.newest, h.instance)
-        if newest is not None and (newest.parent == h.parent and
-                                   newest.delta_sequence == h.sequence):
-            LOG.info('Instance %s: delta %d already merged as %s',
-                     h.instance, h.sequence, newest.id)
-            return newest
-        return None
-
-    @staticmethod
-    def _io(func, *args):
-        # NOTE: a full disk or an I/O error must reach the agent as "not
-        # durable, keep it", named, not as an anonymous remote error.
-        try:
-            return func(*args)
-        except OSError as e:
-            reason = 'the store is full' if e.errno == errno.ENOSPC else (
-                'I/O error')
-            raise exception.StorageError(reason='%s: %s' % (reason, e))
 
     def report_health(self, instance, host, reason, details) -> str:
         if self.recovery is None:
@@ -323,6 +208,9 @@ class Manager:
                 instance=instance, reason='a recovery is running; '
                 'unprotect the server when it has ended')
         self.db.mark_instance_deleted(instance)
+        self._projects.pop(instance, None)
+        # NOTE: deltas of it now are refused at commit: what it sent goes.
+        self.abandon(instance)
         if row.host and self.agent_api is not None:
             self.agent_api.unprotect(row.host, instance)
         LOG.info('Instance %s: protection stopped (API request)', instance)

@@ -9,6 +9,7 @@ from ha_snapshot.db import api as db_api
 from ha_snapshot.db import migration
 from ha_snapshot.manager import authz
 from ha_snapshot.manager import image_sweep
+from ha_snapshot.manager import intake
 from ha_snapshot.manager import manager as manager_mod
 from ha_snapshot.manager import notifications
 from ha_snapshot.manager import recovery as recovery_engine
@@ -34,6 +35,7 @@ class ManagerService(service.Service):
         self.engine = None
         self.db = None
         self.sweeper = None
+        self.intake_sweeper = None
 
     def start(self) -> None:
         conf = self.conf
@@ -60,6 +62,11 @@ class ManagerService(service.Service):
             guard=authz.Guard.from_conf(conf, keys, self.db,
                                         self.manager._nova_server))
         self.rpc_server.start()
+        # NOTE: deltas abandoned mid-way (and those of servers no longer
+        # protected) leave nothing behind for longer than spool_max_age.
+        self.intake_sweeper = intake.IntakeSweeper.from_conf(
+            conf, self.manager.sweep)
+        self.intake_sweeper.start()
         if conf.manager.listen_notifications:
             self.listener = notifications.get_listener(
                 rpc.get_notification_transport(conf), conf, self.db,
@@ -76,6 +83,8 @@ class ManagerService(service.Service):
     def stop(self) -> None:
         if self.sweeper is not None:
             self.sweeper.stop()
+        if self.intake_sweeper is not None:
+            self.intake_sweeper.stop()
         if self.listener is not None:
             self.listener.stop()
             self.listener.wait()

@@ -21,6 +21,15 @@ point durable. A part lost with a restarted manager's memory, or a file
 lost or torn by a crash, is found at commit (missing, unreadable, or
 failing its checksum) and reported as "never received; send it again",
 which the agent does.
+
+What a part costs is counted against ``memory_bytes`` whole: its decoded
+bytes, its extents (kept as their JSON text) and a fixed amount of
+bookkeeping, so that parts of zero extents only (no bytes at all) are
+pushed out to disk like any other. A delta may have at most
+``max_delta_parts`` parts, and an instance at most
+``max_deltas_per_instance`` uncommitted deltas; :meth:`Spool.sweep` drops
+deltas that received no part for a while (their agent abandoned them, or
+resends them when it still wants them).
 """
 
 import collections
@@ -30,6 +39,7 @@ import secrets
 import shutil
 import struct
 import threading
+import time
 import types
 
 from oslo_log import log as logging
@@ -44,31 +54,54 @@ LOG = logging.getLogger(__name__)
 # NOTE: a 64 MiB delta of 4 MiB parts fits with room for a few instances
 # shipping at once.
 DEFAULT_MEMORY_BYTES = 128 << 20
+DEFAULT_MAX_DELTA_PARTS = 2 << 20
+DEFAULT_MAX_DELTAS = 4
+# NOTE: what a held part costs besides its bytes and its extents' JSON
+# text: its key, entry, dict slots and digests dict (measured with
+# tracemalloc: about 700 bytes), and per whole chunk of its bytes a
+# digest entry (about 300 bytes; chunks are 64 KiB at least).
+PART_OVERHEAD = 1024
+DIGEST_BYTES = 320
+MIN_CHUNK = 64 << 10
 
 
 class Spool:
 
     def __init__(self, root: str, max_part_bytes: int,
                  max_part_extents: int = 4096,
-                 memory_bytes: int = DEFAULT_MEMORY_BYTES):
+                 memory_bytes: int = DEFAULT_MEMORY_BYTES,
+                 max_delta_parts: int = DEFAULT_MAX_DELTA_PARTS,
+                 max_deltas_per_instance: int = DEFAULT_MAX_DELTAS,
+                 max_age: float = 3600, clock=time.monotonic):
         self.root = root
         self.max_part_bytes = max_part_bytes
         self.max_part_extents = max_part_extents
         self.memory_bytes = memory_bytes
-        # NOTE: key (instance, sequence, index) -> (meta dict, bytes,
-        # chunk digests), oldest first; ``_spilling``: pushed out, being
-        # written to disk.
+        self.max_delta_parts = max_delta_parts
+        self.max_deltas_per_instance = max_deltas_per_instance
+        self.max_age = max_age
+        self.clock = clock
+        # NOTE: key (instance, sequence, index) -> (meta JSON, bytes,
+        # chunk digests, cost), oldest first; ``_spilling``: pushed out,
+        # being written to disk.
         self._held = collections.OrderedDict()
         self._held_bytes = 0
         self._spilling = {}
+        # NOTE: instance -> {sequence: clock() of its latest part}, for
+        # the caps and the sweep.
+        self._deltas = {}
         self._lock = threading.Lock()
         os.makedirs(root, exist_ok=True)
 
     @classmethod
     def from_conf(cls, conf) -> 'Spool':
-        return cls(conf.manager.spool_dir, conf.image.max_part_bytes,
+        m = conf.manager
+        return cls(m.spool_dir, conf.image.max_part_bytes,
                    conf.image.max_part_extents,
-                   memory_bytes=conf.manager.spool_memory_mb << 20)
+                   memory_bytes=m.spool_memory_mb << 20,
+                   max_delta_parts=m.max_delta_parts,
+                   max_deltas_per_instance=m.max_deltas_per_instance,
+                   max_age=m.spool_max_age)
 
     def _dir(self, instance, sequence) -> str:
         if not uuidutils.is_uuid_like(instance):
@@ -107,6 +140,9 @@ class Spool:
                 instance=instance, sequence=sequence,
                 reason='part %d belongs to %s/%s' % (
                     index, part.get('instance'), part.get('sequence')))
+        # NOTE: refused before anything is decoded, and again (atomically)
+        # once the part is checked.
+        self._admit(instance, sequence, index, False)
         payload = part.get('payload')
         limit = delta_mod.max_payload_bytes(self.max_part_bytes)
         if not isinstance(payload, str) or len(payload) > (
@@ -135,14 +171,51 @@ class Spool:
         meta['compression'] = 'none'
         key = (instance, sequence, index)
         digests = {}
-        if not self.memory_bytes or len(raw) > self.memory_bytes:
+        blob = json.dumps(meta).encode()
+        cost = (len(raw) + len(blob) + PART_OVERHEAD
+                + DIGEST_BYTES * (len(raw) // MIN_CHUNK))
+        self._admit(instance, sequence, index, True)
+        if not self.memory_bytes or cost > self.memory_bytes:
             self._forget(lambda k: k == key)
-            self._write(key, meta, raw)
+            self._write(key, blob, raw)
         else:
-            self._hold(key, (meta, raw, digests))
+            self._hold(key, (blob, raw, digests, cost))
         if received is not None:
             received(obj, raw, digests)
         return index
+
+    # --- caps ---------------------------------------------------------------
+
+    def _admit(self, instance: str, sequence: int, index: int,
+               record: bool) -> None:
+        """Refuse a part beyond the caps; ``record``: note its arrival."""
+        if index >= self.max_delta_parts:
+            raise exception.DeltaTooManyParts(
+                instance=instance, sequence=sequence, index=index,
+                limit=self.max_delta_parts)
+        with self._lock:
+            held = self._deltas.get(instance, {})
+            if sequence not in held and (
+                    len(held) >= self.max_deltas_per_instance):
+                raise exception.TooManyDeltas(
+                    instance=instance, sequence=sequence, count=len(held),
+                    limit=self.max_deltas_per_instance,
+                    max_age=self.max_age)
+            if record:
+                self._deltas.setdefault(instance, {})[sequence] = (
+                    self.clock())
+
+    def touch(self, instance: str, sequence: int) -> None:
+        """A commit of this delta started: it is not abandoned."""
+        with self._lock:
+            held = self._deltas.get(instance)
+            if held and sequence in held:
+                held[sequence] = self.clock()
+
+    def deltas(self) -> dict:
+        """instance -> sequences of the deltas held (memory or disk)."""
+        with self._lock:
+            return {i: sorted(d) for i, d in self._deltas.items()}
 
     # --- memory, and the files parts pushed out of it go to ----------------
 
@@ -151,12 +224,12 @@ class Spool:
         with self._lock:
             old = self._held.pop(key, None)
             if old is not None:
-                self._held_bytes -= len(old[1])
+                self._held_bytes -= old[3]
             self._held[key] = entry
-            self._held_bytes += len(entry[1])
+            self._held_bytes += entry[3]
             while self._held_bytes > self.memory_bytes:
                 pushed, entry = self._held.popitem(last=False)
-                self._held_bytes -= len(entry[1])
+                self._held_bytes -= entry[3]
                 self._spilling[pushed] = entry
                 out.append(pushed)
         for pushed in out:
@@ -185,11 +258,10 @@ class Spool:
         except OSError:
             pass  # NOTE: never written, or gone with its directory
 
-    def _write(self, key, meta: dict, raw: bytes) -> None:
+    def _write(self, key, blob: bytes, raw: bytes) -> None:
         path = self._path(key)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = '%s.%s.tmp' % (path, secrets.token_hex(4))
-        blob = json.dumps(meta).encode()
         try:
             with open(tmp, 'wb') as f:
                 f.write(struct.pack('>I', len(blob)) + blob)
@@ -207,13 +279,14 @@ class Spool:
     def _forget(self, match) -> None:
         with self._lock:
             for key in [k for k in self._held if match(k)]:
-                self._held_bytes -= len(self._held.pop(key)[1])
+                self._held_bytes -= self._held.pop(key)[3]
             for key in [k for k in self._spilling if match(k)]:
                 del self._spilling[key]
 
     @property
     def held_bytes(self) -> int:
-        """Decoded bytes of the parts held in memory."""
+        """What the parts held in memory cost: their decoded bytes, their
+        extents and their bookkeeping."""
         return self._held_bytes
 
     # --- commit -------------------------------------------------------------
@@ -234,7 +307,7 @@ class Spool:
             if held is not None:
                 # NOTE: checked on arrival: the merge takes its bytes (and
                 # the digests of their whole chunks) as they are.
-                meta, decoded, raw = dict(held[0]), held[1], None
+                meta, decoded, raw = json.loads(held[0]), held[1], None
                 digests = held[2]
             else:
                 meta, decoded, raw = self._read(key, header.part_count,
@@ -275,6 +348,12 @@ class Spool:
         root = os.path.join(self.root, instance)
         self._dir(instance, sequence)  # NOTE: validates both.
         self._forget(lambda k: k[0] == instance and k[1] <= sequence)
+        with self._lock:
+            held = self._deltas.get(instance, {})
+            for seq in [s for s in held if s <= sequence]:
+                del held[seq]
+            if not held:
+                self._deltas.pop(instance, None)
         for name in os.listdir(root) if os.path.isdir(root) else ():
             if name.isdigit() and int(name) <= sequence:
                 shutil.rmtree(os.path.join(root, name), ignore_errors=True)
@@ -282,9 +361,62 @@ class Spool:
     def drop(self, instance: str, sequence: int | None = None) -> None:
         """Forget one delta's parts, or all of an instance's."""
         if sequence is None:
+            if not uuidutils.is_uuid_like(instance):
+                raise exception.InvalidInstance(instance=instance)
             path = os.path.join(self.root, instance)
             self._forget(lambda k: k[0] == instance)
+            with self._lock:
+                self._deltas.pop(instance, None)
         else:
             path = self._dir(instance, sequence)
             self._forget(lambda k: k[0] == instance and k[1] == sequence)
+            with self._lock:
+                held = self._deltas.get(instance, {})
+                held.pop(sequence, None)
+                if not held:
+                    self._deltas.pop(instance, None)
         shutil.rmtree(path, ignore_errors=True)
+
+    # --- the sweep ---------------------------------------------------------
+
+    def sweep(self) -> list:
+        """Drop the deltas that got no part (nor a commit) for
+        ``max_age`` seconds, and the part files of a previous run that
+        old; return their (instance, sequence)."""
+        cutoff = self.clock() - self.max_age
+        with self._lock:
+            stale = [(i, s) for i, held in self._deltas.items()
+                     for s, seen in held.items() if seen < cutoff]
+            known = {(i, s) for i, held in self._deltas.items()
+                     for s in held}
+        for instance, sequence in stale:
+            self.drop(instance, sequence)
+        # NOTE: files no delta of this process names: written by a
+        # manager before its restart (their commit may still come: they
+        # go by age too, the directory's mtime being their latest part).
+        wall = time.time() - self.max_age
+        for instance in os.listdir(self.root):
+            top = os.path.join(self.root, instance)
+            if not (uuidutils.is_uuid_like(instance) and os.path.isdir(top)):
+                continue
+            for name in os.listdir(top):
+                path = os.path.join(top, name)
+                try:
+                    old = os.stat(path).st_mtime < wall
+                except OSError:
+                    continue  # NOTE: dropped meanwhile
+                if name.isdigit() and (instance, int(name)) not in known \
+                        and old:
+                    shutil.rmtree(path, ignore_errors=True)
+                    stale.append((instance, int(name)))
+            if not any(i == instance for i, _s in known):
+                try:
+                    os.rmdir(top)  # NOTE: only once empty
+                except OSError:
+                    pass
+        if stale:
+            LOG.info('Spool: dropped %d deltas that got no part for %d s '
+                     '(abandoned; an agent that still wants one sends it '
+                     'again): %s', len(stale), self.max_age,
+                     ', '.join('%s/%d' % k for k in stale[:10]))
+        return stale

@@ -37,8 +37,13 @@ LOG = logging.getLogger(__name__)
 
 VERIFY_CACHE_BYTES = 256 << 20
 # NOTE: keys of chunks stored ahead of their merge, kept for its count of
-# new chunks (a delta never committed leaves its keys until pushed out).
+# new chunks and so that a delta refused or abandoned takes back what it
+# stored (beyond this many, the oldest are left to gc).
 PRESTORED_KEYS = 65536
+# NOTE: a chunk stored ahead is removed again (discard_prestored) only
+# while no other delta used it: checking that and touching (or removing)
+# the chunk happen under one of these locks, chosen by the chunk's key.
+KEY_LOCKS = 64
 # NOTE: what retention reads of a manifest (number, creation time, id),
 # kept by its listing: manifests are written once (create-only) and never
 # changed, so a commit no longer decodes every manifest of the instance.
@@ -80,9 +85,12 @@ class RecoveryStore:
         """instance -> (chunk_size, scope), once it has a restore point
         (neither ever changes after that)."""
         self._prestored = collections.OrderedDict()
-        """Chunk key -> bytes: chunks stored ahead of their merge
-        (:meth:`prestore`) that the merge counts as new."""
+        """Chunk key -> [bytes, owner]: chunks stored ahead of their merge
+        (:meth:`prestore`) that the merge counts as new; owner is the
+        (instance, sequence) of the delta that stored it, None once
+        another delta used it too."""
         self._prestored_lock = threading.Lock()
+        self._key_locks = [threading.Lock() for _ in range(KEY_LOCKS)]
         self._summaries = collections.OrderedDict()
         """(key, size, mtime) -> (number, created_at, id) of manifests."""
         self._summaries_lock = threading.Lock()
@@ -278,7 +286,8 @@ class RecoveryStore:
         return layout
 
     def prestore(self, instance: str, project: str, extents,
-                 data: bytes, digests: dict | None = None) -> int:
+                 data: bytes, digests: dict | None = None,
+                 sequence: int | None = None) -> int:
         """Store, ahead of its merge, every whole chunk that one checked
         part's data covers; return the bytes newly stored.
 
@@ -293,8 +302,12 @@ class RecoveryStore:
         ``digests``, if given, receives ``(chunk size, disk chunk index) ->
         sha256`` of every whole chunk hashed here: the merge of these very
         bytes then does not hash them again (``DeltaPart.chunk_digests``).
+
+        ``sequence``: the delta's, so that :meth:`discard_prestored` can
+        remove what it stored if it is refused or abandoned.
         """
         self._check_instance(instance)
+        owner = None if sequence is None else (instance, sequence)
         cs, scope = self._layout(instance, project)
         stored = 0
         pos = 0
@@ -313,47 +326,101 @@ class RecoveryStore:
                     digests[(cs, index)] = sha
                 try:
                     sha, new = self._put_chunk(scope, chunk, self.compress,
-                                               sha=sha)
+                                               sha=sha, owner=owner)
                 except (OSError, exception.StorageError) as e:
                     LOG.debug('Instance %s: chunk not stored ahead of its '
                               'merge: %s', instance, e)
                     return stored
-                if new:
-                    self._remember_prestored(
-                        objects.chunk_key(scope, sha), new)
-                    stored += new
+                stored += new
             pos += length
         return stored
 
-    def _remember_prestored(self, key: str, nbytes: int) -> None:
-        with self._prestored_lock:
-            self._prestored[key] = nbytes
-            while len(self._prestored) > PRESTORED_KEYS:
-                self._prestored.popitem(last=False)
+    def _key_lock(self, key: str) -> threading.Lock:
+        return self._key_locks[hash(key) % KEY_LOCKS]
 
-    def _take_prestored(self, key: str) -> int:
+    def discard_prestored(self, instance: str, sequence: int | None = None,
+                          through: int | None = None) -> int:
+        """Remove the chunks stored ahead for deltas of ``instance`` (one
+        ``sequence``, those up to ``through``, or all) that no other
+        delta used and no merge took; return how many.
+
+        For a delta refused, superseded or abandoned: what it stored goes
+        at once, not after gc's grace period. A chunk another delta used
+        meanwhile (same content) stays. Assumes this process is the only
+        writer of the store (the manager is).
+        """
+        def mine(owner):
+            return owner is not None and owner[0] == instance and (
+                (sequence is None and through is None)
+                or owner[1] == sequence
+                or (through is not None and owner[1] <= through))
         with self._prestored_lock:
-            return self._prestored.pop(key, 0)
+            keys = [k for k, (_n, owner) in self._prestored.items()
+                    if mine(owner)]
+        removed = 0
+        for key in keys:
+            with self._key_lock(key):
+                with self._prestored_lock:
+                    entry = self._prestored.get(key)
+                    if entry is None or not mine(entry[1]):
+                        continue
+                    del self._prestored[key]
+                try:
+                    self.driver.delete(key)
+                    removed += 1
+                except (OSError, exception.StorageError) as e:
+                    LOG.warning('Chunk %s stored ahead for a delta of %s '
+                                'that will not be merged could not be '
+                                'removed (gc will): %s', key, instance, e)
+        if removed:
+            LOG.info('Instance %s: removed %d chunks stored ahead for '
+                     'deltas that will not be merged', instance, removed)
+        return removed
+
+    def prestored_owners(self) -> set:
+        """(instance, sequence) of every delta that has chunks stored
+        ahead that no merge took yet."""
+        with self._prestored_lock:
+            return {o for _n, o in self._prestored.values() if o}
 
     def _put_chunk(self, scope: str, data: bytes, compress: bool,
-                   claim=None, sha: str | None = None):
+                   claim=None, sha: str | None = None, owner=None):
         """Store one chunk unless held.
 
         ``claim(sha)`` says whether this call is the first of its merge to
         hold that content (the same chunk twice in one delta is stored
         once). ``sha``: its sha256, when this process already hashed these
-        very bytes. Returns (sha, bytes newly stored).
+        very bytes. ``owner``: the (instance, sequence) of the delta a
+        chunk is stored ahead for (:meth:`prestore`); None for a merge.
+        Returns (sha, bytes newly stored).
         """
         if sha is None:
             sha = hashlib.sha256(data).hexdigest()
         if claim is not None and not claim(sha):
             return sha, 0
         key = objects.chunk_key(scope, sha)
-        # NOTE: touch, not exists: a reused chunk must look fresh to gc.
-        if self.driver.touch(key):
-            # NOTE: stored by prestore() for this merge: new all the same.
-            return sha, (self._take_prestored(key) if claim is not None
-                         else 0)
+        with self._key_lock(key):
+            with self._prestored_lock:
+                entry = self._prestored.get(key)
+                taken = 0
+                if entry is not None and owner is None:
+                    # NOTE: stored by prestore() for this merge: new all
+                    # the same, and no longer anyone's to take back.
+                    taken = self._prestored.pop(key)[0]
+                elif entry is not None and entry[1] != owner:
+                    entry[1] = None  # NOTE: two deltas use it now
+            # NOTE: touch, not exists: a reused chunk must look fresh to
+            # gc. Under the key's lock: discard_prestored() cannot remove
+            # it between this touch and the registry above.
+            if self.driver.touch(key):
+                return sha, taken if claim is not None else 0
+            if owner is not None and entry is None:
+                with self._prestored_lock:
+                    self._prestored[key] = [len(data), owner]
+                    while len(self._prestored) > PRESTORED_KEYS:
+                        self._prestored.popitem(last=False)
+        # NOTE: written outside the lock; a discard that runs meanwhile
+        # leaves this write to gc.
         self.driver.put(key, objects.encode_chunk(data, compress, _cctx()))
         return sha, len(data)
 

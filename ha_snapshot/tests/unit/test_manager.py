@@ -10,6 +10,7 @@ from ha_snapshot.db import migration
 from ha_snapshot import delta as delta_mod
 from ha_snapshot import exception
 from ha_snapshot.image import inspect as image_inspect
+from ha_snapshot.manager import intake
 from ha_snapshot.manager import manager as manager_mod
 from ha_snapshot.manager import recovery as recovery_mod
 from ha_snapshot.manager import spool as spool_mod
@@ -162,7 +163,8 @@ class ManagerTestCase(_Base):
             self.assertIn(reason, str(e))
         self.assertEqual(0, self.spool.held_bytes)
         self.mgr.put_part(self.inst, 0, good)
-        self.assertEqual(good['raw_size'], self.spool.held_bytes)
+        self.assertGreater(self.spool.held_bytes, good['raw_size'])
+        self.assertLess(self.spool.held_bytes, good['raw_size'] + 8192)
 
     def test_chunks_stored_while_parts_arrive(self):
         """Whole chunks of a part are in the store before the commit; the
@@ -236,7 +238,7 @@ class ManagerTestCase(_Base):
             merging.set()
             release.wait(30)
         self.store.hooks['before_commit'] = block
-        self.patch(manager_mod, 'COMMIT_WAIT', 0.1)
+        self.patch(intake, 'COMMIT_WAIT', 0.1)
         first = []
         t = threading.Thread(target=lambda: first.append(
             self.mgr.commit_delta(prim['header'])))
@@ -291,6 +293,237 @@ class ManagerTestCase(_Base):
         self.assertEqual([], self.store.restore_points(self.inst))
         self.store.driver.put = real_put
         self.assertEqual(1, self.ship(prim)['number'])
+
+
+class IntakeTestCase(_Base):
+    """Refused and abandoned deltas leave nothing: spool or store."""
+
+    def setUp(self):
+        super().setUp()
+        self.register()
+        self.first = self.ship(self.delta(self.base, 0, None, backing=False))
+        self.before = base.tree_digest(self.store_dir)
+
+    def chunk_files(self):
+        return [n for _d, _s, names in os.walk(
+            os.path.join(self.store_dir, 'chunks')) for n in names
+            if not n.startswith('.')]
+
+    def send(self, prim):
+        """put_part every part; wait until their chunks are stored ahead
+        (as a slow commit would find them)."""
+        have = len(self.chunk_files())
+        for part in prim['parts']:
+            self.mgr.put_part(self.inst, prim['header']['sequence'], part)
+        base.wait_for(lambda: len(self.chunk_files()) > have, 30,
+                      'chunks stored ahead of the merge')
+
+    def beyond(self, sequence):
+        """A delta with a whole chunk at 64 MiB of an 8 MiB disk."""
+        big = self.make_qcow2('big-%d.qcow2' % sequence, 128 * MiB,
+                              'write -P 0x%02x 64M 1M' % (0x50 + sequence))
+        return self.delta(big, sequence, self.first['restore_point'],
+                          backing=False)
+
+    def assert_left_nothing(self):
+        self.assertEqual(self.before, base.tree_digest(self.store_dir))
+        self.assertEqual([], self.spooled_files())
+        self.assertEqual(0, self.spool.held_bytes)
+        self.assertEqual({}, self.spool.deltas())
+
+    def test_refused_delta_leaves_nothing_in_the_store(self):
+        """A part at 64 MiB of an 8 MiB disk: its chunk is stored ahead
+        while it arrives, and removed when the commit refuses it (not
+        left for gc's grace period)."""
+        prim = self.beyond(1)
+        self.send(prim)
+        e = self.assertRaises(exception.InvalidDelta, self.mgr.commit_delta,
+                              prim['header'])
+        self.assertIn('virtual size 134217728 does not match', str(e))
+        self.assert_left_nothing()
+        self.assertEqual(1, len(self.store.restore_points(self.inst)))
+
+    def test_every_refusal_leaves_nothing(self):
+        def project(h):
+            h['project'] = 'p2'
+
+        def header(h):
+            h['format_version'] = 99
+
+        def parent(h):
+            h['parent'] = base.new_uuid()
+
+        def count(h):
+            h['part_count'] += 1
+        cases = {'does not own this instance': project,
+                 'unsupported format version': header,
+                 'but the newest restore point is': parent,
+                 'part 1 of 2 was never received': count}
+        for sequence, (reason, spoil) in enumerate(cases.items(), 1):
+            o = base.new_overlay(self.path('o%d.qcow2' % sequence),
+                                 self.base)
+            base.qemu_io(o, 'write -P 0x%02x 4M 1M' % (0x60 + sequence))
+            prim = self.delta(o, sequence, self.first['restore_point'])
+            self.send(prim)
+            spoil(prim['header'])
+            e = self.assertRaises(exception.InvalidDelta,
+                                  self.mgr.commit_delta, prim['header'])
+            self.assertIn(reason, str(e))
+            self.assert_left_nothing()
+
+    def test_delta_of_a_deleted_instance_leaves_nothing(self):
+        """Deleted by Nova (the notification marks it deleted) while its
+        delta arrives: refused at commit, nothing left."""
+        prim = self.beyond(1)
+        self.send(prim)
+        self.db.mark_instance_deleted(self.inst)
+        self.assertRaises(exception.InstanceNotFound, self.mgr.commit_delta,
+                          prim['header'])
+        self.assert_left_nothing()
+
+    def test_unprotect_drops_what_its_deltas_sent(self):
+        prim = self.beyond(1)
+        self.send(prim)
+        self.mgr.unprotect(self.inst)
+        self.assert_left_nothing()
+
+    def test_superseded_delta_leaves_nothing(self):
+        """Parts of a delta the agent gave up (it lost its state and sent
+        the next one): the commit of a newer delta removes them."""
+        old = self.beyond(1)
+        self.send(old)
+        o = base.new_overlay(self.path('o2.qcow2'), self.base)
+        base.qemu_io(o, 'write -P 0x77 2M 1M')
+        self.ship(self.delta(o, 2, self.first['restore_point']))
+        rp = self.store.newest(self.inst)
+        referenced = {sha for p in self.store.restore_points(self.inst)
+                      for sha in p.chunks.values()}
+        self.assertEqual(referenced, set(self.chunk_files()))
+        self.assertEqual([], self.spooled_files())
+        self.assertEqual(2, rp.number)
+
+    def test_delta_with_too_many_parts_leaves_nothing(self):
+        self.spool.max_delta_parts = 1
+        prim = self.beyond(1)
+        o = base.new_overlay(self.path('o2.qcow2'), self.base)
+        base.qemu_io(o, 'write -P 0x77 2M 1M', 'write -P 0x78 4M 1M')
+        prim = self.delta(o, 1, self.first['restore_point'])
+        self.assertEqual(2, len(prim['parts']))
+        self.send(dict(prim, parts=prim['parts'][:1]))
+        e = self.assertRaises(exception.DeltaTooManyParts, self.mgr.put_part,
+                              self.inst, 1, prim['parts'][1])
+        self.assertIn('max_delta_parts', str(e))
+        self.assert_left_nothing()
+
+    def test_abandoned_delta_swept(self):
+        """No part for [manager] spool_max_age: the manager's sweep drops
+        its parts and the chunks stored ahead for it."""
+        now = [1000.0]
+        self.spool.clock = lambda: now[0]
+        prim = self.beyond(1)
+        self.send(prim)
+        self.assertEqual([], self.mgr.sweep())
+        now[0] += self.spool.max_age + 1
+        self.assertEqual([(self.inst, 1)], self.mgr.sweep())
+        self.assert_left_nothing()
+        # NOTE: an agent that still wants it is told "never received".
+        e = self.assertRaises(exception.InvalidDelta, self.mgr.commit_delta,
+                              prim['header'])
+        self.assertIn('never received', str(e))
+
+    def test_sweep_drops_deltas_of_deleted_instances(self):
+        prim = self.beyond(1)
+        self.send(prim)
+        self.db.mark_instance_deleted(self.inst)
+        self.assertEqual([(self.inst, None)], self.mgr.sweep())
+        self.assert_left_nothing()
+
+    def test_sweep_takes_back_chunks_of_a_delta_gone_from_the_spool(self):
+        """Chunk writes that outlived their delta's drop (a write slower
+        than the wait for it): the next sweep removes their chunks."""
+        self.send(self.beyond(1))
+        self.spool.drop(self.inst)
+        self.assertEqual([], self.mgr.sweep())
+        self.assert_left_nothing()
+
+    def test_nothing_kept_per_abandoned_delta(self):
+        """The map of chunk writes started ahead keeps none that ended."""
+        for sequence in range(1, 4):
+            self.send(self.beyond(sequence))
+            self.spool.drop(self.inst)
+        base.wait_for(lambda: len(self.mgr.prestores) == 0, 30,
+                      'chunk writes started ahead to end')
+
+
+class AgentReactionTestCase(_Base):
+    """The agent's shipper against the intake's new refusals (the real
+    Manager in-process, no bus): it keeps the delta, waits, and the delta
+    lands once the manager takes it."""
+
+    def agent(self, api):
+        from ha_snapshot.agent import instance as agent_mod
+        from ha_snapshot.agent import state as state_mod
+        self.conf.set_override('state_dir', self.path('agent'), group='agent')
+        self.conf.set_override('retry_initial', 0.05, group='agent')
+        self.conf.set_override('retry_max', 0.1, group='agent')
+        self.patch(agent_mod, 'TOO_MANY_PARTS_WAIT', 0.1)
+        state = state_mod.InstanceState(instance=self.inst, project='p1',
+                                        spec={})
+        disk = self.make_qcow2('two.qcow2', 8 * MiB, 'write -P 0x11 0 1M',
+                               'write -P 0x22 2M 1M')
+        entry = state_mod.Pending(sequence=0, disk='d', frozen=disk,
+                                  backing=None, committable=False,
+                                  full=True)
+        snap = agent_mod.SnapshotAgent(self.conf, None, api, state, None,
+                                       'host1')
+        snap._base_format = lambda entry: 'qcow2'
+        return snap, entry
+
+    def test_too_many_parts_then_raised_limit(self):
+        self.register()
+        self.spool.max_delta_parts = 1
+        calls = []
+
+        class Api:
+            def put_part(api, instance, sequence, part, timeout=None):
+                calls.append(part['index'])
+                if len(calls) == 3:
+                    # NOTE: the operator raises [manager] max_delta_parts.
+                    self.spool.max_delta_parts = 100
+                return self.mgr.put_part(instance, sequence, part)
+
+            def commit_delta(api, header, timeout=None):
+                return self.mgr.commit_delta(header)
+        snap, entry = self.agent(Api())
+        with self.assertLogs('ha_snapshot.agent.instance', 'ERROR') as logs:
+            snap._ship(entry)
+        self.assertIn('max_delta_parts', logs.output[0])
+        self.assertIn('delta 0 is kept and sent again', logs.output[0])
+        self.assertEqual([0, 1, 0, 1], calls)
+        self.assertEqual(entry.restore_point,
+                         self.store.newest(self.inst).id)
+
+    def test_too_many_deltas_is_retried(self):
+        self.register()
+        self.spool.max_deltas_per_instance = 1
+        stale = self.delta(self.base, 7, None, backing=False)
+        self.mgr.put_part(self.inst, 7, stale['parts'][0])
+        calls = []
+
+        class Api:
+            def put_part(api, instance, sequence, part, timeout=None):
+                calls.append(sequence)
+                if len(calls) == 3:
+                    self.spool.drop(self.inst, 7)  # NOTE: swept
+                return self.mgr.put_part(instance, sequence, part)
+
+            def commit_delta(api, header, timeout=None):
+                return self.mgr.commit_delta(header)
+        snap, entry = self.agent(Api())
+        with self.assertLogs('ha_snapshot.agent.instance', 'WARNING') as logs:
+            snap._ship(entry)
+        self.assertIn('TooManyDeltas', logs.output[0])
+        self.assertEqual(1, self.store.newest(self.inst).number)
 
 
 class Died(BaseException):
