@@ -25,7 +25,9 @@ maximum; ``deltas_durable`` / ``deltas_expected`` (instances x window
 seconds / interval; ``durable_ratio``), ``log_errors`` and
 ``log_warnings`` of both daemons (and ``database_locked``: lines naming
 "database is locked"), the first problems, and the 1-minute load average
-seen (mean and maximum) on this shared machine. The run's baseline is its
+seen (mean and maximum) on this shared machine, with the CPU of each
+daemon (its waited-for children included) and of the whole host over the
+run (1.0 = one core busy). The run's baseline is its
 own start: the RSS after warm-up, in the same run. Every process started
 here is stopped by its pid.
 """
@@ -240,6 +242,8 @@ def main():
             c.log('%d baselines durable; running for %d deltas (%.0f/s '
                   'due, at most %.0f s)', n, target, rate, limit)
             t0 = time.monotonic()
+            cpu0 = {d.name: d.cpu() for d in daemons}
+            host0 = psutil.cpu_times()
             done = 0
             while done < target and time.monotonic() - t0 < limit:
                 done = durable_total(db, seq0)
@@ -261,6 +265,12 @@ def main():
             window = time.monotonic() - t0
             done = durable_total(db, seq0)
             threads = {d.name: d.threads() for d in daemons}
+            cpu = {d.name: (d.cpu() - cpu0[d.name]) / window
+                   for d in daemons}
+            host1 = psutil.cpu_times()
+            host_busy = sum(getattr(host1, f) - getattr(host0, f)
+                            for f in ('user', 'nice', 'system', 'irq',
+                                      'softirq', 'steal')) / window
         finally:
             for d in daemons:
                 d.terminate()  # NOTE: both stop at once; then wait
@@ -300,6 +310,9 @@ def main():
         else None,
         'loadavg_1m_max': c.rnd(max(loads), 2) if loads else None,
         'host_cpus': psutil.cpu_count(),
+        'manager_cpu_fraction': c.rnd(cpu['manager'], 3),
+        'agent_cpu_fraction': c.rnd(cpu['agent'], 3),
+        'host_cpu_fraction': c.rnd(host_busy, 3),
         'manager_threads': threads['manager'],
         'agent_threads': threads['agent'],
         'vm_start_retries': len(scale.START_RETRIES),

@@ -24,6 +24,8 @@ GOAL_KEYS = {
     'rpo_under_load': ['rpo_p50_s', 'rpo_p99_s', 'rpo_max_s'],
     'scale': ['manager_cpu_fraction', 'manager_rss_mb',
               'agent_kb_per_instance', 'snapshot_rate_achieved'],
+    'soak': ['durable_ratio', 'deltas_durable', 'manager_rss_mb_end',
+             'agent_rss_mb_end'],
 }
 
 
@@ -73,3 +75,10 @@ class BenchmarkSmokeTestCase(testtools.TestCase):
 
     def test_scale(self):
         self._run('scale')
+
+    def test_soak(self):
+        result = self._run('soak')
+        # NOTE: growth may be negative (RSS given back): a number, not > 0.
+        for key in ('manager_kb_per_1000_deltas', 'agent_kb_per_1000_deltas',
+                    'log_errors'):
+            self.assertIsInstance(result[key], (int, float))
