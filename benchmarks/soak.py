@@ -10,6 +10,14 @@ protects them, waits for every baseline and then lets the pair run until
 ``--interval`` (default 1 s): 20 VMs at 1 s are 20 deltas/s, the load the
 project advertises for one manager (200 servers on a 10 s cycle).
 
+Retention keeps the newest 24 restore points of each instance and no age
+tiers (``--age-tiers``): what the manager knows of each restore point it
+keeps (a database row, a manifest summary) is memory by design, and the
+project's default tiers keep every restore point of the last hour
+(72,000 of them at 20 deltas/s), which a run of minutes would count as
+growth. With 24 kept, the kept set is full after 480 deltas, well inside
+the warm-up, so what grows after it is what nothing ever trims.
+
 The database is ``--database sqlite`` (the embedded default: a file in the
 work directory, made by ``ha-snapshot-manage db sync``) or ``postgresql``
 (a private server started like the test fixture's, with fsync and
@@ -52,7 +60,7 @@ AGENT_HOST = scale.AGENT_HOST
 PROJECT = 'soak'
 
 
-def write_config(path, work, url, connection, interval):
+def write_config(path, work, url, connection, interval, tiers):
     text = """[DEFAULT]
 transport_url = {url}
 
@@ -76,10 +84,14 @@ hypervisor = qemu
 name = fixed
 interval = {interval}
 
+[retention]
+keep_last = 24
+age_tiers = {tiers}
+
 [qemu]
 overlay_dir = {work}/overlays
 """.format(url=url, work=work, host=AGENT_HOST, interval=interval,
-           connection=connection)
+           connection=connection, tiers=tiers)
     with open(path, 'w') as f:
         f.write(text)
     return path
@@ -179,6 +191,11 @@ def main():
                             '(default %(default)s).')
         p.add_argument('--batch', type=int, default=25,
                        help='VMs started and protected per batch.')
+        p.add_argument('--age-tiers', default='',
+                       help='[retention] age_tiers (default none: the '
+                            'newest 24 restore points of each instance '
+                            'are kept; the project\'s default keeps every '
+                            'one of the last hour).')
     args = c.parse_args(__doc__, more)
     c.exit_on_sigterm()
     n = args.instances
@@ -196,7 +213,7 @@ def main():
         connection = dbserver.url or 'sqlite:///%s/ha-snapshot.sqlite' % wd
         config = write_config(os.path.join(wd, 'ha-snapshot.conf'), wd,
                               broker.transport_url, connection,
-                              args.interval)
+                              args.interval, args.age_tiers)
         c.run(sys.executable, '-m', 'ha_snapshot.cmd.manage',
               '--config-file', config, 'db', 'sync')
         conf = scale.load_conf(config)
@@ -299,6 +316,7 @@ def main():
     result = {
         'benchmark': 'soak', 'quick': args.quick, 'database': args.database,
         'instances': n, 'interval_s': args.interval,
+        'retention_age_tiers': args.age_tiers,
         'window_s': c.rnd(window, 1), 'deltas_target': target,
         'deltas_durable': done, 'deltas_expected': round(expected, 1),
         'durable_ratio': c.rnd(done / expected, 4) if expected else None,
