@@ -59,6 +59,7 @@ RETRY_FOR = 60.0
 RETRY_INITIAL = 0.02
 RETRY_MAX = 2.0
 
+
 def instance_not_found(uuid: str) -> exception.InstanceNotFound:
     # NOTE: InstanceNotFound's own message speaks of the store.
     return exception.InstanceNotFound(
