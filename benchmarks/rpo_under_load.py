@@ -22,7 +22,7 @@ in one command (same bytes, same offsets; ``blocks_per_command``). Once
 both baselines are durable, for 60 s (20 s with --quick), a sampler
 records every 0.1 s each VM's achieved RPO: now - the snapshot time
 (``SnapshotAgent.taken_at``) of its newest durable restore point
-(``SnapshotAgent.restore_points[-1]``).
+(the newest of ``SnapshotAgent.restore_points``).
 
 Two kinds of data (``variants``):
 
@@ -199,16 +199,20 @@ class Sampler(threading.Thread):
     def poll(self):
         now = time.time()
         for policy, sa in self.agents.items():
-            rps = list(sa.restore_points)
-            # NOTE: restore_points grows before taken_at is set.
-            while rps and sa.taken_at.get(rps[-1]) is None:
-                rps.pop()
-            if not rps:
-                continue
-            for rp in rps[self._seen[policy]:]:
-                self.points[policy].append((sa.taken_at[rp], now))
-            self._seen[policy] = len(rps)
-            self.samples[policy].append(now - sa.taken_at[rps[-1]])
+            # NOTE: the agent remembers its latest restore points only;
+            # durable_count says how many of them are new since the last
+            # poll (every 0.1 s: a few at most).
+            with sa.durable:
+                taken = [sa.taken_at.get(rp) for rp in sa.restore_points]
+                count = sa.durable_count
+            new = taken[len(taken) - min(count - self._seen[policy],
+                                         len(taken)):]
+            self._seen[policy] = count
+            for t in new:
+                if t is not None:
+                    self.points[policy].append((t, now))
+            if taken and taken[-1] is not None:
+                self.samples[policy].append(now - taken[-1])
 
     def run(self):
         self.poll()
@@ -358,7 +362,7 @@ def run_variant(work, broker, kind, policies, seconds, rate, min_interval,
                 c.log('%s: %s', kind, ', '.join(
                     '%s rpo %.1f s (%d rps)' % (
                         p, sampler.samples[p][-1] if sampler.samples[p]
-                        else -1, len(agents[p].restore_points))
+                        else -1, agents[p].durable_count)
                     for p in policies))
         sampler.stopped.set()
         sampler.join()

@@ -160,6 +160,13 @@ class DatabaseError(HaSnapshotException):
     msg_fmt = 'Database error: %(reason)s'
 
 
+class DatabaseBusy(DatabaseError):
+    """Transient: the database stayed locked or unreachable through every
+    retry; the same request later may well succeed."""
+    msg_fmt = ('The database is busy or unreachable (%(reason)s) after '
+               '%(seconds).0f s of retries; try again.')
+
+
 class DatabaseNotUpToDate(DatabaseError):
     msg_fmt = ('Database %(url)s is at schema revision %(current)s but this '
                'code needs %(head)s: run "ha-snapshot-manage db sync" (or, '

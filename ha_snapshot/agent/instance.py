@@ -37,7 +37,7 @@ LOG = logging.getLogger(__name__)
 # manager refuses as invalid is not: it would be refused again.
 TRANSIENT = (messaging.MessagingTimeout, messaging.MessageDeliveryFailure,
              messaging.MessagingException, exception.StorageError,
-             ConnectionError, TimeoutError)
+             exception.DatabaseBusy, ConnectionError, TimeoutError)
 
 
 # NOTE: a part is bounded work for the manager (a few MiB checked and
@@ -55,6 +55,11 @@ COMMIT_TIMEOUT = 20
 # that many parts.
 TOO_MANY_PARTS_WAIT = 600
 
+
+# NOTE: the latest restore points an agent remembers (ids and snapshot
+# times, for the demo, benchmarks and operators): a window, not a history,
+# so that days of deltas cost no memory.
+RECENT_RESTORE_POINTS = 64
 
 # NOTE: raised from deep in a wait; every loop catches it first.
 Stopped = exception.AgentStopped
@@ -92,9 +97,15 @@ class SnapshotAgent(threading.Thread):
         self.last_ship_seconds = 0.0
         self.shipped_bytes = 0
         self.shipped_changed_bytes = 0
-        self.restore_points = []
+        self.restore_points = collections.deque(
+            maxlen=RECENT_RESTORE_POINTS)
+        """The latest restore points made durable, oldest first (read
+        them under ``durable``)."""
         self.taken_at = {}
-        """Restore point id -> wall-clock time of its snapshot."""
+        """Restore point id -> wall-clock time of its snapshot, for the
+        latest RECENT_RESTORE_POINTS (read it under ``durable``)."""
+        self.durable_count = 0
+        """Deltas made durable since the agent started."""
         self._write_meter = metrics.WriteRateMeter()
         self._last_snapshot_at = None
         self.error = None
@@ -317,7 +328,8 @@ class SnapshotAgent(threading.Thread):
                 if first and self.state.baseline_restore_point:
                     # The base is already durable (restored from it).
                     self.state.parent = self.state.baseline_restore_point
-                    self.taken_at[self.state.parent] = taken_at
+                    self._remember(self.state.parent, taken_at,
+                                   shipped=False)
                     self.state.baseline_restore_point = None
                     self._durable_now(0, 0.0)
                     continue
@@ -464,8 +476,7 @@ class SnapshotAgent(threading.Thread):
             self.save()
         self.shipped_bytes += sent
         self.shipped_changed_bytes += delta.header.changed_bytes
-        self.taken_at[ack['restore_point']] = entry.taken_at
-        self.restore_points.append(ack['restore_point'])
+        self._remember(ack['restore_point'], entry.taken_at)
         # NOTE: the shipping time alone (not the wait behind earlier
         # deltas): the policy derives the shipping throughput from it, and
         # its intervals keep each delta's shipping shorter than the
@@ -495,6 +506,16 @@ class SnapshotAgent(threading.Thread):
 
     def _part_timeout(self) -> float:
         return min(self.conf.agent.rpc_timeout, PART_TIMEOUT)
+
+    def _remember(self, restore_point: str, taken_at: float | None,
+                  shipped: bool = True) -> None:
+        with self.durable:
+            self.taken_at[restore_point] = taken_at
+            while len(self.taken_at) > RECENT_RESTORE_POINTS:
+                del self.taken_at[next(iter(self.taken_at))]
+            if shipped:
+                self.restore_points.append(restore_point)
+                self.durable_count += 1
 
     def _durable_now(self, sent: int, seconds: float) -> None:
         with self.durable:

@@ -2,6 +2,7 @@
 
 The options are oslo.db's; only the default differs: an embedded sqlite
 file. Production deployments point ``connection`` at MySQL or PostgreSQL.
+One option is ours: ``sqlite_busy_timeout``.
 """
 
 import copy
@@ -15,9 +16,20 @@ GROUP = cfg.OptGroup('database', title='Metadata database',
 
 DEFAULT_CONNECTION = 'sqlite:////var/lib/ha-snapshot/ha-snapshot.sqlite'
 
+OPTS = [
+    cfg.FloatOpt('sqlite_busy_timeout', default=60.0, min=0.1,
+                 help='sqlite only: seconds a transaction waits for a lock '
+                      'another process (the API, ha-snapshot-manage) holds '
+                      'before it fails; such a failure is retried with '
+                      'back-off by the manager (and by the API) before any '
+                      'error is returned. Within one process writes queue '
+                      'on a lock and never meet this timeout.'),
+]
+
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
     options.set_defaults(conf, connection=DEFAULT_CONNECTION)
+    conf.register_opts(OPTS, group=GROUP)
 
 
 def list_opts():
@@ -27,4 +39,4 @@ def list_opts():
     for opt in opts:
         if opt.dest == 'connection':
             opt.default = DEFAULT_CONNECTION
-    return {GROUP: opts}
+    return {GROUP: opts + OPTS}

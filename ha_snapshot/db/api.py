@@ -8,6 +8,12 @@ nothing happens at import time. Rows come back
 as detached model objects whose columns are loaded (there are no lazy
 relationships to trip over).
 
+A transaction that meets a transient error (sqlite's "database is
+locked", a deadlock, a lost connection: :func:`db_engine.transient`) is
+run again with back-off for up to ``RETRY_FOR`` seconds, then fails with
+:class:`exception.DatabaseBusy`; callers never see the driver's error.
+On sqlite, write transactions of one Database take turns on a lock.
+
 State changes that workers may race for are compare-and-swap ``UPDATE``s
 (``... WHERE status IN (expected)``): exactly one of two managers moving an
 instance from ``protected`` to ``recovering`` wins, the other gets
@@ -17,7 +23,9 @@ May import the rest of ha_snapshot.db, ha_snapshot.conf.database and
 ha_snapshot.exception. A RecoveryStore is passed in, never imported.
 """
 
+import contextlib
 import datetime
+import functools
 import time
 import uuid as uuid_mod
 
@@ -43,8 +51,13 @@ RECOVERY_TRANSITIONS = {
 }
 _BATCH = 500
 _UNCHANGED = object()
-
-
+# NOTE: how long one transaction is tried again while the database is
+# transiently unavailable, and the back-off between tries (seconds). A
+# sqlite writer in another process holds the lock for milliseconds; a
+# PostgreSQL failover takes seconds.
+RETRY_FOR = 60.0
+RETRY_INITIAL = 0.02
+RETRY_MAX = 2.0
 
 
 def instance_not_found(uuid: str) -> exception.InstanceNotFound:
@@ -65,6 +78,31 @@ def _checked(values, allowed: tuple, kind: str) -> tuple:
     return values
 
 
+def _retried(func):
+    """Run a Database method (one transaction) again on transient errors."""
+    @functools.wraps(func)
+    def wrapper(self, *args, **kwargs):
+        delay, started = RETRY_INITIAL, time.monotonic()
+        while True:
+            try:
+                return func(self, *args, **kwargs)
+            except (db_exc.DBError, sa.exc.OperationalError) as e:
+                if not db_engine.transient(e):
+                    raise
+                waited = time.monotonic() - started
+                if waited + delay > RETRY_FOR:
+                    LOG.warning('Database: %s gave up after %.0f s of '
+                                'retries: %s', func.__name__, waited, e)
+                    raise exception.DatabaseBusy(
+                        reason=str(getattr(e, 'inner_exception', e))[:200],
+                        seconds=waited)
+                LOG.debug('Database: %s meets a transient error (%s); '
+                          'again in %.2f s', func.__name__, e, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+    return wrapper
+
+
 class _Scope:
     """What enginefacade hangs one transaction on."""
 
@@ -77,7 +115,10 @@ class Database:
         self.clock = clock
         self._context = enginefacade.transaction_context()
         self._context.configure(**db_engine.engine_options(conf))
-        self._context.append_on_engine_create(db_engine.on_engine_create)
+        timeout = conf.database.sqlite_busy_timeout
+        self._context.append_on_engine_create(
+            lambda engine: db_engine.on_engine_create(engine, timeout))
+        self._write_lock = db_engine.writer_lock(conf)
 
     @property
     def engine(self) -> sa.engine.Engine:
@@ -87,17 +128,27 @@ class Database:
         """Close pooled connections (tests, and before a fork)."""
         self._context.dispose_pool()
 
+    @contextlib.contextmanager
     def _writer(self):
-        return self._context.writer.using(_Scope())
+        with self._write_lock:
+            with self._context.writer.using(_Scope()) as session:
+                yield session
 
+    @contextlib.contextmanager
     def _reader(self):
-        return self._context.reader.using(_Scope())
+        token = db_engine.READ_ONLY.set(True)
+        try:
+            with self._context.reader.using(_Scope()) as session:
+                yield session
+        finally:
+            db_engine.READ_ONLY.reset(token)
 
     def _now(self) -> datetime.datetime:
         return db_engine.to_datetime(self.clock())
 
     # --- instances ----------------------------------------------------------
 
+    @_retried
     def create_instance(self, uuid: str, project_id: str, *,
                         host: str | None = None, status: str = 'protecting',
                         policy: str | None = None,
@@ -128,6 +179,7 @@ class Database:
                                    project=project_id)
         return row
 
+    @_retried
     def get_instance(self, uuid: str) -> models.Instance:
         with self._reader() as session:
             row = session.get(models.Instance, uuid)
@@ -135,6 +187,7 @@ class Database:
             raise instance_not_found(uuid)
         return row
 
+    @_retried
     def list_instances(self, project: str | None = None,
                        host: str | None = None, status=None,
                        include_deleted: bool = False) -> list:
@@ -172,6 +225,7 @@ class Database:
         return self._update_instance(uuid, {'last_report_reason': reason,
                                             'last_report_at': now})
 
+    @_retried
     def _update_instance(self, uuid, values) -> models.Instance:
         values['updated_at'] = self._now()
         with self._writer() as session:
@@ -183,6 +237,7 @@ class Database:
                 raise instance_not_found(uuid)
             return session.get(models.Instance, uuid)
 
+    @_retried
     def update_instance_status(self, uuid: str, expected, status: str, *,
                                count_attempt: bool = False,
                                reset_attempts: bool = False,
@@ -241,6 +296,7 @@ class Database:
 
     # --- restore points -----------------------------------------------------
 
+    @_retried
     def record_restore_point(self, rp) -> models.RestorePoint:
         """Record a durable restore point (a storage.objects.RestorePoint).
 
@@ -312,6 +368,7 @@ class Database:
             instance.updated_at = now
             return row
 
+    @_retried
     def list_restore_points(self, instance: str) -> list:
         """The recorded restore points of an instance, oldest first."""
         with self._reader() as session:
@@ -322,6 +379,7 @@ class Database:
                 .where(models.RestorePoint.instance_uuid == instance)
                 .order_by(models.RestorePoint.number)).scalars())
 
+    @_retried
     def delete_restore_points(self, ids) -> int:
         """Forget restore points (retention removed them); return how many.
 
@@ -357,6 +415,7 @@ class Database:
 
     # --- recoveries ---------------------------------------------------------
 
+    @_retried
     def create_recovery(self, instance: str, action: str, *,
                         reason: str | None = None,
                         restore_point_id: str | None = None,
@@ -377,6 +436,7 @@ class Database:
             session.add(recovery)
             return recovery
 
+    @_retried
     def get_recovery(self, recovery_id: str) -> models.Recovery:
         with self._reader() as session:
             row = session.get(models.Recovery, recovery_id)
@@ -384,6 +444,7 @@ class Database:
             raise exception.RecoveryNotFound(recovery=recovery_id)
         return row
 
+    @_retried
     def update_recovery(self, recovery_id: str, *, state: str | None = None,
                         step=_UNCHANGED, error=_UNCHANGED,
                         restore_point_id=_UNCHANGED) -> models.Recovery:
@@ -430,6 +491,7 @@ class Database:
                                             state=state or actual)
             return session.get(models.Recovery, recovery_id)
 
+    @_retried
     def list_recoveries(self, instance: str | None = None,
                         state=None) -> list:
         """Recoveries, oldest first, of one instance and/or in some states."""
@@ -446,6 +508,7 @@ class Database:
 
     # --- agents -------------------------------------------------------------
 
+    @_retried
     def record_agent(self, host: str,
                      version: str | None = None) -> models.Agent:
         """An agent was heard from: create or refresh its row."""
@@ -466,6 +529,7 @@ class Database:
         raise exception.DatabaseError(
             reason='agent %s could not be recorded' % host)
 
+    @_retried
     def list_agents(self) -> list:
         with self._reader() as session:
             return list(session.execute(
@@ -474,6 +538,7 @@ class Database:
 
     # --- figures (the API's /metrics) ---------------------------------------
 
+    @_retried
     def restore_point_totals(self) -> dict:
         """instance uuid -> (restore points, changed bytes, new bytes) of
         the restore points recorded now (retention removes old ones)."""
@@ -487,6 +552,7 @@ class Database:
             return {uuid: (int(n), int(changed), int(new))
                     for uuid, n, changed, new in session.execute(query)}
 
+    @_retried
     def recovery_counts(self) -> dict:
         """(instance uuid, state) -> number of recoveries."""
         query = (sa.select(models.Recovery.instance_uuid,

@@ -430,17 +430,22 @@ class RecoveryStore:
         """Remove restore points the policy no longer keeps; return ids."""
         self._check_instance(instance)
         with self.driver.lock('instance-' + instance):
-            points = [(o.key, self._summary(o)) for o in sorted(
+            points = [(o, self._summary(o)) for o in sorted(
                 self.driver.list(objects.manifest_prefix(instance)),
                 key=lambda o: o.key)]
             keep = self.policy.keep(
-                [(number, created) for _k, (number, created, _id) in points],
+                [(number, created) for _o, (number, created, _id) in points],
                 self.clock())
             removed = []
-            for key, (number, _created, rp_id) in points:
+            for obj, (number, _created, rp_id) in points:
                 if number not in keep:
-                    self.driver.delete(key)
+                    self.driver.delete(obj.key)
                     removed.append(rp_id)
+                    # NOTE: else every manifest ever written stays here
+                    # until SUMMARY_KEYS pushes it out (memory per delta).
+                    with self._summaries_lock:
+                        self._summaries.pop((obj.key, obj.size, obj.mtime),
+                                            None)
         if removed:
             LOG.info('Instance %s: retention removed %d restore points',
                      instance, len(removed))

@@ -26,6 +26,8 @@ GOAL_KEYS = {
     'api_load': ['p50_list_ms', 'p99_list_ms', 'p99_list_ms_baseline'],
     'scale': ['manager_cpu_fraction', 'manager_rss_mb',
               'agent_kb_per_instance', 'snapshot_rate_achieved'],
+    'soak': ['durable_ratio', 'deltas_durable', 'manager_rss_mb_end',
+             'agent_rss_mb_end'],
 }
 
 
@@ -82,3 +84,10 @@ class BenchmarkSmokeTestCase(testtools.TestCase):
     def test_api_load(self):
         result = self._run('api_load')
         self.assertEqual(result['idle_clients'], result['idle_still_open'])
+
+    def test_soak(self):
+        result = self._run('soak')
+        # NOTE: growth may be negative (RSS given back): a number, not > 0.
+        for key in ('manager_kb_per_1000_deltas', 'agent_kb_per_1000_deltas',
+                    'log_errors'):
+            self.assertIsInstance(result[key], (int, float))

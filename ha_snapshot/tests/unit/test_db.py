@@ -11,10 +11,13 @@ import datetime
 import io
 import json
 import pprint
+import sqlite3
 import threading
+import time
 
 from alembic import autogenerate
 from alembic import migration as alembic_migration
+import fixtures
 from oslo_config import cfg
 from oslo_db import exception as db_exc
 import sqlalchemy as sa
@@ -442,6 +445,37 @@ class DatabaseTests:
         self.assertEqual(['h1', 'h2'],
                          [a.host for a in self.db.list_agents()])
 
+    def test_concurrent_writers_never_fail(self):
+        # NOTE: two Database objects are two managers (or a manager and
+        # the API): separate engines, separate locks.
+        _conf, other = self.make_db(self.db_url, migrate=False)
+        dbs = (self.db, other)
+        instances = [self.protected() for _ in range(6)]
+        per_thread = 15
+
+        def work(i):
+            db, inst = dbs[i % 2], instances[i]
+            made = []
+            for n in range(1, per_thread + 1):
+                made.append(db.record_restore_point(make_rp(inst, n)).id)
+                db.record_agent('host-%d' % (i % 3), '1.0')
+                db.list_instances(host='h1')
+                if n % 5 == 0:
+                    # NOTE: retention of the oldest, as the manager does.
+                    db.delete_restore_points(made[:2])
+                    made = made[2:]
+            return made
+
+        outcomes = race(len(instances), work)
+        errors = [o for o in outcomes if isinstance(o, Exception)]
+        self.assertEqual([], errors)
+        for inst, kept in zip(instances, outcomes):
+            row = self.db.get_instance(inst)
+            self.assertEqual((per_thread, per_thread - 1),
+                             (row.merges, row.last_sequence))
+            self.assertEqual(kept, [r.id for r in
+                                    self.db.list_restore_points(inst)])
+
     # --- rebuild from the store ---------------------------------------------
 
     def _store_with_two_instances(self):
@@ -528,6 +562,71 @@ class SqliteDatabaseTestCase(DatabaseTests, base.TestCase):
 
     def new_url(self) -> str:
         return 'sqlite:///' + self.path('db-%s.sqlite' % base.new_uuid())
+
+
+class SqliteLockTestCase(base.TestCase):
+    """Another process holding sqlite's write lock is waited for, then
+    retried; never an error while it lets go in time."""
+
+    def setUp(self):
+        super().setUp()
+        self.file = self.path('db.sqlite')
+        self.conf = base.make_conf(self.store_dir)
+        db_conf.register_opts(self.conf)
+        self.conf.set_override('connection', 'sqlite:///' + self.file,
+                               group='database')
+        self.db = api.Database(self.conf)
+        self.addCleanup(self.db.dispose)
+        migration.upgrade(self.conf, 'head', database=self.db)
+        self.instance = base.new_uuid()
+        self.db.create_instance(self.instance, 'p1', status='protected')
+
+    def hold_lock(self, seconds):
+        """Another connection (another process) holds the write lock for
+        ``seconds``."""
+        holder = sqlite3.connect(self.file, isolation_level=None,
+                                 check_same_thread=False)
+        self.addCleanup(holder.close)
+        holder.execute('BEGIN IMMEDIATE')
+        timer = threading.Timer(seconds, holder.execute, ('ROLLBACK',))
+        timer.start()
+        self.addCleanup(timer.join)
+        self.addCleanup(timer.cancel)
+
+    def test_wal_and_busy_timeout_on_every_connection(self):
+        with self.db.engine.connect() as conn:
+            self.assertEqual('wal', conn.exec_driver_sql(
+                'PRAGMA journal_mode').scalar())
+            self.assertEqual(60000, conn.exec_driver_sql(
+                'PRAGMA busy_timeout').scalar())
+
+    def test_lock_held_longer_than_sqlite_default_is_waited_for(self):
+        # NOTE: pysqlite's own busy timeout is 5 s.
+        self.hold_lock(6.0)
+        started = time.monotonic()
+        rp = self.db.record_restore_point(make_rp(self.instance, 1))
+        self.assertGreater(time.monotonic() - started, 5.5)
+        self.assertEqual(rp.id, self.db.get_instance(
+            self.instance).newest_restore_point_id)
+
+    def test_lock_past_the_busy_timeout_is_retried(self):
+        self.conf.set_override('sqlite_busy_timeout', 0.1, group='database')
+        db = api.Database(self.conf)
+        self.addCleanup(db.dispose)
+        self.hold_lock(1.0)
+        db.record_agent('h1', '1.0')
+        self.assertEqual(['h1'], [a.host for a in db.list_agents()])
+
+    def test_lock_held_through_every_retry_is_named(self):
+        self.conf.set_override('sqlite_busy_timeout', 0.1, group='database')
+        db = api.Database(self.conf)
+        self.addCleanup(db.dispose)
+        self.useFixture(fixtures.MonkeyPatch(
+            'ha_snapshot.db.api.RETRY_FOR', 0.5))
+        self.hold_lock(3.0)
+        e = self.assertRaises(exception.DatabaseBusy, db.record_agent, 'h1')
+        self.assertIn('database is locked', str(e))
+        self.assertIn('try again', str(e))
 
 
 class ConfigurationTestCase(base.TestCase):

@@ -238,6 +238,24 @@ class StoreTests:
         self.assertEqual(3, len(fresh))
         self.assertEqual(fresh[:1], store.apply_retention(self.inst))
 
+    def test_retention_forgets_what_it_removed(self):
+        """What retention remembers of manifests does not grow with the
+        restore points ever made, only with those kept."""
+        disk = self.make_qcow2('disk.qcow2', 2 * MiB, 'write -P 0x11 0 64k')
+        info = image_inspect.inspect(disk, 'qcow2', max_virtual_size=1 << 40)
+        self.conf.set_override('keep_last', 3, group='retention')
+        self.conf.set_override('age_tiers', [], group='retention')
+        store = self.make_store(self.conf)
+        parent = None
+        for sequence in range(40):
+            parent = store.merge(delta_mod.from_image(
+                info, instance=self.inst, project='p', sequence=sequence,
+                parent=parent, max_part_bytes=MiB, max_part_extents=64,
+                full=True)).id
+            store.apply_retention(self.inst)
+        self.assertEqual(3, len(store.restore_points(self.inst)))
+        self.assertLessEqual(len(store._summaries), 3)
+
     def test_gc_during_merge_keeps_reused_chunks(self):
         """A chunk unreferenced when gc lists, reused by a merge: kept."""
         b = self.make_qcow2('b.qcow2', 4 * MiB, 'write -P 3 0 4M')
