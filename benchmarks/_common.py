@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import random
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -131,6 +132,23 @@ def sync() -> None:
 
 
 # --- configuration and store ------------------------------------------------
+
+def write_master_key(path: str) -> str:
+    """An [rpc_auth] master key file (0600) for daemons started apart:
+    without one each process signs with its own ephemeral key and the
+    others refuse its messages."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, 'w') as f:
+        f.write(secrets.token_hex(32) + '\n')
+    return path
+
+
+def manager_signer(conf):
+    """What the benchmark process signs its casts to agents with: the
+    manager's identity, from the config's master key."""
+    from ha_snapshot import rpc_auth
+    return rpc_auth.Signer(rpc_auth.MANAGER, rpc_auth.Keys.from_conf(conf))
+
 
 def make_conf(store_dir: str, **storage_overrides) -> cfg.ConfigOpts:
     """A private ConfigOpts for one store.

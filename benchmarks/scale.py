@@ -80,9 +80,13 @@ interval = {interval}
 
 [qemu]
 overlay_dir = {work}/overlays
+
+[rpc_auth]
+master_key_file = {work}/rpc-master.key
 """.format(url=url, work=work, host=AGENT_HOST, interval=interval)
     with open(path, 'w') as f:
         f.write(text)
+    c.write_master_key(os.path.join(work, 'rpc-master.key'))
     return path
 
 
@@ -297,7 +301,8 @@ def main():
                   idle['manager_cpu_fraction'], idle['manager_rss_mb'],
                   idle['agent_cpu_fraction'], idle['agent_rss_mb'])
 
-            api = agent_rpcapi.AgentAPI(transport)
+            api = agent_rpcapi.AgentAPI(
+                transport, signer=c.manager_signer(conf))
             t_start = time.monotonic()
             instances = {}
             for first in range(0, n, args.batch):

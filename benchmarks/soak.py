@@ -90,10 +90,14 @@ age_tiers = {tiers}
 
 [qemu]
 overlay_dir = {work}/overlays
+
+[rpc_auth]
+master_key_file = {work}/rpc-master.key
 """.format(url=url, work=work, host=AGENT_HOST, interval=interval,
            connection=connection, tiers=tiers)
     with open(path, 'w') as f:
         f.write(text)
+    c.write_master_key(os.path.join(work, 'rpc-master.key'))
     return path
 
 
@@ -231,7 +235,8 @@ def main():
             # NOTE: generous: the machine may be shared and busy.
             manager.wait_ready(300)
             agent.wait_ready(300)
-            api = agent_rpcapi.AgentAPI(transport)
+            api = agent_rpcapi.AgentAPI(
+                transport, signer=c.manager_signer(conf))
             for first in range(0, n, args.batch):
                 count = min(args.batch, n - first)
                 for name, spec, vm, node in scale.start_vms(
