@@ -133,6 +133,20 @@ def sync() -> None:
 
 # --- configuration and store ------------------------------------------------
 
+def manager_conf(work: str, connection: str) -> cfg.ConfigOpts:
+    """A manager's options for a benchmark's own manager process: a file
+    store, spool and the database ``connection`` under ``work``."""
+    conf = cfg.ConfigOpts()
+    ha_conf.register_opts(conf)
+    conf([], project='ha-snapshot', default_config_files=[])
+    conf.set_override('backend_url', 'file://' + os.path.join(work, 'store'),
+                      group='storage')
+    conf.set_override('connection', connection, group='database')
+    conf.set_override('spool_dir', os.path.join(work, 'spool'),
+                      group='manager')
+    return conf
+
+
 def write_master_key(path: str) -> str:
     """An [rpc_auth] master key file (0600) for daemons started apart:
     without one each process signs with its own ephemeral key and the

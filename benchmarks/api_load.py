@@ -57,24 +57,15 @@ CLIENT_PROCESSES = 3
 def serve_manager(work: str, url: str) -> None:
     import signal
 
-    from oslo_config import cfg
 
     from ha_snapshot.agent import rpcapi as agent_rpcapi
-    from ha_snapshot import conf as ha_conf
     from ha_snapshot.db import api as db_api
     from ha_snapshot.manager import manager as manager_mod
     from ha_snapshot.manager import spool as spool_mod
     from ha_snapshot import rpc
     from ha_snapshot.storage import store as store_mod
 
-    conf = cfg.ConfigOpts()
-    ha_conf.register_opts(conf)
-    conf([], project='ha-snapshot', default_config_files=[])
-    conf.set_override('backend_url', 'file://' + os.path.join(work, 'store'),
-                      group='storage')
-    conf.set_override('connection', db_url(work), group='database')
-    conf.set_override('spool_dir', os.path.join(work, 'spool'),
-                      group='manager')
+    conf = c.manager_conf(work, db_url(work))
     db = db_api.Database(conf)
     transport = rpc.get_transport(conf, url=url)
     # NOTE: protect casts to the agent of the server's host; no agent

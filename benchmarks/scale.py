@@ -206,6 +206,25 @@ def window(seconds, daemons, others) -> dict:
 START_RETRIES = []
 
 
+def stop_all(daemons, vms) -> None:
+    """Stop the daemons (all at once, then wait for each), then kill and
+    reap the VMs (``vms``: what start_vms appended)."""
+    for d in daemons:
+        d.terminate()
+    for d in reversed(daemons):
+        d.stop()
+    for _name, _spec, vm, _node in vms:
+        try:
+            os.kill(vm.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for _name, _spec, vm, _node in vms:
+        try:
+            os.waitpid(vm.pid, 0)
+        except ChildProcessError:
+            pass
+
+
 def start_vm(driver, spec):
     """driver.start, again after a failed start (reported in the result).
 
@@ -356,20 +375,7 @@ def main():
                   busy['agent_cpu_fraction'], busy['agent_rss_mb'], deltas,
                   n * busy['seconds'] / interval)
         finally:
-            for d in daemons:
-                d.terminate()  # NOTE: both stop at once; then wait
-            for d in reversed(daemons):
-                d.stop()
-            for _name, _spec, vm, _node in vms:
-                try:
-                    os.kill(vm.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            for _name, _spec, vm, _node in vms:
-                try:
-                    os.waitpid(vm.pid, 0)
-                except ChildProcessError:
-                    pass
+            stop_all(daemons, vms)
             db.dispose()
             transport.cleanup()
 

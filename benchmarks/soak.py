@@ -41,7 +41,6 @@ here is stopped by its pid.
 """
 
 import os
-import signal
 import sys
 import time
 import uuid
@@ -294,20 +293,7 @@ def main():
                             for f in ('user', 'nice', 'system', 'irq',
                                       'softirq', 'steal')) / window
         finally:
-            for d in daemons:
-                d.terminate()  # NOTE: both stop at once; then wait
-            for d in reversed(daemons):
-                d.stop()
-            for _name, _spec, vm, _node in vms:
-                try:
-                    os.kill(vm.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            for _name, _spec, vm, _node in vms:
-                try:
-                    os.waitpid(vm.pid, 0)
-                except ChildProcessError:
-                    pass
+            scale.stop_all(daemons, vms)
             db.dispose()
             transport.cleanup()
         errors = _count(logs, ' ERROR ')

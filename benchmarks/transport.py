@@ -72,8 +72,6 @@ class EchoEndpoint:
 
 
 def serve(work: str, url: str) -> None:
-    from oslo_config import cfg
-    from ha_snapshot import conf as ha_conf
     from ha_snapshot.db import api as db_api
     from ha_snapshot.db import migration
     from ha_snapshot.manager import manager as manager_mod
@@ -81,15 +79,8 @@ def serve(work: str, url: str) -> None:
     from ha_snapshot import rpc
     from ha_snapshot.storage import store as store_mod
 
-    conf = cfg.ConfigOpts()
-    ha_conf.register_opts(conf)
-    conf([], project='ha-snapshot', default_config_files=[])
-    conf.set_override('backend_url', 'file://' + os.path.join(work, 'store'),
-                      group='storage')
-    conf.set_override('connection', 'sqlite:///' + os.path.join(
-        work, 'ha-snapshot.sqlite'), group='database')
-    conf.set_override('spool_dir', os.path.join(work, 'spool'),
-                      group='manager')
+    conf = c.manager_conf(work, 'sqlite:///' + os.path.join(
+        work, 'ha-snapshot.sqlite'))
     db = db_api.Database(conf)
     migration.upgrade(conf, database=db)
     store = store_mod.RecoveryStore.from_conf(conf)
