@@ -16,7 +16,6 @@ import datetime
 import threading
 import time
 
-from openstack import exceptions as sdk_exc
 from oslo_log import log as logging
 import oslo_messaging as messaging
 
@@ -24,7 +23,7 @@ from ha_snapshot import exception
 from ha_snapshot.manager import alarms
 from ha_snapshot.manager import intake
 from ha_snapshot.manager import notifications
-from ha_snapshot.openstack import clients
+from ha_snapshot.openstack import servers
 
 LOG = logging.getLogger(__name__)
 
@@ -117,26 +116,7 @@ class Manager(intake.DeltaIntake):
 
     def _nova_server(self, instance: str) -> dict:
         """Where Nova runs ``instance`` and whose it is."""
-        try:
-            server = clients.connection(self.conf, 'nova').compute.get_server(
-                instance)
-        except sdk_exc.NotFoundException:
-            raise exception.InstanceNotFound(
-                'Nova has no server %s.' % instance, instance=instance)
-        except clients.API_ERRORS as e:
-            # NOTE: keystoneauth's errors too (Nova or Keystone unreachable,
-            # credentials refused): they are no SDKException.
-            raise exception.OpenStackError(
-                service='Nova', reason='looking up server %s: %s'
-                % (instance, clients.error_reason(e)))
-        if not server.compute_host:
-            raise exception.OpenStackError(
-                service='Nova', reason='server %s has no host (status %s); '
-                'protect it once it is ACTIVE, or check that the [nova] '
-                'user of the manager has the admin role (hosts are shown '
-                'to admins only)' % (instance, server.status))
-        return {'uuid': instance, 'host': server.compute_host,
-                'project': server.project_id, 'name': server.name}
+        return servers.locate(self.conf, instance)
 
     def protect(self, instance, project, host=None, policy=None) -> dict:
         """Protect a server (idempotent): record it, cast to its agent."""

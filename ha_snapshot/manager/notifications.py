@@ -110,10 +110,15 @@ class NovaNotificationEndpoint:
         event_type='^(%s)$' % '|'.join(e.replace('.', r'\.')
                                        for e in EVENTS))
 
-    def __init__(self, conf, db, agent_api):
+    def __init__(self, conf, db, agent_api, locate=None):
+        """``locate(uuid)`` -> {"host", "project", ...}: where Nova runs a
+        server (ha_snapshot.openstack.servers.locate), asked before a
+        notification may place a server on a host; None trusts the
+        payload (no [nova] credentials)."""
         self.conf = conf
         self.db = db
         self.agent_api = agent_api
+        self.locate = locate
 
     def info(self, ctxt, publisher_id, event_type, payload, metadata):
         try:
@@ -136,8 +141,42 @@ class NovaNotificationEndpoint:
                 or _truthy(server['extra_specs'].get(OPT_IN_KEY, '')))
 
     def _protect(self, server, rebaseline=False) -> str:
-        return protect_server(self.conf, self.db, self.agent_api, server,
-                              rebaseline=rebaseline)
+        return protect_server(self.conf, self.db, self.agent_api,
+                              self._placed(server), rebaseline=rebaseline)
+
+    def _placed(self, server) -> dict:
+        """``server`` on the host Nova itself says it runs on.
+
+        A notification is only as trustworthy as whoever could publish it
+        (every nova-compute can): a forged create.end, rebuild.end or
+        live_migration naming host H for a protected server would let H's
+        agent register it and make its restore points. So the host and
+        project are Nova's API's answer, not the payload's. That answer
+        also corrects an evacuation's notifications, whose payloads still
+        name the dead source host.
+        """
+        if self.locate is None:
+            return server
+        uuid = server['uuid']
+        try:
+            found = self.locate(uuid)
+        except (exception.InstanceNotFound,
+                exception.OpenStackError) as e:
+            raise BadNotification(
+                event_type='protect', reason='server %s not placed from a '
+                'notification Nova cannot confirm (%s); protect it with '
+                '"openstack ha protect %s" once Nova answers'
+                % (uuid, e, uuid))
+        if found['project'] != server['project']:
+            raise BadNotification(
+                event_type='protect', reason='server %s belongs to project '
+                '%s in Nova, not %s as the notification says: ignored'
+                % (uuid, found['project'], server['project']))
+        if found['host'] != server['host']:
+            LOG.warning('Server %s: the notification names host %s, Nova '
+                        'runs it on %s: placed on %s', uuid, server['host'],
+                        found['host'], found['host'])
+        return dict(server, host=found['host'])
 
     def _known(self, server):
         try:
@@ -201,15 +240,16 @@ class NovaNotificationEndpoint:
         row = self._known(server)
         if row is None:
             return 'not protected'
+        server = self._placed(server)
         if row.host and row.host != server['host']:
             self.agent_api.unprotect(row.host, server['uuid'])
         return self._protect(server, rebaseline=True) + ' (moved)'
 
 
-def get_listener(transport, conf, db, agent_api):
+def get_listener(transport, conf, db, agent_api, locate=None):
     targets = [messaging.Target(topic=t, exchange='nova')
                for t in conf.manager.notification_topics]
     return messaging.get_notification_listener(
         transport, targets,
-        [NovaNotificationEndpoint(conf, db, agent_api)],
+        [NovaNotificationEndpoint(conf, db, agent_api, locate)],
         pool=conf.manager.notification_pool)

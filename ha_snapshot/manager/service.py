@@ -68,9 +68,13 @@ class ManagerService(service.Service):
             conf, self.manager.sweep)
         self.intake_sweeper.start()
         if conf.manager.listen_notifications:
+            # NOTE: with [nova] credentials every host a notification
+            # names is checked with Nova's API first (a forged one could
+            # otherwise hand a server to another host's agent).
             self.listener = notifications.get_listener(
                 rpc.get_notification_transport(conf), conf, self.db,
-                agent_api)
+                agent_api, locate=(self.manager._nova_server
+                                   if conf.nova.auth_type else None))
             self.listener.start()
         if image_sweep.wanted(conf):
             self.sweeper = image_sweep.ImageSweeper(conf, self.db)

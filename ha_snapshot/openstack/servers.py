@@ -1,4 +1,5 @@
-"""Nova calls of the rebuild recovery: look, rebuild, start, wait.
+"""Nova calls: where a server runs; the rebuild recovery's look, rebuild,
+start, wait.
 
 ``rebuild`` sends ``POST /servers/{id}/action {"rebuild": {"imageRef":
 ...}}`` and nothing else, so Nova keeps the server's name, metadata, key,
@@ -24,6 +25,32 @@ LOG = logging.getLogger(__name__)
 
 _API_ERRORS = clients.API_ERRORS
 _reason = clients.error_reason
+
+
+def locate(conf, instance: str) -> dict:
+    """Where Nova runs ``instance`` and whose it is, through [nova]:
+    {"uuid", "host", "project", "name"}. InstanceNotFound when Nova has
+    no such server; OpenStackError when Nova cannot say."""
+    try:
+        server = clients.connection(conf, 'nova').compute.get_server(
+            instance)
+    except sdk_exc.NotFoundException:
+        raise exception.InstanceNotFound(
+            'Nova has no server %s.' % instance, instance=instance)
+    except _API_ERRORS as e:
+        # NOTE: keystoneauth's errors too (Nova or Keystone unreachable,
+        # credentials refused): they are no SDKException.
+        raise exception.OpenStackError(
+            service='Nova', reason='looking up server %s: %s'
+            % (instance, _reason(e)))
+    if not server.compute_host:
+        raise exception.OpenStackError(
+            service='Nova', reason='server %s has no host (status %s); '
+            'protect it once it is ACTIVE, or check that the [nova] '
+            'user of the manager has the admin role (hosts are shown '
+            'to admins only)' % (instance, server.status))
+    return {'uuid': instance, 'host': server.compute_host,
+            'project': server.project_id, 'name': server.name}
 
 
 def image_id(server) -> str | None:

@@ -16,10 +16,12 @@ from ha_snapshot.db import api as db_api
 from ha_snapshot.db import migration
 from ha_snapshot import exception
 from ha_snapshot.manager import notifications
+from ha_snapshot.openstack import servers
 from ha_snapshot import rpc
 from ha_snapshot.tests import base
 from ha_snapshot.tests.fixtures import agent as agent_fixture
 from ha_snapshot.tests.fixtures import rabbitmq
+from ha_snapshot.tests.unit import fake_openstack
 
 # NOTE: notifications captured from a real Nova 34 (see DESIGN.md).
 CAPTURED = os.path.join(os.path.dirname(__file__), 'nova')
@@ -30,7 +32,7 @@ def load(event):
         return json.load(f)
 
 
-class NotificationTestCase(base.TestCase):
+class _NotificationBase(base.TestCase):
 
     def setUp(self):
         super().setUp()
@@ -59,7 +61,8 @@ class NotificationTestCase(base.TestCase):
         self.addCleanup(server.wait)
         self.addCleanup(server.stop)
         listener = notifications.get_listener(
-            ntransport, self.conf, self.db, agent_rpcapi.AgentAPI(transport))
+            ntransport, self.conf, self.db, agent_rpcapi.AgentAPI(transport),
+            locate=self.locate())
         listener.start()
         self.addCleanup(listener.wait)
         self.addCleanup(listener.stop)
@@ -74,6 +77,11 @@ class NotificationTestCase(base.TestCase):
         self.notifier = messaging.Notifier(
             nova_transport, publisher_id='nova-compute:' + self.host,
             driver='messagingv2', topics=[self.topic])
+
+    def locate(self):
+        """How the listener asks Nova where a server runs (None: it
+        trusts the notification, as without [nova] credentials)."""
+        return None
 
     def publish(self, event, payload):
         ctxt = oslo_context.RequestContext(project_id='p')
@@ -98,6 +106,9 @@ class NotificationTestCase(base.TestCase):
             time.sleep(0.05)
         raise AssertionError('instance %s did not become %s within %s s'
                              % (uuid, status, timeout))
+
+
+class NotificationTestCase(_NotificationBase):
 
     def test_opt_in_protect_pause_delete(self):
         opted = self.server('instance.create.end',
@@ -169,3 +180,73 @@ class NotificationTestCase(base.TestCase):
         self.assertIn('rebuilt by a recovery', log.output)
         self.assertEqual(['protect'], [c[0] for c in self.spy.calls])
         self.assertEqual('recovering', self.db.get_instance(uuid).status)
+
+
+class NovaConfirmsTestCase(_NotificationBase):
+    """With [nova] credentials the host (and project) of a server come from
+    Nova's API, never from a notification alone: a forged one cannot hand
+    a protected server to another host's agent."""
+
+    def locate(self):
+        self.nova = fake_openstack.FakeNova()
+        self.addCleanup(self.nova.stop)
+        self.conf.set_override('auth_type', 'none', group='nova')
+        self.conf.set_override('endpoint_override', self.nova.url,
+                               group='nova')
+        return lambda uuid: servers.locate(self.conf, uuid)
+
+    def opted(self, event, uuid=None, **changes):
+        return self.server(event, uuid=uuid,
+                           metadata={'ha_snapshot:protect': 'true'},
+                           **changes)
+
+    def wait_logged(self, log, text, timeout=30):
+        deadline = time.monotonic() + timeout
+        while text not in log.output:
+            self.assertLess(time.monotonic(), deadline,
+                            'never logged: %s' % text)
+            time.sleep(0.05)
+
+    def test_a_forged_host_is_replaced_by_novas(self):
+        payload = self.opted('instance.create.end', host='rogue-host')
+        data = payload['nova_object.data']
+        self.nova.add_server(data['uuid'], data['tenant_id'], 'img',
+                             host=self.host)
+        self.publish('instance.create.end', payload)
+        self.spy.wait(1)
+        self.assertEqual(('protect', data['uuid']), (
+            self.spy.calls[0][0], self.spy.calls[0][1]['instance']))
+        self.assertEqual(self.host, self.db.get_instance(data['uuid']).host)
+
+    def test_unknown_to_nova_or_another_project_is_dropped(self):
+        log = self.useFixture(fixtures.FakeLogger(
+            name='ha_snapshot.manager.notifications', level=logging.INFO))
+        unknown = self.opted('instance.create.end')
+        foreign = self.opted('instance.create.end')
+        data = foreign['nova_object.data']
+        self.nova.add_server(data['uuid'], 'another-project', 'img',
+                             host=self.host)
+        self.publish('instance.create.end', unknown)
+        self.publish('instance.create.end', foreign)
+        self.wait_logged(log, 'belongs to project another-project')
+        self.wait_logged(log, 'Nova has no server %s'
+                         % unknown['nova_object.data']['uuid'])
+        self.assertEqual([], self.db.list_instances())
+        self.assertEqual([], self.spy.calls)
+
+    def test_evacuated_server_is_protected_where_nova_runs_it(self):
+        # An evacuation's instance.rebuild.end still names the dead source
+        # host in its payload; Nova's API names the destination.
+        payload = self.opted('instance.create.end')
+        data = payload['nova_object.data']
+        uuid = data['uuid']
+        self.nova.add_server(uuid, data['tenant_id'], 'img', host=self.host)
+        self.publish('instance.create.end', payload)
+        self.spy.wait(1)
+        self.db.update_instance(uuid, host='dead-host')
+        self.publish('instance.rebuild.end', self.opted(
+            'instance.rebuild.end', uuid=uuid, host='dead-host'))
+        self.spy.wait(3)
+        self.assertEqual(['protect', 'unprotect', 'protect'],
+                         [c[0] for c in self.spy.calls])
+        self.assertEqual(self.host, self.db.get_instance(uuid).host)
