@@ -269,7 +269,18 @@ class DeltaIntake:
 
     def _commit(self, h) -> dict:
         self._prestored(h.instance, h.sequence)
-        rp = self._merged(h)
+        newest = self._io(self.store.newest, h.instance)
+        rp = self._merged(h, newest)
+        if rp is None and newest is not None and (
+                h.sequence <= newest.delta_sequence):
+            # NOTE: sequences only grow (a re-baseline goes on from the
+            # highest); merged, this one would be a restore point the
+            # database refuses (one per sequence), left in the store.
+            raise exception.InvalidDelta(
+                instance=h.instance, sequence=h.sequence,
+                reason='it is not newer than restore point %s (made from '
+                'delta %d): a stale resend, nothing merged'
+                % (newest.id, newest.delta_sequence))
         if rp is None:
             delta = self.spool.load(h)
             rp = self._io(self.store.merge, delta)
@@ -287,10 +298,10 @@ class DeltaIntake:
         return {'restore_point': rp.id, 'number': rp.number,
                 'sequence': h.sequence, 'created_at': rp.created_at}
 
-    def _merged(self, h):
+    def _merged(self, h, newest):
         """The restore point this delta already made (its ack was lost, or
-        the agent asked again while it merged), or None."""
-        newest = self._io(self.store.newest, h.instance)
+        the agent asked again while it merged), or None; ``newest``: the
+        instance's newest restore point."""
         if newest is not None and (newest.parent == h.parent and
                                    newest.delta_sequence == h.sequence):
             LOG.info('Instance %s: delta %d already merged as %s',

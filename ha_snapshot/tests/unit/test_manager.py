@@ -65,6 +65,22 @@ class _Base(base.TestCase):
 
 class ManagerTestCase(_Base):
 
+    def test_stale_sequence_is_refused_before_the_store(self):
+        # A delta whose sequence is not newer than the newest restore
+        # point's, on top of that point (a stale resend), used to merge
+        # into the store and then fail in the database (one restore point
+        # per sequence): a manifest the database does not know.
+        self.register()
+        ack = self.ship(self.delta(self.base, 0, None, backing=False))
+        stale = self.delta(self.base, 0, ack['restore_point'],
+                           backing=False)
+        e = self.assertRaises(exception.InvalidDelta, self.ship, stale)
+        self.assertIn('stale resend', str(e))
+        self.assertEqual([ack['restore_point']], [
+            rp.id for rp in self.store.restore_points(self.inst)])
+        self.assertEqual([ack['restore_point']], [
+            rp.id for rp in self.db.list_restore_points(self.inst)])
+
     def test_register_ship_ack(self):
         self.assertIsNone(self.register()['newest_restore_point'])
         ack = self.ship(self.delta(self.base, 0, None, backing=False))

@@ -47,7 +47,22 @@ OPS = st.lists(st.tuples(
 class ReaderEqualsQemuImgMap(base.TestCase):
 
     def check_file(self, path):
-        self.assertEqual(map_extents(path), reader_extents(path))
+        expected = map_extents(path)
+        try:
+            self.assertEqual(expected, reader_extents(path))
+        except exception.Qcow2Unsupported as e:
+            # NOTE: refusing is the reader's contract for what it cannot
+            # tell apart from QEMU's view (e.g. on ext4 a cluster QEMU
+            # allocated with one sector written keeps the rest as an
+            # unwritten extent, which SEEK_HOLE reports as a hole); the
+            # caller then maps the file with qemu-img, as asserted here.
+            self.assertIn('lies in a hole of the file', str(e))
+            info = image_inspect.inspect(path, 'qcow2',
+                                         max_virtual_size=LIMIT,
+                                         allow_backing=True)
+            self.assertEqual(expected, [
+                (x.offset, x.length, x.kind, x.host_offset)
+                for x in ranges.own_extents(info)])
 
     @hypothesis.settings(derandomize=True, max_examples=25, deadline=None,
                          suppress_health_check=list(hypothesis.HealthCheck))
