@@ -271,11 +271,12 @@ class DeltaIntake:
         self._prestored(h.instance, h.sequence)
         newest = self._io(self.store.newest, h.instance)
         rp = self._merged(h, newest)
-        if rp is None and newest is not None and (
-                h.sequence <= newest.delta_sequence):
+        if rp is None and newest is not None and h.parent == newest.id \
+                and h.sequence <= newest.delta_sequence:
             # NOTE: sequences only grow (a re-baseline goes on from the
             # highest); merged, this one would be a restore point the
-            # database refuses (one per sequence), left in the store.
+            # database refuses (one per sequence), left in the store. On
+            # another parent the merge refuses it (DeltaParentMismatch).
             raise exception.InvalidDelta(
                 instance=h.instance, sequence=h.sequence,
                 reason='it is not newer than restore point %s (made from '

@@ -31,6 +31,7 @@ from ha_snapshot.db import api as db_api
 from ha_snapshot.db import migration
 from ha_snapshot.manager import manager as manager_mod
 from ha_snapshot.manager import recovery as recovery_mod
+from ha_snapshot.manager import spool as spool_mod
 from ha_snapshot import rpc
 from ha_snapshot.storage import objects
 from ha_snapshot.storage import store as store_mod
@@ -127,7 +128,10 @@ class ApiStack(fixtures.Fixture):
         self.addCleanup(lambda: [self.action.go.release() for _ in
                                  range(10)])
         store = store_mod.RecoveryStore.from_conf(conf)
-        manager = manager_mod.Manager(conf, store, self.db, spool=None,
+        conf.set_override('spool_dir', '%s/spool' % self.tmp,
+                          group='manager')
+        manager = manager_mod.Manager(conf, store, self.db,
+                                      spool=spool_mod.Spool.from_conf(conf),
                                       recovery=self.engine,
                                       agent_api=self.agents)
 
