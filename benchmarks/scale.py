@@ -54,19 +54,22 @@ DISK = 64 * c.MiB
 VM_RSS_GUESS = 40 * c.MiB
 
 
-def write_config(path, work, url, interval):
+def write_config(path, work, url, interval, *, connection=None,
+                 manager='scale-manager', extra=''):
+    """The one config of both daemons; ``connection`` (default: sqlite in
+    ``work``), ``extra``: more sections, as INI text."""
     text = """[DEFAULT]
 transport_url = {url}
 
 [database]
-connection = sqlite:///{work}/ha-snapshot.sqlite
+connection = {connection}
 
 [storage]
 backend_url = file://{work}/store
 
 [manager]
 spool_dir = {work}/spool
-host = scale-manager
+host = {manager}
 listen_notifications = false
 
 [agent]
@@ -83,9 +86,11 @@ overlay_dir = {work}/overlays
 
 [rpc_auth]
 master_key_file = {work}/rpc-master.key
-""".format(url=url, work=work, host=AGENT_HOST, interval=interval)
+""".format(url=url, work=work, host=AGENT_HOST, interval=interval,
+           manager=manager,
+           connection=connection or 'sqlite:///%s/ha-snapshot.sqlite' % work)
     with open(path, 'w') as f:
-        f.write(text)
+        f.write(text + extra)
     c.write_master_key(os.path.join(work, 'rpc-master.key'))
     return path
 

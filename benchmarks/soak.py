@@ -60,44 +60,11 @@ PROJECT = 'soak'
 
 
 def write_config(path, work, url, connection, interval, tiers):
-    text = """[DEFAULT]
-transport_url = {url}
-
-[database]
-connection = {connection}
-
-[storage]
-backend_url = file://{work}/store
-
-[manager]
-spool_dir = {work}/spool
-host = soak-manager
-listen_notifications = false
-
-[agent]
-state_dir = {work}/agent
-host = {host}
-hypervisor = qemu
-
-[policy]
-name = fixed
-interval = {interval}
-
-[retention]
-keep_last = 24
-age_tiers = {tiers}
-
-[qemu]
-overlay_dir = {work}/overlays
-
-[rpc_auth]
-master_key_file = {work}/rpc-master.key
-""".format(url=url, work=work, host=AGENT_HOST, interval=interval,
-           connection=connection, tiers=tiers)
-    with open(path, 'w') as f:
-        f.write(text)
-    c.write_master_key(os.path.join(work, 'rpc-master.key'))
-    return path
+    # NOTE: scale.py's config, with the database and retention of the run.
+    return scale.write_config(
+        path, work, url, interval, connection=connection,
+        manager='soak-manager',
+        extra='\n[retention]\nkeep_last = 24\nage_tiers = %s\n' % tiers)
 
 
 class PostgreSQL:
