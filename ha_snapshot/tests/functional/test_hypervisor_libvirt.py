@@ -690,8 +690,14 @@ class TestNovaServerProtection(LibvirtTestCase):
         self.driver.detach(vm)
         vm = self.attach(dom_uuid)
         self.write(vm, [(9 * MiB, 64 * KiB, 0x39)])
-        after = self.wait_points(2, after_number=x.number)
-        following = [p for p in after if p.number > x.number]
+        # NOTE: snapshots go on while the write is made (on a busy host
+        # more than one may come first, empty): wait for the one with it.
+        def after_the_write():
+            points = [p for p in self.points() if p.number > x.number]
+            return points if any(p.changed_bytes for p in points) else None
+        following = self.wait_for(
+            after_the_write,
+            'a restore point after #%d holding the write' % x.number)
         # NOTE: the next delta applies to X and holds only the new write.
         self.assertEqual(x.id, following[0].parent_id)
         self.assertTrue(all(p.changed_bytes <= 64 * KiB
