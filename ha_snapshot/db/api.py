@@ -116,8 +116,10 @@ class Database:
         self._context = enginefacade.transaction_context()
         self._context.configure(**db_engine.engine_options(conf))
         timeout = conf.database.sqlite_busy_timeout
+        pool_size = conf.database.max_pool_size or 5
         self._context.append_on_engine_create(
-            lambda engine: db_engine.on_engine_create(engine, timeout))
+            lambda engine: db_engine.on_engine_create(engine, timeout,
+                                                      pool_size))
         self._write_lock = db_engine.writer_lock(conf)
 
     @property
@@ -194,9 +196,11 @@ class Database:
         """Instances by project, host and status (one or several).
 
         Deleted instances are left out unless asked for, by
-        ``include_deleted`` or by ``status``.
+        ``include_deleted`` or by ``status``. Read-only
+        :class:`models.InstanceRecord` tuples, not ORM objects (loading
+        those was a third of the CPU of the API's server list).
         """
-        query = sa.select(models.Instance)
+        query = sa.select(models.Instance.__table__)
         if project is not None:
             query = query.where(models.Instance.project_id == project)
         if host is not None:
@@ -209,7 +213,8 @@ class Database:
         query = query.order_by(models.Instance.created_at,
                                models.Instance.uuid)
         with self._reader() as session:
-            return list(session.execute(query).scalars())
+            return [models.InstanceRecord._make(row)
+                    for row in session.execute(query)]
 
     def update_instance(self, uuid: str, *, host=_UNCHANGED,
                         policy=_UNCHANGED,

@@ -12,6 +12,7 @@ name so that migrations can find it again on every backend.
 Imports only SQLAlchemy.
 """
 
+import collections
 import datetime
 
 import sqlalchemy as sa
@@ -89,6 +90,13 @@ class Instance(Base):
         sa.BigInteger, default=0, server_default='0')
     stored_bytes: orm.Mapped[int] = orm.mapped_column(
         sa.BigInteger, default=0, server_default='0')
+
+
+# NOTE: what list_instances returns: the columns of a row as a read-only
+# tuple with attributes; plain attribute reads, where a SQLAlchemy Row's
+# cost ~1 us each (13 per server in an API list of hundreds).
+InstanceRecord = collections.namedtuple(
+    'InstanceRecord', [column.key for column in Instance.__table__.columns])
 
 
 class RestorePoint(Base):
