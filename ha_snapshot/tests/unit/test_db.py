@@ -117,7 +117,8 @@ class DatabaseTests:
         migration.check(conf, database=db)
         self.assertEqual(
             {'agents', 'alembic_version', 'instances', 'leases', 'managers',
-             'recoveries', 'restore_points'}, set(sa.inspect(db.engine).get_table_names()))
+             'recoveries', 'restore_points'},
+            set(sa.inspect(db.engine).get_table_names()))
 
     def _diff(self, metadata):
         with self.db.engine.connect() as conn:
