@@ -12,6 +12,9 @@ import os
 
 import sqlalchemy as sa
 
+from ha_snapshot.db import api as db_api
+from ha_snapshot.db import migration
+from ha_snapshot.manager import membership
 from ha_snapshot.tests import base
 from ha_snapshot.tests.fixtures import database as db_fixtures
 from ha_snapshot.tests.fixtures import mariadb
@@ -67,3 +70,42 @@ class MariaDBFixtureTestCase(base.TestCase):
         e = self.assertRaises(mariadb.MariaDBUnavailable, server.start)
         self.assertIn('before accepting connections', str(e))
         self.assertIn('no-such-option', str(e))
+
+
+class PostgreSQLRingTestCase(base.TestCase):
+    """Three replicas beating on their threads against PostgreSQL, by the
+    database's clock: one goes silent, exactly its servers move."""
+
+    def test_a_silent_replica_s_servers_move_the_others_stay(self):
+        url = self.useFixture(db_fixtures.PostgreSQLServer()).url
+        conf = base.make_conf(
+            self.store_dir, database__connection=url,
+            manager_cluster__heartbeat_interval=0.2,
+            manager_cluster__dead_after_missed=10)
+        db = db_api.Database(conf)
+        self.addCleanup(db.dispose)
+        migration.upgrade(conf, database=db)
+        replicas = []
+        for host in ('ctl-a', 'ctl-b', 'ctl-c'):
+            m = membership.Membership(conf, db, host)
+            m.start()
+            self.addCleanup(m.stop)
+            replicas.append(m)
+        servers = [base.new_uuid() for _ in range(1000)]
+
+        def everyone_sees(hosts):
+            return all(sorted(r.host for r in m.live()) == hosts
+                       for m in replicas if m.host in hosts)
+        test_db_membership.wait_for(
+            lambda: everyone_sees(['ctl-a', 'ctl-b', 'ctl-c']), 30,
+            'every replica to see the three')
+        before = {u: replicas[0].owner(u) for u in servers}
+        replicas[2].stop(unregister=False)
+        test_db_membership.wait_for(
+            lambda: everyone_sees(['ctl-a', 'ctl-b']), 30,
+            'ctl-a and ctl-b to see ctl-c dead')
+        after = {u: replicas[1].owner(u) for u in servers}
+        moved = {u for u in servers if before[u] != after[u]}
+        self.assertEqual({u for u in servers if before[u] == 'ctl-c'}, moved)
+        self.assertTrue(100 < len(moved) < 600, len(moved))
+        self.assertEqual({'ctl-a', 'ctl-b'}, set(after.values()))
