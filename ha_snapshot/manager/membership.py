@@ -128,6 +128,10 @@ class Membership:
         while not self._stop.wait(self.interval):
             try:
                 self.beat()
+            except exception.HaSnapshotException as e:
+                LOG.warning('Manager replica %s: heartbeat failed (%s); '
+                            'trying again in %.1f s', self.host, e,
+                            self.interval)
             except Exception:
                 LOG.exception('Manager replica %s: heartbeat failed; '
                               'trying again in %.1f s', self.host,
@@ -179,6 +183,14 @@ class Membership:
 
     def owns(self, instance_uuid: str) -> bool:
         return self.owner(instance_uuid) == self.host
+
+    def in_good_standing(self) -> bool:
+        """Whether this replica's own last successful beat is recent
+        enough (``dead_after``, by its monotonic clock) that the others
+        still count it alive: a replica that cannot reach the database
+        must stop acting as an owner before the others take over."""
+        last = self.last_beat
+        return last is not None and time.monotonic() - last < self.dead_after
 
     # --- leases -------------------------------------------------------------
 

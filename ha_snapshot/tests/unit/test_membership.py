@@ -166,3 +166,31 @@ class MembershipTestCase(base.TestCase):
         replica, = records.replicas(3600)
         self.assertFalse(replica.alive)
         self.assertIsNotNone(replica.stopped_at)
+
+    def test_a_failing_heartbeat_keeps_the_thread_and_loses_standing(self):
+        conf = self.make_conf(interval=0.05, missed=4)
+
+        class Unreachable(db_membership.Records):
+            """The database stops answering after the first beat."""
+            down = False
+
+            def heartbeat(self, manager_id):
+                if self.down:
+                    raise exception.DatabaseBusy(reason='test', seconds=0)
+                return super().heartbeat(manager_id)
+
+        db = self.database()
+        records = Unreachable(db)
+        m = membership.Membership(conf, db, 'm1', records=records)
+        m.start()
+        self.addCleanup(m.stop)
+        self.assertTrue(m.in_good_standing())
+        records.down = True
+        test_db_membership.wait_for(lambda: not m.in_good_standing(), 30,
+                                    'm1 to lose its standing')
+        self.assertTrue(m._thread.is_alive())
+        beats = m.beats
+        records.down = False
+        test_db_membership.wait_for(
+            lambda: m.beats > beats and m.in_good_standing(), 30,
+            'm1 to beat again')
