@@ -103,6 +103,14 @@ def _retried(func):
     return wrapper
 
 
+def _fenced(session, fence) -> None:
+    """Run ``fence(session)`` first in a write transaction: a lease
+    check (``ha_snapshot.db.membership.Lease.fence``) that raises
+    LeaseLost, and so rolls the write back, if the writer lost its lease."""
+    if fence is not None:
+        fence(session)
+
+
 class _Scope:
     """What enginefacade hangs one transaction on."""
 
@@ -302,24 +310,27 @@ class Database:
     # --- restore points -----------------------------------------------------
 
     @_retried
-    def record_restore_point(self, rp) -> models.RestorePoint:
+    def record_restore_point(self, rp, *,
+                             fence=None) -> models.RestorePoint:
         """Record a durable restore point (a storage.objects.RestorePoint).
 
         Idempotent on (instance, delta_sequence): recording the same
         restore point again returns its row. Moves the instance's
         ``newest_restore_point_*`` to it unless a newer one is recorded, and
-        raises ``last_sequence``, in the same transaction.
+        raises ``last_sequence``, in the same transaction. ``fence``:
+        see :func:`_fenced`.
         """
         try:
-            return self._record_restore_point(rp)
+            return self._record_restore_point(rp, fence)
         except db_exc.DBDuplicateEntry:
             # NOTE: a concurrent insert won the race; judge its row.
-            return self._record_restore_point(rp)
+            return self._record_restore_point(rp, fence)
 
-    def _record_restore_point(self, rp):
+    def _record_restore_point(self, rp, fence):
         now = self._now()
         point = models.RestorePoint
         with self._writer() as session:
+            _fenced(session, fence)
             # NOTE: the row lock orders concurrent recordings of one
             # instance (sqlite has BEGIN IMMEDIATE instead).
             instance = session.execute(
@@ -452,12 +463,13 @@ class Database:
     @_retried
     def update_recovery(self, recovery_id: str, *, state: str | None = None,
                         step=_UNCHANGED, error=_UNCHANGED,
-                        restore_point_id=_UNCHANGED) -> models.Recovery:
+                        restore_point_id=_UNCHANGED,
+                        fence=None) -> models.Recovery:
         """Advance a recovery along RECOVERY_TRANSITIONS (compare-and-swap).
 
         With no ``state`` the recovery keeps its state, which must not be
         final. Moving to 'running' sets ``started_at`` once; a final state
-        sets ``finished_at``.
+        sets ``finished_at``. ``fence``: see :func:`_fenced`.
         """
         now = self._now()
         values = {'updated_at': now}
@@ -479,6 +491,7 @@ class Database:
             if value is not _UNCHANGED:
                 values[name] = value
         with self._writer() as session:
+            _fenced(session, fence)
             result = session.execute(
                 sa.update(models.Recovery)
                 .where(models.Recovery.id == recovery_id,

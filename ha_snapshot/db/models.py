@@ -16,6 +16,7 @@ import collections
 import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 from sqlalchemy import orm
 
 # NOTE: the recovery state machine of the manager moves instances between
@@ -172,3 +173,56 @@ class Agent(Base):
         sa.DateTime)
     last_seen: orm.Mapped[datetime.datetime] = orm.mapped_column(
         sa.DateTime)
+
+
+# NOTE: MySQL's DATETIME keeps whole seconds unless told otherwise;
+# heartbeats and leases compare times closer than that.
+PRECISE_DATETIME = sa.DateTime().with_variant(mysql.DATETIME(fsp=6),
+                                              'mysql', 'mariadb')
+
+
+class Manager(Base):
+    """One incarnation of a manager replica: a process on ``host`` since
+    ``started_at``; a restart is a new row (a new ``id``).
+
+    ``heartbeat_at`` and the other times come from the database server's
+    clock (ha_snapshot.db.membership), never from the replicas' own.
+    """
+
+    __tablename__ = 'managers'
+    __table_args__ = (
+        sa.Index('ix_managers_host', 'host'),
+        sa.Index('ix_managers_heartbeat_at', 'heartbeat_at'),
+    )
+
+    id: orm.Mapped[str] = orm.mapped_column(sa.String(36), primary_key=True)
+    host: orm.Mapped[str] = orm.mapped_column(sa.String(255))
+    pid: orm.Mapped[int | None] = orm.mapped_column(sa.Integer)
+    version: orm.Mapped[str | None] = orm.mapped_column(sa.String(64))
+    started_at: orm.Mapped[datetime.datetime] = orm.mapped_column(
+        PRECISE_DATETIME)
+    heartbeat_at: orm.Mapped[datetime.datetime] = orm.mapped_column(
+        PRECISE_DATETIME)
+    # NOTE: set by a clean stop: the replica is gone before it is missed.
+    stopped_at: orm.Mapped[datetime.datetime | None] = orm.mapped_column(
+        PRECISE_DATETIME)
+
+
+class Lease(Base):
+    """Exclusive work (``key``, e.g. ``recovery:<instance>``) and who holds
+    it until when. ``generation`` grows by one at every acquisition: a
+    write checks it (fencing), so a holder that lost the lease cannot
+    write any more. A released lease has no owner."""
+
+    __tablename__ = 'leases'
+
+    key: orm.Mapped[str] = orm.mapped_column(sa.String(255),
+                                             primary_key=True)
+    # NOTE: a Manager.id (an incarnation), not a host: a restarted replica
+    # holds none of its previous life's leases.
+    owner: orm.Mapped[str | None] = orm.mapped_column(sa.String(36))
+    generation: orm.Mapped[int] = orm.mapped_column(sa.BigInteger)
+    acquired_at: orm.Mapped[datetime.datetime | None] = orm.mapped_column(
+        PRECISE_DATETIME)
+    expires_at: orm.Mapped[datetime.datetime | None] = orm.mapped_column(
+        PRECISE_DATETIME)

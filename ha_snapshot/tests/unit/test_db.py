@@ -117,8 +117,9 @@ class DatabaseTests:
         self.assertEqual(head, migration.version(conf, database=db))
         migration.check(conf, database=db)
         self.assertEqual(
-            {'agents', 'alembic_version', 'instances', 'recoveries',
-             'restore_points'}, set(sa.inspect(db.engine).get_table_names()))
+            {'agents', 'alembic_version', 'instances', 'leases', 'managers',
+             'recoveries', 'restore_points'},
+            set(sa.inspect(db.engine).get_table_names()))
 
     def _diff(self, metadata):
         with self.db.engine.connect() as conn:
