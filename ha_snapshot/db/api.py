@@ -310,27 +310,31 @@ class Database:
     # --- restore points -----------------------------------------------------
 
     @_retried
-    def record_restore_point(self, rp, *,
-                             fence=None) -> models.RestorePoint:
+    def record_restore_point(self, rp, *, fence=None,
+                             forget=()) -> models.RestorePoint:
         """Record a durable restore point (a storage.objects.RestorePoint).
 
         Idempotent on (instance, delta_sequence): recording the same
         restore point again returns its row. Moves the instance's
         ``newest_restore_point_*`` to it unless a newer one is recorded, and
-        raises ``last_sequence``, in the same transaction. ``fence``:
-        see :func:`_fenced`.
+        raises ``last_sequence``, in the same transaction. ``forget``: ids
+        of restore points retention removed, deleted in that transaction
+        too (one commit per delta: on sqlite every commit is an fsync
+        under the one write lock). ``fence``: see :func:`_fenced`.
         """
+        forget = list(forget)
         try:
-            return self._record_restore_point(rp, fence)
+            return self._record_restore_point(rp, fence, forget)
         except db_exc.DBDuplicateEntry:
             # NOTE: a concurrent insert won the race; judge its row.
-            return self._record_restore_point(rp, fence)
+            return self._record_restore_point(rp, fence, forget)
 
-    def _record_restore_point(self, rp, fence):
+    def _record_restore_point(self, rp, fence, forget):
         now = self._now()
         point = models.RestorePoint
         with self._writer() as session:
             _fenced(session, fence)
+            self._forget(session, forget)
             # NOTE: the row lock orders concurrent recordings of one
             # instance (sqlite has BEGIN IMMEDIATE instead).
             instance = session.execute(
@@ -402,19 +406,22 @@ class Database:
         The instances they belonged to get their newest restore point
         recomputed; ``last_sequence`` stays.
         """
-        ids, deleted = list(ids), 0
         with self._writer() as session:
-            for start in range(0, len(ids), _BATCH):
-                batch = ids[start:start + _BATCH]
-                owners = set(session.execute(
-                    sa.select(models.RestorePoint.instance_uuid)
-                    .where(models.RestorePoint.id.in_(batch))).scalars())
-                deleted += session.execute(
-                    sa.delete(models.RestorePoint)
-                    .where(models.RestorePoint.id.in_(batch))
-                    .execution_options(synchronize_session=False)).rowcount
-                for uuid in sorted(owners):
-                    self._refresh_newest(session, uuid)
+            return self._forget(session, list(ids))
+
+    def _forget(self, session, ids: list) -> int:
+        deleted = 0
+        for start in range(0, len(ids), _BATCH):
+            batch = ids[start:start + _BATCH]
+            owners = set(session.execute(
+                sa.select(models.RestorePoint.instance_uuid)
+                .where(models.RestorePoint.id.in_(batch))).scalars())
+            deleted += session.execute(
+                sa.delete(models.RestorePoint)
+                .where(models.RestorePoint.id.in_(batch))
+                .execution_options(synchronize_session=False)).rowcount
+            for uuid in sorted(owners):
+                self._refresh_newest(session, uuid)
         return deleted
 
     def _refresh_newest(self, session, uuid) -> None:

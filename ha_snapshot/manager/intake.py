@@ -285,10 +285,10 @@ class DeltaIntake:
         if rp is None:
             delta = self.spool.load(h)
             rp = self._io(self.store.merge, delta)
-        self.db.record_restore_point(rp)
+        # NOTE: the new restore point is the newest in the store: retention
+        # keeps it. Its record and the removed ones' go in one transaction.
         removed = self._io(self.store.apply_retention, h.instance)
-        if removed:
-            self.db.delete_restore_points(removed)
+        self.db.record_restore_point(rp, forget=removed)
         # NOTE: parts of this delta and of any older one (refused, or
         # superseded by a resend) are of no use any more, nor are chunks
         # stored ahead for them that this merge did not take.

@@ -351,6 +351,35 @@ class DatabaseTests:
         self.assertEqual([rp.id] * 6, [getattr(o, 'id', o) for o in outcomes])
         self.assertEqual(1, len(self.db.list_restore_points(uuid)))
 
+    def test_record_restore_point_forgets_retained_in_one_transaction(self):
+        uuid = self.protected()
+        rps = [make_rp(uuid, n) for n in (1, 2, 3)]
+        for rp in rps:
+            self.db.record_restore_point(rp)
+        commits = []
+        sqlalchemy.event.listen(self.db.engine, 'commit',
+                                lambda conn: commits.append(1))
+        new = make_rp(uuid, 4)
+        self.db.record_restore_point(new, forget=[rps[0].id])
+        self.assertEqual(1, len(commits))
+        self.assertEqual([r.id for r in rps[1:]] + [new.id],
+                         [r.id for r in self.db.list_restore_points(uuid)])
+        i = self.db.get_instance(uuid)
+        self.assertEqual((new.id, 3), (i.newest_restore_point_id,
+                                       i.last_sequence))
+        # Refused (another restore point has its number): nothing is
+        # forgotten either.
+        clash = make_rp(uuid, 4, sequence=9)
+        self.assertRaises(exception.RestorePointConflict,
+                          self.db.record_restore_point, clash,
+                          forget=[rps[1].id])
+        self.assertEqual(3, len(self.db.list_restore_points(uuid)))
+        # Recorded again (a lost ack): the same row; forgetting holds.
+        self.assertEqual(new.id, self.db.record_restore_point(
+            new, forget=[rps[1].id]).id)
+        self.assertEqual([rps[2].id, new.id],
+                         [r.id for r in self.db.list_restore_points(uuid)])
+
     def test_delete_restore_points_moves_newest(self):
         uuid = self.protected()
         rps = [make_rp(uuid, n) for n in (1, 2, 3)]
