@@ -213,6 +213,14 @@ class LeaseLost(DatabaseError):
                'work now.')
 
 
+class WrongOwner(HaSnapshotException):
+    """A delta (its parts, its commit) reached a manager replica that does
+    not own its instance; ``owner``: the host of the one that does (as
+    this replica sees it), or ``unknown``."""
+    msg_fmt = ('Instance %(instance)s is owned by manager replica '
+               '%(owner)s, not %(host)s: its deltas go there.')
+
+
 class NoLiveManagers(HaSnapshotException):
     msg_fmt = ('No live manager replica is known (%(reason)s): nobody owns '
                'instance %(instance)s now.')

@@ -384,6 +384,18 @@ class SnapshotAgent(threading.Thread):
             except hv_base.VMNotRunning as e:
                 self.mark_failed(str(e))
                 return
+            except exception.WrongOwner as e:
+                # NOTE: another manager replica owns the instance now (one
+                # joined or died): learn which, send the delta there from
+                # its first part. Briefly: replicas may disagree for a
+                # heartbeat while their views of who is alive converge.
+                LOG.info('Instance %s: %s', self.instance, e)
+                if self._stopping.wait(self.conf.agent.retry_initial):
+                    return
+                try:
+                    self._register()
+                except Stopped:
+                    return
             except Exception as e:
                 # NOTE: as in run(): keep every unacknowledged overlay,
                 # learn again what the manager holds, and go on.

@@ -152,7 +152,36 @@ class DeltaIntake:
     ``prestores``, ``_commits``/``_commits_lock`` and ``_protected`` /
     ``_project_of`` (an instance's database row and project)."""
 
+    def owner_of(self, instance: str) -> str | None:
+        """The host of the replica that owns ``instance``, as this one sees
+        it; None with no membership (one manager, not a cluster) or when
+        no owner is known (no live replica, or this one lost its standing
+        and must not act as an owner)."""
+        membership = getattr(self, 'membership', None)
+        if membership is None:
+            return None
+        try:
+            owner = membership.owner(instance)
+        except exception.NoLiveManagers:
+            return None
+        if owner == membership.host and not membership.in_good_standing():
+            return None
+        return owner
+
+    def _route(self, instance: str) -> None:
+        """Refuse (WrongOwner) a delta of an instance this replica does not
+        own: its parts and its commit must meet in one spool."""
+        membership = getattr(self, 'membership', None)
+        if membership is None:
+            return
+        owner = self.owner_of(instance)
+        if owner != membership.host:
+            raise exception.WrongOwner(instance=instance,
+                                       owner=owner or 'unknown',
+                                       host=membership.host)
+
     def put_part(self, instance, sequence, part) -> dict:
+        self._route(instance)
         project = self._project_of(instance)
 
         def received(checked, data, digests):
@@ -230,6 +259,9 @@ class DeltaIntake:
         return dropped
 
     def commit_delta(self, header) -> dict:
+        key = _delta_key(header)
+        if key is not None:
+            self._route(key[0])
         try:
             return self._checked_commit(header)
         except (exception.InvalidDelta, exception.InstanceNotFound,
@@ -297,7 +329,8 @@ class DeltaIntake:
         LOG.info('Instance %s: delta %d durable as restore point %s (#%d)',
                  h.instance, h.sequence, rp.id, rp.number)
         return {'restore_point': rp.id, 'number': rp.number,
-                'sequence': h.sequence, 'created_at': rp.created_at}
+                'sequence': h.sequence, 'created_at': rp.created_at,
+                'owner': self.owner_of(h.instance)}
 
     def _merged(self, h, newest):
         """The restore point this delta already made (its ack was lost, or

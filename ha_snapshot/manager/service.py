@@ -45,8 +45,9 @@ class ManagerService(service.Service):
         self.db = db_api.Database(conf)
         migration.check(conf, database=self.db)
         # NOTE: this replica in the managers table, beating on a thread;
-        # GET /v1/managers shows it. Ownership and leases are not used
-        # for intake or recovery yet.
+        # GET /v1/managers shows it. The intake takes only the deltas of
+        # the instances this replica owns (the agents send them to
+        # topic.<host>); leases are not used for recovery yet.
         self.membership = membership_mod.Membership(conf, self.db, self.host)
         self.membership.start()
         store = store_mod.RecoveryStore.from_conf(conf)
@@ -62,7 +63,8 @@ class ManagerService(service.Service):
         self.manager = manager_mod.Manager(
             conf, store, self.db,
             spool_mod.Spool.from_conf(conf),
-            recovery=self.engine, agent_api=agent_api)
+            recovery=self.engine, agent_api=agent_api,
+            membership=self.membership)
         self.rpc_server = rpc.get_server(
             self.transport, rpc.MANAGER_TOPIC, self.host,
             [manager_mod.ManagerEndpoint(self.manager)],
