@@ -137,16 +137,42 @@ class AgentService(service.Service):
     # --- instances ----------------------------------------------------------
 
     def report(self, instance: str, reason: str, details: dict) -> None:
+        """Report an abnormal VM to the manager, on a thread of its own
+        that calls until a manager answers (a cast could be lost with the
+        manager that took it: the incident would never be recovered)."""
         with self.lock:
             p = self.instances.get(instance)
         if p is not None:
             p.agent.mark_failed(reason)
-        try:
-            self.manager_api.report_health(instance, self.host, reason,
-                                           details)
-        except messaging.MessagingException as e:
-            LOG.error('Instance %s: report "%s" not delivered: %s',
-                      instance, reason, e)
+        threading.Thread(target=self._deliver_report,
+                         args=(instance, reason, details), daemon=True,
+                         name='report-%s' % instance[:8]).start()
+
+    def _deliver_report(self, instance: str, reason: str,
+                        details: dict) -> bool:
+        """True once a manager answered the report."""
+        delay = self.conf.agent.retry_initial
+        while True:
+            try:
+                decision = self.manager_api.report_health(
+                    instance, self.host, reason, details)
+            except messaging.MessagingException as e:
+                LOG.warning('Instance %s: report "%s" not delivered (%s); '
+                            'trying again in %.1f s', instance, reason, e,
+                            delay)
+            except exception.HaSnapshotException as e:
+                LOG.error('Instance %s: report "%s" refused: %s', instance,
+                          reason, e)
+                return False
+            else:
+                LOG.info('Instance %s: report "%s" taken by the manager: '
+                         '%s', instance, reason, decision)
+                return True
+            if self._beat.wait(delay):
+                LOG.error('Instance %s: report "%s" not delivered before '
+                          'the agent stopped', instance, reason)
+                return False
+            delay = min(delay * 2, self.conf.agent.retry_max)
 
     def driver_name(self, spec: dict) -> str:
         return spec.get('driver') or (NOVA_DRIVER if spec.get('nova')

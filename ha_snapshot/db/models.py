@@ -30,6 +30,12 @@ def _one_of(column: str, values: tuple) -> str:
     return '%s IN (%s)' % (column, ', '.join("'%s'" % v for v in values))
 
 
+# NOTE: MySQL's DATETIME keeps whole seconds unless told otherwise;
+# heartbeats, leases and Nova events compare times closer than that.
+PRECISE_DATETIME = sa.DateTime().with_variant(mysql.DATETIME(fsp=6),
+                                              'mysql', 'mariadb')
+
+
 class Base(orm.DeclarativeBase):
     metadata = sa.MetaData(naming_convention={
         'pk': 'pk_%(table_name)s',
@@ -91,6 +97,10 @@ class Instance(Base):
         sa.BigInteger, default=0, server_default='0')
     stored_bytes: orm.Mapped[int] = orm.mapped_column(
         sa.BigInteger, default=0, server_default='0')
+    # NOTE: the time (Nova's) of the newest Nova event applied to this
+    # server: an older one arriving later is skipped (db/events.py).
+    nova_event_at: orm.Mapped[datetime.datetime | None] = orm.mapped_column(
+        PRECISE_DATETIME)
 
 
 # NOTE: what list_instances returns: the columns of a row as a read-only
@@ -173,12 +183,6 @@ class Agent(Base):
         sa.DateTime)
     last_seen: orm.Mapped[datetime.datetime] = orm.mapped_column(
         sa.DateTime)
-
-
-# NOTE: MySQL's DATETIME keeps whole seconds unless told otherwise;
-# heartbeats and leases compare times closer than that.
-PRECISE_DATETIME = sa.DateTime().with_variant(mysql.DATETIME(fsp=6),
-                                              'mysql', 'mariadb')
 
 
 class Manager(Base):

@@ -271,6 +271,9 @@ class ManagerEndpoint:
         return self._run(self.manager.commit_delta, what, header)
 
     def report_health(self, ctxt, instance, host, reason, details):
+        """What the report started, or why it was dropped (an answer: the
+        agent calls until one comes, so a report is never lost with a
+        manager that died holding it)."""
         try:
             decision = self.manager.report_health(instance, host, reason,
                                                   details)
@@ -278,6 +281,8 @@ class ManagerEndpoint:
                      host, reason, decision)
         except exception.HaSnapshotException as e:
             LOG.warning('Health report for %s dropped: %s', instance, e)
+            decision = 'dropped: %s' % e
+        return decision
 
     def heartbeat(self, ctxt, host, instances):
         try:

@@ -12,7 +12,9 @@ with a notification listener (threading executor, listener pool
   retention removes them.
 * ``instance.shutdown.end``, ``instance.power_off.end``: pause (reports
   from the health monitor about a server Nova stopped start nothing);
-  ``instance.power_on.end``: resume.
+  ``instance.power_on.end``: resume. In Nova's order (the notification's
+  timestamp): an event older than one already applied to the server is
+  skipped, whichever thread or manager replica handles it.
 * ``instance.rebuild.end``: the disk was replaced: re-baseline (a full
   delta on top of the restore points already held, no alarm).
 * ``instance.live_migration_post.end``: the server moved: protect it from
@@ -23,10 +25,13 @@ malformed or unknown notification is logged with the reason and dropped;
 the listener never stops on one.
 """
 
+import datetime
+
 from oslo_log import log as logging
 import oslo_messaging as messaging
 from oslo_utils import uuidutils
 
+from ha_snapshot.db import events
 from ha_snapshot import exception
 
 LOG = logging.getLogger(__name__)
@@ -70,6 +75,24 @@ def parse(event_type: str, payload) -> dict:
     return {'uuid': uuid, 'host': host, 'project': project,
             'metadata': metadata, 'extra_specs': extra_specs,
             'name': data.get('display_name'), 'state': data.get('state')}
+
+
+def event_time(metadata) -> datetime.datetime:
+    """When Nova sent a notification (its ``timestamp``, UTC), to order
+    the events of one server; the time it arrived if it has none."""
+    text = (metadata or {}).get('timestamp') if isinstance(
+        metadata, dict) else None
+    if isinstance(text, str):
+        try:
+            when = datetime.datetime.fromisoformat(text)
+        except ValueError:
+            when = None
+        if when is not None:
+            if when.tzinfo is not None:
+                when = when.astimezone(datetime.timezone.utc).replace(
+                    tzinfo=None)
+            return when
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
 
 
 def protect_server(conf, db, agent_api, server: dict,
@@ -123,6 +146,7 @@ class NovaNotificationEndpoint:
     def info(self, ctxt, publisher_id, event_type, payload, metadata):
         try:
             server = parse(event_type, payload)
+            server['event_at'] = event_time(metadata)
             handler = getattr(self, '_' + event_type.split('.', 1)[1]
                               .rsplit('.', 1)[0])
             result = handler(server)
@@ -199,31 +223,29 @@ class NovaNotificationEndpoint:
             self.agent_api.unprotect(row.host, server['uuid'])
         return 'protection stopped; restore points kept for retention'
 
-    def _pause(self, server) -> str:
-        row = self._known(server)
-        if row is None:
+    def _in_order(self, server, expected, status, done: str) -> str:
+        """``status`` from ``expected``, unless a newer event of the
+        server was applied already (db/events.py)."""
+        if self._known(server) is None:
             return 'not protected'
-        try:
-            self.db.update_instance_status(server['uuid'],
-                                           ('protected', 'protecting'),
-                                           'paused')
-        except exception.InstanceStatusConflict as e:
-            return 'not paused: %s' % e
-        return 'paused'
+        outcome, now = events.apply(self.db, server['uuid'],
+                                    server['event_at'], expected, status)
+        if outcome == events.STALE:
+            return ('skipped: a newer event of the server was applied '
+                    '(it is %s)' % now)
+        if outcome == events.NOT_APPLICABLE:
+            return 'not %s: it is %s' % (done, now)
+        return done
+
+    def _pause(self, server) -> str:
+        return self._in_order(server, ('protected', 'protecting'), 'paused',
+                              'paused')
 
     _shutdown = _pause
     _power_off = _pause
 
     def _power_on(self, server) -> str:
-        row = self._known(server)
-        if row is None:
-            return 'not protected'
-        try:
-            self.db.update_instance_status(server['uuid'], 'paused',
-                                           'protected')
-        except exception.InstanceStatusConflict as e:
-            return 'not resumed: %s' % e
-        return 'resumed'
+        return self._in_order(server, 'paused', 'protected', 'resumed')
 
     def _rebuild(self, server) -> str:
         row = self._known(server)

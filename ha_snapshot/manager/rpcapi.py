@@ -139,9 +139,13 @@ class ManagerAPI:
                             timeout=timeout, header=header)
 
     def report_health(self, instance: str, host: str, reason: str,
-                      details: dict) -> None:
-        self._cast('report_health', instance=instance, host=host,
-                   reason=reason, details=details)
+                      details: dict) -> str | None:
+        """A call, not a cast: oslo.messaging acknowledges a message before
+        it is dispatched, so a cast taken by a manager that dies is lost;
+        the caller calls again until one answers. Returns what the manager
+        decided (None from a manager older than this call)."""
+        return self._call('report_health', instance=instance, host=host,
+                          reason=reason, details=details)
 
     def heartbeat(self, host: str, instances: list) -> None:
         self._cast('heartbeat', host=host, instances=instances)

@@ -202,7 +202,11 @@ class BusAuthTest(base.TestCase):
         self.assertIn('carries no signed identity', str(e))
 
     def test_rogue_casts_dropped(self):
-        self.rogue.report_health(self.inst, HOST_B, 'rogue says so', {})
+        # NOTE: report_health is a call (a report must not be lost): the
+        # rogue gets the refusal back.
+        e = self.refused(exception.NotAuthorized, self.rogue.report_health,
+                         self.inst, HOST_B, 'rogue says so', {})
+        self.assertIn('may not call report_health', str(e))
         self.rogue.heartbeat(HOST_B, [self.inst])
         # NOTE: B's own heartbeat after the rogue's casts: once it is
         # recorded, the casts before it were handled (one queue, in order).
