@@ -254,7 +254,8 @@ class Database:
     def update_instance_status(self, uuid: str, expected, status: str, *,
                                count_attempt: bool = False,
                                reset_attempts: bool = False,
-                               cooldown_until=_UNCHANGED) -> models.Instance:
+                               cooldown_until=_UNCHANGED,
+                               fence=None) -> models.Instance:
         """Move an instance to ``status`` only if it is in ``expected``.
 
         ``expected`` is one status or several. The check and the change are
@@ -263,6 +264,7 @@ class Database:
         the status they lost to. ``count_attempt`` adds one to
         ``recovery_attempts`` in the same statement, ``reset_attempts``
         zeroes it, ``cooldown_until`` (epoch, datetime or None) sets it.
+        ``fence``: see :func:`_fenced`.
         """
         expected = _checked(expected, models.INSTANCE_STATUSES,
                             'instance status')
@@ -279,6 +281,7 @@ class Database:
         if status == 'deleted':
             values['deleted_at'] = now
         with self._writer() as session:
+            _fenced(session, fence)
             result = session.execute(
                 sa.update(models.Instance)
                 .where(models.Instance.uuid == uuid,

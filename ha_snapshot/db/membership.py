@@ -151,6 +151,18 @@ class Records:
         """
         with self.db._writer() as session:
             now = self.now(session)
+            # NOTE: one replica per host: its earlier incarnations are dead
+            # (crashed, if not stopped) and their leases free at once, not
+            # after lease_duration (a restarted manager resumes its own
+            # recoveries without waiting). Released, a lease fences its
+            # old holder all the same (check_lease: "released").
+            earlier = sa.select(models.Manager.id).where(
+                models.Manager.host == host, models.Manager.id != manager_id)
+            session.execute(
+                sa.update(models.Lease)
+                .where(models.Lease.owner.in_(earlier))
+                .values(owner=None, expires_at=None)
+                .execution_options(synchronize_session=False))
             if forget_after is not None:
                 old = models.Manager
                 session.execute(

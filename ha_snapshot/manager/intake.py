@@ -202,7 +202,8 @@ class DeltaIntake:
             # NOTE: the delta cannot be merged whole: what came of it goes.
             self.abandon(instance, sequence)
             raise
-        return {'instance': instance, 'sequence': sequence, 'index': index}
+        return {'instance': instance, 'sequence': sequence, 'index': index,
+                'owner': self.owner_of(instance)}
 
     def _prestored(self, instance: str, sequence: int) -> None:
         """Wait for the chunks of this delta (and older ones) being stored

@@ -79,6 +79,7 @@ class Membership:
         self.interval = opts.heartbeat_interval
         self.dead_after = dead_after(conf)
         self.partitions = opts.hash_partitions
+        self.lease_duration = opts.lease_duration
         self.host = host
         self.id = str(uuid_mod.uuid4())
         self.records = records or db_membership.Records(db)
@@ -197,3 +198,53 @@ class Membership:
     def acquire_lease(self, key: str, duration: float):
         """A lease on ``key`` in this incarnation's name, or None."""
         return self.records.acquire_lease(key, self.id, duration)
+
+
+class LeaseKeeper:
+    """Holds a lease while work runs: renews it every third of its
+    duration on a thread; :meth:`fence` is what the work's writes pass
+    (``fence=keeper.fence``): it raises LeaseLost once the lease was taken
+    over, so a replica that lost it cannot record anything more."""
+
+    def __init__(self, records, lease, duration: float):
+        self.records = records
+        self.lease = lease
+        self.duration = duration
+        self.lost = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, daemon=True,
+            name='lease-%s' % lease.key[-12:])
+
+    def start(self) -> 'LeaseKeeper':
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.duration / 3):
+            try:
+                self.lease = self.records.renew_lease(self.lease,
+                                                      self.duration)
+            except exception.LeaseLost as e:
+                LOG.warning('%s', e)
+                self.lost = e
+                return
+            except exception.HaSnapshotException as e:
+                # NOTE: the database is away: the lease may expire; the
+                # fence tells the work when it is taken over.
+                LOG.warning('Lease %s not renewed (%s); trying again',
+                            self.lease.key, e)
+
+    def fence(self, session) -> None:
+        self.lease.fence(session)
+
+    def stop(self, release: bool = True) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+        if release and self.lost is None:
+            try:
+                self.records.release_lease(self.lease)
+            except exception.HaSnapshotException as e:
+                LOG.warning('Lease %s not released (it expires): %s',
+                            self.lease.key, e)

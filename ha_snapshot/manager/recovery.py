@@ -28,12 +28,14 @@ failure leaves (state failed, step, error) behind.
 import concurrent.futures
 import datetime
 import inspect
+import threading
 import time
 
 from oslo_log import log as logging
 from stevedore import driver as stevedore_driver
 
 from ha_snapshot import exception
+from ha_snapshot.manager import membership as membership_mod
 from ha_snapshot import recovery as recovery_plugins
 
 LOG = logging.getLogger(__name__)
@@ -77,30 +79,45 @@ class Progress:
 
     ``previous_step`` is the step the recovery had reached before this
     run: None for a new recovery, else where a stopped manager left it.
+    ``fence``: the recovery's lease check; a step recorded after the lease
+    was taken over raises LeaseLost, which stops the action there.
     """
 
-    def __init__(self, db, recovery_id: str, previous_step: str | None):
+    def __init__(self, db, recovery_id: str, previous_step: str | None,
+                 fence=None):
         self.db = db
         self.recovery_id = recovery_id
         self.previous_step = previous_step
+        self.fence = fence
 
     def __call__(self, step: str) -> None:
-        self.db.update_recovery(self.recovery_id, step=step)
+        self.db.update_recovery(self.recovery_id, step=step,
+                                fence=self.fence)
+
+
+def lease_key(instance: str) -> str:
+    return 'recovery:%s' % instance
 
 
 class RecoveryEngine:
 
-    def __init__(self, conf, db, actions, clock=time.time):
+    def __init__(self, conf, db, actions, clock=time.time,
+                 membership=None):
         """``actions``: name -> action (see load_actions), or one action
-        used for every instance."""
+        used for every instance. ``membership``: this replica among
+        several (manager.membership): each recovery then runs under a
+        lease, and :meth:`takeover` resumes those whose runner died."""
         self.conf = conf
         self.db = db
         self.actions = actions
         self.clock = clock
+        self.membership = membership
         self.pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=conf.recovery.workers,
             thread_name_prefix='recovery')
         self.futures = {}
+        self._stop = threading.Event()
+        self._takeover_thread = None
 
     def action_name(self, row) -> str:
         if not isinstance(self.actions, dict):
@@ -196,42 +213,127 @@ class RecoveryEngine:
         LOG.warning('Instance %s: %s; recovery %s (%s, attempt %d) to '
                     'restore point %s', row.uuid, reason, rec.id, name,
                     rec.attempt, restore_point)
-        self.futures[row.uuid] = self.pool.submit(self._run, row, rec)
+        keeper = self._lease(row.uuid)
+        if keeper is False:
+            # NOTE: an earlier runner's lease has not expired: takeover()
+            # (of the owner) runs this one once it has.
+            LOG.warning('Instance %s: recovery %s waits for the lease of '
+                        'an earlier run', row.uuid, rec.id)
+            return rec
+        self.futures[row.uuid] = self.pool.submit(self._run, row, rec,
+                                                  keeper)
         return rec
 
+    def _lease(self, instance: str):
+        """A started LeaseKeeper on the instance's recovery lease; None
+        without membership (the only manager); False if another holds
+        it."""
+        if self.membership is None:
+            return None
+        duration = self.membership.lease_duration
+        lease = self.membership.acquire_lease(lease_key(instance), duration)
+        if lease is None:
+            return False
+        return membership_mod.LeaseKeeper(self.membership.records, lease,
+                                          duration).start()
+
+    def _running(self, instance: str) -> bool:
+        future = self.futures.get(instance)
+        return future is not None and not future.done()
+
     def resume(self) -> int:
-        """After a restart: finish the recoveries that were under way."""
-        resumed = 0
+        """After a start: finish the recoveries that were under way (with
+        membership: those this replica owns and nobody runs)."""
+        return self.takeover()
+
+    def takeover(self) -> int:
+        """Run the recoveries left ``recovering`` that nobody runs, each
+        from its recorded step, once: without membership, all of them
+        (the only manager, started again); with it, those of instances
+        this replica owns whose lease it can take (free, expired: their
+        runner died, or released when this host's manager restarted)."""
+        taken = 0
         for row in self.db.list_instances(status='recovering'):
-            pending = [r for r in self.db.list_recoveries(row.uuid)
-                       if r.state in ('requested', 'running')]
-            if not pending:
-                self.db.update_instance_status(row.uuid, 'recovering',
-                                               'protected')
+            if self._running(row.uuid):
+                continue
+            if self.membership is not None:
+                try:
+                    if self.membership.owner(row.uuid) != \
+                            self.membership.host:
+                        continue
+                except exception.NoLiveManagers:
+                    return taken
+            keeper = self._lease(row.uuid)
+            if keeper is False:
+                continue
+            fence = keeper.fence if keeper is not None else None
+            try:
+                pending = [r for r in self.db.list_recoveries(row.uuid)
+                           if r.state in ('requested', 'running')]
+                if not pending:
+                    self.db.update_instance_status(
+                        row.uuid, 'recovering', 'protected', fence=fence)
+                    if keeper is not None:
+                        keeper.stop()
+                    continue
+            except exception.HaSnapshotException as e:
+                LOG.warning('Instance %s: not taken over: %s', row.uuid, e)
+                if keeper is not None:
+                    keeper.stop()
                 continue
             LOG.info('Instance %s: resuming recovery %s (%s) at step %s',
                      row.uuid, pending[-1].id, pending[-1].action,
                      pending[-1].step)
-            self.futures[row.uuid] = self.pool.submit(self._run, row,
-                                                      pending[-1])
-            resumed += 1
-        return resumed
+            self.futures[row.uuid] = self.pool.submit(
+                self._run, row, pending[-1], keeper)
+            taken += 1
+        return taken
 
-    def _run(self, row, rec) -> None:
+    def start_takeover(self, interval: float) -> None:
+        """Look for recoveries to take over every ``interval`` seconds."""
+        def loop():
+            while not self._stop.wait(interval):
+                try:
+                    self.takeover()
+                except exception.HaSnapshotException as e:
+                    LOG.warning('Recovery takeover round failed: %s', e)
+                except Exception:
+                    LOG.exception('Recovery takeover round failed')
+        self._takeover_thread = threading.Thread(
+            target=loop, daemon=True, name='recovery-takeover')
+        self._takeover_thread.start()
+
+    def _run(self, row, rec, keeper=None) -> None:
+        try:
+            self._run_held(row, rec, keeper)
+        except exception.LeaseLost as e:
+            # NOTE: another replica took this recovery over (this one
+            # could not renew its lease in time): it records the rest.
+            LOG.warning('Instance %s: recovery %s left to the replica that '
+                        'took it over: %s', row.uuid, rec.id, e)
+        finally:
+            if keeper is not None:
+                keeper.stop()
+
+    def _run_held(self, row, rec, keeper) -> None:
         instance = row.uuid
+        fence = keeper.fence if keeper is not None else None
         previous = rec.step if rec.state == 'running' else None
         try:
             if rec.state == 'requested':
                 self.db.update_recovery(rec.id, state='running',
-                                        step='starting')
+                                        step='starting', fence=fence)
             action = self._action(rec.action)
             action.recover(row, rec.restore_point_id,
-                           Progress(self.db, rec.id, previous))
+                           Progress(self.db, rec.id, previous, fence))
+        except exception.LeaseLost:
+            raise
         except Exception as e:
             LOG.exception('Instance %s: recovery %s failed', instance,
                           rec.id)
             self.db.update_recovery(rec.id, state='failed',
-                                    error='%s: %s' % (type(e).__name__, e))
+                                    error='%s: %s' % (type(e).__name__, e),
+                                    fence=fence)
             # NOTE: the row read now, not the one the recovery started
             # with: a resumed recovery's row may be older than its count.
             failures = self.db.get_instance(instance).recovery_attempts + 1
@@ -239,16 +341,19 @@ class RecoveryEngine:
             self.db.update_instance_status(
                 instance, 'recovering', 'failed' if exhausted else 'protected',
                 count_attempt=True,
-                cooldown_until=self.clock() + self.conf.recovery.cooldown)
+                cooldown_until=self.clock() + self.conf.recovery.cooldown,
+                fence=fence)
             if exhausted:
                 LOG.error('Instance %s: %d recoveries failed in a row; '
                           'marked failed, the operator must act', instance,
                           failures)
             return
-        self.db.update_recovery(rec.id, state='succeeded', step='done')
+        self.db.update_recovery(rec.id, state='succeeded', step='done',
+                                fence=fence)
         self.db.update_instance_status(
             instance, 'recovering', 'protected', reset_attempts=True,
-            cooldown_until=self.clock() + self.conf.recovery.cooldown)
+            cooldown_until=self.clock() + self.conf.recovery.cooldown,
+            fence=fence)
         LOG.info('Instance %s: recovery %s succeeded', instance, rec.id)
 
     def wait(self, instance: str, timeout: float | None = None) -> None:
@@ -257,4 +362,7 @@ class RecoveryEngine:
             future.result(timeout)
 
     def stop(self) -> None:
+        self._stop.set()
+        if self._takeover_thread is not None:
+            self._takeover_thread.join(10)
         self.pool.shutdown(wait=True, cancel_futures=False)

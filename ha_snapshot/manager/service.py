@@ -47,7 +47,7 @@ class ManagerService(service.Service):
         # NOTE: this replica in the managers table, beating on a thread;
         # GET /v1/managers shows it. The intake takes only the deltas of
         # the instances this replica owns (the agents send them to
-        # topic.<host>); leases are not used for recovery yet.
+        # topic.<host>); each recovery runs under a lease.
         self.membership = membership_mod.Membership(conf, self.db, self.host)
         self.membership.start()
         store = store_mod.RecoveryStore.from_conf(conf)
@@ -59,7 +59,8 @@ class ManagerService(service.Service):
         # agent API, rebuild also the store (it exports restore points).
         actions = recovery_engine.load_actions(conf, agent_api=agent_api,
                                                store=store)
-        self.engine = recovery_engine.RecoveryEngine(conf, self.db, actions)
+        self.engine = recovery_engine.RecoveryEngine(
+            conf, self.db, actions, membership=self.membership)
         self.manager = manager_mod.Manager(
             conf, store, self.db,
             spool_mod.Spool.from_conf(conf),
@@ -89,6 +90,10 @@ class ManagerService(service.Service):
             self.sweeper = image_sweep.ImageSweeper(conf, self.db)
             self.sweeper.start()
         resumed = self.engine.resume()
+        # NOTE: recoveries whose runner died (another replica, its lease
+        # expired) are resumed by their instance's owner.
+        self.engine.start_takeover(
+            conf.manager_cluster.heartbeat_interval)
         LOG.info('Manager %s serving %s (store %s); %d recoveries resumed',
                  self.host, rpc.MANAGER_TOPIC, store.driver.describe(),
                  resumed)

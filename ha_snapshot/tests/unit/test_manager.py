@@ -8,6 +8,7 @@ import time
 import fixtures
 
 from ha_snapshot.db import api as db_api
+from ha_snapshot.db import membership as db_membership
 from ha_snapshot.db import migration
 from ha_snapshot import delta as delta_mod
 from ha_snapshot import exception
@@ -721,3 +722,118 @@ class RoutingTestCase(_Base):
         self.assertIsNone(reg['owner'])
         ack = self.ship(self.delta(self.base, 0, None, backing=False))
         self.assertIsNone(ack['owner'])
+
+
+class StepAction:
+    """Records a step, waits at its gate, records another: a recovery
+    whose runner can stall (or die) between steps."""
+
+    name = 'restart'
+
+    def __init__(self):
+        self.gate = threading.Event()
+        self.started = threading.Event()
+        self.previous = []
+        self.finished = 0
+
+    def recover(self, row, restore_point, progress):
+        self.previous.append(progress.previous_step)
+        progress('step-1')
+        self.started.set()
+        self.gate.wait(30)
+        progress('step-2')
+        self.finished += 1
+
+
+class RecoveryLeaseTestCase(_Base):
+    """Recoveries under leases (issue 12, item 3): one runner at a time;
+    the owner takes over one whose runner died, at its recorded step; the
+    runner that lost its lease records nothing more."""
+
+    def setUp(self):
+        super().setUp()
+        self.conf.set_override('heartbeat_interval', 60,
+                               group='manager_cluster')
+        self.conf.set_override('lease_duration', 1.0,
+                               group='manager_cluster')
+        self.register()
+        self.ship(self.delta(self.base, 0, None, backing=False))
+
+    def replica(self, host):
+        db = db_api.Database(self.conf)
+        self.addCleanup(db.dispose)
+        m = membership_mod.Membership(self.conf, db, host)
+        m.start()
+        self.addCleanup(m.stop)
+        return m
+
+    def engine(self, membership, action):
+        eng = recovery_mod.RecoveryEngine(self.conf, membership.records.db,
+                                          action, membership=membership)
+        self.addCleanup(eng.stop)
+        return eng
+
+    def test_a_dead_runners_recovery_is_taken_over_once(self):
+        m1, m2 = self.replica('m1'), self.replica('m2')
+        m1.refresh()
+        owner = {'m1': m1, 'm2': m2}[m1.owner(self.inst)]
+        other = m2 if owner is m1 else m1
+        # The recovery starts on the replica that does not own the
+        # instance (it got the report); the owner leaves it alone.
+        first, second = StepAction(), StepAction()
+        runner = self.engine(other, first)
+        taker = self.engine(owner, second)
+        rec = runner.request(self.inst, None, 'test')
+        self.assertTrue(first.started.wait(30))
+        self.assertEqual(0, taker.takeover())
+        # The runner's database goes away: its lease is not renewed.
+        self.useFixture(fixtures.MonkeyPatch(
+            'ha_snapshot.db.membership.Records.renew_lease',
+            _renew_fails_for(other.id)))
+        base.wait_for(lambda: taker.takeover() == 1, 30,
+                      'the owner to take the recovery over')
+        second.gate.set()
+        taker.wait(self.inst, 30)
+        self.assertEqual(['step-1'], second.previous)
+        [done] = self.db.list_recoveries(self.inst)
+        self.assertEqual((rec.id, 'succeeded', 'done'),
+                         (done.id, done.state, done.step))
+        self.assertEqual('protected', self.db.get_instance(self.inst).status)
+        # The first runner wakes up: its next step is refused, nothing
+        # it does is recorded.
+        first.gate.set()
+        runner.wait(self.inst, 30)
+        self.assertEqual(0, first.finished)
+        self.assertEqual(1, second.finished)
+        [done] = self.db.list_recoveries(self.inst)
+        self.assertEqual(('succeeded', 'done'), (done.state, done.step))
+
+    def test_a_restarted_manager_resumes_at_once(self):
+        self.conf.set_override('lease_duration', 600.0,
+                               group='manager_cluster')
+        m1 = self.replica('m1')
+        crashed = StepAction()
+        self.engine(m1, crashed).request(self.inst, None, 'test')
+        self.assertTrue(crashed.started.wait(30))
+        # The same host's manager starts again (the first died without
+        # releasing anything): the 600 s lease of its earlier
+        # incarnation is released at registration.
+        again = StepAction()
+        again.gate.set()
+        eng = self.engine(self.replica('m1'), again)
+        self.assertEqual(1, eng.takeover())
+        eng.wait(self.inst, 30)
+        self.assertEqual(['step-1'], again.previous)
+        self.assertEqual('protected', self.db.get_instance(self.inst).status)
+        crashed.gate.set()
+        self.assertEqual(0, crashed.finished)
+
+
+def _renew_fails_for(manager_id):
+    real = db_membership.Records.renew_lease
+
+    def renew(self, held, duration):
+        if held.owner == manager_id:
+            raise exception.DatabaseBusy(reason='the database is away')
+        return real(self, held, duration)
+    return renew

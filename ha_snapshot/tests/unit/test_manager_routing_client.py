@@ -39,7 +39,7 @@ class Replica:
     def put_part(self, ctxt, instance, sequence, part):
         self._route()
         self.taken.append(('part', sequence))
-        return {'index': part['index']}
+        return {'index': part['index'], 'owner': self.cluster['owner']}
 
     def commit_delta(self, ctxt, header):
         self._route()
