@@ -32,6 +32,7 @@ from ha_snapshot.policy import metrics
 from ha_snapshot import rpc
 from ha_snapshot import rpc_auth
 from ha_snapshot import service
+from ha_snapshot import statuses
 
 LOG = logging.getLogger(__name__)
 
@@ -326,7 +327,7 @@ class AgentService(service.Service):
         st.pending = []
         st.parent = restore_point
         st.baseline_restore_point = None if newer else restore_point
-        st.status = 'protecting'
+        st.status = statuses.InstanceStatus.PROTECTING
         st.save(self.conf.agent.state_dir)
         self._start_instance(st, vm=new_vm)
         for path in old_files:
@@ -383,7 +384,7 @@ class AgentService(service.Service):
             st.parent = restore_point
         st.baseline_restore_point = (None if tracked or newer
                                      else restore_point)
-        st.status = 'protecting'
+        st.status = statuses.InstanceStatus.PROTECTING
         st.save(self.conf.agent.state_dir)
         self._start_instance(st, vm=vm)
         driver_name = self.driver_name(st.spec)

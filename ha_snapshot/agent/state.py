@@ -13,6 +13,7 @@ import json
 import os
 
 from ha_snapshot import exception
+from ha_snapshot import statuses
 
 
 @dataclasses.dataclass
@@ -44,7 +45,7 @@ class InstanceState:
     """The VM's base image is exactly this restore point (after a restart
     from it): the first snapshot's frozen base is not sent again."""
     pending: list = dataclasses.field(default_factory=list)
-    status: str = 'protecting'
+    status: str = statuses.InstanceStatus.PROTECTING
 
     @classmethod
     def path_for(cls, state_dir: str, instance: str) -> str:

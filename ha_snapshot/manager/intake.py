@@ -30,6 +30,7 @@ from oslo_utils import uuidutils
 
 from ha_snapshot import delta as delta_mod
 from ha_snapshot import exception
+from ha_snapshot import statuses
 
 LOG = logging.getLogger(__name__)
 
@@ -219,7 +220,8 @@ class DeltaIntake:
             i for i, _s in self.store.prestored_owners()}
         for instance in instances:
             try:
-                deleted = self.db.get_instance(instance).status == 'deleted'
+                deleted = self.db.get_instance(instance).status == (
+                    statuses.InstanceStatus.DELETED)
             except exception.InstanceNotFound:
                 deleted = True
             if deleted:

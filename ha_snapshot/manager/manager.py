@@ -24,8 +24,10 @@ from ha_snapshot.manager import alarms
 from ha_snapshot.manager import intake
 from ha_snapshot.manager import notifications
 from ha_snapshot.openstack import servers
+from ha_snapshot import statuses
 
 LOG = logging.getLogger(__name__)
+Status = statuses.InstanceStatus
 
 # NOTE: put_part, the hot path, looks an instance up in the database at
 # most this often (seconds); commit_delta always does, so a part of an
@@ -52,7 +54,7 @@ class Manager(intake.DeltaIntake):
 
     def _protected(self, instance: str):
         row = self.db.get_instance(instance)
-        if row.status == 'deleted':
+        if row.status == Status.DELETED:
             self._projects.pop(instance, None)
             raise exception.InstanceNotFound(
                 'Instance %s was deleted: deltas for it are refused.'
@@ -71,12 +73,13 @@ class Manager(intake.DeltaIntake):
     def register_instance(self, instance, project, host, driver,
                           details) -> dict:
         row = self.db.create_instance(instance, project, host=host,
-                                      status='protected', driver=driver)
+                                      status=Status.PROTECTED, driver=driver)
         if row.host != host or row.driver != driver:
             row = self.db.update_instance(instance, host=host, driver=driver)
-        if row.status in ('protecting', 'paused'):
-            row = self.db.update_instance_status(
-                instance, ('protecting', 'paused'), 'protected')
+        waiting = (Status.PROTECTING, Status.PAUSED)
+        if row.status in waiting:
+            row = self.db.update_instance_status(instance, waiting,
+                                                 Status.PROTECTED)
         newest = self.store.newest(instance)
         LOG.info('Instance %s registered by agent on %s (newest restore '
                  'point %s)', instance, host, newest.id if newest else None)
@@ -129,7 +132,7 @@ class Manager(intake.DeltaIntake):
             row = None
         server = {'uuid': instance, 'host': host, 'project': project,
                   'name': None}
-        if host is None and row is not None and row.status != 'deleted' \
+        if host is None and row is not None and row.status != Status.DELETED \
                 and row.host:
             # NOTE: recorded: the agent on its host already knows it (a
             # move is Nova's live_migration notification's business).
@@ -146,8 +149,8 @@ class Manager(intake.DeltaIntake):
             raise exception.HaSnapshotException(
                 'Protecting server %s on a named host needs its project.'
                 % instance)
-        if row is not None and row.status not in ('deleted', 'protecting') \
-                and row.host == server['host']:
+        if row is not None and row.host == server['host'] \
+                and row.status not in (Status.DELETED, Status.PROTECTING):
             if policy is not None and policy != row.policy:
                 # NOTE: the agent protecting it switches to the policy a
                 # protect cast names.
@@ -161,9 +164,10 @@ class Manager(intake.DeltaIntake):
             return self._protected_dict(row, False, 'already protected on %s'
                                         % row.host)
         if row is not None and row.status == 'deleted':
-            self.db.update_instance_status(instance, 'deleted', 'protecting')
+            self.db.update_instance_status(instance, Status.DELETED,
+                                           Status.PROTECTING)
         if row is not None and row.host and row.host != server['host'] \
-                and row.status != 'deleted':
+                and row.status != Status.DELETED:
             self.agent_api.unprotect(row.host, instance)
         result = notifications.protect_server(self.conf, self.db,
                                               self.agent_api, server,
@@ -181,9 +185,9 @@ class Manager(intake.DeltaIntake):
     def unprotect(self, instance) -> None:
         """Stop protecting; the restore points stay for retention."""
         row = self.db.get_instance(instance)
-        if row.status == 'deleted':
+        if row.status == Status.DELETED:
             return None
-        if row.status == 'recovering':
+        if row.status == Status.RECOVERING:
             raise exception.RecoveryConflict(
                 instance=instance, reason='a recovery is running; '
                 'unprotect the server when it has ended')

@@ -28,8 +28,10 @@ import oslo_messaging as messaging
 from oslo_utils import uuidutils
 
 from ha_snapshot import exception
+from ha_snapshot import statuses
 
 LOG = logging.getLogger(__name__)
+Status = statuses.InstanceStatus
 
 OPT_IN_KEY = 'ha_snapshot:protect'
 EVENTS = ('instance.create.end', 'instance.delete.end',
@@ -87,7 +89,7 @@ def protect_server(conf, db, agent_api, server: dict,
         raise BadNotification(event_type='protect', reason='server %s '
                               'has no host' % server['uuid'])
     db.create_instance(server['uuid'], server['project'],
-                       host=server['host'], status='protecting',
+                       host=server['host'], status=Status.PROTECTING,
                        driver=conf.agent.hypervisor)
     if policy is not None:
         row = db.update_instance(server['uuid'], host=server['host'],
@@ -183,7 +185,7 @@ class NovaNotificationEndpoint:
             row = self.db.get_instance(server['uuid'])
         except exception.InstanceNotFound:
             return None
-        return None if row.status == 'deleted' else row
+        return None if row.status == Status.DELETED else row
 
     def _create(self, server) -> str:
         if not self._opted_in(server):
@@ -204,9 +206,9 @@ class NovaNotificationEndpoint:
         if row is None:
             return 'not protected'
         try:
-            self.db.update_instance_status(server['uuid'],
-                                           ('protected', 'protecting'),
-                                           'paused')
+            self.db.update_instance_status(
+                server['uuid'], (Status.PROTECTED, Status.PROTECTING),
+                Status.PAUSED)
         except exception.InstanceStatusConflict as e:
             return 'not paused: %s' % e
         return 'paused'
@@ -219,8 +221,8 @@ class NovaNotificationEndpoint:
         if row is None:
             return 'not protected'
         try:
-            self.db.update_instance_status(server['uuid'], 'paused',
-                                           'protected')
+            self.db.update_instance_status(server['uuid'], Status.PAUSED,
+                                           Status.PROTECTED)
         except exception.InstanceStatusConflict as e:
             return 'not resumed: %s' % e
         return 'resumed'
@@ -229,7 +231,7 @@ class NovaNotificationEndpoint:
         row = self._known(server)
         if row is None:
             return self._create(server)
-        if row.status == 'recovering':
+        if row.status == Status.RECOVERING:
             # NOTE: our own rebuild recovery ends with this notification;
             # the recovery re-baselines on the restore point it used, so a
             # protect here would only race it into a full resend.

@@ -35,8 +35,11 @@ from stevedore import driver as stevedore_driver
 
 from ha_snapshot import exception
 from ha_snapshot import recovery as recovery_plugins
+from ha_snapshot import statuses
 
 LOG = logging.getLogger(__name__)
+Status = statuses.InstanceStatus
+State = statuses.RecoveryState
 
 
 def _epoch(value) -> float | None:
@@ -129,15 +132,16 @@ class RecoveryEngine:
             row = self.db.update_instance_status(
                 instance, row.status, row.status, reset_attempts=True)
         self.db.record_report(instance, reason)
-        if row.status == 'recovering':
+        if row.status == Status.RECOVERING:
             return 'duplicate: a recovery is running'
-        if row.status != 'protected':
+        if row.status != Status.PROTECTED:
             return 'ignored: instance is %s' % row.status
         cooldown = _epoch(row.cooldown_until)
         if cooldown is not None and now < cooldown:
             return 'ignored: cooldown for %.0f s more' % (cooldown - now)
         if row.recovery_attempts >= self.conf.recovery.max_attempts:
-            self.db.update_instance_status(instance, 'protected', 'failed')
+            self.db.update_instance_status(instance, Status.PROTECTED,
+                                           Status.FAILED)
             LOG.error('Instance %s: %d recoveries failed in a row; marked '
                       'failed, the operator must act', instance,
                       row.recovery_attempts)
@@ -146,7 +150,7 @@ class RecoveryEngine:
             return 'ignored: no restore point yet'
         try:
             row = self.db.update_instance_status(
-                instance, 'protected', 'recovering')
+                instance, Status.PROTECTED, Status.RECOVERING)
         except exception.InstanceStatusConflict:
             return 'duplicate: another report won'
         rec = self._start(row, reason, row.newest_restore_point_id)
@@ -163,10 +167,10 @@ class RecoveryEngine:
         Returns the recovery row (state requested).
         """
         row = self.db.get_instance(instance)
-        if row.status == 'recovering':
+        if row.status == Status.RECOVERING:
             raise exception.RecoveryConflict(
                 instance=instance, reason='a recovery of it is running')
-        if row.status not in ('protected', 'failed'):
+        if row.status not in (Status.PROTECTED, Status.FAILED):
             raise exception.RecoveryConflict(
                 instance=instance, reason='it is %s, not protected or '
                 'failed' % row.status)
@@ -181,7 +185,7 @@ class RecoveryEngine:
         self._action(self.action_name(row))
         try:
             row = self.db.update_instance_status(
-                instance, row.status, 'recovering')
+                instance, row.status, Status.RECOVERING)
         except exception.InstanceStatusConflict as e:
             raise exception.RecoveryConflict(
                 instance=instance, reason='its status changed meanwhile '
@@ -202,12 +206,12 @@ class RecoveryEngine:
     def resume(self) -> int:
         """After a restart: finish the recoveries that were under way."""
         resumed = 0
-        for row in self.db.list_instances(status='recovering'):
+        for row in self.db.list_instances(status=Status.RECOVERING):
             pending = [r for r in self.db.list_recoveries(row.uuid)
-                       if r.state in ('requested', 'running')]
+                       if r.state in statuses.UNFINISHED_RECOVERY_STATES]
             if not pending:
-                self.db.update_instance_status(row.uuid, 'recovering',
-                                               'protected')
+                self.db.update_instance_status(row.uuid, Status.RECOVERING,
+                                               Status.PROTECTED)
                 continue
             LOG.info('Instance %s: resuming recovery %s (%s) at step %s',
                      row.uuid, pending[-1].id, pending[-1].action,
@@ -219,10 +223,10 @@ class RecoveryEngine:
 
     def _run(self, row, rec) -> None:
         instance = row.uuid
-        previous = rec.step if rec.state == 'running' else None
+        previous = rec.step if rec.state == State.RUNNING else None
         try:
-            if rec.state == 'requested':
-                self.db.update_recovery(rec.id, state='running',
+            if rec.state == State.REQUESTED:
+                self.db.update_recovery(rec.id, state=State.RUNNING,
                                         step='starting')
             action = self._action(rec.action)
             action.recover(row, rec.restore_point_id,
@@ -230,14 +234,15 @@ class RecoveryEngine:
         except Exception as e:
             LOG.exception('Instance %s: recovery %s failed', instance,
                           rec.id)
-            self.db.update_recovery(rec.id, state='failed',
+            self.db.update_recovery(rec.id, state=State.FAILED,
                                     error='%s: %s' % (type(e).__name__, e))
             # NOTE: the row read now, not the one the recovery started
             # with: a resumed recovery's row may be older than its count.
             failures = self.db.get_instance(instance).recovery_attempts + 1
             exhausted = failures >= self.conf.recovery.max_attempts
             self.db.update_instance_status(
-                instance, 'recovering', 'failed' if exhausted else 'protected',
+                instance, Status.RECOVERING,
+                Status.FAILED if exhausted else Status.PROTECTED,
                 count_attempt=True,
                 cooldown_until=self.clock() + self.conf.recovery.cooldown)
             if exhausted:
@@ -245,9 +250,9 @@ class RecoveryEngine:
                           'marked failed, the operator must act', instance,
                           failures)
             return
-        self.db.update_recovery(rec.id, state='succeeded', step='done')
+        self.db.update_recovery(rec.id, state=State.SUCCEEDED, step='done')
         self.db.update_instance_status(
-            instance, 'recovering', 'protected', reset_attempts=True,
+            instance, Status.RECOVERING, Status.PROTECTED, reset_attempts=True,
             cooldown_until=self.clock() + self.conf.recovery.cooldown)
         LOG.info('Instance %s: recovery %s succeeded', instance, rec.id)
 
