@@ -212,7 +212,7 @@ def run(work: str, *, vms: int = 2, seconds: float = 20.0,
         progress('recovered after %.2f s' % recover)
         rec = manager.db.list_recoveries(victim)[-1]
         new = agent.instances[victim].agent
-        restored = new.state.spec['disk_path']
+        restored = new.state.spec.disk_path
         export = os.path.join(work, 'rp.raw')
         manager.manager.store.export(victim, export,
                                      rp_id=rec.restore_point_id)

@@ -103,6 +103,10 @@ class BadNotification(HaSnapshotException):
     msg_fmt = 'Notification %(event_type)s dropped: %(reason)s'
 
 
+class InvalidProtectionSpec(HaSnapshotException):
+    msg_fmt = 'Protection spec refused: %(reason)s'
+
+
 class InvalidInstance(HaSnapshotException):
     msg_fmt = 'Invalid instance id %(instance)r: expected a UUID.'
 

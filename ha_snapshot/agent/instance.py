@@ -204,17 +204,17 @@ class SnapshotAgent(threading.Thread):
     def _attach(self):
         spec = self.state.spec
         # NOTE: a libvirt domain is found by its name or uuid alone.
-        self.vm = self.driver.attach(spec.get('domain') or spec['name'],
-                                     spec.get('qmp_path'), spec.get('pid'),
-                                     log_path=spec.get('log_path'))
+        self.vm = self.driver.attach(spec.domain or spec.name,
+                                     spec.qmp_path, spec.pid,
+                                     log_path=spec.log_path)
         return self.vm
 
     def _register(self) -> None:
         reg = self._retry('registration', self.manager_api.register_instance,
                           self.instance, self.state.project, self.host,
-                          self.state.spec.get('driver')
+                          self.state.spec.driver
                           or self.conf.agent.hypervisor,
-                          {'disk': self.state.spec.get('disk')})
+                          {'disk': self.state.spec.disk})
         newest, last = reg['newest_restore_point'], reg['last_sequence']
         with self.lock:
             self.state.next_sequence = max(self.state.next_sequence,
@@ -299,15 +299,16 @@ class SnapshotAgent(threading.Thread):
             last_durable_at=self.last_durable_at, app_figures=app, **host)
 
     def _disk_name(self) -> str:
-        name = self.state.spec.get('disk')
+        name = self.state.spec.disk
         if name:
             return name
         disks = self.driver.disks(self.vm)
         if not disks:
             raise hv_base.DiskNotFound(vm=self.instance, disk='any',
                                        known='none')
-        self.state.spec['disk'] = disks[0].name
-        self.save()
+        with self.lock:
+            self.state.spec = self.state.spec.replace(disk=disks[0].name)
+            self.save()
         return disks[0].name
 
     # --- snapshot -----------------------------------------------------------

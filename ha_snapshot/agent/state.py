@@ -6,6 +6,10 @@ overlay is pending until acknowledged), an acknowledgement received (the
 overlay moves to committing), a commit done. An agent restarted at any
 point finds every frozen overlay it has not been told is durable, and
 sends it again.
+
+The spec is a :class:`~ha_snapshot.protection_spec.ProtectionSpec`, kept in
+the file as the plain JSON object the manager sent (a file written by an
+older agent loads; keys this version does not know are kept).
 """
 
 import dataclasses
@@ -13,6 +17,7 @@ import json
 import os
 
 from ha_snapshot import exception
+from ha_snapshot import protection_spec
 from ha_snapshot import statuses
 
 
@@ -38,7 +43,7 @@ class Pending:
 class InstanceState:
     instance: str
     project: str
-    spec: dict
+    spec: protection_spec.ProtectionSpec
     next_sequence: int = 0
     parent: str | None = None
     baseline_restore_point: str | None = None
@@ -46,6 +51,20 @@ class InstanceState:
     from it): the first snapshot's frozen base is not sent again."""
     pending: list = dataclasses.field(default_factory=list)
     status: str = statuses.InstanceStatus.PROTECTING
+
+    def __post_init__(self):
+        # NOTE: a JSON object (a test's, the file's) becomes the spec.
+        if not isinstance(self.spec, protection_spec.ProtectionSpec):
+            self.spec = protection_spec.ProtectionSpec.from_dict(
+                self.spec, keep_unknown=True)
+
+    def to_dict(self) -> dict:
+        """The file's JSON object."""
+        d = {f.name: getattr(self, f.name)
+             for f in dataclasses.fields(self)}
+        d['spec'] = self.spec.to_dict()
+        d['pending'] = [dataclasses.asdict(p) for p in self.pending]
+        return d
 
     @classmethod
     def path_for(cls, state_dir: str, instance: str) -> str:
@@ -56,7 +75,7 @@ class InstanceState:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = path + '.tmp'
         with open(tmp, 'w') as f:
-            json.dump(dataclasses.asdict(self), f, indent=1)
+            json.dump(self.to_dict(), f, indent=1)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -68,7 +87,8 @@ class InstanceState:
                 d = json.load(f)
             d['pending'] = [Pending(**p) for p in d.get('pending', [])]
             return cls(**d)
-        except (OSError, ValueError, TypeError) as e:
+        except (OSError, ValueError, TypeError,
+                exception.InvalidProtectionSpec) as e:
             raise exception.HaSnapshotException(
                 'Agent state %s is unreadable (%s); move it away to start '
                 'protection of that instance again.' % (path, e))

@@ -28,6 +28,7 @@ import oslo_messaging as messaging
 from oslo_utils import uuidutils
 
 from ha_snapshot import exception
+from ha_snapshot import protection_spec
 from ha_snapshot import statuses
 
 LOG = logging.getLogger(__name__)
@@ -98,9 +99,9 @@ def protect_server(conf, db, agent_api, server: dict,
         row = db.update_instance(server['uuid'], host=server['host'])
     if rebaseline:
         agent_api.unprotect(server['host'], server['uuid'])
-    spec = {'nova': True, 'uuid': server['uuid'], 'name': server['name']}
-    if row.policy:
-        spec['policy'] = row.policy
+    spec = protection_spec.ProtectionSpec(
+        nova=True, uuid=server['uuid'], name=server['name'],
+        policy=row.policy or None)
     agent_api.protect(server['host'], server['uuid'], server['project'],
                       spec)
     return 'protect cast to %s' % server['host']
