@@ -464,12 +464,11 @@ class SnapshotAgent(threading.Thread):
                               delta.to_header_primitive(),
                               timeout=min(self.conf.agent.rpc_timeout,
                                           COMMIT_TIMEOUT))
-        except exception.InvalidDelta as e:
-            if 'never received' not in str(e):
-                raise
+        except exception.PartsMissing as e:
             # NOTE: the manager lost its spool (restarted on a new disk,
             # or a part file torn by a crash): send the parts again.
-            LOG.warning('Instance %s: %s; sending again', self.instance, e)
+            LOG.warning('Instance %s: %s; sending again', self.instance,
+                        str(e).splitlines()[0])
             return self._ship(entry)
         with self.lock:
             entry.restore_point = ack['restore_point']

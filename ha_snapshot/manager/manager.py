@@ -236,9 +236,9 @@ def _primitive(value):
 
 
 class ManagerEndpoint:
-    """RPC API 1.1; see ha_snapshot/manager/rpcapi.py for the history."""
+    """RPC API 1.2; see ha_snapshot/manager/rpcapi.py for the history."""
 
-    target = messaging.Target(version='1.1')
+    target = messaging.Target(version='1.2')
 
     def __init__(self, manager: Manager):
         self.manager = manager
@@ -264,11 +264,12 @@ class ManagerEndpoint:
                          instance, sequence, part)
 
     @messaging.expected_exceptions(exception.HaSnapshotException)
-    def commit_delta(self, ctxt, header):
+    def commit_delta(self, ctxt, header, raise_parts_missing=False):
         what = 'delta %s/%s' % (
             header.get('instance') if isinstance(header, dict) else '?',
             header.get('sequence') if isinstance(header, dict) else '?')
-        return self._run(self.manager.commit_delta, what, header)
+        return self._run(self.manager.commit_delta, what, header,
+                         raise_parts_missing is True)
 
     def report_health(self, ctxt, instance, host, reason, details):
         try:
