@@ -139,8 +139,8 @@ class PartsMissingTest(base.TestCase):
         self.conf.set_override('state_dir', self.path('agent'), group='agent')
         agent = instance_mod.SnapshotAgent(self.conf, None, api, state,
                                            None, HOST_B)
-        agent._base_format = lambda entry: 'qcow2'
-        agent._ship(entry)
+        agent.shipper.base_format = lambda entry: 'qcow2'
+        agent.shipper.ship(entry)
         self.assertEqual(1, len(lost))
         self.assertIsNotNone(entry.restore_point)
         self.assertRegex(self.log.output, (

@@ -173,7 +173,7 @@ class ManagerAndAgentTest(test_manager._Base):
                                   full=True)
         snap = agent_mod.SnapshotAgent(self.conf, None, api, state, None,
                                        'host1')
-        snap._base_format = lambda entry: 'qcow2'
+        snap.shipper.base_format = lambda entry: 'qcow2'
         return snap, entry
 
     def test_agent_sends_the_delta_again_on_the_type(self):
@@ -191,8 +191,8 @@ class ManagerAndAgentTest(test_manager._Base):
                     test.lose_spool()
                 return test.mgr.commit_delta(header)
         snap, entry = self.agent(Api())
-        with self.assertLogs('ha_snapshot.agent.instance', 'WARNING') as logs:
-            snap._ship(entry)
+        with self.assertLogs('ha_snapshot.agent.shipper', 'WARNING') as logs:
+            snap.shipper.ship(entry)
         self.assertEqual([0, 0], commits)
         self.assertIn('part 0 of', logs.output[0])
         self.assertIn('sending again', logs.output[0])
@@ -213,5 +213,5 @@ class ManagerAndAgentTest(test_manager._Base):
                     instance=header['instance'], sequence=0,
                     reason='part 0 of 1 was never received')
         snap, entry = self.agent(Api())
-        self.assertRaises(exception.InvalidDelta, snap._ship, entry)
+        self.assertRaises(exception.InvalidDelta, snap.shipper.ship, entry)
         self.assertIsNone(entry.restore_point)
