@@ -164,6 +164,25 @@ def manager_signer(conf):
     return rpc_auth.Signer(rpc_auth.MANAGER, rpc_auth.Keys.from_conf(conf))
 
 
+def start_manager_child(script: str, work: str,
+                        url: str) -> subprocess.Popen:
+    """``python script --serve WORK --url URL``: a benchmark's manager
+    endpoint in a child process, returned once it printed READY; its
+    stderr in WORK/manager.log (shown if it did not start)."""
+    log_path = os.path.join(work, 'manager.log')
+    child = subprocess.Popen(
+        [sys.executable, os.path.abspath(script), '--serve', work,
+         '--url', url], stdout=subprocess.PIPE,
+        stderr=open(log_path, 'w'), text=True)
+    if child.stdout.readline().strip() != 'READY':
+        child.kill()
+        child.wait()
+        with open(log_path) as f:
+            raise RuntimeError('the manager child did not start: %s'
+                               % f.read()[-3000:])
+    return child
+
+
 def make_conf(store_dir: str, **storage_overrides) -> cfg.ConfigOpts:
     """A private ConfigOpts for one store.
 

@@ -229,21 +229,6 @@ def seed(work: str) -> dict:
     return servers
 
 
-def start_manager(work: str, url: str) -> subprocess.Popen:
-    log_path = os.path.join(work, 'manager.log')
-    child = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), '--serve', work,
-         '--url', url], stdout=subprocess.PIPE,
-        stderr=open(log_path, 'w'), text=True)
-    if child.stdout.readline().strip() != 'READY':
-        child.kill()
-        child.wait()
-        with open(log_path) as f:
-            raise RuntimeError('the manager child did not start: %s'
-                               % f.read()[-3000:])
-    return child
-
-
 def start_api(work: str, url: str, port: int) -> subprocess.Popen:
     conf_file = os.path.join(work, 'api.conf')
     with open(conf_file, 'w') as f:
@@ -340,7 +325,7 @@ def main() -> None:
         args.idle, args.slow = 5, 5
     with c.workdir(args, 'api_load') as work, c.rabbitmq(work) as broker:
         servers = seed(work)
-        manager = start_manager(work, broker.transport_url)
+        manager = c.start_manager_child(__file__, work, broker.transport_url)
         port = _free_port()
         api = start_api(work, broker.transport_url, port)
         try:

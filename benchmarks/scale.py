@@ -271,6 +271,44 @@ def start_vms(driver, work, count, first, started):
     return out
 
 
+def protect_vms(driver, wd, n: int, batch: int, vms: list, db,
+                api) -> dict:
+    """Start ``n`` VMs, ``batch`` at a time, and protect each (a row in
+    the database, ``protect`` cast to the agent); {instance: vm}."""
+    instances = {}
+    for first in range(0, n, batch):
+        count = min(batch, n - first)
+        for name, spec, vm, node in start_vms(driver, wd, count, first,
+                                              vms):
+            inst = str(uuid.uuid4())
+            db.create_instance(inst, PROJECT, host=AGENT_HOST,
+                               status='protecting', driver='qemu')
+            api.protect(AGENT_HOST, inst, PROJECT, {
+                'name': spec.name, 'qmp_path': spec.qmp_path,
+                'pid': vm.pid, 'log_path': spec.log_path,
+                'disk': node, 'disk_path': spec.disks[0].path,
+                'vm': {'machine': 'none', 'node': node}})
+            instances[inst] = vm
+        c.log('%d/%d VMs started and protected', len(vms), n)
+    return instances
+
+
+def wait_for_baselines(db, n: int, agent) -> None:
+    """Until ``n`` instances of AGENT_HOST have a restore point."""
+    limit = max(120, 2 * n)
+    deadline = time.monotonic() + limit
+    while True:
+        rows = db.list_instances(host=AGENT_HOST)
+        done = sum(1 for r in rows if r.newest_restore_point_id)
+        if done >= n:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError('only %d of %d instances have a baseline '
+                               'after %d s: %s' % (done, n, limit,
+                                                   agent.tail()))
+        time.sleep(0.5)
+
+
 def main():
     def more(p):
         p.add_argument('--instances', type=int, default=None,
@@ -328,33 +366,9 @@ def main():
             api = agent_rpcapi.AgentAPI(
                 transport, signer=c.manager_signer(conf))
             t_start = time.monotonic()
-            instances = {}
-            for first in range(0, n, args.batch):
-                count = min(args.batch, n - first)
-                batch = start_vms(driver, wd, count, first, vms)
-                for name, spec, vm, node in batch:
-                    inst = str(uuid.uuid4())
-                    db.create_instance(inst, PROJECT, host=AGENT_HOST,
-                                       status='protecting', driver='qemu')
-                    api.protect(AGENT_HOST, inst, PROJECT, {
-                        'name': spec.name, 'qmp_path': spec.qmp_path,
-                        'pid': vm.pid, 'log_path': spec.log_path,
-                        'disk': node, 'disk_path': spec.disks[0].path,
-                        'vm': {'machine': 'none', 'node': node}})
-                    instances[inst] = vm
-                c.log('%d/%d VMs started and protected', len(vms), n)
+            instances = protect_vms(driver, wd, n, args.batch, vms, db, api)
             started_s = time.monotonic() - t_start
-            deadline = time.monotonic() + max(120, 2 * n)
-            while True:
-                rows = db.list_instances(host=AGENT_HOST)
-                done = sum(1 for r in rows if r.newest_restore_point_id)
-                if done >= n:
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError('only %d of %d instances have a '
-                                       'baseline: %s' % (done, n,
-                                                         agent.tail()))
-                time.sleep(0.5)
+            wait_for_baselines(db, n, agent)
             baseline_s = time.monotonic() - t_start
             c.log('every instance has its baseline %.1f s after the first '
                   'VM started; measuring for %.0f s', baseline_s, seconds)

@@ -43,7 +43,6 @@ here is stopped by its pid.
 import os
 import sys
 import time
-import uuid
 
 import psutil
 
@@ -56,7 +55,6 @@ from ha_snapshot import hypervisor
 from ha_snapshot import rpc
 
 AGENT_HOST = scale.AGENT_HOST
-PROJECT = 'soak'
 
 
 def write_config(path, work, url, connection, interval, tiers):
@@ -203,28 +201,8 @@ def main():
             agent.wait_ready(300)
             api = agent_rpcapi.AgentAPI(
                 transport, signer=c.manager_signer(conf))
-            for first in range(0, n, args.batch):
-                count = min(args.batch, n - first)
-                for name, spec, vm, node in scale.start_vms(
-                        driver, wd, count, first, vms):
-                    inst = str(uuid.uuid4())
-                    db.create_instance(inst, PROJECT, host=AGENT_HOST,
-                                       status='protecting', driver='qemu')
-                    api.protect(AGENT_HOST, inst, PROJECT, {
-                        'name': spec.name, 'qmp_path': spec.qmp_path,
-                        'pid': vm.pid, 'log_path': spec.log_path,
-                        'disk': node, 'disk_path': spec.disks[0].path,
-                        'vm': {'machine': 'none', 'node': node}})
-            deadline = time.monotonic() + max(120, 2 * n)
-            while True:
-                rows = db.list_instances(host=AGENT_HOST)
-                if sum(1 for r in rows if r.newest_restore_point_id) >= n:
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError('not every instance has a baseline '
-                                       'after %d s: %s' % (max(120, 2 * n),
-                                                           agent.tail()))
-                time.sleep(0.5)
+            scale.protect_vms(driver, wd, n, args.batch, vms, db, api)
+            scale.wait_for_baselines(db, n, agent)
             seq0 = {r.uuid: r.last_sequence or 0
                     for r in db.list_instances(host=AGENT_HOST)}
             c.log('%d baselines durable; running for %d deltas (%.0f/s '

@@ -44,7 +44,6 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import threading
 import time
 
@@ -108,22 +107,6 @@ def serve(work: str, url: str) -> None:
 
 
 # --- this process: the agent side --------------------------------------------
-
-def start_child(work: str, url: str) -> subprocess.Popen:
-    log_path = os.path.join(work, 'manager.log')
-    child = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), '--serve', work,
-         '--url', url], stdout=subprocess.PIPE,
-        stderr=open(log_path, 'w'), text=True)
-    line = child.stdout.readline()
-    if line.strip() != 'READY':
-        child.kill()
-        child.wait()
-        with open(log_path) as f:
-            raise RuntimeError('the manager child did not start: %s'
-                               % f.read()[-3000:])
-    return child
-
 
 def cpu_seconds(proc) -> float:
     t = proc.cpu_times()
@@ -228,7 +211,7 @@ def main():
         conf = c.make_conf(os.path.join(wd, 'client-store'))
         window = args.window or conf.agent.parts_in_flight
         transport = rpc.get_transport(conf, url=broker.transport_url)
-        child = start_child(wd, broker.transport_url)
+        child = c.start_manager_child(__file__, wd, broker.transport_url)
         try:
             procs = (psutil.Process(), psutil.Process(child.pid),
                      broker._beam)

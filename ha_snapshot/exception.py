@@ -221,6 +221,28 @@ class RecoveryStateConflict(DatabaseError):
                '%(state)s.')
 
 
+class LeaseLost(DatabaseError):
+    """Fencing: the lease a write was made under is no longer held by its
+    writer; the write was not made (nothing of its transaction is kept)."""
+    msg_fmt = ('Lease %(key)s at generation %(generation)s is lost '
+               '(%(reason)s): the write made under it was refused and '
+               'nothing was changed. Another manager replica owns this '
+               'work now.')
+
+
+class WrongOwner(HaSnapshotException):
+    """A delta (its parts, its commit) reached a manager replica that does
+    not own its instance; ``owner``: the host of the one that does (as
+    this replica sees it), or ``unknown``."""
+    msg_fmt = ('Instance %(instance)s is owned by manager replica '
+               '%(owner)s, not %(host)s: its deltas go there.')
+
+
+class NoLiveManagers(HaSnapshotException):
+    msg_fmt = ('No live manager replica is known (%(reason)s): nobody owns '
+               'instance %(instance)s now.')
+
+
 # --- recovery requests and actions ------------------------------------------
 
 class RecoveryConflict(HaSnapshotException):

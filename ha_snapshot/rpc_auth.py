@@ -2,8 +2,8 @@
 
 Every RPC message carries, in its context, an envelope ``ha_auth``::
 
-    {"v": 1, "sender": "host:compute1", "audience": "manager",
-     "ts": 1765000000.123, "nonce": "<32 hex>", "mac": "<64 hex>"}
+    {"v": 2, "sender": "host:compute1", "audience": "manager",
+     "ts": 1765000000.123, "sid": "<16 hex>", "seq": 42, "mac": "<64 hex>"}
 
 ``mac`` is HMAC-SHA256 over the canonical JSON of the envelope's fields
 plus the method name and the call's arguments (as they travel: JSON; each
@@ -28,9 +28,9 @@ Imports nothing from the package but the exception module; the rpc client
 and server wrappers call in here.
 """
 
-import collections
 import hashlib
 import hmac
+import itertools
 import json
 import os
 import secrets
@@ -46,13 +46,16 @@ from ha_snapshot import exception
 LOG = logging.getLogger(__name__)
 
 ENVELOPE = 'ha_auth'
-FORMAT = 1
+FORMAT = 2
 MANAGER = 'manager'
 API = 'api'
 HOST_PREFIX = 'host:'
 AGENT_PREFIX = 'agent:'
 MIN_KEY_CHARS = 32
 LONG_STRING = 1024
+WINDOW = 4096
+""":class:`ReplayWindow`: how far behind the newest message of a stream
+another of that stream may arrive (in numbers) and still be accepted."""
 _EPHEMERAL = secrets.token_hex(32).encode()
 
 
@@ -185,7 +188,7 @@ def _digested(obj):
 
 def _mac(key: bytes, envelope: dict, method: str, args: dict) -> str:
     signed = {k: envelope[k] for k in ('v', 'sender', 'audience', 'ts',
-                                       'nonce')}
+                                       'sid', 'seq')}
     signed.update(method=method, args=_digested(args))
     return hmac.new(key, _canonical(signed), hashlib.sha256).hexdigest()
 
@@ -198,11 +201,14 @@ def _key_identity(sender: str, audience: str) -> str:
 
 
 class Signer:
-    """Signs the messages of one sender identity."""
+    """Signs the messages of one sender identity, numbered in one stream."""
 
     def __init__(self, sender: str, keys: Keys):
         self.sender = sender
         self.keys = keys
+        self.stream = secrets.token_hex(8)
+        # NOTE: next() on a count is atomic (one C call): threads share it.
+        self._numbers = itertools.count(1)
 
     def envelope(self, audience: str, method: str, kwargs: dict) -> dict:
         identity = _key_identity(self.sender, audience)
@@ -218,38 +224,65 @@ class Signer:
         args = kwargs if _plain(kwargs) else json.loads(
             jsonutils.dumps(kwargs))
         env = {'v': FORMAT, 'sender': self.sender, 'audience': audience,
-               'ts': round(time.time(), 3), 'nonce': secrets.token_hex(16)}
+               'ts': round(time.time(), 3), 'sid': self.stream,
+               'seq': next(self._numbers)}
         env['mac'] = _mac(keys[0], env, method, args)
         return env
 
 
-class NonceCache:
-    """Nonces seen recently; bounded. Forgetting a nonce raises a floor:
-    a message no newer than a forgotten one is refused."""
+class ReplayWindow:
+    """The message numbers seen recently, per sender and stream.
 
-    def __init__(self, size: int):
-        self.size = size
-        self._seen = collections.OrderedDict()
+    Per stream: the highest number seen, a bit mask of the :data:`WINDOW`
+    numbers at and below it (bit i: number ``highest - i`` seen), and the
+    newest send time, by which a stream silent for ``max_age`` seconds is
+    forgotten (looked for at most every ``max_age / 10`` seconds).
+    """
+
+    def __init__(self, max_age: float, window: int = WINDOW):
+        self.max_age = max_age
+        self.window = window
+        self._mask = (1 << window) - 1
+        self._streams: dict[tuple, list] = {}
         self._lock = threading.Lock()
-        self.floor = 0.0
+        self._next_sweep = 0.0
 
-    def add(self, nonce: str, ts: float, oldest: float) -> str | None:
-        """Remember ``nonce``; the reason to refuse it, or None."""
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def add(self, sender: str, stream: str, number: int, ts: float,
+            now: float) -> str | None:
+        """Remember message ``number``; the reason to refuse it, or None."""
+        key = (sender, stream)
         with self._lock:
-            while self._seen:
-                first, first_ts = next(iter(self._seen.items()))
-                if first_ts >= oldest and len(self._seen) < self.size:
-                    break
-                self._seen.popitem(last=False)
-                if first_ts >= oldest:
-                    self.floor = max(self.floor, first_ts)
-            if nonce in self._seen:
-                return 'replayed: this nonce was seen before'
-            if ts <= self.floor:
-                return ('older than the replay cache holds '
-                        '([rpc_auth] nonce_cache_size)')
-            self._seen[nonce] = ts
+            if now >= self._next_sweep:
+                self._sweep(now)
+            seen = self._streams.get(key)
+            if seen is None:
+                self._streams[key] = [number, 1, ts]
+                return None
+            highest, bits, newest = seen
+            if number > highest:
+                seen[0] = number
+                seen[1] = ((bits << (number - highest)) | 1) & self._mask
+            elif highest - number >= self.window:
+                return ('older than the replay window: %d messages of its '
+                        'stream came after it' % (highest - number))
+            else:
+                bit = 1 << (highest - number)
+                if bits & bit:
+                    return 'replayed: this message was seen before'
+                seen[1] = bits | bit
+            seen[2] = max(newest, ts)
             return None
+
+    def _sweep(self, now: float) -> None:
+        # NOTE: any message of a stream forgotten here was sent at or
+        # before its newest time, over max_age ago: refused as stale.
+        self._next_sweep = now + max(1.0, self.max_age / 10)
+        for key in [k for k, v in self._streams.items()
+                    if now - v[2] > self.max_age]:
+            del self._streams[key]
 
 
 class Verifier:
@@ -259,19 +292,19 @@ class Verifier:
     """
 
     def __init__(self, keys: Keys, audience: str, senders,
-                 max_age: float = 600, cache_size: int = 200000):
+                 max_age: float = 600, window: int = WINDOW):
         self.keys = keys
         self.audience = audience
         self.senders = senders
         self.max_age = max_age
-        self.nonces = NonceCache(cache_size)
+        self.seen = ReplayWindow(max_age, window)
 
     @classmethod
     def from_conf(cls, conf, keys: Keys, audience: str,
                   senders) -> 'Verifier':
         return cls(keys, audience, senders,
                    max_age=conf.rpc_auth.max_message_age,
-                   cache_size=conf.rpc_auth.nonce_cache_size)
+                   window=conf.rpc_auth.replay_window)
 
     def verify(self, ctxt, method: str, args: dict) -> str:
         """The sender of a valid message; MessageAuthFailed otherwise."""
@@ -292,9 +325,12 @@ class Verifier:
         if env.get('audience') != self.audience:
             refuse('it is addressed to %r, not to %s'
                    % (env.get('audience'), self.audience))
-        ts, nonce, mac = env.get('ts'), env.get('nonce'), env.get('mac')
+        ts, mac = env.get('ts'), env.get('mac')
+        stream, number = env.get('sid'), env.get('seq')
         if not isinstance(ts, (int, float)) or isinstance(ts, bool) or \
-                not isinstance(nonce, str) or not isinstance(mac, str):
+                not isinstance(stream, str) or not 0 < len(stream) <= 64 \
+                or not isinstance(number, int) or isinstance(number, bool) \
+                or number < 1 or not isinstance(mac, str):
             refuse('malformed envelope')
         now = time.time()
         if abs(now - ts) > self.max_age:
@@ -306,7 +342,7 @@ class Verifier:
         if not any(hmac.compare_digest(_mac(k, env, method, args), mac)
                    for k in keys):
             refuse('bad signature: wrong key, or the message was changed')
-        replay = self.nonces.add(nonce, ts, now - self.max_age)
+        replay = self.seen.add(claimed, stream, number, ts, now)
         if replay:
             refuse(replay)
         return claimed

@@ -147,6 +147,18 @@ class Shipper:
             except hv_base.VMNotRunning as e:
                 owner.mark_failed(str(e))
                 return
+            except exception.WrongOwner as e:
+                # NOTE: another manager replica owns the instance now (one
+                # joined or died): learn which, send the delta there from
+                # its first part. Briefly: replicas may disagree for a
+                # heartbeat while their views of who is alive converge.
+                LOG.info('Instance %s: %s', self.instance, e)
+                if owner._stopping.wait(self.conf.agent.retry_initial):
+                    return
+                try:
+                    owner._register()
+                except Stopped:
+                    return
             except Exception as e:
                 # NOTE: as in the snapshot loop: keep every
                 # unacknowledged overlay, learn again what the manager

@@ -16,6 +16,7 @@ import webob.exc
 
 from ha_snapshot.api import errors
 from ha_snapshot.api.handlers import alarm
+from ha_snapshot.api.handlers import manager
 from ha_snapshot.api.handlers import metrics
 from ha_snapshot.api.handlers import recovery
 from ha_snapshot.api.handlers import restore_point
@@ -46,6 +47,7 @@ ROUTE_DECLARATIONS = {
         'GET': recovery.show_recovery,
     },
     '/v1/alarms/{server_id}': {'POST': alarm.post_alarm},
+    '/v1/managers': {'GET': manager.list_managers},
     '/metrics': {'GET': metrics.show_metrics},
 }
 

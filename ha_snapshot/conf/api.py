@@ -29,6 +29,13 @@ OPTS = [
                     '(application threads). Only complete requests reach '
                     'them: the server reads headers and bodies itself, so '
                     'idle or slow clients never hold one.'),
+    cfg.IntOpt('processes', min=1,
+               help='Processes of the embedded server, each running '
+                    '[api] workers application threads, all accepting on '
+                    'one listening socket (one Python process uses at '
+                    'most one core). A process that dies is started '
+                    'again. Unset: the number of CPUs of the host, as '
+                    'OpenStack APIs count their workers.'),
     cfg.IntOpt('max_connections', default=1000, min=10,
                help='Client connections the embedded server keeps open at '
                     'once; further ones wait in the listen backlog.'),

@@ -39,11 +39,14 @@ OPTS = [
                     'later; it also bounds how long a cast may wait in a '
                     'queue while its receiver is down. Keep the clocks of '
                     'all hosts in sync (NTP).'),
-    cfg.IntOpt('nonce_cache_size', default=200000, min=1000,
-               help='Nonces of recent messages remembered to refuse a '
-                    'replay within max_message_age. When full, the oldest '
-                    'is forgotten and messages no newer than it are '
-                    'refused as too old.'),
+    cfg.IntOpt('replay_window', default=4096, min=64, max=1 << 20,
+               help='How many messages of one sending process may arrive '
+                    'after a later one of the same process and still be '
+                    'accepted (each at most once). Receivers remember, per '
+                    'sending process, the highest message number seen and '
+                    'a bit per number of this window: about window / 8 '
+                    'bytes per process heard from within '
+                    'max_message_age.'),
 ]
 
 

@@ -106,6 +106,14 @@ def _retried(func):
     return wrapper
 
 
+def _fenced(session, fence) -> None:
+    """Run ``fence(session)`` first in a write transaction: a lease
+    check (``ha_snapshot.db.membership.Lease.fence``) that raises
+    LeaseLost, and so rolls the write back, if the writer lost its lease."""
+    if fence is not None:
+        fence(session)
+
+
 class _Scope:
     """What enginefacade hangs one transaction on."""
 
@@ -119,8 +127,10 @@ class Database:
         self._context = enginefacade.transaction_context()
         self._context.configure(**db_engine.engine_options(conf))
         timeout = conf.database.sqlite_busy_timeout
+        pool_size = conf.database.max_pool_size or 5
         self._context.append_on_engine_create(
-            lambda engine: db_engine.on_engine_create(engine, timeout))
+            lambda engine: db_engine.on_engine_create(engine, timeout,
+                                                      pool_size))
         self._write_lock = db_engine.writer_lock(conf)
 
     @property
@@ -198,9 +208,11 @@ class Database:
         """Instances by project, host and status (one or several).
 
         Deleted instances are left out unless asked for, by
-        ``include_deleted`` or by ``status``.
+        ``include_deleted`` or by ``status``. Read-only
+        :class:`models.InstanceRecord` tuples, not ORM objects (loading
+        those was a third of the CPU of the API's server list).
         """
-        query = sa.select(models.Instance)
+        query = sa.select(models.Instance.__table__)
         if project is not None:
             query = query.where(models.Instance.project_id == project)
         if host is not None:
@@ -213,7 +225,8 @@ class Database:
         query = query.order_by(models.Instance.created_at,
                                models.Instance.uuid)
         with self._reader() as session:
-            return list(session.execute(query).scalars())
+            return [models.InstanceRecord._make(row)
+                    for row in session.execute(query)]
 
     def update_instance(self, uuid: str, *, host=_UNCHANGED,
                         policy=_UNCHANGED,
@@ -301,24 +314,31 @@ class Database:
     # --- restore points -----------------------------------------------------
 
     @_retried
-    def record_restore_point(self, rp) -> models.RestorePoint:
+    def record_restore_point(self, rp, *, fence=None,
+                             forget=()) -> models.RestorePoint:
         """Record a durable restore point (a storage.objects.RestorePoint).
 
         Idempotent on (instance, delta_sequence): recording the same
         restore point again returns its row. Moves the instance's
         ``newest_restore_point_*`` to it unless a newer one is recorded, and
-        raises ``last_sequence``, in the same transaction.
+        raises ``last_sequence``, in the same transaction. ``forget``: ids
+        of restore points retention removed, deleted in that transaction
+        too (one commit per delta: on sqlite every commit is an fsync
+        under the one write lock). ``fence``: see :func:`_fenced`.
         """
+        forget = list(forget)
         try:
-            return self._record_restore_point(rp)
+            return self._record_restore_point(rp, fence, forget)
         except db_exc.DBDuplicateEntry:
             # NOTE: a concurrent insert won the race; judge its row.
-            return self._record_restore_point(rp)
+            return self._record_restore_point(rp, fence, forget)
 
-    def _record_restore_point(self, rp):
+    def _record_restore_point(self, rp, fence, forget):
         now = self._now()
         point = models.RestorePoint
         with self._writer() as session:
+            _fenced(session, fence)
+            self._forget(session, forget)
             # NOTE: the row lock orders concurrent recordings of one
             # instance (sqlite has BEGIN IMMEDIATE instead).
             instance = session.execute(
@@ -390,19 +410,22 @@ class Database:
         The instances they belonged to get their newest restore point
         recomputed; ``last_sequence`` stays.
         """
-        ids, deleted = list(ids), 0
         with self._writer() as session:
-            for start in range(0, len(ids), _BATCH):
-                batch = ids[start:start + _BATCH]
-                owners = set(session.execute(
-                    sa.select(models.RestorePoint.instance_uuid)
-                    .where(models.RestorePoint.id.in_(batch))).scalars())
-                deleted += session.execute(
-                    sa.delete(models.RestorePoint)
-                    .where(models.RestorePoint.id.in_(batch))
-                    .execution_options(synchronize_session=False)).rowcount
-                for uuid in sorted(owners):
-                    self._refresh_newest(session, uuid)
+            return self._forget(session, list(ids))
+
+    def _forget(self, session, ids: list) -> int:
+        deleted = 0
+        for start in range(0, len(ids), _BATCH):
+            batch = ids[start:start + _BATCH]
+            owners = set(session.execute(
+                sa.select(models.RestorePoint.instance_uuid)
+                .where(models.RestorePoint.id.in_(batch))).scalars())
+            deleted += session.execute(
+                sa.delete(models.RestorePoint)
+                .where(models.RestorePoint.id.in_(batch))
+                .execution_options(synchronize_session=False)).rowcount
+            for uuid in sorted(owners):
+                self._refresh_newest(session, uuid)
         return deleted
 
     def _refresh_newest(self, session, uuid) -> None:
@@ -451,12 +474,13 @@ class Database:
     @_retried
     def update_recovery(self, recovery_id: str, *, state: str | None = None,
                         step=_UNCHANGED, error=_UNCHANGED,
-                        restore_point_id=_UNCHANGED) -> models.Recovery:
+                        restore_point_id=_UNCHANGED,
+                        fence=None) -> models.Recovery:
         """Advance a recovery along RECOVERY_TRANSITIONS (compare-and-swap).
 
         With no ``state`` the recovery keeps its state, which must not be
         final. Moving to 'running' sets ``started_at`` once; a final state
-        sets ``finished_at``.
+        sets ``finished_at``. ``fence``: see :func:`_fenced`.
         """
         now = self._now()
         values = {'updated_at': now}
@@ -478,6 +502,7 @@ class Database:
             if value is not _UNCHANGED:
                 values[name] = value
         with self._writer() as session:
+            _fenced(session, fence)
             result = session.execute(
                 sa.update(models.Recovery)
                 .where(models.Recovery.id == recovery_id,

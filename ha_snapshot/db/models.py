@@ -12,9 +12,11 @@ name so that migrations can find it again on every backend.
 Imports only SQLAlchemy and ha_snapshot.statuses.
 """
 
+import collections
 import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 from sqlalchemy import orm
 
 from ha_snapshot import statuses
@@ -92,6 +94,13 @@ class Instance(Base):
         sa.BigInteger, default=0, server_default='0')
 
 
+# NOTE: what list_instances returns: the columns of a row as a read-only
+# tuple with attributes; plain attribute reads, where a SQLAlchemy Row's
+# cost ~1 us each (13 per server in an API list of hundreds).
+InstanceRecord = collections.namedtuple(
+    'InstanceRecord', [column.key for column in Instance.__table__.columns])
+
+
 class RestorePoint(Base):
     """One durable restore point; its manifest in the store is the truth."""
 
@@ -165,3 +174,56 @@ class Agent(Base):
         sa.DateTime)
     last_seen: orm.Mapped[datetime.datetime] = orm.mapped_column(
         sa.DateTime)
+
+
+# NOTE: MySQL's DATETIME keeps whole seconds unless told otherwise;
+# heartbeats and leases compare times closer than that.
+PRECISE_DATETIME = sa.DateTime().with_variant(mysql.DATETIME(fsp=6),
+                                              'mysql', 'mariadb')
+
+
+class Manager(Base):
+    """One incarnation of a manager replica: a process on ``host`` since
+    ``started_at``; a restart is a new row (a new ``id``).
+
+    ``heartbeat_at`` and the other times come from the database server's
+    clock (ha_snapshot.db.membership), never from the replicas' own.
+    """
+
+    __tablename__ = 'managers'
+    __table_args__ = (
+        sa.Index('ix_managers_host', 'host'),
+        sa.Index('ix_managers_heartbeat_at', 'heartbeat_at'),
+    )
+
+    id: orm.Mapped[str] = orm.mapped_column(sa.String(36), primary_key=True)
+    host: orm.Mapped[str] = orm.mapped_column(sa.String(255))
+    pid: orm.Mapped[int | None] = orm.mapped_column(sa.Integer)
+    version: orm.Mapped[str | None] = orm.mapped_column(sa.String(64))
+    started_at: orm.Mapped[datetime.datetime] = orm.mapped_column(
+        PRECISE_DATETIME)
+    heartbeat_at: orm.Mapped[datetime.datetime] = orm.mapped_column(
+        PRECISE_DATETIME)
+    # NOTE: set by a clean stop: the replica is gone before it is missed.
+    stopped_at: orm.Mapped[datetime.datetime | None] = orm.mapped_column(
+        PRECISE_DATETIME)
+
+
+class Lease(Base):
+    """Exclusive work (``key``, e.g. ``recovery:<instance>``) and who holds
+    it until when. ``generation`` grows by one at every acquisition: a
+    write checks it (fencing), so a holder that lost the lease cannot
+    write any more. A released lease has no owner."""
+
+    __tablename__ = 'leases'
+
+    key: orm.Mapped[str] = orm.mapped_column(sa.String(255),
+                                             primary_key=True)
+    # NOTE: a Manager.id (an incarnation), not a host: a restarted replica
+    # holds none of its previous life's leases.
+    owner: orm.Mapped[str | None] = orm.mapped_column(sa.String(36))
+    generation: orm.Mapped[int] = orm.mapped_column(sa.BigInteger)
+    acquired_at: orm.Mapped[datetime.datetime | None] = orm.mapped_column(
+        PRECISE_DATETIME)
+    expires_at: orm.Mapped[datetime.datetime | None] = orm.mapped_column(
+        PRECISE_DATETIME)

@@ -153,7 +153,36 @@ class DeltaIntake:
     ``prestores``, ``_commits``/``_commits_lock`` and ``_protected`` /
     ``_project_of`` (an instance's database row and project)."""
 
+    def owner_of(self, instance: str) -> str | None:
+        """The host of the replica that owns ``instance``, as this one sees
+        it; None with no membership (one manager, not a cluster) or when
+        no owner is known (no live replica, or this one lost its standing
+        and must not act as an owner)."""
+        membership = getattr(self, 'membership', None)
+        if membership is None:
+            return None
+        try:
+            owner = membership.owner(instance)
+        except exception.NoLiveManagers:
+            return None
+        if owner == membership.host and not membership.in_good_standing():
+            return None
+        return owner
+
+    def _route(self, instance: str) -> None:
+        """Refuse (WrongOwner) a delta of an instance this replica does not
+        own: its parts and its commit must meet in one spool."""
+        membership = getattr(self, 'membership', None)
+        if membership is None:
+            return
+        owner = self.owner_of(instance)
+        if owner != membership.host:
+            raise exception.WrongOwner(instance=instance,
+                                       owner=owner or 'unknown',
+                                       host=membership.host)
+
     def put_part(self, instance, sequence, part) -> dict:
+        self._route(instance)
         project = self._project_of(instance)
 
         def received(checked, data, digests):
@@ -239,6 +268,9 @@ class DeltaIntake:
         InvalidDelta with the same message: their release cannot rebuild
         the subclass from the bus.
         """
+        key = _delta_key(header)
+        if key is not None:
+            self._route(key[0])
         try:
             return self._checked_commit(header)
         except (exception.InvalidDelta, exception.InstanceNotFound,
@@ -300,10 +332,10 @@ class DeltaIntake:
         if rp is None:
             delta = self.spool.load(h)
             rp = self._io(self.store.merge, delta)
-        self.db.record_restore_point(rp)
+        # NOTE: the new restore point is the newest in the store: retention
+        # keeps it. Its record and the removed ones' go in one transaction.
         removed = self._io(self.store.apply_retention, h.instance)
-        if removed:
-            self.db.delete_restore_points(removed)
+        self.db.record_restore_point(rp, forget=removed)
         # NOTE: parts of this delta and of any older one (refused, or
         # superseded by a resend) are of no use any more, nor are chunks
         # stored ahead for them that this merge did not take.
@@ -312,7 +344,8 @@ class DeltaIntake:
         LOG.info('Instance %s: delta %d durable as restore point %s (#%d)',
                  h.instance, h.sequence, rp.id, rp.number)
         return {'restore_point': rp.id, 'number': rp.number,
-                'sequence': h.sequence, 'created_at': rp.created_at}
+                'sequence': h.sequence, 'created_at': rp.created_at,
+                'owner': self.owner_of(h.instance)}
 
     def _merged(self, h, newest):
         """The restore point this delta already made (its ack was lost, or

@@ -39,8 +39,11 @@ class Manager(intake.DeltaIntake):
     """What the endpoint does, without the bus (tests call it directly)."""
 
     def __init__(self, conf, store, db, spool, recovery=None,
-                 agent_api=None):
+                 agent_api=None, membership=None):
+        """``membership``: this replica among several
+        (manager.membership); None: the only manager."""
         self.conf = conf
+        self.membership = membership
         self.store = store
         self.db = db
         self.spool = spool
@@ -86,7 +89,8 @@ class Manager(intake.DeltaIntake):
         return {'status': row.status,
                 'newest_restore_point': newest.id if newest else None,
                 'newest_number': newest.number if newest else 0,
-                'last_sequence': newest.delta_sequence if newest else -1}
+                'last_sequence': newest.delta_sequence if newest else -1,
+                'owner': self.owner_of(instance)}
 
     def report_health(self, instance, host, reason, details) -> str:
         if self.recovery is None:
@@ -163,7 +167,7 @@ class Manager(intake.DeltaIntake):
                     'policy %s: %s' % (policy, result))
             return self._protected_dict(row, False, 'already protected on %s'
                                         % row.host)
-        if row is not None and row.status == 'deleted':
+        if row is not None and row.status == Status.DELETED:
             self.db.update_instance_status(instance, Status.DELETED,
                                            Status.PROTECTING)
         if row is not None and row.host and row.host != server['host'] \

@@ -14,13 +14,24 @@ Every method pins the version it needs, so an agent newer than its manager
 fails clearly (oslo.messaging's version check) instead of sending calls the
 manager cannot read. Every message is signed by the caller's identity
 (ha_snapshot/rpc_auth.py): an agent's host key, or the API's key.
+
+Several manager replicas: one owns each instance (manager/membership.py),
+and a delta's parts and commit must reach that one. The answers to
+``register_instance`` and ``commit_delta`` name the owner, and so does a
+``WrongOwner`` refusal; the client remembers it per instance and sends
+that instance's ``put_part`` and ``commit_delta`` to ``topic.<owner>``.
+Without a known owner (first contact, after a timeout: the owner may be
+dead) they go to the shared topic, where any replica answers or names the
+owner. A single manager names none: everything goes to the shared topic.
 """
 
 import contextlib
+import threading
 
 import kombu.exceptions
 import oslo_messaging as messaging
 
+from ha_snapshot import exception
 from ha_snapshot import rpc
 from ha_snapshot import rpc_auth
 
@@ -50,15 +61,55 @@ class ManagerAPI:
                                      version_cap=version_cap, timeout=timeout)
         self.signer = signer or rpc_auth.Signer(rpc_auth.API,
                                                 rpc_auth.Keys.ephemeral())
+        # NOTE: instance -> host of the replica that owns it, as last told.
+        self._owners: dict[str, str] = {}
+        self._owners_lock = threading.Lock()
+
+    def owner(self, instance: str) -> str | None:
+        """The replica the deltas of ``instance`` go to; None: the shared
+        topic."""
+        with self._owners_lock:
+            return self._owners.get(instance)
+
+    def _learn(self, instance: str, owner) -> None:
+        with self._owners_lock:
+            if isinstance(owner, str) and owner and owner != 'unknown':
+                self._owners[instance] = owner
+            else:
+                self._owners.pop(instance, None)
+
+    def forget(self, instance: str) -> None:
+        """Forget the owner of ``instance`` (no longer protected here)."""
+        self._learn(instance, None)
+
+    def _routed(self, owned: str, method: str, timeout=None, **kwargs):
+        """A call about instance ``owned``'s delta, to its owner; learns
+        the owner from the answer, a WrongOwner refusal or a timeout."""
+        try:
+            answer = self._call(method, timeout=timeout,
+                                server=self.owner(owned), **kwargs)
+        except exception.WrongOwner as e:
+            self._learn(owned, e.kwargs.get('owner'))
+            raise
+        except messaging.MessagingTimeout:
+            # NOTE: the owner may be dead: ask the shared topic next.
+            self._learn(owned, None)
+            raise
+        if isinstance(answer, dict) and 'owner' in answer:
+            self._learn(owned, answer['owner'])
+        return answer
 
     def _context(self, method, kwargs):
         return rpc.signed_context(self.signer, rpc_auth.MANAGER, method,
                                   kwargs)
 
-    def _call(self, method, version='1.0', timeout=None, **kwargs):
+    def _call(self, method, version='1.0', timeout=None, server=None,
+              **kwargs):
         # NOTE: prepare(timeout=None) would replace the client's timeout
         # ([agent] rpc_timeout) with rpc_response_timeout.
         extra = {} if timeout is None else {'timeout': timeout}
+        if server is not None:
+            extra['server'] = server
         cctxt = self.client.prepare(version=version, **extra)
         with _bus_errors():
             return cctxt.call(self._context(method, kwargs), method,
@@ -71,16 +122,20 @@ class ManagerAPI:
 
     def register_instance(self, instance: str, project: str, host: str,
                           driver: str, details: dict) -> dict:
-        """Register a snapshot agent; returns what the manager holds."""
-        return self._call('register_instance', instance=instance,
-                          project=project, host=host, driver=driver,
-                          details=details)
+        """Register a snapshot agent; returns what the manager holds (and
+        who owns the instance: its deltas go there)."""
+        answer = self._call('register_instance', instance=instance,
+                            project=project, host=host, driver=driver,
+                            details=details)
+        if isinstance(answer, dict):
+            self._learn(instance, answer.get('owner'))
+        return answer
 
     def put_part(self, instance: str, sequence: int, part: dict,
                  timeout=None) -> dict:
         """Spool one part (idempotent by instance, sequence, index)."""
-        return self._call('put_part', timeout=timeout, instance=instance,
-                          sequence=sequence, part=part)
+        return self._routed(instance, 'put_part', timeout=timeout,
+                            instance=instance, sequence=sequence, part=part)
 
     def commit_delta(self, header: dict, timeout=None) -> dict:
         """Merge the spooled parts; returns only once durable.
@@ -90,9 +145,11 @@ class ManagerAPI:
         plain InvalidDelta.
         """
         if self.client.can_send_version('1.2'):
-            return self._call('commit_delta', version='1.2', timeout=timeout,
-                              header=header, raise_parts_missing=True)
-        return self._call('commit_delta', timeout=timeout, header=header)
+            return self._routed(header.get('instance'), 'commit_delta',
+                                version='1.2', timeout=timeout,
+                                header=header, raise_parts_missing=True)
+        return self._routed(header.get('instance'), 'commit_delta',
+                            timeout=timeout, header=header)
 
     def report_health(self, instance: str, host: str, reason: str,
                       details: dict) -> None:

@@ -11,6 +11,7 @@ from ha_snapshot.manager import authz
 from ha_snapshot.manager import image_sweep
 from ha_snapshot.manager import intake
 from ha_snapshot.manager import manager as manager_mod
+from ha_snapshot.manager import membership as membership_mod
 from ha_snapshot.manager import notifications
 from ha_snapshot.manager import recovery as recovery_engine
 from ha_snapshot.manager import spool as spool_mod
@@ -36,12 +37,19 @@ class ManagerService(service.Service):
         self.db = None
         self.sweeper = None
         self.intake_sweeper = None
+        self.membership = None
 
     def start(self) -> None:
         conf = self.conf
         self.transport = self.transport or rpc.get_transport(conf)
         self.db = db_api.Database(conf)
         migration.check(conf, database=self.db)
+        # NOTE: this replica in the managers table, beating on a thread;
+        # GET /v1/managers shows it. The intake takes only the deltas of
+        # the instances this replica owns (the agents send them to
+        # topic.<host>); leases are not used for recovery yet.
+        self.membership = membership_mod.Membership(conf, self.db, self.host)
+        self.membership.start()
         store = store_mod.RecoveryStore.from_conf(conf)
         keys = rpc_auth.Keys.from_conf(conf)
         agent_api = agent_rpcapi.AgentAPI(
@@ -55,7 +63,8 @@ class ManagerService(service.Service):
         self.manager = manager_mod.Manager(
             conf, store, self.db,
             spool_mod.Spool.from_conf(conf),
-            recovery=self.engine, agent_api=agent_api)
+            recovery=self.engine, agent_api=agent_api,
+            membership=self.membership)
         self.rpc_server = rpc.get_server(
             self.transport, rpc.MANAGER_TOPIC, self.host,
             [manager_mod.ManagerEndpoint(self.manager)],
@@ -97,5 +106,7 @@ class ManagerService(service.Service):
             self.rpc_server.wait()
         if self.engine is not None:
             self.engine.stop()
+        if self.membership is not None:
+            self.membership.stop()
         if self.db is not None:
             self.db.dispose()

@@ -174,3 +174,7 @@ class Client:
             'GET', '/v1/servers/%s/recoveries/%s' % (
                 _quote(server_id), _quote(recovery_id)), 'recovery')
 
+    # --- manager replicas ---------------------------------------------------
+
+    def list_managers(self) -> list:
+        return self._payload('GET', '/v1/managers', 'managers')

@@ -56,11 +56,15 @@ class _Channel(waitress_channel.HTTPChannel):
 class EmbeddedServer:
     """waitress serving ``application`` on ``[api] host``/``port``."""
 
-    def __init__(self, application, conf):
+    def __init__(self, application, conf, sock=None):
+        """``sock``: a listening socket to serve (one of several processes
+        sharing it, ha_snapshot.wsgi.prefork) instead of binding one."""
         api = conf.api
         self.conf = conf
+        where = ({'sockets': [sock]} if sock is not None
+                 else {'host': api.host, 'port': api.port})
         self.server = waitress_server.create_server(
-            application, host=api.host, port=api.port,
+            application, **where,
             threads=api.workers, connection_limit=api.max_connections,
             channel_timeout=api.client_timeout,
             # NOTE: how often idle channels are looked for; at most half

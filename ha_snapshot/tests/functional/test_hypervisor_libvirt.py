@@ -197,6 +197,14 @@ class LibvirtTestCase(base.TestCase):
 
     # --- the agent's and manager's part -------------------------------------
 
+    def ship_incremental(self, fo: hv.FrozenOverlay, changed: int):
+        """Ship an incremental delta that must hold ``changed`` bytes and
+        restore to the expected disk."""
+        self.assertFalse(fo.full)
+        rp, header = self.ship(fo)
+        self.assertEqual(changed, header.changed_bytes)
+        self.assert_restore_point(rp, self.expected.path)
+
     def ship(self, fo: hv.FrozenOverlay):
         """Inspect, extract and merge one delta file as the agent and the
         manager do; returns the restore point."""
@@ -287,12 +295,9 @@ class TestLibvirtDriver(LibvirtTestCase):
         dom = self.conn.defineXML(self.dom_xml)
         dom.createWithFlags(self.lv.VIR_DOMAIN_START_PAUSED)
         self.write(vm, [(5 * MiB, 128 * KiB, 0x5a)])
-        fo = self.driver.snapshot(vm).disk('vda')
         # NOTE: QEMU stored the bitmap on its clean exit: still valid.
-        self.assertFalse(fo.full)
-        rp, header = self.ship(fo)
-        self.assertEqual(128 * KiB, header.changed_bytes)
-        self.assert_restore_point(rp, self.expected.path)
+        self.ship_incremental(self.driver.snapshot(vm).disk('vda'),
+                              128 * KiB)
 
     def test_no_checkpoint_metadata_while_a_backup_runs(self):
         # A server Nova deletes while a (long) backup runs: Nova destroys
@@ -514,10 +519,7 @@ class TestLibvirtDriver(LibvirtTestCase):
                 self.assertLess(time.monotonic(), deadline,
                                 'no snapshot 30 s after libvirtd restart')
                 time.sleep(0.2)
-        self.assertFalse(fo.full)
-        rp, header = self.ship(fo)
-        self.assertEqual(64 * KiB, header.changed_bytes)
-        self.assert_restore_point(rp, self.expected.path)
+        self.ship_incremental(fo, 64 * KiB)
         self.driver.commit(vm, fo)
         self.assertEqual([], [e.kind for e in seen if e.kind in (
             hv.PROCESS_EXITED, hv.MONITOR_CLOSED)])
@@ -548,11 +550,8 @@ class TestLibvirtDriver(LibvirtTestCase):
         vm = self.attach(dom_uuid)
         self.assertEqual([], self.our_metadata(dom_uuid))
         self.assertNotIn(stray, self.bitmaps(disk, dom))
-        fo = self.driver.snapshot(vm).disk('vda')
-        self.assertFalse(fo.full)
-        rp, header = self.ship(fo)
-        self.assertEqual(64 * KiB, header.changed_bytes)
-        self.assert_restore_point(rp, self.expected.path)
+        self.ship_incremental(self.driver.snapshot(vm).disk('vda'),
+                              64 * KiB)
 
 
 class TestNovaServerProtection(LibvirtTestCase):

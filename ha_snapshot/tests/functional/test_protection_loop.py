@@ -57,6 +57,7 @@ from ha_snapshot.hypervisor import qmp
 from ha_snapshot.manager import rpcapi as manager_rpcapi
 from ha_snapshot import rpc_auth
 from ha_snapshot.tests import base
+from ha_snapshot.tests.fixtures import database as db_fixtures
 from ha_snapshot.tests.fixtures import qemu as qemu_fixture
 from ha_snapshot.tests.fixtures import rabbitmq
 from ha_snapshot.tests.fixtures import services
@@ -268,13 +269,15 @@ class ProtectionLoopTest(base.TestCase):
     # --- set-up helpers ---------------------------------------------------
 
     def start_services(self, transport_url: str | None = None,
-                       options: dict | None = None) -> services.Services:
+                       options: dict | None = None,
+                       managers: int = 1) -> services.Services:
         if transport_url is None:
             transport_url = self.useFixture(
                 rabbitmq.SharedRabbitMQ()).transport_url
         host = 'agent-%s' % uuid.uuid4().hex[:8]
         self.svc = self.useFixture(services.Services(
-            self.path('services'), transport_url, host, options=options))
+            self.path('services'), transport_url, host, options=options,
+            managers=managers))
         self.addCleanup(self.mark, 'clean-up starts')
         self.svc.start()
         self.mark('manager and agent started')
@@ -554,6 +557,72 @@ class ProtectionLoopTest(base.TestCase):
         for inst, g in zip(insts, guests):
             self.assert_untouched(inst, g)
         self.assert_store_clean()
+
+    def merges(self) -> dict:
+        """(instance, delta sequence) -> the manager replicas whose log
+        says they merged it (the store's line for a new restore point; a
+        commit of a delta merged before finds it, "already merged")."""
+        pattern = re.compile(r'Instance ([0-9a-f-]{36}): restore point '
+                             r'\S+ \(#\d+\) from delta (\d+):')
+        found = {}
+        for daemon in self.svc.managers:
+            with open(daemon.log_path) as f:
+                for m in pattern.finditer(f.read()):
+                    found.setdefault((m.group(1), int(m.group(2))),
+                                     []).append(daemon.name)
+        return found
+
+    def assert_merged_once(self, insts) -> dict:
+        """Every delta of ``insts`` merged by one replica, once; returns
+        instance -> the replicas that merged its deltas."""
+        merges = self.merges()
+        self.assertEqual({}, {k: v for k, v in merges.items()
+                              if len(v) > 1})
+        by = {}
+        for (inst, _seq), names in merges.items():
+            by.setdefault(inst, set()).update(names)
+        self.assertEqual(set(insts), set(by))
+        return by
+
+    def test_two_managers_share_the_deltas_and_survive_one(self):
+        """Two manager replicas on one PostgreSQL database (issue 12): the
+        parts and commit of each delta meet at the instance's owner, each
+        delta is merged once; SIGKILL one, the other takes its instances
+        over and no restore point is lost or out of order."""
+        pg = self.useFixture(db_fixtures.PostgreSQLServer())
+        svc = self.start_services(options={
+            'database': {'connection': pg.url},
+            'manager_cluster': {'heartbeat_interval': 1,
+                                'dead_after_missed': 3}}, managers=2)
+        guests = [self.new_guest('vm%d' % i) for i in range(3)]
+        insts = [self.protect(g) for g in guests]
+        started = time.time()
+        workloads = [self.start_workload(g) for g in guests]
+        for inst in insts:
+            self.wait_points(inst, 4, after=started, timeout=90)
+        by = self.assert_merged_once(insts)
+        # NOTE: one owner per instance while both replicas live.
+        self.assertEqual({inst: 1 for inst in insts},
+                         {inst: len(names) for inst, names in by.items()})
+        counts = {d.name: sum(1 for names in by.values() if d.name in names)
+                  for d in svc.managers}
+        victim = max(svc.managers, key=lambda d: counts[d.name])
+        survivor = [d for d in svc.managers if d is not victim][0]
+        orphans = [inst for inst, names in by.items()
+                   if victim.name in names]
+        killed = self.mark('SIGKILL %s (owner of %d instances)'
+                           % (victim.name, len(orphans)))
+        victim.kill()
+        for inst in insts:
+            self.wait_points(inst, 3, after=killed, timeout=120)
+        taken = {(i, s) for (i, s), names in self.merges().items()
+                 if survivor.name in names}
+        self.assertEqual(set(orphans), {i for i, _s in taken
+                                        if i in orphans})
+        for inst, g in zip(insts, guests):
+            self.quiesce(inst, workloads)
+            self.check_chain(inst, g.snapshot_writes())
+        self.assert_merged_once(insts)
 
     def test_agent_killed_while_shipping(self):
         """SIGKILL the agent mid-delta; a new agent sends it again."""

@@ -18,6 +18,7 @@ import time
 from alembic import autogenerate
 from alembic import migration as alembic_migration
 import fixtures
+import sqlalchemy
 from oslo_config import cfg
 from oslo_db import exception as db_exc
 import sqlalchemy as sa
@@ -144,8 +145,9 @@ class DatabaseTests:
         self.assertEqual(head, migration.version(conf, database=db))
         migration.check(conf, database=db)
         self.assertEqual(
-            {'agents', 'alembic_version', 'instances', 'recoveries',
-             'restore_points'}, set(sa.inspect(db.engine).get_table_names()))
+            {'agents', 'alembic_version', 'instances', 'leases', 'managers',
+             'recoveries', 'restore_points'},
+            set(sa.inspect(db.engine).get_table_names()))
 
     def _diff(self, metadata):
         with self.db.engine.connect() as conn:
@@ -376,6 +378,35 @@ class DatabaseTests:
         outcomes = race(6, lambda i: self.db.record_restore_point(rp))
         self.assertEqual([rp.id] * 6, [getattr(o, 'id', o) for o in outcomes])
         self.assertEqual(1, len(self.db.list_restore_points(uuid)))
+
+    def test_record_restore_point_forgets_retained_in_one_transaction(self):
+        uuid = self.protected()
+        rps = [make_rp(uuid, n) for n in (1, 2, 3)]
+        for rp in rps:
+            self.db.record_restore_point(rp)
+        commits = []
+        sqlalchemy.event.listen(self.db.engine, 'commit',
+                                lambda conn: commits.append(1))
+        new = make_rp(uuid, 4)
+        self.db.record_restore_point(new, forget=[rps[0].id])
+        self.assertEqual(1, len(commits))
+        self.assertEqual([r.id for r in rps[1:]] + [new.id],
+                         [r.id for r in self.db.list_restore_points(uuid)])
+        i = self.db.get_instance(uuid)
+        self.assertEqual((new.id, 3), (i.newest_restore_point_id,
+                                       i.last_sequence))
+        # Refused (another restore point has its number): nothing is
+        # forgotten either.
+        clash = make_rp(uuid, 4, sequence=9)
+        self.assertRaises(exception.RestorePointConflict,
+                          self.db.record_restore_point, clash,
+                          forget=[rps[1].id])
+        self.assertEqual(3, len(self.db.list_restore_points(uuid)))
+        # Recorded again (a lost ack): the same row; forgetting holds.
+        self.assertEqual(new.id, self.db.record_restore_point(
+            new, forget=[rps[1].id]).id)
+        self.assertEqual([rps[2].id, new.id],
+                         [r.id for r in self.db.list_restore_points(uuid)])
 
     def test_delete_restore_points_moves_newest(self):
         uuid = self.protected()
@@ -627,6 +658,49 @@ class SqliteLockTestCase(base.TestCase):
                 'PRAGMA journal_mode').scalar())
             self.assertEqual(60000, conn.exec_driver_sql(
                 'PRAGMA busy_timeout').scalar())
+
+    def test_connections_are_pooled_and_transactions_begin_each_time(self):
+        # NOTE: oslo.db opened and closed the file for every transaction.
+        self.assertIsInstance(self.db.engine.pool, sqlalchemy.pool.QueuePool)
+        with self.db.engine.connect() as conn:
+            first = conn.connection.dbapi_connection
+        self.db.list_instances()
+        with self.db.engine.connect() as conn:
+            self.assertIs(first, conn.connection.dbapi_connection)
+        # A read followed by writes on the same pooled connection: each
+        # write still takes the write lock first (a transaction left
+        # marked as begun would run its statements in autocommit).
+        seen = []
+        sqlalchemy.event.listen(
+            self.db.engine, 'before_cursor_execute',
+            lambda conn, cursor, statement, *a: seen.append(statement))
+        for _ in range(3):
+            self.db.list_instances()
+            self.db.record_agent('h1', '1.0')
+        self.assertEqual(3, seen.count('BEGIN IMMEDIATE'), seen)
+        self.assertEqual(['h1'], [a.host for a in self.db.list_agents()])
+
+    def test_pooled_connections_serve_many_threads_at_once(self):
+        # More threads than the pool keeps: none waits for a connection
+        # and none gets another thread's transaction.
+        errors = []
+
+        def work(n):
+            try:
+                for i in range(5):
+                    self.db.record_agent('h%d' % n, str(i))
+                    self.db.list_instances()
+            except Exception as e:
+                errors.append(e)
+        threads = [threading.Thread(target=work, args=(n,))
+                   for n in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        self.assertEqual([], errors)
+        self.assertEqual({'h%d' % n: '4' for n in range(12)},
+                         {a.host: a.version for a in self.db.list_agents()})
 
     def test_lock_held_longer_than_sqlite_default_is_waited_for(self):
         # NOTE: pysqlite's own busy timeout is 5 s.

@@ -5,6 +5,8 @@ import os
 import threading
 import time
 
+import fixtures
+
 from ha_snapshot.db import api as db_api
 from ha_snapshot.db import migration
 from ha_snapshot import delta as delta_mod
@@ -12,6 +14,7 @@ from ha_snapshot import exception
 from ha_snapshot.image import inspect as image_inspect
 from ha_snapshot.manager import intake
 from ha_snapshot.manager import manager as manager_mod
+from ha_snapshot.manager import membership as membership_mod
 from ha_snapshot.manager import recovery as recovery_mod
 from ha_snapshot.manager import spool as spool_mod
 from ha_snapshot.storage import store as store_mod
@@ -654,3 +657,68 @@ class RecoveryTestCase(_Base):
         self.assertEqual('protected', self.db.get_instance(self.inst).status)
         action.dead = True
         action.gate.set()
+
+
+class RoutingTestCase(_Base):
+    """Two manager replicas on one database: the deltas of an instance
+    are taken by its owner only; the others name it."""
+
+    def setUp(self):
+        super().setUp()
+        self.conf.set_override('heartbeat_interval', 60,
+                               group='manager_cluster')
+        self.replicas = {}
+        for host in ('m1', 'm2'):
+            m = membership_mod.Membership(self.conf, self.db, host)
+            m.start()
+            self.addCleanup(m.stop)
+            self.replicas[host] = m
+        for m in self.replicas.values():
+            m.refresh()
+        owner = self.replicas['m1'].owner(self.inst)
+        self.assertEqual(owner, self.replicas['m2'].owner(self.inst))
+        other = ({'m1', 'm2'} - {owner}).pop()
+        self.owner = manager_mod.Manager(
+            self.conf, self.store, self.db, self.spool,
+            membership=self.replicas[owner])
+        self.other = manager_mod.Manager(
+            self.conf, self.store, self.db, spool_mod.Spool(
+                self.path('spool2'), MiB), membership=self.replicas[other])
+        self.owner_host, self.other_host = owner, other
+
+    def test_only_the_owner_takes_a_delta_and_every_answer_names_it(self):
+        for mgr in (self.owner, self.other):
+            reg = mgr.register_instance(self.inst, 'p1', 'host1', 'qemu', {})
+            self.assertEqual(self.owner_host, reg['owner'])
+        prim = self.delta(self.base, 0, None, backing=False)
+        e = self.assertRaises(exception.WrongOwner, self.other.put_part,
+                              self.inst, 0, prim['parts'][0])
+        self.assertEqual(self.owner_host, e.kwargs['owner'])
+        self.assertIn('owned by manager replica %s, not %s'
+                      % (self.owner_host, self.other_host), str(e))
+        self.assertRaises(exception.WrongOwner, self.other.commit_delta,
+                          prim['header'])
+        self.assertEqual([], os.listdir(self.path('spool2')))
+        for part in prim['parts']:
+            self.owner.put_part(self.inst, 0, part)
+        ack = self.owner.commit_delta(prim['header'])
+        self.assertEqual(self.owner_host, ack['owner'])
+        self.assertEqual(1, len(self.store.restore_points(self.inst)))
+
+    def test_a_replica_that_lost_its_standing_names_no_owner(self):
+        m = self.replicas[self.owner_host]
+        self.useFixture(fixtures.MonkeyPatch(
+            'ha_snapshot.manager.membership.time.monotonic',
+            lambda: m.last_beat + m.dead_after + 1))
+        prim = self.delta(self.base, 0, None, backing=False)
+        e = self.assertRaises(exception.WrongOwner, self.owner.put_part,
+                              self.inst, 0, prim['parts'][0])
+        self.assertEqual('unknown', e.kwargs['owner'])
+        self.assertIsNone(self.owner.register_instance(
+            self.inst, 'p1', 'host1', 'qemu', {})['owner'])
+
+    def test_one_manager_without_membership_takes_everything(self):
+        reg = self.register()
+        self.assertIsNone(reg['owner'])
+        ack = self.ship(self.delta(self.base, 0, None, backing=False))
+        self.assertIsNone(ack['owner'])

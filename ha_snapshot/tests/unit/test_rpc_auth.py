@@ -148,9 +148,11 @@ class SigningTest(base.TestCase):
         env = self.sign()
         del env['mac']
         self.refused(v, env, 'malformed envelope')
-        env = self.sign()
-        env['v'] = 2
-        self.refused(v, env, 'unknown envelope format')
+        for old in (1, 3):
+            # v1 carried a nonce where v2 numbers its messages.
+            env = self.sign()
+            env['v'] = old
+            self.refused(v, env, 'unknown envelope format')
         env = self.sign(sender='host:', keys=rpc_auth.Keys(
             own='host:', own_keys=[MASTER]))
         self.refused(v, env, 'may not send to manager')
@@ -198,19 +200,60 @@ class SigningTest(base.TestCase):
         self.refused(manager_verifier(masters=(NEW_MASTER,)),
                      self.sign(keys=old_agent), 'bad signature')
 
-    def test_nonce_cache_is_bounded_and_stays_safe(self):
-        v = manager_verifier(cache_size=3)
-        ticks = iter(range(1000))
-        start = time.time()
+    def test_messages_of_a_stream_out_of_order_once_each(self):
+        v = manager_verifier(window=64)
+        signer = rpc_auth.Signer(HOST, agent_keys())
+        envs = [signer.envelope(rpc_auth.MANAGER, 'put_part', self.ARGS)
+                for _ in range(100)]
+        self.assertEqual(list(range(1, 101)), [e['seq'] for e in envs])
+        # Late ones within the window are accepted, once.
+        for i in (10, 99, 50, 40, 98):
+            v.verify(Ctxt(envs[i]), 'put_part', self.ARGS)
+        for i in (99, 50, 40, 98):
+            self.refused(v, envs[i], 'replayed')
+        # Beyond the window behind the newest (number 100): too old.
+        self.refused(v, envs[10], 'older than the replay window')
+        self.refused(v, envs[30], 'older than the replay window: 69 '
+                     'messages of its stream came after it')
+        v.verify(Ctxt(envs[36]), 'put_part', self.ARGS)
+        # Another stream (another process of the same host) has its own.
+        other = rpc_auth.Signer(HOST, agent_keys())
+        v.verify(Ctxt(other.envelope(rpc_auth.MANAGER, 'put_part',
+                                     self.ARGS)), 'put_part', self.ARGS)
+        self.assertEqual(2, len(v.seen))
+
+    def test_stream_number_and_id_are_signed(self):
+        v = manager_verifier()
+        for field, value in (('seq', 7), ('sid', 'f' * 16)):
+            env = dict(self.sign(), **{field: value})
+            self.refused(v, env, 'bad signature')
+        for field, value in (('seq', 0), ('seq', '3'), ('seq', True),
+                             ('sid', ''), ('sid', 'x' * 65), ('sid', 3)):
+            env = dict(self.sign(), **{field: value})
+            self.refused(v, env, 'malformed envelope')
+
+    def test_memory_grows_with_streams_not_messages(self):
+        clock = [time.time()]
         self.useFixture(fixtures.MonkeyPatch(
-            'ha_snapshot.rpc_auth.time.time',
-            lambda: start + next(ticks) * 0.01))
-        envs = [self.sign() for _ in range(5)]
-        for env in envs:
-            v.verify(Ctxt(env), 'put_part', self.ARGS)
-        self.assertEqual(3, len(v.nonces._seen))
-        # The forgotten ones are not accepted again.
-        self.refused(v, envs[0], 'older than the replay cache holds')
+            'ha_snapshot.rpc_auth.time.time', lambda: clock[0]))
+        v = manager_verifier(max_age=60)
+        signers = [rpc_auth.Signer(HOST, agent_keys()) for _ in range(3)]
+        for _ in range(2000):
+            for signer in signers:
+                v.verify(Ctxt(signer.envelope(rpc_auth.MANAGER, 'put_part',
+                                              self.ARGS)),
+                         'put_part', self.ARGS)
+            clock[0] += 0.01
+        self.assertEqual(3, len(v.seen))
+        # A stream silent for longer than max_message_age is forgotten;
+        # its messages are stale by then.
+        old = signers[0].envelope(rpc_auth.MANAGER, 'put_part', self.ARGS)
+        clock[0] += 61
+        fresh = rpc_auth.Signer(HOST, agent_keys())
+        v.verify(Ctxt(fresh.envelope(rpc_auth.MANAGER, 'put_part',
+                                     self.ARGS)), 'put_part', self.ARGS)
+        self.assertEqual(1, len(v.seen))
+        self.refused(v, old, 'more than [rpc_auth] max_message_age')
 
 
 class KeyFileTest(base.TestCase):

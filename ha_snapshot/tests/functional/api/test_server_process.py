@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 
+import psutil
+
 from ha_snapshot.api import secret as alarm_secret
 from ha_snapshot.db import api as db_api
 from ha_snapshot.db import migration
@@ -56,7 +58,8 @@ def closed_port() -> int:
 class ApiProcess:
     """One API process on a free loopback port, its log in ``log_path``."""
 
-    def __init__(self, test, kind: str, transport_url: str):
+    def __init__(self, test, kind: str, transport_url: str,
+                 processes: int = 2):
         self.test = test
         self.kind = kind
         self.port = rabbitmq.free_port()
@@ -68,12 +71,13 @@ class ApiProcess:
             f.write('[DEFAULT]\ntransport_url = %s\ndebug = true\n'
                     'log_file = %s\n'
                     '[api]\nauth_strategy = noauth\nport = %d\nworkers = 2\n'
+                    'processes = %d\n'
                     'rpc_timeout = %d\nalarm_secret_key = %s\n'
                     'shutdown_timeout = 2\nclient_timeout = 30\n'
                     '[oslo_messaging_rabbit]\nrabbit_retry_interval = 1\n'
                     '[database]\nconnection = %s\n'
-                    % (transport_url, self.log_path, self.port, RPC_TIMEOUT,
-                       KEY, test.db_url))
+                    % (transport_url, self.log_path, self.port, processes,
+                       RPC_TIMEOUT, KEY, test.db_url))
         env = dict(os.environ, PYTHONUNBUFFERED='1',
                    OS_HA_SNAPSHOT_CONFIG_DIR=self.dir)
         if kind == 'embedded':
@@ -150,6 +154,11 @@ class ApiProcess:
                       'the processes of the %s API to exit' % self.kind)
         return took
 
+    def children(self) -> list:
+        """pids of the embedded server's processes (its parent's
+        children)."""
+        return [p.pid for p in psutil.Process(self.proc.pid).children()]
+
     def group_alive(self) -> bool:
         try:
             os.killpg(self.proc.pid, 0)
@@ -190,8 +199,11 @@ class ServerProcessTestCase(base.TestCase):
 
     # --- item 1 ------------------------------------------------------------
 
-    def check_idle_clients(self, kind):
-        api = ApiProcess(self, kind, 'fake:///')
+    def check_idle_clients(self, kind, processes=2):
+        api = ApiProcess(self, kind, 'fake:///', processes=processes)
+        if kind == 'embedded':
+            self.assertEqual(processes if processes > 1 else 0,
+                             len(api.children()))
         self.idle_clients(api.port, 50)
         for path in ('/healthcheck', '/v1/servers'):
             status, data, took = api.timed('GET', path)
@@ -202,6 +214,9 @@ class ServerProcessTestCase(base.TestCase):
 
     def test_idle_clients_do_not_block_embedded(self):
         self.check_idle_clients('embedded')
+
+    def test_idle_clients_do_not_block_one_embedded_process(self):
+        self.check_idle_clients('embedded', processes=1)
 
     def test_idle_clients_do_not_block_uwsgi(self):
         self.check_idle_clients('uwsgi')
@@ -230,6 +245,45 @@ class ServerProcessTestCase(base.TestCase):
         self.assertEqual('ha_snapshot.policy_name.invalid',
                          json.loads(resp.read())['errors'][0]['code'])
         conn.close()
+
+    def test_embedded_processes_serve_apart_and_are_watched(self):
+        api = ApiProcess(self, 'embedded', 'fake:///', processes=2)
+        first, second = api.children()
+        # Each process serves the shared socket on its own: stop one, the
+        # other answers; then the other way round.
+        for stopped in (first, second):
+            os.kill(stopped, signal.SIGSTOP)
+            try:
+                for _ in range(5):
+                    self.assertEqual(200, api.timed('GET',
+                                                    '/v1/servers')[0])
+            finally:
+                os.kill(stopped, signal.SIGCONT)
+        # A process that dies is started again; the API keeps answering.
+        os.kill(first, signal.SIGKILL)
+        base.wait_for(lambda: len(api.children()) == 2
+                      and first not in api.children(), 30,
+                      'the API parent to start a process in place of %d'
+                      % first)
+        self.assertEqual(200, api.timed('GET', '/healthcheck')[0])
+        with open(api.log_path) as f:
+            self.assertIn('API process %d exited (signal 9)' % first,
+                          f.read())
+        # Its parent killed, a process stops by itself.
+        children = api.children()
+        os.kill(api.proc.pid, signal.SIGKILL)
+        api.proc.wait(10)
+
+        def gone():
+            for pid in children:
+                try:
+                    if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                        return False
+                except psutil.NoSuchProcess:
+                    pass
+            return True
+        base.wait_for(gone, 10, 'the API processes %s to stop after their '
+                      'parent was killed' % children)
 
     # --- item 2 ------------------------------------------------------------
 

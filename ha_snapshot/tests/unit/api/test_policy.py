@@ -24,6 +24,7 @@ MATRIX = {
     'ha_snapshot:recoveries:show': (True, True, False, True),
     'ha_snapshot:alarms:create': (False, True, False, True),
     'ha_snapshot:metrics:show': (False, False, False, True),
+    'ha_snapshot:manager:list': (False, False, False, True),
 }
 
 

@@ -119,7 +119,7 @@ class ShellTest(testtools.TestCase):
         self.assertEqual(0, code, err)
         for name in ('ha protect', 'ha unprotect', 'ha list', 'ha show',
                      'ha restore point list', 'ha recover',
-                     'ha recovery list'):
+                     'ha recovery list', 'ha manager list'):
             self.assertIn(name, out)
 
 

@@ -1,0 +1,199 @@
+"""Which manager replicas are alive, and which one owns each instance.
+
+:class:`Membership` is one replica's part: it records this replica (an
+incarnation: a new id at every start) in the database, beats there every
+``[manager_cluster] heartbeat_interval`` seconds on a thread, and after
+each beat reads which replicas are alive (a beat within
+``heartbeat_interval * dead_after_missed`` seconds, by the database's
+clock) and rebuilds its hash ring over their hosts. :meth:`Membership.
+owner` answers which host owns an instance: the same answer on every
+replica that saw the same live set. The ring is tooz's consistent hash
+ring (as ironic-conductor's), so when a replica joins or dies only the
+instances it gains or held move; the others stay put.
+
+The ring is over host names (``[manager] host``), not incarnations: a
+replica that restarts gets its instances back, and ``topic.<host>`` is
+where work for it will be sent.
+
+Leases on exclusive work live in :mod:`ha_snapshot.db.membership`;
+``Membership.acquire_lease`` takes one in this incarnation's name.
+"""
+
+import collections
+from importlib import metadata
+import os
+import threading
+import time
+import uuid as uuid_mod
+
+from oslo_log import log as logging
+from tooz import hashring
+
+from ha_snapshot.conf import manager_cluster as cluster_conf
+from ha_snapshot.db import membership as db_membership
+from ha_snapshot import exception
+
+LOG = logging.getLogger(__name__)
+
+
+def dead_after(conf) -> float:
+    """Seconds without a heartbeat after which a replica is dead."""
+    opts = conf.manager_cluster
+    return opts.heartbeat_interval * opts.dead_after_missed
+
+
+def build_ring(hosts, partitions: int) -> hashring.HashRing | None:
+    """The ring over ``hosts`` (None when there is none)."""
+    hosts = sorted(set(hosts))
+    return hashring.HashRing(hosts, partitions=partitions) if hosts else None
+
+
+def ring_owner(ring: hashring.HashRing, instance_uuid: str) -> str:
+    node, = ring.get_nodes(instance_uuid.encode('utf-8'))
+    return node
+
+
+def count_owned(hosts, instance_uuids, partitions: int) -> dict:
+    """host -> how many of ``instance_uuids`` it owns on the ring over
+    ``hosts`` (every host listed, 0 included)."""
+    counts = collections.Counter({host: 0 for host in hosts})
+    ring = build_ring(hosts, partitions)
+    if ring is not None:
+        counts.update(ring_owner(ring, u) for u in instance_uuids)
+    return dict(counts)
+
+
+def software_version() -> str | None:
+    try:
+        return metadata.version('ha-snapshot')
+    except Exception:  # NOTE: not installed (a source tree): no version.
+        return None
+
+
+class Membership:
+    """This replica in the cluster of managers sharing one database."""
+
+    def __init__(self, conf, db, host: str, *, records=None):
+        cluster_conf.register_opts(conf)
+        opts = conf.manager_cluster
+        self.interval = opts.heartbeat_interval
+        self.dead_after = dead_after(conf)
+        self.partitions = opts.hash_partitions
+        self.host = host
+        self.id = str(uuid_mod.uuid4())
+        self.records = records or db_membership.Records(db)
+        self._lock = threading.Lock()
+        self._live = ()
+        self._ring = None
+        self._stop = threading.Event()
+        self._thread = None
+        self.last_beat = None
+        self.beats = 0
+
+    # --- life ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Register, beat once (so the ring is there at once), then beat
+        on a thread. Raises what the database raises on the first beat."""
+        self.records.register(self.id, self.host, pid=os.getpid(),
+                              version=software_version(),
+                              forget_after=self.dead_after)
+        self.refresh()
+        self.last_beat = time.monotonic()
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._run, name='manager-heartbeat', daemon=True)
+        self._thread.start()
+        LOG.info('Manager replica %s (incarnation %s) registered; live '
+                 'replicas: %s', self.host, self.id,
+                 ', '.join(r.host for r in self.live()) or 'none')
+
+    def stop(self, *, unregister: bool = True) -> None:
+        """Stop beating; with ``unregister`` (a clean stop) the others see
+        this replica dead at once, without it they see it dead after the
+        missed beats (what a crash looks like)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if unregister:
+            try:
+                self.records.unregister(self.id)
+            except exception.HaSnapshotException as e:
+                LOG.warning('Manager replica %s could not unregister (the '
+                            'others see it dead after %.0f s): %s',
+                            self.host, self.dead_after, e)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.beat()
+            except exception.HaSnapshotException as e:
+                LOG.warning('Manager replica %s: heartbeat failed (%s); '
+                            'trying again in %.1f s', self.host, e,
+                            self.interval)
+            except Exception:
+                LOG.exception('Manager replica %s: heartbeat failed; '
+                              'trying again in %.1f s', self.host,
+                              self.interval)
+
+    def beat(self) -> None:
+        """One heartbeat, then a refresh of the live replicas and ring."""
+        if self.records.heartbeat(self.id) is None:
+            LOG.warning('Manager replica %s (incarnation %s) was not '
+                        'registered any more (taken for stopped); '
+                        'registering again', self.host, self.id)
+            self.records.register(self.id, self.host, pid=os.getpid(),
+                                  version=software_version())
+        self.last_beat = time.monotonic()
+        self.beats += 1
+        self.refresh()
+
+    def refresh(self) -> None:
+        live = tuple(r for r in self.records.replicas(self.dead_after)
+                     if r.alive)
+        ring = build_ring((r.host for r in live), self.partitions)
+        with self._lock:
+            before = {r.host for r in self._live}
+            self._live, self._ring = live, ring
+        after = {r.host for r in live}
+        if before and before != after:
+            LOG.info('Manager replicas changed: %s joined, %s left; live: '
+                     '%s', ', '.join(sorted(after - before)) or 'none',
+                     ', '.join(sorted(before - after)) or 'none',
+                     ', '.join(sorted(after)))
+
+    # --- answers ------------------------------------------------------------
+
+    def live(self) -> list:
+        """The live replicas (db.membership.Replica) at the last refresh."""
+        with self._lock:
+            return list(self._live)
+
+    def owner(self, instance_uuid: str) -> str:
+        """The host of the live replica that owns ``instance_uuid``."""
+        with self._lock:
+            ring = self._ring
+        if ring is None:
+            raise exception.NoLiveManagers(
+                instance=instance_uuid,
+                reason='no heartbeat seen yet' if self.last_beat is None
+                else 'every replica missed its heartbeats')
+        return ring_owner(ring, instance_uuid)
+
+    def owns(self, instance_uuid: str) -> bool:
+        return self.owner(instance_uuid) == self.host
+
+    def in_good_standing(self) -> bool:
+        """Whether this replica's own last successful beat is recent
+        enough (``dead_after``, by its monotonic clock) that the others
+        still count it alive: a replica that cannot reach the database
+        must stop acting as an owner before the others take over."""
+        last = self.last_beat
+        return last is not None and time.monotonic() - last < self.dead_after
+
+    # --- leases -------------------------------------------------------------
+
+    def acquire_lease(self, key: str, duration: float):
+        """A lease on ``key`` in this incarnation's name, or None."""
+        return self.records.acquire_lease(key, self.id, duration)
