@@ -7,7 +7,7 @@ get_server``) next to a trivial endpoint that takes one string and returns
 its length. This process builds a baseline delta of a 64 MiB (16 MiB with
 --quick) raw disk full of incompressible data and ships it the agent's way:
 ``ManagerAPI.put_part`` for every part, up to ``[agent] parts_in_flight``
-at once (``ha_snapshot.agent.instance.send_parts``, what the agent calls),
+at once (``ha_snapshot.agent.shipper.send_parts``, what the agent calls),
 then
 ``ManagerAPI.commit_delta``, which answers once the restore point is
 durable. Then, in the same round, the baseline: the trivial endpoint called
@@ -49,7 +49,7 @@ import time
 
 import _common as c
 
-from ha_snapshot.agent import instance as instance_mod
+from ha_snapshot.agent import shipper as shipper_mod
 
 GOAL_RATIO = 0.8
 ECHO_TOPIC = 'ha-snapshot-bench-echo'
@@ -146,7 +146,7 @@ def one_ship(conf, api, wd, size, rnd_index, procs, window) -> dict:
         api.put_part(inst, 0, prim)
         return len(prim['payload'])
     with Meter(procs) as put_m:
-        instance_mod.send_parts(iter(prims), put, window)
+        shipper_mod.send_parts(iter(prims), put, window)
     with Meter(procs) as commit:
         ack = api.commit_delta(header)
     assert ack['number'] == 1, ack
@@ -177,7 +177,7 @@ def one_baseline(echo, lengths, procs, window=1):
             for text in texts:
                 call(text)
         else:
-            instance_mod.send_parts(iter(texts), call, window)
+            shipper_mod.send_parts(iter(texts), call, window)
     return m
 
 

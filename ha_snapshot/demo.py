@@ -31,6 +31,7 @@ from ha_snapshot import hypervisor
 from ha_snapshot.hypervisor import base as hv_base
 from ha_snapshot.manager import service as manager_service
 from ha_snapshot import rpc
+from ha_snapshot import statuses
 
 MiB = 1 << 20
 BLOCK = 64 * 1024
@@ -157,8 +158,9 @@ def run(work: str, *, vms: int = 2, seconds: float = 20.0,
             node = driver.disks(vm)[0].name
             # NOTE: QMP serves one client: the agent attaches on its own.
             driver.detach(vm)
-            manager.db.create_instance(inst, 'demo', host=HOST,
-                                       status='protecting', driver='qemu')
+            manager.db.create_instance(
+                inst, 'demo', host=HOST,
+                status=statuses.InstanceStatus.PROTECTING, driver='qemu')
             agent_rpcapi.AgentAPI(transport).protect(HOST, inst, 'demo', {
                 'name': spec.name, 'qmp_path': spec.qmp_path, 'pid': vm.pid,
                 'log_path': spec.log_path, 'disk': node, 'disk_path': disk,
@@ -195,14 +197,14 @@ def run(work: str, *, vms: int = 2, seconds: float = 20.0,
         while time.monotonic() < deadline and recover is None:
             time.sleep(0.05)
             row = manager.db.get_instance(victim)
-            if detect is None and (row.status == 'recovering'
-                                   or row.last_report_reason):
+            recovering = row.status == statuses.InstanceStatus.RECOVERING
+            if detect is None and (recovering or row.last_report_reason):
                 detect = time.monotonic() - killed
                 progress('detected after %.2f s: %s' % (
                     detect, row.last_report_reason))
             recs = manager.db.list_recoveries(victim)
-            if recs and recs[-1].state in ('succeeded', 'failed'):
-                if recs[-1].state == 'failed':
+            if recs and recs[-1].state in statuses.FINAL_RECOVERY_STATES:
+                if recs[-1].state == statuses.RecoveryState.FAILED:
                     raise RuntimeError('recovery failed: %s' % recs[-1].error)
                 recover = time.monotonic() - killed
         if recover is None:
@@ -210,7 +212,7 @@ def run(work: str, *, vms: int = 2, seconds: float = 20.0,
         progress('recovered after %.2f s' % recover)
         rec = manager.db.list_recoveries(victim)[-1]
         new = agent.instances[victim].agent
-        restored = new.state.spec['disk_path']
+        restored = new.state.spec.disk_path
         export = os.path.join(work, 'rp.raw')
         manager.manager.store.export(victim, export,
                                      rp_id=rec.restore_point_id)

@@ -64,6 +64,19 @@ class DeltaParentMismatch(InvalidDelta):
                'point is %(newest)s.')
 
 
+class PartsMissing(InvalidDelta):
+    """The manager does not hold every part of a delta it is asked to
+    commit (never received, or lost with a restart of the manager): the
+    agent sends the delta again. Raised with ``missing`` (the part
+    numbers, ascending) and ``count`` (the delta's parts); it crosses the
+    bus as itself (ha_snapshot/rpc.py, ``allowed_remote_exmods``)."""
+
+    @property
+    def missing(self) -> list:
+        """The numbers of the parts the manager does not hold."""
+        return list(self.kwargs.get('missing') or ())
+
+
 class DeltaTooManyParts(InvalidDelta):
     msg_fmt = ('Delta %(sequence)s of instance %(instance)s refused: part '
                '%(index)s is beyond the limit of %(limit)s parts per delta '
@@ -101,6 +114,10 @@ class AgentStopped(HaSnapshotException):
 
 class BadNotification(HaSnapshotException):
     msg_fmt = 'Notification %(event_type)s dropped: %(reason)s'
+
+
+class InvalidProtectionSpec(HaSnapshotException):
+    msg_fmt = 'Protection spec refused: %(reason)s'
 
 
 class InvalidInstance(HaSnapshotException):

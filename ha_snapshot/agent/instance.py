@@ -1,68 +1,44 @@
-"""One protected VM's snapshot agent: snapshot, ship, wait for durable, commit.
+"""One protected VM's snapshot agent: the snapshot loop, and its shipper.
 
-Two threads per instance. The snapshot loop asks the policy how long to
-wait, waits, and snapshots; each snapshot's frozen overlay joins the
-pending list. The shipper sends pending deltas oldest first (several parts
-of one delta in flight at once, retrying with backoff until the manager's
-durable ack), then commits the acknowledged overlay down. Snapshots thus go
-on while earlier deltas ship (the interval is not bounded below by the
-shipping time), up to ``[agent] max_pending_deltas`` unacknowledged
-deltas; commits stay in order. The state file (agent/state.py) is
-written at every step, so a killed agent resends what was never
-acknowledged and nothing is lost.
+Two threads per instance. The snapshot loop (:class:`SnapshotAgent`, here)
+asks the policy how long to wait, waits, and snapshots; each snapshot's
+frozen overlay joins the instance's persisted pending queue
+(:class:`ha_snapshot.agent.state.PendingQueue`). The shipper
+(ha_snapshot/agent/shipper.py) sends the queue's deltas oldest first until
+the manager's durable ack, then commits the acknowledged overlay down.
+Snapshots thus go on while earlier deltas ship (the interval is not
+bounded below by the shipping time), up to ``[agent] max_pending_deltas``
+unacknowledged deltas; commits stay in order. The state file is written
+at every step, so a killed agent resends what was never acknowledged and
+nothing is lost.
 
-May import the delta engine, the hypervisor contract and the RPC clients;
-the health monitor lives next door (agent/health.py).
+May import the hypervisor contract, the policy figures, the queue and the
+shipper; the health monitor lives next door (agent/health.py).
 """
 
-import collections
-import concurrent.futures
 import threading
 import time
 
 from oslo_log import log as logging
-import oslo_messaging as messaging
 
-from ha_snapshot import delta as delta_mod
+from ha_snapshot.agent import shipper as shipper_mod
+from ha_snapshot.agent import state as state_mod
 from ha_snapshot import exception
 from ha_snapshot.hypervisor import base as hv_base
-from ha_snapshot.image import inspect as image_inspect
-from ha_snapshot.image import qemu
-from ha_snapshot.agent import state as state_mod
 from ha_snapshot.policy import metrics
 
 LOG = logging.getLogger(__name__)
 
-# NOTE: worth retrying: the bus, the manager, its store. A delta the
-# manager refuses as invalid is not: it would be refused again.
-TRANSIENT = (messaging.MessagingTimeout, messaging.MessageDeliveryFailure,
-             messaging.MessagingException, exception.StorageError,
-             exception.DatabaseBusy, ConnectionError, TimeoutError)
-
-
-# NOTE: a part is bounded work for the manager (a few MiB checked and
-# spooled): a call that takes longer than this went to a manager that is
-# gone (its reply will never come), so it is sent again at once rather
-# than after the whole [agent] rpc_timeout.
-PART_TIMEOUT = 15
-# NOTE: likewise for a commit: its chunks were stored while the parts
-# arrived, so it is short; one that runs longer is asked again and the
-# manager answers "still merging" (MergeInProgress, retried) or the ack.
-COMMIT_TIMEOUT = 20
-# NOTE: a delta with more parts than the manager takes ([manager]
-# max_delta_parts) is kept and sent again after this long (the operator
-# may raise the limit), not every [agent] retry_max: each try sends up to
-# that many parts.
-TOO_MANY_PARTS_WAIT = 600
-
-
-# NOTE: the latest restore points an agent remembers (ids and snapshot
-# times, for the demo, benchmarks and operators): a window, not a history,
-# so that days of deltas cost no memory.
-RECENT_RESTORE_POINTS = 64
+TRANSIENT = shipper_mod.TRANSIENT
+RECENT_RESTORE_POINTS = shipper_mod.RECENT_RESTORE_POINTS
 
 # NOTE: raised from deep in a wait; every loop catches it first.
 Stopped = exception.AgentStopped
+
+
+def _recorded(name: str) -> property:
+    """A read-only view of the shipper's :class:`shipper.Durable`."""
+    return property(lambda self: getattr(self.durable_record, name))
 
 
 class SnapshotAgent(threading.Thread):
@@ -84,28 +60,15 @@ class SnapshotAgent(threading.Thread):
         self.vm = None
         self._stopping = threading.Event()
         self._now_event = threading.Event()
-        self.lock = threading.RLock()
+        self.queue = state_mod.PendingQueue(state, conf.agent.state_dir)
+        self.lock = self.queue.lock
         """Guards the state (pending list, parent, sequence) and its file:
         the snapshot loop and the shipper both change it."""
-        self._shippable = threading.Event()
-        self._progress = threading.Condition(self.lock)
-        self._shipper = None
         self.failed = threading.Event()
-        self.durable = threading.Condition()
-        self.last_durable_at = None
-        self.last_delta_bytes = 0
-        self.last_ship_seconds = 0.0
-        self.shipped_bytes = 0
-        self.shipped_changed_bytes = 0
-        self.restore_points = collections.deque(
-            maxlen=RECENT_RESTORE_POINTS)
-        """The latest restore points made durable, oldest first (read
-        them under ``durable``)."""
-        self.taken_at = {}
-        """Restore point id -> wall-clock time of its snapshot, for the
-        latest RECENT_RESTORE_POINTS (read it under ``durable``)."""
-        self.durable_count = 0
-        """Deltas made durable since the agent started."""
+        self.durable_record = shipper_mod.Durable(clock)
+        """What became durable lately (read it under ``durable``)."""
+        self.shipper = shipper_mod.Shipper(self, self.queue,
+                                           self.durable_record)
         self._write_meter = metrics.WriteRateMeter()
         self._last_snapshot_at = None
         self.error = None
@@ -115,23 +78,30 @@ class SnapshotAgent(threading.Thread):
         return self.state.instance
 
     def save(self) -> None:
-        with self.lock:
-            self.state.save(self.conf.agent.state_dir)
+        self.queue.save()
+
+    # NOTE: what the policy, the demo, the benchmarks and operators read;
+    # the shipper keeps it (shipper.Durable).
+    durable = _recorded('cond')
+    last_durable_at = _recorded('last_durable_at')
+    last_delta_bytes = _recorded('last_delta_bytes')
+    last_ship_seconds = _recorded('last_ship_seconds')
+    shipped_bytes = _recorded('shipped_bytes')
+    shipped_changed_bytes = _recorded('shipped_changed_bytes')
+    restore_points = _recorded('restore_points')
+    taken_at = _recorded('taken_at')
+    durable_count = _recorded('count')
 
     # --- control ------------------------------------------------------------
 
     def stop(self, timeout: float | None = 30) -> None:
         self._stopping.set()
         self._now_event.set()
-        self._shippable.set()
-        with self._progress:
-            self._progress.notify_all()
+        self.queue.wake()
         me = threading.current_thread()
         if self.is_alive() and me is not self:
             self.join(timeout)
-        shipper = self._shipper
-        if shipper is not None and shipper.is_alive() and me is not shipper:
-            shipper.join(timeout)
+        self.shipper.join(timeout)
 
     def snapshot_now(self) -> None:
         """Cut the current wait short (tests, the demo, operators)."""
@@ -144,8 +114,8 @@ class SnapshotAgent(threading.Thread):
                         reason)
         self.failed.set()
         self._now_event.set()
-        with self._progress:
-            self._progress.notify_all()
+        with self.queue.progress:
+            self.queue.progress.notify_all()
 
     def _wait(self, seconds: float) -> None:
         self._now_event.wait(max(0.0, seconds))
@@ -204,17 +174,17 @@ class SnapshotAgent(threading.Thread):
     def _attach(self):
         spec = self.state.spec
         # NOTE: a libvirt domain is found by its name or uuid alone.
-        self.vm = self.driver.attach(spec.get('domain') or spec['name'],
-                                     spec.get('qmp_path'), spec.get('pid'),
-                                     log_path=spec.get('log_path'))
+        self.vm = self.driver.attach(spec.domain or spec.name,
+                                     spec.qmp_path, spec.pid,
+                                     log_path=spec.log_path)
         return self.vm
 
     def _register(self) -> None:
         reg = self._retry('registration', self.manager_api.register_instance,
                           self.instance, self.state.project, self.host,
-                          self.state.spec.get('driver')
+                          self.state.spec.driver
                           or self.conf.agent.hypervisor,
-                          {'disk': self.state.spec.get('disk')})
+                          {'disk': self.state.spec.disk})
         newest, last = reg['newest_restore_point'], reg['last_sequence']
         with self.lock:
             self.state.next_sequence = max(self.state.next_sequence,
@@ -229,11 +199,8 @@ class SnapshotAgent(threading.Thread):
             self._attach()
         self._register()
         self._adopt_unknown_overlays()
-        if self._shipper is None:
-            self._shipper = threading.Thread(
-                target=self._ship_loop, daemon=True,
-                name='ship-%s' % self.instance[:8])
-            self._shipper.start()
+        if self.shipper.thread is None:
+            self.shipper.start()
         while not self._stopping.is_set():
             if self.failed.is_set():
                 self._wait(3600)
@@ -251,23 +218,21 @@ class SnapshotAgent(threading.Thread):
                 continue
             self._snapshot()
 
-    def _unacknowledged(self) -> int:
-        return sum(1 for p in self.state.pending if p.restore_point is None)
-
     def _wait_for_room(self) -> None:
         """Block while [agent] max_pending_deltas deltas wait for their
         ack: a manager that is away must not grow the VM's chain (and its
         I/O path) without bound."""
         limit = self.conf.agent.max_pending_deltas
-        with self._progress:
-            if self._unacknowledged() >= limit:
+        queue = self.queue
+        with queue.progress:
+            if queue.unacknowledged() >= limit:
                 LOG.info('Instance %s: %d deltas wait for the manager; the '
                          'next snapshot waits for one of them',
-                         self.instance, self._unacknowledged())
-            while (self._unacknowledged() >= limit
+                         self.instance, queue.unacknowledged())
+            while (queue.unacknowledged() >= limit
                    and not self._stopping.is_set()
                    and not self.failed.is_set()):
-                self._progress.wait(1.0)
+                queue.progress.wait(1.0)
         if self._stopping.is_set():
             raise Stopped()
 
@@ -299,15 +264,16 @@ class SnapshotAgent(threading.Thread):
             last_durable_at=self.last_durable_at, app_figures=app, **host)
 
     def _disk_name(self) -> str:
-        name = self.state.spec.get('disk')
+        name = self.state.spec.disk
         if name:
             return name
         disks = self.driver.disks(self.vm)
         if not disks:
             raise hv_base.DiskNotFound(vm=self.instance, disk='any',
                                        known='none')
-        self.state.spec['disk'] = disks[0].name
-        self.save()
+        with self.lock:
+            self.state.spec = self.state.spec.replace(disk=disks[0].name)
+            self.save()
         return disks[0].name
 
     # --- snapshot -----------------------------------------------------------
@@ -328,20 +294,18 @@ class SnapshotAgent(threading.Thread):
                 if first and self.state.baseline_restore_point:
                     # The base is already durable (restored from it).
                     self.state.parent = self.state.baseline_restore_point
-                    self._remember(self.state.parent, taken_at,
-                                   shipped=False)
+                    self.durable_record.remember(self.state.parent, taken_at,
+                                           shipped=False)
                     self.state.baseline_restore_point = None
-                    self._durable_now(0, 0.0)
+                    self.durable_record.now(0, 0.0)
                     continue
-                self.state.pending.append(state_mod.Pending(
-                    sequence=self.state.next_sequence, disk=fo.disk,
-                    frozen=fo.frozen.path,
+                self.queue.add(
+                    disk=fo.disk, frozen=fo.frozen.path,
                     backing=fo.backing.path if fo.backing else None,
                     committable=fo.committable, taken_at=taken_at,
-                    full=first))
-                self.state.next_sequence += 1
+                    full=first)
         self.save()
-        self._shippable.set()
+        self.queue.shippable.set()
         LOG.debug('Instance %s: snapshot in %.1f ms', self.instance,
                   snap.qmp_seconds * 1000)
 
@@ -357,219 +321,10 @@ class SnapshotAgent(threading.Thread):
                 LOG.warning('Instance %s: adopting frozen overlay %s '
                             'found in the chain', self.instance,
                             fo.frozen.path)
-                self.state.pending.append(state_mod.Pending(
-                    sequence=self.state.next_sequence, disk=disk,
-                    frozen=fo.frozen.path,
+                self.queue.add(
+                    disk=disk, frozen=fo.frozen.path,
                     backing=fo.backing.path if fo.backing else None,
-                    committable=True, full=fo.full))
-                self.state.next_sequence += 1
+                    committable=True, full=fo.full)
             self.state.pending.sort(key=lambda p: p.sequence)
             self.save()
-        self._shippable.set()
-
-    # --- shipping -----------------------------------------------------------
-
-    def _ship_loop(self) -> None:
-        """The shipper thread: pending deltas out, oldest first."""
-        delay = self.conf.agent.retry_initial
-        while not self._stopping.is_set():
-            try:
-                if not self.failed.is_set():
-                    self._ship_pending()
-                delay = self.conf.agent.retry_initial
-                self._shippable.wait(1.0)
-                self._shippable.clear()
-            except Stopped:
-                return
-            except hv_base.VMNotRunning as e:
-                self.mark_failed(str(e))
-                return
-            except exception.WrongOwner as e:
-                # NOTE: another manager replica owns the instance now (one
-                # joined or died): learn which, send the delta there from
-                # its first part. Briefly: replicas may disagree for a
-                # heartbeat while their views of who is alive converge.
-                LOG.info('Instance %s: %s', self.instance, e)
-                if self._stopping.wait(self.conf.agent.retry_initial):
-                    return
-                try:
-                    self._register()
-                except Stopped:
-                    return
-            except Exception as e:
-                # NOTE: as in run(): keep every unacknowledged overlay,
-                # learn again what the manager holds, and go on.
-                delay = self._back_off(e, delay, 'shipping error; shipping')
-                if delay is None:
-                    return
-                try:
-                    self._register()
-                except Stopped:
-                    return
-
-    def _ship_pending(self) -> None:
-        while not self._stopping.is_set() and not self.failed.is_set():
-            with self.lock:
-                if not self.state.pending:
-                    return
-                entry = self.state.pending[0]
-            if entry.restore_point is None:
-                self._ship(entry)
-            self._commit(entry)
-            with self._progress:
-                self.state.pending.remove(entry)
-                # NOTE: the overlay above the one committed now stands on
-                # what that one stood on (the commit rewrote its header).
-                if entry.committable:
-                    for later in self.state.pending:
-                        if later.backing == entry.frozen:
-                            later.backing = entry.backing
-                self.save()
-                self._progress.notify_all()
-
-    def _ship(self, entry) -> None:
-        conf = self.conf
-        with self.lock:
-            if entry.parent is None:
-                entry.parent = self.state.parent
-                self.save()
-        started = self.clock()
-        backing = entry.backing
-        if entry.committable:
-            # NOTE: an overlay this agent created and only the local QEMU
-            # wrote: read by the strict Python qcow2 reader, no qemu-img
-            # process (anything it does not handle gets the full
-            # inspection); see ha_snapshot/image/inspect.py.
-            info = image_inspect.inspect_own_overlay(
-                entry.frozen, max_virtual_size=conf.image.max_virtual_size,
-                expected_backing=backing,
-                limits=qemu.Limits.from_conf(conf))
-        else:
-            info = image_inspect.inspect(
-                entry.frozen, 'qcow2' if backing
-                else self._base_format(entry),
-                max_virtual_size=conf.image.max_virtual_size,
-                allow_backing=backing is not None,
-                expected_backing=backing,
-                limits=qemu.Limits.from_conf(conf))
-        delta = delta_mod.from_image(
-            info, instance=self.instance, project=self.state.project,
-            sequence=entry.sequence, parent=entry.parent,
-            max_part_bytes=conf.image.max_part_bytes,
-            max_part_extents=conf.image.max_part_extents,
-            compression_level=conf.image.compression_level,
-            limits=qemu.Limits.from_conf(conf), full=entry.full)
-        while True:
-            try:
-                sent = self._send_parts(entry, delta)
-                break
-            except exception.DeltaTooManyParts as e:
-                LOG.error('Instance %s: %s; delta %d is kept and sent again '
-                          'in %d s', self.instance, e, entry.sequence,
-                          TOO_MANY_PARTS_WAIT)
-                if self._stopping.wait(TOO_MANY_PARTS_WAIT):
-                    raise Stopped()
-        try:
-            ack = self._retry('commit of delta %d' % entry.sequence,
-                              self.manager_api.commit_delta,
-                              delta.to_header_primitive(),
-                              timeout=min(self.conf.agent.rpc_timeout,
-                                          COMMIT_TIMEOUT))
-        except exception.InvalidDelta as e:
-            if 'never received' not in str(e):
-                raise
-            # NOTE: the manager lost its spool (restarted on a new disk,
-            # or a part file torn by a crash): send the parts again.
-            LOG.warning('Instance %s: %s; sending again', self.instance, e)
-            return self._ship(entry)
-        with self.lock:
-            entry.restore_point = ack['restore_point']
-            self.state.parent = ack['restore_point']
-            self.save()
-        self.shipped_bytes += sent
-        self.shipped_changed_bytes += delta.header.changed_bytes
-        self._remember(ack['restore_point'], entry.taken_at)
-        # NOTE: the shipping time alone (not the wait behind earlier
-        # deltas): the policy derives the shipping throughput from it, and
-        # its intervals keep each delta's shipping shorter than the
-        # interval, so deltas do not queue.
-        self._durable_now(sent, self.clock() - started)
-        LOG.info('Instance %s: delta %d durable as %s (%d bytes sent)',
-                 self.instance, entry.sequence, ack['restore_point'], sent)
-
-    def _send_parts(self, entry, delta) -> int:
-        """put_part every part, up to [agent] parts_in_flight at once;
-        bytes sent.
-
-        Parts are produced (read, compressed, checksummed) here, one ahead
-        of the window at most, so memory stays bounded by the window.
-        """
-        def put(part):
-            prim = part.to_primitive()
-            what = 'part %d of delta %d' % (part.index, entry.sequence)
-            self._retry(what, self.manager_api.put_part, self.instance,
-                        entry.sequence, prim, timeout=self._part_timeout())
-            return len(part.payload)
-
-        if delta.header.part_count <= 1:
-            return sum(put(part) for part in delta.parts())
-        return send_parts(delta.parts(), put, self.conf.agent.parts_in_flight,
-                          'put-%s' % self.instance[:8])
-
-    def _part_timeout(self) -> float:
-        return min(self.conf.agent.rpc_timeout, PART_TIMEOUT)
-
-    def _remember(self, restore_point: str, taken_at: float | None,
-                  shipped: bool = True) -> None:
-        with self.durable:
-            self.taken_at[restore_point] = taken_at
-            while len(self.taken_at) > RECENT_RESTORE_POINTS:
-                del self.taken_at[next(iter(self.taken_at))]
-            if shipped:
-                self.restore_points.append(restore_point)
-                self.durable_count += 1
-
-    def _durable_now(self, sent: int, seconds: float) -> None:
-        with self.durable:
-            self.last_durable_at = self.clock()
-            self.last_delta_bytes = sent
-            self.last_ship_seconds = seconds
-            self.durable.notify_all()
-
-    def _base_format(self, entry) -> str:
-        for d in self.driver.disks(self.vm):
-            for img in d.chain:
-                if img.path == entry.frozen:
-                    return img.format
-        return 'qcow2'
-
-    def _commit(self, entry) -> None:
-        if not entry.committable:
-            return
-        # NOTE: not among the frozen images: already committed (a crash
-        # after the commit).
-        for fo in self.driver.frozen_images(self.vm, entry.disk):
-            if fo.frozen.path == entry.frozen:
-                self.driver.commit(self.vm, fo, timeout=600)
-
-
-def send_parts(parts, put, window: int, name: str = 'put') -> int:
-    """``put(part)`` for every part, up to ``window`` calls at once, the
-    parts taken from the iterator only as room frees up (one ahead of the
-    window at most: memory stays bounded). Returns the sum of what the
-    calls returned; the first error is raised once the calls under way
-    have ended, and the parts not yet sent are not sent."""
-    total = 0
-    inflight = collections.deque()
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=window,
-                                                 thread_name_prefix=name)
-    try:
-        for part in parts:
-            while len(inflight) >= window:
-                total += inflight.popleft().result()
-            inflight.append(pool.submit(put, part))
-        while inflight:
-            total += inflight.popleft().result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    return total
+        self.queue.shippable.set()

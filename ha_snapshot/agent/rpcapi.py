@@ -11,6 +11,7 @@ The manager signs every message with the key of the host it is for
 (ha_snapshot/rpc_auth.py): an agent obeys only those.
 """
 
+from ha_snapshot import protection_spec
 from ha_snapshot import rpc
 from ha_snapshot import rpc_auth
 
@@ -34,8 +35,14 @@ class AgentAPI:
                                   method, kwargs)
 
     def protect(self, host: str, instance: str, project: str,
-                spec: dict) -> None:
-        """Start protecting ``instance`` on ``host`` (cast)."""
+                spec: 'protection_spec.ProtectionSpec | dict') -> None:
+        """Start protecting ``instance`` on ``host`` (cast).
+
+        ``spec`` goes as its JSON object; one given as a dict is checked
+        first: a key the agent would refuse raises InvalidProtectionSpec
+        here, not in the agent's log only.
+        """
+        spec = protection_spec.ProtectionSpec.from_dict(spec).to_dict()
         cctxt = self.client.prepare(server=host, version='1.0')
         kwargs = dict(instance=instance, project=project, spec=spec)
         cctxt.cast(self._context(host, 'protect', **kwargs), 'protect',

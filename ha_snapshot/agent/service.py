@@ -6,9 +6,10 @@ and a health monitor per protected VM; re-creates them at start-up from
 the state directory, so frozen overlays not yet acknowledged are sent
 again.
 
-The hypervisor driver is chosen per VM from its spec: ``driver`` when
-given, ``libvirt`` for a Nova server (``nova: true``: its domain is named
-by the instance uuid), else ``[agent] hypervisor``.
+The hypervisor driver is chosen per VM from its spec
+(ha_snapshot/protection_spec.py): ``driver`` when given, ``libvirt`` for
+a Nova server (``nova: true``: its domain is named by the instance uuid),
+else ``[agent] hypervisor``.
 """
 
 import os
@@ -28,14 +29,17 @@ from ha_snapshot.hypervisor import base as hv_base
 from ha_snapshot.image import qemu
 from ha_snapshot.manager import rpcapi as manager_rpcapi
 from ha_snapshot import policy as policy_mod
+from ha_snapshot import protection_spec
 from ha_snapshot.policy import metrics
 from ha_snapshot import rpc
 from ha_snapshot import rpc_auth
 from ha_snapshot import service
+from ha_snapshot import statuses
 
 LOG = logging.getLogger(__name__)
 
-NOVA_DRIVER = 'libvirt'
+NOVA_DRIVER = protection_spec.NOVA_DRIVER
+Spec = protection_spec.ProtectionSpec
 
 
 class Protected:
@@ -174,11 +178,10 @@ class AgentService(service.Service):
                 return False
             delay = min(delay * 2, self.conf.agent.retry_max)
 
-    def driver_name(self, spec: dict) -> str:
-        return spec.get('driver') or (NOVA_DRIVER if spec.get('nova')
-                                      else self.conf.agent.hypervisor)
+    def driver_name(self, spec: Spec) -> str:
+        return spec.driver_name(self.conf.agent.hypervisor)
 
-    def driver_for(self, spec: dict):
+    def driver_for(self, spec: Spec):
         """The hypervisor driver of a VM with this spec (loaded once)."""
         name = self.driver_name(spec)
         if name == self.conf.agent.hypervisor:
@@ -191,14 +194,14 @@ class AgentService(service.Service):
     def _policy(self, st):
         """The policy of the instance's spec, else [policy] name."""
         return policy_mod.load_policy(self.conf, st.instance,
-                                      name=st.spec.get('policy'))
+                                      name=st.spec.policy)
 
-    def _check_policy(self, instance: str, spec: dict) -> None:
-        name = spec.get('policy')
+    def _check_policy(self, instance: str, spec: Spec) -> None:
+        name = spec.policy
         if name is None:
             return
         available = policy_mod.available_policies()
-        if not isinstance(name, str) or name not in available:
+        if name not in available:
             raise exception.HaSnapshotException(
                 'Instance %s cannot be protected: its spec asks for the '
                 'snapshot policy %r, which is not installed on %s '
@@ -218,7 +221,7 @@ class AgentService(service.Service):
         agent.vm = vm or agent._attach()
         monitor = health_mod.HealthMonitor(
             self.conf, driver, agent.vm, st.instance, self.report,
-            figures=agent._figures, qga_path=st.spec.get('qga_path'))
+            figures=agent._figures, qga_path=st.spec.qga_path)
         p = Protected(agent, monitor)
         with self.lock:
             self.instances[st.instance] = p
@@ -229,31 +232,21 @@ class AgentService(service.Service):
             monitor._report('VM not running when protection resumed', {})
         return p
 
-    def protect(self, instance: str, project: str, spec: dict) -> None:
-        spec = dict(spec)
-        if spec.get('nova'):
-            # NOTE: Nova names the domain by the instance uuid.
-            spec.setdefault('driver', NOVA_DRIVER)
-            spec.setdefault('domain', spec.get('uuid') or instance)
-        driver = spec.get('driver') or self.conf.agent.hypervisor
-        needs = (('domain',) if driver == NOVA_DRIVER
-                 else ('name', 'qmp_path', 'pid'))
-        missing = [k for k in needs if k not in spec]
-        if missing:
-            raise exception.HaSnapshotException(
-                'Instance %s cannot be protected by the %s driver: its spec '
-                'lacks %s (a Nova server needs the libvirt driver).'
-                % (instance, driver, ', '.join(missing)))
-        spec.setdefault('name', spec.get('domain'))
+    def protect(self, instance: str, project: str, spec) -> None:
+        """Protect ``instance`` as ``spec`` (a ProtectionSpec or its JSON
+        object) says; InvalidProtectionSpec names what is wrong with it."""
+        # NOTE: a Nova server's domain is named by its uuid.
+        spec = Spec.from_dict(spec).for_agent(instance,
+                                              self.conf.agent.hypervisor)
         self._check_policy(instance, spec)
         with self.lock:
             p = self.instances.get(instance)
             if p is not None:
-                self._change_policy(p, spec.get('policy'))
+                self._change_policy(p, spec.policy)
                 LOG.info('Instance %s is already protected here', instance)
                 return
             st = state_mod.InstanceState(instance=instance, project=project,
-                                         spec=dict(spec))
+                                         spec=spec)
             st.save(self.conf.agent.state_dir)
             self._start_instance(st)
         LOG.info('Instance %s: protection started', instance)
@@ -261,13 +254,13 @@ class AgentService(service.Service):
     def _change_policy(self, p, name) -> None:
         """A protect of a protected instance naming another policy."""
         st = p.agent.state
-        if name is None or name == st.spec.get('policy'):
+        if name is None or name == st.spec.policy:
             return
         # NOTE: built first: a policy that refuses its options changes
         # nothing.
         new = policy_mod.load_policy(self.conf, st.instance, name=name)
         with p.agent.lock:
-            st.spec = dict(st.spec, policy=name)
+            st.spec = st.spec.replace(policy=name)
             p.agent.policy = new
             p.agent.save()
         LOG.info('Instance %s: snapshot policy now %s', st.instance, name)
@@ -317,42 +310,45 @@ class AgentService(service.Service):
                 vm=instance, driver=NOVA_DRIVER, what='restart a VM',
                 reason='its VMs are recovered by a Nova rebuild, then a '
                 'rebaseline')
+        if p is not None:
+            _check_restartable(instance, p.agent.state.spec)
         st, vm = self._take(instance, expected_exit=True)
         spec = st.spec
+        _check_restartable(instance, spec)
         if vm is not None:
             try:
                 self.driver.kill(vm)
             except exception.HaSnapshotException:
                 pass
-        _kill_pid(spec.get('pid'))
+        _kill_pid(spec.pid)
         workdir = os.path.join(self.conf.agent.state_dir, instance)
         os.makedirs(workdir, exist_ok=True)
         disk_path = os.path.join(workdir, 'restored-%s.qcow2' % restore_point)
         restore_mod.fetch(self.manager_api, instance, restore_point,
                           disk_path, limits=qemu.Limits.from_conf(self.conf))
-        vm_spec = spec['vm']
+        vm_spec = spec.vm
         new_vm = self.driver.start(hv_base.VMSpec(
-            name=spec['name'], qmp_path=spec['qmp_path'],
-            log_path=spec.get('log_path') or os.path.join(workdir, 'qemu.log'),
-            machine=vm_spec.get('machine', 'none'),
-            accel=vm_spec.get('accel', 'tcg'),
-            memory_mb=vm_spec.get('memory_mb', 64),
-            paused=vm_spec.get('paused', False),
-            pidfile=vm_spec.get('pidfile'),
+            name=spec.name, qmp_path=spec.qmp_path,
+            log_path=spec.log_path or os.path.join(workdir, 'qemu.log'),
+            machine=_default(vm_spec.machine, 'none'),
+            accel=_default(vm_spec.accel, 'tcg'),
+            memory_mb=_default(vm_spec.memory_mb, 64),
+            paused=_default(vm_spec.paused, False),
+            pidfile=vm_spec.pidfile,
             disks=(hv_base.DiskSpec(path=disk_path, format='qcow2',
-                                    node=vm_spec.get('node'),
-                                    device=vm_spec.get('device')),)))
-        old_files = [x.frozen for x in st.pending] + [spec.get('disk_path')]
+                                    node=vm_spec.node,
+                                    device=vm_spec.device),)))
+        old_files = [x.frozen for x in st.pending] + [spec.disk_path]
         # NOTE: the stopped agent may have made a restore point durable
         # after the manager chose this one (a delta in flight when the VM
         # died): the restored disk is then no child of the newest point and
         # is sent whole (a full delta) instead of taken as the baseline.
         newer = st.parent not in (None, restore_point)
-        st.spec = dict(spec, pid=new_vm.pid, disk_path=disk_path, disk=None)
+        st.spec = spec.replace(pid=new_vm.pid, disk_path=disk_path, disk=None)
         st.pending = []
         st.parent = restore_point
         st.baseline_restore_point = None if newer else restore_point
-        st.status = 'protecting'
+        st.status = statuses.InstanceStatus.PROTECTING
         st.save(self.conf.agent.state_dir)
         self._start_instance(st, vm=new_vm)
         for path in old_files:
@@ -382,9 +378,8 @@ class AgentService(service.Service):
         # NOTE: after a rebuild the domain is a new one (same name): attach
         # afresh; the agent's own files of the old disk go.
         spec = st.spec
-        vm = driver.attach(spec.get('domain') or spec['name'],
-                           spec.get('qmp_path'), spec.get('pid'),
-                           log_path=spec.get('log_path'))
+        vm = driver.attach(spec.domain or spec.name, spec.qmp_path,
+                           spec.pid, log_path=spec.log_path)
         old_files = [x.frozen for x in st.pending if x.committable]
         try:
             if newer:
@@ -404,12 +399,12 @@ class AgentService(service.Service):
             if path.startswith(workdir) and os.path.exists(path):
                 os.unlink(path)
         st.pending = []
-        st.spec = dict(st.spec, disk=None)
+        st.spec = st.spec.replace(disk=None)
         if not newer:
             st.parent = restore_point
         st.baseline_restore_point = (None if tracked or newer
                                      else restore_point)
-        st.status = 'protecting'
+        st.status = statuses.InstanceStatus.PROTECTING
         st.save(self.conf.agent.state_dir)
         self._start_instance(st, vm=vm)
         driver_name = self.driver_name(st.spec)
@@ -419,6 +414,17 @@ class AgentService(service.Service):
                  else 'an increment' if tracked else 'none: the base is it')
         return {'instance': instance, 'restore_point': restore_point,
                 'driver': driver_name, 'full': newer}
+
+
+def _check_restartable(instance: str, spec: Spec) -> None:
+    if spec.vm is None:
+        raise exception.InvalidProtectionSpec(
+            reason="instance %s cannot be restarted: its spec has no 'vm' "
+            "(how the driver starts the VM again)" % instance)
+
+
+def _default(value, default):
+    return default if value is None else value
 
 
 def _kill_pid(pid) -> None:

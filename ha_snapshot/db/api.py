@@ -39,15 +39,18 @@ from ha_snapshot.db import engine as db_engine
 from ha_snapshot.db import models
 from ha_snapshot.db import rebuild
 from ha_snapshot import exception
+from ha_snapshot import statuses
 
 LOG = logging.getLogger(__name__)
 
+Status = statuses.InstanceStatus
+State = statuses.RecoveryState
 # NOTE: where a recovery may go from each state; the last two are final.
 RECOVERY_TRANSITIONS = {
-    'requested': ('running', 'failed'),
-    'running': ('running', 'succeeded', 'failed'),
-    'succeeded': (),
-    'failed': (),
+    State.REQUESTED: (State.RUNNING, State.FAILED),
+    State.RUNNING: (State.RUNNING, State.SUCCEEDED, State.FAILED),
+    State.SUCCEEDED: (),
+    State.FAILED: (),
 }
 _BATCH = 500
 _UNCHANGED = object()
@@ -160,7 +163,8 @@ class Database:
 
     @_retried
     def create_instance(self, uuid: str, project_id: str, *,
-                        host: str | None = None, status: str = 'protecting',
+                        host: str | None = None,
+                        status: str = Status.PROTECTING,
                         policy: str | None = None,
                         driver: str | None = None) -> models.Instance:
         """Record an instance; if it is already recorded, return its row.
@@ -217,7 +221,7 @@ class Database:
             query = query.where(models.Instance.status.in_(_checked(
                 status, models.INSTANCE_STATUSES, 'instance status')))
         elif not include_deleted:
-            query = query.where(models.Instance.status != 'deleted')
+            query = query.where(models.Instance.status != Status.DELETED)
         query = query.order_by(models.Instance.created_at,
                                models.Instance.uuid)
         with self._reader() as session:
@@ -278,7 +282,7 @@ class Database:
         if cooldown_until is not _UNCHANGED:
             values['cooldown_until'] = db_engine.to_datetime(
                 cooldown_until)
-        if status == 'deleted':
+        if status == Status.DELETED:
             values['deleted_at'] = now
         with self._writer() as session:
             _fenced(session, fence)
@@ -304,9 +308,9 @@ class Database:
 
         Its restore points stay until retention or an operator removes them.
         """
-        others = [s for s in models.INSTANCE_STATUSES if s != 'deleted']
         try:
-            return self.update_instance_status(uuid, others, 'deleted')
+            return self.update_instance_status(
+                uuid, statuses.LIVE_INSTANCE_STATUSES, Status.DELETED)
         except exception.InstanceStatusConflict:
             return self.get_instance(uuid)
 
@@ -455,7 +459,7 @@ class Database:
                 raise instance_not_found(instance)
             recovery = models.Recovery(
                 id=str(uuid_mod.uuid4()), instance_uuid=instance,
-                action=action, state='requested', reason=reason,
+                action=action, state=State.REQUESTED, reason=reason,
                 restore_point_id=restore_point_id,
                 attempt=row.recovery_attempts if attempt is None else attempt,
                 created_at=now, updated_at=now)
@@ -491,7 +495,7 @@ class Database:
             sources = [s for s, targets in RECOVERY_TRANSITIONS.items()
                        if state in targets]
             values['state'] = state
-            if state == 'running':
+            if state == State.RUNNING:
                 values['started_at'] = sa.func.coalesce(
                     models.Recovery.started_at, now)
             elif not RECOVERY_TRANSITIONS[state]:
@@ -593,7 +597,8 @@ class Database:
 
     # --- rebuilding ---------------------------------------------------------
 
-    def rebuild_from_store(self, store, *, status: str = 'protected') -> dict:
+    def rebuild_from_store(self, store, *,
+                           status: str = Status.PROTECTED) -> dict:
         """Make the database hold what a RecoveryStore holds (see
         :func:`ha_snapshot.db.rebuild.rebuild_from_store`)."""
         return rebuild.rebuild_from_store(self, store, status=status)

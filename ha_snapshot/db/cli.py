@@ -15,7 +15,7 @@ import json
 
 from ha_snapshot.db import api
 from ha_snapshot.db import migration
-from ha_snapshot.db import models
+from ha_snapshot import statuses
 
 
 def db_sync(conf, store):
@@ -55,8 +55,8 @@ def add_command_parsers(subparsers) -> None:
     p = sub.add_parser('rebuild', help='Record every instance and restore '
                        'point the store holds; forget restore points it '
                        'no longer holds.')
-    p.add_argument('--status', default='protected',
-                   choices=models.INSTANCE_STATUSES,
+    p.add_argument('--status', default=statuses.InstanceStatus.PROTECTED,
+                   choices=statuses.INSTANCE_STATUSES,
                    help='Status of instances the database did not know '
                         '(default: protected).')
     p.set_defaults(func=db_rebuild)

@@ -9,7 +9,7 @@ Times are naive UTC ``DateTime`` values (OpenStack's habit; MySQL and
 sqlite have no time zone type). Every constraint and index has an explicit
 name so that migrations can find it again on every backend.
 
-Imports only SQLAlchemy.
+Imports only SQLAlchemy and ha_snapshot.statuses.
 """
 
 import collections
@@ -19,11 +19,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy import orm
 
-# NOTE: the recovery state machine of the manager moves instances between
-# these; 'deleted' is final.
-INSTANCE_STATUSES = ('protecting', 'protected', 'paused', 'recovering',
-                     'failed', 'deleted')
-RECOVERY_STATES = ('requested', 'running', 'succeeded', 'failed')
+from ha_snapshot import statuses
+
+# NOTE: the values of the CHECK constraints, as the migrations wrote them
+# (ha_snapshot/statuses.py names them).
+INSTANCE_STATUSES = statuses.INSTANCE_STATUSES
+RECOVERY_STATES = statuses.RECOVERY_STATES
 
 
 def _one_of(column: str, values: tuple) -> str:

@@ -8,11 +8,14 @@ passed in.
 from oslo_log import log as logging
 
 from ha_snapshot import exception
+from ha_snapshot import statuses
 
 LOG = logging.getLogger(__name__)
 
 
-def rebuild_from_store(db, store, *, status: str = 'protected') -> dict:
+def rebuild_from_store(db, store, *,
+                       status: str = statuses.InstanceStatus.PROTECTED
+                       ) -> dict:
     """Make the database hold what a RecoveryStore holds.
 
     Creates missing instances (project from their manifests, ``status``

@@ -21,6 +21,7 @@ from oslo_log import log as logging
 from ha_snapshot import exception
 from ha_snapshot.openstack import clients
 from ha_snapshot.openstack import images
+from ha_snapshot import statuses
 
 LOG = logging.getLogger(__name__)
 
@@ -56,7 +57,8 @@ class ImageSweeper:
             if instance not in deleted_instances:
                 try:
                     row = self.db.get_instance(instance)
-                    deleted_instances[instance] = row.status == 'deleted'
+                    deleted_instances[instance] = row.status == (
+                        statuses.InstanceStatus.DELETED)
                 except exception.InstanceNotFound:
                     deleted_instances[instance] = False
             if deleted_instances[instance] and images.delete(glance,

@@ -30,6 +30,7 @@ from oslo_utils import uuidutils
 
 from ha_snapshot import delta as delta_mod
 from ha_snapshot import exception
+from ha_snapshot import statuses
 
 LOG = logging.getLogger(__name__)
 
@@ -249,7 +250,8 @@ class DeltaIntake:
             i for i, _s in self.store.prestored_owners()}
         for instance in instances:
             try:
-                deleted = self.db.get_instance(instance).status == 'deleted'
+                deleted = self.db.get_instance(instance).status == (
+                    statuses.InstanceStatus.DELETED)
             except exception.InstanceNotFound:
                 deleted = True
             if deleted:
@@ -259,19 +261,32 @@ class DeltaIntake:
                 dropped.append((instance, None))
         return dropped
 
-    def commit_delta(self, header) -> dict:
+    def commit_delta(self, header, raise_parts_missing: bool = True) -> dict:
+        """Merge a delta whose parts arrived; the durable ack.
+
+        A delta with parts missing raises PartsMissing, or, for callers of
+        the RPC API before 1.2 (``raise_parts_missing`` false), the plain
+        InvalidDelta with the same message: their release cannot rebuild
+        the subclass from the bus.
+        """
         key = _delta_key(header)
         if key is not None:
             self._route(key[0])
         try:
             return self._checked_commit(header)
         except (exception.InvalidDelta, exception.InstanceNotFound,
-                exception.InvalidInstance):
+                exception.InvalidInstance) as e:
             # NOTE: refused for what it is: sent again, it would be
             # refused again; nothing of it may stay (parts, chunks).
             known = _delta_key(header)
             if known is not None:
                 self.abandon(*known)
+            if isinstance(e, exception.PartsMissing) and (
+                    not raise_parts_missing):
+                raise exception.InvalidDelta(
+                    e.message, instance=e.kwargs['instance'],
+                    sequence=e.kwargs['sequence'],
+                    reason=e.kwargs['reason']) from e
             raise
 
     def _checked_commit(self, header) -> dict:

@@ -24,8 +24,10 @@ from ha_snapshot.manager import alarms
 from ha_snapshot.manager import intake
 from ha_snapshot.manager import notifications
 from ha_snapshot.openstack import servers
+from ha_snapshot import statuses
 
 LOG = logging.getLogger(__name__)
+Status = statuses.InstanceStatus
 
 # NOTE: put_part, the hot path, looks an instance up in the database at
 # most this often (seconds); commit_delta always does, so a part of an
@@ -55,7 +57,7 @@ class Manager(intake.DeltaIntake):
 
     def _protected(self, instance: str):
         row = self.db.get_instance(instance)
-        if row.status == 'deleted':
+        if row.status == Status.DELETED:
             self._projects.pop(instance, None)
             raise exception.InstanceNotFound(
                 'Instance %s was deleted: deltas for it are refused.'
@@ -74,12 +76,13 @@ class Manager(intake.DeltaIntake):
     def register_instance(self, instance, project, host, driver,
                           details) -> dict:
         row = self.db.create_instance(instance, project, host=host,
-                                      status='protected', driver=driver)
+                                      status=Status.PROTECTED, driver=driver)
         if row.host != host or row.driver != driver:
             row = self.db.update_instance(instance, host=host, driver=driver)
-        if row.status in ('protecting', 'paused'):
-            row = self.db.update_instance_status(
-                instance, ('protecting', 'paused'), 'protected')
+        waiting = (Status.PROTECTING, Status.PAUSED)
+        if row.status in waiting:
+            row = self.db.update_instance_status(instance, waiting,
+                                                 Status.PROTECTED)
         newest = self.store.newest(instance)
         LOG.info('Instance %s registered by agent on %s (newest restore '
                  'point %s)', instance, host, newest.id if newest else None)
@@ -133,7 +136,7 @@ class Manager(intake.DeltaIntake):
             row = None
         server = {'uuid': instance, 'host': host, 'project': project,
                   'name': None}
-        if host is None and row is not None and row.status != 'deleted' \
+        if host is None and row is not None and row.status != Status.DELETED \
                 and row.host:
             # NOTE: recorded: the agent on its host already knows it (a
             # move is Nova's live_migration notification's business).
@@ -150,8 +153,8 @@ class Manager(intake.DeltaIntake):
             raise exception.HaSnapshotException(
                 'Protecting server %s on a named host needs its project.'
                 % instance)
-        if row is not None and row.status not in ('deleted', 'protecting') \
-                and row.host == server['host']:
+        if row is not None and row.host == server['host'] \
+                and row.status not in (Status.DELETED, Status.PROTECTING):
             if policy is not None and policy != row.policy:
                 # NOTE: the agent protecting it switches to the policy a
                 # protect cast names.
@@ -164,10 +167,11 @@ class Manager(intake.DeltaIntake):
                     'policy %s: %s' % (policy, result))
             return self._protected_dict(row, False, 'already protected on %s'
                                         % row.host)
-        if row is not None and row.status == 'deleted':
-            self.db.update_instance_status(instance, 'deleted', 'protecting')
+        if row is not None and row.status == Status.DELETED:
+            self.db.update_instance_status(instance, Status.DELETED,
+                                           Status.PROTECTING)
         if row is not None and row.host and row.host != server['host'] \
-                and row.status != 'deleted':
+                and row.status != Status.DELETED:
             self.agent_api.unprotect(row.host, instance)
         result = notifications.protect_server(self.conf, self.db,
                                               self.agent_api, server,
@@ -185,9 +189,9 @@ class Manager(intake.DeltaIntake):
     def unprotect(self, instance) -> None:
         """Stop protecting; the restore points stay for retention."""
         row = self.db.get_instance(instance)
-        if row.status == 'deleted':
+        if row.status == Status.DELETED:
             return None
-        if row.status == 'recovering':
+        if row.status == Status.RECOVERING:
             raise exception.RecoveryConflict(
                 instance=instance, reason='a recovery is running; '
                 'unprotect the server when it has ended')
@@ -236,9 +240,9 @@ def _primitive(value):
 
 
 class ManagerEndpoint:
-    """RPC API 1.1; see ha_snapshot/manager/rpcapi.py for the history."""
+    """RPC API 1.2; see ha_snapshot/manager/rpcapi.py for the history."""
 
-    target = messaging.Target(version='1.1')
+    target = messaging.Target(version='1.2')
 
     def __init__(self, manager: Manager):
         self.manager = manager
@@ -264,11 +268,12 @@ class ManagerEndpoint:
                          instance, sequence, part)
 
     @messaging.expected_exceptions(exception.HaSnapshotException)
-    def commit_delta(self, ctxt, header):
+    def commit_delta(self, ctxt, header, raise_parts_missing=False):
         what = 'delta %s/%s' % (
             header.get('instance') if isinstance(header, dict) else '?',
             header.get('sequence') if isinstance(header, dict) else '?')
-        return self._run(self.manager.commit_delta, what, header)
+        return self._run(self.manager.commit_delta, what, header,
+                         raise_parts_missing is True)
 
     def report_health(self, ctxt, instance, host, reason, details):
         """What the report started, or why it was dropped (an answer: the

@@ -33,8 +33,11 @@ from oslo_utils import uuidutils
 
 from ha_snapshot.db import events
 from ha_snapshot import exception
+from ha_snapshot import protection_spec
+from ha_snapshot import statuses
 
 LOG = logging.getLogger(__name__)
+Status = statuses.InstanceStatus
 
 OPT_IN_KEY = 'ha_snapshot:protect'
 EVENTS = ('instance.create.end', 'instance.delete.end',
@@ -110,7 +113,7 @@ def protect_server(conf, db, agent_api, server: dict,
         raise BadNotification(event_type='protect', reason='server %s '
                               'has no host' % server['uuid'])
     db.create_instance(server['uuid'], server['project'],
-                       host=server['host'], status='protecting',
+                       host=server['host'], status=Status.PROTECTING,
                        driver=conf.agent.hypervisor)
     if policy is not None:
         row = db.update_instance(server['uuid'], host=server['host'],
@@ -119,9 +122,9 @@ def protect_server(conf, db, agent_api, server: dict,
         row = db.update_instance(server['uuid'], host=server['host'])
     if rebaseline:
         agent_api.unprotect(server['host'], server['uuid'])
-    spec = {'nova': True, 'uuid': server['uuid'], 'name': server['name']}
-    if row.policy:
-        spec['policy'] = row.policy
+    spec = protection_spec.ProtectionSpec(
+        nova=True, uuid=server['uuid'], name=server['name'],
+        policy=row.policy or None)
     agent_api.protect(server['host'], server['uuid'], server['project'],
                       spec)
     return 'protect cast to %s' % server['host']
@@ -207,7 +210,7 @@ class NovaNotificationEndpoint:
             row = self.db.get_instance(server['uuid'])
         except exception.InstanceNotFound:
             return None
-        return None if row.status == 'deleted' else row
+        return None if row.status == Status.DELETED else row
 
     def _create(self, server) -> str:
         if not self._opted_in(server):
@@ -238,20 +241,21 @@ class NovaNotificationEndpoint:
         return done
 
     def _pause(self, server) -> str:
-        return self._in_order(server, ('protected', 'protecting'), 'paused',
-                              'paused')
+        return self._in_order(server, (Status.PROTECTED, Status.PROTECTING),
+                              Status.PAUSED, 'paused')
 
     _shutdown = _pause
     _power_off = _pause
 
     def _power_on(self, server) -> str:
-        return self._in_order(server, 'paused', 'protected', 'resumed')
+        return self._in_order(server, Status.PAUSED, Status.PROTECTED,
+                              'resumed')
 
     def _rebuild(self, server) -> str:
         row = self._known(server)
         if row is None:
             return self._create(server)
-        if row.status == 'recovering':
+        if row.status == Status.RECOVERING:
             # NOTE: our own rebuild recovery ends with this notification;
             # the recovery re-baselines on the restore point it used, so a
             # protect here would only race it into a full resend.

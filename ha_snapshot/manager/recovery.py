@@ -37,8 +37,11 @@ from stevedore import driver as stevedore_driver
 from ha_snapshot import exception
 from ha_snapshot.manager import membership as membership_mod
 from ha_snapshot import recovery as recovery_plugins
+from ha_snapshot import statuses
 
 LOG = logging.getLogger(__name__)
+Status = statuses.InstanceStatus
+State = statuses.RecoveryState
 
 
 def _epoch(value) -> float | None:
@@ -146,15 +149,16 @@ class RecoveryEngine:
             row = self.db.update_instance_status(
                 instance, row.status, row.status, reset_attempts=True)
         self.db.record_report(instance, reason)
-        if row.status == 'recovering':
+        if row.status == Status.RECOVERING:
             return 'duplicate: a recovery is running'
-        if row.status != 'protected':
+        if row.status != Status.PROTECTED:
             return 'ignored: instance is %s' % row.status
         cooldown = _epoch(row.cooldown_until)
         if cooldown is not None and now < cooldown:
             return 'ignored: cooldown for %.0f s more' % (cooldown - now)
         if row.recovery_attempts >= self.conf.recovery.max_attempts:
-            self.db.update_instance_status(instance, 'protected', 'failed')
+            self.db.update_instance_status(instance, Status.PROTECTED,
+                                           Status.FAILED)
             LOG.error('Instance %s: %d recoveries failed in a row; marked '
                       'failed, the operator must act', instance,
                       row.recovery_attempts)
@@ -163,7 +167,7 @@ class RecoveryEngine:
             return 'ignored: no restore point yet'
         try:
             row = self.db.update_instance_status(
-                instance, 'protected', 'recovering')
+                instance, Status.PROTECTED, Status.RECOVERING)
         except exception.InstanceStatusConflict:
             return 'duplicate: another report won'
         rec = self._start(row, reason, row.newest_restore_point_id)
@@ -180,10 +184,10 @@ class RecoveryEngine:
         Returns the recovery row (state requested).
         """
         row = self.db.get_instance(instance)
-        if row.status == 'recovering':
+        if row.status == Status.RECOVERING:
             raise exception.RecoveryConflict(
                 instance=instance, reason='a recovery of it is running')
-        if row.status not in ('protected', 'failed'):
+        if row.status not in (Status.PROTECTED, Status.FAILED):
             raise exception.RecoveryConflict(
                 instance=instance, reason='it is %s, not protected or '
                 'failed' % row.status)
@@ -198,7 +202,7 @@ class RecoveryEngine:
         self._action(self.action_name(row))
         try:
             row = self.db.update_instance_status(
-                instance, row.status, 'recovering')
+                instance, row.status, Status.RECOVERING)
         except exception.InstanceStatusConflict as e:
             raise exception.RecoveryConflict(
                 instance=instance, reason='its status changed meanwhile '
@@ -253,7 +257,7 @@ class RecoveryEngine:
         this replica owns whose lease it can take (free, expired: their
         runner died, or released when this host's manager restarted)."""
         taken = 0
-        for row in self.db.list_instances(status='recovering'):
+        for row in self.db.list_instances(status=Status.RECOVERING):
             if self._running(row.uuid):
                 continue
             if self.membership is not None:
@@ -269,10 +273,11 @@ class RecoveryEngine:
             fence = keeper.fence if keeper is not None else None
             try:
                 pending = [r for r in self.db.list_recoveries(row.uuid)
-                           if r.state in ('requested', 'running')]
+                           if r.state in statuses.UNFINISHED_RECOVERY_STATES]
                 if not pending:
                     self.db.update_instance_status(
-                        row.uuid, 'recovering', 'protected', fence=fence)
+                        row.uuid, Status.RECOVERING, Status.PROTECTED,
+                        fence=fence)
                     if keeper is not None:
                         keeper.stop()
                     continue
@@ -318,10 +323,10 @@ class RecoveryEngine:
     def _run_held(self, row, rec, keeper) -> None:
         instance = row.uuid
         fence = keeper.fence if keeper is not None else None
-        previous = rec.step if rec.state == 'running' else None
+        previous = rec.step if rec.state == State.RUNNING else None
         try:
-            if rec.state == 'requested':
-                self.db.update_recovery(rec.id, state='running',
+            if rec.state == State.REQUESTED:
+                self.db.update_recovery(rec.id, state=State.RUNNING,
                                         step='starting', fence=fence)
             action = self._action(rec.action)
             action.recover(row, rec.restore_point_id,
@@ -331,7 +336,7 @@ class RecoveryEngine:
         except Exception as e:
             LOG.exception('Instance %s: recovery %s failed', instance,
                           rec.id)
-            self.db.update_recovery(rec.id, state='failed',
+            self.db.update_recovery(rec.id, state=State.FAILED,
                                     error='%s: %s' % (type(e).__name__, e),
                                     fence=fence)
             # NOTE: the row read now, not the one the recovery started
@@ -339,7 +344,8 @@ class RecoveryEngine:
             failures = self.db.get_instance(instance).recovery_attempts + 1
             exhausted = failures >= self.conf.recovery.max_attempts
             self.db.update_instance_status(
-                instance, 'recovering', 'failed' if exhausted else 'protected',
+                instance, Status.RECOVERING,
+                Status.FAILED if exhausted else Status.PROTECTED,
                 count_attempt=True,
                 cooldown_until=self.clock() + self.conf.recovery.cooldown,
                 fence=fence)
@@ -348,10 +354,10 @@ class RecoveryEngine:
                           'marked failed, the operator must act', instance,
                           failures)
             return
-        self.db.update_recovery(rec.id, state='succeeded', step='done',
+        self.db.update_recovery(rec.id, state=State.SUCCEEDED, step='done',
                                 fence=fence)
         self.db.update_instance_status(
-            instance, 'recovering', 'protected', reset_attempts=True,
+            instance, Status.RECOVERING, Status.PROTECTED, reset_attempts=True,
             cooldown_until=self.clock() + self.conf.recovery.cooldown,
             fence=fence)
         LOG.info('Instance %s: recovery %s succeeded', instance, rec.id)

@@ -5,6 +5,10 @@ API version history:
 * 1.0 - Initial version: register_instance, put_part, commit_delta,
         report_health, heartbeat, get_manifest, get_chunk.
 * 1.1 - For ha-snapshot-api: protect, unprotect, recover, alarm.
+* 1.2 - commit_delta takes ``raise_parts_missing``: a caller that sets it
+        gets PartsMissing (the missing part numbers as data) when the
+        manager does not hold every part; 1.1 callers get InvalidDelta
+        with the same message.
 
 Every method pins the version it needs, so an agent newer than its manager
 fails clearly (oslo.messaging's version check) instead of sending calls the
@@ -31,7 +35,7 @@ from ha_snapshot import exception
 from ha_snapshot import rpc
 from ha_snapshot import rpc_auth
 
-VERSION = '1.1'
+VERSION = '1.2'
 
 
 @contextlib.contextmanager
@@ -134,7 +138,16 @@ class ManagerAPI:
                             instance=instance, sequence=sequence, part=part)
 
     def commit_delta(self, header: dict, timeout=None) -> dict:
-        """Merge the spooled parts; returns only once durable."""
+        """Merge the spooled parts; returns only once durable.
+
+        Raises PartsMissing when the manager does not hold every part
+        (send the delta again); with a version cap below 1.2 that is a
+        plain InvalidDelta.
+        """
+        if self.client.can_send_version('1.2'):
+            return self._routed(header.get('instance'), 'commit_delta',
+                                version='1.2', timeout=timeout,
+                                header=header, raise_parts_missing=True)
         return self._routed(header.get('instance'), 'commit_delta',
                             timeout=timeout, header=header)
 

@@ -19,7 +19,8 @@ agent does not still hold. The agent keeps its overlay until the commit's
 durable ack, and the ack is given only after the store made the restore
 point durable. A part lost with a restarted manager's memory, or a file
 lost or torn by a crash, is found at commit (missing, unreadable, or
-failing its checksum) and reported as "never received; send it again",
+failing its checksum) and reported as "never received; send it again"
+(:class:`~ha_snapshot.exception.PartsMissing`, naming every missing part),
 which the agent does.
 
 What a part costs is counted against ``memory_bytes`` whole: its decoded
@@ -63,6 +64,10 @@ DEFAULT_MAX_DELTAS = 4
 PART_OVERHEAD = 1024
 DIGEST_BYTES = 320
 MIN_CHUNK = 64 << 10
+
+
+class _Missing(Exception):
+    """A part the spool cannot give back; the reason is its text."""
 
 
 class Spool:
@@ -295,29 +300,47 @@ class Spool:
         """The delta's parts, from memory or their files, for the merge."""
         self._dir(header.instance, header.sequence)
         parts = []
-
-        def again(reason):
-            return exception.InvalidDelta(
-                instance=header.instance, sequence=header.sequence,
-                reason='%s; send it again' % reason)
+        missing = []
+        first = None
         for index in range(header.part_count):
             key = (header.instance, header.sequence, index)
             held = self._recall(key)
             digests = None
+            if missing:
+                # NOTE: the delta is sent again anyway: what else is
+                # missing is all that matters now, not reading the rest.
+                if held is None and not os.path.exists(self._path(key)):
+                    missing.append(index)
+                continue
             if held is not None:
                 # NOTE: checked on arrival: the merge takes its bytes (and
                 # the digests of their whole chunks) as they are.
                 meta, decoded, raw = json.loads(held[0]), held[1], None
                 digests = held[2]
             else:
-                meta, decoded, raw = self._read(key, header.part_count,
-                                                again)
+                try:
+                    meta, decoded, raw = self._read(key, header.part_count,
+                                                    _Missing)
+                except _Missing as e:
+                    missing.append(index)
+                    first = str(e)
+                    continue
             meta['payload'] = ''
             part = delta_mod.part_from_primitive(header, meta)
             part.payload = raw
             part.decoded = decoded
             part.chunk_digests = digests
             parts.append(part)
+        if missing:
+            # NOTE: the first reason in the words agents of earlier
+            # releases looked for ("never received").
+            raise exception.PartsMissing(
+                instance=header.instance, sequence=header.sequence,
+                missing=missing, count=header.part_count,
+                reason='%s; %ssend it again' % (first, (
+                    'parts %s of %d missing; ' % (
+                        ', '.join(map(str, missing)), header.part_count)
+                    if len(missing) > 1 else '')))
         return delta_mod.Delta(header, parts)
 
     def _read(self, key, count: int, again):

@@ -25,6 +25,7 @@ from prometheus_client import core as prom_core
 from ha_snapshot.api import util
 from ha_snapshot.db import models
 from ha_snapshot.policies import metrics as metrics_policies
+from ha_snapshot import statuses
 
 # NOTE: what generate_latest() writes; Prometheus 2 and 3 both read it.
 CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8'
@@ -45,8 +46,7 @@ class _Collector:
         gauge = prom_core.GaugeMetricFamily
         servers = gauge('ha_snapshot_servers',
                         'Protected servers by status.', labels=['status'])
-        by_status = {s: 0 for s in models.INSTANCE_STATUSES
-                     if s != 'deleted'}
+        by_status = {s: 0 for s in statuses.LIVE_INSTANCE_STATUSES}
         rpo = gauge('ha_snapshot_rpo_seconds',
                     'Age of the newest restore point (achieved RPO).',
                     labels=LABELS)

@@ -7,10 +7,10 @@ from ha_snapshot.api import endpoint
 from ha_snapshot.api.schemas import server as schema
 from ha_snapshot.api import secret as alarm_secret
 from ha_snapshot.api import util
-from ha_snapshot.db import models
 from ha_snapshot import exception
 from ha_snapshot.policies import server as server_policies
 from ha_snapshot import policy as snapshot_policy
+from ha_snapshot.statuses import INSTANCE_STATUSES
 
 LOG = logging.getLogger(__name__)
 
@@ -94,13 +94,13 @@ def _statuses(req):
     if text is None:
         return None
     statuses = [s.strip() for s in text.split(',') if s.strip()]
-    bad = [s for s in statuses if s not in models.INSTANCE_STATUSES]
+    bad = [s for s in statuses if s not in INSTANCE_STATUSES]
     if bad or not statuses:
         raise util.http_error(
             webob.exc.HTTPBadRequest,
             'Unknown status %r: expected one or more (comma separated) of '
             '%s.' % (', '.join(bad) or text,
-                     ', '.join(models.INSTANCE_STATUSES)),
+                     ', '.join(INSTANCE_STATUSES)),
             'ha_snapshot.query.invalid')
     return statuses
 

@@ -18,8 +18,9 @@ from osc_lib import utils
 from ha_snapshot import exception
 from ha_snapshot.osc import resolve
 from ha_snapshot.osc.v1 import servers
+from ha_snapshot import statuses
 
-FINAL_STATES = ('succeeded', 'failed')
+FINAL_STATES = statuses.FINAL_RECOVERY_STATES
 SHOW_FIELDS = (
     'id', 'server_id', 'action', 'state', 'step', 'reason',
     'restore_point_id', 'attempt', 'error', 'created_at', 'started_at',
@@ -129,7 +130,7 @@ class RecoverServer(command.ShowOne):
             recovery = wait_for_recovery(
                 mgr.ha, server_id, recovery, timeout=parsed_args.timeout,
                 interval=parsed_args.poll_interval, out=self.app.stderr)
-            if recovery.get('state') == 'failed':
+            if recovery.get('state') == statuses.RecoveryState.FAILED:
                 raise exception.ClientError(
                     reason='Recovery %s of server %s failed%s: %s' % (
                         recovery['id'], server_id,

@@ -1028,7 +1028,7 @@ class ProtectionLoopTest(base.TestCase):
         refuse(exception.InvalidDelta, 'checksum mismatch',
                api.put_part, inst, seq,
                part(inst, seq, raw, sha=hashlib.sha256(b'x').hexdigest()))
-        refuse(exception.InvalidDelta, 'part 0 of 1 was never received',
+        refuse(exception.PartsMissing, 'part 0 of 1 was never received',
                api.commit_delta, header(inst, seq, newest.id, raw))
         # A payload larger than any part may be.
         limit = svc.conf.image.max_part_bytes

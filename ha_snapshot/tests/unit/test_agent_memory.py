@@ -48,7 +48,7 @@ class AgentMemoryTest(base.TestCase):
             entry = state_mod.Pending(
                 sequence=sequence, disk='d', frozen=overlay, backing=backing,
                 committable=True, taken_at=1000.0 + sequence)
-            agent._ship(entry)
+            agent.shipper.ship(entry)
         self.assertEqual(shipped, len(manager.acks))
         self.assertEqual(shipped, agent.durable_count)
         self.assertLessEqual(len(agent.taken_at), limit)

@@ -32,6 +32,7 @@ from ha_snapshot.db import migration
 from ha_snapshot.db import models
 from ha_snapshot import exception
 from ha_snapshot import importer
+from ha_snapshot import statuses
 from ha_snapshot.storage import objects
 from ha_snapshot.storage import store as store_mod
 from ha_snapshot.tests import base
@@ -102,6 +103,33 @@ class DatabaseTests:
         self.db.create_instance(uuid, project, host=host, status='protected',
                                 **kw)
         return uuid
+
+    # --- statuses as enums --------------------------------------------------
+
+    def test_status_enums_stored_as_their_strings(self):
+        Status = statuses.InstanceStatus
+        uuid = base.new_uuid()
+        self.db.create_instance(uuid, 'p1', host='h1',
+                                status=Status.PROTECTING)
+        row = self.db.update_instance_status(
+            uuid, (Status.PROTECTING, Status.PAUSED), Status.PROTECTED)
+        self.assertEqual(Status.PROTECTED, row.status)
+        with self.db.engine.connect() as conn:
+            raw = conn.execute(sa.text(
+                'SELECT status FROM instances WHERE uuid = :u'),
+                {'u': uuid}).scalar()
+        self.assertIs(str, type(raw))
+        self.assertEqual('protected', raw)
+        self.assertEqual([uuid], [r.uuid for r in self.db.list_instances(
+            status=[Status.PROTECTED])])
+        rec = self.db.create_recovery(uuid, 'restart')
+        self.assertEqual('requested', rec.state)
+        rec = self.db.update_recovery(rec.id,
+                                      state=statuses.RecoveryState.RUNNING)
+        self.assertEqual(statuses.RecoveryState.RUNNING,
+                         self.db.get_recovery(rec.id).state)
+        self.assertEqual('running', json.loads(json.dumps(
+            self.db.get_recovery(rec.id).state)))
 
     # --- migrations ---------------------------------------------------------
 

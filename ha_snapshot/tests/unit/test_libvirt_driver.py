@@ -19,6 +19,7 @@ from ha_snapshot import exception
 from ha_snapshot.hypervisor import base as hv
 from ha_snapshot.hypervisor import libvirt_events as events
 from ha_snapshot.hypervisor import libvirt_tracking as tracking
+from ha_snapshot import protection_spec
 from ha_snapshot import rpc
 from ha_snapshot.tests import base
 
@@ -190,23 +191,30 @@ class TestAgentDriverChoice(base.TestCase):
         self.svc = agent_service.AgentService(self.conf, driver=object())
 
     def test_driver_from_the_spec(self):
-        self.assertEqual('libvirt', self.svc.driver_name({'nova': True}))
-        self.assertEqual('qemu', self.svc.driver_name({'name': 'x'}))
+        Spec = protection_spec.ProtectionSpec
+        self.assertEqual('libvirt', self.svc.driver_name(Spec(nova=True)))
+        self.assertEqual('qemu', self.svc.driver_name(Spec(name='x')))
         self.assertEqual('libvirt', self.svc.driver_name(
-            {'driver': 'libvirt'}))
-        self.assertIs(self.svc.driver, self.svc.driver_for({'name': 'x'}))
+            Spec(driver='libvirt')))
+        self.assertIs(self.svc.driver, self.svc.driver_for(Spec(name='x')))
         e = self.assertRaises(exception.HypervisorDriverNotFound,
-                              self.svc.driver_for, {'driver': 'nosuch'})
+                              self.svc.driver_for, Spec(driver='nosuch'))
         self.assertIn("'nosuch'", str(e))
 
     def test_protect_refuses_incomplete_specs_and_records_nothing(self):
-        e = self.assertRaises(exception.HaSnapshotException,
+        e = self.assertRaises(exception.InvalidProtectionSpec,
                               self.svc.protect, 'i1', 'p',
                               {'driver': 'libvirt'})
-        self.assertIn('lacks domain', str(e))
-        e = self.assertRaises(exception.HaSnapshotException,
+        self.assertIn("lacks 'domain', which the libvirt driver needs",
+                      str(e))
+        e = self.assertRaises(exception.InvalidProtectionSpec,
                               self.svc.protect, 'i1', 'p', {'name': 'vm'})
-        self.assertIn('lacks qmp_path, pid', str(e))
+        self.assertIn("lacks 'qmp_path', 'pid', which the qemu driver",
+                      str(e))
+        e = self.assertRaises(exception.InvalidProtectionSpec,
+                              self.svc.protect, 'i1', 'p',
+                              {'name': 'vm', 'qmp_path': '/q', 'pid': '12'})
+        self.assertIn("key 'pid': expected an integer, got '12'", str(e))
         self.assertEqual([], state_mod.InstanceState.load_all(
             self.path('agent')))
 

@@ -486,7 +486,8 @@ class AgentReactionTestCase(_Base):
         self.conf.set_override('state_dir', self.path('agent'), group='agent')
         self.conf.set_override('retry_initial', 0.05, group='agent')
         self.conf.set_override('retry_max', 0.1, group='agent')
-        self.patch(agent_mod, 'TOO_MANY_PARTS_WAIT', 0.1)
+        from ha_snapshot.agent import shipper as shipper_mod
+        self.patch(shipper_mod, 'TOO_MANY_PARTS_WAIT', 0.1)
         state = state_mod.InstanceState(instance=self.inst, project='p1',
                                         spec={})
         disk = self.make_qcow2('two.qcow2', 8 * MiB, 'write -P 0x11 0 1M',
@@ -496,7 +497,7 @@ class AgentReactionTestCase(_Base):
                                   full=True)
         snap = agent_mod.SnapshotAgent(self.conf, None, api, state, None,
                                        'host1')
-        snap._base_format = lambda entry: 'qcow2'
+        snap.shipper.base_format = lambda entry: 'qcow2'
         return snap, entry
 
     def test_too_many_parts_then_raised_limit(self):
@@ -515,8 +516,8 @@ class AgentReactionTestCase(_Base):
             def commit_delta(api, header, timeout=None):
                 return self.mgr.commit_delta(header)
         snap, entry = self.agent(Api())
-        with self.assertLogs('ha_snapshot.agent.instance', 'ERROR') as logs:
-            snap._ship(entry)
+        with self.assertLogs('ha_snapshot.agent.shipper', 'ERROR') as logs:
+            snap.shipper.ship(entry)
         self.assertIn('max_delta_parts', logs.output[0])
         self.assertIn('delta 0 is kept and sent again', logs.output[0])
         self.assertEqual([0, 1, 0, 1], calls)
@@ -541,7 +542,7 @@ class AgentReactionTestCase(_Base):
                 return self.mgr.commit_delta(header)
         snap, entry = self.agent(Api())
         with self.assertLogs('ha_snapshot.agent.instance', 'WARNING') as logs:
-            snap._ship(entry)
+            snap.shipper.ship(entry)
         self.assertIn('TooManyDeltas', logs.output[0])
         self.assertEqual(1, self.store.newest(self.inst).number)
 

@@ -19,7 +19,7 @@ class Replica:
     """put_part/commit_delta as a replica's intake answers them: taken by
     the owner, refused naming it elsewhere."""
 
-    target = messaging.Target(version='1.1')
+    target = messaging.Target(version='1.2')
 
     def __init__(self, host, cluster):
         self.host = host
@@ -41,7 +41,7 @@ class Replica:
         self.taken.append(('part', sequence))
         return {'index': part['index'], 'owner': self.cluster['owner']}
 
-    def commit_delta(self, ctxt, header):
+    def commit_delta(self, ctxt, header, raise_parts_missing=False):
         self._route()
         self.taken.append(('commit', header['sequence']))
         return {'restore_point': 'rp', 'owner': self.cluster['owner']}

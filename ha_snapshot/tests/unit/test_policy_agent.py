@@ -92,22 +92,22 @@ class AgentPolicyChoiceTest(base.TestCase):
         # The choice is in the state file: a restarted agent keeps it.
         st = state_mod.InstanceState.load(state_mod.InstanceState.path_for(
             self.conf.agent.state_dir, chosen))
-        self.assertEqual('fixed', st.spec['policy'])
+        self.assertEqual('fixed', st.spec.policy)
         self.agent.reload()
         self.assertIsInstance(self.agent.instances[chosen].agent.policy,
                               fixed.FixedPolicy)
 
         # A protect naming another policy switches the running agent.
         self.api.protect(demo.HOST, default, 'p',
-                         dict(self.agent.instances[default].agent.state.spec,
-                              policy='fixed'))
+                         self.agent.instances[default].agent.state.spec
+                         .replace(policy='fixed'))
         base.wait_for(lambda: self.decided('fixed', default), 60,
                       'a decision of the fixed policy for %s' % default)
         self.assertIn('Instance %s: snapshot policy now fixed' % default,
                       self.log.output)
         st = state_mod.InstanceState.load(state_mod.InstanceState.path_for(
             self.conf.agent.state_dir, default))
-        self.assertEqual('fixed', st.spec['policy'])
+        self.assertEqual('fixed', st.spec.policy)
 
     def test_an_unknown_policy_is_refused_with_a_clear_error(self):
         inst = self.protect('unknown', policy='sometimes')

@@ -82,9 +82,11 @@ class ActionsTestCase(base.TestCase):
         self.assertEqual(202, resp.status_int, resp.text)
         self.assertEqual('adaptive', resp.json['server']['policy'])
         self.env.wait_agent(2)
-        self.assertEqual(
-            self.protect_cast(server, name=None, policy='adaptive'),
-            self.env.agent.calls[1])
+        # NOTE: the manager's protect of a recorded server knows no name:
+        # the spec leaves the key out (a null before ProtectionSpec).
+        cast = self.protect_cast(server, policy='adaptive')
+        del cast[1]['spec']['name']
+        self.assertEqual(cast, self.env.agent.calls[1])
         resp = self.request('PUT', '/v1/servers/' + server,
                             body='{"policy": "adaptive"}')
         self.assertEqual(200, resp.status_int, resp.text)

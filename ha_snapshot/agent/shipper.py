@@ -1,0 +1,314 @@
+"""One protected VM's shipper: pending deltas out, durable, committed down.
+
+The shipper thread takes the oldest entry of the instance's persisted
+pending queue (:class:`ha_snapshot.agent.state.PendingQueue`), which the
+snapshot loop (ha_snapshot/agent/instance.py) fills, and sends it: several
+parts of one delta in flight at once, retrying with backoff until the
+manager's durable ack; then it records the ack in the queue and commits
+the acknowledged overlay down, and only then removes the entry. A delta
+the manager lost the parts of (:class:`~ha_snapshot.exception.PartsMissing`)
+is sent again. :class:`Durable` keeps what the policy, the demo and the
+benchmarks read of it (latest restore points, shipping times and bytes).
+
+May import the delta engine, the image inspection and the hypervisor
+contract; it calls the manager through the client it is given and knows
+the snapshot loop only as its owner (stop and failure flags, retries,
+registration).
+"""
+
+import collections
+import concurrent.futures
+import threading
+import time
+
+from oslo_log import log as logging
+import oslo_messaging as messaging
+
+from ha_snapshot import delta as delta_mod
+from ha_snapshot import exception
+from ha_snapshot.hypervisor import base as hv_base
+from ha_snapshot.image import inspect as image_inspect
+from ha_snapshot.image import qemu
+
+LOG = logging.getLogger(__name__)
+
+# NOTE: worth retrying: the bus, the manager, its store. A delta the
+# manager refuses as invalid is not: it would be refused again.
+TRANSIENT = (messaging.MessagingTimeout, messaging.MessageDeliveryFailure,
+             messaging.MessagingException, exception.StorageError,
+             exception.DatabaseBusy, ConnectionError, TimeoutError)
+
+# NOTE: a part is bounded work for the manager (a few MiB checked and
+# spooled): a call that takes longer than this went to a manager that is
+# gone (its reply will never come), so it is sent again at once rather
+# than after the whole [agent] rpc_timeout.
+PART_TIMEOUT = 15
+# NOTE: likewise for a commit: its chunks were stored while the parts
+# arrived, so it is short; one that runs longer is asked again and the
+# manager answers "still merging" (MergeInProgress, retried) or the ack.
+COMMIT_TIMEOUT = 20
+# NOTE: a delta with more parts than the manager takes ([manager]
+# max_delta_parts) is kept and sent again after this long (the operator
+# may raise the limit), not every [agent] retry_max: each try sends up to
+# that many parts.
+TOO_MANY_PARTS_WAIT = 600
+
+# NOTE: the latest restore points an agent remembers (ids and snapshot
+# times, for the demo, benchmarks and operators): a window, not a history,
+# so that days of deltas cost no memory.
+RECENT_RESTORE_POINTS = 64
+
+Stopped = exception.AgentStopped
+
+
+class Durable:
+    """What became durable lately, for the policy and for people: read
+    every attribute under ``cond`` (notified at each durable delta)."""
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.cond = threading.Condition()
+        self.last_durable_at = None
+        self.last_delta_bytes = 0
+        self.last_ship_seconds = 0.0
+        self.shipped_bytes = 0
+        self.shipped_changed_bytes = 0
+        self.restore_points = collections.deque(
+            maxlen=RECENT_RESTORE_POINTS)
+        """The latest restore points made durable, oldest first."""
+        self.taken_at = {}
+        """Restore point id -> wall-clock time of its snapshot, for the
+        latest RECENT_RESTORE_POINTS."""
+        self.count = 0
+        """Deltas made durable since the agent started."""
+
+    def remember(self, restore_point: str, taken_at: float | None,
+                 shipped: bool = True) -> None:
+        with self.cond:
+            self.taken_at[restore_point] = taken_at
+            while len(self.taken_at) > RECENT_RESTORE_POINTS:
+                del self.taken_at[next(iter(self.taken_at))]
+            if shipped:
+                self.restore_points.append(restore_point)
+                self.count += 1
+
+    def now(self, sent: int, seconds: float) -> None:
+        with self.cond:
+            self.last_durable_at = self.clock()
+            self.last_delta_bytes = sent
+            self.last_ship_seconds = seconds
+            self.cond.notify_all()
+
+
+class Shipper:
+    """Ships one instance's pending queue; :meth:`start` runs it in a
+    thread of its own."""
+
+    def __init__(self, owner, queue, durable: Durable):
+        """``owner``: the instance's snapshot agent (its conf, driver,
+        VM, manager client, stop and failure flags, retries)."""
+        self.owner = owner
+        self.queue = queue
+        self.durable = durable
+        self.thread = None
+
+    @property
+    def conf(self):
+        return self.owner.conf
+
+    @property
+    def instance(self) -> str:
+        return self.queue.state.instance
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self.run, daemon=True,
+                                       name='ship-%s' % self.instance[:8])
+        self.thread.start()
+
+    def join(self, timeout: float | None) -> None:
+        thread = self.thread
+        if thread is not None and thread.is_alive() and (
+                thread is not threading.current_thread()):
+            thread.join(timeout)
+
+    def run(self) -> None:
+        """The shipper thread: pending deltas out, oldest first."""
+        owner = self.owner
+        delay = self.conf.agent.retry_initial
+        while not owner._stopping.is_set():
+            try:
+                if not owner.failed.is_set():
+                    self.ship_pending()
+                delay = self.conf.agent.retry_initial
+                self.queue.shippable.wait(1.0)
+                self.queue.shippable.clear()
+            except Stopped:
+                return
+            except hv_base.VMNotRunning as e:
+                owner.mark_failed(str(e))
+                return
+            except exception.WrongOwner as e:
+                # NOTE: another manager replica owns the instance now (one
+                # joined or died): learn which, send the delta there from
+                # its first part. Briefly: replicas may disagree for a
+                # heartbeat while their views of who is alive converge.
+                LOG.info('Instance %s: %s', self.instance, e)
+                if owner._stopping.wait(self.conf.agent.retry_initial):
+                    return
+                try:
+                    owner._register()
+                except Stopped:
+                    return
+            except Exception as e:
+                # NOTE: as in the snapshot loop: keep every
+                # unacknowledged overlay, learn again what the manager
+                # holds, and go on.
+                delay = owner._back_off(e, delay,
+                                        'shipping error; shipping')
+                if delay is None:
+                    return
+                try:
+                    owner._register()
+                except Stopped:
+                    return
+
+    def ship_pending(self) -> None:
+        owner = self.owner
+        while not owner._stopping.is_set() and not owner.failed.is_set():
+            entry = self.queue.oldest()
+            if entry is None:
+                return
+            if entry.restore_point is None:
+                self.ship(entry)
+            self.commit(entry)
+            self.queue.remove(entry)
+
+    def ship(self, entry) -> None:
+        """Send one delta until it is durable; its ack goes in the queue."""
+        conf = self.conf
+        self.queue.fix_parent(entry)
+        started = self.owner.clock()
+        backing = entry.backing
+        if entry.committable:
+            # NOTE: an overlay this agent created and only the local QEMU
+            # wrote: read by the strict Python qcow2 reader, no qemu-img
+            # process (anything it does not handle gets the full
+            # inspection); see ha_snapshot/image/inspect.py.
+            info = image_inspect.inspect_own_overlay(
+                entry.frozen, max_virtual_size=conf.image.max_virtual_size,
+                expected_backing=backing,
+                limits=qemu.Limits.from_conf(conf))
+        else:
+            info = image_inspect.inspect(
+                entry.frozen, 'qcow2' if backing
+                else self.base_format(entry),
+                max_virtual_size=conf.image.max_virtual_size,
+                allow_backing=backing is not None,
+                expected_backing=backing,
+                limits=qemu.Limits.from_conf(conf))
+        delta = delta_mod.from_image(
+            info, instance=self.instance, project=self.queue.state.project,
+            sequence=entry.sequence, parent=entry.parent,
+            max_part_bytes=conf.image.max_part_bytes,
+            max_part_extents=conf.image.max_part_extents,
+            compression_level=conf.image.compression_level,
+            limits=qemu.Limits.from_conf(conf), full=entry.full)
+        while True:
+            try:
+                sent = self.send_parts(entry, delta)
+                break
+            except exception.DeltaTooManyParts as e:
+                LOG.error('Instance %s: %s; delta %d is kept and sent again '
+                          'in %d s', self.instance, e, entry.sequence,
+                          TOO_MANY_PARTS_WAIT)
+                if self.owner._stopping.wait(TOO_MANY_PARTS_WAIT):
+                    raise Stopped()
+        try:
+            ack = self.owner._retry(
+                'commit of delta %d' % entry.sequence,
+                self.owner.manager_api.commit_delta,
+                delta.to_header_primitive(),
+                timeout=min(conf.agent.rpc_timeout, COMMIT_TIMEOUT))
+        except exception.PartsMissing as e:
+            # NOTE: the manager lost its spool (restarted on a new disk,
+            # or a part file torn by a crash): send the parts again.
+            LOG.warning('Instance %s: %s; sending again', self.instance,
+                        str(e).splitlines()[0])
+            return self.ship(entry)
+        self.queue.acknowledged(entry, ack['restore_point'])
+        durable = self.durable
+        with durable.cond:
+            durable.shipped_bytes += sent
+            durable.shipped_changed_bytes += delta.header.changed_bytes
+        durable.remember(ack['restore_point'], entry.taken_at)
+        # NOTE: the shipping time alone (not the wait behind earlier
+        # deltas): the policy derives the shipping throughput from it, and
+        # its intervals keep each delta's shipping shorter than the
+        # interval, so deltas do not queue.
+        durable.now(sent, self.owner.clock() - started)
+        LOG.info('Instance %s: delta %d durable as %s (%d bytes sent)',
+                 self.instance, entry.sequence, ack['restore_point'], sent)
+
+    def send_parts(self, entry, delta) -> int:
+        """put_part every part, up to [agent] parts_in_flight at once;
+        bytes sent.
+
+        Parts are produced (read, compressed, checksummed) here, one ahead
+        of the window at most, so memory stays bounded by the window.
+        """
+        owner = self.owner
+
+        def put(part):
+            prim = part.to_primitive()
+            what = 'part %d of delta %d' % (part.index, entry.sequence)
+            owner._retry(what, owner.manager_api.put_part, self.instance,
+                         entry.sequence, prim, timeout=self.part_timeout())
+            return len(part.payload)
+
+        if delta.header.part_count <= 1:
+            return sum(put(part) for part in delta.parts())
+        return send_parts(delta.parts(), put, self.conf.agent.parts_in_flight,
+                          'put-%s' % self.instance[:8])
+
+    def part_timeout(self) -> float:
+        return min(self.conf.agent.rpc_timeout, PART_TIMEOUT)
+
+    def base_format(self, entry) -> str:
+        owner = self.owner
+        for d in owner.driver.disks(owner.vm):
+            for img in d.chain:
+                if img.path == entry.frozen:
+                    return img.format
+        return 'qcow2'
+
+    def commit(self, entry) -> None:
+        if not entry.committable:
+            return
+        owner = self.owner
+        # NOTE: not among the frozen images: already committed (a crash
+        # after the commit).
+        for fo in owner.driver.frozen_images(owner.vm, entry.disk):
+            if fo.frozen.path == entry.frozen:
+                owner.driver.commit(owner.vm, fo, timeout=600)
+
+
+def send_parts(parts, put, window: int, name: str = 'put') -> int:
+    """``put(part)`` for every part, up to ``window`` calls at once, the
+    parts taken from the iterator only as room frees up (one ahead of the
+    window at most: memory stays bounded). Returns the sum of what the
+    calls returned; the first error is raised once the calls under way
+    have ended, and the parts not yet sent are not sent."""
+    total = 0
+    inflight = collections.deque()
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=window,
+                                                 thread_name_prefix=name)
+    try:
+        for part in parts:
+            while len(inflight) >= window:
+                total += inflight.popleft().result()
+            inflight.append(pool.submit(put, part))
+        while inflight:
+            total += inflight.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return total

@@ -1,0 +1,225 @@
+"""What an agent needs to know to protect one server: :class:`ProtectionSpec`.
+
+The manager (the Nova hook, the API's protect) builds one and casts it to
+the agent in ``protect``; the agent keeps it in its state file
+(ha_snapshot/agent/state.py) and reads it to find, attach, snapshot and
+restart the VM. On the bus and on disk it is a plain JSON object with the
+keys below, the same keys as before the class existed; ``to_dict`` leaves
+out the keys that are not set, so a spec goes over the wire as it did.
+
+``from_dict`` refuses a key it does not know, or a value of the wrong
+type, with :class:`~ha_snapshot.exception.InvalidProtectionSpec` naming
+the key: a bad spec is refused where it arrives, not met as a KeyError
+in the middle of a snapshot or a restart. An agent's state file is read
+with ``keep_unknown=True`` (a file written by an older agent holds what
+its manager sent, which nobody checked): unknown keys are then kept and
+written back as they were, never used.
+
+Imports only ha_snapshot.exception: the agent, the manager and the API use
+it.
+"""
+
+import dataclasses
+from collections import abc
+
+from ha_snapshot import exception
+
+NOVA_DRIVER = 'libvirt'
+"""The hypervisor driver of a Nova server (its domain is named by the
+server's uuid)."""
+
+
+def _check(where: str, value, types: tuple, what: str):
+    # NOTE: bool is an int to Python; a pid or a size of True is not.
+    if value is None or (isinstance(value, types) and not (
+            isinstance(value, bool) and bool not in types)):
+        return value
+    raise exception.InvalidProtectionSpec(
+        reason='key %r: expected %s, got %r (%s)'
+        % (where, what, value, type(value).__name__))
+
+
+def _from_mapping(cls, data, prefix: str, keep_unknown: bool) -> dict:
+    """The checked constructor arguments of ``cls`` from ``data``."""
+    if not isinstance(data, abc.Mapping):
+        raise exception.InvalidProtectionSpec(
+            reason='%s: expected a JSON object, got %r (%s)'
+            % (repr(prefix) if prefix else 'the spec', data,
+               type(data).__name__))
+    fields = {f.name: f for f in dataclasses.fields(cls)
+              if f.name != 'unknown'}
+    unknown = sorted(str(k) for k in data if k not in fields)
+    if unknown and not keep_unknown:
+        raise exception.InvalidProtectionSpec(
+            reason='unknown key%s %s (known keys%s: %s)' % (
+                's' if len(unknown) > 1 else '',
+                ', '.join(repr(prefix + k) for k in unknown),
+                ' of %r' % prefix.rstrip('.') if prefix else '',
+                ', '.join(sorted(fields))))
+    kwargs = {name: value for name, value in data.items() if name in fields}
+    if unknown:
+        kwargs['unknown'] = {k: data[k] for k in data if k not in fields}
+    return kwargs
+
+
+def _check_fields(obj, prefix: str) -> None:
+    for name, (types, what) in obj._TYPES.items():
+        _check(prefix + name, getattr(obj, name), types, what)
+
+
+def _to_mapping(obj) -> dict:
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.name == 'unknown' or value is None:
+            continue
+        out[f.name] = value.to_dict() if hasattr(value, 'to_dict') else value
+    out.update(obj.unknown)
+    return out
+
+
+_STR = ((str,), 'a string')
+_INT = ((int,), 'an integer')
+_BOOL = ((bool,), 'true or false')
+
+
+@dataclasses.dataclass(frozen=True)
+class VMOptions:
+    """How the ``qemu`` driver starts the VM again (a restart recovery):
+    the ``vm`` object of a spec. Unset options take the driver's
+    defaults (see :meth:`ha_snapshot.agent.service.AgentService.restart`).
+    """
+
+    machine: str | None = None
+    accel: str | None = None
+    memory_mb: int | None = None
+    paused: bool | None = None
+    pidfile: str | None = None
+    node: str | None = None
+    """The block node name of the disk."""
+    device: str | None = None
+    """The guest device id of the disk."""
+    unknown: abc.Mapping = dataclasses.field(default_factory=dict,
+                                             compare=False)
+
+    _TYPES = {'machine': _STR, 'accel': _STR, 'memory_mb': _INT,
+              'paused': _BOOL, 'pidfile': _STR, 'node': _STR,
+              'device': _STR}
+
+    def __post_init__(self):
+        _check_fields(self, 'vm.')
+
+    @classmethod
+    def from_dict(cls, data, *, keep_unknown: bool = False) -> 'VMOptions':
+        return cls(**_from_mapping(cls, data, 'vm.', keep_unknown))
+
+    def to_dict(self) -> dict:
+        return _to_mapping(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtectionSpec:
+    """The per-server spec, shared by the manager and the agent.
+
+    Every key is optional here; which ones a driver needs is
+    :meth:`for_agent`'s business. Change one with :meth:`replace`.
+    """
+
+    nova: bool | None = None
+    """A Nova server: protected by the libvirt driver, its domain named by
+    ``uuid``."""
+    uuid: str | None = None
+    """The Nova server's uuid."""
+    name: str | None = None
+    """The VM's name (the QEMU driver's), or the Nova server's display
+    name."""
+    domain: str | None = None
+    """The libvirt domain (name or uuid)."""
+    driver: str | None = None
+    """The hypervisor driver; default libvirt for Nova, else ``[agent]
+    hypervisor``."""
+    policy: str | None = None
+    """The snapshot policy; default ``[policy] name``."""
+    qmp_path: str | None = None
+    """The QMP socket of a QEMU-driver VM."""
+    pid: int | None = None
+    """The QEMU process of a QEMU-driver VM."""
+    log_path: str | None = None
+    """Where QEMU's output goes."""
+    qga_path: str | None = None
+    """The guest agent's socket, for the health monitor's ping."""
+    disk: str | None = None
+    """The name (block node or target) of the disk that is shipped; the
+    first disk when unset (then learned and kept)."""
+    disk_path: str | None = None
+    """The file of that disk, for a restart."""
+    vm: VMOptions | None = None
+    """How a restart starts the VM (QEMU driver)."""
+    unknown: abc.Mapping = dataclasses.field(default_factory=dict,
+                                             compare=False)
+    """Keys an older agent's state file holds that this version does not
+    know: kept and written back, never used."""
+
+    _TYPES = {'nova': _BOOL, 'uuid': _STR, 'name': _STR, 'domain': _STR,
+              'driver': _STR, 'policy': _STR, 'qmp_path': _STR,
+              'pid': _INT, 'log_path': _STR, 'qga_path': _STR,
+              'disk': _STR, 'disk_path': _STR,
+              'vm': ((VMOptions,), 'a JSON object')}
+
+    def __post_init__(self):
+        if isinstance(self.vm, abc.Mapping):
+            # NOTE: frozen: set once, here, before anyone sees it.
+            object.__setattr__(self, 'vm', VMOptions.from_dict(self.vm))
+        _check_fields(self, '')
+
+    @classmethod
+    def from_dict(cls, data, *,
+                  keep_unknown: bool = False) -> 'ProtectionSpec':
+        """The spec of a JSON object; raises InvalidProtectionSpec naming
+        the first key that is unknown or of the wrong type."""
+        if isinstance(data, ProtectionSpec):
+            return data
+        kwargs = _from_mapping(cls, data, '', keep_unknown)
+        if isinstance(kwargs.get('vm'), abc.Mapping):
+            kwargs['vm'] = VMOptions.from_dict(kwargs['vm'],
+                                               keep_unknown=keep_unknown)
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict:
+        """The JSON object: the keys that are set, as before."""
+        return _to_mapping(self)
+
+    def replace(self, **changes) -> 'ProtectionSpec':
+        """A copy with ``changes`` (checked like ``from_dict``'s keys;
+        None unsets a key)."""
+        data = dict(self.to_dict(), **changes)
+        return self.from_dict({k: v for k, v in data.items()
+                               if v is not None}, keep_unknown=True)
+
+    def driver_name(self, default: str) -> str:
+        """The hypervisor driver of this VM; ``default`` is ``[agent]
+        hypervisor``."""
+        return self.driver or (NOVA_DRIVER if self.nova else default)
+
+    def for_agent(self, instance: str, default_driver: str
+                  ) -> 'ProtectionSpec':
+        """The spec completed for protection by an agent whose ``[agent]
+        hypervisor`` is ``default_driver``: a Nova server gets the libvirt
+        driver and its domain; refused (InvalidProtectionSpec) when the
+        chosen driver lacks what it needs to find the VM."""
+        spec = self
+        if spec.nova:
+            spec = spec.replace(driver=spec.driver or NOVA_DRIVER,
+                                domain=spec.domain or spec.uuid or instance)
+        driver = spec.driver_name(default_driver)
+        needs = (('domain',) if driver == NOVA_DRIVER
+                 else ('name', 'qmp_path', 'pid'))
+        missing = [k for k in needs if getattr(spec, k) is None]
+        if missing:
+            raise exception.InvalidProtectionSpec(
+                reason='it lacks %s, which the %s driver needs (a Nova '
+                'server needs the libvirt driver)'
+                % (', '.join(map(repr, missing)), driver))
+        if spec.name is None:
+            spec = spec.replace(name=spec.domain)
+        return spec
