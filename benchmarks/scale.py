@@ -55,9 +55,10 @@ VM_RSS_GUESS = 40 * c.MiB
 
 
 def write_config(path, work, url, interval, *, connection=None,
-                 manager='scale-manager', extra=''):
+                 manager='scale-manager', extra='', spool='spool'):
     """The one config of both daemons; ``connection`` (default: sqlite in
-    ``work``), ``extra``: more sections, as INI text."""
+    ``work``), ``extra``: more sections, as INI text; ``spool``: the
+    manager's spool directory under ``work``."""
     text = """[DEFAULT]
 transport_url = {url}
 
@@ -68,7 +69,7 @@ connection = {connection}
 backend_url = file://{work}/store
 
 [manager]
-spool_dir = {work}/spool
+spool_dir = {work}/{spool}
 host = {manager}
 listen_notifications = false
 
@@ -87,7 +88,7 @@ overlay_dir = {work}/overlays
 [rpc_auth]
 master_key_file = {work}/rpc-master.key
 """.format(url=url, work=work, host=AGENT_HOST, interval=interval,
-           manager=manager,
+           manager=manager, spool=spool,
            connection=connection or 'sqlite:///%s/ha-snapshot.sqlite' % work)
     with open(path, 'w') as f:
         f.write(text + extra)

@@ -6,16 +6,21 @@ API version history:
 * 1.1 - Add rebaseline: after a Nova rebuild replaced the disk with an
         image of a restore point, track the new disk and ship increments
         on top of that restore point.
+* 1.2 - restart takes ``recovery``: a second restart for the same
+        recovery (a manager replica took it over) does not restart the VM
+        the first one started.
 
 The manager signs every message with the key of the host it is for
 (ha_snapshot/rpc_auth.py): an agent obeys only those.
 """
 
+import oslo_messaging as messaging
+
 from ha_snapshot import protection_spec
 from ha_snapshot import rpc
 from ha_snapshot import rpc_auth
 
-VERSION = '1.1'
+VERSION = '1.2'
 
 
 class AgentAPI:
@@ -54,11 +59,30 @@ class AgentAPI:
                    'unprotect', instance=instance)
 
     def restart(self, host: str, instance: str, restore_point: str,
-                timeout: int) -> dict:
-        """Restart the VM on ``restore_point``; returns when it runs."""
+                timeout: int, recovery: str | None = None) -> dict:
+        """Restart the VM on ``restore_point``; returns when it runs.
+        ``recovery``: the recovery asking; the agent restarts a VM once
+        per recovery (an agent older than 1.2 is asked without it)."""
+        kwargs = dict(instance=instance, restore_point=restore_point)
+        version = '1.0'
+        if recovery is not None and self.client.can_send_version('1.2'):
+            kwargs['recovery'] = recovery
+            version = '1.2'
+        cctxt = self.client.prepare(server=host, version=version,
+                                    timeout=timeout)
+        try:
+            return cctxt.call(self._context(host, 'restart', **kwargs),
+                              'restart', **kwargs)
+        except (messaging.RemoteError, messaging.UnsupportedVersion) as e:
+            # NOTE: a remote UnsupportedVersion is a RemoteError on a real
+            # broker (its module is not an allowed one), itself in-process.
+            if version == '1.0' or getattr(
+                    e, 'exc_type', 'UnsupportedVersion') != (
+                    'UnsupportedVersion'):
+                raise
+        kwargs.pop('recovery')
         cctxt = self.client.prepare(server=host, version='1.0',
                                     timeout=timeout)
-        kwargs = dict(instance=instance, restore_point=restore_point)
         return cctxt.call(self._context(host, 'restart', **kwargs),
                           'restart', **kwargs)
 

@@ -300,10 +300,25 @@ class AgentService(service.Service):
         p.stop()
         return p.agent.state, p.agent.vm
 
-    def restart(self, instance: str, restore_point: str) -> dict:
-        """Make sure the failed VM is gone, start it on the restore point."""
+    def restart(self, instance: str, restore_point: str,
+                recovery: str | None = None) -> dict:
+        """Make sure the failed VM is gone, start it on the restore point.
+
+        Once per ``recovery``: asked again by the same recovery (a manager
+        replica took it over after the first had started the VM), the VM
+        it started is left running and described again.
+        """
         with self.lock:
             p = self.instances.get(instance)
+        if recovery is not None and p is not None and (
+                p.agent.state.restarted_by == recovery):
+            st = p.agent.state
+            if st.spec.pid and _alive(st.spec.pid):
+                LOG.info('Instance %s: recovery %s restarted it already '
+                         '(pid %d); left running', instance, recovery,
+                         st.spec.pid)
+                return {'pid': st.spec.pid, 'disk': st.spec.disk_path,
+                        'already': True}
         if p is not None and self.driver_name(p.agent.state.spec) == (
                 NOVA_DRIVER):
             raise exception.OperationNotSupported(
@@ -349,6 +364,7 @@ class AgentService(service.Service):
         st.parent = restore_point
         st.baseline_restore_point = None if newer else restore_point
         st.status = statuses.InstanceStatus.PROTECTING
+        st.restarted_by = recovery
         st.save(self.conf.agent.state_dir)
         self._start_instance(st, vm=new_vm)
         for path in old_files:
@@ -427,6 +443,15 @@ def _default(value, default):
     return default if value is None else value
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie does not)."""
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().rsplit(')', 1)[1].split()[0] not in ('Z', 'X')
+    except (OSError, IndexError):
+        return False
+
+
 def _kill_pid(pid) -> None:
     if not pid:
         return
@@ -437,9 +462,9 @@ def _kill_pid(pid) -> None:
 
 
 class AgentEndpoint:
-    """RPC API 1.1; see ha_snapshot/agent/rpcapi.py for the history."""
+    """RPC API 1.2; see ha_snapshot/agent/rpcapi.py for the history."""
 
-    target = messaging.Target(version='1.1')
+    target = messaging.Target(version='1.2')
 
     def __init__(self, svc: AgentService):
         self.svc = svc
@@ -454,8 +479,8 @@ class AgentEndpoint:
         self.svc.unprotect(instance)
 
     @messaging.expected_exceptions(exception.HaSnapshotException)
-    def restart(self, ctxt, instance, restore_point):
-        return self.svc.restart(instance, restore_point)
+    def restart(self, ctxt, instance, restore_point, recovery=None):
+        return self.svc.restart(instance, restore_point, recovery)
 
     @messaging.expected_exceptions(exception.HaSnapshotException)
     def rebaseline(self, ctxt, instance, restore_point):

@@ -57,6 +57,9 @@ class InstanceState:
     from it): the first snapshot's frozen base is not sent again."""
     pending: list = dataclasses.field(default_factory=list)
     status: str = statuses.InstanceStatus.PROTECTING
+    restarted_by: str | None = None
+    """The recovery whose restart made the running VM: the same recovery
+    asking again (another manager took it over) gets the VM as it is."""
 
     def __post_init__(self):
         # NOTE: a JSON object (a test's, the file's) becomes the spec.

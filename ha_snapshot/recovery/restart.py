@@ -21,9 +21,12 @@ class RestartAction:
 
     def recover(self, instance, restore_point: str, progress) -> dict:
         progress('restart-on-%s' % instance.host)
+        # NOTE: by recovery: a replica taking this recovery over after the
+        # restart gets the VM the first one started, not another restart.
         result = self.agent_api.restart(
             instance.host, instance.uuid, restore_point,
-            timeout=self.conf.recovery.timeout)
+            timeout=self.conf.recovery.timeout,
+            recovery=getattr(progress, 'recovery_id', None))
         progress('restarted')
         LOG.info('Instance %s restarted on %s from restore point %s',
                  instance.uuid, instance.host, restore_point)

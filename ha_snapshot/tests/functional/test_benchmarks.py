@@ -28,6 +28,8 @@ GOAL_KEYS = {
               'agent_kb_per_instance', 'snapshot_rate_achieved'],
     'soak': ['durable_ratio', 'deltas_durable', 'manager_rss_mb_end',
              'agent_rss_mb_end'],
+    'manager_failover': ['takeover_seconds_p99', 'rpo_seconds_max',
+                         'deltas_acknowledged'],
 }
 
 
@@ -91,3 +93,13 @@ class BenchmarkSmokeTestCase(testtools.TestCase):
         for key in ('manager_kb_per_1000_deltas', 'agent_kb_per_1000_deltas',
                     'log_errors'):
             self.assertIsInstance(result[key], (int, float))
+
+    def test_manager_failover(self):
+        result = self._run('manager_failover')
+        # NOTE: correctness, not speed: whatever the timing, a killed
+        # replica loses nothing and nothing is merged twice.
+        self.assertEqual(result['orphaned_instances'],
+                         result['orphans_taken_over'])
+        for key in ('restore_points_lost', 'duplicate_merges',
+                    'database_store_mismatches'):
+            self.assertEqual(0, result[key], key)
