@@ -55,35 +55,41 @@ def _header(instance, sequence, parent, raw, project=PROJECT):
             'created_at': time.time(), 'format_version': 1}
 
 
+def start_signed_manager(test, prefix: str) -> None:
+    """A real manager service on the shared broker, on an exchange of its
+    own (tests share the broker), signing with a master key the test
+    holds; sets ``log``, ``master``, ``exchange``, ``conf``, ``transport``
+    and ``manager`` on ``test``."""
+    url = test.useFixture(rabbitmq.SharedRabbitMQ()).transport_url
+    test.log = test.useFixture(fixtures.FakeLogger(
+        name='ha_snapshot', level='INFO'))
+    test.master = test.path('master.key')
+    with open(test.master, 'w') as f:
+        f.write(os.urandom(32).hex() + '\n')
+    os.chmod(test.master, 0o600)
+    test.exchange = '%s-%s' % (prefix, base.new_uuid()[:8])
+    test.useFixture(fixtures.MonkeyPatch('ha_snapshot.rpc.EXCHANGE',
+                                         test.exchange))
+    test.conf = base.make_conf(
+        test.path('store'),
+        database__connection='sqlite:///' + test.path('db.sqlite'),
+        manager__spool_dir=test.path('spool'),
+        manager__host='manager-' + test.exchange,
+        manager__listen_notifications=False,
+        rpc_auth__master_key_file=test.master)
+    migration.upgrade(test.conf)
+    test.transport = rpc.get_transport(test.conf, url=url)
+    test.addCleanup(test.transport.cleanup)
+    test.manager = manager_service.ManagerService(test.conf, test.transport)
+    test.manager.start()
+    test.addCleanup(test.manager.stop)
+
+
 class BusAuthTest(base.TestCase):
 
     def setUp(self):
         super().setUp()
-        url = self.useFixture(rabbitmq.SharedRabbitMQ()).transport_url
-        self.log = self.useFixture(fixtures.FakeLogger(
-            name='ha_snapshot', level='INFO'))
-        self.master = self.path('master.key')
-        with open(self.master, 'w') as f:
-            f.write(os.urandom(32).hex() + '\n')
-        os.chmod(self.master, 0o600)
-        # NOTE: a topic of its own: tests share the broker.
-        self.exchange = 'auth-%s' % base.new_uuid()[:8]
-        self.useFixture(fixtures.MonkeyPatch('ha_snapshot.rpc.EXCHANGE',
-                                             self.exchange))
-        self.conf = base.make_conf(
-            self.path('store'),
-            database__connection='sqlite:///' + self.path('db.sqlite'),
-            manager__spool_dir=self.path('spool'),
-            manager__host='manager-' + self.exchange,
-            manager__listen_notifications=False,
-            rpc_auth__master_key_file=self.master)
-        migration.upgrade(self.conf)
-        self.transport = rpc.get_transport(self.conf, url=url)
-        self.addCleanup(self.transport.cleanup)
-        self.manager = manager_service.ManagerService(self.conf,
-                                                      self.transport)
-        self.manager.start()
-        self.addCleanup(self.manager.stop)
+        start_signed_manager(self, 'auth')
         self.db = self.manager.db
         self.inst = base.new_uuid()
         self.db.create_instance(self.inst, PROJECT, host=HOST_B,

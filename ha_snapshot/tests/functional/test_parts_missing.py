@@ -14,19 +14,14 @@ durable.
 
 import os
 
-import fixtures
 import oslo_messaging as messaging
 
 from ha_snapshot.agent import instance as instance_mod
 from ha_snapshot.agent import state as state_mod
-from ha_snapshot.db import migration
 from ha_snapshot import exception
 from ha_snapshot.manager import rpcapi as manager_rpcapi
-from ha_snapshot.manager import service as manager_service
-from ha_snapshot import rpc
 from ha_snapshot import rpc_auth
 from ha_snapshot.tests import base
-from ha_snapshot.tests.fixtures import rabbitmq
 from ha_snapshot.tests.functional import test_bus_auth as bus
 
 KiB = 1 << 10
@@ -38,31 +33,7 @@ class PartsMissingTest(base.TestCase):
 
     def setUp(self):
         super().setUp()
-        url = self.useFixture(rabbitmq.SharedRabbitMQ()).transport_url
-        self.log = self.useFixture(fixtures.FakeLogger(
-            name='ha_snapshot', level='INFO'))
-        self.master = self.path('master.key')
-        with open(self.master, 'w') as f:
-            f.write(os.urandom(32).hex() + '\n')
-        os.chmod(self.master, 0o600)
-        # NOTE: an exchange of its own: tests share the broker.
-        self.exchange = 'parts-%s' % base.new_uuid()[:8]
-        self.useFixture(fixtures.MonkeyPatch('ha_snapshot.rpc.EXCHANGE',
-                                             self.exchange))
-        self.conf = base.make_conf(
-            self.path('store'),
-            database__connection='sqlite:///' + self.path('db.sqlite'),
-            manager__spool_dir=self.path('spool'),
-            manager__host='manager-' + self.exchange,
-            manager__listen_notifications=False,
-            rpc_auth__master_key_file=self.master)
-        migration.upgrade(self.conf)
-        self.transport = rpc.get_transport(self.conf, url=url)
-        self.addCleanup(self.transport.cleanup)
-        self.manager = manager_service.ManagerService(self.conf,
-                                                      self.transport)
-        self.manager.start()
-        self.addCleanup(self.manager.stop)
+        bus.start_signed_manager(self, 'parts')
         self.inst = base.new_uuid()
         self.manager.db.create_instance(self.inst, PROJECT, host=HOST_B,
                                         status='protecting', driver='qemu')
