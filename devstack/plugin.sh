@@ -63,6 +63,11 @@ function _ha_snapshot_store_url {
     fi
 }
 
+# _ha_snapshot_replica_conf N - the config file of manager replica N
+function _ha_snapshot_replica_conf {
+    echo "$HA_SNAPSHOT_CONF_DIR/ha-snapshot-manager-$1.conf"
+}
+
 function _ha_snapshot_use_uwsgi {
     [[ "${HA_SNAPSHOT_USE_UWSGI,,}" == true ]]
 }
@@ -231,6 +236,15 @@ function configure_ha_snapshot {
         "$(database_connection_url "$HA_SNAPSHOT_DB_NAME")"
     iniset "$HA_SNAPSHOT_CONF" manager spool_dir "$HA_SNAPSHOT_STATE_DIR/spool"
     iniset "$HA_SNAPSHOT_CONF" manager protect_all "$HA_SNAPSHOT_PROTECT_ALL"
+    # NOTE: more replicas read ha-snapshot.conf, then a file of their own
+    # naming their host (their topic.<host>) and spool.
+    local n
+    for n in $(seq 2 "$HA_SNAPSHOT_MANAGERS"); do
+        iniset "$(_ha_snapshot_replica_conf "$n")" manager host \
+            "${HOSTNAME}-manager-$n"
+        iniset "$(_ha_snapshot_replica_conf "$n")" manager spool_dir \
+            "$HA_SNAPSHOT_STATE_DIR/spool-$n"
+    done
     iniset "$HA_SNAPSHOT_CONF" recovery actions "$HA_SNAPSHOT_RECOVERY_ACTIONS"
     iniset "$HA_SNAPSHOT_CONF" recovery work_dir "$HA_SNAPSHOT_STATE_DIR/recovery"
 
@@ -314,6 +328,13 @@ function init_ha_snapshot {
 function start_ha_snapshot {
     local cmd="--config-file $HA_SNAPSHOT_CONF"
     run_process ha-snapshot-manager "$HA_SNAPSHOT_BIN_DIR/ha-snapshot-manager $cmd"
+    if is_service_enabled ha-snapshot-manager; then
+        local n
+        for n in $(seq 2 "$HA_SNAPSHOT_MANAGERS"); do
+            run_process "ha-snapshot-manager-$n" \
+                "$HA_SNAPSHOT_BIN_DIR/ha-snapshot-manager $cmd --config-file $(_ha_snapshot_replica_conf "$n")"
+        done
+    fi
     if is_service_enabled ha-snapshot-api; then
         if _ha_snapshot_use_uwsgi; then
             run_process ha-snapshot-api "$HA_SNAPSHOT_BIN_DIR/uwsgi --procname-prefix ha-snapshot-api --ini $HA_SNAPSHOT_UWSGI_CONF"
@@ -342,10 +363,15 @@ function check_ha_snapshot {
 
 # stop_ha_snapshot() - stop every service of this plugin on this node
 function stop_ha_snapshot {
-    local service
+    local service n
     for service in $HA_SNAPSHOT_SERVICES; do
         stop_process "$service"
     done
+    if is_service_enabled ha-snapshot-manager; then
+        for n in $(seq 2 "$HA_SNAPSHOT_MANAGERS"); do
+            stop_process "ha-snapshot-manager-$n"
+        done
+    fi
 }
 
 # cleanup_ha_snapshot() - remove what stack.sh left on this node

@@ -29,6 +29,7 @@ import sys
 
 from oslo_config import cfg
 
+from ha_snapshot import conf as ha_conf
 from ha_snapshot.tests import base
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -475,6 +476,34 @@ class DevstackPluginTestCase(base.TestCase):
             self.bin, self.conf_file), started['ha-snapshot-api'][0])
         self.assertEqual([('svc-0123', 'RegionOne', 'http://10.0.0.5:8799')],
                          self.named(calls, 'get_or_create_endpoint'))
+
+    def test_three_manager_replicas(self):
+        """HA_SNAPSHOT_MANAGERS=3: two more managers, each reading the
+        shared file and then its own (host, spool); unstack stops all."""
+        self.env['HA_SNAPSHOT_MANAGERS'] = '3'
+        self.env['HOSTNAME'] = 'ctl'
+        _, calls = self.run_phases('key,mysql,rabbit', 'stack post-config',
+                                   'stack extra')
+        started = {c[0]: c[1:] for c in self.named(calls, 'run_process')}
+        for n in (2, 3):
+            replica = os.path.join(self.conf_dir,
+                                   'ha-snapshot-manager-%d.conf' % n)
+            self.assertEqual('%s/ha-snapshot-manager --config-file %s '
+                             '--config-file %s' % (self.bin, self.conf_file,
+                                                   replica),
+                             started['ha-snapshot-manager-%d' % n][0])
+            conf = cfg.ConfigOpts()
+            ha_conf.register_opts(conf)
+            conf([], project='ha-snapshot',
+                 default_config_files=[self.conf_file, replica])
+            self.assertEqual(('ctl-manager-%d' % n,
+                              os.path.join(self.state_dir, 'spool-%d' % n)),
+                             (conf.manager.host, conf.manager.spool_dir))
+        self.assertNotIn('ha-snapshot-manager-4', started)
+        _, calls = self.run_phases('key,mysql,rabbit', 'unstack')
+        self.assertTrue({('ha-snapshot-manager',), ('ha-snapshot-manager-2',),
+                         ('ha-snapshot-manager-3',)} <= set(
+                             self.named(calls, 'stop_process')))
 
     def test_controller_with_swift_and_ceilometer(self):
         services = ('key,mysql,rabbit,n-api,n-cond,n-sch,g-api,ceilometer,'
