@@ -73,6 +73,9 @@ class InstanceState:
              for f in dataclasses.fields(self)}
         d['spec'] = self.spec.to_dict()
         d['pending'] = [dataclasses.asdict(p) for p in self.pending]
+        if d['restarted_by'] is None:
+            # NOTE: as files written before it existed.
+            del d['restarted_by']
         return d
 
     @classmethod
