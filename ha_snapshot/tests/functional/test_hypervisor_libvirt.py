@@ -357,8 +357,6 @@ class TestLibvirtDriver(LibvirtTestCase):
         self.ship(first)
         self.driver.commit(vm, first)
         self.assertEqual(1, len(self.bitmaps(disk, dom)))
-        # NOTE: enough changed data that the job runs while we abort it.
-        self.write(vm, [(0, 256 * MiB, 0x33)])
         started = threading.Event()
         real_wait = libvirt_ops._wait_job
 
@@ -367,12 +365,28 @@ class TestLibvirtDriver(LibvirtTestCase):
             try:
                 dom.abortJob()
             except self.lv.libvirtError:
-                pass  # NOTE: ended already: the test below says so
+                pass  # NOTE: ended already: tried again below
             return real_wait(drv, vm_, deadline)
         self.useFixture(fixtures.MonkeyPatch(
             'ha_snapshot.hypervisor.libvirt_ops._wait_job', abort_then_wait))
-        self.assertRaises(hv.SnapshotFailed, self.driver.snapshot, vm)
+        # NOTE: enough changed data that the job usually runs while we
+        # abort it; on a loaded host it may conclude first (the snapshot
+        # then succeeds): commit it and provoke the failure again.
+        for attempt in range(3):
+            self.write(vm, [(0, 256 * MiB, 0x33 + attempt)])
+            started.clear()
+            try:
+                done = self.driver.snapshot(vm).disk('vda')
+            except hv.SnapshotFailed:
+                break
+            self.assertTrue(started.is_set())
+            self.ship(done)
+            self.driver.commit(vm, done)
+        else:
+            self.fail('the backup job concluded before every one of 3 '
+                      'aborts: no failure was provoked')
         self.assertTrue(started.is_set())
+        fill = 0x33 + attempt
         self.assertTrue(self.driver.is_alive(vm))
         self.assertEqual([], self.our_metadata(dom_uuid))
         self.assertEqual([], self.driver.frozen_images(vm, 'vda'))
@@ -392,7 +406,7 @@ class TestLibvirtDriver(LibvirtTestCase):
         self.store.export(self.inst, out, rp_id=rp.id)
         with open(out, 'rb') as f:
             f.seek(255 * MiB)
-            self.assertEqual(b'\x33' * MiB, f.read(MiB))
+            self.assertEqual(bytes([fill]) * MiB, f.read(MiB))
 
     def test_lost_checkpoint_after_crash_falls_back_to_full_and_says_so(self):
         dom_uuid, dom, disk = self.new_domain('crash')
