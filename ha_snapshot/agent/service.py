@@ -26,6 +26,7 @@ from ha_snapshot.agent import state as state_mod
 from ha_snapshot import exception
 from ha_snapshot import hypervisor
 from ha_snapshot.hypervisor import base as hv_base
+from ha_snapshot.hypervisor import process
 from ha_snapshot.image import qemu
 from ha_snapshot.manager import rpcapi as manager_rpcapi
 from ha_snapshot import policy as policy_mod
@@ -313,7 +314,7 @@ class AgentService(service.Service):
         if recovery is not None and p is not None and (
                 p.agent.state.restarted_by == recovery):
             st = p.agent.state
-            if st.spec.pid and _alive(st.spec.pid):
+            if st.spec.pid and process.pid_running(st.spec.pid):
                 LOG.info('Instance %s: recovery %s restarted it already '
                          '(pid %d); left running', instance, recovery,
                          st.spec.pid)
@@ -441,15 +442,6 @@ def _check_restartable(instance: str, spec: Spec) -> None:
 
 def _default(value, default):
     return default if value is None else value
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie does not)."""
-    try:
-        with open('/proc/%d/stat' % pid) as f:
-            return f.read().rsplit(')', 1)[1].split()[0] not in ('Z', 'X')
-    except (OSError, IndexError):
-        return False
 
 
 def _kill_pid(pid) -> None:

@@ -11,14 +11,14 @@ in, the server ends in the status of the newest. An event whose status
 change does not apply (a power_on of a server that is not paused) is still
 recorded as the newest, so an older one cannot apply after it.
 
-May import the database layer and the exception module.
+May import the database layer.
 """
 
 import sqlalchemy as sa
 
+from ha_snapshot.db import api as db_api
 from ha_snapshot.db import engine as db_engine
 from ha_snapshot.db import models
-from ha_snapshot import exception
 
 APPLIED = 'applied'
 STALE = 'stale'
@@ -44,9 +44,7 @@ def apply(db, uuid: str, at, expected, status: str) -> tuple:
             sa.select(inst.status, inst.nova_event_at)
             .where(inst.uuid == uuid).with_for_update()).first()
         if row is None:
-            raise exception.InstanceNotFound(
-                'Instance %s is not recorded in the database: it is not '
-                'protected.' % uuid, instance=uuid)
+            raise db_api.instance_not_found(uuid)
         if row.nova_event_at is not None and row.nova_event_at >= when:
             return STALE, row.status
         values = {'nova_event_at': when}

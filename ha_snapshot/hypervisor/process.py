@@ -79,6 +79,16 @@ def command_line(binary: str, spec: base.VMSpec) -> list:
     return args + [str(a) for a in spec.extra_args]
 
 
+def pid_running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().rsplit(')', 1)[1].split()[0] not in ('Z', 'X')
+    except (OSError, IndexError):
+        return False
+
+
 def launch(argv: list, log_path: str) -> subprocess.Popen:
     """Start QEMU in its own session, stdout and stderr into the log."""
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
@@ -153,12 +163,7 @@ class ProcessHandle:
     def _pid_alive(self) -> bool:
         if self.popen is not None:
             return self.popen.poll() is None
-        try:
-            os.kill(self.pid, 0)
-            with open('/proc/%d/stat' % self.pid) as f:
-                return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
-        except (OSError, IndexError):
-            return False
+        return pid_running(self.pid)
 
     def signal(self, signum: int = signal.SIGKILL) -> None:
         """Signal the process; never a recycled pid: by pidfd, or through
