@@ -49,6 +49,33 @@ def uwsgi_binary() -> str:
     return path
 
 
+def all_threads_stopped(pid: int) -> bool:
+    """Whether every thread of ``pid`` has entered the stopped state."""
+    task = '/proc/%d/task' % pid
+    for tid in os.listdir(task):
+        try:
+            with open(os.path.join(task, tid, 'stat')) as f:
+                # "tid (comm) S ...": the state follows the last ')'.
+                state = f.read().rsplit(')', 1)[1].split()[0]
+        except FileNotFoundError:
+            continue
+        if state not in ('T', 't'):
+            return False
+    return True
+
+
+def sigstop(pid: int) -> None:
+    """Stop ``pid`` and wait until it really is stopped.
+
+    kill() only queues the signal: a process running on the other core
+    goes on until each of its threads next enters the kernel, and may
+    accept a connection and answer half of it in that window.
+    """
+    os.kill(pid, signal.SIGSTOP)
+    base.wait_for(lambda: all_threads_stopped(pid), 10,
+                  'every thread of process %d to stop on SIGSTOP' % pid)
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
@@ -252,7 +279,7 @@ class ServerProcessTestCase(base.TestCase):
         # Each process serves the shared socket on its own: stop one, the
         # other answers; then the other way round.
         for stopped in (first, second):
-            os.kill(stopped, signal.SIGSTOP)
+            sigstop(stopped)
             try:
                 for _ in range(5):
                     self.assertEqual(200, api.timed('GET',
