@@ -39,6 +39,8 @@ import sys
 import threading
 import time
 
+import psutil
+
 import _common as c
 
 GOAL_P99_MS = 100
@@ -164,7 +166,8 @@ def run_clients(spec: dict) -> None:
         t.start()
     for t in threads:
         t.join(spec['seconds'] + 60)
-    print(json.dumps({'samples': samples, 'examples': examples}))
+    print(json.dumps({'samples': samples, 'examples': examples,
+                      'cpu_s': time.process_time()}))
 
 
 # --- idle and slow clients ----------------------------------------------
@@ -261,7 +264,41 @@ def start_api(work: str, url: str, port: int) -> subprocess.Popen:
         time.sleep(0.1)
 
 
-def phase(args, port, servers, name, seed_no) -> dict:
+class CpuShare:
+    """CPU seconds each part of the system (a process and its children)
+    used between construction and :meth:`done`."""
+
+    def __init__(self, parts: dict):
+        self.parts = {name: [psutil.Process(pid) for pid in pids]
+                      for name, pids in parts.items()}
+        self.host = psutil.cpu_times()
+        self.start = {name: self._cpu(p) for name, p in self.parts.items()}
+
+    @staticmethod
+    def _cpu(procs) -> float:
+        total = 0.0
+        for p in procs + [ch for proc in procs
+                          for ch in proc.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += t.user + t.system
+        return total
+
+    def done(self) -> dict:
+        now = psutil.cpu_times()
+        busy = sum(getattr(now, f) - getattr(self.host, f)
+                   for f in ('user', 'nice', 'system', 'irq', 'softirq',
+                             'steal'))
+        out = {name: self._cpu(p) - self.start[name]
+               for name, p in self.parts.items()}
+        out['host'] = busy
+        return out
+
+
+def phase(args, port, servers, name, seed_no, parts) -> dict:
+    cpu = CpuShare(parts)
     per = [args.clients // CLIENT_PROCESSES] * CLIENT_PROCESSES
     per[0] += args.clients - sum(per)
     procs = []
@@ -274,13 +311,23 @@ def phase(args, port, servers, name, seed_no) -> dict:
              json.dumps(spec)], stdout=subprocess.PIPE, text=True))
     samples = []
     examples = {}
+    client_cpu = 0.0
     for p in procs:
         out, _ = p.communicate(timeout=args.seconds + 120)
         got = json.loads(out.strip().splitlines()[-1])
         samples.extend(got['samples'])
         examples.update(got['examples'])
+        client_cpu += got['cpu_s']
+    used = cpu.done()
+    used['clients'] = client_cpu
     result = {'requests': len(samples),
               'errors': sum(1 for _op, _t, ok, _s in samples if not ok)}
+    # NOTE: where the machine's CPU went, per request served: the API
+    # (all its processes), the manager (PUT is a call to it), the broker,
+    # the load generator itself, and the whole host.
+    result['cpu_ms_per_request'] = {
+        k: c.rnd(1000 * v / max(len(samples), 1), 2)
+        for k, v in sorted(used.items())}
     by_status = {}
     for op, _t, ok, status in samples:
         if not ok:
@@ -332,10 +379,12 @@ def main() -> None:
             c.log('API on port %d, %d servers; %d active clients, think '
                   '%.1f s, %.0f s per phase', port, len(servers),
                   args.clients, args.think, args.seconds)
-            baseline = phase(args, port, servers, 'baseline', 1)
+            parts = {'api': [api.pid], 'manager': [manager.pid],
+                     'broker': broker.pids()}
+            baseline = phase(args, port, servers, 'baseline', 1, parts)
             holders = Holders(port, args.idle, args.slow)
             try:
-                loaded = phase(args, port, servers, 'loaded', 2)
+                loaded = phase(args, port, servers, 'loaded', 2, parts)
                 # NOTE: the idle ones must still be open: they were held
                 # for the whole phase, not dropped early.
                 still_open = sum(1 for s in holders.socks

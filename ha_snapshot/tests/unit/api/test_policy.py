@@ -1,6 +1,9 @@
 """The policy defaults: every rule, every persona; the sample generator."""
 
+import os
 import subprocess
+
+import fixtures
 
 from oslo_config import cfg
 
@@ -62,6 +65,31 @@ class PolicyTestCase(base.TestCase):
             'ha_snapshot:servers:protect', {'project_id': 'P'})
         self.assertEqual(403, e.status_int)
         self.assertIn('ha_snapshot:servers:protect', e.detail)
+
+    def test_policy_file_changes_apply_within_the_check_interval(self):
+        path = self.useFixture(fixtures.TempDir()).join('policy.yaml')
+        conf = cfg.ConfigOpts()
+        conf([], project='ha-snapshot', default_config_files=[])
+        policy.set_defaults(conf)
+        conf.set_override('policy_file', path, group='oslo_policy')
+        now = [100.0]
+        self.enforcer = policy.make_enforcer(conf, clock=lambda: now[0])
+        rule, target = 'ha_snapshot:servers:list', {'project_id': 'P'}
+        reader = self.ctx('P', 'reader')
+        self.assertTrue(reader.can(rule, target, fatal=False))
+        with open(path, 'w') as f:
+            f.write('"%s": "!"\n' % rule)
+        # Not looked for again within the interval...
+        now[0] += policy.RELOAD_CHECK_SECONDS / 2
+        self.assertTrue(reader.can(rule, target, fatal=False))
+        # ...and applied once it has passed.
+        now[0] += policy.RELOAD_CHECK_SECONDS
+        self.assertFalse(reader.can(rule, target, fatal=False))
+        # A clock that went back looks again too.
+        os.unlink(path)
+        now[0] -= 10 * policy.RELOAD_CHECK_SECONDS
+        self.enforcer.load_rules()
+        self.assertEqual(now[0], self.enforcer._checked_at)
 
     def test_sample_generator(self):
         out = subprocess.run(
