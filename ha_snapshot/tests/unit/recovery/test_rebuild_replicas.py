@@ -142,6 +142,52 @@ class TakeoverMidUploadTestCase(test_rebuild.RebuildTestBase):
         self.assertEqual(('succeeded', 'done', None),
                          (done.state, done.step, done.error))
 
+    def test_takeover_after_the_upload_reuses_the_image(self):
+        m1, m2 = self.replica('m1'), self.replica('m2')
+        m1.refresh()
+        owner = {'m1': m1, 'm2': m2}[m1.owner(self.inst)]
+        other = m2 if owner is m1 else m1
+        runner, taker = self.engine_for(other), self.engine_for(owner)
+        # The runner stalls once its upload is complete, before it records
+        # the rebuild-server step.
+        stalled, release = threading.Event(), threading.Event()
+        runner_db = other.records.db
+        real_update = runner_db.update_recovery
+
+        def update_recovery(recovery_id, **kwargs):
+            if kwargs.get('step') == 'rebuild-server':
+                stalled.set()
+                release.wait(60)
+            return real_update(recovery_id, **kwargs)
+        runner_db.update_recovery = update_recovery
+
+        rec = runner.request(self.inst, None, 'test')
+        self.assertTrue(stalled.wait(60), 'the runner uploaded its image')
+        [uploaded] = self.images_of(rec.id)
+        self.assertEqual('active', uploaded['status'])
+        self.useFixture(fixtures.MonkeyPatch(
+            'ha_snapshot.db.membership.Records.renew_lease',
+            _renew_fails_for(other.id)))
+        base.wait_for(lambda: taker.takeover() == 1, 30,
+                      'the owner to take the recovery over')
+        taker.wait(self.inst, 60)
+        done = self.db.get_recovery(rec.id)
+        self.assertEqual(('succeeded', 'done'), (done.state, done.step),
+                         done.error)
+        # Reused: one upload, one image, one rebuild with it.
+        self.assertEqual(1, len(self.glance.uploads))
+        self.assertEqual([uploaded['id']],
+                         [i['id'] for i in self.recovery_images()])
+        self.assertEqual([{'rebuild': {'imageRef': uploaded['id']}}],
+                         self.nova_posts())
+        # The runner wakes up: its next step is refused; it rebuilds
+        # nothing and deletes nothing.
+        release.set()
+        runner.wait(self.inst, 60)
+        self.assertEqual(1, len(self.nova_posts()))
+        self.assertEqual([], self.glance_deletes())
+        self.assertEqual('succeeded', self.db.get_recovery(rec.id).state)
+
     def glance_deletes(self):
         return [r.path for r in self.glance.endpoint.requests
                 if r.method == 'DELETE']
