@@ -128,15 +128,19 @@ RECOVERY_OPTS = [
                     'after a successful rebuild, the one the server now '
                     'runs from first. Keep at least 1 if Nova may need the '
                     'image again (evacuation, or a rebuild without a new '
-                    'image); 0 deletes it at once.'),
+                    'image); 0 deletes it at once. Only images of finished '
+                    'recoveries are counted and deleted.'),
     cfg.IntOpt('image_sweep_interval', default=600, min=0,
                help='rebuild: seconds between two sweeps that delete the '
                     'recovery images of servers Nova has deleted (they '
                     'count against their project\'s image quota and serve '
                     'nobody). Only images of instances this manager knows '
-                    'as deleted go. 0 keeps them. Runs only where an '
+                    'as deleted go, never while such an instance has a '
+                    'recovery in progress. 0 keeps them. Runs only where an '
                     'instance may be rebuilt ([recovery] action or '
-                    'actions names rebuild).'),
+                    'actions names rebuild); with several manager replicas, '
+                    'on one at a time (the holder of the leader lease '
+                    'leader:image-sweep).'),
     cfg.IntOpt('rebuild_timeout', default=900, min=1,
                help='rebuild: seconds Nova may take to rebuild the server '
                     'and bring it back ACTIVE.'),

@@ -8,10 +8,22 @@ against the project's image quota. Every ``[recovery]
 image_sweep_interval`` seconds the manager lists the images tagged
 ``ha_snapshot`` once and deletes those whose instance its database knows
 as deleted; an instance it does not know (another region's manager, an
-image made by hand) is left alone. Glance unreachable, or a delete it
-refuses, is logged and tried again at the next sweep.
+image made by hand) is left alone, and so is every image of an instance
+with a recovery in progress (Nova may delete a server while it is being
+rebuilt: its recovery, not the sweep, owns that upload). Glance
+unreachable, or a delete it refuses, is logged and tried again at the next
+sweep.
 
-May import the database, ha_snapshot.openstack and ha_snapshot.exception.
+With several manager replicas on one database the sweep runs on one at a
+time: before each round a replica takes (or, holding it, renews) the
+leader lease ``leader:image-sweep`` for ``image_sweep_interval +
+[manager_cluster] lease_duration`` seconds; a replica that cannot skips
+the round. The leader keeps the lease from round to round, so the others
+sweep only once it stopped (it releases the lease) or died (the lease
+expires). One replica alone always gets it.
+
+May import the database, ha_snapshot.manager.membership,
+ha_snapshot.openstack and ha_snapshot.exception.
 """
 
 import threading
@@ -25,6 +37,8 @@ from ha_snapshot import statuses
 
 LOG = logging.getLogger(__name__)
 
+LEADER_LEASE = 'leader:image-sweep'
+
 
 def wanted(conf) -> bool:
     """Whether this manager may have made recovery images to sweep: the
@@ -36,13 +50,47 @@ def wanted(conf) -> bool:
 
 
 class ImageSweeper:
+    """``membership``: this replica among several (manager.membership);
+    rounds then run only while it holds the leader lease."""
 
-    def __init__(self, conf, db, connect=clients.connection):
+    def __init__(self, conf, db, connect=clients.connection,
+                 membership=None):
         self.conf = conf
         self.db = db
         self._connect = connect
+        self.membership = membership
+        self.lease = None
         self._stop = threading.Event()
         self._thread = None
+
+    def lead(self) -> bool:
+        """Take or renew the leader lease; whether this replica leads
+        this round (always, without membership)."""
+        if self.membership is None:
+            return True
+        duration = (self.conf.recovery.image_sweep_interval
+                    + self.conf.manager_cluster.lease_duration)
+        records = self.membership.records
+        if self.lease is not None:
+            try:
+                self.lease = records.renew_lease(self.lease, duration)
+                return True
+            except exception.LeaseLost as e:
+                LOG.info('Image sweep: no longer the leader (%s)', e)
+                self.lease = None
+        self.lease = self.membership.acquire_lease(LEADER_LEASE, duration)
+        if self.lease is not None:
+            LOG.info('Image sweep: replica %s leads (lease generation %d)',
+                     self.membership.host, self.lease.generation)
+        return self.lease is not None
+
+    def run_once(self) -> list | None:
+        """One round: the sweep if this replica leads, else None."""
+        if not self.lead():
+            LOG.debug('Image sweep: round skipped, another replica holds '
+                      '%s', LEADER_LEASE)
+            return None
+        return self.sweep()
 
     def sweep(self) -> list:
         """Delete the recovery images of deleted instances; their ids."""
@@ -55,12 +103,7 @@ class ImageSweeper:
                     image.tags or ()):
                 continue
             if instance not in deleted_instances:
-                try:
-                    row = self.db.get_instance(instance)
-                    deleted_instances[instance] = row.status == (
-                        statuses.InstanceStatus.DELETED)
-                except exception.InstanceNotFound:
-                    deleted_instances[instance] = False
+                deleted_instances[instance] = self._sweepable(instance)
             if deleted_instances[instance] and images.delete(glance,
                                                              image.id):
                 LOG.info('Recovery image %s of deleted instance %s deleted',
@@ -68,11 +111,27 @@ class ImageSweeper:
                 removed.append(image.id)
         return removed
 
+    def _sweepable(self, instance: str) -> bool:
+        """Deleted, with no recovery in progress."""
+        try:
+            row = self.db.get_instance(instance)
+        except exception.InstanceNotFound:
+            return False
+        if row.status != statuses.InstanceStatus.DELETED:
+            return False
+        busy = self.db.list_recoveries(
+            instance, state=statuses.UNFINISHED_RECOVERY_STATES)
+        if busy:
+            LOG.info('Recovery images of deleted instance %s kept: '
+                     'recovery %s is in progress', instance, busy[-1].id)
+            return False
+        return True
+
     def _run(self) -> None:
         interval = self.conf.recovery.image_sweep_interval
         while not self._stop.wait(interval):
             try:
-                self.sweep()
+                self.run_once()
             except (exception.HaSnapshotException,) + clients.API_ERRORS as e:
                 LOG.warning('Sweep of recovery images failed (tried again '
                             'in %s s): %s', interval,
@@ -90,3 +149,12 @@ class ImageSweeper:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(30)
+        if self.lease is not None:
+            # NOTE: a clean stop hands the sweep over at once, not after
+            # the lease expires.
+            try:
+                self.membership.records.release_lease(self.lease)
+            except exception.HaSnapshotException as e:
+                LOG.warning('Image sweep: leader lease not released (it '
+                            'expires): %s', e)
+            self.lease = None

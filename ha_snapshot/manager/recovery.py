@@ -84,18 +84,34 @@ class Progress:
     run: None for a new recovery, else where a stopped manager left it.
     ``fence``: the recovery's lease check; a step recorded after the lease
     was taken over raises LeaseLost, which stops the action there.
+    ``generation``: that lease's generation (None without one), which an
+    action may record on what it makes (the rebuild's Glance image).
     """
 
     def __init__(self, db, recovery_id: str, previous_step: str | None,
-                 fence=None):
+                 fence=None, *, instance: str | None = None,
+                 generation: int | None = None):
         self.db = db
         self.recovery_id = recovery_id
         self.previous_step = previous_step
         self.fence = fence
+        self.instance = instance
+        self.generation = generation
 
     def __call__(self, step: str) -> None:
         self.db.update_recovery(self.recovery_id, step=step,
                                 fence=self.fence)
+
+    def check_lease(self) -> None:
+        """Raise LeaseLost unless this run still holds the recovery's
+        lease (nothing to check without one): asked before an action
+        undoes something of its recovery's, e.g. deletes an image."""
+        if self.fence is not None:
+            self.db.update_recovery(self.recovery_id, fence=self.fence)
+
+    def recoveries(self) -> list:
+        """The instance's recoveries, oldest first."""
+        return self.db.list_recoveries(self.instance)
 
 
 def lease_key(instance: str) -> str:
@@ -329,8 +345,10 @@ class RecoveryEngine:
                 self.db.update_recovery(rec.id, state=State.RUNNING,
                                         step='starting', fence=fence)
             action = self._action(rec.action)
-            action.recover(row, rec.restore_point_id,
-                           Progress(self.db, rec.id, previous, fence))
+            action.recover(row, rec.restore_point_id, Progress(
+                self.db, rec.id, previous, fence, instance=instance,
+                generation=(keeper.lease.generation if keeper is not None
+                            else None)))
         except exception.LeaseLost:
             raise
         except Exception as e:

@@ -87,7 +87,8 @@ class ManagerService(service.Service):
                                    if conf.nova.auth_type else None))
             self.listener.start()
         if image_sweep.wanted(conf):
-            self.sweeper = image_sweep.ImageSweeper(conf, self.db)
+            self.sweeper = image_sweep.ImageSweeper(
+                conf, self.db, membership=self.membership)
             self.sweeper.start()
         resumed = self.engine.resume()
         # NOTE: recoveries whose runner died (another replica, its lease

@@ -1,11 +1,19 @@
 """Recovery images in Glance: create, stream up, find again, prune.
 
-A recovery image belongs to one instance and one restore point. It is
-tagged ``ha_snapshot`` and ``ha_snapshot:<instance>`` and carries the
-properties ``ha_snapshot_instance``, ``ha_snapshot_restore_point`` and
-``ha_snapshot_source_image``, so that a recovery run again (a manager
-restarted mid-way) finds the image it uploaded before instead of uploading
-twice, and so that old images can be pruned.
+A recovery image belongs to one instance, one restore point and the one
+recovery that uploaded it. It is tagged ``ha_snapshot`` and
+``ha_snapshot:<instance>`` and carries the properties
+``ha_snapshot_instance``, ``ha_snapshot_restore_point``,
+``ha_snapshot_recovery`` (the recovery's id), ``ha_snapshot_lease_
+generation`` (the generation of the recovery lease it was made under, with
+several manager replicas), ``ha_snapshot_size`` (the bytes uploaded) and
+``ha_snapshot_source_image``. So a recovery run again (a manager restarted
+mid-way, or another replica that took the recovery over) finds the image
+of *its* recovery: reused if complete, deleted and uploaded again if the
+upload was left unfinished. Images of other recoveries are never deleted
+here except by :func:`prune`, and only those of finished recoveries.
+Images made before recoveries were recorded on them (no
+``ha_snapshot_recovery``) count as of finished recoveries.
 
 The upload is one ``PUT /v2/images/{id}/file`` whose body is read from the
 exported file in small blocks as the socket takes them (Content-Length
@@ -35,6 +43,13 @@ TAG = 'ha_snapshot'
 PROP_INSTANCE = 'ha_snapshot_instance'
 PROP_RESTORE_POINT = 'ha_snapshot_restore_point'
 PROP_SOURCE = 'ha_snapshot_source_image'
+PROP_RECOVERY = 'ha_snapshot_recovery'
+PROP_GENERATION = 'ha_snapshot_lease_generation'
+PROP_SIZE = 'ha_snapshot_size'
+# NOTE: Glance statuses of an upload that has not ended (queued: created,
+# no data yet; saving: data arriving; uploading/importing: the import
+# flow) or that ended without data (killed).
+UNFINISHED = ('queued', 'saving', 'uploading', 'importing', 'killed')
 READ_BLOCK = 1 << 20
 # NOTE: image properties that describe the guest, not the bytes: a
 # rebuilt server must boot the same way (firmware, disk bus, machine
@@ -43,6 +58,7 @@ INHERITED_PREFIXES = ('hw_', 'os_', 'img_')
 INHERITED_KEYS = ('architecture', 'hypervisor_type', 'vm_mode', 'min_disk',
                   'min_ram', 'auto_disk_config')
 NOT_INHERITED = ('os_hash_algo', 'os_hash_value', 'os_hidden')
+
 
 def instance_tag(instance: str) -> str:
     return '%s:%s' % (TAG, instance)
@@ -117,23 +133,55 @@ def find(glance, instance: str, restore_point: str | None = None,
     return found
 
 
-def find_reusable(glance, instance: str, restore_point: str,
-                  disk_format: str):
-    """The active image of this restore point if one exists.
+def recovery_of(image) -> str | None:
+    """The id of the recovery that uploaded ``image`` (None: made before
+    images named their recovery)."""
+    return (image.properties or {}).get(PROP_RECOVERY)
 
-    Images of it that are not active (an upload cut short by a crash or a
-    failure) are deleted: nobody else writes them, and a fresh upload is
-    the way to a whole image.
+
+def complete(image) -> bool:
+    """Active, and holding every byte its uploader meant to send (when it
+    recorded how many)."""
+    if image.status != 'active':
+        return False
+    expected = (image.properties or {}).get(PROP_SIZE)
+    return expected is None or str(image.size) == str(expected)
+
+
+def find_reusable(glance, instance: str, restore_point: str,
+                  disk_format: str, recovery: str | None = None,
+                  may_delete=None):
+    """A complete image of this restore point if one exists, this
+    recovery's own first, else one of an earlier recovery's.
+
+    Images of ``recovery`` left unfinished (queued, saving...: its earlier
+    runner stopped mid-upload, a dead replica whose lease was taken over)
+    are deleted: the caller holds that recovery's lease, so nobody writes
+    them any more, and a fresh upload is the way to a whole image.
+    ``may_delete()`` is asked first and must say the lease is still held.
+    Images of other recoveries are never deleted here.
     """
-    active = None
+    own, earlier = None, None
     for image in find(glance, instance, restore_point, disk_format):
-        if image.status == 'active' and active is None:
-            active = image
-        elif image.status != 'active':
+        mine = recovery is not None and recovery_of(image) == recovery
+        if complete(image):
+            if mine and own is None:
+                own = image
+            elif not mine and earlier is None:
+                earlier = image
+        elif mine and image.status in UNFINISHED:
+            made = (image.properties or {}).get(PROP_GENERATION)
+            if may_delete is not None and not may_delete():
+                LOG.warning('Instance %s: unfinished recovery image %s '
+                            'left alone: recovery %s is no longer this '
+                            "replica's", instance, image.id, recovery)
+                continue
             LOG.info('Instance %s: deleting unfinished recovery image %s '
-                     '(%s)', instance, image.id, image.status)
+                     '(%s, left by recovery %s at lease generation %s)',
+                     instance, image.id, image.status, recovery,
+                     made or 'unknown')
             delete(glance, image.id)
-    return active
+    return own or earlier
 
 
 def inheritable_properties(glance, image_id: str | None) -> dict:
@@ -165,8 +213,12 @@ def inheritable_properties(glance, image_id: str | None) -> dict:
 
 def create(glance, *, name: str, instance: str, restore_point: str,
            disk_format: str, source_image: str | None, owner: str | None,
-           properties: dict):
+           properties: dict, recovery: str | None = None,
+           generation: int | None = None, size: int | None = None):
     """Create the image record (queued); ``owner`` None: the caller's.
+    ``recovery``, ``generation`` and ``size`` are recorded on it when
+    given (the recovery uploading it, its lease generation, the bytes it
+    is going to hold).
 
     If Glance refuses to let the service user give the image to another
     project (403), it is created in the service user's project instead.
@@ -179,6 +231,11 @@ def create(glance, *, name: str, instance: str, restore_point: str,
         PROP_INSTANCE: instance, PROP_RESTORE_POINT: restore_point})
     if source_image:
         attrs[PROP_SOURCE] = source_image
+    # NOTE: Glance's additional properties are strings.
+    for key, value in ((PROP_RECOVERY, recovery),
+                       (PROP_GENERATION, generation), (PROP_SIZE, size)):
+        if value is not None:
+            attrs[key] = str(value)
     if owner:
         attrs['owner'] = owner
     try:
@@ -199,15 +256,27 @@ def create(glance, *, name: str, instance: str, restore_point: str,
             reason='creating the image record: %s' % _reason(e))
 
 
-def upload(glance, image, path: str, instance: str) -> dict:
-    """Stream ``path`` into ``image``; check Glance got every byte."""
+def upload(glance, image, path: str, instance: str,
+           may_delete=None) -> dict:
+    """Stream ``path`` into ``image``; check Glance got every byte.
+
+    A failed upload deletes the image, once ``may_delete()`` (if given)
+    says the caller still holds the recovery it belongs to.
+    """
+    def give_up():
+        if may_delete is None or may_delete():
+            delete(glance, image.id)
+        else:
+            LOG.warning('Instance %s: failed recovery image %s left to the '
+                        'replica that took its recovery over', instance,
+                        image.id)
     try:
         with HashingReader(path) as reader:
             resp = image.upload(glance, data=reader)
             sdk_exc.raise_from_response(resp)
             stored = glance.get_image(image.id)
     except _API_ERRORS as e:
-        delete(glance, image.id)
+        give_up()
         raise exception.ImageUploadFailed(
             image=image.id, instance=instance,
             reason='uploading %s: %s' % (os.path.basename(path), _reason(e)))
@@ -220,7 +289,7 @@ def upload(glance, image, path: str, instance: str) -> dict:
             and stored.hash_value != reader.sha512.hexdigest()):
         problem = 'its sha512 differs from the uploaded file\'s'
     if problem:
-        delete(glance, image.id)
+        give_up()
         raise exception.ImageUploadFailed(image=image.id, instance=instance,
                                           reason=problem)
     LOG.info('Instance %s: recovery image %s uploaded (%d bytes, %s)',
@@ -240,14 +309,40 @@ def delete(glance, image_id: str) -> bool:
         return False
 
 
-def prune(glance, instance: str, keep: int, current: str | None) -> list:
+def prune(glance, instance: str, keep: int, current: str | None,
+          recovery: str | None = None, finished=None) -> list:
     """Delete the recovery images of ``instance`` beyond the ``keep``
     newest, ``current`` (the one the server now runs from) counting first.
-    Return the ids deleted."""
-    images = find(glance, instance)
-    images.sort(key=lambda i: i.id != current)  # NOTE: stable: current first
+    Return the ids deleted.
+
+    Only images of finished recoveries are touched: ``finished`` is the
+    set of ids of the instance's finished recoveries (None: every image
+    counts as of a finished one); images that name no recovery (made
+    before images named theirs) count as finished. ``recovery`` is the
+    caller's own, held: its images other than ``current`` duplicate it (an
+    upload a stalled runner finished late) and go whatever ``keep`` says.
+    An image of a finished recovery that never became active goes too,
+    without counting. Images of recoveries in progress, or unknown to the
+    caller, stay untouched and uncounted.
+    """
+    kept, doomed = [], []
+    for image in find(glance, instance):
+        made_by = recovery_of(image)
+        if image.id == current:
+            kept.insert(0, image)
+        elif recovery is not None and made_by == recovery:
+            doomed.append(image)
+        elif (made_by is not None and finished is not None
+                and made_by not in finished):
+            LOG.debug('Instance %s: recovery image %s of recovery %s (not '
+                      'finished) left alone', instance, image.id, made_by)
+        elif image.status in UNFINISHED:
+            doomed.append(image)
+        else:
+            kept.append(image)
+    doomed.extend(kept[keep:])
     deleted = []
-    for image in images[keep:]:
+    for image in doomed:
         if delete(glance, image.id):
             deleted.append(image.id)
     return deleted

@@ -8,18 +8,22 @@ the recovery before it starts, so a failure says where it stopped):
     volume-backed servers are refused, Nova cannot rebuild them with
     another image before microversion 2.93).
 ``find-image``
-    An active recovery image of this restore point already in Glance (a
-    previous attempt uploaded it) is used again; unfinished ones are
-    deleted.
+    A complete recovery image of this restore point already in Glance is
+    used again: this recovery's own (uploaded before its runner stopped:
+    a manager restarted, or another replica took the recovery over), else
+    an earlier recovery's. This recovery's unfinished uploads (queued,
+    saving...) are deleted, only while its lease is still held; other
+    recoveries' images are never deleted here.
 ``export``
     The restore point is exported from the store into ``[recovery]
     work_dir`` (raw or qcow2, ``[recovery] image_disk_format``).
 ``upload-image``
     A private image is created (owned by the server's project if the
     service user may, tagged ``ha_snapshot`` and ``ha_snapshot:<server>``,
-    properties naming server, restore point and source image, plus the
-    source image's hw_*/os_* properties so the server boots the same way)
-    and the export streamed into it; the export is removed.
+    properties naming server, restore point, recovery, lease generation,
+    size and source image, plus the source image's hw_*/os_* properties
+    so the server boots the same way) and the export streamed into it;
+    the export is removed.
 ``rebuild-server``
     ``POST /servers/{id}/action {"rebuild": {"imageRef": ...}}``.
 ``wait-active``
@@ -31,8 +35,10 @@ the recovery before it starts, so a failure says where it stopped):
     rebuilt disk, its next delta based on this restore point: what the
     store holds is not sent again.
 ``cleanup-images``
-    Recovery images beyond ``[recovery] keep_images`` are deleted (a
-    failure here is logged, not fatal).
+    Recovery images of finished recoveries beyond ``[recovery]
+    keep_images`` are deleted, and duplicates of this recovery's (a
+    failure here is logged, not fatal); images of recoveries in progress
+    are left alone.
 
 Run again after a manager restart (the recovery was resumed), it uses the
 image uploaded before; when the recorded step shows the rebuild was
@@ -40,8 +46,14 @@ already sent, it does not send it again if the server runs the image; when
 the step shows the rebuild had ended (``rebaseline``, ``cleanup-images``),
 it goes on from there even if the image is pruned already.
 
-May import ha_snapshot.openstack, the store (given to the constructor) and
-ha_snapshot.exception.
+What the action knows of its recovery comes from ``progress`` (the
+engine's :class:`~ha_snapshot.manager.recovery.Progress`): its id, its
+lease generation, a lease check and the instance's recoveries. A plain
+callable works too: images then name no recovery and every image counts
+as of a finished one (the behaviour before several replicas).
+
+May import ha_snapshot.openstack, the store (given to the constructor),
+ha_snapshot.statuses and ha_snapshot.exception.
 """
 
 import os
@@ -54,6 +66,7 @@ from ha_snapshot import exception
 from ha_snapshot.openstack import clients
 from ha_snapshot.openstack import images
 from ha_snapshot.openstack import servers
+from ha_snapshot import statuses
 
 LOG = logging.getLogger(__name__)
 
@@ -113,7 +126,9 @@ class RebuildAction:
             result = self._rebaseline(instance, host, restore_point)
 
         progress('cleanup-images')
-        pruned = images.prune(glance, uuid, conf.keep_images, image_id)
+        pruned = images.prune(glance, uuid, conf.keep_images, image_id,
+                              recovery=_recovery_id(progress),
+                              finished=_finished_recoveries(progress))
         LOG.info('Instance %s rebuilt from restore point %s (image %s) on '
                  '%s; %d old recovery images deleted', uuid, restore_point,
                  image_id, host, len(pruned))
@@ -131,10 +146,13 @@ class RebuildAction:
         progress('find-image')
         glance = self._proxy('glance', 'image', 'Glance')
         image = images.find_reusable(glance, uuid, restore_point,
-                                     conf.image_disk_format)
+                                     conf.image_disk_format,
+                                     recovery=_recovery_id(progress),
+                                     may_delete=_lease_held(progress))
         if image is not None:
             LOG.info('Instance %s: reusing recovery image %s of restore '
-                     'point %s', uuid, image.id, restore_point)
+                     'point %s (made by recovery %s)', uuid, image.id,
+                     restore_point, images.recovery_of(image) or 'unknown')
         else:
             image = self._upload(glance, server, instance, restore_point,
                                  current, progress)
@@ -208,9 +226,43 @@ class RebuildAction:
             image = images.create(
                 glance, name='ha-snapshot-%s-%s' % (uuid, restore_point),
                 instance=uuid, restore_point=restore_point, disk_format=fmt,
-                source_image=source, owner=owner, properties=inherited)
-            images.upload(glance, image, path, uuid)
+                source_image=source, owner=owner, properties=inherited,
+                recovery=_recovery_id(progress),
+                generation=getattr(progress, 'generation', None),
+                size=os.path.getsize(path))
+            images.upload(glance, image, path, uuid,
+                          may_delete=_lease_held(progress))
         finally:
             if os.path.exists(path):
                 os.unlink(path)
         return image
+
+
+def _recovery_id(progress) -> str | None:
+    return getattr(progress, 'recovery_id', None)
+
+
+def _lease_held(progress):
+    """A ``may_delete()`` for images of this recovery: True while the
+    recovery's lease is held (always without one); None for a plain
+    callable."""
+    check = getattr(progress, 'check_lease', None)
+    if check is None:
+        return None
+
+    def held() -> bool:
+        try:
+            check()
+        except exception.LeaseLost:
+            return False
+        return True
+    return held
+
+
+def _finished_recoveries(progress) -> set | None:
+    """Ids of the instance's finished recoveries; None if unknown."""
+    recoveries = getattr(progress, 'recoveries', None)
+    if recoveries is None:
+        return None
+    return {r.id for r in recoveries()
+            if r.state not in statuses.UNFINISHED_RECOVERY_STATES}

@@ -60,6 +60,9 @@ class FakeGlance:
         self.upload_fail = []
         self.create_fail = []
         self.delete_fail = []
+        # NOTE: called with the image once the first block of an upload
+        # arrived (it is saving): a test may hold the upload there.
+        self.on_upload = None
         self.uploads = []
         self.endpoint = scripted_http.ScriptedEndpoint(self.app)
         self.url = self.endpoint.url
@@ -186,6 +189,8 @@ class FakeGlance:
                 break
             md5.update(data)
             sha512.update(data)
+            if size == 0 and self.on_upload is not None:
+                self.on_upload(image)
             size += len(data)
             if fail and size >= fail[1]:
                 # NOTE: Glance puts the image back to queued when the
@@ -196,6 +201,13 @@ class FakeGlance:
                              'Adding images to store is disabled.')
         record.update(size=size, largest_read=req.stream.largest_read,
                       chunked=req.stream.chunked)
+        if image['status'] == 'deleted':
+            # NOTE: as Glance's ImageDataController does when the image
+            # was deleted while its data arrived: the data is dropped.
+            record['failed_after'] = size
+            return _page(410, 'Image %s could not be found after upload. '
+                         'The image may have been deleted during the '
+                         'upload.' % image['id'])
         image.update(status='active', size=size, checksum=md5.hexdigest(),
                      os_hash_algo='sha512', os_hash_value=sha512.hexdigest(),
                      updated_at=_now())

@@ -1,18 +1,25 @@
-"""Recovery images of deleted servers, swept from a scripted Glance."""
+"""Recovery images of deleted servers, swept from a scripted Glance.
+
+The sweep runs on a real sqlite database; the leader tests run two
+replicas (Membership + ImageSweeper each, their own Database) on one
+file, on a clock of the test's.
+"""
 
 import logging
 
 import fixtures
 
 from ha_snapshot.db import api as db_api
+from ha_snapshot.db import membership as db_membership
 from ha_snapshot.db import migration
 from ha_snapshot.manager import image_sweep
+from ha_snapshot.manager import membership
 from ha_snapshot.openstack import images
 from ha_snapshot.tests import base
 from ha_snapshot.tests.unit import fake_openstack
 
 
-class ImageSweepTestCase(base.TestCase):
+class _SweepBase(base.TestCase):
 
     def setUp(self):
         super().setUp()
@@ -40,6 +47,9 @@ class ImageSweepTestCase(base.TestCase):
         uuid = base.new_uuid()
         self.db.create_instance(uuid, 'p1', host='h1', status=status)
         return uuid
+
+
+class ImageSweepTestCase(_SweepBase):
 
     def test_only_deleted_instances_lose_their_images(self):
         gone = self.instance('protected')
@@ -102,3 +112,135 @@ class ImageSweepTestCase(base.TestCase):
         self.conf.clear_override('image_sweep_interval', group='recovery')
         self.conf.clear_override('auth_type', group='glance')
         self.assertFalse(image_sweep.wanted(self.conf))
+
+    def test_images_of_a_recovery_in_progress_stay(self):
+        # Nova deleted the server while it was being rebuilt: the
+        # recovery owns its upload until it ends.
+        gone = self.instance('protected')
+        rec = self.db.create_recovery(gone, 'rebuild')
+        self.db.update_recovery(rec.id, state='running', step='upload-image')
+        self.db.mark_instance_deleted(gone)
+        image = self.recovery_image(gone, **{images.PROP_RECOVERY: rec.id})
+        legacy = self.recovery_image(gone)
+        with self.assertLogs('ha_snapshot.manager.image_sweep', 'INFO') as cm:
+            self.assertEqual([], self.sweeper.sweep())
+        self.assertIn('recovery %s is in progress' % rec.id, cm.output[0])
+        self.db.update_recovery(rec.id, state='failed', error='server gone')
+        self.assertEqual(sorted([image, legacy]), sorted(self.sweeper.sweep()))
+
+
+T0 = 1_800_000_000.0
+
+
+class SweepLeaderTestCase(_SweepBase):
+    """Two replicas on one sqlite file: one sweeps per round."""
+
+    def setUp(self):
+        super().setUp()
+        self.now = T0
+        self.conf.set_override('heartbeat_interval', 60,
+                               group='manager_cluster')
+        self.conf.set_override('image_sweep_interval', 600,
+                               group='recovery')
+        self.conf.set_override('lease_duration', 60,
+                               group='manager_cluster')
+
+    def replica(self, host):
+        db = db_api.Database(self.conf)
+        self.addCleanup(db.dispose)
+        records = db_membership.Records(db, clock=lambda: self.now)
+        m = membership.Membership(self.conf, db, host, records=records)
+        m.start()
+        self.addCleanup(m.stop)
+        sweeper = image_sweep.ImageSweeper(self.conf, db, membership=m)
+        self.addCleanup(sweeper.stop)
+        return sweeper
+
+    def listings(self):
+        return sum(r.method == 'GET' and r.path == '/v2/images'
+                   for r in self.glance.endpoint.requests)
+
+    def test_one_sweep_per_round_the_leader_keeps_it(self):
+        s1, s2 = self.replica('m1'), self.replica('m2')
+        gone = self.instance('protected')
+        self.db.mark_instance_deleted(gone)
+        for n in range(4):
+            image = self.recovery_image(gone)
+            # Both replicas' rounds come in either order.
+            first, second = (s1, s2) if n % 2 else (s2, s1)
+            log = self.useFixture(fixtures.FakeLogger(level=logging.DEBUG))
+            results = {id(first): first.run_once(),
+                       id(second): second.run_once()}
+            # The first round's leader (s2) keeps leading.
+            self.assertEqual([image], results[id(s2)])
+            self.assertIsNone(results[id(s1)])
+            self.assertIn('round skipped, another replica holds '
+                          'leader:image-sweep', log.output)
+            self.assertEqual(n + 1, self.listings())
+            self.now += 600
+
+    def test_a_dead_leader_s_lease_expires_a_stopped_one_hands_over(self):
+        s1, s2 = self.replica('m1'), self.replica('m2')
+        self.assertEqual([], s1.run_once())
+        self.assertIsNone(s2.run_once())
+        # s1 dies: no more rounds, no release. Its lease lasts one
+        # interval plus lease_duration.
+        self.now += 600 + 59
+        self.assertIsNone(s2.run_once())
+        self.now += 2
+        self.assertEqual([], s2.run_once())
+        generation = s2.lease.generation
+        self.assertEqual(2, generation)
+        # s1 comes back (it was only paused): it lost the lead.
+        self.assertIsNone(s1.run_once())
+        self.assertIsNone(s1.lease)
+        # A clean stop releases the lease: the other leads at once.
+        s2.stop()
+        self.assertEqual([], s1.run_once())
+        self.assertEqual(3, s1.lease.generation)
+        self.assertEqual(3, self.listings())
+
+    def test_one_replica_always_leads(self):
+        s1 = self.replica('m1')
+        gone = self.instance('protected')
+        self.db.mark_instance_deleted(gone)
+        for _ in range(3):
+            image = self.recovery_image(gone)
+            self.assertEqual([image], s1.run_once())
+            self.now += 600
+        self.assertEqual(1, s1.lease.generation)
+
+
+class SweepLeaderThreadTestCase(_SweepBase):
+    """The sweep threads of two replicas, on the database's clock."""
+
+    def test_only_the_leader_s_thread_sweeps(self):
+        self.conf.set_override('heartbeat_interval', 60,
+                               group='manager_cluster')
+        self.conf.set_override('lease_duration', 30,
+                               group='manager_cluster')
+        self.conf.set_override('image_sweep_interval', 1, group='recovery')
+        gone = self.instance('protected')
+        self.db.mark_instance_deleted(gone)
+        swept = {}
+        sweepers = []
+        for host in ('m1', 'm2'):
+            db = db_api.Database(self.conf)
+            self.addCleanup(db.dispose)
+            m = membership.Membership(self.conf, db, host)
+            m.start()
+            self.addCleanup(m.stop)
+            sweeper = image_sweep.ImageSweeper(self.conf, db, membership=m)
+            real = sweeper.sweep
+
+            def sweep(real=real, host=host):
+                swept[host] = swept.get(host, 0) + 1
+                return real()
+            sweeper.sweep = sweep
+            sweepers.append(sweeper)
+        for sweeper in sweepers:
+            sweeper.start()
+            self.addCleanup(sweeper.stop)
+        base.wait_for(lambda: sum(swept.values()) >= 3, 30,
+                      'three sweeps by either replica')
+        self.assertEqual(1, len(swept), swept)

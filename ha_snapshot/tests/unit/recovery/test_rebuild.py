@@ -192,6 +192,10 @@ class RebuildTestCase(RebuildTestBase):
             'ha_snapshot_instance': self.inst,
             'ha_snapshot_restore_point': self.rp,
             'ha_snapshot_source_image': SOURCE_IMAGE,
+            # the recovery that made it and the bytes it is to hold (no
+            # lease generation: one manager, no membership)
+            'ha_snapshot_recovery': rec.id,
+            'ha_snapshot_size': str(image['size']),
             # inherited from the source image, Glance's own os_* not
             'hw_firmware_type': 'uefi', 'hw_disk_bus': 'scsi',
             'os_distro': 'debian', 'min_disk': 1, 'min_ram': 0,
