@@ -330,8 +330,11 @@ class RecoveryEngine:
         except exception.LeaseLost as e:
             # NOTE: another replica took this recovery over (this one
             # could not renew its lease in time): it records the rest.
+            cause = e.__context__
             LOG.warning('Instance %s: recovery %s left to the replica that '
-                        'took it over: %s', row.uuid, rec.id, e)
+                        'took it over: %s%s', row.uuid, rec.id, e,
+                        '' if cause is None else ' (here, meanwhile: %s: %s)'
+                        % (type(cause).__name__, cause))
         finally:
             if keeper is not None:
                 keeper.stop()
@@ -352,11 +355,14 @@ class RecoveryEngine:
         except exception.LeaseLost:
             raise
         except Exception as e:
-            LOG.exception('Instance %s: recovery %s failed', instance,
-                          rec.id)
+            # NOTE: recorded first, under the lease: a replica that lost
+            # it (its steps fenced off, the recovery taken over) is
+            # refused here (LeaseLost) and reports nothing as failed.
             self.db.update_recovery(rec.id, state=State.FAILED,
                                     error='%s: %s' % (type(e).__name__, e),
                                     fence=fence)
+            LOG.exception('Instance %s: recovery %s failed', instance,
+                          rec.id)
             # NOTE: the row read now, not the one the recovery started
             # with: a resumed recovery's row may be older than its count.
             failures = self.db.get_instance(instance).recovery_attempts + 1

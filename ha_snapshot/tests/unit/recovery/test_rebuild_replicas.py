@@ -11,6 +11,7 @@ Also the rules of ``images.find_reusable`` and ``images.prune`` for
 images of several recoveries, against the scripted Glance.
 """
 
+import logging
 import threading
 
 import fixtures
@@ -131,8 +132,16 @@ class TakeoverMidUploadTestCase(test_rebuild.RebuildTestBase):
         # upload (410, the image is gone); having lost the lease it
         # deletes nothing and records nothing.
         deletes_before = self.glance_deletes()
+        log = self.useFixture(fixtures.FakeLogger(
+            name='ha_snapshot.manager.recovery', level=logging.INFO))
         release.set()
         runner.wait(self.inst, 60)
+        # Its failure is not reported as the recovery's: the replica
+        # that took it over owns the outcome.
+        self.assertNotIn('recovery %s failed' % rec.id, log.output)
+        self.assertIn('recovery %s left to the replica that took it over'
+                      % rec.id, log.output)
+        self.assertIn('(here, meanwhile: ImageUploadFailed', log.output)
         self.assertEqual(2, len(self.glance.uploads))
         self.assertIn('failed_after', self.glance.uploads[0])
         self.assertEqual(deletes_before, self.glance_deletes())
