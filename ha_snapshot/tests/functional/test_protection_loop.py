@@ -58,6 +58,7 @@ from ha_snapshot.manager import rpcapi as manager_rpcapi
 from ha_snapshot import rpc_auth
 from ha_snapshot.tests import base
 from ha_snapshot.tests.fixtures import database as db_fixtures
+from ha_snapshot.tests.fixtures import mariadb
 from ha_snapshot.tests.fixtures import qemu as qemu_fixture
 from ha_snapshot.tests.fixtures import rabbitmq
 from ha_snapshot.tests.fixtures import services
@@ -633,6 +634,72 @@ class ProtectionLoopTest(base.TestCase):
                  if survivor.name in names}
         self.assertEqual(set(orphans), {i for i, _s in taken
                                         if i in orphans})
+        for inst, g in zip(insts, guests):
+            self.quiesce(inst, workloads)
+            self.check_chain(inst, g.snapshot_writes())
+        self.assert_merged_once(insts)
+
+    def test_three_managers_on_mariadb_survive_kill_restart_and_broker(self):
+        """Three manager replicas on MariaDB (issue 12, no GET_LOCK): the
+        owner of an instance is SIGKILLed while it merges a large delta,
+        another takes its instances over and merges that delta (sent
+        again), the killed one rejoins, the broker restarts once. Nothing
+        lost, nothing merged twice, every point holds what it must."""
+        mdb = self.useFixture(mariadb.MariaDBServer())
+        broker = self.useFixture(rabbitmq.RabbitMQServer())
+        svc = self.start_services(transport_url=broker.transport_url,
+                                  options={
+            'database': {'connection': mdb.url},
+            'image': {'max_part_bytes': MiB},
+            'manager_cluster': {'heartbeat_interval': 1,
+                                'dead_after_missed': 3}}, managers=3)
+        guests = [self.new_guest('vm%d' % i) for i in range(2)]
+        insts = [self.protect(g) for g in guests]
+        started = time.time()
+        workloads = [self.start_workload(g) for g in guests]
+        for inst in insts:
+            self.wait_points(inst, 3, after=started, timeout=90)
+        by = self.assert_merged_once(insts)
+        [owner_name] = by[insts[0]]
+        victim = [d for d in svc.managers if d.name == owner_name][0]
+
+        # SIGKILL the owner of the first instance while it merges.
+        killed_seq = None
+        for _attempt in range(5):
+            ballast = guests[0].fill(32 * MiB)
+            count_before = len(self.points(insts[0]))
+            self.wait_for(self.merging(ballast), 30, 'chunks of a 32 MiB '
+                          'delta in the store', interval=0.005)
+            victim.kill()
+            killed = self.mark('SIGKILL %s while merging' % victim.name)
+            unacked = self.unacked(insts[0])
+            if unacked and len(self.points(insts[0])) == count_before:
+                killed_seq = unacked[0]
+                break
+            victim.start()  # NOTE: too late, it was durable: again.
+            self.wait_points(insts[0], 1, after=time.time(), timeout=60)
+        self.assertIsNotNone(killed_seq, '%s was never killed while '
+                             'merging' % victim.name)
+        # Another replica merges that delta, and goes on for both.
+        self.wait_points(insts[0], 1, timeout=120,
+                         pred=lambda r: r.delta_sequence == killed_seq)
+        for inst in insts:
+            self.wait_points(inst, 2, after=killed, timeout=120)
+        merged_by = self.merges()[(insts[0], killed_seq)]
+        self.assertNotIn(victim.name, merged_by)
+
+        # The killed replica rejoins; the broker restarts once.
+        victim.start()
+        back = self.mark('%s started again' % victim.name)
+        for inst in insts:
+            self.wait_points(inst, 2, after=back, timeout=120)
+        broker.stop()
+        self.mark('broker stopped')
+        broker.start()
+        back = self.mark('broker started again')
+        for inst in insts:
+            self.wait_points(inst, 2, after=back, timeout=120)
+
         for inst, g in zip(insts, guests):
             self.quiesce(inst, workloads)
             self.check_chain(inst, g.snapshot_writes())
