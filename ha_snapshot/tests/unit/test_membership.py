@@ -174,10 +174,10 @@ class MembershipTestCase(base.TestCase):
             """The database stops answering after the first beat."""
             down = False
 
-            def heartbeat(self, manager_id):
+            def heartbeat(self, manager_id, counters=None):
                 if self.down:
                     raise exception.DatabaseBusy(reason='test', seconds=0)
-                return super().heartbeat(manager_id)
+                return super().heartbeat(manager_id, counters)
 
         db = self.database()
         records = Unreachable(db)
