@@ -11,7 +11,10 @@ import datetime
 import threading
 import time
 
+import sqlalchemy as sa
+
 from ha_snapshot.db import membership as db_membership
+from ha_snapshot.db import migration
 from ha_snapshot import exception
 from ha_snapshot.tests import base
 from ha_snapshot.tests.unit import test_db
@@ -150,6 +153,25 @@ class RecordsTests:
                            ('{"a": 1, "b": -2, "c": "x", "d": true}',
                             {'a': 1})):
             self.assertEqual(seen, db_membership.decode_counters(text))
+
+    def test_migration_adds_counters_to_the_rows_there(self):
+        # NOTE: a database at the revision before the counters, with a
+        # replica row written then, migrated while it runs.
+        conf, db = self.make_db(self.new_url(), migrate=False)
+        migration.upgrade(conf, 'a4c7e1d09b52', database=db)
+        with db.engine.begin() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO managers (id, host, started_at, heartbeat_at) "
+                "VALUES ('m-old', 'host-a', :t, :t)"),
+                {'t': datetime.datetime.now(datetime.timezone.utc)
+                 .replace(tzinfo=None)})
+        self.assertEqual(migration.head(), migration.upgrade(
+            conf, database=db))
+        records = db_membership.Records(db)
+        self.assertEqual({}, self.by_id(records, 3600)['m-old'].counters)
+        self.assertIsNotNone(records.heartbeat('m-old', {'deltas_merged': 1}))
+        self.assertEqual({'deltas_merged': 1},
+                         self.by_id(records, 3600)['m-old'].counters)
 
     def test_held_leases_by_incarnation(self):
         self.assertEqual({}, self.a.held_leases())
