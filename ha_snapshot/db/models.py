@@ -212,6 +212,10 @@ class Manager(Base):
     # NOTE: set by a clean stop: the replica is gone before it is missed.
     stopped_at: orm.Mapped[datetime.datetime | None] = orm.mapped_column(
         PRECISE_DATETIME)
+    # NOTE: what this incarnation did since it registered (JSON object of
+    # counter name -> total, manager.replica_counters), written with each
+    # heartbeat; NULL before its first.
+    counters: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
 
 
 class Lease(Base):

@@ -54,6 +54,7 @@ from ha_snapshot import exception
 from ha_snapshot import hypervisor
 from ha_snapshot.hypervisor import base as hv_base
 from ha_snapshot.hypervisor import qmp
+from ha_snapshot.manager import membership
 from ha_snapshot.manager import rpcapi as manager_rpcapi
 from ha_snapshot import rpc_auth
 from ha_snapshot.tests import base
@@ -599,6 +600,30 @@ class ProtectionLoopTest(base.TestCase):
         self.assertEqual(set(insts), set(by))
         return by
 
+    def standing(self, daemon):
+        """The membership.survey entry of ``daemon``'s incarnation (by
+        pid): what GET /metrics and /v1/managers show of it."""
+        pid = daemon.pid
+        found = [s for s in membership.survey(self.svc.conf, self.svc.db)
+                 if s.replica.pid == pid]
+        self.assertEqual(1, len(found), found)
+        return found[0]
+
+    def assert_counted_as_logged(self, daemon):
+        """The replica's deltas_merged counter, written with its beats,
+        catches up with the merges its log showed before, and never runs
+        ahead of its log."""
+        def logged():
+            return sum(names.count(daemon.name)
+                       for names in self.merges().values())
+        before = logged()
+        got = self.wait_for(
+            lambda: (lambda s: s if s.counters['deltas_merged'] >= before
+                     else None)(self.standing(daemon)),
+            30, '%s to count its %d merges' % (daemon.name, before))
+        self.assertLessEqual(got.counters['deltas_merged'], logged())
+        return got
+
     def test_two_managers_share_the_deltas_and_survive_one(self):
         """Two manager replicas on one PostgreSQL database (issue 12): the
         parts and commit of each delta meet at the instance's owner, each
@@ -623,6 +648,13 @@ class ProtectionLoopTest(base.TestCase):
                   for d in svc.managers}
         victim = max(svc.managers, key=lambda d: counts[d.name])
         survivor = [d for d in svc.managers if d is not victim][0]
+        # NOTE: each replica's own counters (GET /metrics per replica)
+        # follow what its log says it merged; the ring gives each its
+        # share of the servers.
+        for daemon in svc.managers:
+            self.assert_counted_as_logged(daemon)
+        self.assertEqual(len(insts), sum(self.standing(d).servers
+                                         for d in svc.managers))
         orphans = [inst for inst, names in by.items()
                    if victim.name in names]
         killed = self.mark('SIGKILL %s (owner of %d instances)'
@@ -638,6 +670,25 @@ class ProtectionLoopTest(base.TestCase):
             self.quiesce(inst, workloads)
             self.check_chain(inst, g.snapshot_writes())
         self.assert_merged_once(insts)
+        # The dead replica: down, no servers, its totals frozen at its
+        # last beat; the survivor owns every server and counted the
+        # orphans' deltas too.
+        dead = self.wait_for(
+            lambda: (lambda s: s if not s.replica.alive else None)(
+                self.standing(victim)), 30, 'the victim shown dead')
+        self.assertEqual(0, dead.servers)
+        self.assertLessEqual(dead.counters['deltas_merged'], sum(
+            names.count(victim.name) for names in self.merges().values()))
+        alive = self.assert_counted_as_logged(survivor)
+        self.assertEqual((True, len(insts)),
+                         (alive.replica.alive, alive.servers))
+        # NOTE: the guests wrote: what the replicas counted shipping is
+        # at most what the servers' own counters say was merged.
+        shipped = (dead.counters['shipped_bytes']
+                   + alive.counters['shipped_bytes'])
+        self.assertGreater(shipped, 0)
+        self.assertLessEqual(shipped, sum(
+            svc.db.get_instance(i).shipped_bytes for i in insts))
 
     def test_three_managers_on_mariadb_survive_kill_restart_and_broker(self):
         """Three manager replicas on MariaDB (issue 12, no GET_LOCK): the
