@@ -1,7 +1,7 @@
 """Times to the microsecond on MySQL and MariaDB.
 
 Revision ID: c9e3f1a7b2d4
-Revises: a4c7e1d09b52
+Revises: c9e4b7a15d28
 Create Date: 2026-12-07
 
 MySQL's ``DATETIME`` keeps whole seconds: a restore point's time, a
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
 revision = 'c9e3f1a7b2d4'
-down_revision = 'a4c7e1d09b52'
+down_revision = 'c9e4b7a15d28'
 branch_labels = None
 depends_on = None
 
