@@ -36,10 +36,12 @@ import base64
 import dataclasses
 import errno
 import hashlib
+import json
 import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -755,6 +757,19 @@ class ProtectionLoopTest(base.TestCase):
             self.quiesce(inst, workloads)
             self.check_chain(inst, g.snapshot_writes())
         self.assert_merged_once(insts)
+        # The database and the store agree: rebuilding the one from the
+        # other (ha-snapshot-manage db rebuild) finds nothing to change.
+        svc.agent.stop()
+        for daemon in svc.managers:
+            daemon.stop()
+        out = subprocess.run(
+            [sys.executable, '-m', 'ha_snapshot.cmd.manage',
+             '--config-file', svc.conf_file, 'db', 'rebuild'],
+            capture_output=True, text=True, timeout=120)
+        self.assertEqual(0, out.returncode, out.stderr)
+        self.assertEqual({'instances_created': 0, 'restore_points_recorded': 0,
+                          'restore_points_removed': 0, 'failed': []},
+                         json.loads(out.stdout.strip().splitlines()[-1]))
 
     def test_agent_killed_while_shipping(self):
         """SIGKILL the agent mid-delta; a new agent sends it again."""
