@@ -46,6 +46,7 @@ import threading
 import time
 import uuid
 
+import psutil
 from testtools import content
 import zstandard
 
@@ -1073,6 +1074,70 @@ class ProtectionLoopTest(base.TestCase):
         self.start_workload(g)
         self.wait_points(inst, 3, after=started)
         self.kill_and_recover(g, inst)
+
+    def test_manager_killed_during_a_recovery_another_finishes_it(self):
+        """Two manager replicas (issue 12): the VM dies, and the replica
+        running its recovery is SIGKILLed while the recovery runs. The
+        other one takes it over at its recorded step (its lease expired)
+        and finishes it; the VM is restarted once, by that one recovery,
+        and protection goes on from the point it names."""
+        pg = self.useFixture(db_fixtures.PostgreSQLServer())
+        svc = self.start_services(options={
+            'database': {'connection': pg.url},
+            'manager_cluster': {'heartbeat_interval': 1,
+                                'dead_after_missed': 3,
+                                'lease_duration': 4}}, managers=2)
+        g = self.new_guest()
+        inst = self.protect(g)
+        self.wait_points(inst, 1)
+        started = time.time()
+        self.start_workload(g)
+        self.wait_points(inst, 3, after=started)
+        offsets = {d.name: services.file_size(d.log_path)
+                   for d in svc.managers}
+        g.kill()
+        self.mark('VM SIGKILLed')
+        rec = self.wait_for(
+            lambda: next((r for r in svc.db.list_recoveries(inst)
+                          if r.state == 'running'), None),
+            45, 'a recovery of %s to run' % inst, interval=0.005)
+        runner = self.wait_for(
+            lambda: next((d for d in svc.managers
+                          if rec.id in d.log(offsets[d.name])), None),
+            10, 'the replica running recovery %s to log it' % rec.id,
+            interval=0.005)
+        runner.kill()
+        killed = self.mark('SIGKILL %s while recovery %s runs (step %s)'
+                           % (runner.name, rec.id, rec.step))
+        other = [d for d in svc.managers if d is not runner][0]
+        done = self.wait_for(
+            lambda: next((r for r in svc.db.list_recoveries(inst)
+                          if r.id == rec.id and r.state in (
+                              'succeeded', 'failed')), None),
+            90, 'recovery %s to end after its runner died' % rec.id)
+        self.assertEqual('succeeded', done.state, done.error)
+        self.mark('recovery %s succeeded' % rec.id)
+        # The other replica finished it (its log line follows the row);
+        # it was the only recovery.
+        self.wait_log(other, 'recovery %s succeeded' % rec.id,
+                      offsets[other.name], 10)
+        self.assertEqual([rec.id],
+                         [r.id for r in svc.db.list_recoveries(inst)])
+        # One restart: whether the killed replica had asked for it or not,
+        # the agent started one VM for this recovery.
+        spec = svc.agent_state(inst)['spec']
+        self.assertIn(rec.restore_point_id, spec['disk_path'])
+        self.assertEqual(1, len([p for p in psutil.process_iter(['cmdline'])
+                                 if g.qmp_path in ' '.join(
+                                     p.info['cmdline'] or ())]))
+        self.assertEqual(1, svc.agent.log().count(
+            'Instance %s restarted from restore point' % inst))
+        self.wait_for(lambda: svc.db.get_instance(inst).status ==
+                      'protected', 30, '%s to be protected again' % inst)
+        rows = self.wait_points(inst, 2, after=killed, timeout=90)
+        self.assertTrue(base.same_image(
+            self.export(inst, rec.restore_point_id),
+            self.export(inst, rows[-1].id)))
 
     def test_vm_killed_while_shipping(self):
         """SIGKILL the VM while a large delta is being merged: the point
