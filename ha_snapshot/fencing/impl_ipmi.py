@@ -126,10 +126,14 @@ class IpmiFencing(base.FencingDriver):
                         % service.id)
         else:
             try:
-                nova = self._connect(self.conf, 'nova').compute
-            except exception.ConfigurationError as e:
+                nova = impl_nova.compute(self.conf, self._connect, host,
+                                         self.name)
+                done.append(impl_nova.force_down(nova, host, service,
+                                                 self.name))
+            except exception.FencingError as e:
+                # NOTE: the host is off, but Nova will not evacuate from a
+                # host it sees up: not fenced as far as we are concerned.
                 raise exception.FencingError(
-                    host=host, driver=self.name,
-                    reason='powered off, but Nova cannot be told: %s' % e)
-            done.append(impl_nova.force_down(nova, host, service, self.name))
+                    host=host, driver=self.name, reason='%s, but %s' % (
+                        '; '.join(done), e.kwargs.get('reason', e)))
         return '; '.join(done)

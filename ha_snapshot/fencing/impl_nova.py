@@ -23,6 +23,19 @@ from ha_snapshot.openstack import clients
 MICROVERSION = '2.53'
 
 
+def compute(conf, connect, host: str, driver: str):
+    """The compute proxy of [nova]; FencingError when it cannot be had."""
+    try:
+        return connect(conf, 'nova').compute
+    except exception.ConfigurationError as e:
+        raise exception.FencingError(host=host, driver=driver,
+                                     reason=str(e))
+    except clients.API_ERRORS as e:
+        raise exception.FencingError(
+            host=host, driver=driver,
+            reason='Nova cannot be reached: %s' % clients.error_reason(e))
+
+
 def force_down(nova, host: str, service, driver: str) -> str:
     """Force ``service`` down through the ``nova`` compute proxy."""
     try:
@@ -60,9 +73,5 @@ class NovaForceDown(base.FencingDriver):
         if getattr(service, 'is_forced_down', False):
             return ('compute service %s was already forced down in Nova'
                     % service.id)
-        try:
-            nova = self._connect(self.conf, 'nova').compute
-        except exception.ConfigurationError as e:
-            raise exception.FencingError(host=host, driver=self.name,
-                                         reason=str(e))
+        nova = compute(self.conf, self._connect, host, self.name)
         return force_down(nova, host, service, self.name)

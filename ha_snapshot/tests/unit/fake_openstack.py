@@ -222,6 +222,7 @@ class FakeNova:
 
     def __init__(self, glance=None):
         self.glance = glance
+        self.max_version = NOVA_MAX_VERSION
         self.servers = {}
         self.lock = threading.Lock()
         # NOTE: what the next rebuild ends in: 'active', 'error' (with
@@ -290,7 +291,7 @@ class FakeNova:
         if req.method == 'GET' and path == '/v2.1':
             return 200, headers, {'version': {
                 'id': 'v2.1', 'status': 'CURRENT',
-                'version': NOVA_MAX_VERSION, 'min_version': '2.1',
+                'version': self.max_version, 'min_version': '2.1',
                 'updated': '2013-07-23T11:33:21Z',
                 'links': [{'rel': 'self', 'href': self.url + '/'}],
                 'media-types': [{
