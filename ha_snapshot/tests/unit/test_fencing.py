@@ -274,6 +274,15 @@ class IpmiFencingTestCase(_NovaBase):
         self.assertFalse(self.driver.powered_off('compute1'))
 
 
+    def test_powered_off_but_nova_refuses_is_not_fenced(self):
+        service = self.service(state='up')
+        self.nova.service_update_fail.append((503, 'Service Unavailable'))
+        e = self.assertRaises(exception.FencingError, self.driver.fence,
+                              'compute1', service)
+        self.assertIn('powered off through BMC 10.0.0.11, but Nova refused',
+                      str(e))
+        self.assertTrue(self.driver.powered_off('compute1'))
+
 class FencingPluginsTestCase(base.TestCase):
 
     def entry_points(self, namespace):
@@ -304,15 +313,3 @@ class FencingPluginsTestCase(base.TestCase):
                               fencing.get_driver, conf, 'stonith')
         self.assertIn("Fencing driver 'stonith'", str(e))
         self.assertIsInstance(e, exception.ConfigurationError)
-
-
-class IpmiNovaRefusesTestCase(IpmiFencingTestCase):
-
-    def test_powered_off_but_nova_refuses_is_not_fenced(self):
-        service = self.service(state='up')
-        self.nova.service_update_fail.append((503, 'Service Unavailable'))
-        e = self.assertRaises(exception.FencingError, self.driver.fence,
-                              'compute1', service)
-        self.assertIn('powered off through BMC 10.0.0.11, but Nova refused',
-                      str(e))
-        self.assertTrue(self.driver.powered_off('compute1'))
