@@ -6,7 +6,11 @@ os-services; fencing is the real ``nova-force-down`` driver against it.
 The evacuate hook records what it is handed.
 """
 
+import configparser
 import logging
+import os
+import sys
+import time
 
 import fixtures
 
@@ -18,8 +22,11 @@ from ha_snapshot import exception
 from ha_snapshot.fencing import impl_nova
 from ha_snapshot.manager import host_monitor
 from ha_snapshot.manager import membership
+from ha_snapshot.manager import service as service_mod
+from ha_snapshot import rpc
 from ha_snapshot.tests import base
 from ha_snapshot.tests.unit import fake_openstack
+from ha_snapshot.tests.unit import test_fencing
 
 T0 = 1_800_000_000.0
 
@@ -316,3 +323,70 @@ class HostMonitorLeaderTestCase(_MonitorBase):
                           'compute9', 'confirmed', detected_at=None,
                           fence=stale)
         self.assertEqual(1, len(self.rows()))
+
+
+class FencingEntryPoints(fixtures.Fixture):
+    """The ``ha_snapshot.fencing`` entry points of this tree's setup.cfg
+    as an installed distribution on sys.path (the shared venv's install
+    predates them), so that stevedore loads the drivers as it will once
+    the package is installed again."""
+
+    def __init__(self, tmp):
+        super().__init__()
+        self.tmp = tmp
+
+    def _setUp(self):
+        parser = configparser.ConfigParser()
+        parser.read(os.path.join(test_fencing.REPO, 'setup.cfg'))
+        section = parser['entry_points']['ha_snapshot.fencing']
+        info = os.path.join(self.tmp, 'hs_fencing_test-0.dist-info')
+        os.makedirs(info)
+        with open(os.path.join(info, 'METADATA'), 'w') as f:
+            f.write('Metadata-Version: 2.1\nName: hs-fencing-test\n'
+                    'Version: 0\n')
+        with open(os.path.join(info, 'entry_points.txt'), 'w') as f:
+            f.write('[ha_snapshot.fencing]\n%s\n' % section.strip())
+        sys.path.append(self.tmp)
+        self.addCleanup(sys.path.remove, self.tmp)
+
+
+class HostMonitorServiceTestCase(_MonitorBase):
+    """The manager service runs the monitor when enabled: its thread,
+    the default driver loaded through stevedore, the real clock."""
+
+    def test_the_service_fences_a_failed_host_and_stops(self):
+        self.useFixture(FencingEntryPoints(self.path('dist')))
+        self.now = None
+        self.db = db_api.Database(self.conf)
+        self.addCleanup(self.db.dispose)
+        stale = db_api.Database(self.conf, clock=lambda: time.time() - 120)
+        self.addCleanup(stale.dispose)
+        self.nova.add_service('compute1', state='down')
+        stale.record_agent('compute1')
+        conf = self.conf
+        conf.set_override('enabled', True, group='host_monitor')
+        conf.set_override('check_interval', 0.1, group='host_monitor')
+        conf.set_override('spool_dir', self.path('spool'), group='manager')
+        conf.set_override('listen_notifications', False, group='manager')
+        conf.set_override('host', 'manager-a', group='manager')
+        svc = service_mod.ManagerService(
+            conf, transport=rpc.get_transport(conf, url='fake:/'))
+        svc.start()
+        try:
+            base.wait_for(
+                lambda: [r.state for r in self.failures.list()] == [
+                    'fenced'], 30, 'compute1 fenced by the service')
+            self.assertEqual('nova-force-down',
+                             svc.host_monitor.driver.name)
+            rounds = []
+            real = svc.host_monitor.check
+            svc.host_monitor.check = lambda: rounds.append(1) or real()
+            base.wait_for(lambda: len(rounds) >= 3, 30, 'three more rounds')
+        finally:
+            svc.stop()
+        self.assertTrue(self.nova.service_of('compute1')['forced_down'])
+        self.assertEqual(1, len(self.puts()))
+        self.assertIn('not built yet', self.log.output)
+        lease = db_membership.Records(self.db).get_lease(
+            host_monitor.LEADER_LEASE)
+        self.assertIsNone(lease.owner)
