@@ -46,12 +46,14 @@ from ha_snapshot import fencing
 from ha_snapshot.manager import host_states
 from ha_snapshot.manager import membership as membership_mod
 from ha_snapshot.openstack import clients
+from ha_snapshot import statuses
 
 LOG = logging.getLogger(__name__)
 
 LEADER_LEASE = 'leader:host-monitor'
 
 Action = host_states.Action
+Failure = statuses.HostFailureState
 
 
 def _epoch(value: datetime.datetime) -> float:
@@ -186,7 +188,7 @@ class HostMonitor:
                           len(result.silent), result.monitored,
                           ', '.join(result.silent)))
             LOG.error('Host monitor alarm: %s', reason)
-            self.failures.create(db_failures.PARTITION_HOST, 'partition',
+            self.failures.create(db_failures.PARTITION_HOST, Failure.PARTITION,
                                  detected_at=_time(now), reason=reason,
                                  fence=fence)
         elif not result.partition and record is not None:
@@ -194,7 +196,7 @@ class HostMonitor:
                         '(%d of %d monitored hosts silent now)',
                         record.detected_at, len(result.silent),
                         result.monitored)
-            self.failures.update(record.id, state='partition_ended',
+            self.failures.update(record.id, state=Failure.PARTITION_ENDED,
                                  closed_at=_time(now), fence=fence)
 
     def _fence(self, decision, service, record) -> None:
@@ -202,7 +204,7 @@ class HostMonitor:
         now = _time(self.db.clock())
         if record is None:
             record = self.failures.create(
-                host, 'confirmed', reason=decision.reason,
+                host, Failure.CONFIRMED, reason=decision.reason,
                 detected_at=_time(decision.memory.suspect_since),
                 confirmed_at=now, fencing_driver=self.driver.name,
                 fence=fence)
@@ -213,13 +215,13 @@ class HostMonitor:
             LOG.error('Host %s NOT fenced (attempt %d; tried again at the '
                       'next round): %s. None of its servers is evacuated '
                       'until it is.', host, attempts, e)
-            self.failures.update(record.id, state='fence_failed',
+            self.failures.update(record.id, state=Failure.FENCE_FAILED,
                                  fence_attempts=attempts,
                                  fencing_driver=self.driver.name,
                                  error=str(e), fence=fence)
             return
         record = self.failures.update(
-            record.id, state='fenced', fenced_at=_time(self.db.clock()),
+            record.id, state=Failure.FENCED, fenced_at=_time(self.db.clock()),
             fence_attempts=attempts, fencing_driver=self.driver.name,
             result=result, error=None, fence=fence)
         LOG.warning('Host %s fenced (%s): %s', host, self.driver.name,
@@ -232,7 +234,7 @@ class HostMonitor:
                                  fence=fence)
 
     def _close(self, decision, record) -> None:
-        self.failures.update(record.id, state='returned',
+        self.failures.update(record.id, state=Failure.RETURNED,
                              closed_at=_time(self.db.clock()),
                              fence=self.leader.fence)
 

@@ -27,11 +27,15 @@ The rules (issue 11, "Detect"):
   and Nova reports it ``up``, i.e. an operator unset forced_down) its
   record is closed (:attr:`Action.CLOSE`), nothing is undone.
 
-Imports nothing from ha_snapshot.
+Imports nothing from ha_snapshot but ha_snapshot.statuses.
 """
 
 import dataclasses
 import enum
+
+from ha_snapshot import statuses
+
+FailureState = statuses.HostFailureState
 
 
 class HostState(enum.StrEnum):
@@ -56,8 +60,7 @@ class Action(enum.StrEnum):
 
 # NOTE: failure records whose host is fenced (or further on): a silent
 # host in one of these is not fenced again.
-FENCED_STATES = frozenset({'fenced', 'evacuating'})
-FENCE_FAILED = 'fence_failed'
+FENCED_STATES = frozenset({FailureState.FENCED, FailureState.EVACUATING})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,7 +254,7 @@ def decide(obs: Observation, memory: Memory, limits: Limits, now: float, *,
                                             limits.confirm_time),
                     down_since=down_since, quiet=True)
     retry = ' (fencing failed before: tried again)' if (
-        obs.failure == FENCE_FAILED) else ''
+        obs.failure == FailureState.FENCE_FAILED) else ''
     return keep(HostState.FAILED, Action.FENCE,
                 'failed: its agent has been silent for %.0f s and %s%s'
                 % (obs.agent_age, why, retry), down_since=down_since)

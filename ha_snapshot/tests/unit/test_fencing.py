@@ -17,6 +17,7 @@ import stat
 import sys
 
 import fixtures
+from stevedore import extension as stevedore_extension
 
 from ha_snapshot import exception
 from ha_snapshot import fencing
@@ -283,6 +284,36 @@ class IpmiFencingTestCase(_NovaBase):
                       str(e))
         self.assertTrue(self.driver.powered_off('compute1'))
 
+class FencingEntryPoints(fixtures.Fixture):
+    """The ``ha_snapshot.fencing`` entry points of this tree's setup.cfg
+    as an installed distribution on sys.path (the shared venv's install
+    predates them), so that stevedore loads the drivers as it will once
+    the package is installed again."""
+
+    def __init__(self, tmp):
+        super().__init__()
+        self.tmp = tmp
+
+    def _setUp(self):
+        parser = configparser.ConfigParser()
+        parser.read(os.path.join(REPO, 'setup.cfg'))
+        section = parser['entry_points'][fencing.NAMESPACE]
+        info = os.path.join(self.tmp, 'hs_fencing_test-0.dist-info')
+        os.makedirs(info)
+        with open(os.path.join(info, 'METADATA'), 'w') as f:
+            f.write('Metadata-Version: 2.1\nName: hs-fencing-test\n'
+                    'Version: 0\n')
+        with open(os.path.join(info, 'entry_points.txt'), 'w') as f:
+            f.write('[ha_snapshot.fencing]\n%s\n' % section.strip())
+        sys.path.append(self.tmp)
+        self.addCleanup(sys.path.remove, self.tmp)
+        # NOTE: stevedore keeps each namespace's entry points for the
+        # life of the process: forget them now and after.
+        cache = stevedore_extension.ExtensionManager.ENTRY_POINT_CACHE
+        cache.pop(fencing.NAMESPACE, None)
+        self.addCleanup(cache.pop, fencing.NAMESPACE, None)
+
+
 class FencingPluginsTestCase(base.TestCase):
 
     def entry_points(self, namespace):
@@ -313,3 +344,15 @@ class FencingPluginsTestCase(base.TestCase):
                               fencing.get_driver, conf, 'stonith')
         self.assertIn("Fencing driver 'stonith'", str(e))
         self.assertIsInstance(e, exception.ConfigurationError)
+
+    def test_stevedore_loads_each_driver_by_name(self):
+        self.useFixture(FencingEntryPoints(self.path('dist')))
+        conf = base.make_conf(self.store_dir)
+        for name, cls in (('nova-force-down', impl_nova.NovaForceDown),
+                          ('ipmi', impl_ipmi.IpmiFencing),
+                          ('none', impl_none.NoFencing)):
+            driver = fencing.get_driver(conf, name)
+            self.assertIsInstance(driver, cls)
+            self.assertIs(conf, driver.conf)
+        self.assertIsInstance(fencing.get_driver(conf),
+                              impl_nova.NovaForceDown)

@@ -6,10 +6,7 @@ os-services; fencing is the real ``nova-force-down`` driver against it.
 The evacuate hook records what it is handed.
 """
 
-import configparser
 import logging
-import os
-import sys
 import time
 
 import fixtures
@@ -325,37 +322,12 @@ class HostMonitorLeaderTestCase(_MonitorBase):
         self.assertEqual(1, len(self.rows()))
 
 
-class FencingEntryPoints(fixtures.Fixture):
-    """The ``ha_snapshot.fencing`` entry points of this tree's setup.cfg
-    as an installed distribution on sys.path (the shared venv's install
-    predates them), so that stevedore loads the drivers as it will once
-    the package is installed again."""
-
-    def __init__(self, tmp):
-        super().__init__()
-        self.tmp = tmp
-
-    def _setUp(self):
-        parser = configparser.ConfigParser()
-        parser.read(os.path.join(test_fencing.REPO, 'setup.cfg'))
-        section = parser['entry_points']['ha_snapshot.fencing']
-        info = os.path.join(self.tmp, 'hs_fencing_test-0.dist-info')
-        os.makedirs(info)
-        with open(os.path.join(info, 'METADATA'), 'w') as f:
-            f.write('Metadata-Version: 2.1\nName: hs-fencing-test\n'
-                    'Version: 0\n')
-        with open(os.path.join(info, 'entry_points.txt'), 'w') as f:
-            f.write('[ha_snapshot.fencing]\n%s\n' % section.strip())
-        sys.path.append(self.tmp)
-        self.addCleanup(sys.path.remove, self.tmp)
-
-
 class HostMonitorServiceTestCase(_MonitorBase):
     """The manager service runs the monitor when enabled: its thread,
     the default driver loaded through stevedore, the real clock."""
 
     def test_the_service_fences_a_failed_host_and_stops(self):
-        self.useFixture(FencingEntryPoints(self.path('dist')))
+        self.useFixture(test_fencing.FencingEntryPoints(self.path('dist')))
         self.now = None
         self.db = db_api.Database(self.conf)
         self.addCleanup(self.db.dispose)
