@@ -27,6 +27,7 @@ May import the rest of ha_snapshot.db and ha_snapshot.exception.
 
 import dataclasses
 import datetime
+import json
 
 from oslo_db import exception as db_exc
 import sqlalchemy as sa
@@ -67,6 +68,33 @@ def _seconds(delta: datetime.timedelta) -> float:
     return delta.total_seconds()
 
 
+def encode_counters(counters: dict) -> str:
+    """A replica's counters (name -> non-negative int) as stored."""
+    for name, value in counters.items():
+        if not isinstance(name, str) or isinstance(value, bool) or (
+                not isinstance(value, int)) or value < 0:
+            raise ValueError('replica counter %r: %r is not a count'
+                             % (name, value))
+    return json.dumps(counters, sort_keys=True, separators=(',', ':'))
+
+
+def decode_counters(text: str | None) -> dict:
+    """The counters of a ``managers`` row: what of ``text`` is a JSON
+    object of non-negative integers ({} for none or for anything else:
+    a row another release wrote must not break a listing)."""
+    if not text:
+        return {}
+    try:
+        values = json.loads(text)
+    except ValueError:
+        return {}
+    if not isinstance(values, dict):
+        return {}
+    return {name: value for name, value in values.items()
+            if isinstance(value, int) and not isinstance(value, bool)
+            and value >= 0}
+
+
 @dataclasses.dataclass(frozen=True)
 class Replica:
     """A manager incarnation as the database saw it at ``now``."""
@@ -80,6 +108,9 @@ class Replica:
     stopped_at: datetime.datetime | None
     heartbeat_age: float
     alive: bool
+    # NOTE: what the incarnation did since it registered, as of its last
+    # beat (manager.replica_counters names them).
+    counters: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,9 +172,12 @@ class Records:
     @db_api._retried
     def register(self, manager_id: str, host: str, *, pid: int | None = None,
                  version: str | None = None,
-                 forget_after: float | None = None) -> datetime.datetime:
+                 forget_after: float | None = None,
+                 counters: dict | None = None) -> datetime.datetime:
         """Record replica ``manager_id`` as alive now (again, if its row
-        went away); return the database time of the beat.
+        went away); return the database time of the beat. ``counters``:
+        what it did so far (stored as given; None leaves them as they
+        are).
 
         ``forget_after``: rows of earlier incarnations on ``host`` that
         stopped, or whose last beat is older than this many seconds, are
@@ -179,32 +213,45 @@ class Records:
                 session.add(row)
             row.host, row.pid, row.version = host, pid, version
             row.heartbeat_at, row.stopped_at = now, None
+            if counters is not None:
+                row.counters = encode_counters(counters)
             session.flush()
         return now
 
     @db_api._retried
-    def heartbeat(self, manager_id: str) -> datetime.datetime | None:
-        """Beat; the database time of the beat, or None if the replica is
-        not registered (its row was deleted or marked stopped)."""
+    def heartbeat(self, manager_id: str,
+                  counters: dict | None = None) -> datetime.datetime | None:
+        """Beat, with the replica's ``counters`` in the same update (None
+        leaves them); the database time of the beat, or None if the
+        replica is not registered (its row was deleted or marked
+        stopped)."""
+        values = {}
+        if counters is not None:
+            values['counters'] = encode_counters(counters)
         with self.db._writer() as session:
             now = self.now(session)
             result = session.execute(
                 sa.update(models.Manager)
                 .where(models.Manager.id == manager_id,
                        models.Manager.stopped_at.is_(None))
-                .values(heartbeat_at=now)
+                .values(heartbeat_at=now, **values)
                 .execution_options(synchronize_session=False))
             return now if result.rowcount == 1 else None
 
     @db_api._retried
-    def unregister(self, manager_id: str) -> None:
-        """A clean stop: the replica is dead now, not after missed beats."""
+    def unregister(self, manager_id: str,
+                   counters: dict | None = None) -> None:
+        """A clean stop: the replica is dead now, not after missed beats;
+        ``counters``: its final counts (None leaves them)."""
+        values = {}
+        if counters is not None:
+            values['counters'] = encode_counters(counters)
         with self.db._writer() as session:
             now = self.now(session)
             session.execute(
                 sa.update(models.Manager)
                 .where(models.Manager.id == manager_id)
-                .values(stopped_at=now)
+                .values(stopped_at=now, **values)
                 .execution_options(synchronize_session=False))
 
     @db_api._retried
@@ -225,8 +272,22 @@ class Records:
                 id=row.id, host=row.host, pid=row.pid, version=row.version,
                 started_at=row.started_at, heartbeat_at=row.heartbeat_at,
                 stopped_at=row.stopped_at, heartbeat_age=age,
-                alive=row.stopped_at is None and age <= dead_after))
+                alive=row.stopped_at is None and age <= dead_after,
+                counters=decode_counters(row.counters)))
         return out
+
+    @db_api._retried
+    def held_leases(self) -> dict:
+        """Incarnation id -> how many leases it holds that have not
+        expired, by the database's clock now."""
+        with self.db._reader() as session:
+            now = self.now(session)
+            lease = models.Lease
+            rows = session.execute(
+                sa.select(lease.owner, sa.func.count())
+                .where(lease.owner.is_not(None), lease.expires_at >= now)
+                .group_by(lease.owner)).all()
+        return {owner: count for owner, count in rows}
 
     # --- leases -------------------------------------------------------------
 

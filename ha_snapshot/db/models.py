@@ -6,7 +6,8 @@ new migration (and the other way round). Production code never calls
 ``create_all``.
 
 Times are naive UTC ``DateTime`` values (OpenStack's habit; MySQL and
-sqlite have no time zone type). Every constraint and index has an explicit
+sqlite have no time zone type), to the microsecond on every backend
+(``DATETIME(6)`` on MySQL). Every constraint and index has an explicit
 name so that migrations can find it again on every backend.
 
 Imports only SQLAlchemy and ha_snapshot.statuses.
@@ -72,24 +73,24 @@ class Instance(Base):
     policy: orm.Mapped[str | None] = orm.mapped_column(sa.String(64))
     driver: orm.Mapped[str | None] = orm.mapped_column(sa.String(64))
     created_at: orm.Mapped[datetime.datetime] = orm.mapped_column(
-        sa.DateTime)
+        PRECISE_DATETIME)
     updated_at: orm.Mapped[datetime.datetime | None] = orm.mapped_column(
-        sa.DateTime)
+        PRECISE_DATETIME)
     deleted_at: orm.Mapped[datetime.datetime | None] = orm.mapped_column(
-        sa.DateTime)
+        PRECISE_DATETIME)
     # NOTE: the highest delta sequence ever recorded; it survives retention
     # so that a re-baseline can go on from it.
     last_sequence: orm.Mapped[int | None] = orm.mapped_column(sa.BigInteger)
     newest_restore_point_id: orm.Mapped[str | None] = orm.mapped_column(
         sa.String(36))
     newest_restore_point_at: orm.Mapped[datetime.datetime | None] = (
-        orm.mapped_column(sa.DateTime))
+        orm.mapped_column(PRECISE_DATETIME))
     recovery_attempts: orm.Mapped[int] = orm.mapped_column(sa.Integer)
     last_report_reason: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
     last_report_at: orm.Mapped[datetime.datetime | None] = orm.mapped_column(
-        sa.DateTime)
+        PRECISE_DATETIME)
     cooldown_until: orm.Mapped[datetime.datetime | None] = orm.mapped_column(
-        sa.DateTime)
+        PRECISE_DATETIME)
     # NOTE: totals since the instance was first recorded, for the API's
     # Prometheus counters: retention removes restore points, not these.
     merges: orm.Mapped[int] = orm.mapped_column(
@@ -131,7 +132,7 @@ class RestorePoint(Base):
     # NOTE: no foreign key: retention removes parents of kept points.
     parent_id: orm.Mapped[str | None] = orm.mapped_column(sa.String(36))
     created_at: orm.Mapped[datetime.datetime] = orm.mapped_column(
-        sa.DateTime)
+        PRECISE_DATETIME)
     virtual_size: orm.Mapped[int] = orm.mapped_column(sa.BigInteger)
     chunk_size: orm.Mapped[int] = orm.mapped_column(sa.Integer)
     changed_bytes: orm.Mapped[int] = orm.mapped_column(sa.BigInteger)
@@ -162,13 +163,13 @@ class Recovery(Base):
         sa.String(36))
     attempt: orm.Mapped[int] = orm.mapped_column(sa.Integer)
     created_at: orm.Mapped[datetime.datetime] = orm.mapped_column(
-        sa.DateTime)
+        PRECISE_DATETIME)
     updated_at: orm.Mapped[datetime.datetime | None] = orm.mapped_column(
-        sa.DateTime)
+        PRECISE_DATETIME)
     started_at: orm.Mapped[datetime.datetime | None] = orm.mapped_column(
-        sa.DateTime)
+        PRECISE_DATETIME)
     finished_at: orm.Mapped[datetime.datetime | None] = orm.mapped_column(
-        sa.DateTime)
+        PRECISE_DATETIME)
     error: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
 
 
@@ -181,9 +182,9 @@ class Agent(Base):
                                               primary_key=True)
     version: orm.Mapped[str | None] = orm.mapped_column(sa.String(64))
     created_at: orm.Mapped[datetime.datetime] = orm.mapped_column(
-        sa.DateTime)
+        PRECISE_DATETIME)
     last_seen: orm.Mapped[datetime.datetime] = orm.mapped_column(
-        sa.DateTime)
+        PRECISE_DATETIME)
 
 
 class Manager(Base):
@@ -211,6 +212,10 @@ class Manager(Base):
     # NOTE: set by a clean stop: the replica is gone before it is missed.
     stopped_at: orm.Mapped[datetime.datetime | None] = orm.mapped_column(
         PRECISE_DATETIME)
+    # NOTE: what this incarnation did since it registered (JSON object of
+    # counter name -> total, manager.replica_counters), written with each
+    # heartbeat; NULL before its first.
+    counters: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
 
 
 class Lease(Base):

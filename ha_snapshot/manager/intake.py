@@ -330,13 +330,18 @@ class DeltaIntake:
                 reason='it is not newer than restore point %s (made from '
                 'delta %d): a stale resend, nothing merged'
                 % (newest.id, newest.delta_sequence))
-        if rp is None:
+        fresh = rp is None
+        if fresh:
             delta = self.spool.load(h)
             rp = self._io(self.store.merge, delta)
         # NOTE: the new restore point is the newest in the store: retention
         # keeps it. Its record and the removed ones' go in one transaction.
         removed = self._io(self.store.apply_retention, h.instance)
         self.db.record_restore_point(rp, forget=removed)
+        membership = getattr(self, 'membership', None)
+        if fresh and membership is not None:
+            # NOTE: in memory; the next heartbeat writes it.
+            membership.counters.merged(rp.changed_bytes, rp.new_bytes)
         # NOTE: parts of this delta and of any older one (refused, or
         # superseded by a resend) are of no use any more, nor are chunks
         # stored ahead for them that this merge did not take.

@@ -17,9 +17,13 @@ where work for it will be sent.
 
 Leases on exclusive work live in :mod:`ha_snapshot.db.membership`;
 ``Membership.acquire_lease`` takes one in this incarnation's name.
+
+``Membership.counters`` (:mod:`ha_snapshot.manager.replica_counters`)
+counts this incarnation's work; every beat writes them on its row.
 """
 
 import collections
+import dataclasses
 from importlib import metadata
 import os
 import threading
@@ -32,6 +36,7 @@ from tooz import hashring
 from ha_snapshot.conf import manager_cluster as cluster_conf
 from ha_snapshot.db import membership as db_membership
 from ha_snapshot import exception
+from ha_snapshot.manager import replica_counters
 
 LOG = logging.getLogger(__name__)
 
@@ -63,6 +68,43 @@ def count_owned(hosts, instance_uuids, partitions: int) -> dict:
     return dict(counts)
 
 
+@dataclasses.dataclass(frozen=True)
+class Standing:
+    """One recorded incarnation as an operator sees it (:func:`survey`)."""
+
+    replica: db_membership.Replica
+    servers: int
+    """Protected servers it owns now (0 when dead)."""
+    leases: int
+    """Leases it holds that have not expired."""
+    counters: dict
+    """Every counter of replica_counters.NAMES, as of its last beat."""
+
+
+def survey(conf, db, instance_uuids=None) -> list:
+    """Every recorded incarnation (by host, then start) with what it owns
+    and did: alive or dead by the same rule as the replicas (the caller's
+    ``[manager_cluster]`` options), its servers on the ring over the live
+    replicas' hosts (what the replicas themselves compute after their
+    next beat), its leases and its counters. For GET /v1/managers and
+    GET /metrics. ``instance_uuids``: the servers not deleted, if the
+    caller read them already."""
+    cluster_conf.register_opts(conf)
+    records = db_membership.Records(db)
+    replicas = records.replicas(dead_after(conf))
+    live = sorted({r.host for r in replicas if r.alive})
+    if instance_uuids is None:
+        instance_uuids = [row.uuid for row in db.list_instances()]
+    owned = count_owned(live, instance_uuids,
+                        conf.manager_cluster.hash_partitions)
+    leases = records.held_leases() if replicas else {}
+    return [Standing(replica=r,
+                     servers=owned.get(r.host, 0) if r.alive else 0,
+                     leases=leases.get(r.id, 0),
+                     counters=replica_counters.known(r.counters))
+            for r in replicas]
+
+
 def software_version() -> str | None:
     try:
         return metadata.version('ha-snapshot')
@@ -90,6 +132,7 @@ class Membership:
         self._thread = None
         self.last_beat = None
         self.beats = 0
+        self.counters = replica_counters.WorkCounters()
 
     # --- life ---------------------------------------------------------------
 
@@ -98,7 +141,8 @@ class Membership:
         on a thread. Raises what the database raises on the first beat."""
         self.records.register(self.id, self.host, pid=os.getpid(),
                               version=software_version(),
-                              forget_after=self.dead_after)
+                              forget_after=self.dead_after,
+                              counters=self.counters.snapshot())
         self.refresh()
         self.last_beat = time.monotonic()
         self._stop.clear()
@@ -119,7 +163,8 @@ class Membership:
             self._thread = None
         if unregister:
             try:
-                self.records.unregister(self.id)
+                self.records.unregister(self.id,
+                                        counters=self.counters.snapshot())
             except exception.HaSnapshotException as e:
                 LOG.warning('Manager replica %s could not unregister (the '
                             'others see it dead after %.0f s): %s',
@@ -140,12 +185,14 @@ class Membership:
 
     def beat(self) -> None:
         """One heartbeat, then a refresh of the live replicas and ring."""
-        if self.records.heartbeat(self.id) is None:
+        counters = self.counters.snapshot()
+        if self.records.heartbeat(self.id, counters) is None:
             LOG.warning('Manager replica %s (incarnation %s) was not '
                         'registered any more (taken for stopped); '
                         'registering again', self.host, self.id)
             self.records.register(self.id, self.host, pid=os.getpid(),
-                                  version=software_version())
+                                  version=software_version(),
+                                  counters=counters)
         self.last_beat = time.monotonic()
         self.beats += 1
         self.refresh()

@@ -377,6 +377,7 @@ class RecoveryEngine:
                 LOG.error('Instance %s: %d recoveries failed in a row; '
                           'marked failed, the operator must act', instance,
                           failures)
+            self._count(False)
             return
         self.db.update_recovery(rec.id, state=State.SUCCEEDED, step='done',
                                 fence=fence)
@@ -384,7 +385,14 @@ class RecoveryEngine:
             instance, Status.RECOVERING, Status.PROTECTED, reset_attempts=True,
             cooldown_until=self.clock() + self.conf.recovery.cooldown,
             fence=fence)
+        self._count(True)
         LOG.info('Instance %s: recovery %s succeeded', instance, rec.id)
+
+    def _count(self, succeeded: bool) -> None:
+        # NOTE: this replica ran it to its end (the fenced writes above
+        # went through); its next heartbeat writes the count.
+        if self.membership is not None:
+            self.membership.counters.recovery_ended(succeeded)
 
     def wait(self, instance: str, timeout: float | None = None) -> None:
         future = self.futures.get(instance)

@@ -11,7 +11,8 @@ rules = [
         name=LIST,
         check_str=base.ADMIN,
         description='List the manager replicas: host, heartbeat age, alive '
-                    'or dead, and how many protected servers each owns.',
+                    'or dead, how many protected servers each owns, its '
+                    'leases and its work counters.',
         operations=[{'method': 'GET', 'path': '/v1/managers'}],
         scope_types=['project']),
 ]

@@ -12,7 +12,8 @@ rules = [
         check_str=base.ADMIN,
         description='Read the Prometheus metrics of every protected server '
                     '(RPO age, bytes shipped and stored, merges, '
-                    'recoveries).',
+                    'recoveries) and of every manager replica (alive, '
+                    'heartbeat age, servers owned, leases, work done).',
         operations=[{'method': 'GET', 'path': '/metrics'}],
         scope_types=['project']),
 ]

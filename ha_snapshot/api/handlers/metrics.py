@@ -1,4 +1,5 @@
-"""GET /metrics: figures of every protected server, Prometheus text format.
+"""GET /metrics: figures of every protected server and of every manager
+replica, Prometheus text format.
 
 Read from the manager's database at each scrape (no state in the API):
 
@@ -15,8 +16,24 @@ Read from the manager's database at each scrape (no state in the API):
 * ``ha_snapshot_recoveries_total`` by state (``failed`` counts the failures)
   and ``ha_snapshot_recovery_attempts`` (failed attempts in a row);
 * ``ha_snapshot_servers`` by status.
+
+Per manager replica (an incarnation, labelled ``manager`` by its id and
+``host``; manager.membership.survey, the same rules as GET /v1/managers):
+
+* ``ha_snapshot_manager_up`` (1 alive, 0 dead by the heartbeat rule),
+  ``ha_snapshot_manager_heartbeat_age_seconds``,
+  ``ha_snapshot_manager_start_time_seconds``,
+  ``ha_snapshot_manager_instances`` (protected servers it owns on the ring
+  now) and ``ha_snapshot_manager_leases`` (held, not expired);
+* ``ha_snapshot_manager_deltas_merged_total``,
+  ``ha_snapshot_manager_shipped_bytes_total``,
+  ``ha_snapshot_manager_stored_bytes_total`` and
+  ``ha_snapshot_manager_recoveries_total`` by outcome: what it did since
+  it registered, as of its last heartbeat (a restarted replica is a new
+  series).
 """
 
+import datetime
 import time
 
 import prometheus_client
@@ -24,18 +41,41 @@ from prometheus_client import core as prom_core
 
 from ha_snapshot.api import util
 from ha_snapshot.db import models
+from ha_snapshot.manager import membership
+from ha_snapshot.manager import replica_counters as rc
 from ha_snapshot.policies import metrics as metrics_policies
 from ha_snapshot import statuses
 
 # NOTE: what generate_latest() writes; Prometheus 2 and 3 both read it.
 CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8'
 LABELS = ['server', 'project']
+MANAGER_LABELS = ['manager', 'host']
+# NOTE: replica counter -> (metric, help); recoveries by outcome apart.
+_REPLICA_COUNTERS = {
+    rc.DELTAS_MERGED: ('ha_snapshot_manager_deltas_merged',
+                       'Deltas this manager replica merged into restore '
+                       'points since it registered.'),
+    rc.SHIPPED_BYTES: ('ha_snapshot_manager_shipped_bytes',
+                       'Bytes of changed ranges the deltas this replica '
+                       'merged shipped.'),
+    rc.STORED_BYTES: ('ha_snapshot_manager_stored_bytes',
+                      'Bytes the deltas this replica merged added to the '
+                      'store.'),
+}
+_RECOVERY_OUTCOMES = {'succeeded': rc.RECOVERIES_SUCCEEDED,
+                      'failed': rc.RECOVERIES_FAILED}
+
+
+def _epoch(value: datetime.datetime) -> float:
+    """A naive UTC database time as Unix time."""
+    return value.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
 class _Collector:
     """A one-scrape prometheus_client collector over database rows."""
 
-    def __init__(self, db, now):
+    def __init__(self, conf, db, now):
+        self.conf = conf
         self.db = db
         self.now = now
 
@@ -93,13 +133,52 @@ class _Collector:
             servers.add_metric([status], n)
         yield from (servers, rpo, points, changed, new, merges, shipped,
                     stored, attempts, recs)
+        yield from self._replicas([row.uuid for row in rows])
+
+    def _replicas(self, instance_uuids):
+        gauge = prom_core.GaugeMetricFamily
+        up = gauge('ha_snapshot_manager_up',
+                   'Whether the manager replica is alive (a heartbeat '
+                   'within the dead limit).', labels=MANAGER_LABELS)
+        age = gauge('ha_snapshot_manager_heartbeat_age_seconds',
+                    'Age of the replica\'s last heartbeat by the '
+                    'database\'s clock.', labels=MANAGER_LABELS)
+        started = gauge('ha_snapshot_manager_start_time_seconds',
+                        'When the replica registered (Unix time, by the '
+                        'database\'s clock).', labels=MANAGER_LABELS)
+        owned = gauge('ha_snapshot_manager_instances',
+                      'Protected servers the replica owns on the hash '
+                      'ring now.', labels=MANAGER_LABELS)
+        leases = gauge('ha_snapshot_manager_leases',
+                       'Leases on exclusive work the replica holds.',
+                       labels=MANAGER_LABELS)
+        counter = prom_core.CounterMetricFamily
+        counts = {name: counter(metric, text, labels=MANAGER_LABELS)
+                  for name, (metric, text) in _REPLICA_COUNTERS.items()}
+        recs = counter('ha_snapshot_manager_recoveries',
+                       'Recoveries this replica ran to their end since it '
+                       'registered, by outcome.',
+                       labels=MANAGER_LABELS + ['outcome'])
+        for s in membership.survey(self.conf, self.db, instance_uuids):
+            labels = [s.replica.id, s.replica.host]
+            up.add_metric(labels, 1 if s.replica.alive else 0)
+            age.add_metric(labels, s.replica.heartbeat_age)
+            started.add_metric(labels, _epoch(s.replica.started_at))
+            owned.add_metric(labels, s.servers)
+            leases.add_metric(labels, s.leases)
+            for name, family in counts.items():
+                family.add_metric(labels, s.counters[name])
+            for outcome, name in _RECOVERY_OUTCOMES.items():
+                recs.add_metric(labels + [outcome], s.counters[name])
+        yield from (up, age, started, owned, leases, *counts.values(), recs)
 
 
 @util.wsgify
 def show_metrics(req):
     util.context(req).can(metrics_policies.SHOW)
     registry = prometheus_client.CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(util.state(req).db, time.time()))
+    st = util.state(req)
+    registry.register(_Collector(st.conf, st.db, time.time()))
     resp = req.response
     resp.status = 200
     resp.body = prometheus_client.generate_latest(registry)

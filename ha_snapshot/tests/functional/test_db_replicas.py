@@ -13,11 +13,13 @@ import os
 import sqlalchemy as sa
 
 from ha_snapshot.db import api as db_api
+from ha_snapshot.db import engine as db_engine
 from ha_snapshot.db import migration
 from ha_snapshot.manager import membership
 from ha_snapshot.tests import base
 from ha_snapshot.tests.fixtures import database as db_fixtures
 from ha_snapshot.tests.fixtures import mariadb
+from ha_snapshot.tests.unit import test_db
 from ha_snapshot.tests.unit import test_db_membership
 
 
@@ -46,6 +48,29 @@ class MariaDBRecordsTestCase(test_db_membership.RecordsTests,
             column = {c['name']: c for c in sa.inspect(conn).get_columns(
                 'leases')}['expires_at']
             self.assertEqual(6, column['type'].fsp)
+
+
+class MariaDBDatabaseTestCase(test_db.DatabaseTests, base.TestCase):
+    """The whole database layer on MariaDB, models and migrations in
+    sync there too (DATETIME(6) columns: times to the microsecond)."""
+
+    def new_url(self) -> str:
+        return self.useFixture(mariadb.MariaDBServer()).url
+
+    def test_times_keep_microseconds(self):
+        uuid = self.protected()
+        taken = test_db.T0 + 1.234567
+        self.db.record_restore_point(test_db.make_rp(uuid, 1,
+                                                     created_at=taken))
+        with self.db.engine.connect() as conn:
+            for table in ('instances', 'restore_points', 'recoveries',
+                          'agents'):
+                for column in sa.inspect(conn).get_columns(table):
+                    if isinstance(column['type'], sa.DateTime):
+                        self.assertEqual(6, column['type'].fsp,
+                                         '%s.%s' % (table, column['name']))
+        self.assertEqual(db_engine.to_datetime(taken),
+                         self.db.list_restore_points(uuid)[-1].created_at)
 
 
 class MariaDBFixtureTestCase(base.TestCase):

@@ -54,10 +54,12 @@ from ha_snapshot import exception
 from ha_snapshot import hypervisor
 from ha_snapshot.hypervisor import base as hv_base
 from ha_snapshot.hypervisor import qmp
+from ha_snapshot.manager import membership
 from ha_snapshot.manager import rpcapi as manager_rpcapi
 from ha_snapshot import rpc_auth
 from ha_snapshot.tests import base
 from ha_snapshot.tests.fixtures import database as db_fixtures
+from ha_snapshot.tests.fixtures import mariadb
 from ha_snapshot.tests.fixtures import qemu as qemu_fixture
 from ha_snapshot.tests.fixtures import rabbitmq
 from ha_snapshot.tests.fixtures import services
@@ -598,6 +600,30 @@ class ProtectionLoopTest(base.TestCase):
         self.assertEqual(set(insts), set(by))
         return by
 
+    def standing(self, daemon):
+        """The membership.survey entry of ``daemon``'s incarnation (by
+        pid): what GET /metrics and /v1/managers show of it."""
+        pid = daemon.pid
+        found = [s for s in membership.survey(self.svc.conf, self.svc.db)
+                 if s.replica.pid == pid]
+        self.assertEqual(1, len(found), found)
+        return found[0]
+
+    def assert_counted_as_logged(self, daemon):
+        """The replica's deltas_merged counter, written with its beats,
+        catches up with the merges its log showed before, and never runs
+        ahead of its log."""
+        def logged():
+            return sum(names.count(daemon.name)
+                       for names in self.merges().values())
+        before = logged()
+        got = self.wait_for(
+            lambda: (lambda s: s if s.counters['deltas_merged'] >= before
+                     else None)(self.standing(daemon)),
+            30, '%s to count its %d merges' % (daemon.name, before))
+        self.assertLessEqual(got.counters['deltas_merged'], logged())
+        return got
+
     def test_two_managers_share_the_deltas_and_survive_one(self):
         """Two manager replicas on one PostgreSQL database (issue 12): the
         parts and commit of each delta meet at the instance's owner, each
@@ -622,6 +648,13 @@ class ProtectionLoopTest(base.TestCase):
                   for d in svc.managers}
         victim = max(svc.managers, key=lambda d: counts[d.name])
         survivor = [d for d in svc.managers if d is not victim][0]
+        # NOTE: each replica's own counters (GET /metrics per replica)
+        # follow what its log says it merged; the ring gives each its
+        # share of the servers.
+        for daemon in svc.managers:
+            self.assert_counted_as_logged(daemon)
+        self.assertEqual(len(insts), sum(self.standing(d).servers
+                                         for d in svc.managers))
         orphans = [inst for inst, names in by.items()
                    if victim.name in names]
         killed = self.mark('SIGKILL %s (owner of %d instances)'
@@ -633,6 +666,91 @@ class ProtectionLoopTest(base.TestCase):
                  if survivor.name in names}
         self.assertEqual(set(orphans), {i for i, _s in taken
                                         if i in orphans})
+        for inst, g in zip(insts, guests):
+            self.quiesce(inst, workloads)
+            self.check_chain(inst, g.snapshot_writes())
+        self.assert_merged_once(insts)
+        # The dead replica: down, no servers, its totals frozen at its
+        # last beat; the survivor owns every server and counted the
+        # orphans' deltas too.
+        dead = self.wait_for(
+            lambda: (lambda s: s if not s.replica.alive else None)(
+                self.standing(victim)), 30, 'the victim shown dead')
+        self.assertEqual(0, dead.servers)
+        self.assertLessEqual(dead.counters['deltas_merged'], sum(
+            names.count(victim.name) for names in self.merges().values()))
+        alive = self.assert_counted_as_logged(survivor)
+        self.assertEqual((True, len(insts)),
+                         (alive.replica.alive, alive.servers))
+        # NOTE: the guests wrote: what the replicas counted shipping is
+        # at most what the servers' own counters say was merged.
+        shipped = (dead.counters['shipped_bytes']
+                   + alive.counters['shipped_bytes'])
+        self.assertGreater(shipped, 0)
+        self.assertLessEqual(shipped, sum(
+            svc.db.get_instance(i).shipped_bytes for i in insts))
+
+    def test_three_managers_on_mariadb_survive_kill_restart_and_broker(self):
+        """Three manager replicas on MariaDB (issue 12, no GET_LOCK): the
+        owner of an instance is SIGKILLed while it merges a large delta,
+        another takes its instances over and merges that delta (sent
+        again), the killed one rejoins, the broker restarts once. Nothing
+        lost, nothing merged twice, every point holds what it must."""
+        mdb = self.useFixture(mariadb.MariaDBServer())
+        broker = self.useFixture(rabbitmq.RabbitMQServer())
+        svc = self.start_services(transport_url=broker.transport_url,
+                                  options={
+            'database': {'connection': mdb.url},
+            'image': {'max_part_bytes': MiB},
+            'manager_cluster': {'heartbeat_interval': 1,
+                                'dead_after_missed': 3}}, managers=3)
+        guests = [self.new_guest('vm%d' % i) for i in range(2)]
+        insts = [self.protect(g) for g in guests]
+        started = time.time()
+        workloads = [self.start_workload(g) for g in guests]
+        for inst in insts:
+            self.wait_points(inst, 3, after=started, timeout=90)
+        by = self.assert_merged_once(insts)
+        [owner_name] = by[insts[0]]
+        victim = [d for d in svc.managers if d.name == owner_name][0]
+
+        # SIGKILL the owner of the first instance while it merges.
+        killed_seq = None
+        for _attempt in range(5):
+            ballast = guests[0].fill(32 * MiB)
+            count_before = len(self.points(insts[0]))
+            self.wait_for(self.merging(ballast), 30, 'chunks of a 32 MiB '
+                          'delta in the store', interval=0.005)
+            victim.kill()
+            killed = self.mark('SIGKILL %s while merging' % victim.name)
+            unacked = self.unacked(insts[0])
+            if unacked and len(self.points(insts[0])) == count_before:
+                killed_seq = unacked[0]
+                break
+            victim.start()  # NOTE: too late, it was durable: again.
+            self.wait_points(insts[0], 1, after=time.time(), timeout=60)
+        self.assertIsNotNone(killed_seq, '%s was never killed while '
+                             'merging' % victim.name)
+        # Another replica merges that delta, and goes on for both.
+        self.wait_points(insts[0], 1, timeout=120,
+                         pred=lambda r: r.delta_sequence == killed_seq)
+        for inst in insts:
+            self.wait_points(inst, 2, after=killed, timeout=120)
+        merged_by = self.merges()[(insts[0], killed_seq)]
+        self.assertNotIn(victim.name, merged_by)
+
+        # The killed replica rejoins; the broker restarts once.
+        victim.start()
+        back = self.mark('%s started again' % victim.name)
+        for inst in insts:
+            self.wait_points(inst, 2, after=back, timeout=120)
+        broker.stop()
+        self.mark('broker stopped')
+        broker.start()
+        back = self.mark('broker started again')
+        for inst in insts:
+            self.wait_points(inst, 2, after=back, timeout=120)
+
         for inst, g in zip(insts, guests):
             self.quiesce(inst, workloads)
             self.check_chain(inst, g.snapshot_writes())

@@ -11,7 +11,10 @@ import datetime
 import threading
 import time
 
+import sqlalchemy as sa
+
 from ha_snapshot.db import membership as db_membership
+from ha_snapshot.db import migration
 from ha_snapshot import exception
 from ha_snapshot.tests import base
 from ha_snapshot.tests.unit import test_db
@@ -110,6 +113,77 @@ class RecordsTests:
         self.a.register('new-a', 'host-a', forget_after=60)
         self.assertEqual({'old-b', 'live-a', 'new-a'},
                          set(self.by_id(self.a)))
+
+    def test_counters_travel_with_the_beats_and_the_stop(self):
+        self.a.register('m-1', 'host-a', counters={'deltas_merged': 0})
+        self.b.register('m-2', 'host-b')
+        self.assertEqual({'deltas_merged': 0},
+                         self.by_id(self.b)['m-1'].counters)
+        self.assertEqual({}, self.by_id(self.a)['m-2'].counters)
+        big = 5 << 40  # NOTE: bytes beyond 32 bits survive every backend
+        self.assertIsNotNone(self.a.heartbeat(
+            'm-1', {'deltas_merged': 3, 'stored_bytes': big}))
+        self.assertEqual({'deltas_merged': 3, 'stored_bytes': big},
+                         self.by_id(self.b)['m-1'].counters)
+        # A beat without counters leaves them as they are.
+        self.a.heartbeat('m-1')
+        self.assertEqual(3, self.by_id(self.b)['m-1'].counters[
+            'deltas_merged'])
+        self.a.unregister('m-1', counters={'deltas_merged': 4,
+                                           'stored_bytes': big + 1})
+        replica = self.by_id(self.b, dead_after=3600)['m-1']
+        self.assertEqual((False, {'deltas_merged': 4,
+                                  'stored_bytes': big + 1}),
+                         (replica.alive, replica.counters))
+        # A stopped replica's beat writes nothing, counters included.
+        self.assertIsNone(self.a.heartbeat('m-1', {'deltas_merged': 99}))
+        self.assertEqual(4, self.by_id(self.b, 3600)['m-1'].counters[
+            'deltas_merged'])
+
+    def test_counters_that_are_no_counts_are_refused_or_dropped(self):
+        self.a.register('m-1', 'host-a')
+        for bad in ({'deltas_merged': -1}, {'deltas_merged': 1.5},
+                    {'deltas_merged': True}, {'deltas_merged': '3'}):
+            e = self.assertRaises(ValueError, self.a.heartbeat, 'm-1', bad)
+            self.assertIn('deltas_merged', str(e))
+        self.assertEqual({}, self.by_id(self.b)['m-1'].counters)
+        # NOTE: rows another release (or a hand) wrote: what is no count
+        # is dropped, the listing goes on.
+        for text, seen in (('not json', {}), ('[1, 2]', {}),
+                           ('{"a": 1, "b": -2, "c": "x", "d": true}',
+                            {'a': 1})):
+            self.assertEqual(seen, db_membership.decode_counters(text))
+
+    def test_migration_adds_counters_to_the_rows_there(self):
+        # NOTE: a database at the revision before the counters, with a
+        # replica row written then, migrated while it runs.
+        conf, db = self.make_db(self.new_url(), migrate=False)
+        migration.upgrade(conf, 'a4c7e1d09b52', database=db)
+        with db.engine.begin() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO managers (id, host, started_at, heartbeat_at) "
+                "VALUES ('m-old', 'host-a', :t, :t)"),
+                {'t': datetime.datetime.now(datetime.timezone.utc)
+                 .replace(tzinfo=None)})
+        self.assertEqual(migration.head(), migration.upgrade(
+            conf, database=db))
+        records = db_membership.Records(db)
+        self.assertEqual({}, self.by_id(records, 3600)['m-old'].counters)
+        self.assertIsNotNone(records.heartbeat('m-old', {'deltas_merged': 1}))
+        self.assertEqual({'deltas_merged': 1},
+                         self.by_id(records, 3600)['m-old'].counters)
+
+    def test_held_leases_by_incarnation(self):
+        self.assertEqual({}, self.a.held_leases())
+        self.a.acquire_lease('recovery:1', 'm-1', 60)
+        held = self.a.acquire_lease('recovery:2', 'm-1', 60)
+        self.b.acquire_lease('recovery:3', 'm-2', 60)
+        self.b.acquire_lease('merge:4', 'm-2', 0.2)
+        self.assertEqual({'m-1': 2, 'm-2': 2}, self.b.held_leases())
+        self.assertTrue(self.a.release_lease(held))
+        # NOTE: an expired lease nobody took is not held any more.
+        wait_for(lambda: self.b.held_leases() == {'m-1': 1, 'm-2': 1}, 10,
+                 'the released and the expired lease to be left out')
 
     # --- leases -------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from ha_snapshot.manager import intake
 from ha_snapshot.manager import manager as manager_mod
 from ha_snapshot.manager import membership as membership_mod
 from ha_snapshot.manager import recovery as recovery_mod
+from ha_snapshot.manager import replica_counters
 from ha_snapshot.manager import spool as spool_mod
 from ha_snapshot.storage import store as store_mod
 from ha_snapshot.tests import base
@@ -706,6 +707,32 @@ class RoutingTestCase(_Base):
         self.assertEqual(self.owner_host, ack['owner'])
         self.assertEqual(1, len(self.store.restore_points(self.inst)))
 
+    def test_the_merging_replica_counts_its_merges_once(self):
+        self.owner.register_instance(self.inst, 'p1', 'host1', 'qemu', {})
+        prim = self.delta(self.base, 0, None, backing=False)
+        for part in prim['parts']:
+            self.owner.put_part(self.inst, 0, part)
+        ack = self.owner.commit_delta(prim['header'])
+        # NOTE: the ack was lost; the agent asks again: merged already.
+        self.assertEqual(ack['restore_point'], self.owner.commit_delta(
+            prim['header'])['restore_point'])
+        rp, = self.store.restore_points(self.inst)
+        self.assertGreater(rp.new_bytes, 0)
+        mine = self.replicas[self.owner_host]
+        self.assertEqual(
+            dict(replica_counters.zeros(), deltas_merged=1,
+                 shipped_bytes=rp.changed_bytes, stored_bytes=rp.new_bytes),
+            mine.counters.snapshot())
+        self.assertEqual(replica_counters.zeros(),
+                         self.replicas[self.other_host].counters.snapshot())
+        # NOTE: in memory until the beat; the beat writes it.
+        row = {r.host: r for r in mine.records.replicas(60)}
+        self.assertEqual(0, row[self.owner_host].counters['deltas_merged'])
+        mine.beat()
+        row = {r.host: r for r in mine.records.replicas(60)}
+        self.assertEqual(mine.counters.snapshot(),
+                         row[self.owner_host].counters)
+
     def test_a_replica_that_lost_its_standing_names_no_owner(self):
         m = self.replicas[self.owner_host]
         self.useFixture(fixtures.MonkeyPatch(
@@ -808,6 +835,23 @@ class RecoveryLeaseTestCase(_Base):
         self.assertEqual(1, second.finished)
         [done] = self.db.list_recoveries(self.inst)
         self.assertEqual(('succeeded', 'done'), (done.state, done.step))
+        # Counted by the replica that ran it to its end, not the loser.
+        self.assertEqual(1, owner.counters.snapshot()[
+            replica_counters.RECOVERIES_SUCCEEDED])
+        self.assertEqual(replica_counters.zeros(), other.counters.snapshot())
+
+    def test_a_failed_recovery_is_counted_failed(self):
+        m1 = self.replica('m1')
+        action = StepAction()
+        action.gate.set()
+        action.recover = lambda row, rp, progress: 1 / 0
+        eng = self.engine(m1, action)
+        eng.request(self.inst, None, 'test')
+        eng.wait(self.inst, 30)
+        self.assertEqual('failed', self.db.list_recoveries(
+            self.inst)[0].state)
+        self.assertEqual(dict(replica_counters.zeros(), recoveries_failed=1),
+                         m1.counters.snapshot())
 
     def test_a_restarted_manager_resumes_at_once(self):
         self.conf.set_override('lease_duration', 600.0,

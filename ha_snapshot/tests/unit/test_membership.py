@@ -11,6 +11,7 @@ from ha_snapshot.db import membership as db_membership
 from ha_snapshot.db import migration
 from ha_snapshot import exception
 from ha_snapshot.manager import membership
+from ha_snapshot.manager import replica_counters
 from ha_snapshot.manager import service as service_mod
 from ha_snapshot import rpc
 from ha_snapshot.tests import base
@@ -167,6 +168,36 @@ class MembershipTestCase(base.TestCase):
         self.assertFalse(replica.alive)
         self.assertIsNotNone(replica.stopped_at)
 
+    def test_counters_go_with_the_beats_and_the_clean_stop(self):
+        m = self.replica('m1')
+        row, = m.records.replicas(3600)
+        self.assertEqual(replica_counters.zeros(), row.counters)
+        m.counters.merged(1000, 300)
+        m.counters.recovery_ended(succeeded=True)
+        m.beat()
+        row, = m.records.replicas(3600)
+        self.assertEqual((1, 1000, 300, 1, 0), tuple(
+            row.counters[n] for n in replica_counters.NAMES))
+        m.counters.recovery_ended(succeeded=False)
+        m.stop()
+        row, = m.records.replicas(3600)
+        self.assertEqual((False, 1), (row.alive,
+                                      row.counters['recoveries_failed']))
+        # The next incarnation on the host is a new series from zero.
+        again = self.replica('m1')
+        self.assertNotEqual(m.id, again.id)
+        rows = {r.id: r for r in again.records.replicas(3600)}
+        self.assertEqual(replica_counters.zeros(), rows[again.id].counters)
+
+    def test_counters_refuse_what_is_no_count(self):
+        counters = replica_counters.WorkCounters()
+        self.assertRaises(KeyError, counters.add, 'merges')
+        self.assertRaises(ValueError, counters.add, 'deltas_merged', -1)
+        self.assertEqual(replica_counters.zeros(), counters.snapshot())
+        self.assertEqual(dict(replica_counters.zeros(), deltas_merged=2),
+                         replica_counters.known({'deltas_merged': 2,
+                                                 'from_the_future': 7}))
+
     def test_a_failing_heartbeat_keeps_the_thread_and_loses_standing(self):
         conf = self.make_conf(interval=0.05, missed=4)
 
@@ -174,10 +205,10 @@ class MembershipTestCase(base.TestCase):
             """The database stops answering after the first beat."""
             down = False
 
-            def heartbeat(self, manager_id):
+            def heartbeat(self, manager_id, counters=None):
                 if self.down:
                     raise exception.DatabaseBusy(reason='test', seconds=0)
-                return super().heartbeat(manager_id)
+                return super().heartbeat(manager_id, counters)
 
         db = self.database()
         records = Unreachable(db)

@@ -12,7 +12,9 @@ Identifiers go to the environment for the YAML (``$ENVIRON['SERVER_A']``).
 
 Seeded servers: A (project P, two restore points, host compute-1), B
 (project Q, one restore point), C (project P, no restore point yet);
-NOVA_SERVER is known to Nova only (project P, host compute-1).
+NOVA_SERVER is known to Nova only (project P, host compute-1). Seeded
+manager replica: MANAGER_ID on host manager-1, alive, with work counters
+and one lease.
 """
 
 import os
@@ -26,9 +28,11 @@ from ha_snapshot.agent import rpcapi as agent_rpcapi
 from ha_snapshot.api import deploy
 from ha_snapshot.api import secret
 from ha_snapshot.db import api as db_api
+from ha_snapshot.db import membership as db_membership
 from ha_snapshot.db import migration
 from ha_snapshot.manager import manager as manager_mod
 from ha_snapshot.manager import recovery as recovery_engine
+from ha_snapshot.manager import replica_counters
 from ha_snapshot.manager import spool as spool_mod
 from ha_snapshot.recovery import restart
 from ha_snapshot import rpc
@@ -130,6 +134,14 @@ class APIFixture(fixture.GabbiFixture):
         for rp in (a1, a2, b1):
             self.db.record_restore_point(rp)
         env.update(RP_A1=a1.id, RP_A2=a2.id, RP_B1=b1.id)
+        env['MANAGER_ID'] = base.new_uuid()
+        records = db_membership.Records(self.db)
+        records.register(env['MANAGER_ID'], 'manager-1', pid=os.getpid(),
+                         counters=dict(replica_counters.zeros(),
+                                       deltas_merged=3, stored_bytes=1 << 20,
+                                       recoveries_succeeded=1))
+        records.acquire_lease('recovery:' + env['SERVER_C'],
+                              env['MANAGER_ID'], 3600)
         for name in ('SERVER_A', 'SERVER_B', 'UNKNOWN_ID'):
             env['SECRET_' + name] = secret.secret_for(SECRET_KEY, env[name])
         self.seeded = env

@@ -83,10 +83,11 @@ def closed_port() -> int:
 
 
 class ApiProcess:
-    """One API process on a free loopback port, its log in ``log_path``."""
+    """One API process on a free loopback port, its log in ``log_path``;
+    ``extra``: more lines for its config file."""
 
     def __init__(self, test, kind: str, transport_url: str,
-                 processes: int = 2):
+                 processes: int = 2, extra: str = ''):
         self.test = test
         self.kind = kind
         self.port = rabbitmq.free_port()
@@ -104,7 +105,7 @@ class ApiProcess:
                     '[oslo_messaging_rabbit]\nrabbit_retry_interval = 1\n'
                     '[database]\nconnection = %s\n'
                     % (transport_url, self.log_path, self.port, processes,
-                       RPC_TIMEOUT, KEY, test.db_url))
+                       RPC_TIMEOUT, KEY, test.db_url) + extra)
         env = dict(os.environ, PYTHONUNBUFFERED='1',
                    OS_HA_SNAPSHOT_CONFIG_DIR=self.dir)
         if kind == 'embedded':

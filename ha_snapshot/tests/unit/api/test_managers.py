@@ -9,6 +9,7 @@ from ha_snapshot.db import api as db_api
 from ha_snapshot.db import membership as db_membership
 from ha_snapshot.db import migration
 from ha_snapshot.manager import membership
+from ha_snapshot.manager import replica_counters
 from ha_snapshot.tests import base
 
 ADMIN = {'X-User-Id': 'ada', 'X-Project-Id': 'admin', 'X-Roles': 'admin'}
@@ -42,8 +43,15 @@ class ManagersTestCase(base.TestCase):
             self.db.create_instance(uuid, 'p', host='cn1',
                                     status='protected')
         self.db.mark_instance_deleted(servers.pop())
-        self.records.register('id-a', 'ctl-a', pid=11, version='1.0')
+        self.records.register('id-a', 'ctl-a', pid=11, version='1.0',
+                              counters=replica_counters.zeros())
+        self.records.heartbeat('id-a', dict(
+            replica_counters.zeros(), deltas_merged=7, stored_bytes=4096,
+            recoveries_failed=1))
         self.records.register('id-b', 'ctl-b', pid=12)
+        self.records.acquire_lease('recovery:x', 'id-a', 60)
+        self.records.acquire_lease('recovery:y', 'id-b', 60)
+        self.records.acquire_lease('merge:z', 'id-b', 60)
         # NOTE: a replica whose last beat was 40 s ago (3 x 10 s allowed).
         db_membership.Records(
             self.db, clock=lambda: time.time() - 40).register('id-c',
@@ -67,6 +75,15 @@ class ManagersTestCase(base.TestCase):
         a = got['ctl-a']
         self.assertEqual(('id-a', 11, '1.0', None),
                          (a['id'], a['pid'], a['version'], a['stopped_at']))
+        self.assertEqual({'ctl-a': 1, 'ctl-b': 2, 'ctl-c': 0, 'ctl-d': 0},
+                         {h: m['leases'] for h, m in got.items()})
+        self.assertEqual(
+            {'deltas_merged': 7, 'shipped_bytes': 0, 'stored_bytes': 4096,
+             'recoveries_succeeded': 0, 'recoveries_failed': 1},
+            a['counters'])
+        # NOTE: a row without counters yet (never beat with them) shows
+        # zeros, every name listed.
+        self.assertEqual(replica_counters.zeros(), got['ctl-b']['counters'])
         self.assertLess(a['heartbeat_age'], 30)
         self.assertTrue(40 <= got['ctl-c']['heartbeat_age'] < 100,
                         got['ctl-c'])

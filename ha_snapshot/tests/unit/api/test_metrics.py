@@ -1,12 +1,17 @@
-"""/metrics over a real database: counters survive retention."""
+"""/metrics over a real database: counters survive retention; the
+figures of each manager replica."""
 
 import time
 
+from prometheus_client import parser as text_parser
 import webob
 
 from ha_snapshot.api import deploy
 from ha_snapshot.db import api as db_api
+from ha_snapshot.db import membership as db_membership
 from ha_snapshot.db import migration
+from ha_snapshot.manager import membership
+from ha_snapshot.manager import replica_counters
 from ha_snapshot.storage import objects
 from ha_snapshot.tests import base
 
@@ -73,3 +78,102 @@ class MetricsTestCase(base.TestCase):
                           'ha_snapshot_stored_bytes_total': 600,
                           'ha_snapshot_recovery_attempts': 0,
                           'ha_snapshot_recoveries_total': 0}, got)
+
+
+class ReplicaMetricsTestCase(base.TestCase):
+    """The figures of each manager replica, read from its managers row,
+    the leases and the ring at the scrape."""
+
+    def setUp(self):
+        super().setUp()
+        conf = base.make_conf(
+            self.store_dir,
+            database__connection='sqlite:///' + self.path('db.sqlite'),
+            manager_cluster__heartbeat_interval=10.0,
+            manager_cluster__dead_after_missed=3)
+        self.db = db_api.Database(conf)
+        self.addCleanup(self.db.dispose)
+        migration.upgrade(conf, database=self.db)
+        self.app = deploy.loadapp(conf, db=self.db, manager_api=object())
+        self.records = db_membership.Records(self.db)
+
+    def scrape(self) -> dict:
+        """(metric sample name, host[, outcome]) -> value, of the
+        ha_snapshot_manager_* families, parsed as Prometheus does."""
+        resp = webob.Request.blank('/metrics', headers=ADMIN).get_response(
+            self.app)
+        self.assertEqual(200, resp.status_int, resp.text)
+        out = {}
+        for family in text_parser.text_string_to_metric_families(resp.text):
+            if not family.name.startswith('ha_snapshot_manager_'):
+                continue
+            for sample in family.samples:
+                labels = dict(sample.labels)
+                key = (sample.name, labels.pop('host'))
+                self.assertEqual(self.ids[key[1]], labels.pop('manager'))
+                if 'outcome' in labels:
+                    key += (labels.pop('outcome'),)
+                self.assertEqual({}, labels, sample)
+                out[key] = sample.value
+        return out
+
+    def test_each_replica_up_age_share_leases_and_work(self):
+        servers = [base.new_uuid() for _ in range(150)]
+        for uuid in servers:
+            self.db.create_instance(uuid, 'p', host='cn1',
+                                    status='protected')
+        self.ids = {'ctl-a': 'id-a', 'ctl-b': 'id-b', 'ctl-c': 'id-c',
+                    'ctl-d': 'id-d'}
+        before = time.time()
+        self.records.register('id-a', 'ctl-a', counters=dict(
+            replica_counters.zeros(), deltas_merged=12,
+            shipped_bytes=5 << 30, stored_bytes=3 << 20,
+            recoveries_succeeded=2, recoveries_failed=1))
+        self.records.register('id-b', 'ctl-b')
+        # NOTE: a replica whose last beat was 40 s ago (3 x 10 s allowed),
+        # and one stopped cleanly: both dead, their totals still shown.
+        db_membership.Records(
+            self.db, clock=lambda: time.time() - 40).register(
+                'id-c', 'ctl-c', counters=dict(replica_counters.zeros(),
+                                               deltas_merged=4))
+        self.records.register('id-d', 'ctl-d')
+        self.records.unregister('id-d', counters=dict(
+            replica_counters.zeros(), recoveries_succeeded=5))
+        self.records.acquire_lease('recovery:1', 'id-b', 60)
+        self.records.acquire_lease('recovery:2', 'id-c', 60)
+        got = self.scrape()
+
+        def each(name):
+            return {h: got[(name, h)] for h in sorted(self.ids)}
+        self.assertEqual({'ctl-a': 1, 'ctl-b': 1, 'ctl-c': 0, 'ctl-d': 0},
+                         each('ha_snapshot_manager_up'))
+        owned = membership.count_owned(['ctl-a', 'ctl-b'], servers, 32)
+        self.assertEqual(dict(owned, **{'ctl-c': 0, 'ctl-d': 0}),
+                         each('ha_snapshot_manager_instances'))
+        self.assertEqual(len(servers), sum(
+            each('ha_snapshot_manager_instances').values()))
+        # NOTE: the dead replica's lease is held until it expires: it is
+        # what keeps its recovery from being taken over.
+        self.assertEqual({'ctl-a': 0, 'ctl-b': 1, 'ctl-c': 1, 'ctl-d': 0},
+                         each('ha_snapshot_manager_leases'))
+        ages = each('ha_snapshot_manager_heartbeat_age_seconds')
+        self.assertLess(ages['ctl-a'], 30)
+        self.assertTrue(40 <= ages['ctl-c'] < 100, ages)
+        started = got[('ha_snapshot_manager_start_time_seconds', 'ctl-a')]
+        self.assertTrue(before - 60 < started < time.time() + 60, started)
+        self.assertEqual({'ctl-a': 12, 'ctl-b': 0, 'ctl-c': 4, 'ctl-d': 0},
+                         each('ha_snapshot_manager_deltas_merged_total'))
+        self.assertEqual(5 << 30, got[
+            ('ha_snapshot_manager_shipped_bytes_total', 'ctl-a')])
+        self.assertEqual(3 << 20, got[
+            ('ha_snapshot_manager_stored_bytes_total', 'ctl-a')])
+        self.assertEqual(
+            {('ctl-a', 'succeeded'): 2, ('ctl-a', 'failed'): 1,
+             ('ctl-d', 'succeeded'): 5, ('ctl-d', 'failed'): 0},
+            {k[1:]: v for k, v in got.items()
+             if k[0] == 'ha_snapshot_manager_recoveries_total'
+             and k[1] in ('ctl-a', 'ctl-d')})
+
+    def test_no_replica_no_series(self):
+        self.ids = {}
+        self.assertEqual({}, self.scrape())

@@ -14,9 +14,12 @@ from ha_snapshot.tests.unit.osc import scripted
 
 MANAGERS = [
     {'id': 'i-1', 'host': 'ctl-a', 'pid': 11, 'version': '1.0',
-     'alive': True, 'heartbeat_age': 2.5, 'servers': 120,
+     'alive': True, 'heartbeat_age': 2.5, 'servers': 120, 'leases': 3,
      'heartbeat_at': '2026-12-07T03:00:00.000000Z',
-     'started_at': '2026-12-07T01:00:00.000000Z', 'stopped_at': None},
+     'started_at': '2026-12-07T01:00:00.000000Z', 'stopped_at': None,
+     'counters': {'deltas_merged': 40, 'shipped_bytes': 1 << 30,
+                  'stored_bytes': 1 << 20, 'recoveries_succeeded': 2,
+                  'recoveries_failed': 0, 'from_a_newer_api': 9}},
     {'id': 'i-2', 'host': 'ctl-b', 'pid': 12, 'version': '1.0',
      'alive': False, 'heartbeat_age': 95.0, 'servers': 0,
      'heartbeat_at': '2026-12-07T02:58:27.000000Z',
@@ -68,9 +71,19 @@ class ListManagersTest(testtools.TestCase):
             200, {'managers': MANAGERS[:1]})
         headers, rows = self.run_command('--long')
         self.assertEqual(['ID', 'PID', 'Version', 'Heartbeat At',
-                          'Stopped At'], headers[5:])
+                          'Stopped At', 'Leases', 'Deltas Merged',
+                          'Shipped Bytes', 'Stored Bytes',
+                          'Recoveries Succeeded', 'Recoveries Failed'],
+                         headers[5:])
         self.assertEqual(('i-1', 11, '1.0', '2026-12-07T03:00:00.000000Z',
-                          None), rows[0][5:])
+                          None, 3, 40, 1 << 30, 1 << 20, 2, 0), rows[0][5:])
+
+    def test_long_from_an_api_without_counters(self):
+        self.api.script[('GET', '/v1/managers')] = (
+            200, {'managers': MANAGERS[1:]})
+        headers, rows = self.run_command('--long')
+        self.assertEqual(len(headers), len(rows[0]))
+        self.assertEqual(('', '', '', '', '', ''), rows[0][10:])
 
     def test_refusal_is_the_api_s_words(self):
         self.api.script[('GET', '/v1/managers')] = (403, {'errors': [{
