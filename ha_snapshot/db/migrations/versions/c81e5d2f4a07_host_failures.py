@@ -1,7 +1,7 @@
 """Compute host failures: the host_failures table.
 
 Revision ID: c81e5d2f4a07
-Revises: a4c7e1d09b52
+Revises: c9e3f1a7b2d4
 Create Date: 2026-12-07
 
 One row per compute host found failed (or per partition of the mirror
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
 revision = 'c81e5d2f4a07'
-down_revision = 'a4c7e1d09b52'
+down_revision = 'c9e3f1a7b2d4'
 branch_labels = None
 depends_on = None
 
