@@ -27,8 +27,12 @@ first round). What was done lives in the database, so a new leader never
 fences a host twice.
 
 Nova unreachable, or the database: the round is skipped with a warning
-and nothing is decided. Agent heartbeat times are the manager replicas'
-clocks (``agents.last_seen``): keep them in sync (NTP).
+and nothing is decided. An agent's silence is counted from its last
+heartbeat, or from when this manager started if that is later: while no
+manager ran no heartbeat could be recorded, and a restart of every
+replica must not look like every host failing. Agent heartbeat times
+are the manager replicas' clocks (``agents.last_seen``): keep them in
+sync (NTP).
 
 May import the database, ha_snapshot.manager.membership and host_states,
 ha_snapshot.fencing, ha_snapshot.openstack and ha_snapshot.exception.
@@ -97,6 +101,7 @@ class HostMonitor:
         self.leader = membership_mod.Leader(
             membership, LEADER_LEASE, self._lease_duration, 'Host monitor')
         self.memories = {}
+        self.started = db.clock()
         self._stop = threading.Event()
         self._thread = None
 
@@ -136,7 +141,11 @@ class HostMonitor:
         for agent in self.db.list_agents():
             service = services.get(agent.host)
             record = records.get(agent.host)
-            age = max(0.0, now - _epoch(agent.last_seen))
+            # NOTE: no heartbeat can have been recorded while no manager
+            # ran: silence from before this process started is not
+            # counted (a restart of every replica is no host failure).
+            age = max(0.0, min(now - _epoch(agent.last_seen),
+                               now - self.started))
             obs = host_states.Observation(
                 host=agent.host, agent_age=age,
                 nova=getattr(service, 'state', None),

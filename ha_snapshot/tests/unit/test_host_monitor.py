@@ -237,6 +237,29 @@ class HostMonitorTestCase(_MonitorBase):
                          [r.state for r in self.rows()])
         self.assertEqual(2, len(self.evacuated))
 
+    def test_silence_while_no_manager_ran_is_not_counted(self):
+        # The managers were all down for 10 minutes: every agent's last
+        # heartbeat is old. compute1 really died meanwhile.
+        self.hosts('compute1', 'compute2')
+        self.nova.service_of('compute1')['state'] = 'down'
+        self.now += 600
+        mon = self.monitor()
+        self.now += 10
+        self.beat('compute2')
+        mon.run_once()
+        self.assertEqual([], self.rows())
+        self.assertEqual([], self.errors('Host monitor alarm'))
+        self.assertEqual([], self.puts())
+        # compute1 stays silent for agent_timeout after the start: failed.
+        for _ in range(6):
+            self.now += 10
+            self.beat('compute2')
+            mon.run_once()
+        row, = self.rows()
+        self.assertEqual(('compute1', 'fenced'), (row.host, row.state))
+        self.assertEqual(T0 + 600 + 60,
+                         host_monitor._epoch(row.detected_at))
+
     def test_nova_unreachable_decides_nothing(self):
         self.hosts('compute1', 'compute2')
         self.conf.set_override('endpoint_override', 'http://127.0.0.1:9/v2.1',
@@ -338,6 +361,8 @@ class HostMonitorServiceTestCase(_MonitorBase):
         conf = self.conf
         conf.set_override('enabled', True, group='host_monitor')
         conf.set_override('check_interval', 0.1, group='host_monitor')
+        # NOTE: silence counts from the monitor's start at the earliest.
+        conf.set_override('agent_timeout', 1, group='host_monitor')
         conf.set_override('spool_dir', self.path('spool'), group='manager')
         conf.set_override('listen_notifications', False, group='manager')
         conf.set_override('host', 'manager-a', group='manager')
