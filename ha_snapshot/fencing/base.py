@@ -13,6 +13,8 @@ Guarantees a driver gives:
   sentence saying what was done (recorded as the failure's ``result``);
   it raises :class:`~ha_snapshot.exception.FencingError` naming the host
   and the cause otherwise. Fencing a host already fenced succeeds.
+* :meth:`FencingDriver.check` refuses a configuration the driver
+  cannot work with, before any host fails.
 * :meth:`FencingDriver.powered_off` answers, without changing anything,
   whether the driver positively knows the host is off (a BMC reporting
   chassis power off); False when it cannot tell. The monitor may then
@@ -38,3 +40,8 @@ class FencingDriver:
 
     def powered_off(self, host: str) -> bool:
         return False
+
+    def check(self) -> None:
+        """Raise ConfigurationError naming the option at fault if this
+        driver cannot work as configured (called once at start, so that
+        a bad setting shows then, not at the first failed host)."""

@@ -40,6 +40,29 @@ class IpmiFencing(base.FencingDriver):
         self._clock = clock
         self._sleep = sleep
 
+    def check(self) -> None:
+        path = self.conf.host_monitor.ipmi_hosts_file
+        if not path:
+            raise exception.ConfigurationError(
+                reason='[host_monitor] fencing_driver = ipmi needs '
+                '[host_monitor] ipmi_hosts_file')
+        try:
+            with open(path) as f:
+                hosts = json.load(f)
+        except (OSError, ValueError) as e:
+            raise exception.ConfigurationError(
+                reason='[host_monitor] ipmi_hosts_file %s cannot be read: '
+                '%s' % (path, e))
+        bad = sorted(str(h) for h, bmc in (hosts.items() if isinstance(
+            hosts, dict) else ()) if not isinstance(bmc, dict)
+            or not bmc.get('address'))
+        if not isinstance(hosts, dict) or bad:
+            raise exception.ConfigurationError(
+                reason='[host_monitor] ipmi_hosts_file %s must map host '
+                'names to {"address": ...}%s' % (
+                    path, '; without an address: %s' % ', '.join(bad)
+                    if bad else ''))
+
     def _bmc(self, host: str) -> dict:
         path = self.conf.host_monitor.ipmi_hosts_file
         if not path:

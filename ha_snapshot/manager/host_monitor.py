@@ -97,6 +97,7 @@ class HostMonitor:
         self.failures = db_failures.HostFailures(db)
         self._connect = connect
         self.driver = driver or fencing.get_driver(conf)
+        self.driver.check()
         self.evacuate = evacuate or evacuation_not_built
         self.leader = membership_mod.Leader(
             membership, LEADER_LEASE, self._lease_duration, 'Host monitor')

@@ -264,6 +264,27 @@ class IpmiFencingTestCase(_NovaBase):
                               'compute1', self.service())
         self.assertIn('ipmi_hosts_file is not set', str(e))
 
+    def test_check_refuses_a_bad_hosts_file_at_start(self):
+        self.driver.check()
+        hosts = self.conf.host_monitor.ipmi_hosts_file
+        for content, text in (('{"compute1": {"username": "a"}}',
+                               'without an address: compute1'),
+                              ('["compute1"]', 'must map host names'),
+                              ('{', 'cannot be read')):
+            with open(hosts, 'w') as f:
+                f.write(content)
+            e = self.assertRaises(exception.ConfigurationError,
+                                  self.driver.check)
+            self.assertIn(text, str(e))
+            self.assertIn('ipmi_hosts_file', str(e))
+        self.conf.clear_override('ipmi_hosts_file', group='host_monitor')
+        e = self.assertRaises(exception.ConfigurationError,
+                              self.driver.check)
+        self.assertIn('fencing_driver = ipmi needs', str(e))
+        # The other drivers need nothing more.
+        impl_nova.NovaForceDown(self.conf).check()
+        impl_none.NoFencing(self.conf).check()
+
     def test_powered_off_asks_the_bmc(self):
         self.assertFalse(self.driver.powered_off('compute1'))
         self.set_power('off')
