@@ -441,3 +441,19 @@ class NotAuthorized(HaSnapshotException):
     """A signed sender asked for something its identity may not do
     (ha_snapshot/manager/authz.py)."""
     msg_fmt = '%(sender)s may not call %(method)s: %(reason)s'
+
+
+# --- compute hosts ----------------------------------------------------------
+
+class HostFailureNotFound(HaSnapshotException):
+    msg_fmt = 'No host failure %(id)s is recorded.'
+
+
+class FencingError(HaSnapshotException):
+    """A host could not be fenced: nothing of it may run elsewhere."""
+    msg_fmt = 'Host %(host)s not fenced (%(driver)s): %(reason)s'
+
+
+class FencingDriverNotFound(ConfigurationError):
+    msg_fmt = ('Fencing driver %(name)r ([host_monitor] fencing_driver) '
+               'cannot be loaded from ha_snapshot.fencing: %(reason)s')

@@ -49,6 +49,29 @@ class RecoveryState(enum.StrEnum):
     FAILED = 'failed'
 
 
+class HostFailureState(enum.StrEnum):
+    """What was done about a failed compute host (``host_failures.state``,
+    written by the manager's host monitor)."""
+
+    CONFIRMED = 'confirmed'
+    """Found failed; fencing under way (or the monitor stopped mid-way:
+    the next round fences it)."""
+    FENCED = 'fenced'
+    """The fencing driver made sure the host runs nothing; handed on to
+    evacuation."""
+    FENCE_FAILED = 'fence_failed'
+    """Fencing failed (``error``): nothing of the host is evacuated; tried
+    again at the next round."""
+    EVACUATING = 'evacuating'
+    """Reserved for the evacuation of the host's servers (not built)."""
+    RETURNED = 'returned'
+    """The host came back (agent beats, Nova reports it up): closed."""
+    PARTITION = 'partition'
+    """Host ``*``: most agents silent at once; nothing was fenced."""
+    PARTITION_ENDED = 'partition_ended'
+    """Host ``*``: the agents are heard again: closed."""
+
+
 INSTANCE_STATUSES = tuple(s.value for s in InstanceStatus)
 """Every instance status, as plain strings, in lifecycle order."""
 RECOVERY_STATES = tuple(s.value for s in RecoveryState)

@@ -16,6 +16,7 @@ import webob.exc
 
 from ha_snapshot.api import errors
 from ha_snapshot.api.handlers import alarm
+from ha_snapshot.api.handlers import host_failure
 from ha_snapshot.api.handlers import manager
 from ha_snapshot.api.handlers import metrics
 from ha_snapshot.api.handlers import recovery
@@ -48,6 +49,7 @@ ROUTE_DECLARATIONS = {
     },
     '/v1/alarms/{server_id}': {'POST': alarm.post_alarm},
     '/v1/managers': {'GET': manager.list_managers},
+    '/v1/host-failures': {'GET': host_failure.list_host_failures},
     '/metrics': {'GET': metrics.show_metrics},
 }
 

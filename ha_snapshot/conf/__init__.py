@@ -9,6 +9,7 @@ from oslo_config import cfg
 from ha_snapshot.conf import api
 from ha_snapshot.conf import clients
 from ha_snapshot.conf import database
+from ha_snapshot.conf import host_monitor
 from ha_snapshot.conf import hypervisor
 from ha_snapshot.conf import image
 from ha_snapshot.conf import manager
@@ -23,6 +24,7 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     api.register_opts(conf)
     clients.register_opts(conf)
     database.register_opts(conf)
+    host_monitor.register_opts(conf)
     hypervisor.register_opts(conf)
     image.register_opts(conf)
     manager.register_opts(conf)

@@ -236,3 +236,39 @@ class Lease(Base):
         PRECISE_DATETIME)
     expires_at: orm.Mapped[datetime.datetime | None] = orm.mapped_column(
         PRECISE_DATETIME)
+
+
+class HostFailure(Base):
+    """A compute host found failed (or a partition of the mirror network,
+    ``host`` = ``*``) and what was done about it: when it was detected
+    (its agent went silent), confirmed (Nova reported it down), fenced
+    (by ``fencing_driver``; ``result`` says how) and closed (it came
+    back, or the partition ended). ``state``: confirmed, fenced,
+    fence_failed, returned, partition, partition_ended (and, once host
+    evacuation is built, its states). Open while ``closed_at`` is null."""
+
+    __tablename__ = 'host_failures'
+    __table_args__ = (
+        sa.Index('ix_host_failures_host_closed_at', 'host', 'closed_at'),
+    )
+
+    id: orm.Mapped[str] = orm.mapped_column(sa.String(36), primary_key=True)
+    host: orm.Mapped[str] = orm.mapped_column(sa.String(255))
+    state: orm.Mapped[str] = orm.mapped_column(sa.String(32))
+    reason: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    detected_at: orm.Mapped[datetime.datetime] = orm.mapped_column(
+        PRECISE_DATETIME)
+    confirmed_at: orm.Mapped[datetime.datetime | None] = orm.mapped_column(
+        PRECISE_DATETIME)
+    fenced_at: orm.Mapped[datetime.datetime | None] = orm.mapped_column(
+        PRECISE_DATETIME)
+    closed_at: orm.Mapped[datetime.datetime | None] = orm.mapped_column(
+        PRECISE_DATETIME)
+    updated_at: orm.Mapped[datetime.datetime] = orm.mapped_column(
+        PRECISE_DATETIME)
+    fencing_driver: orm.Mapped[str | None] = orm.mapped_column(
+        sa.String(64))
+    fence_attempts: orm.Mapped[int] = orm.mapped_column(
+        sa.Integer, default=0, server_default='0')
+    result: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    error: orm.Mapped[str | None] = orm.mapped_column(sa.Text)

@@ -31,6 +31,7 @@ import threading
 from oslo_log import log as logging
 
 from ha_snapshot import exception
+from ha_snapshot.manager import membership as membership_mod
 from ha_snapshot.openstack import clients
 from ha_snapshot.openstack import images
 from ha_snapshot import statuses
@@ -59,30 +60,19 @@ class ImageSweeper:
         self.db = db
         self._connect = connect
         self.membership = membership
-        self.lease = None
+        self.leader = membership_mod.Leader(
+            membership, LEADER_LEASE, self._lease_duration, 'Image sweep')
         self._stop = threading.Event()
         self._thread = None
+
+    @property
+    def lease(self):
+        return self.leader.lease
 
     def lead(self) -> bool:
         """Take or renew the leader lease; whether this replica leads
         this round (always, without membership)."""
-        if self.membership is None:
-            return True
-        duration = (self.conf.recovery.image_sweep_interval
-                    + self.conf.manager_cluster.lease_duration)
-        records = self.membership.records
-        if self.lease is not None:
-            try:
-                self.lease = records.renew_lease(self.lease, duration)
-                return True
-            except exception.LeaseLost as e:
-                LOG.info('Image sweep: no longer the leader (%s)', e)
-                self.lease = None
-        self.lease = self.membership.acquire_lease(LEADER_LEASE, duration)
-        if self.lease is not None:
-            LOG.info('Image sweep: replica %s leads (lease generation %d)',
-                     self.membership.host, self.lease.generation)
-        return self.lease is not None
+        return self.leader.lead()
 
     def run_once(self) -> list | None:
         """One round: the sweep if this replica leads, else None."""
@@ -91,6 +81,10 @@ class ImageSweeper:
                       '%s', LEADER_LEASE)
             return None
         return self.sweep()
+
+    def _lease_duration(self) -> float:
+        return (self.conf.recovery.image_sweep_interval
+                + self.conf.manager_cluster.lease_duration)
 
     def sweep(self) -> list:
         """Delete the recovery images of deleted instances; their ids."""
@@ -149,12 +143,4 @@ class ImageSweeper:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(30)
-        if self.lease is not None:
-            # NOTE: a clean stop hands the sweep over at once, not after
-            # the lease expires.
-            try:
-                self.membership.records.release_lease(self.lease)
-            except exception.HaSnapshotException as e:
-                LOG.warning('Image sweep: leader lease not released (it '
-                            'expires): %s', e)
-            self.lease = None
+        self.leader.release()

@@ -295,3 +295,55 @@ class LeaseKeeper:
             except exception.HaSnapshotException as e:
                 LOG.warning('Lease %s not released (it expires): %s',
                             self.lease.key, e)
+
+
+class Leader:
+    """One replica at a time leads a periodic task (the image sweep, the
+    host monitor): before each round :meth:`lead` takes the lease ``key``
+    or, holding it, renews it for ``duration()`` seconds (a round's
+    interval plus ``[manager_cluster] lease_duration``, so a leader that
+    died hands over after that). Without ``membership`` (one manager
+    alone) it always leads. ``fence`` is the current lease's check for
+    writes made in the round (None without a lease)."""
+
+    def __init__(self, membership, key: str, duration, label: str):
+        self.membership = membership
+        self.key = key
+        self.duration = duration
+        self.label = label
+        self.lease = None
+
+    @property
+    def fence(self):
+        return self.lease.fence if self.lease is not None else None
+
+    def lead(self) -> bool:
+        """Take or renew the lease; whether this replica leads."""
+        if self.membership is None:
+            return True
+        duration = self.duration()
+        records = self.membership.records
+        if self.lease is not None:
+            try:
+                self.lease = records.renew_lease(self.lease, duration)
+                return True
+            except exception.LeaseLost as e:
+                LOG.info('%s: no longer the leader (%s)', self.label, e)
+                self.lease = None
+        self.lease = self.membership.acquire_lease(self.key, duration)
+        if self.lease is not None:
+            LOG.info('%s: replica %s leads (lease generation %d)',
+                     self.label, self.membership.host, self.lease.generation)
+        return self.lease is not None
+
+    def release(self) -> None:
+        """Give the lead up (a clean stop hands it over at once, not
+        after the lease expires)."""
+        if self.lease is None:
+            return
+        try:
+            self.membership.records.release_lease(self.lease)
+        except exception.HaSnapshotException as e:
+            LOG.warning('%s: leader lease not released (it expires): %s',
+                        self.label, e)
+        self.lease = None

@@ -8,6 +8,7 @@ from ha_snapshot.agent import rpcapi as agent_rpcapi
 from ha_snapshot.db import api as db_api
 from ha_snapshot.db import migration
 from ha_snapshot.manager import authz
+from ha_snapshot.manager import host_monitor
 from ha_snapshot.manager import image_sweep
 from ha_snapshot.manager import intake
 from ha_snapshot.manager import manager as manager_mod
@@ -36,6 +37,7 @@ class ManagerService(service.Service):
         self.engine = None
         self.db = None
         self.sweeper = None
+        self.host_monitor = None
         self.intake_sweeper = None
         self.membership = None
 
@@ -90,6 +92,13 @@ class ManagerService(service.Service):
             self.sweeper = image_sweep.ImageSweeper(
                 conf, self.db, membership=self.membership)
             self.sweeper.start()
+        if conf.host_monitor.enabled:
+            # NOTE: one replica at a time watches the compute hosts
+            # (leader:host-monitor); a fencing driver that cannot load
+            # stops the start here, with its name.
+            self.host_monitor = host_monitor.HostMonitor(
+                conf, self.db, membership=self.membership)
+            self.host_monitor.start()
         resumed = self.engine.resume()
         # NOTE: recoveries whose runner died (another replica, its lease
         # expired) are resumed by their instance's owner.
@@ -100,6 +109,8 @@ class ManagerService(service.Service):
                  resumed)
 
     def stop(self) -> None:
+        if self.host_monitor is not None:
+            self.host_monitor.stop()
         if self.sweeper is not None:
             self.sweeper.stop()
         if self.intake_sweeper is not None:

@@ -178,3 +178,15 @@ class Client:
 
     def list_managers(self) -> list:
         return self._payload('GET', '/v1/managers', 'managers')
+
+    # --- compute host failures ----------------------------------------------
+
+    def list_host_failures(self, host: str | None = None,
+                           open_only: bool = False) -> list:
+        params = {}
+        if host:
+            params['host'] = host
+        if open_only:
+            params['open'] = '1'
+        return self._payload('GET', '/v1/host-failures', 'host_failures',
+                             params=params)

@@ -11,6 +11,7 @@ import itertools
 
 from ha_snapshot.policies import alarm
 from ha_snapshot.policies import base
+from ha_snapshot.policies import host_failure
 from ha_snapshot.policies import manager
 from ha_snapshot.policies import metrics
 from ha_snapshot.policies import recovery
@@ -27,4 +28,5 @@ def list_rules():
         alarm.list_rules(),
         metrics.list_rules(),
         manager.list_rules(),
+        host_failure.list_rules(),
     ))

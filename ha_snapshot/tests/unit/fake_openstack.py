@@ -4,7 +4,8 @@ Only what the ha-snapshot clients use, answered the way the services
 answer (bodies, status codes, headers as documented in the Image and
 Compute API references and seen from Glance/Nova 2024-2025): version
 discovery, image create/list/show/upload/delete, server show, the
-``rebuild`` and ``os-start`` actions. Tests script failures through
+``rebuild`` and ``os-start`` actions, compute services (``os-services``
+list and the 2.53+ update that forces one down). Tests script failures through
 attributes (``upload_fail``, ``rebuild_fail``, ``outcome``...) and assert
 on ``endpoint.requests``.
 """
@@ -221,6 +222,7 @@ class FakeNova:
 
     def __init__(self, glance=None):
         self.glance = glance
+        self.max_version = NOVA_MAX_VERSION
         self.servers = {}
         self.lock = threading.Lock()
         # NOTE: what the next rebuild ends in: 'active', 'error' (with
@@ -231,6 +233,10 @@ class FakeNova:
         self.fault_message = 'No valid host was found.'
         self.polls = 2
         self.rebuild_fail = []
+        # NOTE: compute services by id; (status, message) for the next
+        # service updates.
+        self.services = {}
+        self.service_update_fail = []
         self._settle = {}
         self._previous = {}
         self.endpoint = scripted_http.ScriptedEndpoint(self.app)
@@ -285,7 +291,7 @@ class FakeNova:
         if req.method == 'GET' and path == '/v2.1':
             return 200, headers, {'version': {
                 'id': 'v2.1', 'status': 'CURRENT',
-                'version': NOVA_MAX_VERSION, 'min_version': '2.1',
+                'version': self.max_version, 'min_version': '2.1',
                 'updated': '2013-07-23T11:33:21Z',
                 'links': [{'rel': 'self', 'href': self.url + '/'}],
                 'media-types': [{
@@ -293,6 +299,8 @@ class FakeNova:
                     'type': 'application/vnd.openstack.compute+json;'
                             'version=2.1'}]}}
         parts = path.strip('/').split('/')
+        if parts[:2] == ['v2.1', 'os-services']:
+            return self.os_services(req, parts[2:], headers)
         if parts[:2] != ['v2.1', 'servers'] or len(parts) < 3:
             return 404, headers, {'itemNotFound': {
                 'code': 404, 'message': 'The resource could not be found.'}}
@@ -396,3 +404,64 @@ class FakeNova:
         if outcome in ('error', 'novalidhost'):
             server['fault'] = {'code': 500, 'created': _now(),
                                'message': self.fault_message}
+
+    # --- compute services ---------------------------------------------------
+
+    def add_service(self, host, state='up', status='enabled',
+                    forced_down=False, binary='nova-compute'):
+        """A compute service as Nova 2.53+ shows it (``state`` is what
+        Nova derives from the service's last report)."""
+        service = {'id': str(uuid.uuid4()), 'binary': binary, 'host': host,
+                   'zone': 'nova', 'status': status, 'state': state,
+                   'disabled_reason': None, 'forced_down': forced_down,
+                   'updated_at': _now()}
+        self.services[service['id']] = service
+        return service
+
+    def service_of(self, host, binary='nova-compute'):
+        return next(s for s in self.services.values()
+                    if s['host'] == host and s['binary'] == binary)
+
+    @staticmethod
+    def _microversion(req):
+        asked = req.headers.get('OpenStack-API-Version', '')
+        if not asked.startswith('compute '):
+            return (2, 1)
+        major, minor = asked.split()[1].split('.')
+        return int(major), int(minor)
+
+    def os_services(self, req, rest, headers):
+        if not rest and req.method == 'GET':
+            found = [dict(s) for s in self.services.values()
+                     if all(s[key] == req.query[key][0]
+                            for key in ('binary', 'host')
+                            if key in req.query)]
+            return 200, headers, {'services': found}
+        if len(rest) == 1 and req.method == 'PUT':
+            body = req.read_json()
+            if self._microversion(req) < (2, 53):
+                # NOTE: before 2.53 the path is os-services/{action}.
+                return 404, headers, {'itemNotFound': {
+                    'code': 404, 'message': 'Unknown action'}}
+            if self.service_update_fail:
+                status, message = self.service_update_fail.pop(0)
+                return status, headers, {'computeFault': {
+                    'code': status, 'message': message}}
+            service = self.services.get(rest[0])
+            if service is None:
+                return 404, headers, {'itemNotFound': {
+                    'code': 404, 'message': 'Service %s could not be '
+                    'found.' % rest[0]}}
+            allowed = {'status', 'disabled_reason', 'forced_down'}
+            if not body or set(body) - allowed:
+                return 400, headers, {'badRequest': {
+                    'code': 400, 'message': 'Invalid input for field/'
+                    'attribute service. Value: %s' % body}}
+            if 'forced_down' in body:
+                service['forced_down'] = bool(body['forced_down'])
+                if service['forced_down']:
+                    service['state'] = 'down'
+            service['updated_at'] = _now()
+            return 200, headers, {'service': dict(service)}
+        return 404, headers, {'itemNotFound': {
+            'code': 404, 'message': 'The resource could not be found.'}}

@@ -145,8 +145,8 @@ class DatabaseTests:
         self.assertEqual(head, migration.version(conf, database=db))
         migration.check(conf, database=db)
         self.assertEqual(
-            {'agents', 'alembic_version', 'instances', 'leases', 'managers',
-             'recoveries', 'restore_points'},
+            {'agents', 'alembic_version', 'host_failures', 'instances',
+             'leases', 'managers', 'recoveries', 'restore_points'},
             set(sa.inspect(db.engine).get_table_names()))
 
     def _diff(self, metadata):

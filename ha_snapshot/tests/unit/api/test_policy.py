@@ -28,6 +28,7 @@ MATRIX = {
     'ha_snapshot:alarms:create': (False, True, False, True),
     'ha_snapshot:metrics:show': (False, False, False, True),
     'ha_snapshot:manager:list': (False, False, False, True),
+    'ha_snapshot:host_failure:list': (False, False, False, True),
 }
 
 
