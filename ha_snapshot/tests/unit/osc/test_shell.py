@@ -119,7 +119,8 @@ class ShellTest(testtools.TestCase):
         self.assertEqual(0, code, err)
         for name in ('ha protect', 'ha unprotect', 'ha list', 'ha show',
                      'ha restore point list', 'ha recover',
-                     'ha recovery list', 'ha manager list'):
+                     'ha recovery list', 'ha manager list',
+                     'ha host failure list'):
             self.assertIn(name, out)
 
 
