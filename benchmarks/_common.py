@@ -399,3 +399,28 @@ def exit_on_sigterm() -> None:
     def handler(signum, _frame):
         raise SystemExit(128 + signum)
     signal.signal(signal.SIGTERM, handler)
+
+
+# --- CPU accounting -------------------------------------------------------
+
+_BUSY_FIELDS = ('user', 'nice', 'system', 'irq', 'softirq', 'steal')
+
+
+def cpu_of(procs) -> float:
+    """CPU seconds (user + system) the psutil processes ``procs`` used so
+    far; those gone since are left out."""
+    import psutil
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
+
+
+def host_busy(before, after) -> float:
+    """CPU seconds the whole host was busy between two psutil.cpu_times()
+    readings (every core; stolen time counts as busy)."""
+    return sum(getattr(after, f) - getattr(before, f) for f in _BUSY_FIELDS)

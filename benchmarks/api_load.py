@@ -276,24 +276,14 @@ class CpuShare:
 
     @staticmethod
     def _cpu(procs) -> float:
-        total = 0.0
-        for p in procs + [ch for proc in procs
-                          for ch in proc.children(recursive=True)]:
-            try:
-                t = p.cpu_times()
-            except psutil.NoSuchProcess:
-                continue
-            total += t.user + t.system
-        return total
+        return c.cpu_of(procs + [ch for proc in procs
+                                 for ch in proc.children(recursive=True)])
 
     def done(self) -> dict:
         now = psutil.cpu_times()
-        busy = sum(getattr(now, f) - getattr(self.host, f)
-                   for f in ('user', 'nice', 'system', 'irq', 'softirq',
-                             'steal'))
         out = {name: self._cpu(p) - self.start[name]
                for name, p in self.parts.items()}
-        out['host'] = busy
+        out['host'] = c.host_busy(self.host, now)
         return out
 
 

@@ -256,21 +256,12 @@ class HostCpu:
         self.own = self._own()
 
     def _own(self) -> float:
-        total = 0.0
-        for p in self.procs:
-            try:
-                t = p.cpu_times()
-            except psutil.NoSuchProcess:
-                continue
-            total += t.user + t.system
-        return total
+        return c.cpu_of(self.procs)
 
     def done(self) -> dict:
         elapsed = time.monotonic() - self.t
         now = psutil.cpu_times()
-        busy = sum(getattr(now, f) - getattr(self.host, f)
-                   for f in ('user', 'nice', 'system', 'irq', 'softirq',
-                             'steal'))
+        busy = c.host_busy(self.host, now)
         cpus = psutil.cpu_count() or 1
         return {'cpus': cpus,
                 'host_cpu_percent': c.rnd(100 * busy / elapsed / cpus, 1),

@@ -166,24 +166,13 @@ class Daemon:
         self.log.close()
 
 
-def cpu_of(procs) -> float:
-    total = 0.0
-    for p in procs:
-        try:
-            t = p.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += t.user + t.system
-    return total
-
-
 def window(seconds, daemons, others) -> dict:
     """CPU of each daemon (and of ``others``) over ``seconds``; RSS at the
     end."""
     t0 = time.monotonic()
     cpu0 = {d.name: d.cpu() for d in daemons}
     kids0 = {d.name: d.children_cpu() for d in daemons}
-    other0 = {k: cpu_of(v) for k, v in others.items()}
+    other0 = {k: c.cpu_of(v) for k, v in others.items()}
     host0 = psutil.cpu_times()
     time.sleep(seconds)
     elapsed = time.monotonic() - t0
@@ -197,12 +186,9 @@ def window(seconds, daemons, others) -> dict:
         out[d.name + '_rss_mb'] = c.rnd(d.rss() / c.MiB, 1)
         out[d.name + '_threads'] = d.threads()
     for k, v in others.items():
-        out[k + '_cpu_fraction'] = c.rnd((cpu_of(v) - other0[k]) / elapsed,
+        out[k + '_cpu_fraction'] = c.rnd((c.cpu_of(v) - other0[k]) / elapsed,
                                          4)
-    busy = sum(getattr(host1, f) - getattr(host0, f)
-               for f in ('user', 'nice', 'system', 'irq', 'softirq',
-                         'steal'))
-    out['host_cpu_fraction'] = c.rnd(busy / elapsed, 3)
+    out['host_cpu_fraction'] = c.rnd(c.host_busy(host0, host1) / elapsed, 3)
     out['host_cpus'] = psutil.cpu_count()
     out['loadavg_1m'] = c.rnd(os.getloadavg()[0], 2)
     out['seconds'] = c.rnd(elapsed, 2)

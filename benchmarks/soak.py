@@ -234,9 +234,7 @@ def main():
             cpu = {d.name: (d.cpu() - cpu0[d.name]) / window
                    for d in daemons}
             host1 = psutil.cpu_times()
-            host_busy = sum(getattr(host1, f) - getattr(host0, f)
-                            for f in ('user', 'nice', 'system', 'irq',
-                                      'softirq', 'steal')) / window
+            host_busy = c.host_busy(host0, host1) / window
         finally:
             scale.stop_all(daemons, vms)
             db.dispose()

@@ -25,6 +25,13 @@ _UPDATABLE = ('state', 'reason', 'confirmed_at', 'fenced_at', 'closed_at',
               'fencing_driver', 'fence_attempts', 'result', 'error')
 
 
+def _check_columns(values: dict) -> None:
+    bad = set(values) - set(_UPDATABLE)
+    if bad:
+        raise exception.HaSnapshotException(
+            'Unknown host failure columns: %s' % ', '.join(sorted(bad)))
+
+
 class HostFailures:
     """The ``host_failures`` rows of a :class:`db_api.Database`."""
 
@@ -36,10 +43,7 @@ class HostFailures:
                fence=None, **values):
         """A new open row; ``values`` among the updatable columns."""
         row_cls = models.HostFailure
-        bad = set(values) - set(_UPDATABLE)
-        if bad:
-            raise exception.HaSnapshotException(
-                'Unknown host failure columns: %s' % ', '.join(sorted(bad)))
+        _check_columns(values)
         with self.db._writer() as session:
             db_api._fenced(session, fence)
             row = row_cls(id=str(uuid_mod.uuid4()), host=host, state=state,
@@ -54,10 +58,7 @@ class HostFailures:
     @db_api._retried
     def update(self, failure_id: str, *, fence=None, **values):
         row_cls = models.HostFailure
-        bad = set(values) - set(_UPDATABLE)
-        if bad:
-            raise exception.HaSnapshotException(
-                'Unknown host failure columns: %s' % ', '.join(sorted(bad)))
+        _check_columns(values)
         with self.db._writer() as session:
             db_api._fenced(session, fence)
             row = session.get(row_cls, failure_id)

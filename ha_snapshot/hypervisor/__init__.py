@@ -7,11 +7,9 @@ HypervisorDriverNotFound naming the driver and the cause. The contract is
 :mod:`ha_snapshot.hypervisor.base`; drivers live in ``impl_<name>.py``.
 """
 
-from stevedore import driver as stevedore_driver
-
 from ha_snapshot.conf import hypervisor as hypervisor_conf
-from ha_snapshot import exception
 from ha_snapshot.hypervisor import base
+from ha_snapshot import plugins
 
 NAMESPACE = 'ha_snapshot.hypervisor'
 
@@ -19,13 +17,7 @@ NAMESPACE = 'ha_snapshot.hypervisor'
 def get_driver(conf, name: str) -> base.HypervisorDriver:
     # NOTE: drivers read [qemu]; registering again is a no-op.
     hypervisor_conf.register_opts(conf)
-    try:
-        mgr = stevedore_driver.DriverManager(
-            NAMESPACE, name, invoke_on_load=True, invoke_args=(conf,))
-    except exception.HaSnapshotException:
-        raise
-    except Exception as e:  # stevedore wraps load errors in many types
-        cause = e.__cause__ or e
-        raise base.HypervisorDriverNotFound(
-            name=name, reason='%s: %s' % (type(cause).__name__, cause))
-    return mgr.driver
+    return plugins.load(
+        NAMESPACE, name, args=(conf,),
+        not_found=lambda reason: base.HypervisorDriverNotFound(
+            name=name, reason=reason))

@@ -32,10 +32,9 @@ import threading
 import time
 
 from oslo_log import log as logging
-from stevedore import driver as stevedore_driver
-
 from ha_snapshot import exception
 from ha_snapshot.manager import membership as membership_mod
+from ha_snapshot import plugins
 from ha_snapshot import recovery as recovery_plugins
 from ha_snapshot import statuses
 
@@ -62,14 +61,12 @@ def load_actions(conf, **resources) -> dict:
     names = {conf.recovery.action} | set(conf.recovery.actions.values())
     actions = {}
     for name in sorted(names):
-        try:
-            cls = stevedore_driver.DriverManager(
-                recovery_plugins.NAMESPACE, name, invoke_on_load=False).driver
-        except Exception as e:
-            raise exception.ConfigurationError(
+        cls = plugins.load(
+            recovery_plugins.NAMESPACE, name, invoke=False,
+            not_found=lambda reason, name=name: exception.ConfigurationError(
                 reason='recovery action %r ([recovery] action or actions) '
                 'cannot be loaded from %s: %s'
-                % (name, recovery_plugins.NAMESPACE, e.__cause__ or e))
+                % (name, recovery_plugins.NAMESPACE, reason)))
         params = inspect.signature(cls).parameters
         takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
         actions[name] = cls(conf, **{k: v for k, v in resources.items()

@@ -8,9 +8,8 @@ manifests, merges and retention live in :mod:`ha_snapshot.storage.store`.
 
 import urllib.parse
 
-from stevedore import driver as stevedore_driver
-
 from ha_snapshot import exception
+from ha_snapshot import plugins
 
 NAMESPACE = 'ha_snapshot.storage'
 
@@ -21,14 +20,7 @@ def get_driver(conf, url: str | None = None):
     if not parsed.scheme:
         raise exception.BackendNotFound(url=url,
                                         reason='the URL has no scheme')
-    try:
-        mgr = stevedore_driver.DriverManager(
-            NAMESPACE, parsed.scheme, invoke_on_load=True,
-            invoke_args=(parsed, conf))
-    except exception.HaSnapshotException:
-        raise
-    except Exception as e:  # stevedore wraps load errors in many types
-        cause = e.__cause__ or e
-        raise exception.BackendNotFound(
-            url=url, reason='%s: %s' % (type(cause).__name__, cause))
-    return mgr.driver
+    return plugins.load(
+        NAMESPACE, parsed.scheme, args=(parsed, conf),
+        not_found=lambda reason: exception.BackendNotFound(
+            url=url, reason=reason))

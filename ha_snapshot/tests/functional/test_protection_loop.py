@@ -627,22 +627,37 @@ class ProtectionLoopTest(base.TestCase):
         self.assertLessEqual(got.counters['deltas_merged'], logged())
         return got
 
+    def start_replicas(self, url: str, managers: int,
+                       transport_url: str | None = None,
+                       options: dict | None = None, **cluster):
+        """``managers`` manager replicas on the database at ``url``
+        (issue 12): beating every second, dead after 3 missed beats;
+        ``cluster``: more [manager_cluster] options."""
+        options = dict(options or {}, database={'connection': url})
+        options['manager_cluster'] = dict(
+            {'heartbeat_interval': 1, 'dead_after_missed': 3}, **cluster)
+        return self.start_services(transport_url=transport_url,
+                                   options=options, managers=managers)
+
+    def protect_writing(self, count: int, points: int):
+        """``count`` guests protected and written to, each with ``points``
+        restore points made since: (guests, instances, workloads)."""
+        guests = [self.new_guest('vm%d' % i) for i in range(count)]
+        insts = [self.protect(g) for g in guests]
+        started = time.time()
+        workloads = [self.start_workload(g) for g in guests]
+        for inst in insts:
+            self.wait_points(inst, points, after=started, timeout=90)
+        return guests, insts, workloads
+
     def test_two_managers_share_the_deltas_and_survive_one(self):
         """Two manager replicas on one PostgreSQL database (issue 12): the
         parts and commit of each delta meet at the instance's owner, each
         delta is merged once; SIGKILL one, the other takes its instances
         over and no restore point is lost or out of order."""
         pg = self.useFixture(db_fixtures.PostgreSQLServer())
-        svc = self.start_services(options={
-            'database': {'connection': pg.url},
-            'manager_cluster': {'heartbeat_interval': 1,
-                                'dead_after_missed': 3}}, managers=2)
-        guests = [self.new_guest('vm%d' % i) for i in range(3)]
-        insts = [self.protect(g) for g in guests]
-        started = time.time()
-        workloads = [self.start_workload(g) for g in guests]
-        for inst in insts:
-            self.wait_points(inst, 4, after=started, timeout=90)
+        svc = self.start_replicas(pg.url, 2)
+        guests, insts, workloads = self.protect_writing(3, 4)
         by = self.assert_merged_once(insts)
         # NOTE: one owner per instance while both replicas live.
         self.assertEqual({inst: 1 for inst in insts},
@@ -701,18 +716,10 @@ class ProtectionLoopTest(base.TestCase):
         lost, nothing merged twice, every point holds what it must."""
         mdb = self.useFixture(mariadb.MariaDBServer())
         broker = self.useFixture(rabbitmq.RabbitMQServer())
-        svc = self.start_services(transport_url=broker.transport_url,
-                                  options={
-            'database': {'connection': mdb.url},
-            'image': {'max_part_bytes': MiB},
-            'manager_cluster': {'heartbeat_interval': 1,
-                                'dead_after_missed': 3}}, managers=3)
-        guests = [self.new_guest('vm%d' % i) for i in range(2)]
-        insts = [self.protect(g) for g in guests]
-        started = time.time()
-        workloads = [self.start_workload(g) for g in guests]
-        for inst in insts:
-            self.wait_points(inst, 3, after=started, timeout=90)
+        svc = self.start_replicas(
+            mdb.url, 3, transport_url=broker.transport_url,
+            options={'image': {'max_part_bytes': MiB}})
+        guests, insts, workloads = self.protect_writing(2, 3)
         by = self.assert_merged_once(insts)
         [owner_name] = by[insts[0]]
         victim = [d for d in svc.managers if d.name == owner_name][0]
@@ -1082,17 +1089,8 @@ class ProtectionLoopTest(base.TestCase):
         and finishes it; the VM is restarted once, by that one recovery,
         and protection goes on from the point it names."""
         pg = self.useFixture(db_fixtures.PostgreSQLServer())
-        svc = self.start_services(options={
-            'database': {'connection': pg.url},
-            'manager_cluster': {'heartbeat_interval': 1,
-                                'dead_after_missed': 3,
-                                'lease_duration': 4}}, managers=2)
-        g = self.new_guest()
-        inst = self.protect(g)
-        self.wait_points(inst, 1)
-        started = time.time()
-        self.start_workload(g)
-        self.wait_points(inst, 3, after=started)
+        svc = self.start_replicas(pg.url, 2, lease_duration=4)
+        [g], [inst], _workloads = self.protect_writing(1, 3)
         offsets = {d.name: services.file_size(d.log_path)
                    for d in svc.managers}
         g.kill()
