@@ -15,6 +15,7 @@ noticed yet, still reports it up.
 """
 
 import json
+import os
 import subprocess
 import time
 
@@ -62,6 +63,19 @@ class IpmiFencing(base.FencingDriver):
                 'names to {"address": ...}%s' % (
                     path, '; without an address: %s' % ', '.join(bad)
                     if bad else ''))
+        # NOTE: without -f ipmitool asks a terminal for the password (or
+        # tries none): every BMC has a password file this process can
+        # read, and no one else should.
+        for host, bmc in sorted(hosts.items()):
+            secret = bmc.get('password_file')
+            if not secret or not os.access(secret, os.R_OK):
+                raise exception.ConfigurationError(
+                    reason='[host_monitor] ipmi_hosts_file %s: the BMC of '
+                    '%s needs a readable "password_file" (%s)' % (
+                        path, host, secret or 'none given'))
+            if os.stat(secret).st_mode & 0o077:
+                LOG.warning('BMC password file %s of host %s can be read '
+                            'by other users: chmod 600 it', secret, host)
 
     def _bmc(self, host: str) -> dict:
         path = self.conf.host_monitor.ipmi_hosts_file
@@ -96,6 +110,7 @@ class IpmiFencing(base.FencingDriver):
         try:
             done = subprocess.run(
                 args, capture_output=True, text=True,
+                stdin=subprocess.DEVNULL,
                 timeout=self.conf.host_monitor.ipmi_timeout)
         except (OSError, subprocess.TimeoutExpired) as e:
             raise exception.FencingError(

@@ -219,6 +219,14 @@ class HostMonitor:
                 confirmed_at=now, fencing_driver=self.driver.name,
                 fence=fence)
         attempts = record.fence_attempts + 1
+        # NOTE: the lease renewed and the attempt recorded under it right
+        # before the fencing call: a replica that lost the lead (a stalled
+        # round, a slow BMC) fences nothing, whatever state the record
+        # is in.
+        self.leader.hold()
+        fence = self.leader.fence
+        record = self.failures.update(record.id, fence_attempts=attempts,
+                                      fence=fence)
         try:
             result = self.driver.fence(host, service)
         except exception.FencingError as e:

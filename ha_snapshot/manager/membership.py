@@ -304,7 +304,8 @@ class Leader:
     interval plus ``[manager_cluster] lease_duration``, so a leader that
     died hands over after that). Without ``membership`` (one manager
     alone) it always leads. ``fence`` is the current lease's check for
-    writes made in the round (None without a lease)."""
+    writes made in the round: None without membership; a check that
+    refuses every write once the lease is released or was lost."""
 
     def __init__(self, membership, key: str, duration, label: str):
         self.membership = membership
@@ -315,7 +316,23 @@ class Leader:
 
     @property
     def fence(self):
-        return self.lease.fence if self.lease is not None else None
+        if self.membership is None:
+            return None
+        if self.lease is None:
+            return self._not_held
+        return self.lease.fence
+
+    def _not_held(self, _session) -> None:
+        raise exception.LeaseLost(key=self.key, generation=0,
+                                  reason='not held by this replica')
+
+    def hold(self) -> None:
+        """Renew the lease before work that must not be done twice (a
+        fencing call): LeaseLost if another replica leads now."""
+        if not self.lead():
+            raise exception.LeaseLost(
+                key=self.key, generation=0,
+                reason='another replica leads %s now' % self.label)
 
     def lead(self) -> bool:
         """Take or renew the lease; whether this replica leads."""

@@ -269,6 +269,13 @@ class IpmiFencingTestCase(_NovaBase):
         hosts = self.conf.host_monitor.ipmi_hosts_file
         for content, text in (('{"compute1": {"username": "a"}}',
                                'without an address: compute1'),
+                              ('{"compute1": {"address": "10.0.0.11"}}',
+                               'compute1 needs a readable "password_file" '
+                               '(none given)'),
+                              ('{"compute1": {"address": "10.0.0.11", '
+                               '"password_file": "/nonexistent"}}',
+                               'needs a readable "password_file" '
+                               '(/nonexistent)'),
                               ('["compute1"]', 'must map host names'),
                               ('{', 'cannot be read')):
             with open(hosts, 'w') as f:

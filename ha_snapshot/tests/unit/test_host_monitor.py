@@ -345,6 +345,45 @@ class HostMonitorLeaderTestCase(_MonitorBase):
         self.assertEqual(1, len(self.rows()))
 
 
+    def test_a_stale_leader_s_round_fences_nothing(self):
+        """A round that goes on after its replica lost the lead (stalled
+        past the lease) calls no fencing driver, even for a host whose
+        record needs no new write first (fencing failed before)."""
+        self.hosts('compute1', 'compute2')
+        self.nova.service_of('compute1')['state'] = 'down'
+        self.nova.service_update_fail.append((500, 'Unexpected API Error.'))
+        m1, m2 = self.replica('m1'), self.replica('m2')
+        self.now += 70
+        self.beat('compute2')
+        self.assertIsNotNone(m1.run_once())
+        row, = self.rows()
+        self.assertEqual(('fence_failed', 1), (row.state, row.fence_attempts))
+        puts = len(self.puts())
+        # m1 stalls past its lease; m2 leads, and BMC/Nova answer slowly:
+        # m2's round has not fenced yet when m1's goes on.
+        self.now += 10 + 60 + 1
+        self.beat('compute2')
+        self.assertTrue(m2.leader.lead())
+        self.assertRaises(exception.LeaseLost, m1.check)
+        self.assertEqual(puts, len(self.puts()))
+        row, = self.rows()
+        self.assertEqual(('fence_failed', 1), (row.state, row.fence_attempts))
+        # The leader fences it, once.
+        self.assertIsNotNone(m2.run_once())
+        row, = self.rows()
+        self.assertEqual(('fenced', 2), (row.state, row.fence_attempts))
+        self.assertEqual(puts + 1, len(self.puts()))
+
+    def test_a_replica_that_gave_the_lead_up_writes_nothing(self):
+        self.hosts('compute1')
+        m1 = self.replica('m1')
+        self.assertIsNotNone(m1.run_once())
+        m1.leader.release()
+        self.assertRaises(exception.LeaseLost, self.failures.create,
+                          'compute9', 'confirmed', detected_at=None,
+                          fence=m1.leader.fence)
+        self.assertEqual([], self.rows())
+
 class HostMonitorServiceTestCase(_MonitorBase):
     """The manager service runs the monitor when enabled: its thread,
     the default driver loaded through stevedore, the real clock."""

@@ -14,8 +14,6 @@ first schema already are); nothing changes on other databases.
 """
 
 from alembic import op
-import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
 
 revision = 'c9e3f1a7b2d4'
 down_revision = 'c9e4b7a15d28'
@@ -43,7 +41,12 @@ COLUMNS = (
 def upgrade() -> None:
     if op.get_bind().dialect.name not in ('mysql', 'mariadb'):
         return
+    # NOTE: one ALTER TABLE per table, not per column: each rewrites its
+    # table (and, on Galera, stalls the cluster while it runs).
+    by_table = {}
     for table, column, nullable in COLUMNS:
-        op.alter_column(table, column, type_=mysql.DATETIME(fsp=6),
-                        existing_type=sa.DateTime(),
-                        existing_nullable=nullable)
+        by_table.setdefault(table, []).append(
+            'MODIFY %s DATETIME(6) %s'
+            % (column, 'NULL' if nullable else 'NOT NULL'))
+    for table, changes in by_table.items():
+        op.execute('ALTER TABLE %s %s' % (table, ', '.join(changes)))
