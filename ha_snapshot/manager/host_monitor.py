@@ -39,11 +39,11 @@ ha_snapshot.fencing, ha_snapshot.openstack and ha_snapshot.exception.
 """
 
 import dataclasses
-import datetime
 import threading
 
 from oslo_log import log as logging
 
+from ha_snapshot.db import engine as db_engine
 from ha_snapshot.db import host_failures as db_failures
 from ha_snapshot import exception
 from ha_snapshot import fencing
@@ -58,15 +58,6 @@ LEADER_LEASE = 'leader:host-monitor'
 
 Action = host_states.Action
 Failure = statuses.HostFailureState
-
-
-def _epoch(value: datetime.datetime) -> float:
-    return value.replace(tzinfo=datetime.timezone.utc).timestamp()
-
-
-def _time(epoch: float) -> datetime.datetime:
-    return datetime.datetime.fromtimestamp(
-        epoch, datetime.timezone.utc).replace(tzinfo=None)
 
 
 def evacuation_not_built(host: str, record) -> None:
@@ -145,7 +136,7 @@ class HostMonitor:
             # NOTE: no heartbeat can have been recorded while no manager
             # ran: silence from before this process started is not
             # counted (a restart of every replica is no host failure).
-            age = max(0.0, min(now - _epoch(agent.last_seen),
+            age = max(0.0, min(now - db_engine.to_timestamp(agent.last_seen),
                                now - self.started))
             obs = host_states.Observation(
                 host=agent.host, agent_age=age,
@@ -199,23 +190,24 @@ class HostMonitor:
                           ', '.join(result.silent)))
             LOG.error('Host monitor alarm: %s', reason)
             self.failures.create(db_failures.PARTITION_HOST, Failure.PARTITION,
-                                 detected_at=_time(now), reason=reason,
-                                 fence=fence)
+                                 detected_at=db_engine.to_datetime(now),
+                                 reason=reason, fence=fence)
         elif not result.partition and record is not None:
             LOG.warning('Host monitor: the partition recorded at %s ended '
                         '(%d of %d monitored hosts silent now)',
                         record.detected_at, len(result.silent),
                         result.monitored)
             self.failures.update(record.id, state=Failure.PARTITION_ENDED,
-                                 closed_at=_time(now), fence=fence)
+                                 closed_at=db_engine.to_datetime(now),
+                                 fence=fence)
 
     def _fence(self, decision, service, record) -> None:
         host, fence = decision.host, self.leader.fence
-        now = _time(self.db.clock())
+        now = db_engine.to_datetime(self.db.clock())
         if record is None:
             record = self.failures.create(
                 host, Failure.CONFIRMED, reason=decision.reason,
-                detected_at=_time(decision.memory.suspect_since),
+                detected_at=db_engine.to_datetime(decision.memory.suspect_since),
                 confirmed_at=now, fencing_driver=self.driver.name,
                 fence=fence)
         attempts = record.fence_attempts + 1
@@ -239,7 +231,8 @@ class HostMonitor:
                                  error=str(e), fence=fence)
             return
         record = self.failures.update(
-            record.id, state=Failure.FENCED, fenced_at=_time(self.db.clock()),
+            record.id, state=Failure.FENCED,
+            fenced_at=db_engine.to_datetime(self.db.clock()),
             fence_attempts=attempts, fencing_driver=self.driver.name,
             result=result, error=None, fence=fence)
         LOG.warning('Host %s fenced (%s): %s', host, self.driver.name,
@@ -253,7 +246,7 @@ class HostMonitor:
 
     def _close(self, decision, record) -> None:
         self.failures.update(record.id, state=Failure.RETURNED,
-                             closed_at=_time(self.db.clock()),
+                             closed_at=db_engine.to_datetime(self.db.clock()),
                              fence=self.leader.fence)
 
     # --- the thread ---------------------------------------------------------

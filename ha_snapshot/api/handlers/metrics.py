@@ -33,13 +33,13 @@ Per manager replica (an incarnation, labelled ``manager`` by its id and
   series).
 """
 
-import datetime
 import time
 
 import prometheus_client
 from prometheus_client import core as prom_core
 
 from ha_snapshot.api import util
+from ha_snapshot.db import engine as db_engine
 from ha_snapshot.db import models
 from ha_snapshot.manager import membership
 from ha_snapshot.manager import replica_counters as rc
@@ -64,11 +64,6 @@ _REPLICA_COUNTERS = {
 }
 _RECOVERY_OUTCOMES = {'succeeded': rc.RECOVERIES_SUCCEEDED,
                       'failed': rc.RECOVERIES_FAILED}
-
-
-def _epoch(value: datetime.datetime) -> float:
-    """A naive UTC database time as Unix time."""
-    return value.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
 class _Collector:
@@ -163,7 +158,8 @@ class _Collector:
             labels = [s.replica.id, s.replica.host]
             up.add_metric(labels, 1 if s.replica.alive else 0)
             age.add_metric(labels, s.replica.heartbeat_age)
-            started.add_metric(labels, _epoch(s.replica.started_at))
+            started.add_metric(
+                labels, db_engine.to_timestamp(s.replica.started_at))
             owned.add_metric(labels, s.servers)
             leases.add_metric(labels, s.leases)
             for name, family in counts.items():

@@ -12,6 +12,7 @@ import time
 import fixtures
 
 from ha_snapshot.db import api as db_api
+from ha_snapshot.db import engine as db_engine
 from ha_snapshot.db import host_failures as db_failures
 from ha_snapshot.db import membership as db_membership
 from ha_snapshot.db import migration
@@ -122,7 +123,7 @@ class HostMonitorTestCase(_MonitorBase):
         # Detected when the agent's timeout ran out (T0 + 60), confirmed
         # and fenced at this round (T0 + 70).
         self.assertEqual((T0 + 60, T0 + 70, T0 + 70),
-                         tuple(host_monitor._epoch(t) for t in (
+                         tuple(db_engine.to_timestamp(t) for t in (
                              row.detected_at, row.confirmed_at,
                              row.fenced_at)))
         self.assertEqual([('compute1', 'fenced')], self.evacuated)
@@ -258,7 +259,7 @@ class HostMonitorTestCase(_MonitorBase):
         row, = self.rows()
         self.assertEqual(('compute1', 'fenced'), (row.host, row.state))
         self.assertEqual(T0 + 600 + 60,
-                         host_monitor._epoch(row.detected_at))
+                         db_engine.to_timestamp(row.detected_at))
 
     def test_nova_unreachable_decides_nothing(self):
         self.hosts('compute1', 'compute2')
