@@ -269,6 +269,10 @@ class RebuildFailed(OpenStackError):
     msg_fmt = 'Rebuild of server %(server)s failed: %(reason)s'
 
 
+class EvacuationFailed(OpenStackError):
+    msg_fmt = 'Evacuation of server %(server)s failed: %(reason)s'
+
+
 class RebuildTimeout(RebuildFailed):
     msg_fmt = ('Server %(server)s is not ACTIVE %(timeout)s s after its '
                'rebuild (status %(status)s, task_state %(task_state)s); '
@@ -441,6 +445,13 @@ class NotAuthorized(HaSnapshotException):
     """A signed sender asked for something its identity may not do
     (ha_snapshot/manager/authz.py)."""
     msg_fmt = '%(sender)s may not call %(method)s: %(reason)s'
+
+
+class InstanceMoved(NotAuthorized):
+    """An agent asked about an instance that moved to another host
+    while its own was away (evacuated): the agent stops protecting it."""
+    msg_fmt = ('%(sender)s may not call %(method)s: instance %(instance)s '
+               'moved to %(host)s')
 
 
 # --- compute hosts ----------------------------------------------------------

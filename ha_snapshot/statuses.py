@@ -63,7 +63,13 @@ class HostFailureState(enum.StrEnum):
     """Fencing failed (``error``): nothing of the host is evacuated; tried
     again at the next round."""
     EVACUATING = 'evacuating'
-    """Reserved for the evacuation of the host's servers (not built)."""
+    """Its protected servers are being evacuated and restored (one
+    recovery each, ``recoveries.host_failure_id``)."""
+    EVACUATED = 'evacuated'
+    """Every protected server of it was evacuated and restored."""
+    EVACUATION_FAILED = 'evacuation_failed'
+    """The evacuation ended with servers not recovered (``error`` names
+    them): an operator must act on those."""
     RETURNED = 'returned'
     """The host came back (agent beats, Nova reports it up): closed."""
     PARTITION = 'partition'

@@ -45,7 +45,7 @@ class SnapshotAgent(threading.Thread):
 
     def __init__(self, conf, driver, manager_api, state, policy, host: str,
                  reporter=None, sampler=None, app_metrics=None,
-                 clock=time.monotonic):
+                 clock=time.monotonic, on_moved=None):
         super().__init__(name='snap-%s' % state.instance[:8], daemon=True)
         self.conf = conf
         self.driver = driver
@@ -54,6 +54,10 @@ class SnapshotAgent(threading.Thread):
         self.policy = policy
         self.host = host
         self.reporter = reporter
+        self.on_moved = on_moved
+        """``on_moved(instance, error)``: the manager answered that the
+        instance moved to another host (evacuated while this one was
+        away): the agent service stops protecting it here."""
         self.sampler = sampler
         self.app_metrics = app_metrics
         self.clock = clock
@@ -148,6 +152,10 @@ class SnapshotAgent(threading.Thread):
                 return
             except Stopped:
                 return
+            except exception.InstanceMoved as e:
+                if self.on_moved is not None:
+                    self.on_moved(self.instance, e)
+                return
             except hv_base.VMNotRunning as e:
                 # NOTE: the health monitor reports the VM; nothing to add.
                 self.mark_failed(str(e))
@@ -195,9 +203,12 @@ class SnapshotAgent(threading.Thread):
             self.save()
 
     def _run(self) -> None:
+        # NOTE: registered first: a server evacuated while this host was
+        # away is refused (InstanceMoved) before its old domain is looked
+        # at.
+        self._register()
         if self.vm is None:
             self._attach()
-        self._register()
         self._adopt_unknown_overlays()
         if self.shipper.thread is None:
             self.shipper.start()

@@ -9,6 +9,9 @@ API version history:
 * 1.2 - restart takes ``recovery``: a second restart for the same
         recovery (a manager replica took it over) does not restart the VM
         the first one started.
+* 1.3 - rebaseline takes ``project`` and ``spec``: an agent that does
+        not protect the instance yet (the new host of an evacuated server)
+        starts protecting it on the restore point.
 
 The manager signs every message with the key of the host it is for
 (ha_snapshot/rpc_auth.py): an agent obeys only those.
@@ -20,7 +23,7 @@ from ha_snapshot import protection_spec
 from ha_snapshot import rpc
 from ha_snapshot import rpc_auth
 
-VERSION = '1.2'
+VERSION = '1.3'
 
 
 class AgentAPI:
@@ -87,13 +90,22 @@ class AgentAPI:
                           'restart', **kwargs)
 
     def rebaseline(self, host: str, instance: str, restore_point: str,
-                   timeout: int | None = None) -> dict:
+                   timeout: int | None = None, *, project: str | None = None,
+                   spec=None) -> dict:
         """The server's disk now holds ``restore_point``: protect it from
         there (call). Returns {"instance", "restore_point", "driver",
         "full"}: full is true when the agent must send the whole disk
-        again (it made a newer restore point durable meanwhile)."""
-        cctxt = self.client.prepare(server=host, version='1.1',
-                                    timeout=timeout)
+        again (it made a newer restore point durable meanwhile).
+        ``project`` and ``spec`` (a ProtectionSpec): what an agent that
+        does not protect the instance yet needs to start (1.3)."""
         kwargs = dict(instance=instance, restore_point=restore_point)
+        version = '1.1'
+        if spec is not None:
+            kwargs['project'] = project
+            kwargs['spec'] = protection_spec.ProtectionSpec.from_dict(
+                spec).to_dict()
+            version = '1.3'
+        cctxt = self.client.prepare(server=host, version=version,
+                                    timeout=timeout)
         return cctxt.call(self._context(host, 'rebaseline', **kwargs),
                           'rebaseline', **kwargs)

@@ -165,6 +165,9 @@ class AgentService(service.Service):
                 LOG.warning('Instance %s: report "%s" not delivered (%s); '
                             'trying again in %.1f s', instance, reason, e,
                             delay)
+            except exception.InstanceMoved as e:
+                self.moved(instance, e)
+                return False
             except exception.HaSnapshotException as e:
                 LOG.error('Instance %s: report "%s" refused: %s', instance,
                           reason, e)
@@ -218,7 +221,7 @@ class AgentService(service.Service):
             self._policy(st), self.host, reporter=self.report,
             sampler=metrics.HostSampler(
                 window=self.conf.policy.host_window),
-            app_metrics=self.app_metrics)
+            app_metrics=self.app_metrics, on_moved=self.moved)
         agent.vm = vm or agent._attach()
         monitor = health_mod.HealthMonitor(
             self.conf, driver, agent.vm, st.instance, self.report,
@@ -252,6 +255,28 @@ class AgentService(service.Service):
             self._start_instance(st)
         LOG.info('Instance %s: protection started', instance)
 
+    def _adopt(self, instance: str, project, spec, restore_point) -> None:
+        """The state of an instance evacuated here, on ``restore_point``,
+        unless this agent protects it already."""
+        spec = Spec.from_dict(spec).for_agent(instance,
+                                              self.conf.agent.hypervisor)
+        self._check_policy(instance, spec)
+        path = state_mod.InstanceState.path_for(self.conf.agent.state_dir,
+                                                instance)
+        with self.lock:
+            if instance in self.instances or os.path.exists(path):
+                return
+            if not isinstance(project, str) or not project:
+                raise exception.InvalidProtectionSpec(
+                    reason='instance %s is not protected here and the '
+                    'rebaseline names no project' % instance)
+            st = state_mod.InstanceState(instance=instance, project=project,
+                                         spec=spec)
+            st.parent = restore_point
+            st.save(self.conf.agent.state_dir)
+        LOG.info('Instance %s: moved here (evacuated); protected from '
+                 'restore point %s', instance, restore_point)
+
     def _change_policy(self, p, name) -> None:
         """A protect of a protected instance naming another policy."""
         st = p.agent.state
@@ -283,6 +308,28 @@ class AgentService(service.Service):
             p.agent.driver.detach(p.agent.vm)
         p.agent.state.remove(self.conf.agent.state_dir)
         LOG.info('Instance %s: protection stopped', instance)
+
+    def moved(self, instance: str, error) -> None:
+        """The manager says ``instance`` runs on another host now (it was
+        evacuated while this one was away): stop protecting it here and
+        drop its state; its old domain and disk are Nova's to clean."""
+        with self.lock:
+            p = self.instances.pop(instance, None)
+        if p is not None:
+            p.stop()
+            if p.agent.vm is not None:
+                p.agent.driver.detach(p.agent.vm)
+            st = p.agent.state
+        else:
+            path = state_mod.InstanceState.path_for(self.conf.agent.state_dir,
+                                                    instance)
+            if not os.path.exists(path):
+                return
+            st = state_mod.InstanceState.load(path)
+        st.remove(self.conf.agent.state_dir)
+        LOG.warning('Instance %s: protection on %s stopped, the server '
+                    'moved while this host was away (%s)', instance,
+                    self.host, error)
 
     def _take(self, instance: str, expected_exit: bool = False) -> tuple:
         """Stop protecting ``instance`` for a while: (state, vm or None)."""
@@ -377,7 +424,8 @@ class AgentService(service.Service):
         return {'pid': new_vm.pid, 'disk': disk_path}
 
 
-    def rebaseline(self, instance: str, restore_point: str) -> dict:
+    def rebaseline(self, instance: str, restore_point: str, *,
+                   project: str | None = None, spec=None) -> dict:
         """The VM's disk was replaced by an image of ``restore_point`` (a
         Nova rebuild): drop what was known of the old disk, track changes
         of the new one from now on, and ship the next delta with parent
@@ -386,7 +434,13 @@ class AgentService(service.Service):
         A delta this agent made durable after ``restore_point`` means the
         manager's newest point is not the disk's: the next delta is then
         a full (a re-baseline on top of the newest), as after a restart.
+
+        ``project`` and ``spec`` (the manager sends them after an
+        evacuation): an instance this agent does not protect yet is
+        protected from ``restore_point`` on, as if it had always been.
         """
+        if spec is not None:
+            self._adopt(instance, project, spec, restore_point)
         st, vm = self._take(instance, expected_exit=True)
         driver = self.driver_for(st.spec)
         newer = st.parent not in (None, restore_point)
@@ -454,9 +508,9 @@ def _kill_pid(pid) -> None:
 
 
 class AgentEndpoint:
-    """RPC API 1.2; see ha_snapshot/agent/rpcapi.py for the history."""
+    """RPC API 1.3; see ha_snapshot/agent/rpcapi.py for the history."""
 
-    target = messaging.Target(version='1.2')
+    target = messaging.Target(version='1.3')
 
     def __init__(self, svc: AgentService):
         self.svc = svc
@@ -475,5 +529,9 @@ class AgentEndpoint:
         return self.svc.restart(instance, restore_point, recovery)
 
     @messaging.expected_exceptions(exception.HaSnapshotException)
-    def rebaseline(self, ctxt, instance, restore_point):
-        return self.svc.rebaseline(instance, restore_point)
+    def rebaseline(self, ctxt, instance, restore_point, project=None,
+                   spec=None):
+        if spec is None:
+            return self.svc.rebaseline(instance, restore_point)
+        return self.svc.rebaseline(instance, restore_point, project=project,
+                                   spec=spec)

@@ -73,6 +73,30 @@ OPTS = [
                       'held, not acted on: a flapping host is not fenced '
                       'while it flaps. It is acted on once it stayed '
                       'silent past the hold-down.'),
+    cfg.BoolOpt('evacuate', default=True,
+                help='Once a failed host is fenced, evacuate each of its '
+                     'protected servers to another host with Nova '
+                     '(microversion 2.95: it lands stopped) and restore '
+                     'it from its newest restore point before starting '
+                     'it (recovery action evacuate). False: fence and '
+                     'record only, and leave the evacuation to Nova, '
+                     'Masakari or the operator.'),
+    cfg.IntOpt('max_parallel', default=4, min=1,
+               help='Evacuations of one failed host\'s servers running at '
+                    'once; the next start as these end, highest priority '
+                    'first (server metadata priority_key).'),
+    cfg.StrOpt('priority_key', default='ha_snapshot:priority',
+               help='Nova server metadata key whose integer value orders '
+                    'the evacuation of a failed host\'s servers: highest '
+                    'first; servers without it count as 0.'),
+    cfg.BoolOpt('restore_foreign_evacuations', default=True,
+                help='When Nova reports a protected server rebuilt on '
+                     'another host than the one it was protected on (an '
+                     'evacuation by Masakari or an operator), restore its '
+                     'data from its newest restore point (recovery '
+                     'action evacuate, which does not evacuate again). '
+                     'Turn it off where instance storage is shared and '
+                     'an evacuated server keeps its disk.'),
     cfg.StrOpt('ipmi_hosts_file',
                help='ipmi driver: a JSON file mapping each compute host '
                     'name to its BMC, {"compute1": {"address": '

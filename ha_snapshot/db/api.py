@@ -452,9 +452,12 @@ class Database:
     def create_recovery(self, instance: str, action: str, *,
                         reason: str | None = None,
                         restore_point_id: str | None = None,
-                        attempt: int | None = None) -> models.Recovery:
+                        attempt: int | None = None,
+                        host_failure_id: str | None = None
+                        ) -> models.Recovery:
         """Record a requested recovery; ``attempt`` defaults to the
-        instance's ``recovery_attempts``."""
+        instance's ``recovery_attempts``; ``host_failure_id``: the host
+        failure whose evacuation asks for it."""
         now = self._now()
         with self._writer() as session:
             row = session.get(models.Instance, instance)
@@ -465,7 +468,8 @@ class Database:
                 action=action, state=State.REQUESTED, reason=reason,
                 restore_point_id=restore_point_id,
                 attempt=row.recovery_attempts if attempt is None else attempt,
-                created_at=now, updated_at=now)
+                created_at=now, updated_at=now,
+                host_failure_id=host_failure_id)
             session.add(recovery)
             return recovery
 
@@ -528,11 +532,16 @@ class Database:
 
     @_retried
     def list_recoveries(self, instance: str | None = None,
-                        state=None) -> list:
-        """Recoveries, oldest first, of one instance and/or in some states."""
+                        state=None, *,
+                        host_failure: str | None = None) -> list:
+        """Recoveries, oldest first, of one instance, in some states
+        and/or started by the evacuation of one host failure."""
         query = sa.select(models.Recovery)
         if instance is not None:
             query = query.where(models.Recovery.instance_uuid == instance)
+        if host_failure is not None:
+            query = query.where(
+                models.Recovery.host_failure_id == host_failure)
         if state is not None:
             query = query.where(models.Recovery.state.in_(_checked(
                 state, models.RECOVERY_STATES, 'recovery state')))

@@ -22,7 +22,8 @@ PARTITION_HOST = '*'
 
 # NOTE: the columns a monitor may set after the row is made.
 _UPDATABLE = ('state', 'reason', 'confirmed_at', 'fenced_at', 'closed_at',
-              'fencing_driver', 'fence_attempts', 'result', 'error')
+              'fencing_driver', 'fence_attempts', 'result', 'error',
+              'evacuated_at')
 
 
 def _check_columns(values: dict) -> None:

@@ -150,6 +150,7 @@ class Recovery(Base):
         sa.Index('ix_recoveries_instance_uuid', 'instance_uuid'),
         # NOTE: self-healing looks for requested/running recoveries.
         sa.Index('ix_recoveries_state', 'state'),
+        sa.Index('ix_recoveries_host_failure_id', 'host_failure_id'),
     )
 
     id: orm.Mapped[str] = orm.mapped_column(sa.String(36), primary_key=True)
@@ -171,6 +172,9 @@ class Recovery(Base):
     finished_at: orm.Mapped[datetime.datetime | None] = orm.mapped_column(
         PRECISE_DATETIME)
     error: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    host_failure_id: orm.Mapped[str | None] = orm.mapped_column(
+        sa.String(36))
+    """The host failure whose evacuation started it (else null)."""
 
 
 class Agent(Base):
@@ -244,8 +248,9 @@ class HostFailure(Base):
     (its agent went silent), confirmed (Nova reported it down), fenced
     (by ``fencing_driver``; ``result`` says how) and closed (it came
     back, or the partition ended). ``state``: confirmed, fenced,
-    fence_failed, returned, partition, partition_ended (and, once host
-    evacuation is built, its states). Open while ``closed_at`` is null."""
+    fence_failed, evacuating, evacuated, evacuation_failed, returned,
+    partition, partition_ended; ``evacuated_at``: when the evacuation of
+    its protected servers ended. Open while ``closed_at`` is null."""
 
     __tablename__ = 'host_failures'
     __table_args__ = (
@@ -272,3 +277,5 @@ class HostFailure(Base):
         sa.Integer, default=0, server_default='0')
     result: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
     error: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    evacuated_at: orm.Mapped[datetime.datetime | None] = orm.mapped_column(
+        PRECISE_DATETIME)

@@ -13,6 +13,9 @@ message's envelope is verified (ha_snapshot/rpc_auth.py), then
   Registering a server the database places elsewhere (or does not know)
   needs Nova to say the server now runs on H; without [nova] the operator
   moves it with the API's protect (which records the new host first).
+  An agent asking (registration, a health report) about a server that
+  moved to another host (evacuated while H was away) is answered
+  InstanceMoved: it stops protecting the server.
 
 May import the database, the Nova client and rpc_auth; the manager's
 endpoint is left as it was (the guard wraps it).
@@ -25,6 +28,7 @@ from oslo_log import log as logging
 
 from ha_snapshot import exception
 from ha_snapshot import rpc_auth
+from ha_snapshot import statuses
 
 LOG = logging.getLogger(__name__)
 
@@ -96,6 +100,11 @@ class Authorizer:
             self._refuse(sender, method, 'no instance named')
         where = self._host_of(instance, fresh)
         if where != host:
+            if where and method == 'report_health':
+                # NOTE: the agent of a host that came back after its
+                # servers were evacuated: it stops protecting this one.
+                raise exception.InstanceMoved(sender=sender, method=method,
+                                              instance=instance, host=where)
             self._refuse(sender, method, 'instance %s is not on this host '
                          '(recorded on %s)' % (instance, where))
 
@@ -117,7 +126,13 @@ class Authorizer:
                              'project' % instance)
             return
         where = 'not recorded' if row is None else 'recorded on %s' % row.host
+        moved = (row is not None and row.host
+                 and row.status != statuses.InstanceStatus.DELETED)
         if not self.conf.nova.auth_type:
+            if moved:
+                raise exception.InstanceMoved(sender=sender, method=method,
+                                              instance=instance,
+                                              host=row.host)
             self._refuse(sender, method, 'instance %s is %s, and without '
                          '[nova] the manager cannot check a move: protect it '
                          'on its new host through the API' % (instance, where))
@@ -127,6 +142,11 @@ class Authorizer:
             self._refuse(sender, method, 'instance %s is %s and Nova cannot '
                          'confirm it moved here: %s' % (instance, where, e))
         project = row.project_id if row is not None else kw.get('project')
+        if moved and server['host'] != host:
+            # NOTE: evacuated (or migrated) while this host was away.
+            raise exception.InstanceMoved(sender=sender, method=method,
+                                          instance=instance,
+                                          host=server['host'] or row.host)
         if server['host'] != host or server['project'] != project or \
                 kw.get('project') != project:
             self._refuse(sender, method, 'instance %s is %s and Nova runs '

@@ -14,11 +14,14 @@ runs a round:
    an ERROR, once per episode), records a partition as an open row of
    host ``*`` (closed when it ends), fences each host decided failed with
    the fencing driver (ha_snapshot.fencing) and records the outcome;
-4. hands each host fenced in the round to ``evacuate(host, record)``: the
-   evacuation of its protected servers (not built yet: the default logs
-   so and the record stays ``fenced``). A host whose fencing failed is
-   never handed on: no fencing, no evacuation; it is fenced again at the
-   next round while it stays failed.
+4. hands every open record that is ``fenced`` or ``evacuating`` (fenced
+   in this round or an earlier one, by this leader or another) to the
+   evacuation (ha_snapshot.manager.evacuation), which starts, follows and
+   ends the evacuation of the host's protected servers; with
+   ``[host_monitor] evacuate = False`` the record stays ``fenced``. A
+   host whose fencing failed is never handed on: no fencing, no
+   evacuation; it is fenced again at the next round while it stays
+   failed.
 
 What the rounds remember of each host (how long it has been suspect,
 when it came back) lives in the leader's memory: a new leader starts
@@ -60,23 +63,20 @@ Action = host_states.Action
 Failure = statuses.HostFailureState
 
 
-def evacuation_not_built(host: str, record) -> None:
-    """The default hand-over after a fence: host evacuation (issue 11,
-    item 3) does not exist yet."""
-    LOG.warning('Host %s is fenced (failure %s); evacuation and restore '
-                'of its protected servers are not built yet: evacuate '
-                'them by hand (openstack server evacuate) or with Masakari',
-                host, record.id)
+# NOTE: the states of a record the evacuation works on.
+EVACUATION_STATES = (Failure.FENCED, Failure.EVACUATING)
 
 
 class HostMonitor:
     """``membership``: this replica among several (rounds then run only
     while it holds the leader lease). ``driver``: a fencing driver
     (default: the one ``[host_monitor] fencing_driver`` names).
-    ``evacuate(host, record)``: called once a host is fenced."""
+    ``evacuation``: has ``step(record, fence)`` (manager.evacuation.
+    HostEvacuation), called at each round for each fenced host; None
+    leaves fenced hosts to the operator."""
 
     def __init__(self, conf, db, *, membership=None,
-                 connect=clients.connection, driver=None, evacuate=None):
+                 connect=clients.connection, driver=None, evacuation=None):
         nova = conf.nova
         if not (nova.auth_type or nova.auth_section):
             raise exception.ConfigurationError(
@@ -89,7 +89,8 @@ class HostMonitor:
         self._connect = connect
         self.driver = driver or fencing.get_driver(conf)
         self.driver.check()
-        self.evacuate = evacuate or evacuation_not_built
+        self.evacuation = evacuation
+        self._told = set()
         self.leader = membership_mod.Leader(
             membership, LEADER_LEASE, self._lease_duration, 'Host monitor')
         self.memories = {}
@@ -168,7 +169,31 @@ class HostMonitor:
             elif decision.action == Action.CLOSE:
                 self._close(decision, records[host])
         self.memories = {h: d.memory for h, d in result.decisions.items()}
+        self._evacuate()
         return result
+
+    def _evacuate(self) -> None:
+        """One step of the evacuation of each fenced host."""
+        for host, record in sorted(self.failures.open().items()):
+            if record.state not in EVACUATION_STATES:
+                continue
+            if self.evacuation is None:
+                if record.id not in self._told:
+                    self._told.add(record.id)
+                    LOG.warning('Host %s is fenced (failure %s); its servers '
+                                'are not evacuated ([host_monitor] evacuate '
+                                '= False): evacuate them with Nova or '
+                                'Masakari', host, record.id)
+                continue
+            try:
+                done = self.evacuation.step(record, fence=self.leader.fence)
+            except exception.LeaseLost:
+                raise
+            except exception.HaSnapshotException as e:
+                LOG.warning('Host %s: evacuation step failed (tried again at '
+                            'the next round): %s', host, e)
+                continue
+            LOG.info('Host %s: evacuation: %s', host, done)
 
     def _log(self, decision: host_states.Decision) -> None:
         if not decision.report:
@@ -237,12 +262,6 @@ class HostMonitor:
             result=result, error=None, fence=fence)
         LOG.warning('Host %s fenced (%s): %s', host, self.driver.name,
                     result)
-        try:
-            self.evacuate(host, record)
-        except Exception as e:
-            LOG.exception('Host %s: evacuation failed to start', host)
-            self.failures.update(record.id, error='evacuation: %s' % e,
-                                 fence=fence)
 
     def _close(self, decision, record) -> None:
         self.failures.update(record.id, state=Failure.RETURNED,

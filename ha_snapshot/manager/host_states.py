@@ -60,7 +60,9 @@ class Action(enum.StrEnum):
 
 # NOTE: failure records whose host is fenced (or further on): a silent
 # host in one of these is not fenced again.
-FENCED_STATES = frozenset({FailureState.FENCED, FailureState.EVACUATING})
+FENCED_STATES = frozenset({FailureState.FENCED, FailureState.EVACUATING,
+                           FailureState.EVACUATED,
+                           FailureState.EVACUATION_FAILED})
 
 
 @dataclasses.dataclass(frozen=True)

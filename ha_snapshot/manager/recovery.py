@@ -58,7 +58,10 @@ def load_actions(conf, **resources) -> dict:
     among ``resources`` (``agent_api``, ``store``...) by naming them as
     keyword parameters; a name that loads nothing is a ConfigurationError.
     """
-    names = {conf.recovery.action} | set(conf.recovery.actions.values())
+    # NOTE: evacuate is what the host monitor and the Nova hook run for
+    # the servers of a failed host, whatever the drivers' actions are.
+    names = ({conf.recovery.action, EVACUATE}
+             | set(conf.recovery.actions.values()))
     actions = {}
     for name in sorted(names):
         cls = plugins.load(
@@ -109,6 +112,10 @@ class Progress:
     def recoveries(self) -> list:
         """The instance's recoveries, oldest first."""
         return self.db.list_recoveries(self.instance)
+
+
+EVACUATE = 'evacuate'
+"""The action that brings a server of a failed host back elsewhere."""
 
 
 def lease_key(instance: str) -> str:
@@ -187,10 +194,14 @@ class RecoveryEngine:
         return 'recovering: %s' % rec.id
 
     def request(self, instance: str, restore_point: str | None,
-                reason: str):
+                reason: str, *, action: str | None = None,
+                host_failure_id: str | None = None):
         """An operator-started recovery, to ``restore_point`` or the newest.
 
-        No cooldown; an instance marked failed may be retried. Raises
+        No cooldown; an instance marked failed may be retried. ``action``:
+        the action to run instead of the instance's driver's (the host
+        monitor's evacuations: ``evacuate``, with the ``host_failure_id``
+        of the host's failure record). Raises
         InstanceNotFound (not protected), RestorePointNotFound (not one of
         its restore points), NoRestorePoint (none yet) or RecoveryConflict
         (a recovery runs, or the instance is neither protected nor failed).
@@ -212,7 +223,8 @@ class RecoveryEngine:
                 rp.id for rp in self.db.list_restore_points(instance)}:
             raise exception.RestorePointNotFound(
                 instance=instance, restore_point=restore_point)
-        self._action(self.action_name(row))
+        name = action or self.action_name(row)
+        self._action(name)
         try:
             row = self.db.update_instance_status(
                 instance, row.status, Status.RECOVERING)
@@ -220,13 +232,16 @@ class RecoveryEngine:
             raise exception.RecoveryConflict(
                 instance=instance, reason='its status changed meanwhile '
                 '(%s)' % e)
-        return self._start(row, reason, restore_point)
+        return self._start(row, reason, restore_point, name,
+                           host_failure_id=host_failure_id)
 
-    def _start(self, row, reason, restore_point):
-        name = self.action_name(row)
+    def _start(self, row, reason, restore_point, name=None, *,
+               host_failure_id=None):
+        name = name or self.action_name(row)
         rec = self.db.create_recovery(
             row.uuid, name, reason=reason, restore_point_id=restore_point,
-            attempt=row.recovery_attempts + 1)
+            attempt=row.recovery_attempts + 1,
+            host_failure_id=host_failure_id)
         LOG.warning('Instance %s: %s; recovery %s (%s, attempt %d) to '
                     'restore point %s', row.uuid, reason, rec.id, name,
                     rec.attempt, restore_point)

@@ -8,6 +8,7 @@ from ha_snapshot.agent import rpcapi as agent_rpcapi
 from ha_snapshot.db import api as db_api
 from ha_snapshot.db import migration
 from ha_snapshot.manager import authz
+from ha_snapshot.manager import evacuation
 from ha_snapshot.manager import host_monitor
 from ha_snapshot.manager import image_sweep
 from ha_snapshot.manager import intake
@@ -58,9 +59,10 @@ class ManagerService(service.Service):
             self.transport, timeout=conf.manager.rpc_timeout,
             signer=rpc_auth.Signer(rpc_auth.MANAGER, keys))
         # NOTE: each action takes what its constructor names: restart the
-        # agent API, rebuild also the store (it exports restore points).
+        # agent API, rebuild also the store (it exports restore points),
+        # evacuate also the database (it moves the server's host).
         actions = recovery_engine.load_actions(conf, agent_api=agent_api,
-                                               store=store)
+                                               store=store, db=self.db)
         self.engine = recovery_engine.RecoveryEngine(
             conf, self.db, actions, membership=self.membership)
         self.manager = manager_mod.Manager(
@@ -97,7 +99,10 @@ class ManagerService(service.Service):
             # (leader:host-monitor); a fencing driver that cannot load
             # stops the start here, with its name.
             self.host_monitor = host_monitor.HostMonitor(
-                conf, self.db, membership=self.membership)
+                conf, self.db, membership=self.membership,
+                evacuation=(evacuation.HostEvacuation(conf, self.db,
+                                                      self.engine)
+                            if conf.host_monitor.evacuate else None))
             self.host_monitor.start()
         resumed = self.engine.resume()
         # NOTE: recoveries whose runner died (another replica, its lease

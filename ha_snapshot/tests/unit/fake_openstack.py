@@ -4,7 +4,8 @@ Only what the ha-snapshot clients use, answered the way the services
 answer (bodies, status codes, headers as documented in the Image and
 Compute API references and seen from Glance/Nova 2024-2025): version
 discovery, image create/list/show/upload/delete, server show, the
-``rebuild`` and ``os-start`` actions, compute services (``os-services``
+``rebuild``, ``evacuate``, ``os-start`` and ``os-stop`` actions, compute
+services (``os-services``
 list and the 2.53+ update that forces one down). Tests script failures through
 attributes (``upload_fail``, ``rebuild_fail``, ``outcome``...) and assert
 on ``endpoint.requests``.
@@ -237,6 +238,10 @@ class FakeNova:
         # service updates.
         self.services = {}
         self.service_update_fail = []
+        # NOTE: where evacuations land, and how they end: 'moved' (the
+        # host Nova's scheduler picks) or 'error' (fault_message).
+        self.evacuate_to = 'compute2'
+        self.evacuate_outcome = 'moved'
         self._settle = {}
         self._previous = {}
         self.endpoint = scripted_http.ScriptedEndpoint(self.app)
@@ -319,6 +324,10 @@ class FakeNova:
                 return self.rebuild(server, body['rebuild'], headers)
             if 'os-start' in body:
                 return self.start(server, headers)
+            if 'os-stop' in body:
+                return self.stop_server(server, headers)
+            if 'evacuate' in body:
+                return self.evacuate(req, server, body['evacuate'], headers)
         return 404, headers, {'itemNotFound': {
             'code': 404, 'message': 'The resource could not be found.'}}
 
@@ -373,6 +382,51 @@ class FakeNova:
         server.update({'OS-EXT-STS:task_state': 'powering-on'})
         self._settle[server['id']] = ('active', self.polls)
         return 202, headers, b''
+
+    def stop_server(self, server, headers):
+        if server['OS-EXT-STS:vm_state'] != 'active':
+            return 409, headers, {'conflictingRequest': {
+                'code': 409, 'message': (
+                    "Cannot 'stop' instance %s while it is in vm_state %s"
+                    % (server['id'], server['OS-EXT-STS:vm_state']))}}
+        server.update({'OS-EXT-STS:task_state': 'powering-off'})
+        self._settle[server['id']] = ('shutoff', self.polls)
+        return 202, headers, b''
+
+    def evacuate(self, req, server, body, headers):
+        """As Nova's evacuate: the source host's compute service must be
+        down; the server is rebuilt on another host (its image kept),
+        landing SHUTOFF from 2.95, ACTIVE before."""
+        version = self._microversion(req)
+        source = server['OS-EXT-SRV-ATTR:host']
+        service = next((s for s in self.services.values()
+                        if s['host'] == source
+                        and s['binary'] == 'nova-compute'), None)
+        if service is not None and service['state'] == 'up':
+            return 409, headers, {'conflictingRequest': {
+                'code': 409, 'message': 'Compute service of %s is still in '
+                'use.' % source}}
+        if version < (2, 14) and 'onSharedStorage' not in body:
+            return 400, headers, {'badRequest': {
+                'code': 400, 'message': "'onSharedStorage' is a required "
+                'property'}}
+        if server['OS-EXT-STS:task_state'] is not None:
+            return 409, headers, {'conflictingRequest': {
+                'code': 409, 'message': "Cannot 'evacuate' instance %s "
+                'while it is in task_state %s' % (
+                    server['id'], server['OS-EXT-STS:task_state'])}}
+        server.update({'OS-EXT-STS:task_state': 'rebuilding',
+                       'status': 'REBUILD', 'updated': _now()})
+        if self.evacuate_outcome == 'error':
+            outcome = 'error'
+        else:
+            server.update({'OS-EXT-SRV-ATTR:host': self.evacuate_to,
+                           'OS-EXT-SRV-ATTR:hypervisor_hostname':
+                           self.evacuate_to})
+            outcome = 'shutoff' if version >= (2, 95) else 'active'
+        self._settle[server['id']] = (outcome, self.polls)
+        return 200, headers, {} if version >= (2, 14) else {
+            'adminPass': 'secret'}
 
     def _tick(self, server):
         outcome, left = self._settle.get(server['id'], (None, 0))

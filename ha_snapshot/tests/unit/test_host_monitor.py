@@ -3,7 +3,8 @@
 Agents' heartbeats are real ``agents`` rows (Database.record_agent on the
 test's clock); Nova's compute services are the scripted Nova's
 os-services; fencing is the real ``nova-force-down`` driver against it.
-The evacuate hook records what it is handed.
+The evacuation is a recorder that ends each evacuation it is handed
+(ha_snapshot/tests/unit/test_evacuation.py tests the real one).
 """
 
 import logging
@@ -27,6 +28,19 @@ from ha_snapshot.tests.unit import fake_openstack
 from ha_snapshot.tests.unit import test_fencing
 
 T0 = 1_800_000_000.0
+
+
+class Evacuation:
+    """Records each record it is handed and ends its evacuation (as the
+    real one does once every server is back)."""
+
+    def __init__(self, test):
+        self.test = test
+
+    def step(self, record, fence=None):
+        self.test.evacuated.append((record.host, record.state))
+        self.test.failures.update(record.id, state='evacuated', fence=fence)
+        return 'ended'
 
 
 class _MonitorBase(base.TestCase):
@@ -59,8 +73,7 @@ class _MonitorBase(base.TestCase):
 
     def monitor(self, db=None, **kwargs):
         kwargs.setdefault('driver', impl_nova.NovaForceDown(self.conf))
-        kwargs.setdefault('evacuate', lambda host, record:
-                          self.evacuated.append((host, record.state)))
+        kwargs.setdefault('evacuation', Evacuation(self))
         return host_monitor.HostMonitor(self.conf, db or self.db, **kwargs)
 
     def hosts(self, *names, state='up'):
@@ -115,7 +128,8 @@ class HostMonitorTestCase(_MonitorBase):
         self.assertEqual({'forced_down': True}, put.json)
         self.assertTrue(service['forced_down'])
         row, = self.rows()
-        self.assertEqual(('compute1', 'fenced', 'nova-force-down', 1, None),
+        self.assertEqual(('compute1', 'evacuated', 'nova-force-down', 1,
+                          None),
                          (row.host, row.state, row.fencing_driver,
                           row.fence_attempts, row.error))
         self.assertIn('forced down in Nova', row.result)
@@ -135,17 +149,36 @@ class HostMonitorTestCase(_MonitorBase):
         self.assertEqual(1, len(self.puts()))
         self.assertEqual(1, len(self.evacuated))
 
-    def test_default_hook_says_evacuation_is_not_built(self):
+    def test_without_evacuation_a_fenced_host_stays_fenced(self):
         self.hosts('compute1', 'compute2')
         self.nova.service_of('compute1')['state'] = 'down'
-        mon = self.monitor(evacuate=None)
-        self.now += 70
-        self.beat('compute2')
-        mon.run_once()
+        mon = self.monitor(evacuation=None)
+        for _ in range(3):
+            self.now += 70
+            self.beat('compute2')
+            mon.run_once()
         row, = self.rows()
         self.assertEqual('fenced', row.state)
-        self.assertIn('evacuation and restore of its protected servers are '
-                      'not built yet', self.log.output)
+        told = self.errors('its servers are not evacuated ([host_monitor] '
+                           'evacuate = False)')
+        self.assertEqual(1, len(told), self.log.output)
+
+    def test_a_fenced_record_is_handed_on_by_the_next_leader(self):
+        # The leader fenced compute1 and stopped before any evacuation
+        # step: the next monitor (a new leader) hands the record on.
+        self.hosts('compute1', 'compute2')
+        self.nova.service_of('compute1')['state'] = 'down'
+        first, mon = self.monitor(evacuation=None), self.monitor()
+        self.now += 70
+        self.beat('compute2')
+        first.run_once()
+        self.assertEqual('fenced', self.rows()[0].state)
+        self.now += 10
+        self.beat('compute2')
+        mon.run_once()
+        self.assertEqual([('compute1', 'fenced')], self.evacuated)
+        self.assertEqual('evacuated', self.rows()[0].state)
+        self.assertEqual(1, len(self.puts()))
 
     def test_fencing_fails_nothing_is_evacuated_until_it_succeeds(self):
         self.hosts('compute1', 'compute2')
@@ -166,7 +199,7 @@ class HostMonitorTestCase(_MonitorBase):
         self.beat('compute2')
         mon.run_once()
         row, = self.rows()
-        self.assertEqual(('fenced', 2, None),
+        self.assertEqual(('evacuated', 2, None),
                          (row.state, row.fence_attempts, row.error))
         self.assertEqual([('compute1', 'fenced')], self.evacuated)
 
@@ -200,7 +233,7 @@ class HostMonitorTestCase(_MonitorBase):
         self.now += 70
         self.beat('compute2')
         mon.run_once()
-        self.assertEqual('fenced', self.rows()[0].state)
+        self.assertEqual('evacuated', self.rows()[0].state)
         # compute1 boots again: its agent beats, Nova still reports it
         # forced down. Nothing is undone, nothing new happens.
         for _ in range(3):
@@ -208,7 +241,7 @@ class HostMonitorTestCase(_MonitorBase):
             self.beat('compute1', 'compute2')
             mon.run_once()
         row, = self.rows()
-        self.assertEqual(('fenced', None), (row.state, row.closed_at))
+        self.assertEqual(('evacuated', None), (row.state, row.closed_at))
         self.assertEqual(1, len(self.puts()))
         self.assertTrue(self.nova.service_of('compute1')['forced_down'])
         self.assertEqual(1, len(self.evacuated))
@@ -234,7 +267,7 @@ class HostMonitorTestCase(_MonitorBase):
         self.now += 240
         self.beat('compute2')
         mon.run_once()
-        self.assertEqual(['fenced', 'returned'],
+        self.assertEqual(['evacuated', 'returned'],
                          [r.state for r in self.rows()])
         self.assertEqual(2, len(self.evacuated))
 
@@ -257,7 +290,7 @@ class HostMonitorTestCase(_MonitorBase):
             self.beat('compute2')
             mon.run_once()
         row, = self.rows()
-        self.assertEqual(('compute1', 'fenced'), (row.host, row.state))
+        self.assertEqual(('compute1', 'evacuated'), (row.host, row.state))
         self.assertEqual(T0 + 600 + 60,
                          db_engine.to_timestamp(row.detected_at))
 
@@ -372,7 +405,7 @@ class HostMonitorLeaderTestCase(_MonitorBase):
         # The leader fences it, once.
         self.assertIsNotNone(m2.run_once())
         row, = self.rows()
-        self.assertEqual(('fenced', 2), (row.state, row.fence_attempts))
+        self.assertEqual(('evacuated', 2), (row.state, row.fence_attempts))
         self.assertEqual(puts + 1, len(self.puts()))
 
     def test_a_replica_that_gave_the_lead_up_writes_nothing(self):
@@ -412,7 +445,8 @@ class HostMonitorServiceTestCase(_MonitorBase):
         try:
             base.wait_for(
                 lambda: [r.state for r in self.failures.list()] == [
-                    'fenced'], 30, 'compute1 fenced by the service')
+                    'evacuated'], 30, 'compute1 fenced by the service and '
+                'its (no) protected servers evacuated')
             self.assertEqual('nova-force-down',
                              svc.host_monitor.driver.name)
             rounds = []
@@ -423,7 +457,8 @@ class HostMonitorServiceTestCase(_MonitorBase):
             svc.stop()
         self.assertTrue(self.nova.service_of('compute1')['forced_down'])
         self.assertEqual(1, len(self.puts()))
-        self.assertIn('not built yet', self.log.output)
+        self.assertIn('Host compute1: evacuation ended, 0 servers evacuated',
+                      self.log.output)
         lease = db_membership.Records(self.db).get_lease(
             host_monitor.LEADER_LEASE)
         self.assertIsNone(lease.owner)

@@ -254,7 +254,7 @@ class TestRebaselineRpc(base.TestCase):
         self.addCleanup(server.wait)
         self.addCleanup(server.stop)
         api = agent_rpcapi.AgentAPI(transport)
-        self.assertEqual('1.2', agent_rpcapi.VERSION)
+        self.assertEqual('1.3', agent_rpcapi.VERSION)
         result = api.rebaseline('h1', 'i1', 'rp9', timeout=10)
         self.assertEqual({'instance': 'i1', 'restore_point': 'rp9',
                           'driver': 'libvirt', 'full': False}, result)

@@ -367,10 +367,15 @@ class AuthorizerTest(base.TestCase):
                 ('put_part', {'instance': 'i-1'}),
                 ('commit_delta', {'header': {'instance': 'i-1'}}),
                 ('get_manifest', {'instance': 'i-1'}),
-                ('get_chunk', {'instance': 'i-1'}),
-                ('report_health', {'instance': 'i-1', 'host': 'compute2'})):
+                ('get_chunk', {'instance': 'i-1'})):
             self.refused('not on this host (recorded on compute1)', OTHER,
                          method, **kw)
+        # A health report of a server recorded elsewhere: the agent is
+        # told it moved (it stops protecting it).
+        e = self.assertRaises(exception.InstanceMoved, self.check, OTHER,
+                              'report_health', instance='i-1',
+                              host='compute2')
+        self.assertIn('moved to compute1', str(e))
         self.refused("names host 'compute1'", OTHER, 'heartbeat',
                      host='compute1')
         self.refused("names host 'compute1'", OTHER, 'report_health',
@@ -392,17 +397,22 @@ class AuthorizerTest(base.TestCase):
         self.register(HOST, host='compute1')
         self.refused('belongs to another project', HOST, 'register_instance',
                      instance='i-1', host='compute1', project='p2')
-        # Without [nova] a move is not taken from the agent's word.
-        self.refused('without [nova]', OTHER, 'register_instance',
-                     instance='i-1', host='compute2', project='p1')
+        # Without [nova] a move is not taken from the agent's word: the
+        # database's host stands, and the agent is told the server moved.
+        e = self.assertRaises(exception.InstanceMoved, self.check, OTHER,
+                              'register_instance', instance='i-1',
+                              host='compute2', project='p1')
+        self.assertIn('moved to compute1', str(e))
         self.refused('i-9 is not recorded', OTHER, 'register_instance',
                      instance='i-9', host='compute2', project='p1')
 
     def test_registration_of_a_move_needs_nova(self):
         self.conf.set_override('auth_type', 'none', group='nova')
         self.nova['i-1'] = {'host': 'compute1', 'project': 'p1'}
-        self.refused('Nova runs it on compute1', OTHER, 'register_instance',
-                     instance='i-1', host='compute2', project='p1')
+        e = self.assertRaises(exception.InstanceMoved, self.check, OTHER,
+                              'register_instance', instance='i-1',
+                              host='compute2', project='p1')
+        self.assertIn('moved to compute1', str(e))
         self.refused('Nova cannot confirm it moved here', OTHER,
                      'register_instance', instance='i-9', host='compute2',
                      project='p1')

@@ -312,10 +312,12 @@ class LoadActionsTestCase(base.TestCase):
 
     def test_each_action_gets_what_it_names(self):
         conf = base.make_conf(self.store_dir)
-        agent, store = object(), object()
+        agent, store, db = object(), object(), object()
         actions = recovery_mod.load_actions(conf, agent_api=agent,
-                                            store=store)
-        self.assertEqual(['rebuild', 'restart'], sorted(actions))
+                                            store=store, db=db)
+        self.assertEqual(['evacuate', 'rebuild', 'restart'], sorted(actions))
+        self.assertIs(db, actions['evacuate'].db)
+        self.assertIs(store, actions['evacuate'].store)
         self.assertIsInstance(actions['restart'], restart.RestartAction)
         self.assertIs(agent, actions['restart'].agent_api)
         self.assertIsInstance(actions['rebuild'], rebuild.RebuildAction)
@@ -349,7 +351,8 @@ class ManagerServiceTestCase(base.TestCase):
         svc.start()
         self.addCleanup(svc.stop)
         actions = svc.engine.actions
-        self.assertEqual(['rebuild', 'restart'], sorted(actions))
+        self.assertEqual(['evacuate', 'rebuild', 'restart'], sorted(actions))
+        self.assertIs(svc.db, actions['evacuate'].db)
         self.assertIs(svc.manager.store, actions['rebuild'].store)
         self.assertIsNotNone(actions['rebuild'].agent_api)
         self.assertIs(actions['rebuild'].agent_api,
