@@ -50,6 +50,9 @@ ROUTE_DECLARATIONS = {
     '/v1/alarms/{server_id}': {'POST': alarm.post_alarm},
     '/v1/managers': {'GET': manager.list_managers},
     '/v1/host-failures': {'GET': host_failure.list_host_failures},
+    '/v1/host-failures/{failure_id}': {
+        'GET': host_failure.show_host_failure,
+    },
     '/metrics': {'GET': metrics.show_metrics},
 }
 
@@ -76,6 +79,8 @@ _TRANSLATIONS = (
      'ha_snapshot.server.not_found'),
     (exception.RecoveryNotFound, webob.exc.HTTPNotFound,
      'ha_snapshot.recovery.not_found'),
+    (exception.HostFailureNotFound, webob.exc.HTTPNotFound,
+     'ha_snapshot.host_failure.not_found'),
     (exception.InstanceConflict, webob.exc.HTTPConflict,
      'ha_snapshot.server.conflict'),
     (exception.InstanceStatusConflict, webob.exc.HTTPConflict,

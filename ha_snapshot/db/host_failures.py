@@ -72,6 +72,15 @@ class HostFailures:
             return row
 
     @db_api._retried
+    def get(self, failure_id: str):
+        """One row; HostFailureNotFound."""
+        with self.db._reader() as session:
+            row = session.get(models.HostFailure, failure_id)
+        if row is None:
+            raise exception.HostFailureNotFound(id=failure_id)
+        return row
+
+    @db_api._retried
     def open(self) -> dict:
         """host -> its open row (partition rows under ``*``)."""
         row_cls = models.HostFailure
@@ -96,3 +105,13 @@ class HostFailures:
             query = query.limit(limit)
         with self.db._reader() as session:
             return list(session.execute(query).scalars())
+
+    @db_api._retried
+    def evacuation_counts(self) -> dict:
+        """Recoveries started by host evacuations, by state."""
+        rec = models.Recovery
+        query = (sa.select(rec.state, sa.func.count())
+                 .where(rec.host_failure_id.is_not(None))
+                 .group_by(rec.state))
+        with self.db._reader() as session:
+            return dict(session.execute(query).all())

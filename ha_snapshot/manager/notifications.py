@@ -16,7 +16,13 @@ with a notification listener (threading executor, listener pool
   timestamp): an event older than one already applied to the server is
   skipped, whichever thread or manager replica handles it.
 * ``instance.rebuild.end``: the disk was replaced: re-baseline (a full
-  delta on top of the restore points already held, no alarm).
+  delta on top of the restore points already held, no alarm). On another
+  host than the one the server was protected on (Nova's API says so: an
+  evacuation's payload still names the dead source host), someone else
+  (Masakari, an operator) evacuated it and it runs its stale base image:
+  an ``evacuate`` recovery restores its newest restore point and moves
+  its protection (``[host_monitor] restore_foreign_evacuations``); a
+  rebuild that the manager's own recoveries cause changes nothing.
 * ``instance.live_migration_post.end``: the server moved: protect it from
   its new host.
 
@@ -33,6 +39,7 @@ from oslo_utils import uuidutils
 
 from ha_snapshot.db import events
 from ha_snapshot import exception
+from ha_snapshot.manager import recovery as recovery_mod
 from ha_snapshot import protection_spec
 from ha_snapshot import statuses
 
@@ -136,15 +143,17 @@ class NovaNotificationEndpoint:
         event_type='^(%s)$' % '|'.join(e.replace('.', r'\.')
                                        for e in EVENTS))
 
-    def __init__(self, conf, db, agent_api, locate=None):
+    def __init__(self, conf, db, agent_api, locate=None, recovery=None):
         """``locate(uuid)`` -> {"host", "project", ...}: where Nova runs a
         server (ha_snapshot.openstack.servers.locate), asked before a
         notification may place a server on a host; None trusts the
-        payload (no [nova] credentials)."""
+        payload (no [nova] credentials). ``recovery``: the recovery
+        engine, which restores servers someone else evacuated."""
         self.conf = conf
         self.db = db
         self.agent_api = agent_api
         self.locate = locate
+        self.recovery = recovery
 
     def info(self, ctxt, publisher_id, event_type, payload, metadata):
         try:
@@ -260,7 +269,25 @@ class NovaNotificationEndpoint:
             # the recovery re-baselines on the restore point it used, so a
             # protect here would only race it into a full resend.
             return 'rebuilt by a recovery; it re-baselines protection'
+        placed = self._placed(server)
+        if (placed['host'] != row.host and self.recovery is not None
+                and self.conf.host_monitor.restore_foreign_evacuations
+                and row.newest_restore_point_id is not None):
+            return self._restore_evacuated(row, placed['host'])
         return self._protect(server, rebaseline=True) + ' (re-baseline)'
+
+    def _restore_evacuated(self, row, host) -> str:
+        reason = ('evacuated from %s to %s by someone else (Nova, Masakari, '
+                  'an operator): its data restored' % (row.host, host))
+        try:
+            rec = self.recovery.request(row.uuid, None, reason,
+                                        action=recovery_mod.EVACUATE)
+        except exception.HaSnapshotException as e:
+            LOG.error('Server %s was %s, but cannot be restored now: %s',
+                      row.uuid, reason.split(':')[0], e)
+            return 'evacuated; not restored: %s' % e
+        return 'evacuated to %s; restoring its data (recovery %s)' % (
+            host, rec.id)
 
     def _live_migration_post(self, server) -> str:
         row = self._known(server)
@@ -272,10 +299,11 @@ class NovaNotificationEndpoint:
         return self._protect(server, rebaseline=True) + ' (moved)'
 
 
-def get_listener(transport, conf, db, agent_api, locate=None):
+def get_listener(transport, conf, db, agent_api, locate=None,
+                 recovery=None):
     targets = [messaging.Target(topic=t, exchange='nova')
                for t in conf.manager.notification_topics]
     return messaging.get_notification_listener(
         transport, targets,
-        [NovaNotificationEndpoint(conf, db, agent_api, locate)],
+        [NovaNotificationEndpoint(conf, db, agent_api, locate, recovery)],
         pool=conf.manager.notification_pool)

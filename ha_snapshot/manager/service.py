@@ -88,7 +88,8 @@ class ManagerService(service.Service):
             self.listener = notifications.get_listener(
                 rpc.get_notification_transport(conf), conf, self.db,
                 agent_api, locate=(self.manager._nova_server
-                                   if conf.nova.auth_type else None))
+                                   if conf.nova.auth_type else None),
+                recovery=self.engine)
             self.listener.start()
         if image_sweep.wanted(conf):
             self.sweeper = image_sweep.ImageSweeper(

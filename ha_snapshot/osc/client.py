@@ -190,3 +190,7 @@ class Client:
             params['open'] = '1'
         return self._payload('GET', '/v1/host-failures', 'host_failures',
                              params=params)
+
+    def show_host_failure(self, failure_id: str) -> dict:
+        return self._payload('GET', '/v1/host-failures/%s' % failure_id,
+                             'host_failure')

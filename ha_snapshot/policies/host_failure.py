@@ -13,8 +13,11 @@ rules = [
         description='List the compute hosts the host monitor found failed '
                     '(and partitions of the mirror network): when each was '
                     'detected, confirmed, fenced and closed, by which '
-                    'fencing driver, with what result or error.',
-        operations=[{'method': 'GET', 'path': '/v1/host-failures'}],
+                    'fencing driver, with what result or error, and the '
+                    'evacuation of their servers.',
+        operations=[{'method': 'GET', 'path': '/v1/host-failures'},
+                    {'method': 'GET',
+                     'path': '/v1/host-failures/{failure_id}'}],
         scope_types=['project']),
 ]
 

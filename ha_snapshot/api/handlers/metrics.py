@@ -17,6 +17,13 @@ Read from the manager's database at each scrape (no state in the API):
   and ``ha_snapshot_recovery_attempts`` (failed attempts in a row);
 * ``ha_snapshot_servers`` by status.
 
+Compute host failures (the host monitor's records):
+
+* ``ha_snapshot_host_failures_open`` by host and state (1 per open
+  record: a host failed and not back yet, or a partition, host ``*``);
+* ``ha_snapshot_host_evacuations_total`` by state: the recoveries host
+  evacuations started.
+
 Per manager replica (an incarnation, labelled ``manager`` by its id and
 ``host``; manager.membership.survey, the same rules as GET /v1/managers):
 
@@ -40,6 +47,7 @@ from prometheus_client import core as prom_core
 
 from ha_snapshot.api import util
 from ha_snapshot.db import engine as db_engine
+from ha_snapshot.db import host_failures as db_failures
 from ha_snapshot.db import models
 from ha_snapshot.manager import membership
 from ha_snapshot.manager import replica_counters as rc
@@ -129,6 +137,23 @@ class _Collector:
         yield from (servers, rpo, points, changed, new, merges, shipped,
                     stored, attempts, recs)
         yield from self._replicas([row.uuid for row in rows])
+        yield from self._host_failures()
+
+    def _host_failures(self):
+        failures = db_failures.HostFailures(self.db)
+        open_rows = prom_core.GaugeMetricFamily(
+            'ha_snapshot_host_failures_open', 'Open compute host failure '
+            'records (host * is a partition of the mirror network), by '
+            'state.', labels=['host', 'state'])
+        for row in failures.list(open_only=True):
+            open_rows.add_metric([row.host, row.state], 1)
+        evacuations = prom_core.CounterMetricFamily(
+            'ha_snapshot_host_evacuations', 'Recoveries started by the '
+            'evacuation of failed hosts, by state.', labels=['state'])
+        counts = failures.evacuation_counts()
+        for state in models.RECOVERY_STATES:
+            evacuations.add_metric([state], counts.get(state, 0))
+        yield from (open_rows, evacuations)
 
     def _replicas(self, instance_uuids):
         gauge = prom_core.GaugeMetricFamily

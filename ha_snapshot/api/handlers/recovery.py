@@ -27,6 +27,7 @@ def recovery_view(rec) -> dict:
         'started_at': util.isotime(rec.started_at),
         'finished_at': util.isotime(rec.finished_at),
         'error': rec.error,
+        'host_failure_id': rec.host_failure_id,
     }
 
 

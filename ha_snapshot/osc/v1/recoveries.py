@@ -158,7 +158,9 @@ class ListRecoveries(command.Lister):
         headers = ['ID', 'Action', 'State', 'Step', 'Restore Point',
                    'Created At', 'Finished At', 'Error']
         if parsed_args.long:
-            fields += ['reason', 'attempt', 'started_at', 'updated_at']
-            headers += ['Reason', 'Attempt', 'Started At', 'Updated At']
+            fields += ['reason', 'attempt', 'started_at', 'updated_at',
+                       'host_failure_id']
+            headers += ['Reason', 'Attempt', 'Started At', 'Updated At',
+                        'Host Failure']
         return headers, (utils.get_dict_properties(r, fields)
                          for r in recoveries)

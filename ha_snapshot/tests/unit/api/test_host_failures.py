@@ -78,3 +78,37 @@ class HostFailuresTestCase(base.TestCase):
         self.assertIn('ha_snapshot:host_failure:list', resp.text)
         resp = self.get(method='DELETE')
         self.assertEqual(405, resp.status_int)
+
+    def test_show_lists_the_evacuations_and_counts_them(self):
+        failure = self.failures.create('compute1', 'evacuating',
+                                       detected_at=self.at(0))
+        recs = []
+        for n in range(3):
+            uuid = base.new_uuid()
+            self.db.create_instance(uuid, 'p', host='compute1',
+                                    status='protected')
+            recs.append(self.db.create_recovery(
+                uuid, 'evacuate', reason='host compute1 failed',
+                host_failure_id=failure.id))
+        self.db.update_recovery(recs[0].id, state='running', step='x')
+        self.db.update_recovery(recs[0].id, state='succeeded', step='done')
+        # A recovery of no host failure is not counted.
+        self.db.create_recovery(recs[1].instance_uuid, 'restart')
+        [row] = self.get().json['host_failures']
+        self.assertEqual({'requested': 2, 'succeeded': 1}, row['recoveries'])
+        self.assertIsNone(row['evacuated_at'])
+        resp = self.get('/' + failure.id)
+        self.assertEqual(200, resp.status_int, resp.text)
+        shown = resp.json['host_failure']
+        self.assertEqual([r.id for r in recs],
+                         [e['id'] for e in shown['evacuations']])
+        self.assertEqual({failure.id}, {e['host_failure_id']
+                                        for e in shown['evacuations']})
+        self.assertEqual(('succeeded', 'done'),
+                         (shown['evacuations'][0]['state'],
+                          shown['evacuations'][0]['step']))
+        missing = self.get('/' + base.new_uuid())
+        self.assertEqual(404, missing.status_int)
+        self.assertIn('No host failure', missing.text)
+        self.assertEqual(403, self.get('/' + failure.id,
+                                       headers=MEMBER).status_int)

@@ -8,6 +8,7 @@ import webob
 
 from ha_snapshot.api import deploy
 from ha_snapshot.db import api as db_api
+from ha_snapshot.db import host_failures as db_failures
 from ha_snapshot.db import membership as db_membership
 from ha_snapshot.db import migration
 from ha_snapshot.manager import membership
@@ -177,3 +178,42 @@ class ReplicaMetricsTestCase(base.TestCase):
     def test_no_replica_no_series(self):
         self.ids = {}
         self.assertEqual({}, self.scrape())
+
+
+class HostFailureMetricsTestCase(MetricsTestCase):
+
+    def families(self) -> dict:
+        resp = webob.Request.blank('/metrics', headers=ADMIN).get_response(
+            self.app)
+        self.assertEqual(200, resp.status_int, resp.text)
+        out = {}
+        for family in text_parser.text_string_to_metric_families(resp.text):
+            if family.name.startswith('ha_snapshot_host_'):
+                for sample in family.samples:
+                    out[(sample.name,) + tuple(sorted(
+                        sample.labels.values()))] = sample.value
+        return out
+
+    def test_open_failures_and_evacuations_by_state(self):
+        failures = db_failures.HostFailures(self.db)
+        got = self.families()
+        self.assertEqual(0, got[('ha_snapshot_host_evacuations_total',
+                                 'succeeded')])
+        self.assertNotIn('ha_snapshot_host_failures_open',
+                         {k[0] for k in got})
+        now = self.db._now()
+        row = failures.create('compute1', 'evacuating', detected_at=now)
+        closed = failures.create('compute3', 'returned', detected_at=now)
+        failures.update(closed.id, closed_at=now)
+        rec = self.db.create_recovery(self.inst, 'evacuate',
+                                      host_failure_id=row.id)
+        self.db.update_recovery(rec.id, state='running')
+        self.db.create_recovery(self.inst, 'restart')
+        got = self.families()
+        self.assertEqual(1, got[('ha_snapshot_host_failures_open',
+                                 'compute1', 'evacuating')])
+        self.assertEqual(1, sum(v for k, v in got.items()
+                                if k[0] == 'ha_snapshot_host_failures_open'))
+        self.assertEqual((1, 0), (
+            got[('ha_snapshot_host_evacuations_total', 'running')],
+            got[('ha_snapshot_host_evacuations_total', 'requested')]))

@@ -7,10 +7,16 @@ agent of the new host is the one stand-in: it records the rebaseline it
 is asked (with the project and spec an evacuated server's needs).
 """
 
+import logging
+
+import fixtures
+
 from ha_snapshot.db import host_failures as db_failures
 from ha_snapshot import exception
 from ha_snapshot.manager import evacuation
+from ha_snapshot.manager import notifications
 from ha_snapshot.manager import recovery as recovery_mod
+from ha_snapshot.openstack import servers
 from ha_snapshot.recovery import evacuate
 from ha_snapshot import statuses
 from ha_snapshot.tests import base
@@ -24,7 +30,18 @@ EVACUATION_STEPS = ['starting', 'inspect-server', 'evacuate-server',
 
 
 class AgentAPI(test_rebuild.FakeAgentAPI):
-    """rebaseline with the 1.3 arguments."""
+    """rebaseline with the 1.3 arguments; protect and unprotect casts
+    recorded in ``casts``."""
+
+    def __init__(self):
+        super().__init__()
+        self.casts = []
+
+    def protect(self, host, instance, project, spec):
+        self.casts.append(('protect', host))
+
+    def unprotect(self, host, instance):
+        self.casts.append(('unprotect', host))
 
     def rebaseline(self, host, instance, restore_point, timeout=None, *,
                    project=None, spec=None):
@@ -287,3 +304,57 @@ class HostEvacuationTestCase(EvacuateTestBase):
         self.assertEqual('evacuation_failed', row.state)
         self.assertIn(self.others[0], row.error)
         self.assertEqual('host1', self.db.get_instance(self.others[0]).host)
+
+
+class ForeignEvacuationTestCase(EvacuateTestBase):
+    """instance.rebuild.end of a server someone else evacuated: the Nova
+    hook restores its data (notifications.NovaNotificationEndpoint with
+    the real recovery engine, Nova's API answering where it runs)."""
+
+    def setUp(self):
+        super().setUp()
+        self.conf.set_override('auth_type', 'none', group='nova')
+        self.eng = self.engine()
+        self.endpoint = notifications.NovaNotificationEndpoint(
+            self.conf, self.db, self.agent,
+            locate=lambda uuid: servers.locate(self.conf, uuid),
+            recovery=self.eng)
+        self.log = self.useFixture(fixtures.FakeLogger(level=logging.INFO))
+
+    def rebuilt(self):
+        payload = {'nova_object.data': {
+            'uuid': self.inst, 'host': 'host1', 'tenant_id': 'p1',
+            'display_name': 'vm1', 'metadata': {}}}
+        self.endpoint.info({}, 'nova-compute:compute2',
+                           'instance.rebuild.end', payload,
+                           {'message_id': base.new_uuid(),
+                            'timestamp': '2026-12-07 09:00:00.000000'})
+
+    def test_someone_elses_evacuation_restores_the_data(self):
+        self.server().update({'OS-EXT-SRV-ATTR:host': 'compute2'})
+        self.rebuilt()
+        self.eng.wait(self.inst, 60)
+        [rec] = self.db.list_recoveries(self.inst)
+        self.assertEqual(('evacuate', 'succeeded'), (rec.action, rec.state))
+        self.assertIn('by someone else', rec.reason)
+        self.assertNotIn('evacuate-server', self.steps)
+        self.assertEqual('compute2', self.db.get_instance(self.inst).host)
+        self.assertEqual(['compute2'], [c[0] for c in self.agent.calls])
+        # Our own rebuild's notification changes nothing more.
+        self.rebuilt()
+        self.assertEqual(1, len(self.db.list_recoveries(self.inst)))
+
+    def test_turned_off_it_only_protects_where_nova_runs_it(self):
+        self.conf.set_override('restore_foreign_evacuations', False,
+                               group='host_monitor')
+        self.server().update({'OS-EXT-SRV-ATTR:host': 'compute2'})
+        self.rebuilt()
+        self.assertEqual([], self.db.list_recoveries(self.inst))
+        self.assertEqual([('unprotect', 'compute2'), ('protect', 'compute2')],
+                         self.agent.casts)
+
+    def test_a_rebuild_on_the_same_host_is_no_evacuation(self):
+        self.rebuilt()
+        self.assertEqual([], self.db.list_recoveries(self.inst))
+        self.assertEqual([('unprotect', 'host1'), ('protect', 'host1')],
+                         self.agent.casts)
