@@ -25,7 +25,10 @@
    publishes the event Ceilometer would, and waits for Aodh's notifier to
    post it and for the recovery it starts to succeed;
 8. B was never protected; A, deleted, stops being protected, and the
-   manager's sweep removes A's recovery images from Glance.
+   manager's sweep removes A's recovery images from Glance;
+9. when the harness runs two compute hosts and :func:`run` is given its
+   ``kill_host``: the host-failure scenario (host_failure.py), whose
+   measurements are the result's ``host_failure`` object.
 
 It returns the measurements; ``verified`` is true only when every check
 held. ``python3 -m ha_snapshot.tests.integration.scenario STATE_JSON``
@@ -41,6 +44,7 @@ import sys
 import time
 
 from ha_snapshot.tests.integration import cloudlib
+from ha_snapshot.tests.integration import host_failure
 
 MiB = 1 << 20
 API_VERSION = {'OpenStack-API-Version': 'ha-snapshot 1.0'}
@@ -61,6 +65,10 @@ HA_OVERRIDES = {
               'heartbeat_interval': 2},
     'recovery': {'cooldown': 5, 'rebuild_poll_interval': 1},
     'storage': {'chunk_size': MiB},
+    # NOTE: agents beat every 2 s; Nova calls a host down after 20 s
+    # without its reports (the harness's service_down_time).
+    'host_monitor': {'enabled': True, 'check_interval': 2,
+                     'agent_timeout': 10},
 }
 
 
@@ -153,7 +161,7 @@ class Scenario:
         return self.demo.compute.wait_for_server(server, status='ACTIVE',
                                                  wait=timeout, interval=1)
 
-    def run(self) -> dict:
+    def run(self, kill_host=None) -> dict:
         r = self.result
         self.admin = cloudlib.connect(self.state, 'admin')
         self.demo = cloudlib.connect(self.state, 'demo')
@@ -161,6 +169,9 @@ class Scenario:
         self.notes.start()
         try:
             self._run()
+            if kill_host is not None and len(
+                    self.state.get('compute_hosts', ())) > 1:
+                r['host_failure'] = host_failure.run(self, kill_host)
         except Exception as e:
             r['errors'].append('%s: %s' % (type(e).__name__, e))
             self.log('scenario: error: %s' % e)
@@ -450,9 +461,11 @@ def _ts(text: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(text.replace('Z', '+00:00'))
 
 
-def run(state: dict, workdir: str, log=print) -> dict:
+def run(state: dict, workdir: str, log=print, kill_host=None) -> dict:
+    """The scenario; ``kill_host(name)``: the harness's (Cloud.kill_host),
+    which adds the host-failure scenario."""
     os.makedirs(workdir, exist_ok=True)
-    return Scenario(state, workdir, log).run()
+    return Scenario(state, workdir, log).run(kill_host)
 
 
 def main() -> int:
