@@ -247,6 +247,12 @@ function configure_ha_snapshot {
     done
     iniset "$HA_SNAPSHOT_CONF" recovery actions "$HA_SNAPSHOT_RECOVERY_ACTIONS"
     iniset "$HA_SNAPSHOT_CONF" recovery work_dir "$HA_SNAPSHOT_STATE_DIR/recovery"
+    # NOTE: the host monitor fences with the [nova] service user below
+    # (admin: it forces compute services down and evacuates).
+    iniset "$HA_SNAPSHOT_CONF" host_monitor enabled "$HA_SNAPSHOT_HOST_MONITOR"
+    iniset "$HA_SNAPSHOT_CONF" host_monitor fencing_driver \
+        "$HA_SNAPSHOT_FENCING_DRIVER"
+    iniset "$HA_SNAPSHOT_CONF" host_monitor evacuate "$HA_SNAPSHOT_EVACUATE"
 
     local store
     store=$(_ha_snapshot_store_url)

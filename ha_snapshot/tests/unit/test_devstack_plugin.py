@@ -477,6 +477,32 @@ class DevstackPluginTestCase(base.TestCase):
         self.assertEqual([('svc-0123', 'RegionOne', 'http://10.0.0.5:8799')],
                          self.named(calls, 'get_or_create_endpoint'))
 
+    def test_host_monitor_toggle(self):
+        """Off by default; HA_SNAPSHOT_HOST_MONITOR=True turns detection,
+        fencing and evacuation on, with the driver chosen."""
+        self.run_phases('key,mysql,rabbit', 'stack post-config')
+        conf = self.parsed()
+        self.assertEqual((False, 'nova-force-down', True),
+                         (conf.host_monitor.enabled,
+                          conf.host_monitor.fencing_driver,
+                          conf.host_monitor.evacuate))
+        self.env.update(HA_SNAPSHOT_HOST_MONITOR='True',
+                        HA_SNAPSHOT_FENCING_DRIVER='none',
+                        HA_SNAPSHOT_EVACUATE='False')
+        self.run_phases('key,mysql,rabbit', 'stack post-config')
+        conf = self.parsed()
+        self.assertEqual((True, 'none', False),
+                         (conf.host_monitor.enabled,
+                          conf.host_monitor.fencing_driver,
+                          conf.host_monitor.evacuate))
+
+    def parsed(self):
+        conf = cfg.ConfigOpts()
+        ha_conf.register_opts(conf)
+        conf([], project='ha-snapshot', default_config_files=[
+            self.conf_file])
+        return conf
+
     def test_three_manager_replicas(self):
         """HA_SNAPSHOT_MANAGERS=3: two more managers, each reading the
         shared file and then its own (host, spool); unstack stops all."""
