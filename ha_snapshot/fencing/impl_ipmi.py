@@ -40,6 +40,9 @@ class IpmiFencing(base.FencingDriver):
         super().__init__(conf, **kwargs)
         self._clock = clock
         self._sleep = sleep
+        self._unknown = {}
+        """host -> the reason its power status was last unknown (said
+        once, not at every round)."""
 
     def check(self) -> None:
         path = self.conf.host_monitor.ipmi_hosts_file
@@ -136,10 +139,16 @@ class IpmiFencing(base.FencingDriver):
 
     def powered_off(self, host: str) -> bool:
         try:
-            return self._status(host, self._bmc(host)) == 'off'
+            off = self._status(host, self._bmc(host)) == 'off'
         except exception.FencingError as e:
-            LOG.warning('Power status of %s unknown: %s', host, e)
+            if self._unknown.get(host) != str(e):
+                LOG.warning('Power status of %s unknown: %s', host, e)
+            self._unknown[host] = str(e)
             return False
+        if self._unknown.pop(host, None) is not None:
+            LOG.info('Power status of %s known again: %s', host,
+                     'off' if off else 'on')
+        return off
 
     def fence(self, host: str, service) -> str:
         bmc = self._bmc(host)

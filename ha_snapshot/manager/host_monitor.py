@@ -139,19 +139,21 @@ class HostMonitor:
             # counted (a restart of every replica is no host failure).
             age = max(0.0, min(now - db_engine.to_timestamp(agent.last_seen),
                                now - self.started))
-            obs = host_states.Observation(
+            observations.append(host_states.Observation(
                 host=agent.host, agent_age=age,
                 nova=getattr(service, 'state', None),
                 disabled=getattr(service, 'status', None) == 'disabled',
-                failure=record.state if record is not None else None)
-            if (service is not None and obs.nova == 'up'
-                    and host_states.silent(obs, limits)
+                failure=record.state if record is not None else None))
+        if host_states.is_partition(observations, limits)[0]:
+            # NOTE: nothing is acted on in a partition: no BMC is asked.
+            return observations, services, records
+        for n, obs in enumerate(observations):
+            if (obs.nova == 'up' and host_states.silent(obs, limits)
                     and obs.failure not in host_states.FENCED_STATES):
                 # NOTE: only a silent host Nova still calls up is worth a
                 # question to its BMC.
-                obs = dataclasses.replace(
-                    obs, powered_off=self.driver.powered_off(agent.host))
-            observations.append(obs)
+                observations[n] = dataclasses.replace(
+                    obs, powered_off=self.driver.powered_off(obs.host))
         return observations, services, records
 
     def check(self) -> host_states.Round:

@@ -264,12 +264,23 @@ def upload(glance, image, path: str, instance: str,
     says the caller still holds the recovery it belongs to.
     """
     def give_up():
-        if may_delete is None or may_delete():
-            delete(glance, image.id)
-        else:
-            LOG.warning('Instance %s: failed recovery image %s left to the '
-                        'replica that took its recovery over', instance,
-                        image.id)
+        # NOTE: never hides the upload's own error: whatever goes wrong
+        # here is logged. The lease check and the delete are not one
+        # transaction, and need not be: the image is this run's own (a
+        # replica that took the recovery over uploads into its own image
+        # and reuses only complete ones), so deleting it late takes
+        # nothing from anyone.
+        try:
+            if may_delete is None or may_delete():
+                delete(glance, image.id)
+            else:
+                LOG.warning('Instance %s: failed recovery image %s left to '
+                            'the replica that took its recovery over',
+                            instance, image.id)
+        except Exception as e:
+            LOG.warning('Instance %s: failed recovery image %s not deleted '
+                        '(%s: %s); the image sweep removes it', instance,
+                        image.id, type(e).__name__, e)
     try:
         with HashingReader(path) as reader:
             resp = image.upload(glance, data=reader)

@@ -12,6 +12,7 @@ every entry point of setup.cfg names an importable class instead.
 import configparser
 import importlib
 import json
+import logging
 import os
 import stat
 import sys
@@ -298,9 +299,18 @@ class IpmiFencingTestCase(_NovaBase):
         self.assertTrue(self.driver.powered_off('compute1'))
         # Unknown host or BMC error: cannot tell, so False.
         self.assertFalse(self.driver.powered_off('compute9'))
+        log = self.useFixture(fixtures.FakeLogger(level=logging.INFO))
         with open(os.path.join(self.bmc, 'fail'), 'w') as f:
             f.write('Error: timeout\n')
-        self.assertFalse(self.driver.powered_off('compute1'))
+        for _ in range(3):
+            self.assertFalse(self.driver.powered_off('compute1'))
+        # Said once, not at every round; and when it is known again.
+        self.assertEqual(1, log.output.count('Power status of compute1 '
+                                             'unknown'), log.output)
+        os.unlink(os.path.join(self.bmc, 'fail'))
+        self.assertTrue(self.driver.powered_off('compute1'))
+        self.assertIn('Power status of compute1 known again: off',
+                      log.output)
 
 
     def test_powered_off_but_nova_refuses_is_not_fenced(self):

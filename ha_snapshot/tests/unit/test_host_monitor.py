@@ -207,12 +207,17 @@ class HostMonitorTestCase(_MonitorBase):
         self.hosts('compute1', 'compute2', 'compute3')
         for host in ('compute1', 'compute2'):
             self.nova.service_of(host)['state'] = 'down'
-        mon = self.monitor()
+        asked = []
+        driver = impl_nova.NovaForceDown(self.conf)
+        driver.powered_off = lambda host: asked.append(host) or False
+        mon = self.monitor(driver=driver)
         for _ in range(3):
             self.now += 70
             mon.run_once()
         self.assertEqual([], self.puts())
         self.assertEqual([], self.evacuated)
+        # No BMC is asked about compute3 (silent, Nova up) in a partition.
+        self.assertEqual([], asked)
         row, = self.rows()
         self.assertEqual(('*', 'partition'), (row.host, row.state))
         self.assertIn('agents of 3 of 3 monitored hosts silent', row.reason)

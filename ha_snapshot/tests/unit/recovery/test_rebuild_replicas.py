@@ -305,3 +305,21 @@ class ImageRulesTestCase(base.TestCase):
         self.assertEqual(sorted([a, b]),
                          sorted(images_mod.prune(self.proxy, self.inst, 1,
                                                  c)))
+
+    def test_a_failing_lease_check_does_not_hide_the_upload_error(self):
+        image = images_mod.create(
+            self.proxy, name='x', instance=self.inst, restore_point='rp1',
+            disk_format='raw', source_image=None, owner=None, properties={})
+        path = self.path('export.raw')
+        with open(path, 'wb') as f:
+            f.write(b'x' * 4096)
+        self.glance.upload_fail.append((500, 0))
+
+        def lease_check():
+            raise exception.DatabaseError(reason='database is locked')
+        with self.assertLogs('ha_snapshot.openstack.images', 'WARNING') as log:
+            e = self.assertRaises(exception.ImageUploadFailed,
+                                  images_mod.upload, self.proxy, image, path,
+                                  self.inst, may_delete=lease_check)
+        self.assertIn('HTTP 500', str(e))
+        self.assertIn('not deleted (DatabaseError', '\n'.join(log.output))
