@@ -1,0 +1,134 @@
+#!/bin/sh
+# shellcheck shell=sh
+# /init of the ha-snapshot test guest (busybox sh, PID 1).
+#
+# Loads the virtio modules, mounts the ext4 data partition (the journal is
+# replayed by the mount), checks the records already there, starts the QEMU
+# guest agent, then appends numbered fixed-size records, each fsync'ed
+# before "DURABLE n" is printed on the console. ha.mode=verify only checks
+# and powers off. The record format is ha_snapshot/guest/records.py's:
+#   "R <n, 8 digits> <uptime in cs, 12 digits> <PAD> <check, 10 digits>\n",
+#   128 bytes, check = (n * 69069 + cs * 40503 + 12345) mod 2^32.
+# Console lines the host reads: "GUEST up", "VERIFY ok records=N",
+# "VERIFY bad records=N torn=T out_of_order=O tail_bytes=B",
+# "DURABLE n", "GUEST error <what>".
+
+PATH=/bin:/sbin:/usr/bin:/usr/sbin
+LD_LIBRARY_PATH=/lib/x86_64-linux-gnu
+export PATH LD_LIBRARY_PATH
+
+mount -t devtmpfs dev /dev
+exec </dev/console >/dev/console 2>&1
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mkdir -p /run /var /tmp /data
+ln -s /run /var/run
+mount -t tmpfs tmp /tmp
+
+PAD=PADDING-PADDING-PADDING-PADDING-PADDING-PADDING-PADDING-PADDING-PADDING-PADDING-PADDING-PADD
+RECORD=128
+MODE=workload
+DEVICE=
+LIMIT=0
+read -r cmdline < /proc/cmdline
+for arg in $cmdline; do
+    case $arg in
+        ha.mode=*) MODE=${arg#ha.mode=} ;;
+        ha.data=*) DEVICE=${arg#ha.data=} ;;
+        ha.records=*) LIMIT=${arg#ha.records=} ;;
+    esac
+done
+
+fail() {
+    echo "GUEST error $*"
+    sync
+    poweroff -f
+    sleep 3600
+}
+
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev \
+         virtio_pci virtio_blk virtio_console; do
+    insmod /modules/$m.ko || fail "insmod $m"
+done
+
+# NOTE: the data partition is the disk's Linux one: vda2 on the bootable
+# disk (vda1 is the FAT boot partition).
+if [ -z "$DEVICE" ]; then
+    DEVICE=/dev/vda2
+fi
+i=0
+while [ ! -b "$DEVICE" ]; do
+    i=$((i + 1))
+    [ $i -gt 500 ] && fail "no block device $DEVICE"
+    usleep 10000
+done
+mount -t ext4 -o rw "$DEVICE" /data || fail "mount $DEVICE"
+F=/data/records
+touch $F
+
+# One awk process checks every record; an incomplete one at the end counts
+# as tail_bytes only. NOTE: busybox awk reads "00000116" as octal and
+# prints %d in 32 bits: numbers lose their leading zeros first, the check
+# is printed with %.0f (exact: it stays below 2^53).
+verify() {
+    size=$(stat -c %s $F)
+    awk -v size="$size" -v rec=$RECORD -v pad="$PAD" '
+        function num(s) { sub(/^0+/, "", s); return s + 0 }
+        NR * rec > size { next }
+        {
+            ok = length($0) == rec - 1 && NF == 5 && $1 == "R" && \
+                 $2 ~ /^[0-9]+$/ && length($2) == 8 && \
+                 $3 ~ /^[0-9]+$/ && length($3) == 12 && $4 == pad && \
+                 $5 == sprintf("%010.0f", (num($2) * 69069 + \
+                                           num($3) * 40503 + 12345) % \
+                                          4294967296)
+            if (!ok) torn++
+            else if (num($2) != NR) order++
+            else good++
+        }
+        END {
+            tail = size % rec
+            bad = torn + order + (tail > 0)
+            printf "VERIFY %s records=%d", bad ? "bad" : "ok", good
+            if (bad) printf " torn=%d out_of_order=%d tail_bytes=%d", \
+                torn, order, tail
+            printf "\n"
+        }' $F
+}
+
+verify
+if [ "$MODE" = verify ]; then
+    umount /data
+    poweroff -f
+    sleep 3600
+fi
+
+for d in /sys/class/virtio-ports/*; do
+    if [ -e "$d/name" ] && [ "$(cat "$d/name")" = org.qemu.guest_agent.0 ]
+    then
+        if [ -x /usr/sbin/qemu-ga ]; then
+            /usr/sbin/qemu-ga -m virtio-serial -p "/dev/${d##*/}" \
+                -t /run -f /run/qemu-ga.pid &
+        fi
+    fi
+done
+
+# NOTE: a torn tail (an append not yet fsync'ed when the disk was copied)
+# is cut off; the numbering goes on from the last whole record.
+size=$(stat -c %s $F)
+n=$((size / RECORD))
+truncate -s $((n * RECORD)) $F
+echo "GUEST up records=$n"
+while [ "$LIMIT" -eq 0 ] || [ "$n" -lt "$LIMIT" ]; do
+    n=$((n + 1))
+    read -r up _ < /proc/uptime
+    cs=$((${up%.*} * 100 + 1${up#*.} - 100))
+    id=$((100000000 + n))
+    t=$((1000000000000 + cs))
+    check=$((10000000000 + (n * 69069 + cs * 40503 + 12345) % 4294967296))
+    echo "R ${id#1} ${t#1} $PAD ${check#1}" >> $F
+    sync $F || fail "fsync of record $n"
+    echo "DURABLE $n"
+done
+echo "GUEST done records=$n"
+while :; do sleep 3600; done
