@@ -66,34 +66,47 @@ mount -t ext4 -o rw "$DEVICE" /data || fail "mount $DEVICE"
 F=/data/records
 touch $F
 
-# One awk process checks every record; an incomplete one at the end counts
-# as tail_bytes only. NOTE: busybox awk reads "00000116" as octal and
-# prints %d in 32 bits: numbers lose their leading zeros first, the check
-# is printed with %.0f (exact: it stays below 2^53).
+# One awk process checks every record, as records.py does: the file is a
+# row of 128-byte slots; slot k holds a good record numbered k, or is torn
+# (or holds a good record with another number: out of order); an
+# incomplete slot at the end counts as tail_bytes only. awk reads lines: a
+# slot is good when a line ends at its end and the 127 bytes before the
+# newline are a good record; every other slot a line covers is torn.
+# NOTE: NUL bytes become "?" first (awk strings end at NUL); busybox awk
+# reads "00000116" as octal and prints %d in 32 bits: numbers lose their
+# leading zeros first, the check is printed with %.0f (exact below 2^53).
 verify() {
     size=$(stat -c %s $F)
-    awk -v size="$size" -v rec=$RECORD -v pad="$PAD" '
+    tr '\000' '?' < $F | awk -v size="$size" -v rec=$RECORD -v pad="$PAD" '
         function num(s) { sub(/^0+/, "", s); return s + 0 }
-        NR * rec > size { next }
-        {
-            ok = length($0) == rec - 1 && NF == 5 && $1 == "R" && \
-                 $2 ~ /^[0-9]+$/ && length($2) == 8 && \
-                 $3 ~ /^[0-9]+$/ && length($3) == 12 && $4 == pad && \
-                 $5 == sprintf("%010.0f", (num($2) * 69069 + \
-                                           num($3) * 40503 + 12345) % \
-                                          4294967296)
-            if (!ok) torn++
-            else if (num($2) != NR) order++
+        function slot(r, k,    f) {
+            if (split(r, f, " ") != 5 || f[1] != "R" || f[4] != pad || \
+                length(f[2]) != 8 || f[2] !~ /^[0-9]+$/ || \
+                length(f[3]) != 12 || f[3] !~ /^[0-9]+$/ || \
+                f[5] != sprintf("%010.0f", (num(f[2]) * 69069 + \
+                    num(f[3]) * 40503 + 12345) % 4294967296)) torn++
+            else if (num(f[2]) != k) order++
             else good++
         }
+        {
+            before = off
+            off += length($0) + 1
+            if (off > size) { off = before; exit }
+            slots = int(off / rec) - int(before / rec)
+            if (slots > 0 && off % rec == 0 && length($0) >= rec - 1) {
+                torn += slots - 1
+                slot(substr($0, length($0) - rec + 2), off / rec)
+            } else torn += slots
+        }
         END {
+            torn += int(size / rec) - int(off / rec)
             tail = size % rec
             bad = torn + order + (tail > 0)
             printf "VERIFY %s records=%d", bad ? "bad" : "ok", good
             if (bad) printf " torn=%d out_of_order=%d tail_bytes=%d", \
                 torn, order, tail
             printf "\n"
-        }' $F
+        }'
 }
 
 verify

@@ -64,7 +64,8 @@ class Archive:
     def write(self, path: str, level: int = 6) -> int:
         """Write the gzip'ed archive; returns its size."""
         with open(path, 'wb') as raw:
-            with gzip.GzipFile(fileobj=raw, mode='wb', compresslevel=level,
+            with gzip.GzipFile(filename='', fileobj=raw, mode='wb',
+                               compresslevel=level,
                                mtime=0) as out:
                 for ino, name in enumerate(sorted(self._entries), 1):
                     mode, data, rdev = self._entries[name]
