@@ -36,6 +36,8 @@ KERNEL = 'linux-image-cloud-amd64'
 BUSYBOX = 'busybox-static'
 AGENT = ('qemu-guest-agent', 'libc6', 'libglib2.0-0', 'libnuma1', 'libudev1',
          'liburing2', 'libpcre2-8-0')
+SQLITE = ('sqlite3', 'libsqlite3-0', 'libreadline8', 'libtinfo6', 'zlib1g',
+          'libc6')
 # NOTE: the order insmod needs (no modprobe, no depmod in the guest).
 MODULES = (('drivers/virtio', 'virtio_ring'), ('drivers/virtio', 'virtio'),
            ('drivers/virtio', 'virtio_pci_modern_dev'),
@@ -74,10 +76,15 @@ class GuestImage:
             ('disk_qcow2', self.disk))}
 
 
-def _versions(cache_dir: str, kernel_package: str, agent: bool) -> dict:
+def _names(kernel_package: str, agent: bool, sqlite: bool) -> list:
+    names = [kernel_package, BUSYBOX] + (list(AGENT) if agent else [])
+    return list(dict.fromkeys(names + (list(SQLITE) if sqlite else [])))
+
+
+def _versions(cache_dir: str, names: list) -> dict:
     """name -> Package (and 'kernel': the real kernel package), asked of
     apt once per state of its lists (see packages.apt_state)."""
-    names = [kernel_package, BUSYBOX] + (list(AGENT) if agent else [])
+    kernel_package = names[0]
     state = hashlib.sha256(json.dumps(
         [names, packages.apt_state()]).encode()).hexdigest()[:16]
     memo = os.path.join(cache_dir, 'versions', state + '.json')
@@ -101,11 +108,11 @@ def _versions(cache_dir: str, kernel_package: str, agent: bool) -> dict:
     return found
 
 
-def _key(found: dict, agent: bool, boot_mib: int, data_mib: int) -> str:
+def _key(found: dict, names: list, boot_mib: int, data_mib: int) -> str:
     with open(INIT, 'rb') as f:
         init = f.read()
     material = {
-        'layout': LAYOUT, 'agent': agent, 'boot_mib': boot_mib,
+        'layout': LAYOUT, 'names': names, 'boot_mib': boot_mib,
         'data_mib': data_mib, 'cmdline': CMDLINE,
         'init': hashlib.sha256(init).hexdigest(),
         'packages': sorted((p.name, p.version) for p in found.values()),
@@ -128,14 +135,15 @@ def _load(directory: str) -> GuestImage | None:
 
 
 def build(cache_dir: str | None = None, *, kernel_package: str = KERNEL,
-          agent: bool = True, boot_mib: int = 40,
+          agent: bool = True, sqlite: bool = True, boot_mib: int = 40,
           data_mib: int = 64) -> GuestImage:
     """The guest images for the current package versions (see module)."""
     t0 = time.monotonic()
     cache_dir = os.path.abspath(cache_dir or DEFAULT_CACHE)
     disk_mod.check_tools()
-    found = _versions(cache_dir, kernel_package, agent)
-    key = _key(found, agent, boot_mib, data_mib)
+    names = _names(kernel_package, agent, sqlite)
+    found = _versions(cache_dir, names)
+    key = _key(found, names, boot_mib, data_mib)
     final = os.path.join(cache_dir, 'images', key)
     image = _load(final)
     if image is not None:
@@ -148,7 +156,7 @@ def build(cache_dir: str | None = None, *, kernel_package: str = KERNEL,
     try:
         out = os.path.join(staging, 'out')
         os.mkdir(out)
-        _assemble(found, debs, staging, out, agent)
+        _assemble(found, debs, staging, out, agent, sqlite)
         disk_mod.make_disk(
             os.path.join(out, 'disk.qcow2'), staging,
             os.path.join(out, 'vmlinuz'), os.path.join(out, 'initrd.img'),
@@ -171,7 +179,7 @@ def build(cache_dir: str | None = None, *, kernel_package: str = KERNEL,
                                seconds=time.monotonic() - t0)
 
 
-def _assemble(found, debs, staging, out, agent) -> None:
+def _assemble(found, debs, staging, out, agent, sqlite) -> None:
     kernel = found['kernel']
     release = kernel.name[len('linux-image-'):]
     kernel_files = ['./boot/vmlinuz-%s' % release] + [
@@ -210,12 +218,18 @@ def _assemble(found, debs, staging, out, agent) -> None:
                 reason='package %s has no %s (compressed modules are not '
                 'handled)' % (kernel.name, os.path.relpath(path, kroot)))
         arc.copy('modules/%s.ko' % module, path, 0o644)
+    programs = []
     if agent:
-        ga = os.path.join(roots['qemu-guest-agent'], 'usr', 'sbin', 'qemu-ga')
-        arc.copy('usr/sbin/qemu-ga', ga, 0o755)
-        libs = initramfs.needed_libraries(ga, list(roots.values()))
-        for soname, path in libs.items():
-            arc.copy('lib/x86_64-linux-gnu/' + soname, path, 0o755)
+        programs.append(('qemu-guest-agent', 'usr/sbin/qemu-ga'))
+    if sqlite:
+        programs.append(('sqlite3', 'usr/bin/sqlite3'))
+    for package, program in programs:
+        path = os.path.join(roots[package], program)
+        arc.copy(program, path, 0o755)
+        libs = initramfs.needed_libraries(path, list(roots.values()))
+        for soname, lib in libs.items():
+            arc.copy('lib/x86_64-linux-gnu/' + soname, lib, 0o755)
+    if programs:
         arc.symlink('lib64/ld-linux-x86-64.so.2',
                     '/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2')
     arc.write(os.path.join(out, 'initrd.img'))

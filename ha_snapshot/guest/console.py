@@ -17,7 +17,7 @@ import time
 
 from ha_snapshot import exception
 
-DURABLE = re.compile(r'DURABLE (\d+)')
+COUNTER = re.compile(r'(DURABLE|COMMITTED) (\d+)')
 CONNECT_RETRY = 0.02
 
 
@@ -36,6 +36,9 @@ class Console:
         self.lines = []
         self.durable = []
         """(n, wall time the host read ``DURABLE n``), in order."""
+        self.committed = []
+        """(n, wall time the host read ``COMMITTED n``): the database's
+        transactions."""
         self.closed = False
         self._cond = threading.Condition()
         self._sock = None
@@ -85,9 +88,11 @@ class Console:
         line = Line(time.time(), time.monotonic(), text)
         with self._cond:
             self.lines.append(line)
-            m = DURABLE.search(text)
+            m = COUNTER.search(text)
             if m:
-                self.durable.append((int(m.group(1)), line.wall))
+                marks = (self.durable if m.group(1) == 'DURABLE'
+                         else self.committed)
+                marks.append((int(m.group(2)), line.wall))
             self._cond.notify_all()
 
     def wait_for(self, pattern: str, timeout: float,
@@ -131,6 +136,12 @@ class Console:
         (0: none)."""
         with self._cond:
             return max((n for n, t in self.durable if t < wall), default=0)
+
+    def committed_before(self, wall: float) -> int:
+        """The highest database transaction reported committed before
+        ``wall`` (0: none)."""
+        with self._cond:
+            return max((n for n, t in self.committed if t < wall), default=0)
 
     def tail(self, count: int = 8) -> str:
         with self._cond:

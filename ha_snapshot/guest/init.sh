@@ -11,7 +11,10 @@
 #   128 bytes, check = (n * 69069 + cs * 40503 + 12345) mod 2^32.
 # Console lines the host reads: "GUEST up", "VERIFY ok records=N",
 # "VERIFY bad records=N torn=T out_of_order=O tail_bytes=B",
-# "DURABLE n", "GUEST error <what>".
+# "DURABLE n", "GUEST error <what>"; with sqlite3 in the initramfs also
+# "SQLITE ok transactions=N" (or "SQLITE bad ...") and "COMMITTED n": an
+# sqlite database (WAL, synchronous=FULL) beside the records, one
+# committed transaction at a time.
 
 PATH=/bin:/sbin:/usr/bin:/usr/sbin
 LD_LIBRARY_PATH=/lib/x86_64-linux-gnu
@@ -109,8 +112,58 @@ verify() {
         }'
 }
 
+# The database: transaction c inserts row c and adds c to the totals row,
+# so a lost, partial or doubled transaction shows as a mismatch.
+DB=/data/app.db
+SQL_INIT="PRAGMA journal_mode=WAL;
+CREATE TABLE IF NOT EXISTS tx(id INTEGER PRIMARY KEY, t INTEGER NOT NULL,
+                              body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS totals(k INTEGER PRIMARY KEY CHECK (k = 1),
+                                  n INTEGER NOT NULL, total INTEGER NOT NULL);
+INSERT OR IGNORE INTO totals VALUES (1, 0, 0);"
+SQL_CHECK="PRAGMA integrity_check;
+SELECT 'rows', count(*), coalesce(max(id), 0), coalesce(sum(id), 0) FROM tx;
+SELECT 'totals', n, total FROM totals;"
+
+verify_db() {
+    out=$(sqlite3 -batch $DB "$SQL_CHECK" 2>&1 | tr '\n|' '  ')
+    set -f
+    # shellcheck disable=SC2086
+    set -- $out
+    set +f
+    if [ $# -eq 8 ] && [ "$1 $2 $6" = "ok rows totals" ] &&
+       [ "$3" = "$4" ] && [ "$3" = "$7" ] && [ "$5" = "$8" ]; then
+        echo "SQLITE ok transactions=$3"
+    else
+        echo "SQLITE bad $out"
+    fi
+}
+
+# NOTE: one sqlite3 process for all transactions (starting one per
+# transaction costs ~0.3 s under TCG): awk writes them into its stdin, the
+# pipe paces awk; sqlite3 prints "COMMITTED c" once COMMIT has returned.
+db_workload() {
+    c=$(sqlite3 -batch $DB "SELECT coalesce(max(id), 0) FROM tx") ||
+        fail "sqlite3 $DB"
+    awk -v c="$c" -v limit="$LIMIT" 'BEGIN {
+        q = "\047"
+        print "PRAGMA synchronous=FULL;"
+        while (limit == 0 || c < limit) {
+            c++
+            printf "BEGIN; INSERT INTO tx VALUES (%d, " \
+                   "CAST(strftime(%s%%s%s) AS INTEGER), %stransaction %d%s);" \
+                   " UPDATE totals SET n = n + 1, total = total + %d;" \
+                   " COMMIT; SELECT %sCOMMITTED %d%s;\n", \
+                   c, q, q, q, c, q, c, q, c, q
+        }
+    }' | sqlite3 -batch -bail $DB || echo "GUEST error sqlite3 workload"
+}
+
 verify
 if [ "$MODE" = verify ]; then
+    if [ -x /usr/bin/sqlite3 ]; then
+        if [ -s $DB ]; then verify_db; else echo "SQLITE none"; fi
+    fi
     umount /data
     poweroff -f
     sleep 3600
@@ -132,6 +185,17 @@ size=$(stat -c %s $F)
 n=$((size / RECORD))
 truncate -s $((n * RECORD)) $F
 echo "GUEST up records=$n"
+# NOTE: the database is checked and written beside the records, not
+# before them: starting sqlite3 twice costs the first record ~1 s.
+if [ -x /usr/bin/sqlite3 ]; then
+    (
+        if [ ! -s $DB ]; then
+            sqlite3 -batch $DB "$SQL_INIT" > /dev/null || fail "sqlite3 $DB"
+        fi
+        verify_db
+        db_workload
+    ) &
+fi
 while [ "$LIMIT" -eq 0 ] || [ "$n" -lt "$LIMIT" ]; do
     n=$((n + 1))
     read -r up _ < /proc/uptime

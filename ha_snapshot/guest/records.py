@@ -22,6 +22,7 @@ ha_snapshot.guest.disk / packages only.
 import dataclasses
 import os
 import re
+import sqlite3
 import subprocess
 import tempfile
 
@@ -32,6 +33,7 @@ from ha_snapshot.guest import packages
 RECORD = 128
 PAD = ('PADDING-' * 12)[:92]
 FILE = '/records'
+DATABASE = '/app.db'
 LINE = re.compile(rb'R (\d{8}) (\d{12}) ([!-~]{92}) (\d{10})\n')
 TOOL_TIMEOUT = 300
 # NOTE: e2fsck exit codes: 0 clean, 1 errors corrected, 2 corrected and
@@ -108,6 +110,45 @@ def check_records(data: bytes) -> RecordCheck:
 
 
 @dataclasses.dataclass(frozen=True)
+class DatabaseCheck:
+    integrity: str
+    """``PRAGMA integrity_check``: 'ok' or what sqlite found."""
+    transactions: int
+    """Committed transactions found (rows 1..n)."""
+    consistent: bool
+    """Rows 1..n with no gap and the totals row matching them: no
+    transaction lost half-way."""
+
+    @property
+    def ok(self) -> bool:
+        return self.integrity == 'ok' and self.consistent
+
+    def summary(self) -> str:
+        if self.ok:
+            return 'SQLITE ok transactions=%d' % self.transactions
+        return 'SQLITE bad integrity=%s consistent=%s transactions=%d' % (
+            self.integrity, self.consistent, self.transactions)
+
+
+def check_database(path: str) -> DatabaseCheck:
+    """Check the guest's database at ``path`` (its -wal beside it)."""
+    con = sqlite3.connect(path)
+    try:
+        integrity = '; '.join(
+            r[0] for r in con.execute('PRAGMA integrity_check'))
+        count, top, total = con.execute(
+            'SELECT count(*), coalesce(max(id), 0), coalesce(sum(id), 0) '
+            'FROM tx').fetchone()
+        n, t = con.execute('SELECT n, total FROM totals').fetchone()
+    except sqlite3.Error as e:
+        return DatabaseCheck('error: %s' % e, 0, False)
+    finally:
+        con.close()
+    return DatabaseCheck(integrity, count,
+                         count == top == n and total == t)
+
+
+@dataclasses.dataclass(frozen=True)
 class RecoveryCheck:
     replay_status: int
     """Exit status of ``e2fsck -fy`` (0 or 1: replayed, fixed at most
@@ -116,6 +157,8 @@ class RecoveryCheck:
     """``e2fsck -fn`` after the replay found nothing."""
     fsck_output: str
     records: RecordCheck
+    database: DatabaseCheck | None = None
+    """None when the disk holds no database (a guest without sqlite3)."""
 
 
 def _tool(argv, what, ok=(0,)):
@@ -171,9 +214,17 @@ def check_recovered(disk_copy: str, workdir: str | None = None
                                timeout=TOOL_TIMEOUT)
         out = _tool(['debugfs', '-R', 'cat %s' % FILE, fs],
                     'debugfs cat %s' % FILE)
+        db = os.path.join(tmp, 'app.db')
+        _tool(['debugfs', '-R', 'dump %s %s' % (DATABASE, db), fs],
+              'debugfs dump %s' % DATABASE)
+        database = None
+        if os.path.exists(db) and os.path.getsize(db):
+            _tool(['debugfs', '-R', 'dump %s-wal %s-wal' % (DATABASE, db),
+                   fs], 'debugfs dump %s-wal' % DATABASE)
+            database = check_database(db)
         return RecoveryCheck(
             replay_status=replay.returncode,
             fsck_clean=check.returncode == 0,
             fsck_output=(replay.stdout + check.stdout).decode(
                 'utf-8', 'replace'),
-            records=check_records(out.stdout))
+            records=check_records(out.stdout), database=database)

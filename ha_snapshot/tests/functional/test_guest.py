@@ -49,13 +49,14 @@ class GuestTestCase(base.TestCase):
         self.addDetail(name, content.text_content(json.dumps(value)))
 
     def verify_boot(self, disk, name, disk_format='raw'):
-        """Boot ``disk`` in verify mode: its VERIFY line."""
+        """Boot ``disk`` in verify mode: its VERIFY and SQLITE lines."""
         g = self.guest(name, disk=disk, disk_format=disk_format,
                        mode='verify')
-        _, m = g.console.wait_for(r'VERIFY (ok|bad).*', BOOT_TIMEOUT)
+        i, m = g.console.wait_for(r'VERIFY (ok|bad).*', BOOT_TIMEOUT)
+        _, db = g.console.wait_for(r'SQLITE (ok|bad).*', BOOT_TIMEOUT, i)
         self.assertTrue(g.vm.process.wait(BOOT_TIMEOUT),
                         'the verify guest did not power off')
-        return m.group(0)
+        return m.group(0), db.group(0)
 
     def raw_copy(self, path, name):
         out = self.path(name)
@@ -90,6 +91,8 @@ class BuildTest(GuestTestCase):
         check = records.check_recovered(raw)
         self.assertTrue(check.fsck_clean, check.fsck_output)
         self.assertEqual(0, check.records.records)
+        # NOTE: the guest makes its database at its first boot.
+        self.assertIsNone(check.database)
         self.assertIn('linux-image-cloud-amd64', cold.packages)
         self.assertIn('qemu-guest-agent', cold.packages)
 
@@ -114,18 +117,26 @@ class LiveSnapshotTest(GuestTestCase):
 
     def test_snapshot_holds_every_durable_record(self):
         g = self.guest()
+        t0 = time.monotonic()
+        g.console.wait_durable(1, BOOT_TIMEOUT)
+        first = time.monotonic() - t0
         g.console.wait_durable(30, RECORD_TIMEOUT)
+        g.console.wait_for('COMMITTED 20', RECORD_TIMEOUT)
         before = time.time()
         snap = self.driver.snapshot(g.vm)
         durable = g.console.durable_before(before)
+        committed = g.console.committed_before(before)
         after = g.console.wait_durable(durable + 20, RECORD_TIMEOUT)
         self.driver.kill(g.vm)
         frozen = snap.disks[0].frozen.path
         self.assertEqual(os.path.abspath(g.disk), frozen)
         check = records.check_recovered(frozen)
         self.note('snapshot', {
+            'first_durable_seconds': first,
             'durable_before_snapshot': durable, 'durable_at_kill': after,
-            'found': check.records.records, 'replay': check.replay_status})
+            'found': check.records.records, 'replay': check.replay_status,
+            'committed_before_snapshot': committed,
+            'transactions_found': check.database.transactions})
         self.assertIn(check.replay_status, (0, 1), check.fsck_output)
         self.assertTrue(check.fsck_clean, check.fsck_output)
         self.assertTrue(check.records.ok, check.records.summary())
@@ -133,10 +144,13 @@ class LiveSnapshotTest(GuestTestCase):
         # NOTE: the guest went on writing into the new overlay: the frozen
         # base cannot hold what it reported after the snapshot and more.
         self.assertLess(check.records.records, after)
+        self.assertTrue(check.database.ok, check.database.summary())
+        self.assertGreaterEqual(check.database.transactions, committed)
         # The guest's own verify boot agrees with the host's check.
         copy = self.raw_copy(frozen, 'copy.raw')
-        self.assertEqual(check.records.summary(),
-                         self.verify_boot(copy, 'verify'))
+        self.assertEqual(
+            (check.records.summary(), check.database.summary()),
+            self.verify_boot(copy, 'verify'))
 
 
 class VerifyTest(GuestTestCase):
@@ -144,9 +158,10 @@ class VerifyTest(GuestTestCase):
     def test_corrupt_record_is_reported(self):
         g = self.guest(records=40)
         g.console.wait_for(r'GUEST done records=40', RECORD_TIMEOUT)
+        g.console.wait_for(r'COMMITTED 40', RECORD_TIMEOUT)
         self.driver.kill(g.vm)
         copy = self.raw_copy(g.disk, 'copy.raw')
-        self.assertEqual('VERIFY ok records=40',
+        self.assertEqual(('VERIFY ok records=40', 'SQLITE ok transactions=40'),
                          self.verify_boot(copy, 'verify-good'))
         # Record 17: one byte of its pad, in the file's first block.
         fs = self.path('fs.ext4')
@@ -168,7 +183,8 @@ class VerifyTest(GuestTestCase):
                                        check.records.first_bad))
         self.assertFalse(check.records.ok)
         self.assertEqual('VERIFY bad records=39 torn=1 out_of_order=0 '
-                         'tail_bytes=0', self.verify_boot(copy, 'verify-bad'))
+                         'tail_bytes=0', self.verify_boot(copy,
+                                                          'verify-bad')[0])
 
 
 class BootDiskTest(GuestTestCase):
@@ -177,14 +193,18 @@ class BootDiskTest(GuestTestCase):
         g = self.guest('bootdisk', kernel_boot=False)
         t0 = time.monotonic()
         g.console.wait_for(r'VERIFY ok records=0', BOOT_TIMEOUT)
+        g.console.wait_for(r'SQLITE ok transactions=0', BOOT_TIMEOUT)
         g.console.wait_durable(1, RECORD_TIMEOUT)
         first = time.monotonic() - t0
         g.console.wait_durable(100, RECORD_TIMEOUT)
         (n0, t_first), (n1, t_last) = g.console.durable[0], \
             g.console.durable[-1]
+        c = g.console.committed
         self.note('bootdisk', {
             'first_durable_seconds': first,
-            'records_per_second': (n1 - n0) / max(t_last - t_first, 1e-6)})
+            'records_per_second': (n1 - n0) / max(t_last - t_first, 1e-6),
+            'transactions_per_second': (c[-1][0] - c[0][0]) / max(
+                c[-1][1] - c[0][1], 1e-6) if len(c) > 1 else 0})
         self.assertEqual(list(range(1, n1 + 1)),
                          [n for n, _ in g.console.durable])
         self.assertEqual({'return': 4242}, agent_command(

@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -42,6 +43,67 @@ def guest_verify(path):
     return subprocess.run([busybox, 'sh', '-c', script], check=True,
                           capture_output=True, text=True,
                           timeout=60).stdout.strip()
+
+
+def guest_db(path, function):
+    """init.sh's database set-up and ``function`` (verify_db,
+    db_workload) run by busybox sh with the host's sqlite3 on ``path``."""
+    busybox = shutil.which('busybox')
+    if busybox is None or shutil.which('sqlite3') is None:
+        raise AssertionError('busybox or sqlite3 not found: install '
+                             'busybox-static and sqlite3')
+    with open(build.INIT) as f:
+        init = f.read()
+    body = init[init.index('DB=/data/app.db'):init.index('\nverify\n')]
+    script = ('fail() { echo "GUEST error $*"; exit 1; }\nLIMIT=5\n%s\n'
+              'DB=%s\nsqlite3 -batch $DB "$SQL_INIT" > /dev/null\n%s\n'
+              % (body, path, function))
+    return subprocess.run([busybox, 'sh', '-c', script], check=True,
+                          capture_output=True, text=True,
+                          timeout=60).stdout.strip()
+
+
+class DatabaseCheckTest(base.TestCase):
+
+    def test_workload_then_checks_agree(self):
+        db = self.path('app.db')
+        self.assertEqual('\n'.join('COMMITTED %d' % n for n in range(1, 6)),
+                         guest_db(db, 'db_workload'))
+        self.assertEqual('SQLITE ok transactions=5',
+                         guest_db(db, 'verify_db'))
+        check = records.check_database(db)
+        self.assertEqual('SQLITE ok transactions=5', check.summary())
+
+    def test_half_transaction_is_found(self):
+        db = self.path('app.db')
+        guest_db(db, 'db_workload')
+        con = sqlite3.connect(db)
+        con.execute("INSERT INTO tx VALUES (6, 0, 'no totals')")
+        con.commit()
+        con.close()
+        self.assertFalse(records.check_database(db).ok)
+        self.assertTrue(guest_db(db, 'verify_db').startswith('SQLITE bad'))
+
+    def test_missing_row_is_found(self):
+        db = self.path('app.db')
+        guest_db(db, 'db_workload')
+        con = sqlite3.connect(db)
+        con.execute('DELETE FROM tx WHERE id = 3')
+        con.execute('UPDATE totals SET n = n - 1, total = total - 3')
+        con.commit()
+        con.close()
+        self.assertFalse(records.check_database(db).consistent)
+        self.assertTrue(guest_db(db, 'verify_db').startswith('SQLITE bad'))
+
+    def test_not_a_database(self):
+        db = self.path('app.db')
+        with open(db, 'wb') as f:
+            f.write(b'garbage' * 1000)
+        check = records.check_database(db)
+        self.assertFalse(check.ok)
+        self.assertIn('error', check.integrity)
+        self.assertTrue(guest_db(self.path('other.db'), 'verify_db')
+                        .startswith('SQLITE ok'))
 
 
 class RecordCheckTest(base.TestCase):
