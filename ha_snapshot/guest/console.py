@@ -40,6 +40,8 @@ class Console:
         """(n, wall time the host read ``COMMITTED n``): the database's
         transactions."""
         self.closed = False
+        self.started = time.time()
+        """When the console was made (just before the guest ran)."""
         self._cond = threading.Condition()
         self._sock = None
         self._reader = None
