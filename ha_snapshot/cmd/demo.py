@@ -17,7 +17,7 @@ def main(argv=None) -> int:
                    help='print the report as one JSON object')
     p.add_argument('--workdir', help='keep everything here')
     p.add_argument('--vms', type=int, default=2)
-    p.add_argument('--seconds', type=float, default=20.0,
+    p.add_argument('--seconds', type=float, default=15.0,
                    help='how long the workload runs before the kill')
     p.add_argument('--transport-url', default='fake://')
     p.add_argument('--no-guest', action='store_true',
