@@ -155,6 +155,9 @@ class RecoveryCheck:
     ext4's unjournalled free counts)."""
     fsck_clean: bool
     """``e2fsck -fn`` after the replay found nothing."""
+    journal_replayed: bool
+    """The file system needed its journal replayed (a crash-consistent
+    copy does; one taken while the guest agent froze it does not)."""
     fsck_output: str
     records: RecordCheck
     database: DatabaseCheck | None = None
@@ -225,6 +228,7 @@ def check_recovered(disk_copy: str, workdir: str | None = None
         return RecoveryCheck(
             replay_status=replay.returncode,
             fsck_clean=check.returncode == 0,
+            journal_replayed=b'recovering journal' in replay.stdout,
             fsck_output=(replay.stdout + check.stdout).decode(
                 'utf-8', 'replace'),
             records=check_records(out.stdout), database=database)
