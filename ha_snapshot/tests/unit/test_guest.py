@@ -18,6 +18,7 @@ from ha_snapshot.guest import build
 from ha_snapshot.guest import console as console_mod
 from ha_snapshot.guest import disk as disk_mod
 from ha_snapshot.guest import initramfs
+from ha_snapshot.guest import packages
 from ha_snapshot.guest import records
 from ha_snapshot.tests import base
 
@@ -350,3 +351,32 @@ class InitScriptTest(base.TestCase):
                          image.cmdline('verify'))
         self.assertTrue(image.cmdline(records=5).endswith(
             'ha.mode=workload ha.records=5'))
+
+
+class PackagesTest(base.TestCase):
+
+    def test_kernel_of_a_meta_package(self):
+        meta = packages.Package(
+            'linux-image-cloud-amd64', '6.1.176-1', 'amd64',
+            'linux-image-6.1.0-50-cloud-amd64 (= 6.1.176-1)')
+        self.assertEqual('linux-image-6.1.0-50-cloud-amd64',
+                         packages.depends_on(meta, 'linux-image-'))
+        e = self.assertRaises(exception.GuestImageError, packages.depends_on,
+                              packages.Package('x', '1', 'all'),
+                              'linux-image-')
+        self.assertIn('depends on no linux-image-* package', str(e))
+
+    def test_file_name_is_apts(self):
+        self.assertEqual(
+            'busybox-static_1%3a1.35.0-4_amd64.deb',
+            packages.Package('busybox-static', '1:1.35.0-4',
+                             'amd64').file_name)
+
+    def test_bad_names_refused_before_apt(self):
+        e = self.assertRaises(exception.GuestPackageNotFound,
+                              packages.candidates, ['ok-name', 'Bad Name;'])
+        self.assertIn("Bad Name;", str(e))
+        self.assertIn('not a Debian package name', str(e))
+
+    def test_apt_state_is_stable(self):
+        self.assertEqual(packages.apt_state(), packages.apt_state())
