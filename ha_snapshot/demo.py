@@ -218,6 +218,14 @@ def run(work: str, *, vms: int = 2, seconds: float = 20.0,
         format='%(asctime)s %(levelname)s %(name)s %(message)s')
     logging.getLogger('oslo_utils.imageutils.format_inspector').setLevel(
         logging.ERROR)
+    # NOTE: before any service starts: a build that fails (no apt, no
+    # network) leaves nothing running.
+    image = None
+    if guest:
+        image = guest_build.build(guest_cache)
+        progress('test guest %s (%.1f s)' % (
+            'found in the cache' if image.cached else 'built',
+            image.seconds))
     conf = make_conf(work, interval, rpo_target)
     migration.upgrade(conf)
     transport = rpc.get_transport(conf, url=transport_url)
@@ -228,12 +236,6 @@ def run(work: str, *, vms: int = 2, seconds: float = 20.0,
     agent.start()
     report = {'verified': False}
     started_vms, instances, consoles, vm_opts = [], {}, {}, {}
-    image = None
-    if guest:
-        image = guest_build.build(guest_cache)
-        progress('test guest %s (%.1f s)' % (
-            'found in the cache' if image.cached else 'built',
-            image.seconds))
     try:
         for i in range(vms):
             inst = str(uuid.uuid4())

@@ -140,6 +140,11 @@ def build(cache_dir: str | None = None, *, kernel_package: str = KERNEL,
     """The guest images for the current package versions (see module)."""
     t0 = time.monotonic()
     cache_dir = os.path.abspath(cache_dir or DEFAULT_CACHE)
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+    except OSError as e:
+        raise exception.GuestImageError(
+            reason='cannot use the cache directory %s: %s' % (cache_dir, e))
     disk_mod.check_tools()
     names = _names(kernel_package, agent, sqlite)
     found = _versions(cache_dir, names)

@@ -378,5 +378,14 @@ class PackagesTest(base.TestCase):
         self.assertIn("Bad Name;", str(e))
         self.assertIn('not a Debian package name', str(e))
 
+    def test_unusable_cache_directory_is_named(self):
+        path = self.path('file')
+        with open(path, 'w'):
+            pass
+        e = self.assertRaises(exception.GuestImageError, build.build,
+                              os.path.join(path, 'cache'))
+        self.assertIn('cannot use the cache directory %s/cache' % path,
+                      str(e))
+
     def test_apt_state_is_stable(self):
         self.assertEqual(packages.apt_state(), packages.apt_state())
