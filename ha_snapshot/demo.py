@@ -3,18 +3,29 @@
 Everything runs on this host with embedded defaults: a file store and a
 sqlite database in a work directory, the manager and the agent as
 in-process services talking over oslo.messaging (``fake://`` unless
-``--transport-url`` names a broker), QEMU VMs with qcow2 disks and no
-guest. A workload writes numbered blocks into each disk through the QEMU
-monitor (``qemu-io``), keeping the time of every write; the agent snapshots
-and ships; one VM is SIGKILLed; the health monitor reports it and the
-manager recovers it (``restart``). The recovered disk must equal the
-newest durable restore point, and that restore point must hold every
-write finished before its snapshot and none begun after it.
+``--transport-url`` names a broker), QEMU VMs with qcow2 disks. The agent
+snapshots and ships; one VM is SIGKILLed; the health monitor reports it
+and the manager recovers it (``restart``). The recovered disk must equal
+the newest durable restore point.
+
+By default the VMs are real Linux guests (ha_snapshot/guest: built from
+Debian packages, booted by SeaBIOS under TCG) whose own workload appends
+fsync'ed records and commits sqlite transactions, each reported on the
+serial console and stamped by the host as it arrives. Then the recovered
+VM must boot (its console shows the guest's own check and new records),
+the restore point's file system must be clean after journal replay, and it
+must hold every record and transaction the guest reported before the
+snapshot was taken. With ``guest=False`` the VMs have no guest: a workload
+writes numbered blocks through the QEMU monitor (``qemu-io``), and the
+restore point must hold every write finished before its snapshot and none
+begun after it.
 """
 
 import dataclasses
 import logging
 import os
+import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -27,6 +38,9 @@ from ha_snapshot.agent import rpcapi as agent_rpcapi
 from ha_snapshot.agent import service as agent_service
 from ha_snapshot import conf as ha_conf
 from ha_snapshot.db import migration
+from ha_snapshot.guest import boot as guest_boot
+from ha_snapshot.guest import build as guest_build
+from ha_snapshot.guest import records as guest_records
 from ha_snapshot import hypervisor
 from ha_snapshot.hypervisor import base as hv_base
 from ha_snapshot.manager import service as manager_service
@@ -36,6 +50,7 @@ from ha_snapshot import statuses
 MiB = 1 << 20
 BLOCK = 64 * 1024
 HOST = 'demo-host'
+GUEST_TIMEOUT = 120
 
 
 @dataclasses.dataclass
@@ -123,16 +138,94 @@ def check_restore_point(path: str, writes: list, taken_at: float) -> list:
     return problems
 
 
+def start_guest(driver, image, work: str, i: int) -> tuple:
+    """A real guest on its own copy of the image's disk: (VMSpec, its
+    console, the protect spec's 'vm' object)."""
+    disk = os.path.join(work, 'vm%d.qcow2' % i)
+    shutil.copyfile(image.disk, disk)
+    spec, paths = guest_boot.spec(image, 'vm%d' % i, work, disk,
+                                  kernel_boot=False)
+    vm, console = guest_boot.start(driver, spec, paths)
+    # NOTE: a restart starts the recovered guest paused, so that its disk
+    # can be compared with the restore point before the guest writes.
+    vm_opts = {'machine': 'q35', 'accel': 'tcg',
+               'memory_mb': spec.memory_mb, 'node': 'disk0',
+               'device': 'vd0', 'paused': True,
+               'serial_log': os.path.join(work, 'vm%d.restarted.console'
+                                          % i)}
+    return spec, vm, console, vm_opts
+
+
+def wait_file_line(path: str, pattern: str, timeout: float):
+    """The first line of the growing file ``path`` matching ``pattern``
+    (QEMU appends the recovered guest's console there)."""
+    regex = re.compile(pattern)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(path, errors='replace') as f:
+                for line in f:
+                    m = regex.search(line)
+                    if m:
+                        return m
+        except FileNotFoundError:
+            pass
+        if time.monotonic() > deadline:
+            return None
+        threading.Event().wait(0.1)
+
+
+def check_guest(check, console, taken: float | None, restarted_log: str
+                ) -> dict:
+    """What a user would check after the recovery of a real guest."""
+    durable = console.durable_before(taken) if taken else 0
+    committed = console.committed_before(taken) if taken else 0
+    recs, db = check.records, check.database
+    first = wait_file_line(restarted_log, r'DURABLE (\d+)', GUEST_TIMEOUT)
+    verify = wait_file_line(restarted_log, r'VERIFY \w+.*', 1)
+    lost = max(0, durable - recs.contiguous)
+    tx_lost = max(0, committed - (db.transactions if db and db.ok else 0))
+    report = {
+        'guest_booted': first is not None,
+        'recovered_guest_verify': verify.group(0) if verify else None,
+        'recovered_guest_first_record': int(first.group(1)) if first
+        else None,
+        'fsck_clean': check.fsck_clean,
+        'records_durable_before_restore_point': durable,
+        'records_in_restore_point': recs.records,
+        'records_lost': lost,
+        'records_torn': recs.torn + recs.out_of_order,
+        'transactions_committed_before_restore_point': committed,
+        'transactions_in_restore_point': db.transactions if db else 0,
+        'transactions_lost': tx_lost,
+        'database_ok': bool(db and db.ok)}
+    report['guest_verified'] = bool(
+        taken is not None and first is not None and check.fsck_clean
+        and recs.ok and not lost and db is not None and db.ok
+        and not tx_lost
+        and report['recovered_guest_first_record'] == recs.records + 1)
+    return report
+
+
 def run(work: str, *, vms: int = 2, seconds: float = 20.0,
         rate_bps: float = 2 * MiB, interval: float = 1.0,
         rpo_target: float = 5.0, transport_url: str = 'fake://',
-        progress=print) -> dict:
+        progress=print, guest: bool = True,
+        guest_cache: str | None = None) -> dict:
     os.makedirs(work, exist_ok=True)
     logging.basicConfig(
         filename=os.path.join(work, 'demo.log'), level=logging.INFO,
         format='%(asctime)s %(levelname)s %(name)s %(message)s')
     logging.getLogger('oslo_utils.imageutils.format_inspector').setLevel(
         logging.ERROR)
+    # NOTE: before any service starts: a build that fails (no apt, no
+    # network) leaves nothing running.
+    image = None
+    if guest:
+        image = guest_build.build(guest_cache)
+        progress('test guest %s (%.1f s)' % (
+            'found in the cache' if image.cached else 'built',
+            image.seconds))
     conf = make_conf(work, interval, rpo_target)
     migration.upgrade(conf)
     transport = rpc.get_transport(conf, url=transport_url)
@@ -142,18 +235,24 @@ def run(work: str, *, vms: int = 2, seconds: float = 20.0,
     manager.start()
     agent.start()
     report = {'verified': False}
-    started_vms, instances = [], {}
+    started_vms, instances, consoles, vm_opts = [], {}, {}, {}
     try:
         for i in range(vms):
             inst = str(uuid.uuid4())
-            disk = os.path.join(work, 'vm%d.qcow2' % i)
-            subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', disk,
-                            '256M'], check=True)
-            spec = hv_base.VMSpec(
-                name='vm%d' % i, qmp_path=os.path.join(work, 'vm%d.qmp' % i),
-                log_path=os.path.join(work, 'vm%d.log' % i),
-                disks=(hv_base.DiskSpec(path=disk),))
-            vm = driver.start(spec)
+            if guest:
+                spec, vm, consoles[inst], vm_opts[inst] = start_guest(
+                    driver, image, work, i)
+                disk = spec.disks[0].path
+            else:
+                disk = os.path.join(work, 'vm%d.qcow2' % i)
+                subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2',
+                                disk, '256M'], check=True)
+                spec = hv_base.VMSpec(
+                    name='vm%d' % i,
+                    qmp_path=os.path.join(work, 'vm%d.qmp' % i),
+                    log_path=os.path.join(work, 'vm%d.log' % i),
+                    disks=(hv_base.DiskSpec(path=disk),))
+                vm = driver.start(spec)
             started_vms.append(vm)
             node = driver.disks(vm)[0].name
             # NOTE: QMP serves one client: the agent attaches on its own.
@@ -164,13 +263,21 @@ def run(work: str, *, vms: int = 2, seconds: float = 20.0,
             agent_rpcapi.AgentAPI(transport).protect(HOST, inst, 'demo', {
                 'name': spec.name, 'qmp_path': spec.qmp_path, 'pid': vm.pid,
                 'log_path': spec.log_path, 'disk': node, 'disk_path': disk,
-                'vm': {'machine': 'none', 'node': node}})
+                'vm': vm_opts.get(inst) or {'machine': 'none',
+                                            'node': node}})
             vm = wait_attached(agent, inst)
-            w = Workload(driver, vm, node, rate_bps)
+            w = None if guest else Workload(driver, vm, node, rate_bps)
             instances[inst] = (vm, w)
             progress('vm%d (%s) protected, pid %d' % (i, inst, vm.pid))
-        for _vm, w in instances.values():
-            w.start()
+        for inst, (_vm, w) in instances.items():
+            if w is not None:
+                w.start()
+            else:
+                consoles[inst].wait_durable(1, GUEST_TIMEOUT)
+                progress('%s: booted, first record durable %.1f s after '
+                         'QEMU started' % (instances[inst][0].name,
+                                           consoles[inst].durable[0][1]
+                                           - consoles[inst].started))
         rpo_max, t_end = 0.0, time.monotonic() + seconds
         while time.monotonic() < t_end:
             time.sleep(0.2)
@@ -181,8 +288,9 @@ def run(work: str, *, vms: int = 2, seconds: float = 20.0,
                                   time.monotonic() - p.agent.last_durable_at)
         victim = next(iter(instances))
         vm, workload = instances[victim]
-        workload.stopped.set()
-        workload.join(10)
+        if workload is not None:
+            workload.stopped.set()
+            workload.join(10)
         snap_agent = agent.instances[victim].agent
         with snap_agent.durable:
             snap_agent.durable.wait(30)
@@ -219,15 +327,28 @@ def run(work: str, *, vms: int = 2, seconds: float = 20.0,
         same = subprocess.run(['qemu-img', 'compare', '-U', '-q', '-f',
                                'raw', export, restored]).returncode == 0
         taken = snap_agent.taken_at.get(rec.restore_point_id)
-        problems = check_restore_point(export, workload.writes, taken)
+        if guest:
+            driver.qmp(new.vm, 'cont')
+            problems = []
+            report.update(check_guest(
+                guest_records.check_recovered(export, work),
+                consoles[victim], taken, vm_opts[victim]['serial_log']))
+            progress('recovered guest: %s, first record %s' % (
+                report['recovered_guest_verify'],
+                report['recovered_guest_first_record']))
+            report['records_written'] = sum(
+                c.durable[-1][0] for c in consoles.values() if c.durable)
+        else:
+            problems = check_restore_point(export, workload.writes, taken)
+            report['bytes_written'] = sum(len(w.writes) * BLOCK
+                                          for _vm, w in instances.values())
         report.update({
-            'verified': bool(same and not problems and taken is not None),
+            'verified': bool(same and not problems and taken is not None
+                             and report.get('guest_verified', True)),
             'recovered_disk_equals_restore_point': same,
             'write_problems': problems[:10],
             'restore_points': len(manager.manager.store.restore_points(
                 victim)),
-            'bytes_written': sum(len(w.writes) * BLOCK
-                                 for _vm, w in instances.values()),
             'bytes_shipped': shipped,
             'changed_bytes_shipped': changed,
             'rpo_seconds_max': round(rpo_max, 3),
@@ -237,7 +358,10 @@ def run(work: str, *, vms: int = 2, seconds: float = 20.0,
         return report
     finally:
         for _vm, w in instances.values():
-            w.stopped.set()
+            if w is not None:
+                w.stopped.set()
+        for console in consoles.values():
+            console.close()
         agent.stop()
         manager.stop()
         for p in list(agent.instances.values()):

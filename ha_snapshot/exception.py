@@ -468,3 +468,30 @@ class FencingError(HaSnapshotException):
 class FencingDriverNotFound(ConfigurationError):
     msg_fmt = ('Fencing driver %(name)r ([host_monitor] fencing_driver) '
                'cannot be loaded from ha_snapshot.fencing: %(reason)s')
+
+
+# --- the test guest (ha_snapshot/guest) -------------------------------------
+
+class GuestImageError(HaSnapshotException):
+    msg_fmt = 'Test guest image: %(reason)s'
+
+
+class GuestPackageNotFound(GuestImageError):
+    msg_fmt = ('Test guest image: Debian package(s) %(packages)s unknown to '
+               'apt (%(detail)s): check the name, run "apt-get update", and '
+               'check that /etc/apt/sources.list has Debian main')
+
+
+class GuestPackageFetchFailed(GuestImageError):
+    msg_fmt = ('Test guest image: "apt-get download %(packages)s" failed: '
+               '%(detail)s')
+
+
+class GuestToolMissing(GuestImageError):
+    msg_fmt = ('Test guest image: %(tool)s not found: install the Debian '
+               'package "%(package)s" (bindep.txt lists it)')
+
+
+class GuestConsoleTimeout(HaSnapshotException):
+    msg_fmt = ('Guest %(guest)s: no console line matching %(pattern)r '
+               '%(reason)s; last lines: %(tail)s')

@@ -99,12 +99,15 @@ class VMOptions:
     """The block node name of the disk."""
     device: str | None = None
     """The guest device id of the disk."""
+    serial_log: str | None = None
+    """A file the restarted VM's serial console is appended to (what a
+    recovered guest printed as it booted)."""
     unknown: abc.Mapping = dataclasses.field(default_factory=dict,
                                              compare=False)
 
     _TYPES = {'machine': _STR, 'accel': _STR, 'memory_mb': _INT,
               'paused': _BOOL, 'pidfile': _STR, 'node': _STR,
-              'device': _STR}
+              'device': _STR, 'serial_log': _STR}
 
     def __post_init__(self):
         _check_fields(self, 'vm.')

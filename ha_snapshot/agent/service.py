@@ -390,6 +390,11 @@ class AgentService(service.Service):
         restore_mod.fetch(self.manager_api, instance, restore_point,
                           disk_path, limits=qemu.Limits.from_conf(self.conf))
         vm_spec = spec.vm
+        extra = ()
+        if vm_spec.serial_log:
+            extra = ('-chardev', 'file,id=serial0,path=%s,append=on'
+                     % vm_spec.serial_log.replace(',', ',,'),
+                     '-serial', 'chardev:serial0')
         new_vm = self.driver.start(hv_base.VMSpec(
             name=spec.name, qmp_path=spec.qmp_path,
             log_path=spec.log_path or os.path.join(workdir, 'qemu.log'),
@@ -397,7 +402,7 @@ class AgentService(service.Service):
             accel=_default(vm_spec.accel, 'tcg'),
             memory_mb=_default(vm_spec.memory_mb, 64),
             paused=_default(vm_spec.paused, False),
-            pidfile=vm_spec.pidfile,
+            pidfile=vm_spec.pidfile, extra_args=extra,
             disks=(hv_base.DiskSpec(path=disk_path, format='qcow2',
                                     node=vm_spec.node,
                                     device=vm_spec.device),)))

@@ -17,9 +17,15 @@ def main(argv=None) -> int:
                    help='print the report as one JSON object')
     p.add_argument('--workdir', help='keep everything here')
     p.add_argument('--vms', type=int, default=2)
-    p.add_argument('--seconds', type=float, default=20.0,
+    p.add_argument('--seconds', type=float, default=15.0,
                    help='how long the workload runs before the kill')
     p.add_argument('--transport-url', default='fake://')
+    p.add_argument('--no-guest', action='store_true',
+                   help='VMs without a guest, written through the QEMU '
+                   'monitor (no test guest to build)')
+    p.add_argument('--guest-cache', default=None,
+                   help='where the test guest is built and kept (default '
+                   '/var/tmp/ha-snapshot-guest)')
     args = p.parse_args(argv)
     work = args.workdir or tempfile.mkdtemp(prefix='ha-snapshot-demo-',
                                             dir='/var/tmp')
@@ -30,7 +36,8 @@ def main(argv=None) -> int:
     try:
         report = demo.run(work, vms=args.vms, seconds=args.seconds,
                           transport_url=args.transport_url,
-                          progress=progress)
+                          progress=progress, guest=not args.no_guest,
+                          guest_cache=args.guest_cache)
     except Exception as e:
         report = {'verified': False, 'error': '%s: %s' % (type(e).__name__,
                                                           e)}

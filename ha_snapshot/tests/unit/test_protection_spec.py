@@ -85,6 +85,14 @@ class ProtectionSpecTest(base.TestCase):
             exception.InvalidProtectionSpec, Spec.from_dict,
             dict(QEMU, vm={'memory_mb': '64'}))
         self.assertIn("key 'vm.memory_mb': expected an integer", str(e))
+        e = self.assertRaises(
+            exception.InvalidProtectionSpec, Spec.from_dict,
+            dict(QEMU, vm={'serial_log': 7}))
+        self.assertIn("key 'vm.serial_log': expected a string", str(e))
+        spec = Spec.from_dict(dict(QEMU, vm={'serial_log': '/run/s.log'}))
+        self.assertEqual('/run/s.log', spec.vm.serial_log)
+        self.assertEqual({'serial_log': '/run/s.log'},
+                         spec.to_dict()['vm'])
         e = self.assertRaises(exception.InvalidProtectionSpec,
                               Spec.from_dict, ['name', 'x'])
         self.assertIn('expected a JSON object', str(e))

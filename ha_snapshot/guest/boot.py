@@ -1,0 +1,87 @@
+"""Run the test guest under QEMU through the project's ``qemu`` driver.
+
+:func:`spec` describes a guest as a :class:`VMSpec`: q35 under TCG (a real
+guest dies under the nested /dev/kvm here), its disk as a virtio-blk device,
+a serial console on a unix socket (and a log file QEMU writes beside it),
+the guest agent's virtio-serial port, and either a ``-kernel`` boot (the
+kernel command line chooses workload or verify) or SeaBIOS booting the
+disk. :func:`start` starts it paused, connects the console, then lets the
+CPUs run, so no console line is lost; the driver then snapshots it like any
+VM.
+
+May import the standard library, ha_snapshot.hypervisor.base and
+ha_snapshot.guest.*.
+"""
+
+import dataclasses
+import os
+
+from ha_snapshot.guest import build
+from ha_snapshot.guest import console as console_mod
+from ha_snapshot.hypervisor import base as hv_base
+
+AGENT_PORT = 'org.qemu.guest_agent.0'
+MEMORY_MB = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class GuestPaths:
+    console: str
+    console_log: str
+    agent: str
+
+
+def _opt(path: str) -> str:
+    """A path inside a QEMU key=value option (',' is doubled)."""
+    return os.path.abspath(path).replace(',', ',,')
+
+
+def spec(image: build.GuestImage, name: str, workdir: str, disk: str, *,
+         disk_format: str = 'qcow2', kernel_boot: bool = True,
+         mode: str = 'workload', records: int = 0,
+         memory_mb: int = MEMORY_MB) -> tuple:
+    """(VMSpec, GuestPaths) of a guest on ``disk`` (its own image: an
+    overlay on ``image.disk`` or a copy of a recovered disk)."""
+    paths = GuestPaths(
+        console=os.path.join(workdir, '%s.console' % name),
+        console_log=os.path.join(workdir, '%s.console.log' % name),
+        agent=os.path.join(workdir, '%s.qga' % name))
+    args = ['-no-reboot',
+            '-chardev', 'socket,id=serial0,path=%s,server=on,wait=off,'
+            'logfile=%s' % (_opt(paths.console), _opt(paths.console_log)),
+            '-serial', 'chardev:serial0',
+            '-device', 'virtio-serial-pci,id=vser0',
+            '-chardev', 'socket,id=qga0,path=%s,server=on,wait=off'
+            % _opt(paths.agent),
+            '-device', 'virtserialport,bus=vser0.0,chardev=qga0,name=%s'
+            % AGENT_PORT]
+    if kernel_boot:
+        args += ['-kernel', image.kernel, '-initrd', image.initrd,
+                 '-append', image.cmdline(mode, records)]
+    vm_spec = hv_base.VMSpec(
+        name=name, machine='q35', accel='tcg', memory_mb=memory_mb,
+        paused=True, disks=(hv_base.DiskSpec(disk, format=disk_format),),
+        qmp_path=os.path.join(workdir, '%s.qmp' % name),
+        log_path=os.path.join(workdir, '%s.log' % name),
+        pidfile=os.path.join(workdir, '%s.pid' % name),
+        extra_args=tuple(args))
+    return vm_spec, paths
+
+
+def start(driver, vm_spec: hv_base.VMSpec, paths: GuestPaths,
+          timeout: float = 30.0) -> tuple:
+    """Start the guest paused, connect its console, run it: (vm,
+    console). On failure the VM is killed."""
+    for path in (paths.console, paths.agent):
+        if os.path.exists(path):
+            os.unlink(path)
+    vm = driver.start(vm_spec)
+    console = console_mod.Console(paths.console, name=vm_spec.name)
+    try:
+        console.connect(timeout)
+        driver.qmp(vm, 'cont')
+    except BaseException:
+        console.close()
+        driver.kill(vm)
+        raise
+    return vm, console

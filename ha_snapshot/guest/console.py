@@ -1,0 +1,161 @@
+"""A guest's serial console, read from QEMU's socket as lines arrive.
+
+Each line is stamped (wall clock and monotonic) when its newline arrives
+on the host, so a test knows which records the guest had reported durable
+before a given instant (a snapshot command). Readers wait for a line by
+pattern with a timeout that names what was awaited; a console that closes
+(QEMU exited) ends the wait at once.
+
+May import the standard library and ha_snapshot.exception only.
+"""
+
+import dataclasses
+import re
+import socket
+import threading
+import time
+
+from ha_snapshot import exception
+
+COUNTER = re.compile(r'(DURABLE|COMMITTED) (\d+)')
+CONNECT_RETRY = 0.02
+
+
+@dataclasses.dataclass(frozen=True)
+class Line:
+    wall: float
+    monotonic: float
+    text: str
+
+
+class Console:
+
+    def __init__(self, path: str, name: str = 'guest'):
+        self.path = path
+        self.name = name
+        self.lines = []
+        self.durable = []
+        """(n, wall time the host read ``DURABLE n``), in order."""
+        self.committed = []
+        """(n, wall time the host read ``COMMITTED n``): the database's
+        transactions."""
+        self.closed = False
+        self.started = time.time()
+        """When the console was made (just before the guest ran)."""
+        self._cond = threading.Condition()
+        self._sock = None
+        self._reader = None
+
+    def connect(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(self.path)
+                break
+            except (FileNotFoundError, ConnectionRefusedError) as e:
+                sock.close()
+                if time.monotonic() >= deadline:
+                    raise exception.GuestConsoleTimeout(
+                        guest=self.name, pattern='(connect)',
+                        reason='nothing served %s within %s s (%s)'
+                        % (self.path, timeout, e), tail='-')
+                threading.Event().wait(CONNECT_RETRY)
+        self._sock = sock
+        self._reader = threading.Thread(target=self._read, daemon=True,
+                                        name='console-%s' % self.name)
+        self._reader.start()
+
+    def _read(self) -> None:
+        buf = b''
+        try:
+            while True:
+                data = self._sock.recv(65536)
+                if not data:
+                    break
+                buf += data
+                while b'\n' in buf:
+                    raw, buf = buf.split(b'\n', 1)
+                    self._add(raw.decode('utf-8', 'replace').rstrip('\r'))
+        except OSError:
+            pass
+        finally:
+            if buf:
+                self._add(buf.decode('utf-8', 'replace').rstrip('\r'))
+            with self._cond:
+                self.closed = True
+                self._cond.notify_all()
+
+    def _add(self, text: str) -> None:
+        line = Line(time.time(), time.monotonic(), text)
+        with self._cond:
+            self.lines.append(line)
+            m = COUNTER.search(text)
+            if m:
+                marks = (self.durable if m.group(1) == 'DURABLE'
+                         else self.committed)
+                marks.append((int(m.group(2)), line.wall))
+            self._cond.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float,
+                 start: int = 0) -> tuple:
+        """(index, match) of the first line from ``start`` on matching
+        ``pattern`` (re.search)."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            i = start
+            while True:
+                while i < len(self.lines):
+                    m = regex.search(self.lines[i].text)
+                    if m:
+                        return i, m
+                    i += 1
+                remaining = deadline - time.monotonic()
+                if self.closed or remaining <= 0:
+                    raise exception.GuestConsoleTimeout(
+                        guest=self.name, pattern=pattern,
+                        reason='before the console closed' if self.closed
+                        else 'within %s s' % timeout, tail=self.tail())
+                self._cond.wait(remaining)
+
+    def wait_durable(self, n: int, timeout: float) -> int:
+        """Wait until the guest reported record ``n`` durable."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self.durable or self.durable[-1][0] < n:
+                remaining = deadline - time.monotonic()
+                if self.closed or remaining <= 0:
+                    raise exception.GuestConsoleTimeout(
+                        guest=self.name, pattern='DURABLE %d' % n,
+                        reason='before the console closed' if self.closed
+                        else 'within %s s' % timeout, tail=self.tail())
+                self._cond.wait(remaining)
+            return self.durable[-1][0]
+
+    def durable_before(self, wall: float) -> int:
+        """The highest record the guest reported durable before ``wall``
+        (0: none)."""
+        with self._cond:
+            return max((n for n, t in self.durable if t < wall), default=0)
+
+    def committed_before(self, wall: float) -> int:
+        """The highest database transaction reported committed before
+        ``wall`` (0: none)."""
+        with self._cond:
+            return max((n for n, t in self.committed if t < wall), default=0)
+
+    def tail(self, count: int = 8) -> str:
+        with self._cond:
+            return ' | '.join(line.text for line in self.lines[-count:])
+
+    def close(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            if self._reader is not None:
+                self._reader.join(5)
+            self._sock.close()
+            self._sock = None
