@@ -1,11 +1,13 @@
 """The harness: a real OpenStack control plane plus ha-snapshot, on loopback.
 
 :class:`Cloud` starts, in one run directory (``STATE/run``): a private
-RabbitMQ, MariaDB (Nova's databases), Swift, libvirtd + virtlogd,
-Keystone, Glance (file store), Placement, a network stub, Nova API,
-conductor, scheduler and nova-compute (libvirt driver, QEMU TCG), then
-ha-snapshot-manager, ha-snapshot-api and ha-snapshot-agent, configured as
-the devstack plugin would. ``state.json`` there holds what a client needs
+RabbitMQ, MariaDB (Nova's databases), Swift, Keystone, Glance (file
+store), Placement, a network stub, Nova API, conductor and scheduler, two
+compute hosts (tools/cloud/computes.py: each its own libvirtd + virtlogd,
+nova-compute with the libvirt driver on QEMU TCG, and ha-snapshot-agent,
+in namespaces of its own), then ha-snapshot-manager and ha-snapshot-api,
+configured as the devstack plugin would. :meth:`Cloud.kill_host` kills
+one compute host whole. ``state.json`` there holds what a client needs
 (URLs, passwords); ``pids/`` and ``logs/`` hold every process's pid file
 and log. :meth:`Cloud.stop` (or :func:`tools.cloud.stop.stop_run_dir` from
 another process)
@@ -24,6 +26,9 @@ import subprocess
 import sys
 import time
 
+import psutil
+
+from tools.cloud import computes
 from tools.cloud import configs
 from tools.cloud import mariadb
 from tools.cloud import procs
@@ -34,17 +39,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 DEFAULT_STATE_DIR = os.environ.get('HA_SNAPSHOT_CLOUD_DIR',
                                    '/var/tmp/ha-snapshot-cloud')
-COMPUTE_HOST = 'ha-compute'
+COMPUTE_HOST = computes.COMPUTE_HOSTS[0]
 START_TIMEOUT = float(os.environ.get('HA_SNAPSHOT_CLOUD_START_TIMEOUT', 180))
 USERS = ('admin', 'demo', 'nova', 'glance', 'placement', 'ha-snapshot')
-HA_SERVICES = ('ha-snapshot-manager', 'ha-snapshot-api',
-               'ha-snapshot-agent')
+HA_SERVICES = ('ha-snapshot-manager', 'ha-snapshot-api')
 
 
 class Cloud:
     def __init__(self, state_dir: str = DEFAULT_STATE_DIR, *,
                  with_ha_snapshot: bool = True, with_aodh: bool = False,
-                 ha_overrides=None, log=print):
+                 ha_overrides=None, compute_hosts=computes.COMPUTE_HOSTS,
+                 log=print):
         self.state_dir = os.path.abspath(state_dir)
         self.run_dir = os.path.join(self.state_dir, 'run')
         self.log_dir = os.path.join(self.run_dir, 'logs')
@@ -54,8 +59,15 @@ class Cloud:
         self.log = log
         self.table = procs.ProcessTable(self.run_dir)
         self.timings = {}
-        self.compute_host = COMPUTE_HOST
-        self._rabbit = self._swift = self._libvirtd = None
+        if not compute_hosts or len(set(compute_hosts)) != len(
+                compute_hosts):
+            raise procs.CloudError('compute_hosts must name one host or '
+                                   'more, each once: %r' % (compute_hosts,))
+        self.hosts = [computes.ComputeHost(self.table, self.path(), name)
+                      for name in compute_hosts]
+        # NOTE: the first host keeps the one-host harness's meaning.
+        self.compute_host = self.hosts[0].name
+        self._rabbit = self._swift = None
 
     # --- paths and facts the config writers use ---
 
@@ -71,6 +83,19 @@ class Cloud:
 
     def url(self, name: str) -> str:
         return 'http://%s:%d' % (procs.LOOPBACK, self.ports[name])
+
+    @property
+    def instances_path(self) -> str:
+        """Nova's instances_path, the same on every compute host."""
+        return self.path('nova', 'instances')
+
+    def host(self, name: str) -> computes.ComputeHost:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise procs.CloudError('no compute host %r in this cloud (hosts: %s)'
+                               % (name, ', '.join(h.name
+                                                  for h in self.hosts)))
 
     # --- start ---
 
@@ -100,6 +125,7 @@ class Cloud:
             raise
         self.timings['start_seconds'] = round(time.monotonic() - t1, 1)
         self.timings['total_seconds'] = round(time.monotonic() - t0, 1)
+        self.timings.update(self.memory())
         self._save_state()
         self.log('harness: cloud ready in %.0f s (%s)'
                  % (self.timings['start_seconds'], self.log_dir))
@@ -127,7 +153,7 @@ class Cloud:
         # (PR_SET_PDEATHSIG): it starts in this thread, the rest around it.
         with concurrent.futures.ThreadPoolExecutor(5) as pool:
             rabbit = pool.submit(self._timed, 'rabbitmq', self._start_rabbit)
-            virt = pool.submit(self._timed, 'libvirtd', self._start_libvirtd)
+            virt = pool.submit(self._timed, 'libvirtd', self._start_libvirtds)
             mdb = pool.submit(self._timed, 'mariadb', self._start_mariadb)
 
             def keystone():
@@ -227,13 +253,11 @@ class Cloud:
         for name, proc in self._swift.procs.items():
             self.table.record('swift-' + name, proc.pid)
 
-    def _start_libvirtd(self):
-        from ha_snapshot.tests.fixtures import libvirt as libvirt_fx
-        self.libvirt_dir = self.path('libvirt')
-        self._libvirtd = libvirt_fx.start_libvirtd(self.libvirt_dir)
-        self.libvirt_uri = self._libvirtd.uri
-        self.table.record('libvirtd', self._libvirtd.libvirtd_pid)
-        self.table.record('virtlogd', self._libvirtd.virtlogd_pid)
+    def _start_libvirtds(self):
+        with concurrent.futures.ThreadPoolExecutor(len(self.hosts)) as pool:
+            for f in [pool.submit(h.start_libvirtd, self.instances_path)
+                      for h in self.hosts]:
+                f.result()
 
     # --- OpenStack ---
 
@@ -353,10 +377,11 @@ class Cloud:
         os.makedirs(etc, exist_ok=True)
         shutil.copy(os.path.join(self.venv, 'etc', 'nova', 'api-paste.ini'),
                     etc)
-        os.makedirs(self.path('nova', 'instances'), exist_ok=True)
         conf = self._write('nova', 'nova.conf', configs.nova(self))
-        self._write('nova', 'nova-compute.conf',
-                    configs.nova(self, compute=True))
+        for host in self.hosts:
+            os.makedirs(os.path.join(host.dir, 'nova'), exist_ok=True)
+            self._write('nova', 'nova-compute-%s.conf' % host.name,
+                        configs.nova(self, host))
         manage = [self.bin('nova-manage'), '--config-file', conf]
         self._run('nova-manage', manage + ['api_db', 'sync'])
         self._run('nova-manage', manage + [
@@ -372,26 +397,45 @@ class Cloud:
                        {'OS_NOVA_CONFIG_DIR': os.path.dirname(conf)})
         for name in ('nova-conductor', 'nova-scheduler'):
             self.table.spawn(name, [self.bin(name), '--config-file', conf])
-        self.table.spawn('nova-compute', [
-            self.bin('nova-compute'), '--config-file',
-            self.etc('nova', 'nova-compute.conf')])
+        for host in self.hosts:
+            host.spawn('nova-compute', [
+                self.bin('nova-compute'), '--config-file',
+                self.etc('nova', 'nova-compute-%s.conf' % host.name)])
         self._wait_http('nova-api', '/')
+        names = {h.name for h in self.hosts}
         conn = self.admin_connection()
         try:
-            def compute_up():
-                for name in ('nova-conductor', 'nova-scheduler',
-                             'nova-compute'):
+            def computes_up():
+                for name in ('nova-conductor', 'nova-scheduler'):
                     self.table.check_running(name)
-                return any(s.binary == 'nova-compute' and s.state == 'up'
-                           for s in conn.compute.services())
-            procs.wait_for(compute_up, START_TIMEOUT,
-                           'nova-compute on %s to report up to Nova'
-                           % self.compute_host,
-                           logs=[self.table.log_path('nova-compute')])
+                for host in self.hosts:
+                    self.table.check_running(host.pname('nova-compute'))
+                up = {s.host for s in conn.compute.services()
+                      if s.binary == 'nova-compute' and s.state == 'up'}
+                # NOTE: a service counts as up from its creation on, before
+                # its compute node (named by libvirt's host name) exists,
+                # and discover_hosts maps only existing nodes; the resource
+                # provider is made right after the node.
+                nodes = {rp.name for rp in
+                         conn.placement.resource_providers()}
+                return names <= up and names <= nodes
+            procs.wait_for(computes_up, START_TIMEOUT,
+                           'nova-compute on %s to report up to Nova, each '
+                           'with its resource provider of the same name'
+                           % ' and '.join(sorted(names)),
+                           logs=[self.table.log_path(h.pname('nova-compute'))
+                                 for h in self.hosts])
         finally:
             conn.close()
-        self._run('nova-manage', [self.bin('nova-manage'), '--config-file',
-                                  conf, 'cell_v2', 'discover_hosts'])
+        manage = [self.bin('nova-manage'), '--config-file', conf,
+                  'cell_v2']
+        self._run('nova-manage', manage + ['discover_hosts', '--verbose'])
+        out = subprocess.run(manage + ['list_hosts'], capture_output=True,
+                             text=True, timeout=120).stdout
+        missing = [n for n in sorted(names) if ' %s ' % n not in out]
+        if missing:
+            raise procs.CloudError('nova-manage cell_v2 discover_hosts left '
+                                   '%s unmapped:\n%s' % (missing, out))
 
     def _start_aodh(self):
         self.aodh_db = self._mariadb.create_database(
@@ -424,21 +468,24 @@ class Cloud:
 
     def _rpc_keys(self) -> dict:
         """Provision the bus keys as an operator does: a master key for
-        the manager, and for the API and the agent the keys derived from
-        it (ha-snapshot-manage rpc-key derive): daemon -> extra config."""
+        the manager, and for the API and each compute host's agent the
+        keys derived from it (ha-snapshot-manage rpc-key derive): process
+        name -> extra config."""
         from ha_snapshot import rpc_auth
         master = secrets.token_hex(32)
         self._write_key('rpc-master.key', master)
-        extra = {}
-        for name, identity in (
-                ('ha-snapshot-api', rpc_auth.API),
-                ('ha-snapshot-agent',
-                 rpc_auth.host_identity(self.compute_host))):
-            key = self._write_key(name + '.key', rpc_auth.derive(
+
+        def key(name, identity):
+            return self._write_key(name + '.key', rpc_auth.derive(
                 master.encode(), identity).decode())
+        extra = {'ha-snapshot-api': ['--config-file', self._write(
+            'ha-snapshot', 'ha-snapshot-api-rpc.conf',
+            configs.rpc_key_conf(key('ha-snapshot-api', rpc_auth.API)))]}
+        for host in self.hosts:
+            name = host.pname('ha-snapshot-agent')
             extra[name] = ['--config-file', self._write(
-                'ha-snapshot', name + '-rpc.conf',
-                configs.rpc_key_conf(key))]
+                'ha-snapshot', name + '.conf', configs.agent_host(
+                    host, key(name, rpc_auth.host_identity(host.name))))]
         return extra
 
     def _start_ha_snapshot(self):
@@ -451,15 +498,25 @@ class Cloud:
         env = dict(os.environ, PYTHONUNBUFFERED='1')
         for name, module in (
                 ('ha-snapshot-manager', 'ha_snapshot.cmd.manager'),
-                ('ha-snapshot-api', 'ha_snapshot.cmd.api'),
-                ('ha-snapshot-agent', 'ha_snapshot.cmd.agent')):
+                ('ha-snapshot-api', 'ha_snapshot.cmd.api')):
             self.table.spawn(name, [sys.executable, '-m', module,
                                     '--config-file', conf]
                              + extra.get(name, []), env=env, cwd=REPO)
+        # NOTE: each agent runs inside its host, where the disk paths
+        # libvirt gives it (instances_path/UUID/disk, its _base backing
+        # file) are that host's files.
+        for host in self.hosts:
+            name = host.pname('ha-snapshot-agent')
+            host.spawn('ha-snapshot-agent', [
+                sys.executable, '-m', 'ha_snapshot.cmd.agent',
+                '--config-file', conf] + extra[name], env=env, cwd=REPO)
         self._wait_http('ha-snapshot-api', '/')
-        for name in ('ha-snapshot-manager', 'ha-snapshot-agent'):
+        waits = [('ha-snapshot-manager', 'ha-snapshot-manager')] + [
+            (h.pname('ha-snapshot-agent'), 'ha-snapshot-agent')
+            for h in self.hosts]
+        for name, daemon in waits:
             path = self.table.log_path(name)
-            marker = '%s started' % name
+            marker = '%s started' % daemon
 
             def started(name=name, path=path, marker=marker):
                 self.table.check_running(name)
@@ -467,22 +524,73 @@ class Cloud:
             procs.wait_for(started, START_TIMEOUT, '%s to log "%s"'
                            % (name, marker), logs=[path])
 
+    # --- a host failure ---
+
+    def kill_host(self, name: str) -> float:
+        """SIGKILL everything of compute host ``name`` at once (its
+        agent, nova-compute and privsep daemons, libvirtd, virtlogd and
+        every QEMU), as a power cut would; the time.time() of the kill.
+
+        Nova notices by missed heartbeats (``service_down_time``, 20 s
+        here) unless told first (``forced_down``).
+        """
+        t = self.host(name).kill()
+        self.log('harness: killed compute host %s' % name)
+        if os.path.exists(os.path.join(self.run_dir, 'state.json')):
+            self._save_state()
+        return t
+
+    def memory(self) -> dict:
+        """RSS and PSS of every process of the cloud, in MiB (PSS shares
+        the pages of the many Python processes fairly)."""
+        seen = {}
+        for name in self.table.names():
+            proc = self.table.process(name)
+            if proc is None:
+                continue
+            try:
+                for p in [proc] + proc.children(recursive=True):
+                    seen[p.pid] = p
+            except psutil.NoSuchProcess:
+                pass
+        for host in self.hosts:
+            for p in host.processes():
+                seen[p.pid] = p
+        rss = pss = 0
+        for p in seen.values():
+            try:
+                info = p.memory_full_info()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            rss += info.rss
+            pss += info.pss
+        return {'memory_rss_mib': round(rss / 2 ** 20),
+                'memory_pss_mib': round(pss / 2 ** 20),
+                'processes': len(seen)}
+
     # --- state and stop ---
 
     @property
     def state(self) -> dict:
+        first = self.hosts[0]
         return {
             'run_dir': self.run_dir, 'log_dir': self.log_dir,
             'venv': self.venv, 'ports': self.ports,
             'passwords': self.passwords, 'keystone_url': self.keystone_url,
             'region': configs.REGION, 'transport_url': self.transport_url,
             'swift_endpoint': self.swift_endpoint,
-            'libvirt_uri': self.libvirt_uri, 'libvirt_dir': self.libvirt_dir,
+            # NOTE: compute_host, libvirt_uri and libvirt_dir are the
+            # first host's, as when the harness had one; 'hosts' has
+            # each host's (libvirt, its instances folder, namespace).
             'compute_host': self.compute_host,
+            'compute_hosts': [h.name for h in self.hosts],
+            'hosts': {h.name: h.state() for h in self.hosts},
+            'libvirt_uri': first.libvirt_uri,
+            'libvirt_dir': first.libvirt_dir,
             'ha_snapshot_url': self.url('ha-snapshot-api'),
             'aodh_url': self.url('aodh') if self.with_aodh else None,
             'ha_snapshot_conf': self.etc('ha-snapshot', 'ha-snapshot.conf'),
-            'nova_instances': self.path('nova', 'instances'),
+            'nova_instances': self.instances_path,
             'timings': self.timings,
         }
 
@@ -491,20 +599,26 @@ class Cloud:
             json.dump(self.state, f, indent=1, sort_keys=True)
 
     def stop(self) -> float:
-        """Stop everything this cloud started; the seconds it took."""
+        """Stop everything this cloud started, a killed host's leftovers
+        and whatever runs inside a host's namespaces included; the
+        seconds it took."""
         t = time.monotonic()
         for group in stop_mod.STOP_GROUPS[:2]:
-            stop_mod.stop_group(self.table, group)
-        if self._libvirtd is not None:
-            self._libvirtd.stop()
-            stop_mod.copy_tree(self._libvirtd.log_dir,
-                       os.path.join(self.log_dir, 'libvirt'))
-        stop_mod.stop_group(self.table, stop_mod.STOP_GROUPS[3])
+            stop_mod.stop_group(self.table, stop_mod.members(
+                group, self.table.names()))
+        with concurrent.futures.ThreadPoolExecutor(len(self.hosts)) as pool:
+            for f in [pool.submit(h.stop_libvirtd) for h in self.hosts]:
+                f.result()
+        for host in self.hosts:
+            stop_mod.copy_tree(host.libvirtd.log_dir, os.path.join(
+                self.log_dir, 'libvirt-%s' % host.name))
+        stop_mod.stop_group(self.table, stop_mod.members(
+            stop_mod.STOP_GROUPS[3], self.table.names()))
         # NOTE: the fixtures stop their own (and reap them); their logs
         # are copied first, as their cleanup removes their directories.
         if self._rabbit is not None:
-            stop_mod.copy_tree(self._rabbit.log_dir, os.path.join(self.log_dir,
-                                                          'rabbitmq'))
+            stop_mod.copy_tree(self._rabbit.log_dir,
+                               os.path.join(self.log_dir, 'rabbitmq'))
             self._rabbit.cleanUp()
         if self._swift is not None:
             with open(os.path.join(self.log_dir, 'swift.log'), 'w') as f:
@@ -512,5 +626,3 @@ class Cloud:
             self._swift.cleanUp()
         stop_mod.stop_run_dir(self.run_dir)
         return time.monotonic() - t
-
-
