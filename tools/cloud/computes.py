@@ -33,6 +33,7 @@ ha_snapshot.tests.fixtures.libvirt.
 
 import json
 import os
+import shutil
 import signal
 import time
 
@@ -66,21 +67,28 @@ def _mnt_ns(pid: int) -> str | None:
         return None
 
 
-def ns_members(mnt_ns: str, since: float) -> list:
+def ns_members(mnt_ns: str, since: float, mark: str | None = None) -> list:
     """The live processes in mount namespace ``mnt_ns`` (as readlink
-    shows it, ``mnt:[N]``) started after ``since`` (a namespace number can
-    be reused once its processes are gone: an older process is not ours).
+    shows it, ``mnt:[N]``) started after ``since``.
+
+    NOTE: a namespace's number is reused once nothing holds it. The
+    :class:`ComputeHost` that made it holds it open (no reuse while it
+    lives); anyone else passes ``mark``, a string every process of the
+    host has in its command line (the run directory: in the daemons'
+    config paths, in QEMU's disk paths), and older processes never count.
     """
     if not mnt_ns or mnt_ns == _mnt_ns(os.getpid()):
         raise procs.CloudError('refusing to treat this process\'s own mount '
                                'namespace (%s) as a compute host\'s'
                                % mnt_ns)
     out = []
-    for proc in psutil.process_iter(['create_time', 'status']):
+    for proc in psutil.process_iter(['create_time', 'status', 'cmdline']):
         if proc.info['status'] == psutil.STATUS_ZOMBIE:
             continue
         if (_mnt_ns(proc.pid) == mnt_ns
-                and (proc.info['create_time'] or 0) >= since - _CLOCK_SLACK):
+                and (proc.info['create_time'] or 0) >= since - _CLOCK_SLACK
+                and (mark is None
+                     or mark in ' '.join(proc.info['cmdline'] or ()))):
             out.append(proc)
     return out
 
@@ -108,13 +116,14 @@ def _ns_dir(run_dir: str) -> str:
     return os.path.join(run_dir, 'ns')
 
 
-def kill_namespace(mnt_ns: str, since: float, first=(),
+def kill_namespace(mnt_ns: str, since: float, first=(), mark=None,
                    timeout: float = 30) -> list:
     """SIGKILL every process of the namespace (``first``: pids signalled
-    before the others) until none is left; the pids killed."""
+    before the others; ``mark``: see ns_members) until none is left; the
+    pids killed."""
     killed = []
     for _round in range(20):
-        members = ns_members(mnt_ns, since)
+        members = ns_members(mnt_ns, since, mark)
         if not members:
             break
         members.sort(key=lambda p: (p.pid not in first, p.pid))
@@ -153,11 +162,14 @@ def recorded_namespaces(run_dir: str) -> list:
 
 
 def sweep_namespaces(run_dir: str) -> list:
-    """Kill whatever still runs in a compute host's namespace (privsep
-    daemons, a QEMU libvirtd left behind); the pids killed."""
+    """Kill whatever of ``run_dir`` still runs in a compute host's
+    namespace (privsep daemons, a QEMU libvirtd left behind), then forget
+    the namespaces; the pids killed."""
     killed = []
     for rec in recorded_namespaces(run_dir):
-        killed += kill_namespace(rec['mnt_ns'], rec['since'])
+        killed += kill_namespace(rec['mnt_ns'], rec['since'],
+                                 mark=run_dir)
+    shutil.rmtree(_ns_dir(run_dir), ignore_errors=True)
     return killed
 
 
@@ -175,6 +187,8 @@ class ComputeHost:
         self.mnt_ns = None
         self.since = None
         self.killed_at = None
+        self._ns_fd = None  # NOTE: holds the namespace (see ns_members)
+        self._mark = None
 
     @classmethod
     def recorded(cls, table: procs.ProcessTable,
@@ -186,6 +200,7 @@ class ComputeHost:
                 host = cls(table, os.path.dirname(os.path.dirname(
                     rec['libvirt_dir'])), name)
                 host.mnt_ns, host.since = rec['mnt_ns'], rec['since']
+                host._mark = table.run_dir
                 host.libvirtd.libvirtd_pid = libvirt_fx._read_pid(
                     host.libvirtd.libvirtd_pidfile)
                 host.libvirtd.virtlogd_pid = libvirt_fx._read_pid(
@@ -234,6 +249,8 @@ class ComputeHost:
                    (self.instances_dir, instances_path)]).start()
         self.table.record(self.pname('libvirtd'), self.libvirtd.libvirtd_pid)
         self.table.record(self.pname('virtlogd'), self.libvirtd.virtlogd_pid)
+        self._ns_fd = os.open('/proc/%d/ns/mnt' % self.libvirtd.libvirtd_pid,
+                              os.O_RDONLY | os.O_CLOEXEC)
         self.mnt_ns = _mnt_ns(self.libvirtd.libvirtd_pid)
         os.makedirs(_ns_dir(self.table.run_dir), exist_ok=True)
         with open(os.path.join(_ns_dir(self.table.run_dir),
@@ -263,7 +280,7 @@ class ComputeHost:
         """Every live process of this host (found by its namespace)."""
         if self.mnt_ns is None:
             return []
-        return ns_members(self.mnt_ns, self.since)
+        return ns_members(self.mnt_ns, self.since, self._mark)
 
     def kill(self) -> float:
         """SIGKILL every process of the host at once, as a power cut
@@ -283,7 +300,8 @@ class ComputeHost:
                                  ('ha-snapshot-agent', 'nova-compute'))
                  if p is not None]
         t = time.time()
-        kill_namespace(self.mnt_ns, self.since, first=first)
+        kill_namespace(self.mnt_ns, self.since, first=first,
+                       mark=self._mark)
         self.killed_at = t
         for name in self.names:
             self.table.stop(name, timeout=1)  # NOTE: reaps, drops pid file
@@ -307,10 +325,15 @@ class ComputeHost:
     def stop_libvirtd(self) -> None:
         """Destroy the host's domains, stop its daemons, then kill what
         is left in its namespace (privsep daemons)."""
-        if self.killed_at is None and self.mnt_ns is not None:
+        if self.mnt_ns is None:
+            return
+        if self.killed_at is None:
             self.libvirtd.stop()
-        if self.mnt_ns is not None:
-            kill_namespace(self.mnt_ns, self.since)
+        kill_namespace(self.mnt_ns, self.since, mark=self._mark)
+        if self._ns_fd is not None:
+            os.close(self._ns_fd)
+            self._ns_fd = None
+        self.mnt_ns = None
 
     def state(self) -> dict:
         return {'libvirt_uri': self.libvirt_uri,
