@@ -616,13 +616,16 @@ class Cloud:
             stop_mod.STOP_GROUPS[3], self.table.names()))
         # NOTE: the fixtures stop their own (and reap them); their logs
         # are copied first, as their cleanup removes their directories.
-        if self._rabbit is not None:
-            stop_mod.copy_tree(self._rabbit.log_dir,
+        # NOTE: stop may run twice (a test's own, then its fixture's).
+        rabbit, swift, self._rabbit, self._swift = (self._rabbit,
+                                                    self._swift, None, None)
+        if rabbit is not None:
+            stop_mod.copy_tree(rabbit.log_dir,
                                os.path.join(self.log_dir, 'rabbitmq'))
-            self._rabbit.cleanUp()
-        if self._swift is not None:
+            rabbit.cleanUp()
+        if swift is not None:
             with open(os.path.join(self.log_dir, 'swift.log'), 'w') as f:
-                f.write(self._swift.log_text(100000))
-            self._swift.cleanUp()
+                f.write(swift.log_text(100000))
+            swift.cleanUp()
         stop_mod.stop_run_dir(self.run_dir)
         return time.monotonic() - t

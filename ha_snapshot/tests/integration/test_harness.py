@@ -427,8 +427,10 @@ class TestComputeHostFailure(testtools.TestCase):
         kill_to_active = time.time() - t_kill
         dom = cloudlib.Domain(self.state, s['OS-EXT-SRV-ATTR:instance_name'],
                               second)
-        self.addCleanup(dom.close)
-        self.assertTrue(dom.dom.isActive())
+        try:
+            self.assertTrue(dom.dom.isActive())
+        finally:
+            dom.close()
         timings = {'kill_to_shutoff_seconds': round(kill_to_shutoff, 1),
                    'kill_to_active_seconds': round(kill_to_active, 1)}
         print('host failure: %s' % json.dumps(timings))
@@ -437,7 +439,6 @@ class TestComputeHostFailure(testtools.TestCase):
 
         # Nothing left behind: every process of the run (pid files, the
         # hosts' namespaces, their children) is gone after stop().
-        dom.close()
         everything = dict((p.pid, p) for p in survivor.processes())
         for name in self.cloud.table.names():
             proc = self.cloud.table.process(name)
