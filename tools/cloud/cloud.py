@@ -23,25 +23,26 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 import time
 
 import psutil
 
 from tools.cloud import computes
 from tools.cloud import configs
+from tools.cloud import ha_services
 from tools.cloud import mariadb
+from tools.cloud import openstack_services as services
 from tools.cloud import procs
 from tools.cloud import stop as stop_mod
 from tools.cloud import venv as venv_mod
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
+REPO = procs.REPO
 DEFAULT_STATE_DIR = os.environ.get('HA_SNAPSHOT_CLOUD_DIR',
                                    '/var/tmp/ha-snapshot-cloud')
 COMPUTE_HOST = computes.COMPUTE_HOSTS[0]
-START_TIMEOUT = float(os.environ.get('HA_SNAPSHOT_CLOUD_START_TIMEOUT', 180))
-USERS = ('admin', 'demo', 'nova', 'glance', 'placement', 'ha-snapshot')
+START_TIMEOUT = procs.START_TIMEOUT
+USERS = configs.USERS
 HA_SERVICES = ('ha-snapshot-manager', 'ha-snapshot-api')
 
 
@@ -158,7 +159,7 @@ class Cloud:
 
             def keystone():
                 mdb.result()
-                self._timed('keystone', self._start_keystone)
+                self._timed('keystone', services.start_keystone, self)
             ks = pool.submit(keystone)
 
             def nova_db():
@@ -167,32 +168,34 @@ class Cloud:
                 mdb.result()
                 rabbit.result()
                 virt.result()
-                self._timed('nova_db', self._sync_nova)
+                self._timed('nova_db', services.sync_nova, self)
             db = pool.submit(nova_db)
             self._timed('swift', self._start_swift)
             for f in (rabbit, virt, ks, db):
                 f.result()
-        self._timed('keystone_setup', self._setup_keystone)
+        self._timed('keystone_setup', services.setup_keystone, self)
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            futures = [pool.submit(self._timed, name, fn) for name, fn in (
-                ('glance', self._start_glance),
-                ('placement', self._start_placement),
-                ('netstub', self._start_netstub))]
+            futures = [pool.submit(self._timed, name, fn, self)
+                       for name, fn in (
+                           ('glance', services.start_glance),
+                           ('placement', services.start_placement),
+                           ('netstub', services.start_netstub))]
             if self.with_aodh:
                 futures.append(pool.submit(self._timed, 'aodh',
-                                           self._start_aodh))
+                                           services.start_aodh, self))
             for f in futures:
                 f.result()
-        self._timed('nova', self._start_nova)
+        self._timed('nova', services.start_nova, self)
         if self.with_ha_snapshot:
-            self._timed('ha_snapshot', self._start_ha_snapshot)
+            self._timed('ha_snapshot', ha_services.start, self)
 
-    def _timed(self, name, fn):
+    def _timed(self, name, fn, *args):
         t = time.monotonic()
-        fn()
+        fn(*args)
         self.timings['%s_seconds' % name] = round(time.monotonic() - t, 1)
 
-    def _run(self, name: str, argv: list, env=None, timeout: float = 300):
+    def run_command(self, name: str, argv: list, env=None,
+                    timeout: float = 300):
         """A one-shot command (db sync...), output to logs/NAME.log."""
         log = self.table.log_path(name)
         with open(log, 'ab') as out:
@@ -213,7 +216,7 @@ class Cloud:
     def bin(self, name: str) -> str:
         return os.path.join(self.venv, 'bin', name)
 
-    def _write(self, service, name, sections) -> str:
+    def write_conf(self, service, name, sections) -> str:
         os.makedirs(self.path(service), exist_ok=True)
         return configs.write_ini(self.etc(service, name), sections)
 
@@ -261,7 +264,7 @@ class Cloud:
 
     # --- OpenStack ---
 
-    def _gunicorn(self, name: str, module: str, env: dict) -> None:
+    def serve_wsgi(self, name: str, module: str, env: dict) -> None:
         env = dict(os.environ, HA_CLOUD_WSGI_MODULE=module,
                    PYTHONUNBUFFERED='1', **env)
         self.table.spawn(name, [
@@ -273,7 +276,7 @@ class Cloud:
             '--access-logfile', '-', '--error-logfile', '-',
             'wsgi_app:application'], env=env)
 
-    def _wait_http(self, name: str, path: str = '/', timeout=START_TIMEOUT):
+    def wait_http(self, name: str, path: str = '/', timeout=START_TIMEOUT):
         url = self.url(name) + path
 
         def ready():
@@ -283,25 +286,6 @@ class Cloud:
         procs.wait_for(ready, timeout, '%s to answer GET %s' % (name, url),
                        logs=[self.table.log_path(name)])
 
-    def _start_keystone(self):
-        conf = self._write('keystone', 'keystone.conf',
-                           configs.keystone(self))
-        manage = [self.bin('keystone-manage'), '--config-file', conf]
-        self._run('keystone-manage', manage + ['db_sync'])
-        for repo in ('fernet_setup', 'credential_setup'):
-            self._run('keystone-manage', manage + [
-                repo, '--keystone-user', 'root', '--keystone-group', 'root'])
-        self._run('keystone-manage', manage + [
-            'bootstrap', '--bootstrap-password', self.passwords['admin'],
-            '--bootstrap-admin-url', self.keystone_url,
-            '--bootstrap-public-url', self.keystone_url,
-            '--bootstrap-internal-url', self.keystone_url,
-            '--bootstrap-region-id', configs.REGION])
-        self._gunicorn('keystone', 'keystone.wsgi.api', {
-            'OS_KEYSTONE_CONFIG_DIR': os.path.dirname(conf),
-            'OS_KEYSTONE_CONFIG_FILES': 'keystone.conf'})
-        self._wait_http('keystone', '/v3')
-
     def admin_connection(self):
         import openstack
         return openstack.connect(
@@ -310,219 +294,7 @@ class Cloud:
             user_domain_name='Default', project_domain_name='Default',
             region_name=configs.REGION, identity_api_version='3')
 
-    def _setup_keystone(self):
-        conn = self.admin_connection()
-        ident = conn.identity
-        roles = {r.name: r for r in ident.roles()}
-        for name in ('service', 'member', 'reader'):
-            if name not in roles:
-                roles[name] = ident.create_role(name=name)
-        projects = {n: ident.create_project(name=n, domain_id='default')
-                    for n in ('service', 'demo')}
-        services = USERS[2:] + (('aodh',) if self.with_aodh else ())
-        for user in services:
-            u = ident.create_user(name=user, password=self.passwords[user],
-                                  domain_id='default')
-            for role in ('admin', 'service'):
-                ident.assign_project_role_to_user(projects['service'], u,
-                                                  roles[role])
-        demo = ident.create_user(name='demo', password=self.passwords['demo'],
-                                 domain_id='default')
-        for role in ('member', 'reader'):
-            ident.assign_project_role_to_user(projects['demo'], demo,
-                                              roles[role])
-        for name, stype, url in (
-                ('glance', 'image', self.url('glance')),
-                ('placement', 'placement', self.url('placement')),
-                ('nova', 'compute', self.url('nova-api') + '/v2.1'),
-                ('neutron', 'network', self.url('netstub')),
-                ('ha-snapshot', 'ha-snapshot',
-                 self.url('ha-snapshot-api'))) + ((
-                ('aodh', 'alarming', self.url('aodh')),)
-                    if self.with_aodh else ()):
-            svc = ident.create_service(name=name, type=stype)
-            ident.create_endpoint(service_id=svc.id, interface='public',
-                                  url=url, region_id=configs.REGION)
-        conn.close()
-
-    def _start_glance(self):
-        etc = os.path.dirname(self.etc('glance', 'x'))
-        os.makedirs(etc, exist_ok=True)
-        shutil.copy(os.path.join(self.venv, 'etc', 'glance',
-                                 'glance-api-paste.ini'), etc)
-        conf = self._write('glance', 'glance-api.conf', configs.glance(self))
-        self._run('glance-manage', [self.bin('glance-manage'),
-                                    '--config-file', conf, 'db_sync'])
-        self._gunicorn('glance', 'glance.wsgi.api',
-                       {'OS_GLANCE_CONFIG_DIR': etc})
-        self._wait_http('glance', '/')
-
-    def _start_placement(self):
-        conf = self._write('placement', 'placement.conf',
-                           configs.placement(self))
-        self._run('placement-manage', [self.bin('placement-manage'),
-                                       '--config-file', conf, 'db', 'sync'])
-        self._gunicorn('placement', 'placement.wsgi.api',
-                       {'OS_PLACEMENT_CONFIG_DIR': os.path.dirname(conf)})
-        self._wait_http('placement', '/')
-
-    def _start_netstub(self):
-        self.table.spawn('netstub', [
-            sys.executable, '-m', 'tools.cloud.netstub',
-            str(self.ports['netstub'])], cwd=REPO)
-        self._wait_http('netstub', '/', timeout=30)
-
-    def _sync_nova(self):
-        etc = os.path.dirname(self.etc('nova', 'x'))
-        os.makedirs(etc, exist_ok=True)
-        shutil.copy(os.path.join(self.venv, 'etc', 'nova', 'api-paste.ini'),
-                    etc)
-        conf = self._write('nova', 'nova.conf', configs.nova(self))
-        for host in self.hosts:
-            os.makedirs(os.path.join(host.dir, 'nova'), exist_ok=True)
-            self._write('nova', 'nova-compute-%s.conf' % host.name,
-                        configs.nova(self, host))
-        manage = [self.bin('nova-manage'), '--config-file', conf]
-        self._run('nova-manage', manage + ['api_db', 'sync'])
-        self._run('nova-manage', manage + [
-            'cell_v2', 'map_cell0', '--database_connection',
-            self.nova_db['nova_cell0']])
-        self._run('nova-manage', manage + [
-            'cell_v2', 'create_cell', '--name', 'cell1', '--verbose'])
-        self._run('nova-manage', manage + ['db', 'sync'])
-
-    def _start_nova(self):
-        conf = self.etc('nova', 'nova.conf')
-        self._gunicorn('nova-api', 'nova.wsgi.osapi_compute',
-                       {'OS_NOVA_CONFIG_DIR': os.path.dirname(conf)})
-        for name in ('nova-conductor', 'nova-scheduler'):
-            self.table.spawn(name, [self.bin(name), '--config-file', conf])
-        for host in self.hosts:
-            host.spawn('nova-compute', [
-                self.bin('nova-compute'), '--config-file',
-                self.etc('nova', 'nova-compute-%s.conf' % host.name)])
-        self._wait_http('nova-api', '/')
-        names = {h.name for h in self.hosts}
-        conn = self.admin_connection()
-        try:
-            def computes_up():
-                for name in ('nova-conductor', 'nova-scheduler'):
-                    self.table.check_running(name)
-                for host in self.hosts:
-                    self.table.check_running(host.pname('nova-compute'))
-                up = {s.host for s in conn.compute.services()
-                      if s.binary == 'nova-compute' and s.state == 'up'}
-                # NOTE: a service counts as up from its creation on, before
-                # its compute node (named by libvirt's host name) exists,
-                # and discover_hosts maps only existing nodes; the resource
-                # provider is made right after the node.
-                nodes = {rp.name for rp in
-                         conn.placement.resource_providers()}
-                return names <= up and names <= nodes
-            procs.wait_for(computes_up, START_TIMEOUT,
-                           'nova-compute on %s to report up to Nova, each '
-                           'with its resource provider of the same name'
-                           % ' and '.join(sorted(names)),
-                           logs=[self.table.log_path(h.pname('nova-compute'))
-                                 for h in self.hosts])
-        finally:
-            conn.close()
-        manage = [self.bin('nova-manage'), '--config-file', conf,
-                  'cell_v2']
-        self._run('nova-manage', manage + ['discover_hosts', '--verbose'])
-        out = subprocess.run(manage + ['list_hosts'], capture_output=True,
-                             text=True, timeout=120).stdout
-        missing = [n for n in sorted(names) if ' %s ' % n not in out]
-        if missing:
-            raise procs.CloudError('nova-manage cell_v2 discover_hosts left '
-                                   '%s unmapped:\n%s' % (missing, out))
-
-    def _start_aodh(self):
-        self.aodh_db = self._mariadb.create_database(
-            'aodh', 'aodh', self.passwords['aodh-db'])
-        conf = self._write('aodh', 'aodh.conf', configs.aodh(self))
-        self._run('aodh-dbsync', [self.bin('aodh-dbsync'), '--config-file',
-                                  conf])
-        # NOTE: aodh.wsgi.api, and the keystonemiddleware in its paste
-        # pipeline, read the default config files of project aodh only,
-        # the first of which is ~/.aodh/aodh.conf: HOME points there.
-        home = self.path('aodh', 'home')
-        os.makedirs(os.path.join(home, '.aodh'), exist_ok=True)
-        os.symlink(conf, os.path.join(home, '.aodh', 'aodh.conf'))
-        self._gunicorn('aodh', 'aodh.wsgi.api', {'HOME': home})
-        for name in ('aodh-listener', 'aodh-notifier'):
-            self.table.spawn(name, [self.bin(name), '--config-file', conf])
-        self._wait_http('aodh', '/')
-        for name in ('aodh-listener', 'aodh-notifier'):
-            self.table.check_running(name)
-
     # --- ha-snapshot ---
-
-    def _write_key(self, name: str, key: str) -> str:
-        path = self.etc('ha-snapshot', name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, 'w') as f:
-            f.write(key + '\n')
-        return path
-
-    def _rpc_keys(self) -> dict:
-        """Provision the bus keys as an operator does: a master key for
-        the manager, and for the API and each compute host's agent the
-        keys derived from it (ha-snapshot-manage rpc-key derive): process
-        name -> extra config."""
-        from ha_snapshot import rpc_auth
-        master = secrets.token_hex(32)
-        self._write_key('rpc-master.key', master)
-
-        def key(name, identity):
-            return self._write_key(name + '.key', rpc_auth.derive(
-                master.encode(), identity).decode())
-        extra = {'ha-snapshot-api': ['--config-file', self._write(
-            'ha-snapshot', 'ha-snapshot-api-rpc.conf',
-            configs.rpc_key_conf(key('ha-snapshot-api', rpc_auth.API)))]}
-        for host in self.hosts:
-            name = host.pname('ha-snapshot-agent')
-            extra[name] = ['--config-file', self._write(
-                'ha-snapshot', name + '.conf', configs.agent_host(
-                    host, key(name, rpc_auth.host_identity(host.name))))]
-        return extra
-
-    def _start_ha_snapshot(self):
-        extra = self._rpc_keys()
-        conf = self._write('ha-snapshot', 'ha-snapshot.conf',
-                           configs.ha_snapshot(self))
-        self._run('ha-snapshot-manage', [
-            sys.executable, '-m', 'ha_snapshot.cmd.manage', '--config-file',
-            conf, 'db', 'sync'])
-        env = dict(os.environ, PYTHONUNBUFFERED='1')
-        for name, module in (
-                ('ha-snapshot-manager', 'ha_snapshot.cmd.manager'),
-                ('ha-snapshot-api', 'ha_snapshot.cmd.api')):
-            self.table.spawn(name, [sys.executable, '-m', module,
-                                    '--config-file', conf]
-                             + extra.get(name, []), env=env, cwd=REPO)
-        # NOTE: each agent runs inside its host, where the disk paths
-        # libvirt gives it (instances_path/UUID/disk, its _base backing
-        # file) are that host's files.
-        for host in self.hosts:
-            name = host.pname('ha-snapshot-agent')
-            host.spawn('ha-snapshot-agent', [
-                sys.executable, '-m', 'ha_snapshot.cmd.agent',
-                '--config-file', conf] + extra[name], env=env, cwd=REPO)
-        self._wait_http('ha-snapshot-api', '/')
-        waits = [('ha-snapshot-manager', 'ha-snapshot-manager')] + [
-            (h.pname('ha-snapshot-agent'), 'ha-snapshot-agent')
-            for h in self.hosts]
-        for name, daemon in waits:
-            path = self.table.log_path(name)
-            marker = '%s started' % daemon
-
-            def started(name=name, path=path, marker=marker):
-                self.table.check_running(name)
-                return marker in procs.tail(path, 2000)
-            procs.wait_for(started, START_TIMEOUT, '%s to log "%s"'
-                           % (name, marker), logs=[path])
 
     # --- a host failure ---
 
@@ -539,6 +311,34 @@ class Cloud:
         if os.path.exists(os.path.join(self.run_dir, 'state.json')):
             self._save_state()
         return t
+
+    def restart_host(self, name: str) -> float:
+        """Start killed compute host ``name`` again, as a repaired
+        machine boots: new namespaces on the same folders and
+        configuration, its libvirtd, nova-compute and agent. Returns the
+        seconds it took, once nova-compute reported to Nova again (its
+        service stays down while forced down: unsetting that is the
+        caller's business) and the agent logged its start."""
+        host = self.host(name)
+        if host.killed_at is None:
+            raise procs.CloudError('compute host %s was not killed: '
+                                   'nothing to restart' % name)
+        t, t0 = time.time(), time.monotonic()
+        host.forget()
+        host.start_libvirtd(self.instances_path)
+        services.start_compute(self, host)
+        agent = host.pname('ha-snapshot-agent')
+        if self.with_ha_snapshot:
+            before = ha_services.started_count(self, agent,
+                                               'ha-snapshot-agent')
+            ha_services.start_agent(self, host)
+        services.wait_reported(self, host, t)
+        if self.with_ha_snapshot:
+            ha_services.wait_started(self, agent, 'ha-snapshot-agent',
+                                     before)
+        self.log('harness: restarted compute host %s' % name)
+        self._save_state()
+        return time.monotonic() - t0
 
     def memory(self) -> dict:
         """RSS and PSS of every process of the cloud, in MiB (PSS shares

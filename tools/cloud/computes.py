@@ -322,6 +322,17 @@ class ComputeHost:
                 pass
         self.libvirtd.libvirtd_pid = self.libvirtd.virtlogd_pid = None
 
+    def forget(self) -> None:
+        """Let go of a killed host's (empty) namespace, to start it
+        again."""
+        if self.killed_at is None:
+            raise procs.CloudError('compute host %s runs: kill it first'
+                                   % self.name)
+        if self._ns_fd is not None:
+            os.close(self._ns_fd)
+            self._ns_fd = None
+        self.mnt_ns = self.since = self.killed_at = None
+
     def stop_libvirtd(self) -> None:
         """Destroy the host's domains, stop its daemons, then kill what
         is left in its namespace (privsep daemons)."""

@@ -11,6 +11,8 @@ Standard library only.
 import os
 
 REGION = 'RegionOne'
+# Keystone users: the admin, the demo user, one per service.
+USERS = ('admin', 'demo', 'nova', 'glance', 'placement', 'ha-snapshot')
 
 
 def write_ini(path: str, sections: dict) -> str:

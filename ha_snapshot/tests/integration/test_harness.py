@@ -437,9 +437,38 @@ class TestComputeHostFailure(testtools.TestCase):
         self.addDetail('host-failure-timings', testtools.content.json_content(
             timings))
 
+        # The dead host comes back: Nova removes the evacuated server's
+        # files from it (its storage is its own, not shared), completes
+        # the evacuation, and only then lets the operator unset
+        # forced_down.
+        restart_seconds = self.cloud.restart_host(first)
+        self.assertIn('nova-compute', {_program(p)
+                                       for p in victim.processes()})
+        cloudlib.wait_for(lambda: not os.path.exists(os.path.join(
+            hosts[first]['instances_dir'], uuid)), 120,
+            'Nova to remove evacuated server %s from %s' % (uuid, first))
+
+        def unforced():
+            resp = self.conn.session.request(
+                self.endpoint + '/os-services/%s' % service['id'], 'PUT',
+                raise_exc=False, json={'forced_down': False},
+                headers={'OpenStack-API-Version': 'compute 2.53'})
+            return resp.status_code == 200
+        cloudlib.wait_for(unforced, 120, 'forced_down of %s to be unset '
+                          '(its evacuation records completed)' % first,
+                          poll=1)
+        cloudlib.wait_for(lambda: self.nova(
+            'GET', '/os-services?binary=nova-compute&host=%s' % first,
+            '2.53', 200)['services'][0]['state'] == 'up', 60,
+            'nova-compute on %s up again' % first)
+        self.assertEqual('ACTIVE', self.server(uuid)['status'])
+        timings['restart_seconds'] = round(restart_seconds, 1)
+        print('host failure: %s' % json.dumps(timings))
+
         # Nothing left behind: every process of the run (pid files, the
         # hosts' namespaces, their children) is gone after stop().
         everything = dict((p.pid, p) for p in survivor.processes())
+        everything.update((p.pid, p) for p in victim.processes())
         for name in self.cloud.table.names():
             proc = self.cloud.table.process(name)
             if proc is not None:
