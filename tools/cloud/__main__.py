@@ -149,7 +149,7 @@ def cmd_status(args) -> int:
     for name in names:
         proc = table.process(name)
         dead += proc is None
-        print('%-22s %s' % (name, 'pid %d' % proc.pid if proc
+        print('%-32s %s' % (name, 'pid %d' % proc.pid if proc
                             else 'NOT RUNNING'))
     print('logs: %s' % os.path.join(run_dir, 'logs'))
     return 1 if dead else 0
