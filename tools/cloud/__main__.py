@@ -1,11 +1,14 @@
-"""python3 -m tools.cloud start|stop|status|openrc [--state-dir DIR].
+"""python3 -m tools.cloud start|stop|status|openrc|kill-host [--state-dir DIR].
 
 ``start`` runs the cloud under a supervisor process of its own (detached,
 so the shell gets its prompt back) and returns once everything answers,
 printing where the logs are and how to use it; ``stop`` (from any shell)
 asks the supervisor to stop everything, then stops by pid whatever is
 still recorded; ``status`` lists the processes; ``openrc`` prints the
-environment of an openstack client (``eval "$(... openrc)"``).
+environment of an openstack client (``eval "$(... openrc)"``);
+``kill-host HOST`` SIGKILLs every process of one compute host at once, as
+a power cut would (its nova-compute, privsep daemons, libvirtd, virtlogd,
+QEMU processes and ha-snapshot-agent).
 """
 
 import argparse
@@ -18,6 +21,7 @@ import threading
 import time
 
 from tools.cloud import cloud as cloud_mod
+from tools.cloud import computes
 from tools.cloud import procs
 from tools.cloud import stop as stop_mod
 
@@ -145,7 +149,7 @@ def cmd_status(args) -> int:
     for name in names:
         proc = table.process(name)
         dead += proc is None
-        print('%-22s %s' % (name, 'pid %d' % proc.pid if proc
+        print('%-32s %s' % (name, 'pid %d' % proc.pid if proc
                             else 'NOT RUNNING'))
     print('logs: %s' % os.path.join(run_dir, 'logs'))
     return 1 if dead else 0
@@ -154,6 +158,20 @@ def cmd_status(args) -> int:
 def cmd_openrc(args) -> int:
     run_dir = os.path.join(os.path.abspath(args.state_dir), 'run')
     print(openrc(_state(run_dir), args.user))
+    return 0
+
+
+def cmd_kill_host(args) -> int:
+    run_dir = os.path.join(os.path.abspath(args.state_dir), 'run')
+    table = procs.ProcessTable(run_dir)
+    host = computes.ComputeHost.recorded(table, args.host)
+    if not host.processes():
+        print('harness: compute host %s runs nothing' % args.host,
+              file=sys.stderr)
+        return 1
+    t = host.kill()
+    print('harness: killed compute host %s at %.3f (time.time())'
+          % (args.host, t))
     return 0
 
 
@@ -175,9 +193,14 @@ def main(argv=None) -> int:
     sub.add_parser('status', help='list the processes and whether they run')
     p = sub.add_parser('openrc', help='print OS_* variables')
     p.add_argument('--user', choices=['admin', 'demo'], default='admin')
+    p = sub.add_parser('kill-host', help='SIGKILL every process of one '
+                       'compute host')
+    p.add_argument('host', help='its name (%s)'
+                   % ', '.join(computes.COMPUTE_HOSTS))
     args = parser.parse_args(argv)
     handler = {'start': cmd_start, 'serve': cmd_serve, 'stop': cmd_stop,
-               'status': cmd_status, 'openrc': cmd_openrc}[args.command]
+               'status': cmd_status, 'openrc': cmd_openrc,
+               'kill-host': cmd_kill_host}[args.command]
     try:
         return handler(args)
     except procs.CloudError as e:

@@ -1,11 +1,13 @@
 """The harness: a real OpenStack control plane plus ha-snapshot, on loopback.
 
 :class:`Cloud` starts, in one run directory (``STATE/run``): a private
-RabbitMQ, MariaDB (Nova's databases), Swift, libvirtd + virtlogd,
-Keystone, Glance (file store), Placement, a network stub, Nova API,
-conductor, scheduler and nova-compute (libvirt driver, QEMU TCG), then
-ha-snapshot-manager, ha-snapshot-api and ha-snapshot-agent, configured as
-the devstack plugin would. ``state.json`` there holds what a client needs
+RabbitMQ, MariaDB (Nova's databases), Swift, Keystone, Glance (file
+store), Placement, a network stub, Nova API, conductor and scheduler, two
+compute hosts (tools/cloud/computes.py: each its own libvirtd + virtlogd,
+nova-compute with the libvirt driver on QEMU TCG, and ha-snapshot-agent,
+in namespaces of its own), then ha-snapshot-manager and ha-snapshot-api,
+configured as the devstack plugin would. :meth:`Cloud.kill_host` kills
+one compute host whole. ``state.json`` there holds what a client needs
 (URLs, passwords); ``pids/`` and ``logs/`` hold every process's pid file
 and log. :meth:`Cloud.stop` (or :func:`tools.cloud.stop.stop_run_dir` from
 another process)
@@ -21,30 +23,34 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 import time
 
+import psutil
+
+from tools.cloud import computes
 from tools.cloud import configs
+from tools.cloud import ha_services
 from tools.cloud import mariadb
+from tools.cloud import openstack_services as services
 from tools.cloud import procs
 from tools.cloud import stop as stop_mod
 from tools.cloud import venv as venv_mod
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
+REPO = procs.REPO
 DEFAULT_STATE_DIR = os.environ.get('HA_SNAPSHOT_CLOUD_DIR',
                                    '/var/tmp/ha-snapshot-cloud')
-COMPUTE_HOST = 'ha-compute'
-START_TIMEOUT = float(os.environ.get('HA_SNAPSHOT_CLOUD_START_TIMEOUT', 180))
-USERS = ('admin', 'demo', 'nova', 'glance', 'placement', 'ha-snapshot')
-HA_SERVICES = ('ha-snapshot-manager', 'ha-snapshot-api',
-               'ha-snapshot-agent')
+COMPUTE_HOST = computes.COMPUTE_HOSTS[0]
+START_TIMEOUT = procs.START_TIMEOUT
+USERS = configs.USERS
+HA_SERVICES = ('ha-snapshot-manager', 'ha-snapshot-api')
 
 
 class Cloud:
     def __init__(self, state_dir: str = DEFAULT_STATE_DIR, *,
                  with_ha_snapshot: bool = True, with_aodh: bool = False,
-                 ha_overrides=None, log=print):
+                 ha_overrides=None, compute_hosts=computes.COMPUTE_HOSTS,
+                 log=print):
         self.state_dir = os.path.abspath(state_dir)
         self.run_dir = os.path.join(self.state_dir, 'run')
         self.log_dir = os.path.join(self.run_dir, 'logs')
@@ -54,8 +60,15 @@ class Cloud:
         self.log = log
         self.table = procs.ProcessTable(self.run_dir)
         self.timings = {}
-        self.compute_host = COMPUTE_HOST
-        self._rabbit = self._swift = self._libvirtd = None
+        if not compute_hosts or len(set(compute_hosts)) != len(
+                compute_hosts):
+            raise procs.CloudError('compute_hosts must name one host or '
+                                   'more, each once: %r' % (compute_hosts,))
+        self.hosts = [computes.ComputeHost(self.table, self.path(), name)
+                      for name in compute_hosts]
+        # NOTE: the first host keeps the one-host harness's meaning.
+        self.compute_host = self.hosts[0].name
+        self._rabbit = self._swift = None
 
     # --- paths and facts the config writers use ---
 
@@ -71,6 +84,19 @@ class Cloud:
 
     def url(self, name: str) -> str:
         return 'http://%s:%d' % (procs.LOOPBACK, self.ports[name])
+
+    @property
+    def instances_path(self) -> str:
+        """Nova's instances_path, the same on every compute host."""
+        return self.path('nova', 'instances')
+
+    def host(self, name: str) -> computes.ComputeHost:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise procs.CloudError('no compute host %r in this cloud (hosts: %s)'
+                               % (name, ', '.join(h.name
+                                                  for h in self.hosts)))
 
     # --- start ---
 
@@ -100,6 +126,7 @@ class Cloud:
             raise
         self.timings['start_seconds'] = round(time.monotonic() - t1, 1)
         self.timings['total_seconds'] = round(time.monotonic() - t0, 1)
+        self.timings.update(self.memory())
         self._save_state()
         self.log('harness: cloud ready in %.0f s (%s)'
                  % (self.timings['start_seconds'], self.log_dir))
@@ -127,12 +154,12 @@ class Cloud:
         # (PR_SET_PDEATHSIG): it starts in this thread, the rest around it.
         with concurrent.futures.ThreadPoolExecutor(5) as pool:
             rabbit = pool.submit(self._timed, 'rabbitmq', self._start_rabbit)
-            virt = pool.submit(self._timed, 'libvirtd', self._start_libvirtd)
+            virt = pool.submit(self._timed, 'libvirtd', self._start_libvirtds)
             mdb = pool.submit(self._timed, 'mariadb', self._start_mariadb)
 
             def keystone():
                 mdb.result()
-                self._timed('keystone', self._start_keystone)
+                self._timed('keystone', services.start_keystone, self)
             ks = pool.submit(keystone)
 
             def nova_db():
@@ -141,32 +168,34 @@ class Cloud:
                 mdb.result()
                 rabbit.result()
                 virt.result()
-                self._timed('nova_db', self._sync_nova)
+                self._timed('nova_db', services.sync_nova, self)
             db = pool.submit(nova_db)
             self._timed('swift', self._start_swift)
             for f in (rabbit, virt, ks, db):
                 f.result()
-        self._timed('keystone_setup', self._setup_keystone)
+        self._timed('keystone_setup', services.setup_keystone, self)
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            futures = [pool.submit(self._timed, name, fn) for name, fn in (
-                ('glance', self._start_glance),
-                ('placement', self._start_placement),
-                ('netstub', self._start_netstub))]
+            futures = [pool.submit(self._timed, name, fn, self)
+                       for name, fn in (
+                           ('glance', services.start_glance),
+                           ('placement', services.start_placement),
+                           ('netstub', services.start_netstub))]
             if self.with_aodh:
                 futures.append(pool.submit(self._timed, 'aodh',
-                                           self._start_aodh))
+                                           services.start_aodh, self))
             for f in futures:
                 f.result()
-        self._timed('nova', self._start_nova)
+        self._timed('nova', services.start_nova, self)
         if self.with_ha_snapshot:
-            self._timed('ha_snapshot', self._start_ha_snapshot)
+            self._timed('ha_snapshot', ha_services.start, self)
 
-    def _timed(self, name, fn):
+    def _timed(self, name, fn, *args):
         t = time.monotonic()
-        fn()
+        fn(*args)
         self.timings['%s_seconds' % name] = round(time.monotonic() - t, 1)
 
-    def _run(self, name: str, argv: list, env=None, timeout: float = 300):
+    def run_command(self, name: str, argv: list, env=None,
+                    timeout: float = 300):
         """A one-shot command (db sync...), output to logs/NAME.log."""
         log = self.table.log_path(name)
         with open(log, 'ab') as out:
@@ -187,7 +216,7 @@ class Cloud:
     def bin(self, name: str) -> str:
         return os.path.join(self.venv, 'bin', name)
 
-    def _write(self, service, name, sections) -> str:
+    def write_conf(self, service, name, sections) -> str:
         os.makedirs(self.path(service), exist_ok=True)
         return configs.write_ini(self.etc(service, name), sections)
 
@@ -227,17 +256,15 @@ class Cloud:
         for name, proc in self._swift.procs.items():
             self.table.record('swift-' + name, proc.pid)
 
-    def _start_libvirtd(self):
-        from ha_snapshot.tests.fixtures import libvirt as libvirt_fx
-        self.libvirt_dir = self.path('libvirt')
-        self._libvirtd = libvirt_fx.start_libvirtd(self.libvirt_dir)
-        self.libvirt_uri = self._libvirtd.uri
-        self.table.record('libvirtd', self._libvirtd.libvirtd_pid)
-        self.table.record('virtlogd', self._libvirtd.virtlogd_pid)
+    def _start_libvirtds(self):
+        with concurrent.futures.ThreadPoolExecutor(len(self.hosts)) as pool:
+            for f in [pool.submit(h.start_libvirtd, self.instances_path)
+                      for h in self.hosts]:
+                f.result()
 
     # --- OpenStack ---
 
-    def _gunicorn(self, name: str, module: str, env: dict) -> None:
+    def serve_wsgi(self, name: str, module: str, env: dict) -> None:
         env = dict(os.environ, HA_CLOUD_WSGI_MODULE=module,
                    PYTHONUNBUFFERED='1', **env)
         self.table.spawn(name, [
@@ -249,7 +276,7 @@ class Cloud:
             '--access-logfile', '-', '--error-logfile', '-',
             'wsgi_app:application'], env=env)
 
-    def _wait_http(self, name: str, path: str = '/', timeout=START_TIMEOUT):
+    def wait_http(self, name: str, path: str = '/', timeout=START_TIMEOUT):
         url = self.url(name) + path
 
         def ready():
@@ -259,25 +286,6 @@ class Cloud:
         procs.wait_for(ready, timeout, '%s to answer GET %s' % (name, url),
                        logs=[self.table.log_path(name)])
 
-    def _start_keystone(self):
-        conf = self._write('keystone', 'keystone.conf',
-                           configs.keystone(self))
-        manage = [self.bin('keystone-manage'), '--config-file', conf]
-        self._run('keystone-manage', manage + ['db_sync'])
-        for repo in ('fernet_setup', 'credential_setup'):
-            self._run('keystone-manage', manage + [
-                repo, '--keystone-user', 'root', '--keystone-group', 'root'])
-        self._run('keystone-manage', manage + [
-            'bootstrap', '--bootstrap-password', self.passwords['admin'],
-            '--bootstrap-admin-url', self.keystone_url,
-            '--bootstrap-public-url', self.keystone_url,
-            '--bootstrap-internal-url', self.keystone_url,
-            '--bootstrap-region-id', configs.REGION])
-        self._gunicorn('keystone', 'keystone.wsgi.api', {
-            'OS_KEYSTONE_CONFIG_DIR': os.path.dirname(conf),
-            'OS_KEYSTONE_CONFIG_FILES': 'keystone.conf'})
-        self._wait_http('keystone', '/v3')
-
     def admin_connection(self):
         import openstack
         return openstack.connect(
@@ -286,203 +294,103 @@ class Cloud:
             user_domain_name='Default', project_domain_name='Default',
             region_name=configs.REGION, identity_api_version='3')
 
-    def _setup_keystone(self):
-        conn = self.admin_connection()
-        ident = conn.identity
-        roles = {r.name: r for r in ident.roles()}
-        for name in ('service', 'member', 'reader'):
-            if name not in roles:
-                roles[name] = ident.create_role(name=name)
-        projects = {n: ident.create_project(name=n, domain_id='default')
-                    for n in ('service', 'demo')}
-        services = USERS[2:] + (('aodh',) if self.with_aodh else ())
-        for user in services:
-            u = ident.create_user(name=user, password=self.passwords[user],
-                                  domain_id='default')
-            for role in ('admin', 'service'):
-                ident.assign_project_role_to_user(projects['service'], u,
-                                                  roles[role])
-        demo = ident.create_user(name='demo', password=self.passwords['demo'],
-                                 domain_id='default')
-        for role in ('member', 'reader'):
-            ident.assign_project_role_to_user(projects['demo'], demo,
-                                              roles[role])
-        for name, stype, url in (
-                ('glance', 'image', self.url('glance')),
-                ('placement', 'placement', self.url('placement')),
-                ('nova', 'compute', self.url('nova-api') + '/v2.1'),
-                ('neutron', 'network', self.url('netstub')),
-                ('ha-snapshot', 'ha-snapshot',
-                 self.url('ha-snapshot-api'))) + ((
-                ('aodh', 'alarming', self.url('aodh')),)
-                    if self.with_aodh else ()):
-            svc = ident.create_service(name=name, type=stype)
-            ident.create_endpoint(service_id=svc.id, interface='public',
-                                  url=url, region_id=configs.REGION)
-        conn.close()
-
-    def _start_glance(self):
-        etc = os.path.dirname(self.etc('glance', 'x'))
-        os.makedirs(etc, exist_ok=True)
-        shutil.copy(os.path.join(self.venv, 'etc', 'glance',
-                                 'glance-api-paste.ini'), etc)
-        conf = self._write('glance', 'glance-api.conf', configs.glance(self))
-        self._run('glance-manage', [self.bin('glance-manage'),
-                                    '--config-file', conf, 'db_sync'])
-        self._gunicorn('glance', 'glance.wsgi.api',
-                       {'OS_GLANCE_CONFIG_DIR': etc})
-        self._wait_http('glance', '/')
-
-    def _start_placement(self):
-        conf = self._write('placement', 'placement.conf',
-                           configs.placement(self))
-        self._run('placement-manage', [self.bin('placement-manage'),
-                                       '--config-file', conf, 'db', 'sync'])
-        self._gunicorn('placement', 'placement.wsgi.api',
-                       {'OS_PLACEMENT_CONFIG_DIR': os.path.dirname(conf)})
-        self._wait_http('placement', '/')
-
-    def _start_netstub(self):
-        self.table.spawn('netstub', [
-            sys.executable, '-m', 'tools.cloud.netstub',
-            str(self.ports['netstub'])], cwd=REPO)
-        self._wait_http('netstub', '/', timeout=30)
-
-    def _sync_nova(self):
-        etc = os.path.dirname(self.etc('nova', 'x'))
-        os.makedirs(etc, exist_ok=True)
-        shutil.copy(os.path.join(self.venv, 'etc', 'nova', 'api-paste.ini'),
-                    etc)
-        os.makedirs(self.path('nova', 'instances'), exist_ok=True)
-        conf = self._write('nova', 'nova.conf', configs.nova(self))
-        self._write('nova', 'nova-compute.conf',
-                    configs.nova(self, compute=True))
-        manage = [self.bin('nova-manage'), '--config-file', conf]
-        self._run('nova-manage', manage + ['api_db', 'sync'])
-        self._run('nova-manage', manage + [
-            'cell_v2', 'map_cell0', '--database_connection',
-            self.nova_db['nova_cell0']])
-        self._run('nova-manage', manage + [
-            'cell_v2', 'create_cell', '--name', 'cell1', '--verbose'])
-        self._run('nova-manage', manage + ['db', 'sync'])
-
-    def _start_nova(self):
-        conf = self.etc('nova', 'nova.conf')
-        self._gunicorn('nova-api', 'nova.wsgi.osapi_compute',
-                       {'OS_NOVA_CONFIG_DIR': os.path.dirname(conf)})
-        for name in ('nova-conductor', 'nova-scheduler'):
-            self.table.spawn(name, [self.bin(name), '--config-file', conf])
-        self.table.spawn('nova-compute', [
-            self.bin('nova-compute'), '--config-file',
-            self.etc('nova', 'nova-compute.conf')])
-        self._wait_http('nova-api', '/')
-        conn = self.admin_connection()
-        try:
-            def compute_up():
-                for name in ('nova-conductor', 'nova-scheduler',
-                             'nova-compute'):
-                    self.table.check_running(name)
-                return any(s.binary == 'nova-compute' and s.state == 'up'
-                           for s in conn.compute.services())
-            procs.wait_for(compute_up, START_TIMEOUT,
-                           'nova-compute on %s to report up to Nova'
-                           % self.compute_host,
-                           logs=[self.table.log_path('nova-compute')])
-        finally:
-            conn.close()
-        self._run('nova-manage', [self.bin('nova-manage'), '--config-file',
-                                  conf, 'cell_v2', 'discover_hosts'])
-
-    def _start_aodh(self):
-        self.aodh_db = self._mariadb.create_database(
-            'aodh', 'aodh', self.passwords['aodh-db'])
-        conf = self._write('aodh', 'aodh.conf', configs.aodh(self))
-        self._run('aodh-dbsync', [self.bin('aodh-dbsync'), '--config-file',
-                                  conf])
-        # NOTE: aodh.wsgi.api, and the keystonemiddleware in its paste
-        # pipeline, read the default config files of project aodh only,
-        # the first of which is ~/.aodh/aodh.conf: HOME points there.
-        home = self.path('aodh', 'home')
-        os.makedirs(os.path.join(home, '.aodh'), exist_ok=True)
-        os.symlink(conf, os.path.join(home, '.aodh', 'aodh.conf'))
-        self._gunicorn('aodh', 'aodh.wsgi.api', {'HOME': home})
-        for name in ('aodh-listener', 'aodh-notifier'):
-            self.table.spawn(name, [self.bin(name), '--config-file', conf])
-        self._wait_http('aodh', '/')
-        for name in ('aodh-listener', 'aodh-notifier'):
-            self.table.check_running(name)
-
     # --- ha-snapshot ---
 
-    def _write_key(self, name: str, key: str) -> str:
-        path = self.etc('ha-snapshot', name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, 'w') as f:
-            f.write(key + '\n')
-        return path
+    # --- a host failure ---
 
-    def _rpc_keys(self) -> dict:
-        """Provision the bus keys as an operator does: a master key for
-        the manager, and for the API and the agent the keys derived from
-        it (ha-snapshot-manage rpc-key derive): daemon -> extra config."""
-        from ha_snapshot import rpc_auth
-        master = secrets.token_hex(32)
-        self._write_key('rpc-master.key', master)
-        extra = {}
-        for name, identity in (
-                ('ha-snapshot-api', rpc_auth.API),
-                ('ha-snapshot-agent',
-                 rpc_auth.host_identity(self.compute_host))):
-            key = self._write_key(name + '.key', rpc_auth.derive(
-                master.encode(), identity).decode())
-            extra[name] = ['--config-file', self._write(
-                'ha-snapshot', name + '-rpc.conf',
-                configs.rpc_key_conf(key))]
-        return extra
+    def kill_host(self, name: str) -> float:
+        """SIGKILL everything of compute host ``name`` at once (its
+        agent, nova-compute and privsep daemons, libvirtd, virtlogd and
+        every QEMU), as a power cut would; the time.time() of the kill.
 
-    def _start_ha_snapshot(self):
-        extra = self._rpc_keys()
-        conf = self._write('ha-snapshot', 'ha-snapshot.conf',
-                           configs.ha_snapshot(self))
-        self._run('ha-snapshot-manage', [
-            sys.executable, '-m', 'ha_snapshot.cmd.manage', '--config-file',
-            conf, 'db', 'sync'])
-        env = dict(os.environ, PYTHONUNBUFFERED='1')
-        for name, module in (
-                ('ha-snapshot-manager', 'ha_snapshot.cmd.manager'),
-                ('ha-snapshot-api', 'ha_snapshot.cmd.api'),
-                ('ha-snapshot-agent', 'ha_snapshot.cmd.agent')):
-            self.table.spawn(name, [sys.executable, '-m', module,
-                                    '--config-file', conf]
-                             + extra.get(name, []), env=env, cwd=REPO)
-        self._wait_http('ha-snapshot-api', '/')
-        for name in ('ha-snapshot-manager', 'ha-snapshot-agent'):
-            path = self.table.log_path(name)
-            marker = '%s started' % name
+        Nova notices by missed heartbeats (``service_down_time``, 20 s
+        here) unless told first (``forced_down``).
+        """
+        t = self.host(name).kill()
+        self.log('harness: killed compute host %s' % name)
+        if os.path.exists(os.path.join(self.run_dir, 'state.json')):
+            self._save_state()
+        return t
 
-            def started(name=name, path=path, marker=marker):
-                self.table.check_running(name)
-                return marker in procs.tail(path, 2000)
-            procs.wait_for(started, START_TIMEOUT, '%s to log "%s"'
-                           % (name, marker), logs=[path])
+    def restart_host(self, name: str) -> float:
+        """Start killed compute host ``name`` again, as a repaired
+        machine boots: new namespaces on the same folders and
+        configuration, its libvirtd, nova-compute and agent. Returns the
+        seconds it took, once nova-compute reported to Nova again (its
+        service stays down while forced down: unsetting that is the
+        caller's business) and the agent logged its start."""
+        host = self.host(name)
+        if host.killed_at is None:
+            raise procs.CloudError('compute host %s was not killed: '
+                                   'nothing to restart' % name)
+        t, t0 = time.time(), time.monotonic()
+        host.forget()
+        host.start_libvirtd(self.instances_path)
+        services.start_compute(self, host)
+        agent = host.pname('ha-snapshot-agent')
+        if self.with_ha_snapshot:
+            before = ha_services.started_count(self, agent,
+                                               'ha-snapshot-agent')
+            ha_services.start_agent(self, host)
+        services.wait_reported(self, host, t)
+        if self.with_ha_snapshot:
+            ha_services.wait_started(self, agent, 'ha-snapshot-agent',
+                                     before)
+        self.log('harness: restarted compute host %s' % name)
+        self._save_state()
+        return time.monotonic() - t0
+
+    def memory(self) -> dict:
+        """RSS and PSS of every process of the cloud, in MiB (PSS shares
+        the pages of the many Python processes fairly)."""
+        seen = {}
+        for name in self.table.names():
+            proc = self.table.process(name)
+            if proc is None:
+                continue
+            try:
+                for p in [proc] + proc.children(recursive=True):
+                    seen[p.pid] = p
+            except psutil.NoSuchProcess:
+                pass
+        for host in self.hosts:
+            for p in host.processes():
+                seen[p.pid] = p
+        rss = pss = 0
+        for p in seen.values():
+            try:
+                info = p.memory_full_info()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            rss += info.rss
+            pss += info.pss
+        return {'memory_rss_mib': round(rss / 2 ** 20),
+                'memory_pss_mib': round(pss / 2 ** 20),
+                'processes': len(seen)}
 
     # --- state and stop ---
 
     @property
     def state(self) -> dict:
+        first = self.hosts[0]
         return {
             'run_dir': self.run_dir, 'log_dir': self.log_dir,
             'venv': self.venv, 'ports': self.ports,
             'passwords': self.passwords, 'keystone_url': self.keystone_url,
             'region': configs.REGION, 'transport_url': self.transport_url,
             'swift_endpoint': self.swift_endpoint,
-            'libvirt_uri': self.libvirt_uri, 'libvirt_dir': self.libvirt_dir,
+            # NOTE: compute_host, libvirt_uri and libvirt_dir are the
+            # first host's, as when the harness had one; 'hosts' has
+            # each host's (libvirt, its instances folder, namespace).
             'compute_host': self.compute_host,
+            'compute_hosts': [h.name for h in self.hosts],
+            'hosts': {h.name: h.state() for h in self.hosts},
+            'libvirt_uri': first.libvirt_uri,
+            'libvirt_dir': first.libvirt_dir,
             'ha_snapshot_url': self.url('ha-snapshot-api'),
             'aodh_url': self.url('aodh') if self.with_aodh else None,
             'ha_snapshot_conf': self.etc('ha-snapshot', 'ha-snapshot.conf'),
-            'nova_instances': self.path('nova', 'instances'),
+            'nova_instances': self.instances_path,
             'timings': self.timings,
         }
 
@@ -491,26 +399,33 @@ class Cloud:
             json.dump(self.state, f, indent=1, sort_keys=True)
 
     def stop(self) -> float:
-        """Stop everything this cloud started; the seconds it took."""
+        """Stop everything this cloud started, a killed host's leftovers
+        and whatever runs inside a host's namespaces included; the
+        seconds it took."""
         t = time.monotonic()
         for group in stop_mod.STOP_GROUPS[:2]:
-            stop_mod.stop_group(self.table, group)
-        if self._libvirtd is not None:
-            self._libvirtd.stop()
-            stop_mod.copy_tree(self._libvirtd.log_dir,
-                       os.path.join(self.log_dir, 'libvirt'))
-        stop_mod.stop_group(self.table, stop_mod.STOP_GROUPS[3])
+            stop_mod.stop_group(self.table, stop_mod.members(
+                group, self.table.names()))
+        with concurrent.futures.ThreadPoolExecutor(len(self.hosts)) as pool:
+            for f in [pool.submit(h.stop_libvirtd) for h in self.hosts]:
+                f.result()
+        for host in self.hosts:
+            stop_mod.copy_tree(host.libvirtd.log_dir, os.path.join(
+                self.log_dir, 'libvirt-%s' % host.name))
+        stop_mod.stop_group(self.table, stop_mod.members(
+            stop_mod.STOP_GROUPS[3], self.table.names()))
         # NOTE: the fixtures stop their own (and reap them); their logs
         # are copied first, as their cleanup removes their directories.
-        if self._rabbit is not None:
-            stop_mod.copy_tree(self._rabbit.log_dir, os.path.join(self.log_dir,
-                                                          'rabbitmq'))
-            self._rabbit.cleanUp()
-        if self._swift is not None:
+        # NOTE: stop may run twice (a test's own, then its fixture's).
+        rabbit, swift, self._rabbit, self._swift = (self._rabbit,
+                                                    self._swift, None, None)
+        if rabbit is not None:
+            stop_mod.copy_tree(rabbit.log_dir,
+                               os.path.join(self.log_dir, 'rabbitmq'))
+            rabbit.cleanUp()
+        if swift is not None:
             with open(os.path.join(self.log_dir, 'swift.log'), 'w') as f:
-                f.write(self._swift.log_text(100000))
-            self._swift.cleanUp()
+                f.write(swift.log_text(100000))
+            swift.cleanUp()
         stop_mod.stop_run_dir(self.run_dir)
         return time.monotonic() - t
-
-

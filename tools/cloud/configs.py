@@ -11,6 +11,8 @@ Standard library only.
 import os
 
 REGION = 'RegionOne'
+# Keystone users: the admin, the demo user, one per service.
+USERS = ('admin', 'demo', 'nova', 'glance', 'placement', 'ha-snapshot')
 
 
 def write_ini(path: str, sections: dict) -> str:
@@ -89,20 +91,35 @@ def placement(c) -> dict:
     }
 
 
-def nova(c, compute: bool = False) -> dict:
-    """nova.conf; ``compute``: the compute host's (no database at all)."""
+# NOTE: a killed host counts as down 20 s after its last report (Nova's
+# defaults: 60 and 10), so that a test of host failure waits seconds, not
+# a minute, when it does not force the service down.
+SERVICE_DOWN_TIME = 20
+REPORT_INTERVAL = 5
+
+
+def nova(c, host=None) -> dict:
+    """nova.conf of the control services, or with ``host`` (a
+    tools.cloud.computes.ComputeHost) that compute host's nova-compute's:
+    no database at all, its own host name, state, locks and libvirtd."""
     d = c.path('nova')
+    state = host.dir + '/nova' if host is not None else d
     conf = {
         'DEFAULT': {
-            'transport_url': c.transport_url, 'host': c.compute_host,
-            'my_ip': '127.0.0.1', 'state_path': d,
-            'instances_path': os.path.join(d, 'instances'),
+            'transport_url': c.transport_url,
+            'host': host.name if host is not None else 'controller',
+            'my_ip': '127.0.0.1', 'state_path': state,
+            # NOTE: the same path on every host; each host's own folder
+            # is bind-mounted over it inside its namespace.
+            'instances_path': c.instances_path,
             'compute_driver': 'libvirt.LibvirtDriver',
             # NOTE: guests without an OS never answer an ACPI shutdown:
-            # rebuilds and deletes would wait 60 s for one.
+            # rebuilds, deletes and evacuations would wait 60 s for one.
             'shutdown_timeout': 0, 'debug': False,
             'instance_usage_audit': False,
             'graceful_shutdown_timeout': 5,
+            'service_down_time': SERVICE_DOWN_TIME,
+            'report_interval': REPORT_INTERVAL,
         },
         'wsgi': {'api_paste_config': c.etc('nova', 'api-paste.ini')},
         'api': {'auth_strategy': 'keystone'},
@@ -114,22 +131,26 @@ def nova(c, compute: bool = False) -> dict:
         'scheduler': {'discover_hosts_in_cells_interval': -1},
         'notifications': {'notification_format': 'versioned'},
         'oslo_messaging_notifications': {'driver': 'messagingv2'},
-        'oslo_concurrency': {'lock_path': os.path.join(d, 'locks')},
-        'libvirt': {'virt_type': 'qemu', 'connection_uri': c.libvirt_uri,
-                    'cpu_mode': 'none'},
-        # NOTE: as root already: the helper needs no sudo nor rootwrap.
+        'oslo_concurrency': {'lock_path': state + '/locks'},
+        'libvirt': {'virt_type': 'qemu', 'cpu_mode': 'none',
+                    'connection_uri': (host.libvirt_uri if host is not None
+                                       else c.hosts[0].libvirt_uri)},
+        # NOTE: as root already: the helper needs no sudo nor rootwrap;
+        # each host's helper reads that host's file.
         'nova_sys_admin': {
             'helper_command': '%s --config-file %s' % (
                 os.path.join(c.venv, 'bin', 'privsep-helper'),
-                c.etc('nova', 'nova-compute.conf' if compute
-                      else 'nova.conf'))},
+                c.etc('nova', 'nova-compute-%s.conf' % host.name
+                      if host is not None else 'nova.conf'))},
         'vnc': {'enabled': False},
         'spice': {'enabled': False},
         'serial_console': {'enabled': False},
         'cinder': {'os_region_name': REGION},
+        # NOTE: the admin role (which the ha-snapshot service user has)
+        # may force a service down and evacuate under these defaults.
         'oslo_policy': {'enforce_new_defaults': True, 'enforce_scope': True},
     }
-    if not compute:
+    if host is None:
         conf['api_database'] = {'connection': c.nova_db['nova_api']}
         conf['database'] = {'connection': c.nova_db['nova']}
     return conf
@@ -168,9 +189,11 @@ def ha_snapshot(c) -> dict:
                   'endpoint_override': c.swift_endpoint},
         'manager': {'spool_dir': os.path.join(d, 'spool'),
                     'host': 'ha-manager', 'listen_notifications': True},
+        # NOTE: the first compute host's agent; each agent also reads
+        # its host's file (agent_host below), which overrides these.
         'agent': {'state_dir': os.path.join(d, 'agent'),
                   'host': c.compute_host, 'hypervisor': 'libvirt'},
-        'libvirt': {'connection_uri': c.libvirt_uri,
+        'libvirt': {'connection_uri': c.hosts[0].libvirt_uri,
                     'backup_dir': os.path.join(d, 'libvirt')},
         'policy': {'name': 'adaptive', 'rpo_target': 60},
         'recovery': {'actions': 'libvirt:rebuild',
@@ -197,6 +220,18 @@ def ha_snapshot(c) -> dict:
     for section, options in (c.ha_overrides or {}).items():
         conf.setdefault(section, {}).update(options)
     return conf
+
+
+def agent_host(host, key_file: str) -> dict:
+    """The extra config file of ``host``'s ha-snapshot-agent: who it is,
+    its libvirtd, its own state and its own bus key (an operator would
+    write this file on each compute host)."""
+    d = os.path.join(host.dir, 'ha-snapshot')
+    return {'agent': {'host': host.name,
+                      'state_dir': os.path.join(d, 'agent')},
+            'libvirt': {'connection_uri': host.libvirt_uri,
+                        'backup_dir': os.path.join(d, 'libvirt')},
+            'rpc_auth': {'key_file': key_file}}
 
 
 def rpc_key_conf(key_file: str) -> dict:

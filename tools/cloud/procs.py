@@ -24,6 +24,10 @@ import psutil
 from ha_snapshot.tests.fixtures import logs
 
 LOOPBACK = '127.0.0.1'
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+# How long one service may take to start (a busy 2-core host: minutes).
+START_TIMEOUT = float(os.environ.get('HA_SNAPSHOT_CLOUD_START_TIMEOUT', 180))
 _POLL = 0.1
 TAIL_LINES = 60
 

@@ -6,16 +6,18 @@ needed: it works after the harness itself was killed).
 """
 
 import concurrent.futures
-import json
 import os
 import shutil
 
+from tools.cloud import computes
 from tools.cloud import procs
 
 # NOTE: the reverse of the start order, a group at a time (the processes
 # of one group in parallel: Nova's take seconds each to exit). ha-snapshot
 # first; nova-compute before the conductor (it waits for the conductor at
-# exit) and before libvirtd; the domains are destroyed with libvirtd.
+# exit) and before libvirtd; the domains are destroyed with libvirtd. A
+# compute host's processes are named NAME@HOST (tools/cloud/computes.py):
+# the groups name them by NAME.
 STOP_GROUPS = (
     ('ha-snapshot-agent', 'ha-snapshot-api', 'ha-snapshot-manager'),
     ('nova-compute',),
@@ -38,29 +40,32 @@ def running_supervisor(run_dir: str):
     return procs.ProcessTable(run_dir).process('harness')
 
 
+def members(group, names) -> list:
+    """The processes of ``names`` that belong to ``group``."""
+    return [n for n in names if computes.base_name(n) in group]
+
+
 def stop_run_dir(run_dir: str) -> list:
     """Stop every process recorded in ``run_dir``; the names stopped.
 
-    Works from any process: pid files only (a libvirtd's domains are
-    destroyed through its own pid files first).
+    Works from any process: pid files only (each compute host's domains
+    are destroyed through its libvirtd's own pid files first), then kills
+    what is left in the compute hosts' namespaces (privsep daemons).
     """
     table = procs.ProcessTable(run_dir)
     present = table.names()
-    try:
-        with open(os.path.join(run_dir, 'state.json')) as f:
-            libvirt_dir = json.load(f).get('libvirt_dir')
-    except (OSError, ValueError):
-        libvirt_dir = os.path.join(run_dir, 'data', 'libvirt')
     stopped = [n for n in present
                if n != 'harness' and table.process(n) is not None]
-    groups = [g for g in STOP_GROUPS]
-    groups.append(tuple(n for n in present
-                        if n not in STOP_ORDER and n != 'harness'))
-    for group in groups:
-        if 'libvirtd' in group and 'libvirtd' in present and os.path.isdir(
-                libvirt_dir or ''):
-            _stop_libvirt_domains(libvirt_dir)
-        stop_group(table, [n for n in group if n in present])
+    groups = [members(g, present) for g in STOP_GROUPS]
+    groups.append([n for n in present if computes.base_name(n)
+                   not in STOP_ORDER and n != 'harness'])
+    for group, names in zip(STOP_GROUPS + ((),), groups):
+        if 'libvirtd' in group:
+            for rec in computes.recorded_namespaces(run_dir):
+                if os.path.isdir(rec.get('libvirt_dir') or ''):
+                    _stop_libvirt_domains(rec['libvirt_dir'])
+        stop_group(table, names)
+    computes.sweep_namespaces(run_dir)
     return stopped
 
 

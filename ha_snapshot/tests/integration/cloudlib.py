@@ -157,14 +157,30 @@ def _uuid(payload) -> str | None:
         return None
 
 
-class Domain:
-    """The libvirt domain of a Nova server, seen from the compute host."""
+def host_facts(state: dict, host: str | None = None) -> dict:
+    """libvirt_uri and libvirt_dir of compute ``host`` (default: the
+    harness's first)."""
+    host = host or state['compute_host']
+    hosts = state.get('hosts') or {
+        state['compute_host']: {'libvirt_uri': state['libvirt_uri'],
+                                'libvirt_dir': state['libvirt_dir']}}
+    if host not in hosts:
+        raise ScenarioError('no compute host %r in the harness (hosts: %s)'
+                            % (host, ', '.join(sorted(hosts))))
+    return hosts[host]
 
-    def __init__(self, state: dict, instance_name: str):
+
+class Domain:
+    """The libvirt domain of a Nova server, seen from its compute host
+    (``host``; default: the harness's first)."""
+
+    def __init__(self, state: dict, instance_name: str,
+                 host: str | None = None):
         import libvirt
         self.state = state
         self.name = instance_name
-        self.conn = libvirt.open(state['libvirt_uri'])
+        self.host = host_facts(state, host)
+        self.conn = libvirt.open(self.host['libvirt_uri'])
         self.dom = self.conn.lookupByName(instance_name)
 
     def close(self):
@@ -200,14 +216,26 @@ class Domain:
         raise ScenarioError('domain %s has no vda disk' % self.name)
 
     def qemu_pid(self) -> int:
-        path = os.path.join(self.state['libvirt_dir'], 'run', 'qemu',
+        path = os.path.join(self.host['libvirt_dir'], 'run', 'qemu',
                             self.name + '.pid')
         with open(path) as f:
             return int(f.read().strip())
 
+    def nsenter(self) -> list:
+        """The command prefix that runs a program inside the compute
+        host, where the disk paths libvirt reports resolve (each host's
+        instances folder is mounted over the same path there)."""
+        path = os.path.join(self.host['libvirt_dir'], 'libvirtd.pid')
+        with open(path) as f:
+            pid = int(f.read().strip())
+        return ['nsenter', '--mount=/proc/%d/ns/mnt' % pid]
 
-def copy_disk(disk_path: str, workdir: str) -> str:
+
+def copy_disk(disk_path: str, workdir: str, nsenter=()) -> str:
     """A standalone qcow2 copy of the disk (its whole backing chain).
+
+    ``nsenter``: Domain.nsenter(), to read the disk inside its host (the
+    copy lands in ``workdir``, a path the same inside and out).
 
     NOTE: -U (force share): the live QEMU holds the disk's locks; the
     copy is taken once nothing writes (after the rebuild) and cannot
@@ -215,8 +243,9 @@ def copy_disk(disk_path: str, workdir: str) -> str:
     """
     os.makedirs(workdir, exist_ok=True)
     copy = os.path.join(workdir, 'disk-copy.qcow2')
-    subprocess.run(['qemu-img', 'convert', '-U', '-O', 'qcow2', disk_path,
-                    copy], check=True, capture_output=True, timeout=600)
+    subprocess.run(list(nsenter) + ['qemu-img', 'convert', '-U', '-O',
+                                    'qcow2', disk_path, copy],
+                   check=True, capture_output=True, timeout=600)
     return copy
 
 
