@@ -22,7 +22,8 @@ class AdoptTestCase(base.TestCase):
 
     def setUp(self):
         super().setUp()
-        self.conf = base.make_conf(self.store_dir, agent__host='compute2')
+        self.conf = base.make_conf(self.store_dir, agent__host='compute2',
+                                   agent__state_dir=self.path('agent'))
         self.svc = agent_service.AgentService(self.conf)
         self.state_dir = self.conf.agent.state_dir
 
@@ -58,7 +59,8 @@ class MovedTestCase(base.TestCase):
 
     def setUp(self):
         super().setUp()
-        self.conf = base.make_conf(self.store_dir, agent__host='compute1')
+        self.conf = base.make_conf(self.store_dir, agent__host='compute1',
+                                   agent__state_dir=self.path('agent'))
         self.svc = agent_service.AgentService(self.conf)
         self.log = self.useFixture(fixtures.FakeLogger(level=logging.INFO))
         self.st = state_mod.InstanceState(instance=INSTANCE, project='p1',
