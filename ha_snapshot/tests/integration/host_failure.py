@@ -174,7 +174,7 @@ class HostFailure:
             self.check('%s protected on %s' % (x.name, alive),
                        row is not None and row['host'] == alive
                        and row['status'] == 'protected',
-                       row and (row['host'], row['status']))
+                       row and '%s, %s' % (row['host'], row['status']))
             after = cloudlib.wait_for(
                 lambda x=x, rec=rec: [
                     rp for rp in s.restore_points(x.id)
@@ -196,7 +196,8 @@ class HostFailure:
         self.check('the failure record says evacuated',
                    row['state'] == 'evacuated'
                    and row['recoveries'] == {'succeeded': 2},
-                   (row['state'], row['recoveries'], row['error']))
+                   '%s, %s, %s' % (row['state'], row['recoveries'],
+                                   row['error']))
         out['verified'] = all(
             ok for name, ok in s.result['checks'].items()
             if name.startswith('host failure: ')) and not lost
@@ -208,7 +209,7 @@ def run(scenario, kill_host) -> dict:
     hf = HostFailure(scenario, kill_host)
     try:
         return hf.run()
-    except cloudlib.ScenarioError as e:
-        hf.out['error'] = str(e)
-        scenario.check('host failure: ran to its end', False, e)
+    except Exception as e:
+        hf.out['error'] = '%s: %s' % (type(e).__name__, e)
+        scenario.check('host failure: ran to its end', False, hf.out['error'])
         return hf.out

@@ -90,7 +90,7 @@ class Scenario:
         self.result['checks'][name] = bool(ok)
         self.log('scenario: %s %s%s' % ('ok  ' if ok else 'FAIL', name,
                                          '' if detail is None
-                                         else ' (%s)' % detail))
+                                         else ' (%s)' % (detail,)))
         return ok
 
     def api(self, method: str, path: str, **kwargs):
