@@ -203,6 +203,14 @@ class FakeGlance:
                              'Adding images to store is disabled.')
         record.update(size=size, largest_read=req.stream.largest_read,
                       chunked=req.stream.chunked)
+        if req.stream.truncated and image['status'] == 'saving':
+            # NOTE: the client went away mid-upload: as Glance's
+            # ImageDataController does on any failure of the data, the
+            # image goes back to queued (its data is dropped).
+            image['status'] = 'queued'
+            record['failed_after'] = size
+            return _page(500, 'Failed to upload image data due to '
+                         'internal error')
         if image['status'] == 'deleted':
             # NOTE: as Glance's ImageDataController does when the image
             # was deleted while its data arrived: the data is dropped.
@@ -427,6 +435,11 @@ class FakeNova:
         self._settle[server['id']] = (outcome, self.polls)
         return 200, headers, {} if version >= (2, 14) else {
             'adminPass': 'secret'}
+
+    def settle(self, server_id, outcome='active', polls=1):
+        """End the server's pending action (a rebuild left ``stuck``) in
+        ``outcome`` once it is looked at ``polls`` more times."""
+        self._settle[server_id] = (outcome, polls)
 
     def _tick(self, server):
         outcome, left = self._settle.get(server['id'], (None, 0))
