@@ -138,6 +138,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             body = json.dumps(body)
             headers = {'Content-Type': 'application/json', **headers}
         data = body.encode() if isinstance(body, str) else (body or b'')
+        if req.stream.truncated:
+            # NOTE: the client is gone: nobody reads an answer.
+            self.close_connection = True
+            return
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
