@@ -99,23 +99,16 @@ class RebuildTakeoverTest(daemons.DaemonsTestCase):
 
     def setUp(self):
         super().setUp()
-        self.glance = fake_openstack.FakeGlance()
-        self.addCleanup(self.glance.stop)
-        self.nova = fake_openstack.FakeNova(self.glance)
-        self.addCleanup(self.nova.stop)
+        # NOTE: set up first, so stopped last: after the daemons.
+        cloud = self.useFixture(fake_openstack.Cloud())
+        self.glance, self.nova = cloud.glance, cloud.nova
         self.glance.add_image(SOURCE_IMAGE, hw_disk_bus='virtio',
                               os_distro='debian')
         pg = self.useFixture(db_fixtures.PostgreSQLServer())
-        options = {
-            'nova': {'auth_type': 'none',
-                     'endpoint_override': self.nova.url},
-            'glance': {'auth_type': 'none',
-                       'endpoint_override': self.glance.url},
-            'recovery': {'action': 'rebuild', 'image_disk_format': 'raw',
-                         'work_dir': self.path('recovery-work'),
-                         'rebuild_poll_interval': 0.1,
-                         'rebuild_timeout': 60},
-        }
+        options = dict(cloud.options, recovery={
+            'action': 'rebuild', 'image_disk_format': 'raw',
+            'work_dir': self.path('recovery-work'),
+            'rebuild_poll_interval': 0.1, 'rebuild_timeout': 60})
         svc = self.start_replicas(
             pg.url, 2, options=options, agent=False,
             heartbeat_interval=HEARTBEAT, dead_after_missed=DEAD_AFTER,

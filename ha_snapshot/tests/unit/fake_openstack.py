@@ -8,13 +8,16 @@ discovery, image create/list/show/upload/delete, server show, the
 services (``os-services``
 list and the 2.53+ update that forces one down). Tests script failures through
 attributes (``upload_fail``, ``rebuild_fail``, ``outcome``...) and assert
-on ``endpoint.requests``.
+on ``endpoint.requests``. :class:`Cloud` serves both, Nova checking the
+images it is given against that Glance.
 """
 
 import datetime
 import hashlib
 import threading
 import uuid
+
+import fixtures
 
 from ha_snapshot.tests.unit import scripted_http
 
@@ -532,3 +535,21 @@ class FakeNova:
             return 200, headers, {'service': dict(service)}
         return 404, headers, {'itemNotFound': {
             'code': 404, 'message': 'The resource could not be found.'}}
+
+
+class Cloud(fixtures.Fixture):
+    """A scripted Glance and a Nova that knows its images, stopped at
+    clean-up. ``options`` points the [nova] and [glance] clients at them
+    ({group: {name: value}}, for a config file or set_override)."""
+
+    def _setUp(self):
+        self.glance = FakeGlance()
+        self.addCleanup(self.glance.stop)
+        self.nova = FakeNova(self.glance)
+        self.addCleanup(self.nova.stop)
+
+    @property
+    def options(self) -> dict:
+        return {group: {'auth_type': 'none', 'endpoint_override': url}
+                for group, url in (('nova', self.nova.url),
+                                   ('glance', self.glance.url))}
