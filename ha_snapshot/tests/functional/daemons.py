@@ -12,12 +12,15 @@ test what it needs to wait and to explain a failure:
   adds) are attached to a test that fails or errors;
 * :meth:`start_replicas` runs several manager replicas on one database
   server (issue 12), and :meth:`standing` reads one replica's entry as
-  ``GET /v1/managers`` shows it.
+  ``GET /v1/managers`` shows it;
+* :class:`StepWatch` samples a recovery's state and step from the
+  database as they move.
 
 May import the test fixtures and ha_snapshot.manager.membership; holds no
 test of its own.
 """
 
+import threading
 import time
 import uuid
 
@@ -143,3 +146,31 @@ class DaemonsTestCase(base.TestCase):
             lambda: daemon.log(offset).count(text) >= count
             and daemon.log(offset), timeout,
             '%d x "%s" in the log of %s' % (count, text, daemon.name))
+
+
+class StepWatch(threading.Thread):
+    """Samples one recovery's (state, step, updated_at) from the database
+    until stopped: what an operator polling the API would have seen."""
+
+    def __init__(self, db, recovery_id: str, interval: float = 0.01):
+        super().__init__(daemon=True, name='step-watch')
+        self.db = db
+        self.recovery_id = recovery_id
+        self.interval = interval
+        self.samples = []
+        self.stopped = threading.Event()
+
+    def run(self):
+        last = None
+        while not self.stopped.is_set():
+            row = self.db.get_recovery(self.recovery_id)
+            seen = (row.state, row.step, row.updated_at)
+            if seen != last:
+                self.samples.append((time.time(),) + seen)
+                last = seen
+            self.stopped.wait(self.interval)
+
+    def stop(self) -> list:
+        self.stopped.set()
+        self.join(10)
+        return self.samples

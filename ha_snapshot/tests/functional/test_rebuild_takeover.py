@@ -68,34 +68,6 @@ ORDER = ('starting', 'inspect-server', 'find-image', 'export',
          'rebaseline', 'cleanup-images', 'done')
 
 
-class StepWatch(threading.Thread):
-    """Samples one recovery's (state, step, updated_at) from the database
-    until stopped: what an operator polling the API would have seen."""
-
-    def __init__(self, db, recovery_id: str, interval: float = 0.01):
-        super().__init__(daemon=True, name='step-watch')
-        self.db = db
-        self.recovery_id = recovery_id
-        self.interval = interval
-        self.samples = []
-        self.stopped = threading.Event()
-
-    def run(self):
-        last = None
-        while not self.stopped.is_set():
-            row = self.db.get_recovery(self.recovery_id)
-            seen = (row.state, row.step, row.updated_at)
-            if seen != last:
-                self.samples.append((time.time(),) + seen)
-                last = seen
-            self.stopped.wait(self.interval)
-
-    def stop(self) -> list:
-        self.stopped.set()
-        self.join(10)
-        return self.samples
-
-
 class RebuildTakeoverTest(daemons.DaemonsTestCase):
 
     def setUp(self):
@@ -181,7 +153,7 @@ class RebuildTakeoverTest(daemons.DaemonsTestCase):
                                         'test: the server stopped', {})
         self.assertTrue((answer or '').startswith('recovering: '), answer)
         rec_id = answer.split(': ', 1)[1]
-        watch = StepWatch(self.svc.db, rec_id)
+        watch = daemons.StepWatch(self.svc.db, rec_id)
         watch.start()
         self.addCleanup(watch.stop)
         return rec_id, watch
