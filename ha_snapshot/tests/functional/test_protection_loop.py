@@ -47,7 +47,6 @@ import time
 import uuid
 
 import psutil
-from testtools import content
 import zstandard
 
 from ha_snapshot.agent import rpcapi as agent_rpcapi
@@ -57,7 +56,6 @@ from ha_snapshot import exception
 from ha_snapshot import hypervisor
 from ha_snapshot.hypervisor import base as hv_base
 from ha_snapshot.hypervisor import qmp
-from ha_snapshot.manager import membership
 from ha_snapshot.manager import rpcapi as manager_rpcapi
 from ha_snapshot import rpc_auth
 from ha_snapshot.tests import base
@@ -66,6 +64,7 @@ from ha_snapshot.tests.fixtures import mariadb
 from ha_snapshot.tests.fixtures import qemu as qemu_fixture
 from ha_snapshot.tests.fixtures import rabbitmq
 from ha_snapshot.tests.fixtures import services
+from ha_snapshot.tests.functional import daemons
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -253,52 +252,26 @@ class Workload(threading.Thread):
         self.join(30)
 
 
-class ProtectionLoopTest(base.TestCase):
+class ProtectionLoopTest(daemons.DaemonsTestCase):
 
     def setUp(self):
         super().setUp()
         qemu_fixture.require_qemu()  # NOTE: fails naming the package
         self.guests = []
         self.workloads = []
-        self.svc = None
-        self._logs_attached = False
-        self.started = time.time()
-        self.events = []
-        self.addDetail('timeline', content.Content(
-            content.UTF8_TEXT, lambda: [self._timeline().encode()]))
         # NOTE: registered before the daemons start, so it runs after they
         # are stopped: a VM killed while the agent watches is "recovered".
         self.addCleanup(self._stop_guests)
-        self.addOnException(self._attach_logs)
 
     # --- set-up helpers ---------------------------------------------------
 
     def start_services(self, transport_url: str | None = None,
-                       options: dict | None = None,
-                       managers: int = 1) -> services.Services:
-        if transport_url is None:
-            transport_url = self.useFixture(
-                rabbitmq.SharedRabbitMQ()).transport_url
-        host = 'agent-%s' % uuid.uuid4().hex[:8]
-        self.svc = self.useFixture(services.Services(
-            self.path('services'), transport_url, host, options=options,
-            managers=managers))
-        self.addCleanup(self.mark, 'clean-up starts')
-        self.svc.start()
-        self.mark('manager and agent started')
-        self.transport = self.svc.transport()
-        self.driver = hypervisor.get_driver(self.svc.conf, 'qemu')
-        return self.svc
-
-    def mark(self, what: str) -> float:
-        """Note an event in the test's timeline (a detail of the test)."""
-        now = time.time()
-        self.events.append((now, what))
-        return now
-
-    def _timeline(self) -> str:
-        return ''.join('%7.2f s  %s\n' % (t - self.started, what)
-                       for t, what in self.events)
+                       options: dict | None = None, managers: int = 1,
+                       agent: bool = True) -> services.Services:
+        svc = super().start_services(transport_url, options, managers,
+                                     agent)
+        self.driver = hypervisor.get_driver(svc.conf, 'qemu')
+        return svc
 
     def _stop_guests(self):
         self.mark('daemons stopped')
@@ -309,16 +282,11 @@ class ProtectionLoopTest(base.TestCase):
         for g in self.guests:
             g.close()
 
-    def _attach_logs(self, exc_info=None):
-        if self._logs_attached:
-            return
-        self._logs_attached = True
-        if self.svc is not None:
-            for name, text in self.svc.logs().items():
-                self.addDetail(name, content.text_content(text))
+    def failure_logs(self) -> dict:
+        logs = super().failure_logs()
         for g in self.guests:
-            self.addDetail('qemu-log-%s' % g.name,
-                           content.text_content(g.log_tail()))
+            logs['qemu-log-%s' % g.name] = g.log_tail()
+        return logs
 
     def new_guest(self, name: str = 'vm0') -> Guest:
         os.makedirs(self.path('vms'), exist_ok=True)
@@ -343,32 +311,6 @@ class ProtectionLoopTest(base.TestCase):
 
     # --- waiting ----------------------------------------------------------
 
-    def wait_for(self, predicate, timeout: float, what: str,
-                 interval: float = 0.05):
-        """Poll ``predicate`` until it returns something true; return it.
-
-        On timeout the test fails naming ``what``, with both daemons'
-        logs attached.
-        """
-        value = self.poll(predicate, timeout, interval)
-        if not value:
-            self._attach_logs()
-            self.fail('timed out after %.0f s waiting for %s'
-                      % (timeout, what))
-        self.mark(what)
-        return value
-
-    @staticmethod
-    def poll(predicate, timeout: float, interval: float = 0.05):
-        """``predicate()`` once it is true, or its false value after
-        ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value or time.monotonic() >= deadline:
-                return value
-            time.sleep(interval)
-
     def points(self, inst: str) -> list:
         return self.svc.db.list_restore_points(inst)
 
@@ -387,13 +329,6 @@ class ProtectionLoopTest(base.TestCase):
             enough, timeout, '%d restore points of %s%s' % (
                 count, inst, ' recorded after %.3f' % after if after
                 else ''))
-
-    def wait_log(self, daemon, text: str, offset: int, timeout: float,
-                 count: int = 1) -> str:
-        return self.wait_for(
-            lambda: daemon.log(offset).count(text) >= count
-            and daemon.log(offset), timeout,
-            '%d x "%s" in the log of %s' % (count, text, daemon.name))
 
     # --- checking ---------------------------------------------------------
 
@@ -603,15 +538,6 @@ class ProtectionLoopTest(base.TestCase):
         self.assertEqual(set(insts), set(by))
         return by
 
-    def standing(self, daemon):
-        """The membership.survey entry of ``daemon``'s incarnation (by
-        pid): what GET /metrics and /v1/managers show of it."""
-        pid = daemon.pid
-        found = [s for s in membership.survey(self.svc.conf, self.svc.db)
-                 if s.replica.pid == pid]
-        self.assertEqual(1, len(found), found)
-        return found[0]
-
     def assert_counted_as_logged(self, daemon):
         """The replica's deltas_merged counter, written with its beats,
         catches up with the merges its log showed before, and never runs
@@ -626,18 +552,6 @@ class ProtectionLoopTest(base.TestCase):
             30, '%s to count its %d merges' % (daemon.name, before))
         self.assertLessEqual(got.counters['deltas_merged'], logged())
         return got
-
-    def start_replicas(self, url: str, managers: int,
-                       transport_url: str | None = None,
-                       options: dict | None = None, **cluster):
-        """``managers`` manager replicas on the database at ``url``
-        (issue 12): beating every second, dead after 3 missed beats;
-        ``cluster``: more [manager_cluster] options."""
-        options = dict(options or {}, database={'connection': url})
-        options['manager_cluster'] = dict(
-            {'heartbeat_interval': 1, 'dead_after_missed': 3}, **cluster)
-        return self.start_services(transport_url=transport_url,
-                                   options=options, managers=managers)
 
     def protect_writing(self, count: int, points: int):
         """``count`` guests protected and written to, each with ``points``

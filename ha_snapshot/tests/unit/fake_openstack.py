@@ -8,13 +8,16 @@ discovery, image create/list/show/upload/delete, server show, the
 services (``os-services``
 list and the 2.53+ update that forces one down). Tests script failures through
 attributes (``upload_fail``, ``rebuild_fail``, ``outcome``...) and assert
-on ``endpoint.requests``.
+on ``endpoint.requests``. :class:`Cloud` serves both, Nova checking the
+images it is given against that Glance.
 """
 
 import datetime
 import hashlib
 import threading
 import uuid
+
+import fixtures
 
 from ha_snapshot.tests.unit import scripted_http
 
@@ -203,6 +206,14 @@ class FakeGlance:
                              'Adding images to store is disabled.')
         record.update(size=size, largest_read=req.stream.largest_read,
                       chunked=req.stream.chunked)
+        if req.stream.truncated and image['status'] == 'saving':
+            # NOTE: the client went away mid-upload: as Glance's
+            # ImageDataController does on any failure of the data, the
+            # image goes back to queued (its data is dropped).
+            image['status'] = 'queued'
+            record['failed_after'] = size
+            return _page(500, 'Failed to upload image data due to '
+                         'internal error')
         if image['status'] == 'deleted':
             # NOTE: as Glance's ImageDataController does when the image
             # was deleted while its data arrived: the data is dropped.
@@ -428,6 +439,11 @@ class FakeNova:
         return 200, headers, {} if version >= (2, 14) else {
             'adminPass': 'secret'}
 
+    def settle(self, server_id, outcome='active', polls=1):
+        """End the server's pending action (a rebuild left ``stuck``) in
+        ``outcome`` once it is looked at ``polls`` more times."""
+        self._settle[server_id] = (outcome, polls)
+
     def _tick(self, server):
         outcome, left = self._settle.get(server['id'], (None, 0))
         if outcome is None or outcome == 'stuck':
@@ -519,3 +535,21 @@ class FakeNova:
             return 200, headers, {'service': dict(service)}
         return 404, headers, {'itemNotFound': {
             'code': 404, 'message': 'The resource could not be found.'}}
+
+
+class Cloud(fixtures.Fixture):
+    """A scripted Glance and a Nova that knows its images, stopped at
+    clean-up. ``options`` points the [nova] and [glance] clients at them
+    ({group: {name: value}}, for a config file or set_override)."""
+
+    def _setUp(self):
+        self.glance = FakeGlance()
+        self.addCleanup(self.glance.stop)
+        self.nova = FakeNova(self.glance)
+        self.addCleanup(self.nova.stop)
+
+    @property
+    def options(self) -> dict:
+        return {group: {'auth_type': 'none', 'endpoint_override': url}
+                for group, url in (('nova', self.nova.url),
+                                   ('glance', self.glance.url))}

@@ -6,7 +6,8 @@ body)``. Every request is recorded (method, path, query, headers, JSON
 body) so that a test asserts exactly what a client sent. Request bodies are
 not read up front: ``request.stream`` reads them as they arrive (plain or
 chunked transfer encoding), so an app can consume an upload in pieces and
-a test can prove that a client streams.
+a test can prove that a client streams; a body that ends before its
+length (the client went away) is flagged ``truncated``.
 """
 
 import dataclasses
@@ -47,18 +48,34 @@ class BodyStream:
         self.chunk_left = 0
         self.done = False
         self.largest_read = 0
+        # NOTE: the body ended before its length (the client went away
+        # mid-request: killed, or its connection dropped).
+        self.truncated = False
 
     def read(self, n: int = READ_BLOCK) -> bytes:
         if self.done:
             return b''
+        try:
+            return self._read(n)
+        except OSError:
+            # NOTE: the connection was reset under the read.
+            self.done = self.truncated = True
+            return b''
+
+    def _read(self, n: int) -> bytes:
         if not self.chunked:
             data = self.rfile.read(min(n, self.left)) if self.left else b''
             self.left -= len(data)
             if not data or not self.left:
                 self.done = True
+                self.truncated = self.left > 0
         else:
             if not self.chunk_left:
-                size = int(self.rfile.readline().split(b';')[0].strip(), 16)
+                line = self.rfile.readline()
+                if not line:
+                    self.done = self.truncated = True
+                    return b''
+                size = int(line.split(b';')[0].strip(), 16)
                 if size == 0:
                     # NOTE: trailers end with an empty line.
                     while self.rfile.readline() not in (b'\r\n', b'\n', b''):
@@ -67,6 +84,9 @@ class BodyStream:
                     return b''
                 self.chunk_left = size
             data = self.rfile.read(min(n, self.chunk_left))
+            if not data:
+                self.done = self.truncated = True
+                return b''
             self.chunk_left -= len(data)
             if not self.chunk_left:
                 self.rfile.readline()
@@ -118,6 +138,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             body = json.dumps(body)
             headers = {'Content-Type': 'application/json', **headers}
         data = body.encode() if isinstance(body, str) else (body or b'')
+        if req.stream.truncated:
+            # NOTE: the client is gone: nobody reads an answer.
+            self.close_connection = True
+            return
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)

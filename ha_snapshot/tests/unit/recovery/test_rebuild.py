@@ -56,19 +56,16 @@ class RebuildTestBase(base.TestCase):
 
     def setUp(self):
         super().setUp()
-        self.glance = fake_openstack.FakeGlance()
-        self.addCleanup(self.glance.stop)
-        self.nova = fake_openstack.FakeNova(self.glance)
-        self.addCleanup(self.nova.stop)
+        cloud = self.useFixture(fake_openstack.Cloud())
+        self.glance, self.nova = cloud.glance, cloud.nova
         self.conf = base.make_conf(self.store_dir, storage__chunk_size=MiB,
                                    image__max_part_bytes=MiB)
         self.conf.set_override(
             'connection', 'sqlite:///' + self.path('db.sqlite'),
             group='database')
-        for group, url in (('nova', self.nova.url),
-                           ('glance', self.glance.url)):
-            self.conf.set_override('auth_type', 'none', group=group)
-            self.conf.set_override('endpoint_override', url, group=group)
+        for group, values in cloud.options.items():
+            for name, value in values.items():
+                self.conf.set_override(name, value, group=group)
         for name, value in (('work_dir', self.path('work')),
                             ('rebuild_poll_interval', 0.01),
                             ('rebuild_timeout', 10), ('cooldown', 0),
