@@ -22,12 +22,19 @@ done, when the harness runs two compute hosts and can kill one):
    point follows, made by the new host's agent, with a small delta (no
    full resend: ``resumed_delta_bytes``);
 7. checks that the unprotected server was not touched (Nova still places
-   it on the dead host, ha-snapshot knows nothing of it).
+   it on the dead host, ha-snapshot knows nothing of it);
+8. with the harness's ``restart_host``: brings the dead host back (its
+   nova-compute and agent start on the same folders) and checks that it
+   undoes nothing: its agent is told each evacuated server moved and
+   drops it (its log says so), both servers stay ACTIVE and protected on
+   the new host and get a new restore point from there
+   (``return_seconds``: restart to the last of those).
 
 It never asks ha-snapshot what it did except through its REST API.
 """
 
 import datetime
+import os
 import time
 
 from ha_snapshot.tests.integration import cloudlib
@@ -45,10 +52,11 @@ def _ts(text: str) -> float:
 
 class HostFailure:
 
-    def __init__(self, scenario, kill_host):
+    def __init__(self, scenario, kill_host, restart_host=None):
         self.s = scenario
         self.state = scenario.state
         self.kill_host = kill_host
+        self.restart_host = restart_host
         self.log = scenario.log
         self.out = {'verified': False}
 
@@ -198,15 +206,57 @@ class HostFailure:
                    and row['recoveries'] == {'succeeded': 2},
                    '%s, %s, %s' % (row['state'], row['recoveries'],
                                    row['error']))
+        if self.restart_host is not None:
+            self.comes_back(dead, alive, servers)
         out['verified'] = all(
             ok for name, ok in s.result['checks'].items()
             if name.startswith('host failure: ')) and not lost
         return out
 
 
-def run(scenario, kill_host) -> dict:
+    def comes_back(self, dead, alive, servers):
+        """The dead host boots again: nothing it does undoes anything."""
+        s = self.s
+        known = {x.id: len(s.restore_points(x.id)) for x in servers}
+        t0 = time.monotonic()
+        self.restart_host(dead)
+        log = os.path.join(self.state['log_dir'],
+                           'ha-snapshot-agent@%s.log' % dead)
+
+        def dropped():
+            with open(log, errors='replace') as f:
+                text = f.read()
+            return all('Instance %s: protection on %s stopped, the server '
+                       'moved' % (x.id, dead) in text for x in servers)
+        try:
+            cloudlib.wait_for(dropped, 120, 'the agent of %s, back, to drop '
+                              'the servers that moved' % dead, poll=1)
+            ok = True
+        except cloudlib.ScenarioError:
+            ok = False
+        self.check('the returning agent drops the servers that moved', ok)
+        for x in servers:
+            cloudlib.wait_for(
+                lambda x=x: len(s.restore_points(x.id)) > known[x.id], 120,
+                'a restore point of %s after %s came back' % (x.id, dead),
+                poll=0.5)
+            server = s.admin.compute.get_server(x.id)
+            row = s.server_row(x.id)
+            self.check('%s still ACTIVE and protected on %s after %s came '
+                       'back' % (x.name, alive, dead),
+                       server.status == 'ACTIVE'
+                       and server.compute_host == alive
+                       and row['host'] == alive
+                       and row['status'] == 'protected',
+                       '%s on %s; %s on %s' % (
+                           server.status, server.compute_host,
+                           row['status'], row['host']))
+        self.out['return_seconds'] = round(time.monotonic() - t0, 1)
+
+
+def run(scenario, kill_host, restart_host=None) -> dict:
     """The host-failure scenario; its measurements (``verified``...)."""
-    hf = HostFailure(scenario, kill_host)
+    hf = HostFailure(scenario, kill_host, restart_host)
     try:
         return hf.run()
     except Exception as e:

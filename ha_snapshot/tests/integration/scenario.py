@@ -161,7 +161,7 @@ class Scenario:
         return self.demo.compute.wait_for_server(server, status='ACTIVE',
                                                  wait=timeout, interval=1)
 
-    def run(self, kill_host=None) -> dict:
+    def run(self, kill_host=None, restart_host=None) -> dict:
         r = self.result
         self.admin = cloudlib.connect(self.state, 'admin')
         self.demo = cloudlib.connect(self.state, 'demo')
@@ -171,7 +171,8 @@ class Scenario:
             self._run()
             if kill_host is not None and len(
                     self.state.get('compute_hosts', ())) > 1:
-                r['host_failure'] = host_failure.run(self, kill_host)
+                r['host_failure'] = host_failure.run(self, kill_host,
+                                                     restart_host)
         except Exception as e:
             r['errors'].append('%s: %s' % (type(e).__name__, e))
             self.log('scenario: error: %s' % e)
@@ -468,11 +469,13 @@ def _ts(text: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(text.replace('Z', '+00:00'))
 
 
-def run(state: dict, workdir: str, log=print, kill_host=None) -> dict:
-    """The scenario; ``kill_host(name)``: the harness's (Cloud.kill_host),
-    which adds the host-failure scenario."""
+def run(state: dict, workdir: str, log=print, kill_host=None,
+        restart_host=None) -> dict:
+    """The scenario; ``kill_host(name)`` and ``restart_host(name)``: the
+    harness's (Cloud.kill_host, Cloud.restart_host), which add the
+    host-failure scenario and the dead host's return."""
     os.makedirs(workdir, exist_ok=True)
-    return Scenario(state, workdir, log).run(kill_host)
+    return Scenario(state, workdir, log).run(kill_host, restart_host)
 
 
 def main() -> int:
