@@ -162,18 +162,24 @@ class EvacuateActionTestCase(EvacuateTestBase):
         self.assertIn('Compute service of host1 is still in use', rec.error)
         self.assertEqual('host1', self.server()['OS-EXT-SRV-ATTR:host'])
 
-    def test_resumed_after_the_evacuation_was_sent_does_not_send_it_again(
-            self):
-        self.die_at = 'wait-evacuated'
-        rec = self.evacuate()
-        self.assertEqual(('running', 'wait-evacuated'), (rec.state, rec.step))
-        self.steps.clear()
+    def resumed(self, rec):
+        """The recovery ``rec``, left running by a manager that died,
+        resumed by a new engine; it must succeed."""
         self.die_at = None
         eng = self.engine()
         self.assertEqual(1, eng.resume())
         eng.wait(self.inst, 60)
         rec = self.db.get_recovery(rec.id)
         self.assertEqual('succeeded', rec.state, rec.error)
+        return rec
+
+    def test_resumed_after_the_evacuation_was_sent_does_not_send_it_again(
+            self):
+        self.die_at = 'wait-evacuated'
+        rec = self.evacuate()
+        self.assertEqual(('running', 'wait-evacuated'), (rec.state, rec.step))
+        self.steps.clear()
+        self.resumed(rec)
         evacuations = [j for _, j in self.nova_actions()
                        if 'evacuate' in j]
         self.assertEqual(1, len(evacuations))
@@ -186,12 +192,7 @@ class EvacuateActionTestCase(EvacuateTestBase):
         posts = len(self.nova_actions())
         # The database places it on compute2 now, as does Nova.
         self.assertEqual('compute2', self.db.get_instance(self.inst).host)
-        self.die_at = None
-        eng = self.engine()
-        self.assertEqual(1, eng.resume())
-        eng.wait(self.inst, 60)
-        rec = self.db.get_recovery(rec.id)
-        self.assertEqual('succeeded', rec.state, rec.error)
+        self.resumed(rec)
         self.assertEqual(posts, len(self.nova_actions()))
         self.assertEqual(['compute2'], [c[0] for c in self.agent.calls])
 
