@@ -200,7 +200,16 @@ class HostFailure:
         self.check('the unprotected server was not evacuated',
                    server.compute_host == dead and s.server_row(
                        bystander.id) is None, server.compute_host)
-        row = self.failures(dead)[0]
+        # NOTE: the record ends at the monitor's round after the last
+        # recovery ended ([host_monitor] check_interval).
+        try:
+            row = cloudlib.wait_for(
+                lambda: (lambda r: r if r['state'] != 'evacuating' else None)(
+                    self.failures(dead)[0]), 30,
+                'the failure record of %s to end its evacuation' % dead,
+                poll=0.5)
+        except cloudlib.ScenarioError:
+            row = self.failures(dead)[0]
         self.check('the failure record says evacuated',
                    row['state'] == 'evacuated'
                    and row['recoveries'] == {'succeeded': 2},
