@@ -232,12 +232,14 @@ class Database:
                     for row in session.connection().execute(query)]
 
     def update_instance(self, uuid: str, *, host=_UNCHANGED,
-                        policy=_UNCHANGED,
-                        driver=_UNCHANGED) -> models.Instance:
-        """Change where and how an instance is protected (not its status)."""
+                        policy=_UNCHANGED, driver=_UNCHANGED,
+                        fence=None) -> models.Instance:
+        """Change where and how an instance is protected (not its status).
+        ``fence``: see :func:`_fenced` (an evacuation moves the host under
+        its recovery's lease)."""
         values = {k: v for k, v in (('host', host), ('policy', policy),
                                     ('driver', driver)) if v is not _UNCHANGED}
-        return self._update_instance(uuid, values)
+        return self._update_instance(uuid, values, fence)
 
     def record_report(self, uuid: str, reason: str) -> models.Instance:
         """Remember the latest health report (for dedup of alarms)."""
@@ -246,9 +248,10 @@ class Database:
                                             'last_report_at': now})
 
     @_retried
-    def _update_instance(self, uuid, values) -> models.Instance:
+    def _update_instance(self, uuid, values, fence=None) -> models.Instance:
         values['updated_at'] = self._now()
         with self._writer() as session:
+            _fenced(session, fence)
             result = session.execute(
                 sa.update(models.Instance)
                 .where(models.Instance.uuid == uuid).values(**values)

@@ -100,7 +100,8 @@ class EvacuateAction(rebuild.RebuildAction):
 
         if resumed_at not in ('rebaseline', 'cleanup-images'):
             progress('move-protection')
-            self.db.update_instance(uuid, host=new_host)
+            self.db.update_instance(uuid, host=new_host,
+                                    fence=getattr(progress, 'fence', None))
             LOG.warning('Instance %s: moved from failed host %s to %s',
                         uuid, failed_host, new_host)
         result = None

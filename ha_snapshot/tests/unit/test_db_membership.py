@@ -247,6 +247,10 @@ class RecordsTests:
         self.assertRaises(exception.LeaseLost, self.db.update_recovery,
                           recovery.id, step='two', fence=old.fence)
         self.assertEqual('one', self.db2.get_recovery(recovery.id).step)
+        # An evacuation's move of the host, too.
+        self.assertRaises(exception.LeaseLost, self.db.update_instance,
+                          uuid, host='elsewhere', fence=old.fence)
+        self.assertNotEqual('elsewhere', self.db2.get_instance(uuid).host)
         self.assertRaises(exception.LeaseLost, self.a.renew_lease, old, 60)
         self.assertFalse(self.a.release_lease(old))
 
