@@ -150,11 +150,12 @@ class BusAuthTest(base.TestCase):
     # --- a rogue compute host -------------------------------------------
 
     def test_rogue_cannot_register_other_hosts_server(self):
-        e = self.refused(exception.NotAuthorized,
+        # NOTE: the database places it on B (and without [nova] a move is
+        # not taken from an agent's word): A is told it moved there.
+        e = self.refused(exception.InstanceMoved,
                          self.rogue.register_instance, self.inst, PROJECT,
                          HOST_A, 'qemu', {})
-        self.assertIn('recorded on %s' % HOST_B, str(e))
-        self.assertIn('without [nova]', str(e))
+        self.assertIn('moved to %s' % HOST_B, str(e))
         # Naming B's host in the arguments does not help either.
         e = self.refused(exception.NotAuthorized,
                          self.rogue.register_instance, self.inst, PROJECT,
