@@ -46,9 +46,13 @@ COMPUTE_HOSTS = ('ha-compute', 'ha-compute2')
 # The processes of a compute host that the process table records.
 HOST_PROCESSES = ('ha-snapshot-agent', 'nova-compute', 'libvirtd',
                   'virtlogd')
-# NOTE: psutil's create_time comes from clock ticks since boot: a process
-# started right after `since` may appear to have started a little before.
-_CLOCK_SLACK = 1.0
+# NOTE: psutil's create_time is the boot time (whole seconds, from
+# /proc/stat) plus clock ticks since boot: a process started right after
+# `since` may appear to have started before it, by up to a second plus
+# however far the wall clock was slewed since boot (0.7 s on this kind of
+# machine after 11 hours up). The slack only has to stay below the age of
+# a namespace's older processes, which the holder and `mark` exclude too.
+_CLOCK_SLACK = 5.0
 
 
 def process_name(base: str, host: str) -> str:
