@@ -70,6 +70,20 @@ class RecordCheck:
     def ok(self) -> bool:
         return not (self.torn or self.out_of_order or self.tail_bytes)
 
+    def durable_intact(self, durable: int) -> bool:
+        """Records 1..``durable`` (those the guest reported durable before
+        the point was taken) all good and in place: what a crash-consistent
+        point must hold. A record after those (appended, not yet fsynced)
+        may be torn or zeros: ext4 may commit the file's new size, in a
+        journal commit another file's fsync forces, before the appended
+        bytes reach the disk."""
+        return self.contiguous >= durable
+
+    @property
+    def whole(self) -> int:
+        """Whole record slots in the file, good or not."""
+        return self.records + self.torn + self.out_of_order
+
     @property
     def contiguous(self) -> int:
         """Records 1..k are all there and good: k."""

@@ -136,6 +136,21 @@ class RecordCheckTest(base.TestCase):
         self.assertEqual(21, check.first_bad)
         self.assertEqual(20, check.contiguous)
 
+    def test_a_torn_record_after_the_durable_ones_is_crash_consistent(self):
+        # Record 31 appended, not fsynced, when the point was taken: its
+        # slot is zeros (ext4 committed the new size before the bytes).
+        data = recs(30) + bytes(128)
+        check = self.check_both(data, 'VERIFY bad records=30 torn=1 '
+                                'out_of_order=0 tail_bytes=0')
+        self.assertTrue(check.durable_intact(30))
+        self.assertEqual(31, check.whole)
+        # The same record among the durable ones is a loss.
+        self.assertFalse(check.durable_intact(31))
+        data = bytearray(recs(30))
+        data[10 * 128 + 40] ^= 0x20
+        self.assertFalse(records.check_records(bytes(data))
+                         .durable_intact(30))
+
     def test_changed_number_fails_the_check_value(self):
         data = bytearray(recs(20))
         data[5 * 128 + 9] = ord('7')
