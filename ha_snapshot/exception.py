@@ -460,6 +460,11 @@ class HostFailureNotFound(HaSnapshotException):
     msg_fmt = 'No host failure %(id)s is recorded.'
 
 
+class HostFailureOpen(HaSnapshotException):
+    msg_fmt = ('Host %(host)s has an open failure record already; close it '
+               'before recording another.')
+
+
 class FencingError(HaSnapshotException):
     """A host could not be fenced: nothing of it may run elsewhere."""
     msg_fmt = 'Host %(host)s not fenced (%(driver)s): %(reason)s'

@@ -3,15 +3,19 @@
 The host monitor (ha_snapshot.manager.host_monitor) records here each
 host it found failed and each fencing attempt's outcome; the API lists
 the rows read-only. A row is open while ``closed_at`` is null: one open
-row per host (the monitor's leader is the only writer, and its writes
-pass its leader lease's fence, so a replica that lost the lead writes
-nothing). A partition of the mirror network is a row of host ``*``.
+row per host, which the database enforces (``open_host``, unique, is
+the host while the row is open: :meth:`HostFailures.create` raises
+HostFailureOpen for a second one). The monitor's leader is the only
+writer, and its writes pass its leader lease's fence, so a replica that
+lost the lead writes nothing. A partition of the mirror network is a
+row of host ``*``.
 
 May import the rest of ha_snapshot.db and ha_snapshot.exception.
 """
 
 import uuid as uuid_mod
 
+from oslo_db import exception as db_exc
 import sqlalchemy as sa
 
 from ha_snapshot.db import api as db_api
@@ -23,7 +27,7 @@ PARTITION_HOST = '*'
 # NOTE: the columns a monitor may set after the row is made.
 _UPDATABLE = ('state', 'reason', 'confirmed_at', 'fenced_at', 'closed_at',
               'fencing_driver', 'fence_attempts', 'result', 'error',
-              'evacuated_at')
+              'evacuated_at', 'evacuation')
 
 
 def _check_columns(values: dict) -> None:
@@ -42,19 +46,27 @@ class HostFailures:
     @db_api._retried
     def create(self, host: str, state: str, *, detected_at, reason=None,
                fence=None, **values):
-        """A new open row; ``values`` among the updatable columns."""
+        """A new open row; ``values`` among the updatable columns.
+
+        HostFailureOpen when ``host`` has an open row already.
+        """
         row_cls = models.HostFailure
         _check_columns(values)
-        with self.db._writer() as session:
-            db_api._fenced(session, fence)
-            row = row_cls(id=str(uuid_mod.uuid4()), host=host, state=state,
-                          reason=reason, detected_at=detected_at,
-                          updated_at=self.db._now(), fence_attempts=0)
-            for key, value in values.items():
-                setattr(row, key, value)
-            session.add(row)
-            session.flush()
-            return row
+        try:
+            with self.db._writer() as session:
+                db_api._fenced(session, fence)
+                row = row_cls(id=str(uuid_mod.uuid4()), host=host,
+                              state=state, reason=reason,
+                              detected_at=detected_at,
+                              updated_at=self.db._now(), fence_attempts=0)
+                for key, value in values.items():
+                    setattr(row, key, value)
+                row.open_host = host if row.closed_at is None else None
+                session.add(row)
+                session.flush()
+                return row
+        except db_exc.DBDuplicateEntry:
+            raise exception.HostFailureOpen(host=host) from None
 
     @db_api._retried
     def update(self, failure_id: str, *, fence=None, **values):
@@ -67,6 +79,8 @@ class HostFailures:
                 raise exception.HostFailureNotFound(id=failure_id)
             for key, value in values.items():
                 setattr(row, key, value)
+            if row.closed_at is not None:
+                row.open_host = None
             row.updated_at = self.db._now()
             session.flush()
             return row

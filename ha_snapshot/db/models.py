@@ -249,12 +249,15 @@ class HostFailure(Base):
     (by ``fencing_driver``; ``result`` says how) and closed (it came
     back, or the partition ended). ``state``: confirmed, fenced,
     fence_failed, evacuating, evacuated, evacuation_failed, returned,
-    partition, partition_ended; ``evacuated_at``: when the evacuation of
-    its protected servers ended. Open while ``closed_at`` is null."""
+    partition, partition_ended; ``evacuation``: what the evacuation of
+    its protected servers did, ``evacuated_at``: when it ended. Open
+    while ``closed_at`` is null; ``open_host`` is the host while open,
+    null once closed: its unique index allows one open row per host."""
 
     __tablename__ = 'host_failures'
     __table_args__ = (
         sa.Index('ix_host_failures_host_closed_at', 'host', 'closed_at'),
+        sa.Index('uniq_host_failures0open_host', 'open_host', unique=True),
     )
 
     id: orm.Mapped[str] = orm.mapped_column(sa.String(36), primary_key=True)
@@ -279,3 +282,5 @@ class HostFailure(Base):
     error: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
     evacuated_at: orm.Mapped[datetime.datetime | None] = orm.mapped_column(
         PRECISE_DATETIME)
+    evacuation: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    open_host: orm.Mapped[str | None] = orm.mapped_column(sa.String(255))

@@ -90,7 +90,7 @@ class HostEvacuation:
         if record.state == Failure.FENCED:
             record = self.failures.update(
                 record.id, state=Failure.EVACUATING, fence=fence,
-                result=self._summary(record, instances, left))
+                evacuation=self._summary(record, instances, left))
         if running or busy or ready:
             return ('%d started, %d running, %d waiting'
                     % (len(started), len(running),
@@ -163,10 +163,11 @@ class HostEvacuation:
                      '<server>): %s' % ', '.join(failed))
             LOG.error('Host %s: evacuation ended; %s', record.host, error)
             self.failures.update(record.id, state=Failure.EVACUATION_FAILED,
-                                 evacuated_at=now, result=result,
+                                 evacuated_at=now, evacuation=result,
                                  error=error, fence=fence)
             return 'ended: %s; %s' % (result, error)
         LOG.warning('Host %s: evacuation ended, %s', record.host, result)
         self.failures.update(record.id, state=Failure.EVACUATED,
-                             evacuated_at=now, result=result, fence=fence)
+                             evacuated_at=now, evacuation=result,
+                             fence=fence)
         return 'ended: %s' % result

@@ -10,7 +10,9 @@ on its new host, it is stopped (``os-stop``) before the rebuild.
 
 ``wait_evacuated`` polls ``GET /servers/{id}`` until Nova names another
 host than the failed one, with no task left; ERROR fails with Nova's
-fault message.
+fault message. A poll that Nova does not answer (its API is often busy
+while a host has failed) is logged and tried again until the wait's own
+deadline; a server Nova no longer has fails the wait at once.
 
 May import ha_snapshot.exception and ha_snapshot.openstack (clients,
 servers); takes openstacksdk compute proxies.
@@ -24,7 +26,6 @@ from oslo_log import log as logging
 
 from ha_snapshot import exception
 from ha_snapshot.openstack import clients
-from ha_snapshot.openstack import servers
 
 LOG = logging.getLogger(__name__)
 
@@ -36,6 +37,21 @@ OLDEST_MICROVERSION = '2.14'
 
 def _failed(server_id: str, reason: str) -> exception.EvacuationFailed:
     return exception.EvacuationFailed(server=server_id, reason=reason)
+
+
+def _poll(nova, server_id: str, last_error: list):
+    """The server, or None when Nova did not answer this time (the
+    reason goes into ``last_error``); EvacuationFailed when it is gone."""
+    try:
+        return nova.get_server(server_id)
+    except sdk_exc.NotFoundException:
+        raise _failed(server_id, 'Nova has no such server any more '
+                      '(deleted?)')
+    except clients.API_ERRORS as e:
+        last_error[:] = [clients.error_reason(e)]
+        LOG.warning('Server %s: reading it from Nova failed (%s); again',
+                    server_id, last_error[0])
+        return None
 
 
 def evacuate(nova, server_id: str) -> bool:
@@ -73,9 +89,16 @@ def wait_evacuated(nova, server_id: str, failed_host: str, *,
                    sleep=time.sleep):
     """Poll until Nova runs the server on another host than
     ``failed_host`` with no task left (SHUTOFF or ACTIVE); the server."""
-    deadline = clock() + timeout
+    deadline, last_error = clock() + timeout, []
     while True:
-        server = servers.get(nova, server_id)
+        server = _poll(nova, server_id, last_error)
+        if server is None:
+            if clock() >= deadline:
+                raise _failed(server_id, 'not evacuated from %s within '
+                              '%.0f s; Nova did not answer: %s'
+                              % (failed_host, timeout, last_error[0]))
+            sleep(interval)
+            continue
         task = server.task_state
         if task is None and server.status == 'ERROR':
             fault = (server.fault or {}).get('message') or 'no fault recorded'
@@ -95,9 +118,16 @@ def wait_evacuated(nova, server_id: str, failed_host: str, *,
 def wait_stopped(nova, server_id: str, *, timeout: float, interval: float,
                  clock=time.monotonic, sleep=time.sleep):
     """Poll until the server is SHUTOFF with no task left."""
-    deadline = clock() + timeout
+    deadline, last_error = clock() + timeout, []
     while True:
-        server = servers.get(nova, server_id)
+        server = _poll(nova, server_id, last_error)
+        if server is None:
+            if clock() >= deadline:
+                raise _failed(server_id, 'not stopped within %.0f s; Nova '
+                              'did not answer: %s' % (timeout,
+                                                      last_error[0]))
+            sleep(interval)
+            continue
         if server.task_state is None and server.status == 'SHUTOFF':
             return server
         if clock() >= deadline:

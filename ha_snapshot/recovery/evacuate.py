@@ -121,8 +121,8 @@ class EvacuateAction(rebuild.RebuildAction):
         progress('cleanup-images')
         pruned = images.prune(
             glance, uuid, self.conf.recovery.keep_images, image_id,
-            recovery=rebuild._recovery_id(progress),
-            finished=rebuild._finished_recoveries(progress))
+            recovery=rebuild.recovery_id(progress),
+            finished=rebuild.finished_recoveries(progress))
         LOG.info('Instance %s evacuated from %s to %s and restored to restore '
                  'point %s (image %s); %d old recovery images deleted', uuid,
                  failed_host, new_host, restore_point, image_id, len(pruned))

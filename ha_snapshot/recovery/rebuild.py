@@ -127,8 +127,8 @@ class RebuildAction:
 
         progress('cleanup-images')
         pruned = images.prune(glance, uuid, conf.keep_images, image_id,
-                              recovery=_recovery_id(progress),
-                              finished=_finished_recoveries(progress))
+                              recovery=recovery_id(progress),
+                              finished=finished_recoveries(progress))
         LOG.info('Instance %s rebuilt from restore point %s (image %s) on '
                  '%s; %d old recovery images deleted', uuid, restore_point,
                  image_id, host, len(pruned))
@@ -147,7 +147,7 @@ class RebuildAction:
         glance = self._proxy('glance', 'image', 'Glance')
         image = images.find_reusable(glance, uuid, restore_point,
                                      conf.image_disk_format,
-                                     recovery=_recovery_id(progress),
+                                     recovery=recovery_id(progress),
                                      may_delete=_lease_held(progress))
         if image is not None:
             LOG.info('Instance %s: reusing recovery image %s of restore '
@@ -227,7 +227,7 @@ class RebuildAction:
                 glance, name='ha-snapshot-%s-%s' % (uuid, restore_point),
                 instance=uuid, restore_point=restore_point, disk_format=fmt,
                 source_image=source, owner=owner, properties=inherited,
-                recovery=_recovery_id(progress),
+                recovery=recovery_id(progress),
                 generation=getattr(progress, 'generation', None),
                 size=os.path.getsize(path))
             images.upload(glance, image, path, uuid,
@@ -238,7 +238,9 @@ class RebuildAction:
         return image
 
 
-def _recovery_id(progress) -> str | None:
+def recovery_id(progress) -> str | None:
+    """The id of the recovery ``progress`` reports for; None if none
+    (the other recovery actions that upload images use it too)."""
     return getattr(progress, 'recovery_id', None)
 
 
@@ -259,7 +261,7 @@ def _lease_held(progress):
     return held
 
 
-def _finished_recoveries(progress) -> set | None:
+def finished_recoveries(progress) -> set | None:
     """Ids of the instance's finished recoveries; None if unknown."""
     recoveries = getattr(progress, 'recoveries', None)
     if recoveries is None:

@@ -35,6 +35,7 @@ def host_failure_view(row, recoveries=()) -> dict:
         'fence_attempts': row.fence_attempts,
         'result': row.result,
         'error': row.error,
+        'evacuation': row.evacuation,
         'evacuated_at': util.isotime(row.evacuated_at),
         'recoveries': dict(sorted(counts.items())),
     }

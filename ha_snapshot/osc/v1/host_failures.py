@@ -33,9 +33,9 @@ class ListHostFailures(command.Lister):
         failures = self.app.client_manager.ha.list_host_failures(
             host=parsed_args.host, open_only=parsed_args.open)
         fields = ['host', 'state', 'detected_at', 'fenced_at',
-                  'evacuated_at', 'recoveries', 'result']
+                  'evacuated_at', 'recoveries', 'result', 'evacuation']
         headers = ['Host', 'State', 'Detected At', 'Fenced At',
-                   'Evacuated At', 'Recoveries', 'Result']
+                   'Evacuated At', 'Recoveries', 'Result', 'Evacuation']
         if parsed_args.long:
             fields += ['id', 'confirmed_at', 'closed_at', 'fencing_driver',
                        'fence_attempts', 'error', 'reason']

@@ -69,6 +69,32 @@ class HostFailuresTests:
         self.assertEqual([partition.id],
                          [r.id for r in self.failures.list(limit=1)])
 
+    def test_one_open_row_per_host(self):
+        first = self.failures.create('c1', F.CONFIRMED, detected_at=at(0))
+        e = self.assertRaises(exception.HostFailureOpen, self.failures.create,
+                              'c1', F.CONFIRMED, detected_at=at(1))
+        self.assertIn('c1', str(e))
+        # Another host, and the same host once its row is closed.
+        self.failures.create('c2', F.CONFIRMED, detected_at=at(1))
+        self.failures.update(first.id, state=F.RETURNED, closed_at=at(2))
+        again = self.failures.create('c1', F.CONFIRMED, detected_at=at(3))
+        opened = self.failures.open()
+        self.assertEqual(['c1', 'c2'], sorted(opened))
+        self.assertEqual(again.id, opened['c1'].id)
+        self.assertEqual(3, len(self.failures.list()))
+        # Closed rows of one host do not collide with each other.
+        self.failures.update(again.id, state=F.RETURNED, closed_at=at(4))
+        self.assertEqual(['c2'], list(self.failures.open()))
+
+    def test_evacuation_outcome_is_kept_apart_from_fencing(self):
+        row = self.failures.create('c1', F.FENCED, detected_at=at(0),
+                                   result='powered off')
+        self.failures.update(row.id, state=F.EVACUATED,
+                             evacuation='2 servers evacuated and restored')
+        got = self.failures.get(row.id)
+        self.assertEqual(('powered off', '2 servers evacuated and restored'),
+                         (got.result, got.evacuation))
+
     def test_bad_columns_and_unknown_rows_are_named(self):
         e = self.assertRaises(exception.HaSnapshotException,
                               self.failures.create, 'c1', F.CONFIRMED,

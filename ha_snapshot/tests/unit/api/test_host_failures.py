@@ -81,7 +81,9 @@ class HostFailuresTestCase(base.TestCase):
 
     def test_show_lists_the_evacuations_and_counts_them(self):
         failure = self.failures.create('compute1', 'evacuating',
-                                       detected_at=self.at(0))
+                                       detected_at=self.at(0),
+                                       result='forced down',
+                                       evacuation='3 protected servers')
         recs = []
         for n in range(3):
             uuid = base.new_uuid()
@@ -97,6 +99,8 @@ class HostFailuresTestCase(base.TestCase):
         [row] = self.get().json['host_failures']
         self.assertEqual({'requested': 2, 'succeeded': 1}, row['recoveries'])
         self.assertIsNone(row['evacuated_at'])
+        self.assertEqual(('forced down', '3 protected servers'),
+                         (row['result'], row['evacuation']))
         resp = self.get('/' + failure.id)
         self.assertEqual(200, resp.status_int, resp.text)
         shown = resp.json['host_failure']

@@ -21,6 +21,7 @@ FAILURES = [
      'fencing_driver': 'nova-force-down', 'fence_attempts': 1,
      'result': 'compute service s-1 forced down in Nova', 'error': None,
      'evacuated_at': '2026-12-07T03:01:10.000000Z',
+     'evacuation': '2 servers evacuated and restored',
      'recoveries': {'succeeded': 2, 'failed': 1}},
 ]
 
@@ -45,23 +46,25 @@ class ListHostFailuresTest(testtools.TestCase):
             200, {'host_failures': FAILURES})
         headers, rows = self.run_command()
         self.assertEqual(['Host', 'State', 'Detected At', 'Fenced At',
-                          'Evacuated At', 'Recoveries', 'Result'], headers)
+                          'Evacuated At', 'Recoveries', 'Result',
+                          'Evacuation'], headers)
         [row] = rows
         self.assertEqual(('compute1', 'fenced',
                           '2026-12-07T03:00:00.000000Z',
                           '2026-12-07T03:00:10.200000Z',
                           '2026-12-07T03:01:10.000000Z'), row[:5])
         self.assertEqual('1 failed, 2 succeeded', row[5].human_readable())
-        self.assertEqual('compute service s-1 forced down in Nova', row[6])
+        self.assertEqual(('compute service s-1 forced down in Nova',
+                          '2 servers evacuated and restored'), row[6:])
         request, = self.api.made('GET', '/v1/host-failures')
         self.assertEqual({}, request.query)
         headers, rows = self.run_command('--host', 'compute1', '--open',
                                          '--long')
         self.assertEqual(['ID', 'Confirmed At', 'Closed At',
                           'Fencing Driver', 'Fence Attempts', 'Error',
-                          'Reason'], headers[7:])
+                          'Reason'], headers[8:])
         self.assertEqual(('f-1', '2026-12-07T03:00:10.000000Z', None,
-                          'nova-force-down', 1, None, 'failed'), rows[0][7:])
+                          'nova-force-down', 1, None, 'failed'), rows[0][8:])
         request = self.api.made('GET', '/v1/host-failures')[-1]
         self.assertEqual({'host': ['compute1'], 'open': ['1']},
                          request.query)

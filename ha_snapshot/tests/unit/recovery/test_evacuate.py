@@ -212,6 +212,9 @@ class EvacuateActionTestCase(EvacuateTestBase):
                       str(e))
 
 
+FENCED_BY = 'compute service host1 forced down in Nova'
+
+
 class HostEvacuationTestCase(EvacuateTestBase):
     """HostEvacuation.step over three protected servers of host1."""
 
@@ -221,7 +224,7 @@ class HostEvacuationTestCase(EvacuateTestBase):
         self.failures = db_failures.HostFailures(self.db)
         self.record = self.failures.create(
             'host1', statuses.HostFailureState.FENCED,
-            detected_at=self.db._now())
+            detected_at=self.db._now(), result=FENCED_BY)
         self.eng = self.engine()
         self.evac = evacuation.HostEvacuation(self.conf, self.db, self.eng)
         self.others = []
@@ -257,6 +260,9 @@ class HostEvacuationTestCase(EvacuateTestBase):
         row = self.failures.list()[0]
         self.assertEqual(('evacuated', None), (row.state, row.error))
         self.assertIsNotNone(row.evacuated_at)
+        # The fencing outcome stays beside the evacuation's.
+        self.assertEqual((FENCED_BY, '3 servers evacuated and restored'),
+                         (row.result, row.evacuation))
         recs = self.db.list_recoveries(host_failure=self.record.id)
         self.assertEqual(['succeeded'] * 3, [r.state for r in recs])
         self.assertEqual({'compute2'}, {self.db.get_instance(u).host
@@ -286,7 +292,8 @@ class HostEvacuationTestCase(EvacuateTestBase):
         row = self.failures.list()[0]
         self.assertEqual('evacuation_failed', row.state)
         self.assertIn(self.inst, row.error)
-        self.assertIn('2 servers evacuated and restored', row.result)
+        self.assertIn('2 servers evacuated and restored', row.evacuation)
+        self.assertEqual(FENCED_BY, row.result)
         tries = [r for r in self.db.list_recoveries(
             host_failure=self.record.id) if r.instance_uuid == self.inst]
         self.assertEqual(['failed', 'failed'], [r.state for r in tries])
@@ -297,8 +304,9 @@ class HostEvacuationTestCase(EvacuateTestBase):
         self.conf.set_override('max_parallel', 3, group='host_monitor')
         self.step()
         row = self.failures.list()[0]
-        self.assertIn('not evacuated', row.result)
-        self.assertIn(self.others[0], row.result)
+        self.assertIn('not evacuated', row.evacuation)
+        self.assertIn(self.others[0], row.evacuation)
+        self.assertEqual(FENCED_BY, row.result)
         out = self.step()
         self.assertIn('ended', out)
         row = self.failures.list()[0]

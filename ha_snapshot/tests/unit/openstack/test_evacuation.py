@@ -1,0 +1,98 @@
+"""The Nova calls of a host evacuation (ha_snapshot.openstack.evacuation):
+the waits, against a scripted compute proxy and a fake clock."""
+
+import types
+
+from keystoneauth1 import exceptions as ksa_exc
+from openstack import exceptions as sdk_exc
+import testtools
+
+from ha_snapshot import exception
+from ha_snapshot.openstack import evacuation
+
+
+class _Nova:
+    """get_server answers from a script: a server view or an exception."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.calls = 0
+
+    def get_server(self, server_id):
+        self.calls += 1
+        answer = self.answers.pop(0) if len(self.answers) > 1 \
+            else self.answers[0]
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+
+def server(host, status, task=None):
+    return types.SimpleNamespace(compute_host=host, status=status,
+                                 task_state=task, fault=None)
+
+
+class _Clock:
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+class WaitTest(testtools.TestCase):
+
+    def wait(self, answers, fn=evacuation.wait_evacuated, **kwargs):
+        clock = _Clock()
+        nova = _Nova(answers)
+        args = ('s-1', 'dead') if fn is evacuation.wait_evacuated \
+            else ('s-1',)
+        result = fn(nova, *args, timeout=10, interval=1, clock=clock,
+                    sleep=clock.sleep, **kwargs)
+        return result, nova
+
+    def test_unanswered_polls_are_tried_again_until_the_server_moves(self):
+        busy = ksa_exc.ConnectFailure('connection refused')
+        moved = server('compute2', 'SHUTOFF')
+        got, nova = self.wait([busy, sdk_exc.HttpException('503'),
+                               server('dead', 'ACTIVE', 'rebuilding'),
+                               moved])
+        self.assertIs(moved, got)
+        self.assertEqual(4, nova.calls)
+
+    def test_nova_silent_until_the_deadline_names_the_last_error(self):
+        e = self.assertRaises(
+            exception.EvacuationFailed, self.wait,
+            [ksa_exc.ConnectFailure('connection refused')])
+        self.assertIn('within 10 s; Nova did not answer', str(e))
+        self.assertIn('connection refused', str(e))
+        e = self.assertRaises(
+            exception.EvacuationFailed, self.wait,
+            [ksa_exc.ConnectFailure('refused')], fn=evacuation.wait_stopped)
+        self.assertIn('not stopped within 10 s; Nova did not answer', str(e))
+
+    def test_a_deleted_server_fails_at_once(self):
+        clock = _Clock()
+        nova = _Nova([sdk_exc.NotFoundException('gone')])
+        e = self.assertRaises(exception.EvacuationFailed,
+                              evacuation.wait_evacuated, nova, 's-1', 'dead',
+                              timeout=10, interval=1, clock=clock,
+                              sleep=clock.sleep)
+        self.assertIn('no such server', str(e))
+        self.assertEqual((1, 0.0), (nova.calls, clock.now))
+
+    def test_error_and_stopped(self):
+        broken = server('compute2', 'ERROR')
+        broken.fault = {'message': 'No valid host was found.'}
+        e = self.assertRaises(exception.EvacuationFailed, self.wait,
+                              [broken])
+        self.assertIn('No valid host was found.', str(e))
+        stopped = server('compute2', 'SHUTOFF')
+        got, nova = self.wait([ksa_exc.ConnectFailure('x'),
+                               server('compute2', 'ACTIVE', 'powering-off'),
+                               stopped], fn=evacuation.wait_stopped)
+        self.assertIs(stopped, got)
