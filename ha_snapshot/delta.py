@@ -37,6 +37,8 @@ DATA = ranges.DATA
 ZERO = ranges.ZERO
 KINDS = (DATA, ZERO)
 # zstd's worst case expansion is far below this; anything larger is hostile.
+# NOTE: year 2100: a taken_at beyond it is a garbled header, not a time.
+MAX_TIMESTAMP = 4102444800
 _MAX_EXPANSION = 1.01
 _MAX_OVERHEAD = 4096
 
@@ -58,6 +60,10 @@ class DeltaHeader:
     """The whole image (a baseline): ranges it does not hold are zeros,
     whatever the parent held. A re-baseline on top of existing restore
     points has a parent and is full."""
+    taken_at: float | None = None
+    """When the agent asked for the snapshot (its clock, epoch seconds):
+    every guest write that ended before this is in the delta's restore
+    point. None from agents before RPC 1.3."""
 
 
 @dataclasses.dataclass
@@ -292,7 +298,8 @@ def header_from_primitive(prim) -> DeltaHeader:
                                      reason='header missing or not a dict')
     names = {f.name for f in dataclasses.fields(DeltaHeader)}
     unknown = set(prim) - names
-    missing = names - set(prim) - {'created_at', 'format_version', 'full'}
+    missing = names - set(prim) - {'created_at', 'format_version', 'full',
+                                   'taken_at'}
     if unknown or missing:
         raise exception.InvalidDelta(
             instance=prim.get('instance', '?'),
@@ -331,6 +338,12 @@ def validate_header(h: DeltaHeader, max_virtual_size: int) -> None:
         raise _invalid(h, 'full must be true or false')
     if not isinstance(h.created_at, (int, float)):
         raise _invalid(h, 'created_at must be a number')
+    if h.taken_at is not None and not (
+            isinstance(h.taken_at, (int, float))
+            and not isinstance(h.taken_at, bool)
+            and 0 < h.taken_at < MAX_TIMESTAMP):
+        raise _invalid(h, 'taken_at must be null or a time in epoch '
+                       'seconds, not %r' % (h.taken_at,))
 
 
 def max_payload_bytes(max_part_bytes: int) -> int:
@@ -491,13 +504,14 @@ def from_image(info: image_inspect.ImageInfo, *, instance: str, project: str,
                sequence: int, parent: str | None, max_part_bytes: int,
                max_part_extents: int, compression_level: int = 3,
                limits: qemu.Limits | None = None,
-               tmpdir: str | None = None, full: bool = False) -> Delta:
+               tmpdir: str | None = None, full: bool = False,
+               taken_at: float | None = None) -> Delta:
     """Build the delta of an inspected file's own ranges.
 
     A full delta (``full``, or any with ``parent=None``) is a whole image:
     its zero extents are dropped, since it starts from all zeros. The file
     stays open (through the returned delta's lazy parts) only while parts
-    are being produced.
+    are being produced. ``taken_at``: when the snapshot was asked for.
     """
     full = full or parent is None
     extents = ranges.own_extents(info, limits=limits)
@@ -510,7 +524,7 @@ def from_image(info: image_inspect.ImageInfo, *, instance: str, project: str,
         part_count=len(plan),
         changed_bytes=sum(e.length for e in extents),
         data_bytes=sum(e.length for e in extents if e.kind == DATA),
-        full=full)
+        full=full, taken_at=taken_at)
 
     def source():
         cctx = zstandard.ZstdCompressor(level=compression_level)

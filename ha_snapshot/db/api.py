@@ -323,8 +323,9 @@ class Database:
     # --- restore points -----------------------------------------------------
 
     @_retried
-    def record_restore_point(self, rp, *, fence=None,
-                             forget=()) -> models.RestorePoint:
+    def record_restore_point(self, rp, *, fence=None, forget=(),
+                             taken_at: float | None = None
+                             ) -> models.RestorePoint:
         """Record a durable restore point (a storage.objects.RestorePoint).
 
         Idempotent on (instance, delta_sequence): recording the same
@@ -334,15 +335,17 @@ class Database:
         of restore points retention removed, deleted in that transaction
         too (one commit per delta: on sqlite every commit is an fsync
         under the one write lock). ``fence``: see :func:`_fenced`.
+        ``taken_at``: when the agent asked for the snapshot (the delta's
+        header; the store's manifests do not keep it).
         """
         forget = list(forget)
         try:
-            return self._record_restore_point(rp, fence, forget)
+            return self._record_restore_point(rp, fence, forget, taken_at)
         except db_exc.DBDuplicateEntry:
             # NOTE: a concurrent insert won the race; judge its row.
-            return self._record_restore_point(rp, fence, forget)
+            return self._record_restore_point(rp, fence, forget, taken_at)
 
-    def _record_restore_point(self, rp, fence, forget):
+    def _record_restore_point(self, rp, fence, forget, taken_at):
         now = self._now()
         point = models.RestorePoint
         with self._writer() as session:
@@ -379,6 +382,7 @@ class Database:
                 id=rp.id, instance_uuid=rp.instance, number=rp.number,
                 delta_sequence=rp.delta_sequence, parent_id=rp.parent,
                 created_at=db_engine.to_datetime(rp.created_at),
+                taken_at=db_engine.to_datetime(taken_at),
                 virtual_size=rp.virtual_size, chunk_size=rp.chunk_size,
                 changed_bytes=rp.changed_bytes, new_chunks=rp.new_chunks,
                 new_bytes=rp.new_bytes, manifest_key=rp.key)

@@ -133,6 +133,11 @@ class RestorePoint(Base):
     parent_id: orm.Mapped[str | None] = orm.mapped_column(sa.String(36))
     created_at: orm.Mapped[datetime.datetime] = orm.mapped_column(
         PRECISE_DATETIME)
+    # NOTE: when the agent asked for the snapshot (the point in time the
+    # data is of), by the agent's clock; null when unknown (older agents,
+    # a database rebuilt from the store).
+    taken_at: orm.Mapped[datetime.datetime | None] = orm.mapped_column(
+        PRECISE_DATETIME)
     virtual_size: orm.Mapped[int] = orm.mapped_column(sa.BigInteger)
     chunk_size: orm.Mapped[int] = orm.mapped_column(sa.Integer)
     changed_bytes: orm.Mapped[int] = orm.mapped_column(sa.BigInteger)

@@ -337,7 +337,7 @@ class DeltaIntake:
         # NOTE: the new restore point is the newest in the store: retention
         # keeps it. Its record and the removed ones' go in one transaction.
         removed = self._io(self.store.apply_retention, h.instance)
-        self.db.record_restore_point(rp, forget=removed)
+        self.db.record_restore_point(rp, forget=removed, taken_at=h.taken_at)
         membership = getattr(self, 'membership', None)
         if fresh and membership is not None:
             # NOTE: in memory; the next heartbeat writes it.

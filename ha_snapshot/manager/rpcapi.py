@@ -9,6 +9,9 @@ API version history:
         gets PartsMissing (the missing part numbers as data) when the
         manager does not hold every part; 1.1 callers get InvalidDelta
         with the same message.
+* 1.3 - commit_delta's header may carry ``taken_at`` (when the agent
+        asked for the snapshot); to a manager capped below 1.3 it is
+        left out.
 
 Every method pins the version it needs, so an agent newer than its manager
 fails clearly (oslo.messaging's version check) instead of sending calls the
@@ -35,7 +38,7 @@ from ha_snapshot import exception
 from ha_snapshot import rpc
 from ha_snapshot import rpc_auth
 
-VERSION = '1.2'
+VERSION = '1.3'
 
 
 @contextlib.contextmanager
@@ -144,6 +147,11 @@ class ManagerAPI:
         (send the delta again); with a version cap below 1.2 that is a
         plain InvalidDelta.
         """
+        if self.client.can_send_version('1.3'):
+            return self._routed(header.get('instance'), 'commit_delta',
+                                version='1.3', timeout=timeout,
+                                header=header, raise_parts_missing=True)
+        header = {k: v for k, v in header.items() if k != 'taken_at'}
         if self.client.can_send_version('1.2'):
             return self._routed(header.get('instance'), 'commit_delta',
                                 version='1.2', timeout=timeout,

@@ -12,6 +12,7 @@ def restore_point_view(rp) -> dict:
         'sequence': rp.delta_sequence,
         'parent_id': rp.parent_id,
         'created_at': util.isotime(rp.created_at),
+        'taken_at': util.isotime(rp.taken_at),
         'virtual_size': rp.virtual_size,
         'changed_bytes': rp.changed_bytes,
         'new_bytes': rp.new_bytes,

@@ -102,14 +102,12 @@ class HostFailure:
             writes[x.id] = []
             for i in range(2):
                 pattern, offset = 0x60 + 4 * n + i, 24 * MiB + i * MiB
-                known = len(s.restore_points(x.id))
                 dom.write(pattern, offset, WRITE)
                 writes[x.id].append((pattern, offset, WRITE))
-                s.wait_new_restore_point(
-                    x.id, known, 'a restore point of %s after write %d'
-                    % (x.id, i))
+                s.wait_restore_point_taken_after(
+                    x.id, time.time(), 'a restore point of %s taken after '
+                    'write %d' % (x.id, i))
             dom.close()
-        newest = {x.id: s.restore_points(x.id)[-1] for x in servers}
 
         t_kill = self.kill_host(dead)
         self.log('scenario: killed compute host %s whole' % dead)
@@ -156,9 +154,16 @@ class HostFailure:
             self.check('%s runs on %s' % (x.name, alive),
                        server.compute_host == alive, server.compute_host)
             used = rec['restore_point_id']
+            newest = s.newest_when_requested(x.id, rec)
             self.check('%s restored from its newest restore point'
-                       % x.name, used == newest[x.id]['id'], used)
-            rpo.append(round(t_kill - _ts(newest[x.id]['created_at']), 1))
+                       % x.name, newest is not None and used == newest['id'],
+                       '%s; newest when requested %s'
+                       % (used, newest and newest['id']))
+            point = {rp['id']: rp for rp in s.restore_points(x.id)}.get(used)
+            # NOTE: the RPO is from the snapshot's instant (taken_at), not
+            # from when the restore point became durable.
+            if point is not None and point.get('taken_at'):
+                rpo.append(round(t_kill - _ts(point['taken_at']), 1))
             dom = cloudlib.Domain(self.state, server.instance_name, alive)
             copy = cloudlib.copy_disk(dom.disk_path(), s.workdir,
                                       dom.nsenter())

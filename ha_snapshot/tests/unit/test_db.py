@@ -340,12 +340,15 @@ class DatabaseTests:
         self.assertEqual((rp1.id, 0, rp1.key, 64 * MiB, MiB),
                          (row.id, row.delta_sequence, row.manifest_key,
                           row.virtual_size, row.chunk_size))
-        self.db.record_restore_point(rp2)
+        self.db.record_restore_point(rp2, taken_at=1700000000.125)
         again = self.db.record_restore_point(rp2)
         self.assertEqual(rp2.id, again.id)
         rows = self.db.list_restore_points(uuid)
         self.assertEqual([(rp1.id, 1, None), (rp2.id, 2, rp1.id)],
                          [(r.id, r.number, r.parent_id) for r in rows])
+        # When the snapshot was taken: to the microsecond; unknown: null.
+        self.assertEqual([None, db_engine.to_datetime(1700000000.125)],
+                         [r.taken_at for r in rows])
         i = self.db.get_instance(uuid)
         self.assertEqual((rp2.id, db_engine.to_datetime(rp2.created_at), 1),
                          (i.newest_restore_point_id,

@@ -66,6 +66,18 @@ class DeltaTestCase(base.TestCase):
         self.assertEqual(b'\x22' * MiB, seen[64 * 1024])
         self.assertEqual(b'\x33' * MiB, seen[7 * MiB])
 
+    def test_taken_at_travels_in_the_header(self):
+        d = delta_mod.Delta.from_primitive(self.wire(self.build(
+            taken_at=1700000000.25)))
+        d.validate(**LIMITS)
+        self.assertEqual(1700000000.25, d.header.taken_at)
+        # Headers of agents before it (no taken_at) are still read.
+        prim = self.wire(self.build())
+        del prim['header']['taken_at']
+        d = delta_mod.Delta.from_primitive(prim)
+        d.validate(**LIMITS)
+        self.assertIsNone(d.header.taken_at)
+
     def test_incompressible_data_travels_as_is(self):
         """Data that does not shrink (random here) is sent uncompressed,
         so nobody decompresses it; compressible data stays compressed.
@@ -161,6 +173,9 @@ class DeltaTestCase(base.TestCase):
             'cluster_size', 3000))
         case('header fields unknown', lambda p: p['header'].__setitem__(
             'x', 1))
+        for bad in ('x', -1, True, 1e12):
+            case('taken_at must be null or a time', lambda p, bad=bad:
+                 p['header'].__setitem__('taken_at', bad))
         case('malformed part', lambda p: p['parts'][0].__setitem__(
             'payload', '!!notbase64'))
         case('exceed the part limit', lambda p: p['parts'][0].__setitem__(

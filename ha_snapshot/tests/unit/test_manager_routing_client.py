@@ -19,12 +19,13 @@ class Replica:
     """put_part/commit_delta as a replica's intake answers them: taken by
     the owner, refused naming it elsewhere."""
 
-    target = messaging.Target(version='1.2')
+    target = messaging.Target(version='1.3')
 
     def __init__(self, host, cluster):
         self.host = host
         self.cluster = cluster
         self.taken = []
+        self.headers = []
 
     def _route(self):
         owner = self.cluster['owner']
@@ -44,6 +45,7 @@ class Replica:
     def commit_delta(self, ctxt, header, raise_parts_missing=False):
         self._route()
         self.taken.append(('commit', header['sequence']))
+        self.headers.append(header)
         return {'restore_point': 'rp', 'owner': self.cluster['owner']}
 
 
@@ -108,3 +110,24 @@ class ClientRoutingTest(base.TestCase):
                 self.assertEqual('m2', e.kwargs['owner'])
         self.assertEqual('m2', self.api.owner(INSTANCE))
         self.assertEqual({'m2': [('part', 3)]}, self.taken())
+
+
+class CommitVersionTest(ClientRoutingTest):
+    """RPC 1.3 carries the snapshot's ``taken_at`` in the commit's header;
+    a client capped below it (a manager not upgraded yet) leaves it out,
+    since an older manager refuses header fields it does not know."""
+
+    def commit(self, api):
+        api.register_instance(INSTANCE, 'p1', 'c1', 'qemu', {})
+        api.commit_delta({'instance': INSTANCE, 'sequence': 1,
+                          'taken_at': 1700000000.5})
+        return self.replicas['m2'].headers[-1]
+
+    def test_taken_at_goes_at_1_3(self):
+        self.assertEqual(1700000000.5, self.commit(self.api)['taken_at'])
+
+    def test_capped_at_1_2_it_is_left_out(self):
+        api = rpcapi.ManagerAPI(self.transport, timeout=5, version_cap='1.2')
+        header = self.commit(api)
+        self.assertNotIn('taken_at', header)
+        self.assertEqual(1, header['sequence'])

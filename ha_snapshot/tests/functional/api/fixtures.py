@@ -132,7 +132,9 @@ class APIFixture(fixture.GabbiFixture):
         a2 = _restore_point(env['SERVER_A'], env['PROJECT_P'], 2, a1.id)
         b1 = _restore_point(env['SERVER_B'], env['PROJECT_Q'], 1)
         for rp in (a1, a2, b1):
-            self.db.record_restore_point(rp)
+            # NOTE: a2 of an agent before RPC 1.3 (no taken_at).
+            self.db.record_restore_point(
+                rp, taken_at=None if rp is a2 else rp.created_at - 0.5)
         env.update(RP_A1=a1.id, RP_A2=a2.id, RP_B1=b1.id)
         env['MANAGER_ID'] = base.new_uuid()
         records = db_membership.Records(self.db)
