@@ -347,6 +347,16 @@ class CommitOrderError(CommitFailed):
                'overlays oldest first.')
 
 
+class StreamFailed(HypervisorError):
+    msg_fmt = ('VM %(vm)s: block-stream into %(node)s failed: %(reason)s. '
+               'The disk still needs its backing.')
+
+
+class LiveRestoreFailed(HypervisorError):
+    msg_fmt = ('VM %(vm)s: live restore of restore point %(restore_point)s '
+               'failed, nothing was restored: %(reason)s')
+
+
 class LibvirtError(HypervisorError):
     msg_fmt = 'libvirt call %(call)s for domain %(vm)s failed: %(reason)s'
 

@@ -193,6 +193,30 @@ AGENT_OPTS = [
                     'and stores one while the next travel. Each holds up '
                     'to [image] max_part_bytes (and its base64 text) in the '
                     'agent\'s memory.'),
+    cfg.BoolOpt('live_restore', default=False,
+                help='Local restart (qemu driver): start the VM at once on '
+                     'a new overlay whose backing is the restore point, '
+                     'served by the agent over NBD from the manager\'s '
+                     'chunks, and pull the data in with block-stream while '
+                     'the guest runs. The guest runs after a time that '
+                     'does not grow with the disk; its reads of data not '
+                     'yet copied are slower meanwhile. If the stream '
+                     'fails for good, the VM is stopped and what the guest '
+                     'wrote since the restart is lost (the recovery is '
+                     'recorded failed). Off: the whole restore point is '
+                     'fetched before the VM starts.'),
+    cfg.IntOpt('live_restore_retries', default=2, min=0,
+               help='Live restore: how many times a failed stream is '
+                    'started again (it goes on where it stopped) before '
+                    'the restart fails.'),
+    cfg.IntOpt('live_restore_reconnect_delay', default=5, min=0,
+               help='Live restore: seconds QEMU\'s NBD client holds reads '
+                    'while it reconnects to the agent\'s export before '
+                    'they fail.'),
+    cfg.IntOpt('live_restore_timeout', default=240, min=1,
+               help='Live restore: seconds the stream may take in all. '
+                    'Keep it below the manager\'s [recovery] timeout, '
+                    'which bounds the whole restart call.'),
 ]
 
 
