@@ -189,7 +189,8 @@ def restore(conf, driver, manifest: dict, get_chunk, disk_path: str,
 
 def _stream(driver, vm, name, rp, server, opts, speed, stop_event) -> int:
     """Stream until the overlay stands alone; the attempts it took."""
-    node = driver.disks(vm)[0].active.node
+    disk = driver.disks(vm)[0]
+    node = disk.active.node
     deadline = time.monotonic() + opts.live_restore_timeout
     started = time.monotonic()
     delay = opts.retry_initial
@@ -200,6 +201,7 @@ def _stream(driver, vm, name, rp, server, opts, speed, stop_event) -> int:
                            max(1.0, deadline - time.monotonic()), speed)
             backing = hv_live.backing_of(driver, vm, node)
             if backing is None:
+                hv_live.flush(driver, vm, disk)
                 return attempt
             failures.append('the stream ended but %s still has the backing '
                             '%s' % (node, backing))

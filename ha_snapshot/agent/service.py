@@ -15,12 +15,14 @@ else ``[agent] hypervisor``.
 import os
 import socket
 import threading
+import time
 
 from oslo_log import log as logging
 import oslo_messaging as messaging
 
 from ha_snapshot.agent import health as health_mod
 from ha_snapshot.agent import instance as instance_mod
+from ha_snapshot.agent import live_restore as live_mod
 from ha_snapshot.agent import restore as restore_mod
 from ha_snapshot.agent import state as state_mod
 from ha_snapshot import exception
@@ -356,6 +358,7 @@ class AgentService(service.Service):
         replica took it over after the first had started the VM), the VM
         it started is left running and described again.
         """
+        t0 = time.monotonic()
         with self.lock:
             p = self.instances.get(instance)
         if recovery is not None and p is not None and (
@@ -387,25 +390,47 @@ class AgentService(service.Service):
         workdir = os.path.join(self.conf.agent.state_dir, instance)
         os.makedirs(workdir, exist_ok=True)
         disk_path = os.path.join(workdir, 'restored-%s.qcow2' % restore_point)
-        restore_mod.fetch(self.manager_api, instance, restore_point,
-                          disk_path, limits=qemu.Limits.from_conf(self.conf))
         vm_spec = spec.vm
         extra = ()
         if vm_spec.serial_log:
             extra = ('-chardev', 'file,id=serial0,path=%s,append=on'
                      % vm_spec.serial_log.replace(',', ',,'),
                      '-serial', 'chardev:serial0')
-        new_vm = self.driver.start(hv_base.VMSpec(
-            name=spec.name, qmp_path=spec.qmp_path,
-            log_path=spec.log_path or os.path.join(workdir, 'qemu.log'),
-            machine=_default(vm_spec.machine, 'none'),
-            accel=_default(vm_spec.accel, 'tcg'),
-            memory_mb=_default(vm_spec.memory_mb, 64),
-            paused=_default(vm_spec.paused, False),
-            pidfile=vm_spec.pidfile, extra_args=extra,
-            disks=(hv_base.DiskSpec(path=disk_path, format='qcow2',
-                                    node=vm_spec.node,
-                                    device=vm_spec.device),)))
+
+        def start_vm(path):
+            return self.driver.start(hv_base.VMSpec(
+                name=spec.name, qmp_path=spec.qmp_path,
+                log_path=spec.log_path or os.path.join(workdir, 'qemu.log'),
+                machine=_default(vm_spec.machine, 'none'),
+                accel=_default(vm_spec.accel, 'tcg'),
+                memory_mb=_default(vm_spec.memory_mb, 64),
+                paused=_default(vm_spec.paused, False),
+                pidfile=vm_spec.pidfile, extra_args=extra,
+                disks=(hv_base.DiskSpec(path=path, format='qcow2',
+                                        node=vm_spec.node,
+                                        device=vm_spec.device),)))
+        if self.conf.agent.live_restore:
+            # NOTE: returns once the stream completed; raises
+            # LiveRestoreFailed (VM stopped) when it did not.
+            disk_path = os.path.join(workdir, 'live-%s.qcow2' % restore_point)
+            if os.path.exists(disk_path):
+                os.unlink(disk_path)  # NOTE: left by a failed attempt
+            outcome = live_mod.restore(
+                self.conf, self.driver,
+                self.manager_api.get_manifest(instance, restore_point),
+                lambda index: self.manager_api.get_chunk(
+                    instance, restore_point, index),
+                disk_path, start_vm, t0=t0, name=spec.name,
+                stop_event=self._beat)
+            new_vm, timings = outcome.vm, outcome.result()
+        else:
+            restore_mod.fetch(self.manager_api, instance, restore_point,
+                              disk_path,
+                              limits=qemu.Limits.from_conf(self.conf))
+            new_vm = start_vm(disk_path)
+            running = round(time.monotonic() - t0, 3)
+            timings = {'live': False, 'recover_seconds': running,
+                       'restored_seconds': running}
         old_files = [x.frozen for x in st.pending] + [spec.disk_path]
         # NOTE: the stopped agent may have made a restore point durable
         # after the manager chose this one (a delta in flight when the VM
@@ -424,9 +449,12 @@ class AgentService(service.Service):
             if path and path != disk_path and os.path.exists(path) and (
                     path.startswith(workdir)):
                 os.unlink(path)
-        LOG.info('Instance %s restarted from restore point %s (pid %d)',
-                 instance, restore_point, new_vm.pid)
-        return {'pid': new_vm.pid, 'disk': disk_path}
+        LOG.info('Instance %s restarted from restore point %s (pid %d; '
+                 'running after %.3f s, restored after %.3f s%s)',
+                 instance, restore_point, new_vm.pid,
+                 timings['recover_seconds'], timings['restored_seconds'],
+                 ', live' if timings['live'] else '')
+        return dict(timings, pid=new_vm.pid, disk=disk_path)
 
 
     def rebaseline(self, instance: str, restore_point: str, *,

@@ -13,8 +13,10 @@ costs what its data costs (0.06 s for 63 GiB of zeros, metadata only).
 :func:`stream` runs ``block-stream`` on the VM's disk node (no base: every
 layer below goes) and waits for its end. When it completes, QEMU drops the
 backing from the graph and from the overlay's header: the overlay stands
-alone. When it fails (the export answered errors, the VM died), the
-backing stays and the caller decides (see ha_snapshot/agent/live_restore.py).
+alone once :func:`flush` has written QEMU's cached qcow2 metadata (before
+that the file on disk still lacks what was copied). When it fails (the
+export answered errors, the VM died), the backing stays and the caller
+decides (see ha_snapshot/agent/live_restore.py).
 
 May import the standard library, oslo.log, ha_snapshot.exception,
 ha_snapshot.image.qemu and ha_snapshot.hypervisor.*.
@@ -30,6 +32,7 @@ from oslo_log import log as logging
 from ha_snapshot import exception
 from ha_snapshot.hypervisor import base
 from ha_snapshot.hypervisor import blockgraph
+from ha_snapshot.hypervisor import hmp
 from ha_snapshot.hypervisor import qcow2new
 from ha_snapshot.image import qemu
 
@@ -171,3 +174,14 @@ def backing_of(driver, vm, node: str) -> str | None:
         if n.get('node-name') == node:
             return n.get('backing_file') or None
     raise base.DiskNotFound(vm=vm.name, disk=node, known='(no such node)')
+
+
+def flush(driver, vm, disk: base.Disk) -> None:
+    """Make what the stream copied durable (QEMU keeps qcow2 metadata in
+    its cache until a flush); raises StreamFailed."""
+    target = '-d %s' % disk.device if disk.device else disk.active.node
+    try:
+        hmp.qemu_io(driver, vm, target, 'flush')
+    except base.HypervisorError as e:
+        raise exception.StreamFailed(vm=vm.name, node=disk.active.node,
+                                     reason='flush after the stream: %s' % e)

@@ -4,6 +4,10 @@ The agent on the instance's host does the work (it owns the VM): it makes
 sure the failed QEMU is gone, fetches the restore point from the manager
 chunk by chunk (each checked against its sha256), starts the VM on it and
 resumes protection from that restore point without resending it.
+With ``[agent] live_restore`` the VM runs before the data is back and the
+agent answers once the stream has completed (ha_snapshot/agent/
+live_restore.py); its answer carries ``recover_seconds`` (until the guest
+ran) and ``restored_seconds`` (until the disk stood alone).
 """
 
 from oslo_log import log as logging
@@ -28,6 +32,12 @@ class RestartAction:
             timeout=self.conf.recovery.timeout,
             recovery=getattr(progress, 'recovery_id', None))
         progress('restarted')
-        LOG.info('Instance %s restarted on %s from restore point %s',
-                 instance.uuid, instance.host, restore_point)
+        # NOTE: agents of before live restore answer no timings.
+        timings = result if isinstance(result, dict) else {}
+        LOG.info('Instance %s restarted on %s from restore point %s '
+                 '(%s: running after %s s, restored after %s s)',
+                 instance.uuid, instance.host, restore_point,
+                 'live restore' if timings.get('live') else 'full restore',
+                 timings.get('recover_seconds', '?'),
+                 timings.get('restored_seconds', '?'))
         return result

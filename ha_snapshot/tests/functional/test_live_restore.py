@@ -153,18 +153,25 @@ class LiveRestoreTest(base.TestCase):
             self.driver, self.vm, 'disk0'))
         self.assertEqual(self.sockets, nbd_dirs(), 'the NBD server '
                          'stopped and its directory went')
-        self.driver.quit(self.vm)
-        info = subprocess.run(['qemu-img', 'info', '--output=json', disk],
-                              capture_output=True, text=True, check=True)
-        self.assertNotIn('backing-filename', info.stdout)
         with open(raw, 'r+b') as f:
             f.seek(104 * MiB + 4096)
             f.write(b'\x77' * 65536)
             f.seek(200 * MiB)
             f.write(b'\x66' * (2 * MiB))
-        self.assertTrue(base.same_image(raw, disk, 'raw', 'qcow2'),
-                        'the restored disk differs from the restore point '
-                        'plus the writes made during the stream')
+        # On disk already while the VM runs (flushed), and after it quit.
+        for running in (True, False):
+            r = subprocess.run(['qemu-img', 'compare', '-U', '-f', 'raw',
+                                '-F', 'qcow2', raw, disk],
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(0, r.returncode, 'the restored disk (VM '
+                             'running: %s) differs from the restore point '
+                             'plus the writes made during the stream: %s'
+                             % (running, r.stdout + r.stderr))
+            if running:
+                self.driver.quit(self.vm)
+        info = subprocess.run(['qemu-img', 'info', '--output=json', disk],
+                              capture_output=True, text=True, check=True)
+        self.assertNotIn('backing-filename', info.stdout)
 
     def test_source_killed_mid_stream_fails_the_restore(self):
         rp, _raw = self.restore_point()

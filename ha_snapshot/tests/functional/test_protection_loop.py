@@ -983,6 +983,7 @@ class ProtectionLoopTest(daemons.DaemonsTestCase):
         self.check_chain(inst, g.snapshot_writes(),
                          upto=max(old + [rp.number]))
         self.assert_store_clean()
+        return rec
 
     def test_vm_killed_is_recovered(self):
         """SIGKILL the VM: the agent reports it, the manager has it
@@ -995,6 +996,23 @@ class ProtectionLoopTest(daemons.DaemonsTestCase):
         self.start_workload(g)
         self.wait_points(inst, 3, after=started)
         self.kill_and_recover(g, inst)
+
+    def assert_live_restart(self, inst: str, rec) -> None:
+        """The agent restarted ``inst`` by a live restore (issue 16): the
+        VM ran before the stream completed, and its disk stands alone."""
+        said = re.search(r'Instance %s restarted from restore point %s '
+                         r'\(pid (\d+); running after ([0-9.]+) s, '
+                         r'restored after ([0-9.]+) s, live\)'
+                         % (inst, rec.restore_point_id), self.svc.agent.log())
+        self.assertIsNotNone(said, 'the agent logs a live restart')
+        self.assertLessEqual(float(said.group(2)), float(said.group(3)))
+        spec = self.svc.agent_state(inst)['spec']
+        self.assertEqual(int(said.group(1)), spec['pid'])
+        self.assertIn('live-%s' % rec.restore_point_id, spec['disk_path'])
+        info = json.loads(subprocess.run(
+            ['qemu-img', 'info', '-U', '--output=json', spec['disk_path']],
+            capture_output=True, text=True, check=True).stdout)
+        self.assertNotIn('backing-filename', info)
 
     def test_manager_killed_during_a_recovery_another_finishes_it(self):
         """Two manager replicas (issue 12): the VM dies, and the replica
@@ -1055,8 +1073,14 @@ class ProtectionLoopTest(daemons.DaemonsTestCase):
         """SIGKILL the VM while a large delta is being merged: the point
         the old agent makes durable after the manager chose the point to
         recover to does not derail the restarted VM's protection (nor
-        restart it a second time)."""
-        self.start_services(options={'image': {'max_part_bytes': MiB}})
+        restart it a second time).
+
+        The restart is a live restore (``[agent] live_restore``, issue 16:
+        the VM runs on the restore point served over NBD while 32 MiB
+        more are streamed in); test_vm_killed_is_recovered has the full
+        restore of the default."""
+        self.start_services(options={'image': {'max_part_bytes': MiB},
+                                     'agent': {'live_restore': True}})
         g = self.new_guest()
         inst = self.protect(g)
         self.wait_points(inst, 1)
@@ -1068,7 +1092,8 @@ class ProtectionLoopTest(daemons.DaemonsTestCase):
                       'in the store', interval=0.005)
         unacked = self.unacked(inst)
         in_flight = unacked[-1] if unacked else None
-        self.kill_and_recover(g, inst, in_flight=in_flight)
+        rec = self.kill_and_recover(g, inst, in_flight=in_flight)
+        self.assert_live_restart(inst, rec)
 
     def test_rogue_client_rejected(self):
         """Bad calls straight to the manager: each refused, by name."""
