@@ -6,9 +6,10 @@ The overlay is a qcow2 file whose backing file name is a ``json:`` of a
 QEMU opens that chain itself when the VM starts, so the driver's command
 line does not change. Ranges known to be zero (the chunks a restore
 point's manifest does not list) are written into the overlay as zero
-clusters before the VM starts: the guest reads them without asking the
-export and ``block-stream`` skips them, so a large, mostly empty disk
-costs what its data costs (0.06 s for 63 GiB of zeros, metadata only).
+clusters before the VM starts (L2 tables written directly, see
+:func:`mark_zeros`): the guest reads them without asking the export and
+``block-stream`` skips them, so a large, mostly empty disk costs what its
+data costs.
 
 :func:`stream` runs ``block-stream`` on the VM's disk node (no base: every
 layer below goes) and waits for its end. When it completes, QEMU drops the
@@ -24,6 +25,7 @@ ha_snapshot.image.qemu and ha_snapshot.hypervisor.*.
 
 import json
 import os
+import struct
 import subprocess
 import time
 
@@ -42,6 +44,9 @@ CLUSTER_SIZE = 64 << 10
 # NOTE: qemu-io refuses requests over ~2 GiB (BDRV_REQUEST_MAX_BYTES).
 MAX_ZERO_REQUEST = 1 << 30
 STREAM_JOB = '%s-stream' % blockgraph.OWN_PREFIX
+OFLAG_COPIED = 1 << 63
+ZERO_ENTRY = (1).to_bytes(8, 'big')
+"""An L2 entry: no data, reads as zeros (QCOW_OFLAG_ZERO)."""
 
 
 def nbd_backing(socket_path: str, export: str,
@@ -87,6 +92,8 @@ def create_overlay(path: str, size: int, backing: str, zeros: list,
     try:
         if qcow2new.layout_fits(size, CLUSTER_SIZE, backing, 'raw'):
             qcow2new.create(path, size, CLUSTER_SIZE, backing, 'raw')
+            if mark_zeros(path, size, zeros):
+                return
         else:
             os.unlink(path)
             qemu.run(path, 'qemu-img', 'create', '-q', '-f', 'qcow2', '-u',
@@ -101,6 +108,68 @@ def create_overlay(path: str, size: int, backing: str, zeros: list,
         except FileNotFoundError:
             pass
         raise
+
+
+def mark_zeros(path: str, size: int, zeros: list) -> bool:
+    """Write ``zeros`` as zero clusters (L2 entries with the zero flag, no
+    data) into an empty overlay that qcow2new just wrote; False, with the
+    file untouched, when its layout is not that one (then qemu-io does
+    it). Clusters only partly inside a range stay unallocated: the export
+    answers their zeros.
+
+    NOTE: qemu-io took 0.2-0.75 s for 1024-4096 scattered ranges of a
+    64 GiB disk (a request each), all of it before the VM may start; the
+    tables written here are the same and take milliseconds.
+    """
+    if not zeros:
+        return True
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        header = os.pread(fd, 104, 0)
+        (magic, version, cluster_bits, vsize, l1_size, l1_offset,
+         rt_offset, rt_clusters, incompatible, refcount_order) = (
+            header[0:4], *struct.unpack('>I', header[4:8]),
+            *struct.unpack('>I', header[20:24]),
+            *struct.unpack('>Q', header[24:32]),
+            *struct.unpack('>IQQI', header[36:60]),
+            *struct.unpack('>Q', header[72:80]),
+            *struct.unpack('>I', header[96:100]))
+        cs = 1 << cluster_bits
+        per_l2 = cs // 8
+        l1_bytes = os.pread(fd, l1_size * 8, l1_offset)
+        if (magic, version, vsize, incompatible, refcount_order,
+                rt_clusters) != (b'QFI\xfb', 3, size, 0, 4, 1) or (
+                    l1_bytes.strip(b'\0') or len(l1_bytes) != l1_size * 8):
+            return False
+        (block,) = struct.unpack('>Q', os.pread(fd, 8, rt_offset))
+        first_free = -(-(l1_offset + l1_size * 8) // cs)
+        if os.fstat(fd).st_size > first_free * cs:
+            return False  # NOTE: something after the L1 table
+        tables = {}
+        for offset, length in zeros:
+            end = offset + length
+            first = -(-offset // cs)
+            last = (end if end < size else -(-end // cs) * cs) // cs
+            while first < last:
+                j, k = divmod(first, per_l2)
+                n = min(last - first, per_l2 - k)
+                table = tables.setdefault(j, bytearray(cs))
+                table[k * 8:(k + n) * 8] = ZERO_ENTRY * n
+                first += n
+        if first_free + len(tables) > cs // 2 or (
+                max(tables, default=0) >= l1_size):
+            return False  # NOTE: more than the one refcount block covers
+        l1 = bytearray(l1_bytes)
+        for i, j in enumerate(sorted(tables)):
+            where = (first_free + i) * cs
+            os.pwrite(fd, tables[j], where)
+            l1[j * 8:j * 8 + 8] = struct.pack('>Q', where | OFLAG_COPIED)
+        os.pwrite(fd, b'\0\1' * len(tables), block + first_free * 2)
+        os.pwrite(fd, bytes(l1), l1_offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True
 
 
 def _write_zeros(path: str, zeros: list, limits: qemu.Limits) -> None:

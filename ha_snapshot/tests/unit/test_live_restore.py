@@ -1,6 +1,7 @@
-"""The agent's read-only NBD server, spoken to over its real unix socket
-by a client written from the protocol document, and the reader behind it
-(ha_snapshot/agent/live_restore.py ChunkReader)."""
+"""Live restore's parts: the agent's read-only NBD server, spoken to over
+its real unix socket by a client written from the protocol document; the
+reader behind it (ha_snapshot/agent/live_restore.py ChunkReader); the
+overlay it starts on (ha_snapshot/hypervisor/live_restore.py)."""
 
 import base64
 import errno
@@ -8,11 +9,14 @@ import hashlib
 import os
 import socket
 import struct
+import subprocess
 
 from ha_snapshot.agent import live_restore
 from ha_snapshot import exception
 from ha_snapshot.hypervisor import live_restore as hv_live
+from ha_snapshot.hypervisor import qcow2new
 from ha_snapshot.image import nbd_server as nbd
+from ha_snapshot.image import qemu
 from ha_snapshot.tests import base
 
 SIZE = 1 << 20
@@ -257,3 +261,44 @@ class ChunkReaderTest(base.TestCase):
         self.assertEqual([(0, G), (G, G), (2 * G, 512)],
                          hv_live.zero_ranges(2 * G + 512, 1 << 20, set()))
         self.assertEqual([], hv_live.zero_ranges(2 << 20, 1 << 20, {0, 1}))
+
+
+class ZeroOverlayTest(base.TestCase):
+    """The overlay a live restore starts on: its zero clusters written
+    directly give the same image as qemu-io's ``write -z`` of the same
+    ranges, and ``qemu-img check`` finds nothing wrong."""
+
+    def test_mark_zeros_equals_qemu_io(self):
+        size = 4 * (1 << 30) + 512
+        chunk = 1 << 20
+        present = {i * 61 for i in range(60)} | {4095, 4096}
+        zeros = hv_live.zero_ranges(size, chunk, present)
+        backing = hv_live.nbd_backing(self.path('s.sock'), 'rp', 5)
+        fast = self.path('fast.qcow2')
+        hv_live.create_overlay(fast, size, backing, zeros)
+        slow = self.path('slow.qcow2')
+        open(slow, 'wb').close()
+        qcow2new.create(slow, size, hv_live.CLUSTER_SIZE, backing, 'raw')
+        hv_live._write_zeros(slow, zeros, qemu.DEFAULT_LIMITS)
+        fast_map = qemu.map_ranges(fast, 'qcow2')
+        self.assertEqual(qemu.map_ranges(slow, 'qcow2'), fast_map)
+        self.assertEqual(
+            [{'start': 0, 'length': chunk, 'present': False}],
+            [{k: e[k] for k in ('start', 'length', 'present')}
+             for e in fast_map[:1]])
+        self.assertTrue(fast_map[1]['present'] and fast_map[1]['zero'])
+        report = qemu.check(fast)
+        self.assertEqual(0, report.get('corruptions', 0), report)
+        self.assertEqual(0, report.get('leaks', 0), report)
+        self.assertEqual(backing, qemu.info(fast, 'qcow2')['backing-filename'])
+
+    def test_other_layouts_are_left_to_qemu_io(self):
+        path = self.path('other.qcow2')
+        subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-o',
+                        'refcount_bits=8', path, '1G'], check=True)
+        with open(path, 'rb') as f:
+            before = f.read()
+        self.assertFalse(hv_live.mark_zeros(path, 1 << 30,
+                                            [(0, 1 << 20)]))
+        with open(path, 'rb') as f:
+            self.assertEqual(before, f.read())
