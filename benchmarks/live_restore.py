@@ -1,8 +1,8 @@
 """Local restart: live restore vs the full restore, small and large disk.
 
 Two restore points in one file store, each with the same amount of data
-(1 GiB; 64 MiB with --quick) in 1 MiB chunks spread evenly over the disk:
-a 1 GiB disk (256 MiB quick) and a 64 GiB one (4 GiB quick). Each chunk
+(1 GiB; 32 MiB with --quick) in 1 MiB chunks spread evenly over the disk:
+a 1 GiB disk (128 MiB quick) and a 64 GiB one (4 GiB quick). Each chunk
 starts with 64 KiB of a byte pattern of its own and is random after that.
 
 For each disk, in the same run and alternating: the ``full`` restart of
@@ -167,8 +167,8 @@ class Restarts:
 
 def main():
     args = c.parse_args(__doc__)
-    data = (64 if args.quick else 1024) * c.MiB
-    disks = {'1G': (256 if args.quick else 1024) * c.MiB,
+    data = (32 if args.quick else 1024) * c.MiB
+    disks = {'1G': (128 if args.quick else 1024) * c.MiB,
              '64G': (4 if args.quick else 64) * c.GiB}
     result = {'benchmark': 'live_restore', 'quick': args.quick,
               'data_bytes': data,

@@ -30,6 +30,8 @@ GOAL_KEYS = {
              'agent_rss_mb_end'],
     'manager_failover': ['takeover_seconds_p99', 'rpo_seconds_max',
                          'deltas_acknowledged'],
+    'live_restore': ['ratio_64G_vs_1G', 'recover_speedup_1G',
+                     'recover_speedup_64G'],
 }
 
 
@@ -58,6 +60,11 @@ class BenchmarkSmokeTestCase(testtools.TestCase):
 
     def test_restore_vs_chain(self):
         self._run('restore_vs_chain')
+
+    def test_live_restore(self):
+        result = self._run('live_restore')
+        for disk in ('1G', '64G'):
+            self.assertTrue(result[disk]['live']['equals_restore_point'])
 
     def test_dedup(self):
         self._run('dedup')
