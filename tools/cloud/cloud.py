@@ -225,8 +225,12 @@ class Cloud:
     def _start_rabbit(self):
         from ha_snapshot.tests.fixtures import rabbitmq as rabbit_fx
         os.makedirs(self.path(), exist_ok=True)
-        self._rabbit = rabbit_fx.RabbitMQServer(root_dir=self.path())
-        self._rabbit.setUp()
+        rabbit = rabbit_fx.RabbitMQServer(root_dir=self.path())
+        # NOTE: a fixture whose setUp fails cleans itself up, and a second
+        # cleanUp() raises TypeError, which hid the broker's own error from
+        # stop(): kept only once it is up.
+        rabbit.setUp()
+        self._rabbit = rabbit
         self.transport_url = self._rabbit.transport_url
         self.table.record('rabbitmq', self._rabbit._beam.pid)
         self.table.record('rabbitmq-epmd', self._rabbit._epmd.pid)
@@ -250,8 +254,9 @@ class Cloud:
 
     def _start_swift(self):
         from ha_snapshot.tests.fixtures import swift as swift_fx
-        self._swift = swift_fx.SwiftServer(base_dir=self.path())
-        self._swift.setUp()
+        swift = swift_fx.SwiftServer(base_dir=self.path())
+        swift.setUp()  # NOTE: see _start_rabbit
+        self._swift = swift
         self.swift_endpoint = self._swift.endpoint
         for name, proc in self._swift.procs.items():
             self.table.record('swift-' + name, proc.pid)
