@@ -55,7 +55,7 @@ from ha_snapshot.tests.fixtures import services
 from ha_snapshot.tests.functional import daemons
 
 KILLS = 10
-MAX_RECORDS_BEFORE_KILL = 250
+MAX_RECORDS_BEFORE_KILL = 150
 """A run is killed after 1..this many records of its own (~0-2 s of its
 workload under TCG)."""
 PROJECT = 'test-project'
