@@ -41,7 +41,7 @@ GOAL_KEYS = {
 SHORTER = {
     'manager_failover': ('--quick', '--instances', '6', '--warm', '4',
                          '--after', '16'),
-    'soak': ('--quick', '--instances', '10', '--deltas', '200', '--sample',
+    'soak': ('--quick', '--instances', '10', '--deltas', '100', '--sample',
              '1'),
     'scale': ('--quick', '--interval', '2', '--window', '8'),
     'rpo_under_load': ('--quick', '--seconds', '8'),
