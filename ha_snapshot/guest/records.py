@@ -162,6 +162,12 @@ def check_database(path: str) -> DatabaseCheck:
     """Check the guest's database at ``path`` (its -wal beside it)."""
     con = sqlite3.connect(path)
     try:
+        tables = {r[0] for r in con.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            # NOTE: taken before the guest's set-up transaction committed
+            # (the file and its WAL header exist): no transaction yet.
+            return DatabaseCheck('ok', 0, True)
         integrity = '; '.join(
             r[0] for r in con.execute('PRAGMA integrity_check'))
         count, top, total = con.execute(

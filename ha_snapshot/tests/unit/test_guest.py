@@ -96,6 +96,27 @@ class DatabaseCheckTest(base.TestCase):
         self.assertFalse(records.check_database(db).consistent)
         self.assertTrue(guest_db(db, 'verify_db').startswith('SQLITE bad'))
 
+    def test_set_up_not_yet_committed(self):
+        # A crash-consistent copy taken during the guest's set-up: the WAL
+        # file header, no table. No transaction, nothing inconsistent;
+        # the guest's next boot sets it up and goes on.
+        db = self.path('app.db')
+        con = sqlite3.connect(db)
+        con.execute('PRAGMA journal_mode=WAL')
+        con.close()
+        self.assertEqual('SQLITE ok transactions=0',
+                         records.check_database(db).summary())
+        self.assertEqual('SQLITE ok transactions=0',
+                         guest_db(db, 'verify_db'))
+        # Half a schema (the set-up was not one transaction before) is
+        # not that: it is reported.
+        half = self.path('half.db')
+        con = sqlite3.connect(half)
+        con.execute('CREATE TABLE tx(id INTEGER PRIMARY KEY)')
+        con.commit()
+        con.close()
+        self.assertFalse(records.check_database(half).ok)
+
     def test_not_a_database(self):
         db = self.path('app.db')
         with open(db, 'wb') as f:
