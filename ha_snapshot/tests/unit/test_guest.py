@@ -435,7 +435,8 @@ class InitScriptTest(base.TestCase):
 
     def test_cmdline(self):
         image = build.GuestImage('d', 'k', 'i', 'x', 'key', {}, True, 0.0)
-        self.assertEqual('console=ttyS0 quiet panic=-1 ha.mode=verify',
+        self.assertEqual('console=ttyS0 quiet panic=-1 no_timer_check '
+                         'ha.mode=verify',
                          image.cmdline('verify'))
         self.assertTrue(image.cmdline(records=5).endswith(
             'ha.mode=workload ha.records=5'))
