@@ -247,8 +247,12 @@ class Shipper:
         # its intervals keep each delta's shipping shorter than the
         # interval, so deltas do not queue.
         durable.now(sent, self.owner.clock() - started)
-        LOG.info('Instance %s: delta %d durable as %s (%d bytes sent)',
-                 self.instance, entry.sequence, ack['restore_point'], sent)
+        # NOTE: the snapshot's time ends the line (epoch seconds): what a
+        # guest reported durable before it is in the restore point.
+        LOG.info('Instance %s: delta %d durable as %s (%d bytes sent), '
+                 'taken at %s', self.instance, entry.sequence,
+                 ack['restore_point'], sent,
+                 '%.3f' % entry.taken_at if entry.taken_at else 'unknown')
 
     def send_parts(self, entry, delta) -> int:
         """put_part every part, up to [agent] parts_in_flight at once;

@@ -1,5 +1,7 @@
 """ha-snapshot-demo: the local demo of the protection loop (see
-ha_snapshot/demo.py). ``--json`` prints the report as one JSON object."""
+ha_snapshot/demo.py). It prints its progress on stdout (a line a second
+while the workload runs); ``--json`` prints the report as one JSON object
+on the last line."""
 
 import argparse
 import json
@@ -30,9 +32,10 @@ def main(argv=None) -> int:
     work = args.workdir or tempfile.mkdtemp(prefix='ha-snapshot-demo-',
                                             dir='/var/tmp')
 
+    # NOTE: progress goes to stdout, --json or not: the report is the
+    # last line; stderr stays for errors.
     def progress(msg):
-        print('-- ' + msg, file=sys.stderr if args.json else sys.stdout,
-              flush=True)
+        print('-- ' + msg, flush=True)
     try:
         report = demo.run(work, vms=args.vms, seconds=args.seconds,
                           transport_url=args.transport_url,

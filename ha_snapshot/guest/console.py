@@ -6,6 +6,12 @@ before a given instant (a snapshot command). Readers wait for a line by
 pattern with a timeout that names what was awaited; a console that closes
 (QEMU exited) ends the wait at once.
 
+:class:`FileConsole` reads the same lines from a file QEMU appends the
+console to (a chardev ``file``: what the agent gives a VM it restarts),
+polling it every few milliseconds: a line is stamped when it is read, a
+little after QEMU wrote it, so what it counts as durable before an instant
+is a lower bound, never more than the guest had reported.
+
 May import the standard library and ha_snapshot.exception only.
 """
 
@@ -19,6 +25,7 @@ from ha_snapshot import exception
 
 COUNTER = re.compile(r'(DURABLE|COMMITTED) (\d+)')
 CONNECT_RETRY = 0.02
+FILE_POLL = 0.01
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,18 +80,25 @@ class Console:
                 data = self._sock.recv(65536)
                 if not data:
                     break
-                buf += data
-                while b'\n' in buf:
-                    raw, buf = buf.split(b'\n', 1)
-                    self._add(raw.decode('utf-8', 'replace').rstrip('\r'))
+                buf = self._feed(buf + data)
         except OSError:
             pass
         finally:
-            if buf:
-                self._add(buf.decode('utf-8', 'replace').rstrip('\r'))
-            with self._cond:
-                self.closed = True
-                self._cond.notify_all()
+            self._end(buf)
+
+    def _feed(self, buf: bytes) -> bytes:
+        """Add the whole lines of ``buf``; return what follows them."""
+        while b'\n' in buf:
+            raw, buf = buf.split(b'\n', 1)
+            self._add(raw.decode('utf-8', 'replace').rstrip('\r'))
+        return buf
+
+    def _end(self, buf: bytes) -> None:
+        if buf:
+            self._add(buf.decode('utf-8', 'replace').rstrip('\r'))
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
 
     def _add(self, text: str) -> None:
         line = Line(time.time(), time.monotonic(), text)
@@ -159,3 +173,55 @@ class Console:
                 self._reader.join(5)
             self._sock.close()
             self._sock = None
+
+
+class FileConsole(Console):
+    """A console QEMU appends to the file ``path``, read from byte
+    ``offset`` on (earlier runs' output before it). It closes when
+    ``alive`` (if given) says the VM is gone and the file has no more, or
+    on :meth:`close`."""
+
+    def __init__(self, path: str, name: str = 'guest', offset: int = 0,
+                 alive=None):
+        super().__init__(path, name)
+        self.offset = offset
+        self._alive = alive
+        self._stop = threading.Event()
+
+    def connect(self, timeout: float = 10.0) -> None:
+        """Start reading (the file may not exist yet: QEMU makes it)."""
+        self._reader = threading.Thread(target=self._read, daemon=True,
+                                        name='console-%s' % self.name)
+        self._reader.start()
+
+    def _read(self) -> None:
+        buf, f = b'', None
+        try:
+            while not self._stop.is_set():
+                if f is None:
+                    try:
+                        f = open(self.path, 'rb')
+                    except FileNotFoundError:
+                        self._stop.wait(FILE_POLL)
+                        continue
+                    f.seek(self.offset)
+                data = f.read(65536)
+                if data:
+                    buf = self._feed(buf + data)
+                elif self._alive is not None and not self._alive():
+                    # NOTE: what it wrote between the read and its end.
+                    buf = self._feed(buf + f.read())
+                    break
+                else:
+                    self._stop.wait(FILE_POLL)
+        except OSError:
+            pass
+        finally:
+            if f is not None:
+                f.close()
+            self._end(buf)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._reader is not None:
+            self._reader.join(5)

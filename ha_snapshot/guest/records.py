@@ -65,6 +65,9 @@ class RecordCheck:
     """Position (1-based) of the first record that is not good."""
     uptimes: tuple = ()
     """The guest's uptime (cs) of each good record, in order."""
+    bad: tuple = ()
+    """Positions (1-based) of the whole slots that are not good (torn or
+    out of order), in order."""
 
     @property
     def ok(self) -> bool:
@@ -78,6 +81,15 @@ class RecordCheck:
         journal commit another file's fsync forces, before the appended
         bytes reach the disk."""
         return self.contiguous >= durable
+
+    def missing(self, numbers) -> list:
+        """Those of record ``numbers`` not good in their place: a guest
+        recovered again and again may hold a torn record (one appended,
+        not yet fsynced, at an earlier crash) before records it went on
+        to make durable after it; only the numbers it reported durable
+        must be good."""
+        bad = set(self.bad)
+        return sorted(n for n in numbers if n in bad or n > self.whole)
 
     @property
     def whole(self) -> int:
@@ -102,7 +114,7 @@ class RecordCheck:
 def check_records(data: bytes) -> RecordCheck:
     good = torn = order = 0
     first_bad = None
-    uptimes = []
+    uptimes, bad = [], []
     whole = len(data) - len(data) % RECORD
     for pos, off in enumerate(range(0, whole, RECORD), 1):
         m = LINE.fullmatch(data, off, off + RECORD)
@@ -115,12 +127,14 @@ def check_records(data: bytes) -> RecordCheck:
             good += 1
             uptimes.append(int(m.group(2)))
             continue
+        bad.append(pos)
         if first_bad is None:
             first_bad = pos
     tail = len(data) % RECORD
     if tail and first_bad is None:
         first_bad = whole // RECORD + 1
-    return RecordCheck(good, torn, order, tail, first_bad, tuple(uptimes))
+    return RecordCheck(good, torn, order, tail, first_bad, tuple(uptimes),
+                       tuple(bad))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +162,12 @@ def check_database(path: str) -> DatabaseCheck:
     """Check the guest's database at ``path`` (its -wal beside it)."""
     con = sqlite3.connect(path)
     try:
+        tables = {r[0] for r in con.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            # NOTE: taken before the guest's set-up transaction committed
+            # (the file and its WAL header exist): no transaction yet.
+            return DatabaseCheck('ok', 0, True)
         integrity = '; '.join(
             r[0] for r in con.execute('PRAGMA integrity_check'))
         count, top, total = con.execute(

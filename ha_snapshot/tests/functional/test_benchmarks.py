@@ -34,13 +34,34 @@ GOAL_KEYS = {
                      'recover_speedup_64G'],
 }
 
+# NOTE: CI time (issue 13): the slow ones run shorter than --quick, through
+# their own options, still long enough for every key checked below (e.g.
+# scale keeps its 20 VMs: agent_kb_per_instance is a difference of RSS;
+# manager_failover's 16 s after the kill cover the takeover: a replica is
+# dead 6 s after its last beat). api_load's --quick sets its own sizes, so
+# it runs without it.
+SHORTER = {
+    'manager_failover': ('--quick', '--instances', '6', '--warm', '4',
+                         '--after', '16'),
+    'soak': ('--quick', '--instances', '10', '--deltas', '100', '--sample',
+             '1'),
+    'scale': ('--quick', '--interval', '2', '--window', '8'),
+    'rpo_under_load': ('--quick', '--seconds', '8'),
+    'api_load': ('--seconds', '2', '--clients', '20', '--idle', '5',
+                 '--slow', '5'),
+    'transport': ('--quick', '--rounds', '2', '--size-mib', '8'),
+    'restore_vs_chain': ('--quick', '--deltas', '10'),
+    'cycle_cost': ('--quick', '--repeat', '2'),
+}
+
 
 class BenchmarkSmokeTestCase(testtools.TestCase):
 
     def _run(self, name):
         r = subprocess.run(
-            [sys.executable, os.path.join(ROOT, 'benchmarks', name + '.py'),
-             '--quick'], capture_output=True, text=True, timeout=600)
+            [sys.executable, os.path.join(ROOT, 'benchmarks', name + '.py')]
+            + list(SHORTER.get(name, ('--quick',))),
+            capture_output=True, text=True, timeout=600)
         self.assertEqual(0, r.returncode, r.stderr[-3000:])
         result = json.loads(r.stdout.strip().splitlines()[-1])
         for key in GOAL_KEYS[name]:
