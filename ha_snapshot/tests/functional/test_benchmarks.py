@@ -30,6 +30,8 @@ GOAL_KEYS = {
              'agent_rss_mb_end'],
     'manager_failover': ['takeover_seconds_p99', 'rpo_seconds_max',
                          'deltas_acknowledged'],
+    'manager_scale': ['total_cpu_cores', 'cores_per_200_instances',
+                      'deltas_per_s_achieved', 'deltas_acknowledged'],
 }
 
 
@@ -103,3 +105,24 @@ class BenchmarkSmokeTestCase(testtools.TestCase):
         for key in ('restore_points_lost', 'duplicate_merges',
                     'database_store_mismatches'):
             self.assertEqual(0, result[key], key)
+        # NOTE: recoveries during the failover: one in flight on the
+        # killed replica, finished by another, each one's restart run
+        # once, one QEMU per VM.
+        self.assertGreater(result['recoveries_in_flight_at_kill'], 0)
+        self.assertGreater(result['recoveries_taken_over'], 0)
+        self.assertEqual(result['vms_killed'],
+                         result['recoveries_succeeded'])
+        for key in ('duplicate_recoveries', 'recoveries_without_restart',
+                    'vms_running_twice', 'vms_not_running'):
+            self.assertEqual(0, result[key], key)
+
+    def test_manager_scale(self):
+        # NOTE: --quick: 3 replicas, 15 simulated instances, a 20 s window.
+        result = self._run('manager_scale')
+        self.assertEqual(3, len(result['replicas']))
+        for name, replica in result['replicas'].items():
+            self.assertGreater(replica['cpu_cores'], 0, name)
+            self.assertGreater(replica['rss_mb'], 0, name)
+        self.assertEqual(15, sum(r['owned']
+                                 for r in result['replicas'].values()))
+        self.assertEqual(0, result['log_errors'])
