@@ -12,16 +12,28 @@ spool; ``[manager_cluster] heartbeat_interval`` 2 s, ``dead_after_missed``
 point of the run, so that each acknowledged one can be looked for.
 
 Once every VM has its baseline and ``--warm`` seconds (20, quick 10) have
-passed, the replica that owns the most instances (the ring over the live
-replicas, as the replicas compute it) is SIGKILLed. For each instance it
-owned, ``takeover_seconds``: from the kill to the first new restore point
-of that instance in the database (made by another replica). Every 0.25 s
-the age of each instance's newest restore point is sampled:
-``rpo_seconds_max`` is the largest seen from the kill on,
-``rpo_seconds_max_before`` before it. ``--after`` seconds (30, quick 20)
-after the kill, the killed replica is started again (its instances come
-back to it) and the run goes on for ``--after`` more seconds; then
-everything stops and is checked:
+passed, a replica dies during a recovery: ``--recoveries`` VMs (3) have
+their QEMU SIGKILLed; the agent reports each (``report_health`` calls,
+which the replicas take in turn) and a ``restart`` recovery runs on the
+replica that took the report. The first replica seen at the step where it
+asks the agent for the restart, once the agent is at work on that restart
+(it writes the restore point it fetches), is SIGKILLed right then. If
+none is seen there, another round of VMs is killed once the recoveries
+ended; in the last of 3 rounds any step will do; without any, the
+replica that owns the most instances is killed. The recovery it was
+running is taken over by the instance's owner (the ring over the live
+replicas, as the replicas compute it) once its lease (10 s) has expired,
+and resumed at its recorded step: benchmarks/_recoveries.py.
+
+For each instance the killed replica owned, ``takeover_seconds``: from its
+SIGKILL to the first new restore point of that instance in the database
+(made by another replica). Every 0.25 s the age of each instance's newest
+restore point is sampled: ``rpo_seconds_max`` is the largest seen from the
+kill on, ``rpo_seconds_max_before`` before it. The VMs killed are left out
+of both (their figure is ``recovery_seconds``). ``--after`` seconds (30,
+quick 20) after the kill and once every recovery ended, the killed replica
+is started again (its instances come back to it) and the run goes on for
+``--after`` more seconds; then everything stops and is checked:
 
 * ``restore_points_lost``: restore points the agent logged as durable
   (acknowledged) that are not in the database or not in the store;
@@ -31,12 +43,25 @@ everything stops and is checked:
 * ``duplicate_merges``: deltas (instance, sequence) that more than one
   merge made (the store's "restore point ... from delta" log lines of all
   replicas);
-* ``deltas_acknowledged`` and ``merges_per_replica``.
+* ``deltas_acknowledged`` and ``merges_per_replica``;
+* ``recoveries`` (rows in the database for the VMs killed),
+  ``recoveries_succeeded``, ``recoveries_in_flight_at_kill`` (started by
+  the killed replica and not ended when it died), ``recoveries_taken_over``
+  (started by one replica, ended by another: the logs), and
+  ``recovery_seconds`` p50/max (from a VM's SIGKILL to its recovery's
+  ``finished_at``);
+* ``duplicate_recoveries``: restarts beyond the first of one recovery id
+  (the agent logs each restart with its recovery), plus recoveries beyond
+  the first of one killed VM; ``recoveries_without_restart`` (succeeded,
+  no restart logged), ``restarts_refused_as_repeats`` (a taken-over
+  recovery asking again for a restart the agent had made: answered, not
+  repeated), ``vms_running_twice`` and ``vms_not_running`` (QEMU processes
+  per QMP socket at the end: one each).
 
-Recoveries are not exercised here (``duplicate_recoveries`` is null); the
-functional tests cover a recovery taken over. Goal (issue 12):
-``takeover_seconds`` p99 <= 30 s, nothing lost or merged twice. Every
-process started here is stopped by its pid.
+Goal (issue 12): ``takeover_seconds`` p99 <= 30 s, nothing lost or merged
+twice, each recovery's action run exactly once. Every process started here
+is stopped by its pid (the VMs the agent started again by their QMP
+socket path).
 """
 
 import collections
@@ -48,6 +73,7 @@ import time
 import psutil
 
 import _common as c
+import _recoveries
 import scale
 import soak
 
@@ -119,6 +145,9 @@ def main():
         p.add_argument('--interval', type=float, default=1.0)
         p.add_argument('--warm', type=float, default=None)
         p.add_argument('--after', type=float, default=None)
+        p.add_argument('--recoveries', type=int, default=3,
+                       help='VMs killed per round at the failover '
+                            '(default %(default)s).')
     args = c.parse_args(__doc__, more)
     c.exit_on_sigterm()
     n = args.instances or (10 if args.quick else 20)
@@ -172,6 +201,8 @@ def main():
                   n, len(hosts), warm)
             rpo_before, rpo_after = [], []
 
+            killed = {}
+
             def sample(into, seconds, watch=None):
                 """RPO samples for ``seconds``; with ``watch`` ({inst:
                 seq at the kill}), the first new restore point of each."""
@@ -179,6 +210,8 @@ def main():
                 while time.monotonic() < end:
                     now = time.time()
                     for inst, (seq, at) in newest(db).items():
+                        if inst in killed:
+                            continue
                         if at is not None:
                             into.append(now - at)
                         if watch and inst in watch and seq > watch[inst][0] \
@@ -187,25 +220,41 @@ def main():
                     time.sleep(0.25)
             sample(rpo_before, warm)
             owned = owners(hosts, list(instances))
-            counts = collections.Counter(owned.values())
-            victim = max(hosts, key=lambda h: counts[h])
-            orphans = [i for i, h in owned.items() if h == victim]
-            seq_at_kill = newest(db)
+            seq_at_kill = {}
+            failover = _recoveries.kill_during_recovery(
+                db, dict(replicas), instances, args.recoveries, 3, 60,
+                before_kill=lambda: seq_at_kill.update(newest(db)),
+                busy=_recoveries.restarting(os.path.join(wd, 'agent')))
+            killed.update(failover['killed'])
+            victim = failover['victim']
+            if victim is None:
+                counts = collections.Counter(owned.values())
+                victim = max(hosts, key=lambda h: counts[h])
+                c.log('no recovery seen running: SIGKILL %s (owner of the '
+                      'most instances)', victim)
+                seq_at_kill.update(newest(db))
+                replicas[victim].proc.kill()
+                failover['killed_at'] = time.monotonic()
+                replicas[victim].proc.wait()
+            orphans = [i for i, h in owned.items()
+                       if h == victim and i not in killed]
             watch = {i: [seq_at_kill[i][0], None] for i in orphans}
-            c.log('SIGKILL %s (owner of %d of %d instances)', victim,
-                  len(orphans), n)
-            killed = time.monotonic()
-            replicas[victim].proc.kill()
-            replicas[victim].proc.wait()
+            c.log('SIGKILLed %s: %d orphans, %d VMs killed, %d recoveries '
+                  'in flight on it', victim, len(orphans), len(killed),
+                  len(failover['in_flight']))
             sample(rpo_after, after, watch)
-            takeover = [t - killed for _s, t in watch.values()
-                        if t is not None]
+            takeover = [t - failover['killed_at']
+                        for _s, t in watch.values() if t is not None]
             c.log('taken over: %d of %d orphans, p99 %.1f s',
                   len(takeover), len(orphans),
                   c.percentile(takeover, 99) if takeover else -1)
+            unended = _recoveries.wait_ended(db, killed, 120)
+            c.log('recoveries ended (%d not)', len(unended))
             start(victim).wait_ready(300)
             c.log('%s started again; %.0f s more', victim, after)
             sample(rpo_after, after)
+            qemus = _recoveries.qemu_count(
+                {i: vm.qmp_path for i, vm in instances.items()})
             result = {
                 'managers': len(hosts), 'instances': n,
                 'interval_s': args.interval, 'killed_replica': victim,
@@ -218,14 +267,21 @@ def main():
                 'goal_takeover_p99_s': GOAL_TAKEOVER_P99,
                 'rpo_seconds_max_before': c.rnd(max(rpo_before), 2),
                 'rpo_seconds_max': c.rnd(max(rpo_after), 2),
-                'duplicate_recoveries': None,
+                'recovery_rounds': failover['rounds'],
+                'recovery_steps_at_kill': failover['steps_at_kill'],
+                'recoveries_not_ended': len(unended),
                 'loadavg_1m': c.rnd(os.getloadavg()[0], 2),
                 'host_cpus': psutil.cpu_count(),
             }
         finally:
             scale.stop_all(daemons, vms)
+            _recoveries.kill_restarted([vm.qmp_path for _n, _s, vm, _d in vms],
+                                       {vm.pid for _n, _s, vm, _d in vms})
             transport.cleanup()
         result.update(check(db, store, logs, os.path.join(wd, 'agent.log')))
+        result.update(_recoveries.check(
+            db, logs, os.path.join(wd, 'agent.log'), killed,
+            failover['in_flight'], qemus))
         db.dispose()
         result['goal_met'] = bool(
             result['takeover_seconds_p99'] is not None
@@ -233,10 +289,20 @@ def main():
             and result['takeover_seconds_p99'] <= GOAL_TAKEOVER_P99
             and result['restore_points_lost'] == 0
             and result['duplicate_merges'] == 0
-            and result['database_store_mismatches'] == 0)
+            and result['database_store_mismatches'] == 0
+            and result['duplicate_recoveries'] == 0
+            and result['recoveries_in_flight_at_kill'] > 0
+            and result['recoveries_taken_over'] > 0
+            and result['recoveries'] == result['vms_killed']
+            and result['recoveries_succeeded'] == result['recoveries']
+            and result['recoveries_without_restart'] == 0
+            and result['vms_running_twice'] == 0
+            and result['vms_not_running'] == 0)
         result['what'] = ('%d manager replicas on PostgreSQL, %d VMs at %.0f '
-                          's; the busiest replica SIGKILLed, restarted %.0f s '
-                          'later' % (len(hosts), n, args.interval, after))
+                          's; %d VMs killed, a replica SIGKILLed while it '
+                          'ran a recovery, restarted once the recoveries '
+                          'ended' % (len(hosts), n, args.interval,
+                                                len(killed)))
         c.emit(result)
 
 
