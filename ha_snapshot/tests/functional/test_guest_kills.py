@@ -84,6 +84,9 @@ class Run:
 
 class GuestKillLoopTest(daemons.DaemonsTestCase):
 
+    # NOTE: ~2-3 minutes on a quiet 2-core host, 7-8 at a load of 30.
+    TEST_TIMEOUT = 600
+
     def setUp(self):
         super().setUp()
         qemu_fixture.require_qemu()
