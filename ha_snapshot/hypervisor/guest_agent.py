@@ -197,14 +197,14 @@ class GuestAgent:
 
     def freeze(self, timeout: float) -> int:
         """``guest-fsfreeze-freeze``: the number of file systems frozen."""
-        return self.execute('guest-fsfreeze-freeze', timeout='%.3g' % timeout)
+        return self.execute('guest-fsfreeze-freeze', timeout=timeout)
 
     def thaw(self, timeout: float) -> int:
-        return self.execute('guest-fsfreeze-thaw', timeout='%.3g' % timeout)
+        return self.execute('guest-fsfreeze-thaw', timeout=timeout)
 
     def status(self, timeout: float) -> str:
         """``guest-fsfreeze-status``: 'thawed' or 'frozen'."""
-        return self.execute('guest-fsfreeze-status', timeout='%.3g' % timeout)
+        return self.execute('guest-fsfreeze-status', timeout=timeout)
 
     def send_thaw(self) -> None:
         """Write a thaw without waiting (the freeze bound's timer; the
