@@ -31,11 +31,13 @@ from ha_snapshot import exception
 from ha_snapshot.image import inspect as image_inspect
 from ha_snapshot.image import qemu
 from ha_snapshot.image import ranges
+from ha_snapshot import statuses
 
 FORMAT_VERSION = 1
 DATA = ranges.DATA
 ZERO = ranges.ZERO
 KINDS = (DATA, ZERO)
+CONSISTENCIES = tuple(statuses.Consistency)
 # zstd's worst case expansion is far below this; anything larger is hostile.
 _MAX_EXPANSION = 1.01
 _MAX_OVERHEAD = 4096
@@ -58,6 +60,10 @@ class DeltaHeader:
     """The whole image (a baseline): ranges it does not hold are zeros,
     whatever the parent held. A re-baseline on top of existing restore
     points has a parent and is full."""
+    consistency: str = 'crash'
+    """'filesystem' when the snapshot was taken inside a guest file system
+    freeze (application-consistent), else 'crash'. Optional on the wire:
+    a header without it (an older agent's) is 'crash'."""
 
 
 @dataclasses.dataclass
@@ -292,7 +298,8 @@ def header_from_primitive(prim) -> DeltaHeader:
                                      reason='header missing or not a dict')
     names = {f.name for f in dataclasses.fields(DeltaHeader)}
     unknown = set(prim) - names
-    missing = names - set(prim) - {'created_at', 'format_version', 'full'}
+    missing = names - set(prim) - {'created_at', 'format_version', 'full',
+                                   'consistency'}
     if unknown or missing:
         raise exception.InvalidDelta(
             instance=prim.get('instance', '?'),
@@ -327,6 +334,9 @@ def validate_header(h: DeltaHeader, max_virtual_size: int) -> None:
     _int(h.part_count, 'part_count', h)
     _int(h.changed_bytes, 'changed_bytes', h)
     _int(h.data_bytes, 'data_bytes', h)
+    if h.consistency not in CONSISTENCIES:
+        raise _invalid(h, 'consistency must be one of %s, got %r'
+                       % (', '.join(CONSISTENCIES), h.consistency))
     if not isinstance(h.full, bool):
         raise _invalid(h, 'full must be true or false')
     if not isinstance(h.created_at, (int, float)):
@@ -491,7 +501,8 @@ def from_image(info: image_inspect.ImageInfo, *, instance: str, project: str,
                sequence: int, parent: str | None, max_part_bytes: int,
                max_part_extents: int, compression_level: int = 3,
                limits: qemu.Limits | None = None,
-               tmpdir: str | None = None, full: bool = False) -> Delta:
+               tmpdir: str | None = None, full: bool = False,
+               consistency: str = 'crash') -> Delta:
     """Build the delta of an inspected file's own ranges.
 
     A full delta (``full``, or any with ``parent=None``) is a whole image:
@@ -510,7 +521,7 @@ def from_image(info: image_inspect.ImageInfo, *, instance: str, project: str,
         part_count=len(plan),
         changed_bytes=sum(e.length for e in extents),
         data_bytes=sum(e.length for e in extents if e.kind == DATA),
-        full=full)
+        full=full, consistency=consistency)
 
     def source():
         cctx = zstandard.ZstdCompressor(level=compression_level)

@@ -212,7 +212,8 @@ class Shipper:
             max_part_bytes=conf.image.max_part_bytes,
             max_part_extents=conf.image.max_part_extents,
             compression_level=conf.image.compression_level,
-            limits=qemu.Limits.from_conf(conf), full=entry.full)
+            limits=qemu.Limits.from_conf(conf), full=entry.full,
+            consistency=entry.consistency)
         while True:
             try:
                 sent = self.send_parts(entry, delta)

@@ -43,6 +43,8 @@ class Pending:
     """Wall-clock time the snapshot was taken."""
     full: bool = False
     """The frozen image is the whole disk (the base): a (re-)baseline."""
+    consistency: str = 'crash'
+    """'filesystem' when taken inside a guest file system freeze."""
 
 
 @dataclasses.dataclass

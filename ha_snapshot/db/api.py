@@ -381,7 +381,9 @@ class Database:
                 created_at=db_engine.to_datetime(rp.created_at),
                 virtual_size=rp.virtual_size, chunk_size=rp.chunk_size,
                 changed_bytes=rp.changed_bytes, new_chunks=rp.new_chunks,
-                new_bytes=rp.new_bytes, manifest_key=rp.key)
+                new_bytes=rp.new_bytes, manifest_key=rp.key,
+                consistency=getattr(rp, 'consistency', None)
+                or statuses.Consistency.CRASH)
             session.add(row)
             session.flush()
             newest = session.execute(

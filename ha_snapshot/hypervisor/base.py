@@ -358,8 +358,11 @@ class HypervisorDriver(abc.ABC):
 
     @abc.abstractmethod
     def attach(self, name: str, qmp_path: str, pid: int, *,
-               log_path: str | None = None) -> VM:
-        """Take over a running VM by its monitor socket and process id."""
+               log_path: str | None = None,
+               agent_path: str | None = None) -> VM:
+        """Take over a running VM by its monitor socket and process id
+        (``agent_path``: its guest agent's socket, if the driver reaches
+        the agent that way)."""
 
     @abc.abstractmethod
     def detach(self, vm: VM) -> None:

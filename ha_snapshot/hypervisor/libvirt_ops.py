@@ -197,7 +197,11 @@ def _wait_job(drv, vm, deadline) -> None:
                                   % done.get('errmsg', 'no message'))
 
 
-def backup(drv, vm) -> base.Snapshot:
+def backup(drv, vm, around=None) -> base.Snapshot:
+    """One backup job from the last checkpoint to a new one. ``around``:
+    ``around(begin)`` runs ``begin()`` (backupBegin, the checkpoint's
+    instant) inside a guest freeze and returns ``(None, outcome)``
+    (quiesce.quiesced)."""
     lv = drv.lv
     started = time.monotonic()
     if not drv.is_alive(vm):
@@ -239,12 +243,19 @@ def backup(drv, vm) -> base.Snapshot:
     vm.job_done.clear()
     t0 = time.monotonic()
     xml = None
+    outcome = None
+
+    def begin():
+        vm.dom.backupBegin(
+            tracking.backup_xml(prev.name if prev else None, targets,
+                                all_targets),
+            tracking.checkpoint_xml(name, names, all_targets), 0)
     try:
         try:
-            vm.dom.backupBegin(
-                tracking.backup_xml(prev.name if prev else None, targets,
-                                    all_targets),
-                tracking.checkpoint_xml(name, names, all_targets), 0)
+            if around is None:
+                begin()
+            else:
+                _, outcome = around(begin)
         except lv.libvirtError as e:
             if not drv.is_alive(vm):
                 raise base.VMNotRunning(vm=vm.name, reason=str(e))
@@ -291,9 +302,11 @@ def backup(drv, vm) -> base.Snapshot:
     LOG.debug('Domain %s: %s backup %s in %.3f s', vm.name,
               'full' if prev is None else 'incremental', name,
               time.monotonic() - started)
-    return base.Snapshot(vm=vm.name, disks=frozen,
-                         qmp_seconds=time.monotonic() - started,
-                         transaction_seconds=begun, taken_at=time.time())
+    return base.Snapshot(
+        vm=vm.name, disks=frozen, qmp_seconds=time.monotonic() - started,
+        transaction_seconds=begun, taken_at=time.time(),
+        consistency=outcome.consistency if outcome else 'crash',
+        frozen_seconds=outcome.frozen_seconds if outcome else None)
 
 
 def _frozen(disk, path, active, full) -> base.FrozenOverlay:

@@ -216,7 +216,8 @@ def _frozen(vm, channel, take, opts, require):
         try:
             count = channel.freeze(opts.max_freeze)
             if fired.is_set():
-                reason = 'the freeze answered after the bound'
+                reason = ('the freeze did not answer within the bound '
+                          '(%s s)' % opts.max_freeze)
             else:
                 LOG.debug('VM %s: %s file systems frozen in %.1f ms', vm,
                           count, (time.monotonic() - t0) * 1000)
@@ -246,25 +247,34 @@ def _frozen(vm, channel, take, opts, require):
 
 
 def _thaw(vm, channel, opts, stale: bool, t0: float) -> float | None:
-    """Thaw and check the status says thawed; the seconds frozen (until
-    the thaw's answer). Never raises: a failure is logged as an error
-    (the guest may be left frozen: the health monitor's ping notices)."""
-    thawed_at = None
-    try:
-        if stale:
-            # NOTE: the answers of a lost freeze or of the timer's thaw
-            # may still come: drop them first.
-            channel.resync(opts.command_timeout)
-        channel.thaw(opts.command_timeout)
-        thawed_at = time.monotonic()
-        status = channel.status(opts.command_timeout)
-        if status != THAWED:
+    """Thaw until ``guest-fsfreeze-status`` says thawed (two tries); the
+    seconds frozen (until the thaw was seen). Never raises: a failure is
+    logged as an error (the guest may be left frozen: the health
+    monitor's ping notices)."""
+    for attempt in range(2):
+        thawed_at = None
+        try:
+            if stale or attempt:
+                # NOTE: the answers of a lost freeze, of a lost thaw or of
+                # the timer's thaw may still come: drop them first.
+                channel.resync(opts.command_timeout)
+            stale = False
             channel.thaw(opts.command_timeout)
+            thawed_at = time.monotonic()
+        except exception.GuestAgentError as e:
+            LOG.warning('VM %s: thaw: %s; checking the status', vm, e)
+            stale = True
+        try:
+            if stale:
+                channel.resync(opts.command_timeout)
             status = channel.status(opts.command_timeout)
-        if status != THAWED:
-            LOG.error('VM %s: the guest agent says its file systems are '
-                      '%s after a thaw', vm, status)
-    except exception.GuestAgentError as e:
-        LOG.error('VM %s: thaw after the snapshot failed (%s); the guest '
-                  'may still be frozen', vm, e)
-    return None if thawed_at is None else thawed_at - t0
+        except exception.GuestAgentError as e:
+            LOG.warning('VM %s: freeze status: %s', vm, e)
+            continue
+        if status == THAWED:
+            return (thawed_at or time.monotonic()) - t0
+        LOG.warning('VM %s: the guest agent says its file systems are %s '
+                    'after a thaw', vm, status)
+    LOG.error('VM %s: the guest agent did not confirm a thaw after the '
+              'snapshot; the guest may still be frozen', vm)
+    return None

@@ -240,9 +240,9 @@ def _primitive(value):
 
 
 class ManagerEndpoint:
-    """RPC API 1.2; see ha_snapshot/manager/rpcapi.py for the history."""
+    """RPC API 1.3; see ha_snapshot/manager/rpcapi.py for the history."""
 
-    target = messaging.Target(version='1.2')
+    target = messaging.Target(version='1.3')
 
     def __init__(self, manager: Manager):
         self.manager = manager

@@ -9,6 +9,9 @@ API version history:
         gets PartsMissing (the missing part numbers as data) when the
         manager does not hold every part; 1.1 callers get InvalidDelta
         with the same message.
+* 1.3 - commit_delta's header may carry ``consistency`` ('crash' or
+        'filesystem'); a header without it is 'crash'. Sent to a 1.2
+        manager, the key is left out (its points are all 'crash').
 
 Every method pins the version it needs, so an agent newer than its manager
 fails clearly (oslo.messaging's version check) instead of sending calls the
@@ -35,7 +38,7 @@ from ha_snapshot import exception
 from ha_snapshot import rpc
 from ha_snapshot import rpc_auth
 
-VERSION = '1.2'
+VERSION = '1.3'
 
 
 @contextlib.contextmanager
@@ -144,6 +147,12 @@ class ManagerAPI:
         (send the delta again); with a version cap below 1.2 that is a
         plain InvalidDelta.
         """
+        if self.client.can_send_version('1.3'):
+            return self._routed(header.get('instance'), 'commit_delta',
+                                version='1.3', timeout=timeout,
+                                header=header, raise_parts_missing=True)
+        # NOTE: a manager before 1.3 refuses a header key it does not know.
+        header = {k: v for k, v in header.items() if k != 'consistency'}
         if self.client.can_send_version('1.2'):
             return self._routed(header.get('instance'), 'commit_delta',
                                 version='1.2', timeout=timeout,

@@ -19,7 +19,7 @@ class Replica:
     """put_part/commit_delta as a replica's intake answers them: taken by
     the owner, refused naming it elsewhere."""
 
-    target = messaging.Target(version='1.2')
+    target = messaging.Target(version='1.3')
 
     def __init__(self, host, cluster):
         self.host = host
