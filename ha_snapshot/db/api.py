@@ -602,6 +602,18 @@ class Database:
                     for uuid, n, changed, new in session.execute(query)}
 
     @_retried
+    def restore_point_consistency(self) -> dict:
+        """(instance uuid, consistency) -> (restore points, newest
+        created_at) of the restore points recorded now."""
+        point = models.RestorePoint
+        query = (sa.select(point.instance_uuid, point.consistency,
+                           sa.func.count(), sa.func.max(point.created_at))
+                 .group_by(point.instance_uuid, point.consistency))
+        with self._reader() as session:
+            return {(uuid, kind): (int(n), newest)
+                    for uuid, kind, n, newest in session.execute(query)}
+
+    @_retried
     def recovery_counts(self) -> dict:
         """(instance uuid, state) -> number of recoveries."""
         query = (sa.select(models.Recovery.instance_uuid,
