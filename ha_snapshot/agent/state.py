@@ -75,6 +75,10 @@ class InstanceState:
              for f in dataclasses.fields(self)}
         d['spec'] = self.spec.to_dict()
         d['pending'] = [dataclasses.asdict(p) for p in self.pending]
+        for p in d['pending']:
+            if p['consistency'] == 'crash':
+                # NOTE: as files written before it existed.
+                del p['consistency']
         if d['restarted_by'] is None:
             # NOTE: as files written before it existed.
             del d['restarted_by']
