@@ -245,11 +245,15 @@ def backup(drv, vm, around=None) -> base.Snapshot:
     xml = None
     outcome = None
 
+    begin_seconds = []
+
     def begin():
+        t = time.monotonic()
         vm.dom.backupBegin(
             tracking.backup_xml(prev.name if prev else None, targets,
                                 all_targets),
             tracking.checkpoint_xml(name, names, all_targets), 0)
+        begin_seconds.append(time.monotonic() - t)
     try:
         try:
             if around is None:
@@ -260,7 +264,8 @@ def backup(drv, vm, around=None) -> base.Snapshot:
             if not drv.is_alive(vm):
                 raise base.VMNotRunning(vm=vm.name, reason=str(e))
             raise base.SnapshotFailed(vm=vm.name, reason=str(e))
-        begun = time.monotonic() - t0
+        begun = begin_seconds[0] if begin_seconds else (
+            time.monotonic() - t0)
         # NOTE: the metadata goes at once, while the job runs (libvirt
         # allows it; the job and the bitmaps live in QEMU): Nova undefines
         # a domain without VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA, and a
