@@ -18,6 +18,8 @@ from ha_snapshot import exception
 from ha_snapshot.hypervisor import base as hv_base
 from ha_snapshot.hypervisor import guest_agent
 from ha_snapshot.hypervisor import quiesce
+from ha_snapshot.manager import notifications
+from ha_snapshot import protection_spec
 from ha_snapshot import statuses
 from ha_snapshot.tests import base
 
@@ -262,3 +264,30 @@ class QuiesceTest(base.TestCase):
                           None, take, self.opts, quiesce=True,
                           require=True)
         self.assertEqual(1, len(self.taken))
+
+
+class ServerSettingsTest(base.TestCase):
+    """A Nova server's quiesce settings come from its metadata."""
+
+    def test_metadata(self):
+        uuid = base.new_uuid()
+
+        def settings(metadata):
+            return notifications.quiesce_settings({'uuid': uuid,
+                                                   'metadata': metadata})
+        self.assertEqual({}, settings({}))
+        self.assertEqual({'quiesce': 'always', 'require_quiesce': True,
+                          'guest_agent': True},
+                         settings({'ha_snapshot:quiesce': 'Always',
+                                   'os_require_quiesce': 'yes',
+                                   'hw_qemu_guest_agent': 'yes'}))
+        self.assertEqual({'quiesce': '60', 'guest_agent': False},
+                         settings({'ha_snapshot:quiesce': '60',
+                                   'hw_qemu_guest_agent': 'no'}))
+        # A bad value is left out (and logged), the rest kept.
+        self.assertEqual({'require_quiesce': False},
+                         settings({'ha_snapshot:quiesce': 'hourly',
+                                   'os_require_quiesce': 'no'}))
+        spec = protection_spec.ProtectionSpec(
+            nova=True, **settings({'ha_snapshot:quiesce': 'never'}))
+        self.assertEqual(0, spec.quiesce_every(300))
