@@ -21,6 +21,7 @@ from oslo_log import log as logging
 from stevedore import extension
 
 from ha_snapshot import exception
+from ha_snapshot.hypervisor import guest_agent
 from ha_snapshot.hypervisor import base as hv_base
 
 LOG = logging.getLogger(__name__)
@@ -37,7 +38,19 @@ ABNORMAL_EVENTS = {
 
 
 def guest_ping(path: str, timeout: float) -> bool:
-    """One qemu-guest-agent ``guest-ping`` over its unix socket."""
+    """One qemu-guest-agent ``guest-ping`` over its unix socket. QEMU
+    serves one client at a time: while a quiesce holds the socket (its
+    own bounded exchange), the agent counts as answering."""
+    lock = guest_agent.channel_lock(path)
+    if not lock.acquire(timeout=timeout):
+        return True
+    try:
+        return _ping(path, timeout)
+    finally:
+        lock.release()
+
+
+def _ping(path: str, timeout: float) -> bool:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
