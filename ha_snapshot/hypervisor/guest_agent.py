@@ -22,6 +22,7 @@ May import the standard library, oslo.log and ha_snapshot.exception.
 """
 
 import json
+import os
 import secrets
 import socket
 import threading
@@ -46,7 +47,7 @@ def channel_lock(path: str) -> threading.Lock:
     time: QEMU does not read a second connection until the first
     closes)."""
     with _locks_guard:
-        return _locks.setdefault(path, threading.Lock())
+        return _locks.setdefault(os.path.abspath(path), threading.Lock())
 
 
 class GuestAgent:

@@ -14,6 +14,9 @@ import socket
 import threading
 import time
 
+from ha_snapshot.agent import instance as instance_mod
+from ha_snapshot.agent import state as state_mod
+from ha_snapshot import demo
 from ha_snapshot import exception
 from ha_snapshot.hypervisor import base as hv_base
 from ha_snapshot.hypervisor import guest_agent
@@ -291,3 +294,98 @@ class ServerSettingsTest(base.TestCase):
         spec = protection_spec.ProtectionSpec(
             nova=True, **settings({'ha_snapshot:quiesce': 'never'}))
         self.assertEqual(0, spec.quiesce_every(300))
+
+
+class RecordingDriver:
+    """snapshot() as the agent calls it: which were asked quiesced."""
+
+    def __init__(self, consistency='filesystem', fail=False):
+        self.calls = []
+        self.consistency = consistency
+        self.fail = fail
+
+    def snapshot(self, vm, wait=None, quiesce=False, require_quiesce=False):
+        self.calls.append((quiesce, require_quiesce))
+        if quiesce and self.fail:
+            raise exception.QuiesceFailed(vm='vm1', reason='silent')
+        return hv_base.Snapshot(
+            vm='vm1', disks=(), qmp_seconds=0, transaction_seconds=0,
+            taken_at=0,
+            consistency=self.consistency if quiesce else 'crash')
+
+
+class AgentPolicyTest(base.TestCase):
+    """When the snapshot loop asks for a quiesced snapshot."""
+
+    def agent(self, driver, spec=None, **overrides):
+        conf = demo.make_conf(self.path('work'), interval=1.0,
+                              rpo_target=5.0)
+        for name, value in overrides.items():
+            conf.set_override(name, value, group='agent')
+        state = state_mod.InstanceState(instance=base.new_uuid(),
+                                        project='p', spec=spec or {})
+        self.now = 1000.0
+        return instance_mod.SnapshotAgent(conf, driver, None, state, None,
+                                          'host', clock=lambda: self.now)
+
+    def takes(self, agent, times):
+        asked = []
+        for t in times:
+            self.now = 1000.0 + t
+            n = len(agent.driver.calls)
+            agent._take()
+            asked.append(agent.driver.calls[n][0])
+        return asked
+
+    def test_every_interval(self):
+        agent = self.agent(RecordingDriver(), quiesce_interval=300)
+        self.assertEqual([True, False, False, True, False],
+                         self.takes(agent, (0, 10, 299, 300, 310)))
+        self.assertEqual(2, agent.app_consistent)
+
+    def test_per_server_settings(self):
+        always = self.agent(RecordingDriver(), {'quiesce': 'always'})
+        self.assertEqual([True] * 3, self.takes(always, (0, 1, 2)))
+        never = self.agent(RecordingDriver(), {'quiesce': 'never'})
+        self.assertEqual([False] * 3, self.takes(never, (0, 1, 2)))
+        off = self.agent(RecordingDriver(), quiesce_interval=0)
+        self.assertEqual([False] * 2, self.takes(off, (0, 1000)))
+        seconds = self.agent(RecordingDriver(), {'quiesce': '20'})
+        self.assertEqual([True, False, True],
+                         self.takes(seconds, (0, 10, 20)))
+
+    def test_required_quiesce_that_fails_skips_that_point_only(self):
+        driver = RecordingDriver(fail=True)
+        agent = self.agent(driver, {'quiesce': '60',
+                                    'require_quiesce': True})
+        self.now = 1000.0
+        self.assertIsNone(agent._take())
+        self.assertEqual([(True, True)], driver.calls)
+        self.assertEqual(1, agent.quiesce_failures)
+        self.assertIsInstance(agent.error, exception.QuiesceFailed)
+        # The crash-consistent points in between go on.
+        self.now = 1010.0
+        self.assertEqual('crash', agent._take().consistency)
+
+    def test_consistency_rides_the_delta_header(self):
+        headers = []
+
+        class Manager:
+            def put_part(self, instance, sequence, part, timeout=None):
+                return {'index': part['index']}
+
+            def commit_delta(self, header, timeout=None):
+                headers.append(header)
+                return {'restore_point': base.new_uuid()}
+        agent = self.agent(None)
+        agent.manager_api = Manager()
+        backing = self.make_qcow2('base.qcow2', 4 * base.MiB)
+        overlay = base.new_overlay(self.path('top.qcow2'), backing)
+        base.qemu_io(overlay, 'write -P 0x5a 0 64k')
+        for sequence, kind in enumerate(('filesystem', 'crash')):
+            agent.shipper.ship(state_mod.Pending(
+                sequence=sequence, disk='d', frozen=overlay,
+                backing=backing, committable=True, taken_at=1.0,
+                consistency=kind))
+        self.assertEqual(['filesystem', 'crash'],
+                         [h['consistency'] for h in headers])
