@@ -6,7 +6,8 @@ Three sources, each reported once per incident with its reason:
   the monitor closing, a guest SHUTDOWN or STOP the agent did not cause,
   a BLOCK_IO_ERROR;
 * periodic checks: the process and its monitor (``driver.is_alive``) and,
-  where the VM has a guest agent socket, a ``guest-ping`` with a timeout;
+  where the VM has a guest agent socket, a ``guest-ping`` with a timeout
+  (counted once the agent has answered: a booting guest has none yet);
   ``[agent] health_failures`` checks in a row must fail;
 * anomaly plugins (stevedore ``ha_snapshot.health.anomaly``): callables
   given the instance and its latest figures, returning a reason or None.
@@ -125,6 +126,10 @@ class HealthMonitor(threading.Thread):
 
     def run(self) -> None:
         failures = {'monitor': 0, 'guest-agent': 0}
+        # NOTE: a guest that is still booting has no agent yet: its pings
+        # count once the agent has answered (the monitor check covers
+        # QEMU meanwhile).
+        answered = False
         interval = self.conf.agent.health_interval
         while not self._stopping.wait(interval):
             checks = {'monitor': self._alive}
@@ -133,6 +138,10 @@ class HealthMonitor(threading.Thread):
                     self.qga_path, self.conf.agent.health_timeout)
             for name, check in checks.items():
                 ok = check()
+                if name == 'guest-agent':
+                    answered = answered or ok
+                    if not answered:
+                        continue
                 failures[name] = 0 if ok else failures[name] + 1
                 if failures[name] >= self.conf.agent.health_failures:
                     self._report('%s check failed %d times in a row'
