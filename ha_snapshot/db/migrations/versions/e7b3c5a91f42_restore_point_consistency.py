@@ -1,7 +1,7 @@
 """Restore points record their consistency: 'crash' or 'filesystem'.
 
 Revision ID: e7b3c5a91f42
-Revises: d2a6f0c3e815
+Revises: e7b2c4d81f06
 Create Date: 2026-12-07
 
 ``restore_points.consistency`` says whether a point was taken while the
@@ -14,7 +14,7 @@ from alembic import op
 import sqlalchemy as sa
 
 revision = 'e7b3c5a91f42'
-down_revision = 'd2a6f0c3e815'
+down_revision = 'e7b2c4d81f06'
 branch_labels = None
 depends_on = None
 
