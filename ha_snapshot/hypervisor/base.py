@@ -130,7 +130,8 @@ class Snapshot:
     the guest's file systems frozen (application-consistent), else
     'crash' (what a power cut leaves: the journal needs a replay)."""
     frozen_seconds: float | None = None
-    """How long the guest's file systems were frozen (None: not)."""
+    """From the freeze sent to the thaw answered (None: not frozen): an
+    upper bound of the time the guest's file systems were frozen."""
 
     def disk(self, name: str) -> FrozenOverlay:
         for d in self.disks:
