@@ -16,14 +16,19 @@ import time
 
 from ha_snapshot.agent import instance as instance_mod
 from ha_snapshot.agent import state as state_mod
+from ha_snapshot import codec
+from ha_snapshot import delta as delta_mod
 from ha_snapshot import demo
 from ha_snapshot import exception
 from ha_snapshot.hypervisor import base as hv_base
 from ha_snapshot.hypervisor import guest_agent
 from ha_snapshot.hypervisor import quiesce
 from ha_snapshot.manager import notifications
+from ha_snapshot.manager import rpcapi
 from ha_snapshot import protection_spec
+from ha_snapshot import rpc
 from ha_snapshot import statuses
+from ha_snapshot.storage import objects
 from ha_snapshot.tests import base
 
 BOUND = 0.3
@@ -389,3 +394,56 @@ class AgentPolicyTest(base.TestCase):
                 consistency=kind))
         self.assertEqual(['filesystem', 'crash'],
                          [h['consistency'] for h in headers])
+
+
+class WireAndStoreTest(base.TestCase):
+    """Consistency on the wire and in the store, and with older peers."""
+
+    def header(self, **extra):
+        h = {'instance': base.new_uuid(), 'project': 'p', 'sequence': 1,
+             'parent': None, 'virtual_size': 1 << 20, 'cluster_size': 65536,
+             'part_count': 0, 'changed_bytes': 0, 'data_bytes': 0}
+        h.update(extra)
+        return h
+
+    def test_header(self):
+        # An older agent's header has no consistency: crash.
+        h = delta_mod.header_from_primitive(self.header())
+        self.assertEqual('crash', h.consistency)
+        h = delta_mod.header_from_primitive(
+            self.header(consistency='filesystem'))
+        delta_mod.validate_header(h, 1 << 30)
+        self.assertEqual('filesystem', h.consistency)
+        h = delta_mod.header_from_primitive(self.header(consistency='app'))
+        e = self.assertRaises(exception.InvalidDelta,
+                              delta_mod.validate_header, h, 1 << 30)
+        self.assertIn('consistency', str(e))
+
+    def test_manifest(self):
+        def rp(kind):
+            return objects.RestorePoint(
+                id=base.new_uuid(), instance=base.new_uuid(), project='p',
+                scope='p', number=1, parent=None, created_at=1.0,
+                virtual_size=1 << 20, chunk_size=1 << 16, chunks={},
+                delta_sequence=1, consistency=kind)
+        for kind in ('crash', 'filesystem'):
+            point = rp(kind)
+            blob = point.encode()
+            self.assertEqual(kind, objects.decode_manifest(
+                point.key, blob).consistency)
+        # A crash point's manifest is as before the field existed.
+        raw = json.loads(codec.decompress(rp('crash').encode(), 1 << 20))
+        self.assertNotIn('consistency', raw)
+
+    def test_older_manager_gets_no_consistency(self):
+        conf = base.make_conf(self.store_dir)
+        transport = rpc.get_transport(conf, url='fake:///')
+        sent = []
+        for cap in (None, '1.2', '1.1'):
+            api = rpcapi.ManagerAPI(transport, version_cap=cap)
+            api._routed = lambda owned, method, **kw: sent.append(
+                (kw.get('version', '1.0'), kw['header']))
+            api.commit_delta(self.header(consistency='filesystem'))
+        self.assertEqual(['1.3', '1.2', '1.0'], [v for v, _ in sent])
+        self.assertEqual(['filesystem', None, None],
+                         [h.get('consistency') for _, h in sent])
