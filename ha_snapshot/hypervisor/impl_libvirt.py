@@ -353,15 +353,10 @@ class LibvirtDriver(base.HypervisorDriver):
                  quiesce: bool = False,
                  require_quiesce: bool = False) -> base.Snapshot:
         wait = self.opts.snapshot_wait if wait is None else wait
-        around = None
-        if quiesce or require_quiesce:
-            channel = libvirt_quiesce.LibvirtChannel(self.lv, vm.dom,
-                                                     vm.name)
-            opts = quiesce_mod.Options.from_conf(self.conf)
-
-            def around(begin):
-                return quiesce_mod.quiesced(vm.name, channel, begin, opts,
-                                            require_quiesce)
+        around = libvirt_quiesce.around(
+            self.lv, vm.dom, vm.name, quiesce_mod.Options.from_conf(
+                self.conf), require_quiesce) if (
+            quiesce or require_quiesce) else None
         with base.operation(vm, 'a backup', wait):
             if not self.is_alive(vm):
                 raise base.VMNotRunning(vm=vm.name,

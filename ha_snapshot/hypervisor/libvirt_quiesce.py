@@ -89,3 +89,13 @@ class LibvirtChannel(quiesce.Channel):
         except self.lv.libvirtError as e:
             LOG.warning('Domain %s: thaw at the freeze bound: %s', self.vm,
                         e)
+
+
+def around(lv, dom, vm: str, opts: quiesce.Options, require: bool):
+    """What libvirt_ops.backup runs ``backupBegin`` through: inside a
+    bounded freeze of the domain's guest."""
+    channel = LibvirtChannel(lv, dom, vm)
+
+    def run(begin):
+        return quiesce.quiesced(vm, channel, begin, opts, require)
+    return run
