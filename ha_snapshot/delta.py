@@ -31,11 +31,13 @@ from ha_snapshot import exception
 from ha_snapshot.image import inspect as image_inspect
 from ha_snapshot.image import qemu
 from ha_snapshot.image import ranges
+from ha_snapshot import statuses
 
 FORMAT_VERSION = 1
 DATA = ranges.DATA
 ZERO = ranges.ZERO
 KINDS = (DATA, ZERO)
+CONSISTENCIES = tuple(statuses.Consistency)
 # zstd's worst case expansion is far below this; anything larger is hostile.
 # NOTE: year 2100: a taken_at beyond it is a garbled header, not a time.
 MAX_TIMESTAMP = 4102444800
@@ -64,6 +66,10 @@ class DeltaHeader:
     """When the agent asked for the snapshot (its clock, epoch seconds):
     every guest write that ended before this is in the delta's restore
     point. None from agents before RPC 1.3."""
+    consistency: str = 'crash'
+    """'filesystem' when the snapshot was taken inside a guest file system
+    freeze (application-consistent), else 'crash'. Optional on the wire:
+    a header without it (an older agent's) is 'crash'."""
 
 
 @dataclasses.dataclass
@@ -299,7 +305,7 @@ def header_from_primitive(prim) -> DeltaHeader:
     names = {f.name for f in dataclasses.fields(DeltaHeader)}
     unknown = set(prim) - names
     missing = names - set(prim) - {'created_at', 'format_version', 'full',
-                                   'taken_at'}
+                                   'taken_at', 'consistency'}
     if unknown or missing:
         raise exception.InvalidDelta(
             instance=prim.get('instance', '?'),
@@ -334,6 +340,9 @@ def validate_header(h: DeltaHeader, max_virtual_size: int) -> None:
     _int(h.part_count, 'part_count', h)
     _int(h.changed_bytes, 'changed_bytes', h)
     _int(h.data_bytes, 'data_bytes', h)
+    if h.consistency not in CONSISTENCIES:
+        raise _invalid(h, 'consistency must be one of %s, got %r'
+                       % (', '.join(CONSISTENCIES), h.consistency))
     if not isinstance(h.full, bool):
         raise _invalid(h, 'full must be true or false')
     if not isinstance(h.created_at, (int, float)):
@@ -505,7 +514,8 @@ def from_image(info: image_inspect.ImageInfo, *, instance: str, project: str,
                max_part_extents: int, compression_level: int = 3,
                limits: qemu.Limits | None = None,
                tmpdir: str | None = None, full: bool = False,
-               taken_at: float | None = None) -> Delta:
+               taken_at: float | None = None,
+               consistency: str = 'crash') -> Delta:
     """Build the delta of an inspected file's own ranges.
 
     A full delta (``full``, or any with ``parent=None``) is a whole image:
@@ -524,7 +534,7 @@ def from_image(info: image_inspect.ImageInfo, *, instance: str, project: str,
         part_count=len(plan),
         changed_bytes=sum(e.length for e in extents),
         data_bytes=sum(e.length for e in extents if e.kind == DATA),
-        full=full, taken_at=taken_at)
+        full=full, taken_at=taken_at, consistency=consistency)
 
     def source():
         cctx = zstandard.ZstdCompressor(level=compression_level)

@@ -51,6 +51,8 @@ MiB = 1 << 20
 BLOCK = 64 * 1024
 HOST = 'demo-host'
 GUEST_TIMEOUT = 120
+DEMO_QUIESCE_SECONDS = 5
+"""Seconds between application-consistent points of the demo guests."""
 
 
 @dataclasses.dataclass
@@ -300,7 +302,11 @@ def run(work: str, *, vms: int = 2, seconds: float = 20.0,
                 'name': spec.name, 'qmp_path': spec.qmp_path, 'pid': vm.pid,
                 'log_path': spec.log_path, 'disk': node, 'disk_path': disk,
                 'vm': vm_opts.get(inst) or {'machine': 'none',
-                                            'node': node}})
+                                            'node': node},
+                # NOTE: a real guest's agent freezes it for an
+                # application-consistent point every few seconds.
+                'qga_path': spec.agent_path,
+                'quiesce': str(DEMO_QUIESCE_SECONDS) if guest else None})
             vm = wait_attached(agent, inst)
             w = None if guest else Workload(driver, vm, node, rate_bps)
             instances[inst] = (vm, w)
@@ -344,6 +350,8 @@ def run(work: str, *, vms: int = 2, seconds: float = 20.0,
         shipped = sum(i.agent.shipped_bytes for i in agent.instances.values())
         raw = sum(i.agent.shipped_changed_bytes
                   for i in agent.instances.values())
+        app_consistent = sum(i.agent.app_consistent
+                             for i in agent.instances.values())
         progress('killing %s (pid %d) with SIGKILL' % (victim, vm.pid))
         killed = time.monotonic()
         os.kill(vm.pid, signal.SIGKILL)
@@ -398,6 +406,7 @@ def run(work: str, *, vms: int = 2, seconds: float = 20.0,
                 victim)),
             'bytes_shipped_compressed': shipped,
             'bytes_shipped_raw': raw,
+            'app_consistent_restore_points': app_consistent,
             'rpo_seconds_max': round(rpo_max, 3),
             'detect_seconds': round(detect or -1, 3),
             'recover_seconds': round(recover, 3),

@@ -357,6 +357,24 @@ class LiveRestoreFailed(HypervisorError):
                'failed, nothing was restored: %(reason)s')
 
 
+class GuestAgentError(HypervisorError):
+    msg_fmt = ('Guest agent of VM %(vm)s: %(command)s failed: %(reason)s')
+
+
+class GuestAgentTimeout(GuestAgentError):
+    msg_fmt = ('Guest agent of VM %(vm)s: no answer to %(command)s within '
+               '%(timeout)s s (is qemu-ga running in the guest, on the '
+               'org.qemu.guest_agent.0 port?)')
+
+
+class QuiesceFailed(SnapshotFailed):
+    msg_fmt = ('Snapshot of VM %(vm)s failed, no disk changed: the server '
+               'requires quiesced snapshots (os_require_quiesce) and its '
+               'file systems could not be frozen: %(reason)s. Check that '
+               'qemu-guest-agent runs in the guest and answers on its '
+               'virtio-serial port.')
+
+
 class LibvirtError(HypervisorError):
     msg_fmt = 'libvirt call %(call)s for domain %(vm)s failed: %(reason)s'
 

@@ -83,6 +83,28 @@ _INT = ((int,), 'an integer')
 _BOOL = ((bool,), 'true or false')
 
 
+QUIESCE_ALWAYS = 'always'
+QUIESCE_NEVER = 'never'
+
+
+def quiesce_interval(value, default: int) -> int:
+    """A server's ``quiesce`` setting (spec key or server metadata
+    ``ha_snapshot:quiesce``) as seconds: -1 every snapshot, 0 never;
+    None: ``default``. InvalidProtectionSpec names a bad value."""
+    if value is None:
+        return default
+    text = str(value).strip().lower()
+    if text == QUIESCE_ALWAYS:
+        return -1
+    if text == QUIESCE_NEVER:
+        return 0
+    if text.isdigit():
+        return int(text)
+    raise exception.InvalidProtectionSpec(
+        reason='key \'quiesce\': expected "always", "never" or a number '
+        'of seconds, got %r' % (value,))
+
+
 @dataclasses.dataclass(frozen=True)
 class VMOptions:
     """How the ``qemu`` driver starts the VM again (a restart recovery):
@@ -158,6 +180,16 @@ class ProtectionSpec:
     """The file of that disk, for a restart."""
     vm: VMOptions | None = None
     """How a restart starts the VM (QEMU driver)."""
+    quiesce: str | None = None
+    """When a snapshot freezes the guest's file systems first (an
+    application-consistent point): 'always', 'never' or a number of
+    seconds between such points; default ``[agent] quiesce_interval``."""
+    require_quiesce: bool | None = None
+    """Nova's image property ``os_require_quiesce``: a quiesced snapshot
+    the guest agent cannot freeze fails instead of going on unquiesced."""
+    guest_agent: bool | None = None
+    """Nova's image property ``hw_qemu_guest_agent``: False means the
+    guest has no agent (never quiesced); None: try."""
     unknown: abc.Mapping = dataclasses.field(default_factory=dict,
                                              compare=False)
     """Keys an older agent's state file holds that this version does not
@@ -167,13 +199,24 @@ class ProtectionSpec:
               'driver': _STR, 'policy': _STR, 'qmp_path': _STR,
               'pid': _INT, 'log_path': _STR, 'qga_path': _STR,
               'disk': _STR, 'disk_path': _STR,
-              'vm': ((VMOptions,), 'a JSON object')}
+              'vm': ((VMOptions,), 'a JSON object'),
+              'quiesce': _STR, 'require_quiesce': _BOOL,
+              'guest_agent': _BOOL}
 
     def __post_init__(self):
         if isinstance(self.vm, abc.Mapping):
             # NOTE: frozen: set once, here, before anyone sees it.
             object.__setattr__(self, 'vm', VMOptions.from_dict(self.vm))
         _check_fields(self, '')
+        if self.quiesce is not None:
+            quiesce_interval(self.quiesce, 0)
+
+    def quiesce_every(self, default: int) -> int:
+        """Seconds between quiesced snapshots for this server: 0 never,
+        -1 every snapshot; ``default`` is ``[agent] quiesce_interval``."""
+        if self.guest_agent is False:
+            return 0
+        return quiesce_interval(self.quiesce, default)
 
     @classmethod
     def from_dict(cls, data, *,

@@ -89,3 +89,15 @@ FINAL_RECOVERY_STATES = (RecoveryState.SUCCEEDED, RecoveryState.FAILED)
 """A recovery in one of these has ended."""
 UNFINISHED_RECOVERY_STATES = (RecoveryState.REQUESTED, RecoveryState.RUNNING)
 """A recovery in one of these is yet to run or runs."""
+
+
+class Consistency(enum.StrEnum):
+    """What a restore point's file systems look like
+    (``restore_points.consistency``)."""
+
+    CRASH = 'crash'
+    """As after a power cut: a journal replay makes them clean; what the
+    guest's applications had not made durable may be missing."""
+    FILESYSTEM = 'filesystem'
+    """Taken while the guest agent held the file systems frozen (the
+    guest's fsfreeze-hook scripts ran first): clean, no replay needed."""

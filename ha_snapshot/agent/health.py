@@ -6,7 +6,8 @@ Three sources, each reported once per incident with its reason:
   the monitor closing, a guest SHUTDOWN or STOP the agent did not cause,
   a BLOCK_IO_ERROR;
 * periodic checks: the process and its monitor (``driver.is_alive``) and,
-  where the VM has a guest agent socket, a ``guest-ping`` with a timeout;
+  where the VM has a guest agent socket, a ``guest-ping`` with a timeout
+  (counted once the agent has answered: a booting guest has none yet);
   ``[agent] health_failures`` checks in a row must fail;
 * anomaly plugins (stevedore ``ha_snapshot.health.anomaly``): callables
   given the instance and its latest figures, returning a reason or None.
@@ -21,6 +22,7 @@ from oslo_log import log as logging
 from stevedore import extension
 
 from ha_snapshot import exception
+from ha_snapshot.hypervisor import guest_agent
 from ha_snapshot.hypervisor import base as hv_base
 
 LOG = logging.getLogger(__name__)
@@ -37,7 +39,19 @@ ABNORMAL_EVENTS = {
 
 
 def guest_ping(path: str, timeout: float) -> bool:
-    """One qemu-guest-agent ``guest-ping`` over its unix socket."""
+    """One qemu-guest-agent ``guest-ping`` over its unix socket. QEMU
+    serves one client at a time: while a quiesce holds the socket (its
+    own bounded exchange), the agent counts as answering."""
+    lock = guest_agent.channel_lock(path)
+    if not lock.acquire(timeout=timeout):
+        return True
+    try:
+        return _ping(path, timeout)
+    finally:
+        lock.release()
+
+
+def _ping(path: str, timeout: float) -> bool:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
@@ -112,6 +126,10 @@ class HealthMonitor(threading.Thread):
 
     def run(self) -> None:
         failures = {'monitor': 0, 'guest-agent': 0}
+        # NOTE: a guest that is still booting has no agent yet: its pings
+        # count once the agent has answered (the monitor check covers
+        # QEMU meanwhile).
+        answered = False
         interval = self.conf.agent.health_interval
         while not self._stopping.wait(interval):
             checks = {'monitor': self._alive}
@@ -120,6 +138,10 @@ class HealthMonitor(threading.Thread):
                     self.qga_path, self.conf.agent.health_timeout)
             for name, check in checks.items():
                 ok = check()
+                if name == 'guest-agent':
+                    answered = answered or ok
+                    if not answered:
+                        continue
                 failures[name] = 0 if ok else failures[name] + 1
                 if failures[name] >= self.conf.agent.health_failures:
                     self._report('%s check failed %d times in a row'

@@ -26,6 +26,7 @@ from ha_snapshot.agent import state as state_mod
 from ha_snapshot import exception
 from ha_snapshot.hypervisor import base as hv_base
 from ha_snapshot.policy import metrics
+from ha_snapshot import statuses
 
 LOG = logging.getLogger(__name__)
 
@@ -75,6 +76,12 @@ class SnapshotAgent(threading.Thread):
                                            self.durable_record)
         self._write_meter = metrics.WriteRateMeter()
         self._last_snapshot_at = None
+        self._last_quiesce_at = None
+        self.app_consistent = 0
+        """Application-consistent ('filesystem') snapshots taken."""
+        self.quiesce_failures = 0
+        """Quiesced snapshots refused (the server requires quiesce and
+        its guest agent could not freeze it)."""
         self.error = None
 
     @property
@@ -184,7 +191,8 @@ class SnapshotAgent(threading.Thread):
         # NOTE: a libvirt domain is found by its name or uuid alone.
         self.vm = self.driver.attach(spec.domain or spec.name,
                                      spec.qmp_path, spec.pid,
-                                     log_path=spec.log_path)
+                                     log_path=spec.log_path,
+                                     agent_path=spec.qga_path)
         return self.vm
 
     def _register(self) -> None:
@@ -289,10 +297,43 @@ class SnapshotAgent(threading.Thread):
 
     # --- snapshot -----------------------------------------------------------
 
+    def _quiesce_due(self) -> bool:
+        """Whether this snapshot freezes the guest first: every
+        ``[agent] quiesce_interval`` seconds, or the server's own
+        setting (spec ``quiesce``). The interval runs from the last try,
+        so a silent agent costs one ping per interval, not per snapshot."""
+        every = self.state.spec.quiesce_every(
+            self.conf.agent.quiesce_interval)
+        if every == 0:
+            return False
+        return every < 0 or self._last_quiesce_at is None or (
+            self.clock() - self._last_quiesce_at >= every)
+
+    def _take(self):
+        """The driver's snapshot, quiesced when due; None when a required
+        quiesce failed (logged; the next crash-consistent ones go on)."""
+        if not self._quiesce_due():
+            return self.driver.snapshot(self.vm, wait=30)
+        self._last_quiesce_at = self.clock()
+        require = bool(self.state.spec.require_quiesce)
+        try:
+            snap = self.driver.snapshot(self.vm, wait=30, quiesce=True,
+                                        require_quiesce=require)
+        except exception.QuiesceFailed as e:
+            self.quiesce_failures += 1
+            self.error = e
+            LOG.error('Instance %s: %s', self.instance, e)
+            return None
+        if snap.consistency == statuses.Consistency.FILESYSTEM:
+            self.app_consistent += 1
+        return snap
+
     def _snapshot(self) -> None:
         self._last_snapshot_at = self.clock()
         taken_at = time.time()
-        snap = self.driver.snapshot(self.vm, wait=30)
+        snap = self._take()
+        if snap is None:
+            return
         disk = self._disk_name()
         for fo in snap.disks:
             if fo.disk != disk:
@@ -314,7 +355,7 @@ class SnapshotAgent(threading.Thread):
                     disk=fo.disk, frozen=fo.frozen.path,
                     backing=fo.backing.path if fo.backing else None,
                     committable=fo.committable, taken_at=taken_at,
-                    full=first)
+                    full=first, consistency=snap.consistency)
         self.save()
         self.queue.shippable.set()
         LOG.debug('Instance %s: snapshot in %.1f ms', self.instance,

@@ -406,6 +406,11 @@ class AgentService(service.Service):
                 memory_mb=_default(vm_spec.memory_mb, 64),
                 paused=_default(vm_spec.paused, False),
                 pidfile=vm_spec.pidfile, extra_args=extra,
+                # NOTE: the guest agent's port again, so that the restarted
+                # guest is quiesced (and health-pinged) as before.
+                agent_path=(spec.qga_path if _default(vm_spec.machine,
+                                                      'none') != 'none'
+                            else None),
                 disks=(hv_base.DiskSpec(path=path, format='qcow2',
                                         node=vm_spec.node,
                                         device=vm_spec.device),)))

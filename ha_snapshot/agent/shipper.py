@@ -213,7 +213,7 @@ class Shipper:
             max_part_extents=conf.image.max_part_extents,
             compression_level=conf.image.compression_level,
             limits=qemu.Limits.from_conf(conf), full=entry.full,
-            taken_at=entry.taken_at)
+            taken_at=entry.taken_at, consistency=entry.consistency)
         while True:
             try:
                 sent = self.send_parts(entry, delta)

@@ -43,6 +43,8 @@ class Pending:
     """Wall-clock time the snapshot was taken."""
     full: bool = False
     """The frozen image is the whole disk (the base): a (re-)baseline."""
+    consistency: str = 'crash'
+    """'filesystem' when taken inside a guest file system freeze."""
 
 
 @dataclasses.dataclass
@@ -73,6 +75,10 @@ class InstanceState:
              for f in dataclasses.fields(self)}
         d['spec'] = self.spec.to_dict()
         d['pending'] = [dataclasses.asdict(p) for p in self.pending]
+        for p in d['pending']:
+            if p['consistency'] == 'crash':
+                # NOTE: as files written before it existed.
+                del p['consistency']
         if d['restarted_by'] is None:
             # NOTE: as files written before it existed.
             del d['restarted_by']

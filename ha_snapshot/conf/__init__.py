@@ -6,6 +6,7 @@ to :func:`register_opts`, then pass it on to the code that needs it.
 
 from oslo_config import cfg
 
+from ha_snapshot.conf import agent
 from ha_snapshot.conf import api
 from ha_snapshot.conf import clients
 from ha_snapshot.conf import database
@@ -21,6 +22,7 @@ from ha_snapshot.conf import swift
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
+    agent.register_opts(conf)
     api.register_opts(conf)
     clients.register_opts(conf)
     database.register_opts(conf)

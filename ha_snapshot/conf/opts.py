@@ -1,5 +1,6 @@
 """Entry point for oslo-config-generator (``oslo.config.opts``)."""
 
+from ha_snapshot.conf import agent
 from ha_snapshot.conf import api
 from ha_snapshot.conf import clients
 from ha_snapshot.conf import database
@@ -15,9 +16,12 @@ from ha_snapshot.conf import swift
 
 
 def list_opts():
-    groups = {}
-    for module in (api, clients, database, host_monitor,
+    # NOTE: merged by group name: [agent] has options in two modules.
+    groups, objects = {}, {}
+    for module in (agent, api, clients, database, host_monitor,
                    hypervisor, image, manager,
                    manager_cluster, policy, rpc_auth, storage, swift):
-        groups.update(module.list_opts())
-    return [(group, opts) for group, opts in groups.items()]
+        for group, opts in module.list_opts().items():
+            objects.setdefault(group.name, group)
+            groups.setdefault(group.name, []).extend(opts)
+    return [(objects[name], opts) for name, opts in groups.items()]

@@ -385,7 +385,9 @@ class Database:
                 taken_at=db_engine.to_datetime(taken_at),
                 virtual_size=rp.virtual_size, chunk_size=rp.chunk_size,
                 changed_bytes=rp.changed_bytes, new_chunks=rp.new_chunks,
-                new_bytes=rp.new_bytes, manifest_key=rp.key)
+                new_bytes=rp.new_bytes, manifest_key=rp.key,
+                consistency=getattr(rp, 'consistency', None)
+                or statuses.Consistency.CRASH)
             session.add(row)
             session.flush()
             newest = session.execute(
@@ -602,6 +604,18 @@ class Database:
         with self._reader() as session:
             return {uuid: (int(n), int(changed), int(new))
                     for uuid, n, changed, new in session.execute(query)}
+
+    @_retried
+    def restore_point_consistency(self) -> dict:
+        """(instance uuid, consistency) -> (restore points, newest
+        created_at) of the restore points recorded now."""
+        point = models.RestorePoint
+        query = (sa.select(point.instance_uuid, point.consistency,
+                           sa.func.count(), sa.func.max(point.created_at))
+                 .group_by(point.instance_uuid, point.consistency))
+        with self._reader() as session:
+            return {(uuid, kind): (int(n), newest)
+                    for uuid, kind, n, newest in session.execute(query)}
 
     @_retried
     def recovery_counts(self) -> dict:

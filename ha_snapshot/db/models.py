@@ -144,6 +144,10 @@ class RestorePoint(Base):
     new_chunks: orm.Mapped[int] = orm.mapped_column(sa.Integer)
     new_bytes: orm.Mapped[int] = orm.mapped_column(sa.BigInteger)
     manifest_key: orm.Mapped[str] = orm.mapped_column(sa.String(255))
+    consistency: orm.Mapped[str] = orm.mapped_column(
+        sa.String(16), default=statuses.Consistency.CRASH,
+        server_default=statuses.Consistency.CRASH.value)
+    """ha_snapshot.statuses.Consistency: 'crash' or 'filesystem'."""
 
 
 class Recovery(Base):

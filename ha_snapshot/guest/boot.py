@@ -3,10 +3,11 @@
 :func:`spec` describes a guest as a :class:`VMSpec`: q35 under TCG (a real
 guest dies under the nested /dev/kvm here), its disk as a virtio-blk device,
 a serial console on a unix socket (and a log file QEMU writes beside it),
-the guest agent's virtio-serial port, and either a ``-kernel`` boot (the
-kernel command line chooses workload or verify) or SeaBIOS booting the
-disk. :func:`start` starts it paused, connects the console, then lets the
-CPUs run, so no console line is lost; the driver then snapshots it like any
+the guest agent's virtio-serial port (the driver's ``agent_path``), and
+either a ``-kernel`` boot (the kernel command line chooses workload or
+verify, and whether qemu-ga starts) or SeaBIOS booting the disk.
+:func:`start` starts it paused, connects the console, then lets the CPUs
+run, so no console line is lost; the driver then snapshots it like any
 VM.
 
 May import the standard library, ha_snapshot.hypervisor.base and
@@ -39,9 +40,13 @@ def _opt(path: str) -> str:
 def spec(image: build.GuestImage, name: str, workdir: str, disk: str, *,
          disk_format: str = 'qcow2', kernel_boot: bool = True,
          mode: str = 'workload', records: int = 0,
-         memory_mb: int = MEMORY_MB) -> tuple:
+         memory_mb: int = MEMORY_MB, agent: bool = True,
+         qemu_ga: bool = True) -> tuple:
     """(VMSpec, GuestPaths) of a guest on ``disk`` (its own image: an
-    overlay on ``image.disk`` or a copy of a recovered disk)."""
+    overlay on ``image.disk`` or a copy of a recovered disk). ``agent``
+    False: no guest agent port; ``qemu_ga`` False: the port is there but
+    the guest starts no agent on it (a silent agent; ``-kernel`` boots
+    only)."""
     paths = GuestPaths(
         console=os.path.join(workdir, '%s.console' % name),
         console_log=os.path.join(workdir, '%s.console.log' % name),
@@ -49,18 +54,14 @@ def spec(image: build.GuestImage, name: str, workdir: str, disk: str, *,
     args = ['-no-reboot',
             '-chardev', 'socket,id=serial0,path=%s,server=on,wait=off,'
             'logfile=%s' % (_opt(paths.console), _opt(paths.console_log)),
-            '-serial', 'chardev:serial0',
-            '-device', 'virtio-serial-pci,id=vser0',
-            '-chardev', 'socket,id=qga0,path=%s,server=on,wait=off'
-            % _opt(paths.agent),
-            '-device', 'virtserialport,bus=vser0.0,chardev=qga0,name=%s'
-            % AGENT_PORT]
+            '-serial', 'chardev:serial0']
     if kernel_boot:
         args += ['-kernel', image.kernel, '-initrd', image.initrd,
-                 '-append', image.cmdline(mode, records)]
+                 '-append', image.cmdline(mode, records, agent=qemu_ga)]
     vm_spec = hv_base.VMSpec(
         name=name, machine='q35', accel='tcg', memory_mb=memory_mb,
         paused=True, disks=(hv_base.DiskSpec(disk, format=disk_format),),
+        agent_path=paths.agent if agent else None,
         qmp_path=os.path.join(workdir, '%s.qmp' % name),
         log_path=os.path.join(workdir, '%s.log' % name),
         pidfile=os.path.join(workdir, '%s.pid' % name),

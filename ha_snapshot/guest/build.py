@@ -66,10 +66,14 @@ class GuestImage:
     """Found in the cache (nothing fetched or built)."""
     seconds: float
 
-    def cmdline(self, mode: str = 'workload', records: int = 0) -> str:
+    def cmdline(self, mode: str = 'workload', records: int = 0,
+                agent: bool = True) -> str:
         """The kernel command line of a ``-kernel`` boot: ``workload``
-        (stop after ``records`` records, 0: never), or ``verify``."""
+        (stop after ``records`` records, 0: never), or ``verify``;
+        ``agent`` False: qemu-ga is not started."""
         line = '%s ha.mode=%s' % (CMDLINE, mode)
+        if not agent:
+            line += ' ha.agent=0'
         return line + (' ha.records=%d' % records if records else '')
 
     def sizes(self) -> dict:

@@ -6,7 +6,7 @@
 # replayed by the mount), checks the records already there, starts the QEMU
 # guest agent, then appends numbered fixed-size records, each fsync'ed
 # before "DURABLE n" is printed on the console. ha.mode=verify only checks
-# and powers off. The record format is ha_snapshot/guest/records.py's:
+# and powers off; ha.agent=0 leaves qemu-ga off (a silent agent). The record format is ha_snapshot/guest/records.py's:
 #   "R <n, 8 digits> <uptime in cs, 12 digits> <PAD> <check, 10 digits>\n",
 #   128 bytes, check = (n * 69069 + cs * 40503 + 12345) mod 2^32.
 # Console lines the host reads: "GUEST up", "VERIFY ok records=N",
@@ -33,12 +33,14 @@ RECORD=128
 MODE=workload
 DEVICE=
 LIMIT=0
+AGENT=1
 read -r cmdline < /proc/cmdline
 for arg in $cmdline; do
     case $arg in
         ha.mode=*) MODE=${arg#ha.mode=} ;;
         ha.data=*) DEVICE=${arg#ha.data=} ;;
         ha.records=*) LIMIT=${arg#ha.records=} ;;
+        ha.agent=*) AGENT=${arg#ha.agent=} ;;
     esac
 done
 
@@ -176,7 +178,7 @@ fi
 for d in /sys/class/virtio-ports/*; do
     if [ -e "$d/name" ] && [ "$(cat "$d/name")" = org.qemu.guest_agent.0 ]
     then
-        if [ -x /usr/sbin/qemu-ga ]; then
+        if [ -x /usr/sbin/qemu-ga ] && [ "$AGENT" = 1 ]; then
             /usr/sbin/qemu-ga -m virtio-serial -p "/dev/${d##*/}" \
                 -t /run -f /run/qemu-ga.pid &
         fi

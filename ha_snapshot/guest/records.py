@@ -196,6 +196,10 @@ class RecoveryCheck:
     records: RecordCheck
     database: DatabaseCheck | None = None
     """None when the disk holds no database (a guest without sqlite3)."""
+    needs_recovery: bool | None = None
+    """The copy's ext4 superblock had ``needs_recovery`` set before any
+    replay (``dumpe2fs -h``): the journal held transactions to replay. A
+    point taken inside a guest freeze never has it."""
 
 
 def _tool(argv, what, ok=(0,)):
@@ -229,6 +233,19 @@ def extract_data_partition(raw: str, out: str) -> disk_mod.Partition:
     return part
 
 
+def features(fs: str) -> list:
+    """The ext4 features of the file system in file ``fs``, as
+    ``dumpe2fs -h`` lists them (``needs_recovery`` among them while the
+    journal holds transactions to replay); read only."""
+    out = _tool(['dumpe2fs', '-h', fs], 'dumpe2fs -h').stdout.decode(
+        'utf-8', 'replace')
+    for line in out.splitlines():
+        if line.startswith('Filesystem features:'):
+            return line.split(':', 1)[1].split()
+    raise exception.GuestImageError(reason='dumpe2fs -h %s lists no '
+                                    'features' % fs)
+
+
 def check_recovered(disk_copy: str, workdir: str | None = None
                     ) -> RecoveryCheck:
     """Replay, fsck and read the records of a copy of a guest's disk
@@ -245,6 +262,7 @@ def check_recovered(disk_copy: str, workdir: str | None = None
                   'qemu-img convert')
         fs = os.path.join(tmp, 'data.ext4')
         extract_data_partition(raw, fs)
+        needs = 'needs_recovery' in features(fs)
         replay = _tool(['e2fsck', '-fy', fs], 'e2fsck -fy (journal replay)',
                        ok=range(FSCK_FIXED_MAX + 1))
         check = subprocess.run(['e2fsck', '-fn', fs], capture_output=True,
@@ -265,4 +283,5 @@ def check_recovered(disk_copy: str, workdir: str | None = None
             journal_replayed=b'recovering journal' in replay.stdout,
             fsck_output=(replay.stdout + check.stdout).decode(
                 'utf-8', 'replace'),
-            records=check_records(out.stdout), database=database)
+            records=check_records(out.stdout), database=database,
+            needs_recovery=needs)

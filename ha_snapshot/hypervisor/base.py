@@ -125,6 +125,13 @@ class Snapshot:
     transaction_seconds: float
     """The atomic switch alone (the only step that pauses guest I/O)."""
     taken_at: float
+    consistency: str = 'crash'
+    """'filesystem' when the snapshot was taken while the guest agent held
+    the guest's file systems frozen (application-consistent), else
+    'crash' (what a power cut leaves: the journal needs a replay)."""
+    frozen_seconds: float | None = None
+    """From the freeze sent to the thaw answered (None: not frozen): an
+    upper bound of the time the guest's file systems were frozen."""
 
     def disk(self, name: str) -> FrozenOverlay:
         for d in self.disks:
@@ -206,6 +213,9 @@ class VMSpec:
     memory_mb: int = 64
     paused: bool = False
     """Start with the CPUs stopped (-S): no guest code ever runs."""
+    agent_path: str | None = None
+    """A unix socket (QEMU serves it) for the guest agent's virtio-serial
+    port ``org.qemu.guest_agent.0`` (machines with devices only)."""
     extra_args: tuple = ()
 
 
@@ -349,8 +359,11 @@ class HypervisorDriver(abc.ABC):
 
     @abc.abstractmethod
     def attach(self, name: str, qmp_path: str, pid: int, *,
-               log_path: str | None = None) -> VM:
-        """Take over a running VM by its monitor socket and process id."""
+               log_path: str | None = None,
+               agent_path: str | None = None) -> VM:
+        """Take over a running VM by its monitor socket and process id
+        (``agent_path``: its guest agent's socket, if the driver reaches
+        the agent that way)."""
 
     @abc.abstractmethod
     def detach(self, vm: VM) -> None:
@@ -379,8 +392,15 @@ class HypervisorDriver(abc.ABC):
         """The VM's writable disks (list of Disk)."""
 
     @abc.abstractmethod
-    def snapshot(self, vm: VM, *, wait: float | None = None) -> Snapshot:
+    def snapshot(self, vm: VM, *, wait: float | None = None,
+                 quiesce: bool = False,
+                 require_quiesce: bool = False) -> Snapshot:
         """One atomic live snapshot of all writable disks.
+
+        ``quiesce``: inside a bounded freeze of the guest's file systems
+        by its guest agent (ha_snapshot/hypervisor/quiesce.py); a silent
+        agent gives a crash-consistent snapshot (``consistency`` says
+        which), or, with ``require_quiesce``, QuiesceFailed.
 
         Raises CommitInProgress when a commit still runs after ``wait``
         seconds, SnapshotFailed when nothing changed.

@@ -24,9 +24,9 @@ delivered in order by one thread per domain.
 
 Needs libvirt >= 7.2 (push-mode backups and checkpoints enabled for QEMU,
 checkpoint redefinition with validation; Debian 12 has 9.0) and QEMU >= 6.0
-(Debian 12: 7.2). May import ha_snapshot.hypervisor.* and
-ha_snapshot.conf.hypervisor; libvirt-python is imported when the driver
-is created.
+(Debian 12: 7.2). May import ha_snapshot.hypervisor.*,
+ha_snapshot.conf.hypervisor and ha_snapshot.conf.agent; libvirt-python is
+imported when the driver is created.
 """
 
 import os
@@ -37,12 +37,15 @@ import time
 from oslo_log import log as logging
 from oslo_utils import uuidutils
 
+from ha_snapshot.conf import agent as agent_conf
 from ha_snapshot.conf import hypervisor as hypervisor_conf
 from ha_snapshot import exception
 from ha_snapshot.hypervisor import base
 from ha_snapshot.hypervisor import libvirt_events as events
 from ha_snapshot.hypervisor import libvirt_tracking as tracking
 from ha_snapshot.hypervisor import libvirt_ops as ops
+from ha_snapshot.hypervisor import libvirt_quiesce
+from ha_snapshot.hypervisor import quiesce as quiesce_mod
 
 LOG = logging.getLogger(__name__)
 
@@ -74,6 +77,7 @@ class LibvirtDriver(base.HypervisorDriver):
     def __init__(self, conf):
         super().__init__(conf)
         hypervisor_conf.register_opts(conf)
+        agent_conf.register_opts(conf)
         self.opts = conf.libvirt
         try:
             import libvirt
@@ -177,7 +181,8 @@ class LibvirtDriver(base.HypervisorDriver):
                    'and starts; recovery goes through a Nova rebuild')
 
     def attach(self, name: str, qmp_path: str | None = None,
-               pid: int | None = None, *, log_path: str | None = None):
+               pid: int | None = None, *, log_path: str | None = None,
+               agent_path: str | None = None):
         conn = self.conn()
         by = 'uuid' if uuidutils.is_uuid_like(name) else 'name'
         try:
@@ -344,13 +349,19 @@ class LibvirtDriver(base.HypervisorDriver):
 
     # --- snapshot and commit -------------------------------------------------
 
-    def snapshot(self, vm, *, wait: float | None = None) -> base.Snapshot:
+    def snapshot(self, vm, *, wait: float | None = None,
+                 quiesce: bool = False,
+                 require_quiesce: bool = False) -> base.Snapshot:
         wait = self.opts.snapshot_wait if wait is None else wait
+        around = libvirt_quiesce.around(
+            self.lv, vm.dom, vm.name, quiesce_mod.Options.from_conf(
+                self.conf), require_quiesce) if (
+            quiesce or require_quiesce) else None
         with base.operation(vm, 'a backup', wait):
             if not self.is_alive(vm):
                 raise base.VMNotRunning(vm=vm.name,
                                         reason='the domain is not running')
-            return ops.backup(self, vm)
+            return ops.backup(self, vm, around)
 
     def commit(self, vm, frozen, *, timeout: float | None = None) -> list:
         items = base.frozen_items(frozen)

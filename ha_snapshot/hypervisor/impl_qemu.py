@@ -11,7 +11,12 @@ Per VM: one QMP connection (its reader thread), one thread delivering
 events to subscribers in order, one thread waiting on the process's pidfd.
 Snapshots and commits of one VM are serialised by a lock.
 
-May import ha_snapshot.hypervisor.* and ha_snapshot.conf.hypervisor.
+A VM's guest agent (its virtio-serial port's unix socket, ``agent_path``)
+freezes the guest's file systems around a snapshot when asked
+(ha_snapshot/hypervisor/quiesce.py).
+
+May import ha_snapshot.hypervisor.*, ha_snapshot.conf.hypervisor and
+ha_snapshot.conf.agent.
 """
 
 import os
@@ -24,6 +29,7 @@ import time
 
 from oslo_log import log as logging
 
+from ha_snapshot.conf import agent as agent_conf
 from ha_snapshot.conf import hypervisor as hypervisor_conf
 from ha_snapshot.hypervisor import base
 from ha_snapshot.hypervisor import blockgraph
@@ -31,6 +37,7 @@ from ha_snapshot.hypervisor import hmp
 from ha_snapshot.hypervisor import jobs
 from ha_snapshot.hypervisor import process
 from ha_snapshot.hypervisor import qmp
+from ha_snapshot.hypervisor import quiesce as quiesce_mod
 from ha_snapshot.hypervisor import snapshots
 
 LOG = logging.getLogger(__name__)
@@ -39,8 +46,10 @@ LOG = logging.getLogger(__name__)
 class QemuVM(base.VM):
     """The driver's state of one VM (use only through the driver)."""
 
-    def __init__(self, name, pid, qmp_path, log_path, proc):
+    def __init__(self, name, pid, qmp_path, log_path, proc,
+                 agent_path=None):
         super().__init__(name, pid, qmp_path, log_path)
+        self.agent_path = agent_path
         self.process = proc
         self.client = None
         self.token = secrets.token_hex(3)
@@ -68,6 +77,7 @@ class QemuDriver(base.HypervisorDriver):
     def __init__(self, conf):
         super().__init__(conf)
         hypervisor_conf.register_opts(conf)
+        agent_conf.register_opts(conf)
         self.opts = conf.qemu
 
     # --- lifecycle -----------------------------------------------------------
@@ -94,7 +104,7 @@ class QemuDriver(base.HypervisorDriver):
                     tail=process.log_tail(spec.log_path))
         try:
             return self._attach(spec.name, spec.qmp_path, proc,
-                                spec.log_path, retry_wait)
+                                spec.log_path, retry_wait, spec.agent_path)
         except Exception as e:
             proc.signal()
             proc.wait(10)
@@ -125,14 +135,16 @@ class QemuDriver(base.HypervisorDriver):
             % spec.qmp_path)
 
     def attach(self, name: str, qmp_path: str, pid: int, *,
-               log_path: str | None = None) -> QemuVM:
+               log_path: str | None = None,
+               agent_path: str | None = None) -> QemuVM:
         try:
             proc = process.ProcessHandle(pid)
         except ProcessLookupError:
             raise base.VMAttachFailed(vm=name, path=qmp_path, pid=pid,
                                       reason='no such process')
         try:
-            return self._attach(name, qmp_path, proc, log_path, None)
+            return self._attach(name, qmp_path, proc, log_path, None,
+                                agent_path)
         except base.HypervisorError as e:
             proc.close()
             if isinstance(e, base.VMAttachFailed):
@@ -140,9 +152,10 @@ class QemuDriver(base.HypervisorDriver):
             raise base.VMAttachFailed(vm=name, path=qmp_path, pid=pid,
                                       reason=str(e))
 
-    def _attach(self, name, qmp_path, proc, log_path, retry_wait) -> QemuVM:
+    def _attach(self, name, qmp_path, proc, log_path, retry_wait,
+                agent_path=None) -> QemuVM:
         vm = QemuVM(name, proc.pid, os.path.abspath(qmp_path), log_path,
-                    proc)
+                    proc, agent_path and os.path.abspath(agent_path))
         vm.client = qmp.QmpClient(
             vm.qmp_path, vm=name,
             on_event=lambda msg: self._on_qmp_event(vm, msg),
@@ -301,11 +314,17 @@ class QemuDriver(base.HypervisorDriver):
 
     # --- snapshot and commit -------------------------------------------------
 
-    def snapshot(self, vm: QemuVM, *, wait: float | None = None):
+    def snapshot(self, vm: QemuVM, *, wait: float | None = None,
+                 quiesce: bool = False, require_quiesce: bool = False):
         wait = self.opts.snapshot_wait if wait is None else wait
         with base.operation(vm, 'a snapshot', wait):
             self._check_alive(vm)
-            return snapshots.take_snapshot(self, vm)
+            channel = (quiesce_mod.SocketChannel(vm.agent_path, vm.name)
+                       if vm.agent_path else None)
+            return quiesce_mod.snapshot(
+                vm.name, channel, lambda: snapshots.take_snapshot(self, vm),
+                quiesce_mod.Options.from_conf(self.conf), quiesce,
+                require_quiesce)
 
     def commit(self, vm: QemuVM, frozen, *, timeout: float | None = None):
         items = base.frozen_items(frozen)

@@ -197,7 +197,11 @@ def _wait_job(drv, vm, deadline) -> None:
                                   % done.get('errmsg', 'no message'))
 
 
-def backup(drv, vm) -> base.Snapshot:
+def backup(drv, vm, around=None) -> base.Snapshot:
+    """One backup job from the last checkpoint to a new one. ``around``:
+    ``around(begin)`` runs ``begin()`` (backupBegin, the checkpoint's
+    instant) inside a guest freeze and returns ``(None, outcome)``
+    (quiesce.quiesced)."""
     lv = drv.lv
     started = time.monotonic()
     if not drv.is_alive(vm):
@@ -239,17 +243,29 @@ def backup(drv, vm) -> base.Snapshot:
     vm.job_done.clear()
     t0 = time.monotonic()
     xml = None
+    outcome = None
+
+    begin_seconds = []
+
+    def begin():
+        t = time.monotonic()
+        vm.dom.backupBegin(
+            tracking.backup_xml(prev.name if prev else None, targets,
+                                all_targets),
+            tracking.checkpoint_xml(name, names, all_targets), 0)
+        begin_seconds.append(time.monotonic() - t)
     try:
         try:
-            vm.dom.backupBegin(
-                tracking.backup_xml(prev.name if prev else None, targets,
-                                    all_targets),
-                tracking.checkpoint_xml(name, names, all_targets), 0)
+            if around is None:
+                begin()
+            else:
+                _, outcome = around(begin)
         except lv.libvirtError as e:
             if not drv.is_alive(vm):
                 raise base.VMNotRunning(vm=vm.name, reason=str(e))
             raise base.SnapshotFailed(vm=vm.name, reason=str(e))
-        begun = time.monotonic() - t0
+        begun = begin_seconds[0] if begin_seconds else (
+            time.monotonic() - t0)
         # NOTE: the metadata goes at once, while the job runs (libvirt
         # allows it; the job and the bitmaps live in QEMU): Nova undefines
         # a domain without VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA, and a
@@ -291,9 +307,11 @@ def backup(drv, vm) -> base.Snapshot:
     LOG.debug('Domain %s: %s backup %s in %.3f s', vm.name,
               'full' if prev is None else 'incremental', name,
               time.monotonic() - started)
-    return base.Snapshot(vm=vm.name, disks=frozen,
-                         qmp_seconds=time.monotonic() - started,
-                         transaction_seconds=begun, taken_at=time.time())
+    return base.Snapshot(
+        vm=vm.name, disks=frozen, qmp_seconds=time.monotonic() - started,
+        transaction_seconds=begun, taken_at=time.time(),
+        consistency=outcome.consistency if outcome else 'crash',
+        frozen_seconds=outcome.frozen_seconds if outcome else None)
 
 
 def _frozen(disk, path, active, full) -> base.FrozenOverlay:

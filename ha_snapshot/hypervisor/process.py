@@ -72,6 +72,14 @@ def command_line(binary: str, spec: base.VMSpec) -> list:
         if spec.machine != 'none':
             args += ['-device', 'virtio-blk-pci,drive=%s,id=%s'
                      % (node, device)]
+    if spec.agent_path:
+        if spec.machine == 'none':
+            bad('a guest agent channel needs a machine with devices')
+        args += ['-device', 'virtio-serial-pci,id=vser0',
+                 '-chardev', 'socket,id=qga0,path=%s,server=on,wait=off'
+                 % _opt_path(os.path.abspath(spec.agent_path)),
+                 '-device', 'virtserialport,bus=vser0.0,chardev=qga0,'
+                 'name=org.qemu.guest_agent.0']
     args += ['-qmp', 'unix:%s,server=on,wait=off'
              % _opt_path(os.path.abspath(spec.qmp_path))]
     if spec.pidfile:

@@ -240,7 +240,7 @@ def _primitive(value):
 
 
 class ManagerEndpoint:
-    """RPC API 1.2; see ha_snapshot/manager/rpcapi.py for the history."""
+    """RPC API 1.3; see ha_snapshot/manager/rpcapi.py for the history."""
 
     target = messaging.Target(version='1.3')
 

@@ -47,6 +47,7 @@ LOG = logging.getLogger(__name__)
 Status = statuses.InstanceStatus
 
 OPT_IN_KEY = 'ha_snapshot:protect'
+QUIESCE_KEY = 'ha_snapshot:quiesce'
 EVENTS = ('instance.create.end', 'instance.delete.end',
           'instance.shutdown.end', 'instance.power_off.end',
           'instance.power_on.end', 'instance.rebuild.end',
@@ -131,10 +132,33 @@ def protect_server(conf, db, agent_api, server: dict,
         agent_api.unprotect(server['host'], server['uuid'])
     spec = protection_spec.ProtectionSpec(
         nova=True, uuid=server['uuid'], name=server['name'],
-        policy=row.policy or None)
+        policy=row.policy or None, **quiesce_settings(server))
     agent_api.protect(server['host'], server['uuid'], server['project'],
                       spec)
     return 'protect cast to %s' % server['host']
+
+
+def quiesce_settings(server: dict) -> dict:
+    """The spec's quiesce keys from the server's metadata:
+    ``ha_snapshot:quiesce`` ('always', 'never' or seconds), and Nova's
+    image properties ``os_require_quiesce`` / ``hw_qemu_guest_agent`` when
+    they are set on the server as metadata (a notification carries no
+    image properties). A bad value is logged and left out."""
+    metadata = server.get('metadata') or {}
+    out = {}
+    value = metadata.get(QUIESCE_KEY)
+    if value is not None:
+        try:
+            protection_spec.quiesce_interval(value, 0)
+            out['quiesce'] = str(value).strip().lower()
+        except exception.InvalidProtectionSpec as e:
+            LOG.warning('Server %s: metadata %s ignored: %s',
+                        server['uuid'], QUIESCE_KEY, e)
+    if 'os_require_quiesce' in metadata:
+        out['require_quiesce'] = _truthy(metadata['os_require_quiesce'])
+    if 'hw_qemu_guest_agent' in metadata:
+        out['guest_agent'] = _truthy(metadata['hw_qemu_guest_agent'])
+    return out
 
 
 class NovaNotificationEndpoint:

@@ -10,8 +10,10 @@ API version history:
         manager does not hold every part; 1.1 callers get InvalidDelta
         with the same message.
 * 1.3 - commit_delta's header may carry ``taken_at`` (when the agent
-        asked for the snapshot); to a manager capped below 1.3 it is
-        left out.
+        asked for the snapshot) and ``consistency`` ('crash' or
+        'filesystem'; a header without it is 'crash'); to a manager capped
+        below 1.3 both are left out (a manager before 1.3 refuses header
+        keys it does not know).
 
 Every method pins the version it needs, so an agent newer than its manager
 fails clearly (oslo.messaging's version check) instead of sending calls the
@@ -151,7 +153,8 @@ class ManagerAPI:
             return self._routed(header.get('instance'), 'commit_delta',
                                 version='1.3', timeout=timeout,
                                 header=header, raise_parts_missing=True)
-        header = {k: v for k, v in header.items() if k != 'taken_at'}
+        header = {k: v for k, v in header.items()
+                  if k not in ('taken_at', 'consistency')}
         if self.client.can_send_version('1.2'):
             return self._routed(header.get('instance'), 'commit_delta',
                                 version='1.2', timeout=timeout,

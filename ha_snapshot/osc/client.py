@@ -156,10 +156,15 @@ class Client:
             'restore_points')
 
     def create_recovery(self, server_id: str,
-                        restore_point_id: str | None = None) -> dict:
+                        restore_point_id: str | None = None,
+                        consistency: str | None = None) -> dict:
+        """``consistency='filesystem'``: the newest application-consistent
+        restore point."""
         body = {}
         if restore_point_id is not None:
             body['restore_point_id'] = restore_point_id
+        if consistency is not None:
+            body['consistency'] = consistency
         return self._payload(
             'POST', '/v1/servers/%s/recoveries' % _quote(server_id),
             'recovery', body=body)

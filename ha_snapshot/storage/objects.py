@@ -103,6 +103,10 @@ class RestorePoint:
     new_bytes: int = 0
     source: str | None = None
     format_version: int = MANIFEST_VERSION
+    consistency: str = 'crash'
+    """'filesystem': taken inside a guest file system freeze (see
+    ha_snapshot.statuses.Consistency). Left out of a manifest when
+    'crash', as manifests were written before it existed."""
 
     @property
     def key(self) -> str:
@@ -121,6 +125,8 @@ class RestorePoint:
 
     def encode(self) -> bytes:
         d = dataclasses.asdict(self)
+        if d['consistency'] == 'crash':
+            del d['consistency']
         d['chunks'] = {str(k): v for k, v in sorted(self.chunks.items())}
         return zstandard.ZstdCompressor(level=3).compress(
             json.dumps(d, separators=(',', ':')).encode())

@@ -246,7 +246,7 @@ class RecoveryStore:
             parent=parent.id if parent else None, created_at=started,
             virtual_size=h.virtual_size, chunk_size=chunk_size, chunks=chunks,
             delta_sequence=h.sequence, changed_bytes=h.changed_bytes,
-            source=source)
+            source=source, consistency=h.consistency)
         known = {}
         for part in delta.parts() if delta.materialized else ():
             for (cs, index), sha in dict(part.chunk_digests or {}).items():

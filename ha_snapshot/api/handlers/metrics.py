@@ -15,7 +15,12 @@ Read from the manager's database at each scrape (no state in the API):
   (counters: retention does not lower them);
 * ``ha_snapshot_recoveries_total`` by state (``failed`` counts the failures)
   and ``ha_snapshot_recovery_attempts`` (failed attempts in a row);
-* ``ha_snapshot_servers`` by status.
+* ``ha_snapshot_servers`` by status;
+* ``ha_snapshot_restore_points_by_consistency`` (the held restore points
+  by ``consistency``: ``crash`` or ``filesystem``, taken inside a guest
+  file system freeze) and ``ha_snapshot_app_consistent_age_seconds``: age
+  of the newest application-consistent (``filesystem``) restore point,
+  absent while a server has none.
 
 Compute host failures (the host monitor's records):
 
@@ -115,6 +120,22 @@ class _Collector:
         recs = prom_core.CounterMetricFamily(
             'ha_snapshot_recoveries', 'Recoveries by state.',
             labels=LABELS + ['state'])
+        kinds = self.db.restore_point_consistency()
+        by_kind = gauge('ha_snapshot_restore_points_by_consistency',
+                        'Restore points held, by consistency (crash, or '
+                        'filesystem: taken inside a guest file system '
+                        'freeze).', labels=LABELS + ['consistency'])
+        app_age = gauge('ha_snapshot_app_consistent_age_seconds',
+                        'Age of the newest application-consistent '
+                        '(filesystem) restore point.', labels=LABELS)
+        for row in rows:
+            for kind in statuses.Consistency:
+                held_kind, newest = kinds.get((row.uuid, kind), (0, None))
+                by_kind.add_metric([row.uuid, row.project_id, kind],
+                                   held_kind)
+                if kind == statuses.Consistency.FILESYSTEM and held_kind:
+                    app_age.add_metric([row.uuid, row.project_id],
+                                       util.age(newest, self.now))
         for row in rows:
             by_status[row.status] = by_status.get(row.status, 0) + 1
             labels = [row.uuid, row.project_id]
@@ -135,7 +156,7 @@ class _Collector:
         for status, n in by_status.items():
             servers.add_metric([status], n)
         yield from (servers, rpo, points, changed, new, merges, shipped,
-                    stored, attempts, recs)
+                    stored, attempts, recs, by_kind, app_age)
         yield from self._replicas([row.uuid for row in rows])
         yield from self._host_failures()
 

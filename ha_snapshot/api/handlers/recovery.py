@@ -8,6 +8,7 @@ from ha_snapshot.api.schemas import recovery as schema
 from ha_snapshot.api import util
 from ha_snapshot import exception
 from ha_snapshot.policies import recovery as recovery_policies
+from ha_snapshot import statuses
 
 LOG = logging.getLogger(__name__)
 
@@ -40,13 +41,36 @@ def create_recovery(req):
     st = util.state(req)
     reason = body.get('reason') or 'operator request'
     reason = '%s (user %s)' % (reason, ctx.user_id)
+    restore_point = body.get('restore_point_id')
+    if body.get('consistency') == statuses.Consistency.FILESYSTEM:
+        restore_point = _newest_consistent(req, st, row.uuid, restore_point)
     result = st.manager_api.recover(
-        row.uuid, restore_point=body.get('restore_point_id'), reason=reason)
+        row.uuid, restore_point=restore_point, reason=reason)
     LOG.info('Recovery %s of %s requested by user %s', result.get('id'),
              row.uuid, ctx.user_id)
     rec = st.db.get_recovery(result['id'])
     return util.json_response(req, {'recovery': recovery_view(rec)},
                               status=202)
+
+
+def _newest_consistent(req, st, uuid: str, restore_point) -> str:
+    """The newest application-consistent restore point of the server
+    (``consistency: filesystem`` in the body)."""
+    if restore_point:
+        raise util.http_error(
+            webob.exc.HTTPBadRequest, 'Give restore_point_id or '
+            'consistency, not both.', 'ha_snapshot.recovery.invalid')
+    points = [p for p in st.db.list_restore_points(uuid)
+              if p.consistency == statuses.Consistency.FILESYSTEM]
+    if not points:
+        raise util.http_error(
+            webob.exc.HTTPConflict, 'Server %s has no application-'
+            'consistent (filesystem) restore point: none was taken with '
+            'its guest agent freezing it, or retention removed them. '
+            'Recover from the newest crash-consistent one (no '
+            '"consistency"), or check [agent] quiesce_interval and the '
+            'guest agent.' % uuid, 'ha_snapshot.recovery.no_consistent_point')
+    return points[-1].id
 
 
 @util.wsgify

@@ -16,6 +16,7 @@ def restore_point_view(rp) -> dict:
         'virtual_size': rp.virtual_size,
         'changed_bytes': rp.changed_bytes,
         'new_bytes': rp.new_bytes,
+        'consistency': rp.consistency,
     }
 
 

@@ -7,6 +7,9 @@ CREATE = {
     'properties': {
         'restore_point_id': {'oneOf': [common.UUID, {'type': 'null'}]},
         'reason': {'type': 'string', 'minLength': 1, 'maxLength': 255},
+        # NOTE: 'filesystem': the newest application-consistent point;
+        # 'crash': the newest point of any kind (the default).
+        'consistency': {'enum': ['crash', 'filesystem']},
     },
     'additionalProperties': False,
 }

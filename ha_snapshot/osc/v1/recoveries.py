@@ -92,7 +92,8 @@ def wait_for_recovery(client, server_id: str, recovery: dict, *,
 class RecoverServer(command.ShowOne):
     """Recover a protected server from a restore point.
 
-    The newest restore point is used unless one is chosen. The command
+    The newest restore point is used unless one is chosen (or the newest
+    application-consistent one, with --app-consistent). The command
     returns once the recovery is accepted, or, when asked to wait, follows
     the recovery to its end, shows each state and step on stderr, and
     fails if the recovery fails.
@@ -105,6 +106,11 @@ class RecoverServer(command.ShowOne):
             '--restore-point', metavar='<restore-point-id>',
             help='Restore point to recover to (default: the newest; see '
                  '"openstack ha restore point list")')
+        parser.add_argument(
+            '--app-consistent', action='store_true', default=False,
+            help='Recover to the newest application-consistent restore '
+                 'point (Consistency "filesystem": taken while the guest '
+                 'agent froze the file systems) instead of the newest')
         parser.add_argument(
             '--wait', action='store_true', default=False,
             help='Wait for the recovery to end, showing its progress')
@@ -124,8 +130,13 @@ class RecoverServer(command.ShowOne):
             raise osc_exc.CommandError('--timeout needs --wait')
         mgr = self.app.client_manager
         server_id = resolve.server_id(mgr, parsed_args.server)
+        if parsed_args.app_consistent and parsed_args.restore_point:
+            raise osc_exc.CommandError('--app-consistent and '
+                                       '--restore-point exclude each other')
         recovery = mgr.ha.create_recovery(
-            server_id, restore_point_id=parsed_args.restore_point)
+            server_id, restore_point_id=parsed_args.restore_point,
+            consistency='filesystem' if parsed_args.app_consistent
+            else None)
         if parsed_args.wait:
             recovery = wait_for_recovery(
                 mgr.ha, server_id, recovery, timeout=parsed_args.timeout,

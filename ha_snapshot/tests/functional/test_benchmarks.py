@@ -19,6 +19,8 @@ GOAL_KEYS = {
     'dedup': ['fraction_of_image'],
     'chunk_size': ['recommended_chunk_size'],
     'snapshot_stall': ['p50_ms', 'p99_ms', 'commit_mb_s'],
+    'quiesce_stall': ['quiesced_p50_ms', 'quiesced_p99_ms',
+                      'unquiesced_p99_ms', 'app_consistent'],
     'swift_merge': ['ratio_vs_sdk_put'],
     'transport': ['ratio'],
     'rpc_signing': ['ratio', 'sign_ms', 'verify_ms'],
@@ -99,6 +101,12 @@ class BenchmarkSmokeTestCase(testtools.TestCase):
 
     def test_snapshot_stall(self):
         self._run('snapshot_stall')
+
+    def test_quiesce_stall(self):
+        result = self._run('quiesce_stall')
+        # NOTE: every quiesced snapshot of the real guest froze it.
+        self.assertEqual(result['snapshots_per_kind'],
+                         result['app_consistent'])
 
     def test_swift_merge(self):
         self._run('swift_merge')

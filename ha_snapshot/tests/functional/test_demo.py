@@ -47,6 +47,8 @@ class DemoTestCase(testtools.TestCase):
         report = self.demo()
         self.assertTrue(report['guest_booted'])
         self.assertTrue(report['fsck_clean'])
+        # The guests' agents froze them for application-consistent points.
+        self.assertGreater(report['app_consistent_restore_points'], 0)
         self.assertEqual(0, report['records_lost'])
         self.assertEqual(0, report['transactions_lost'])
         self.assertGreater(report['records_durable_before_restore_point'],
@@ -69,3 +71,4 @@ class DemoTestCase(testtools.TestCase):
         report = self.demo('--no-guest')
         self.assertGreater(report['bytes_written'], 0)
         self.assertNotIn('guest_booted', report)
+        self.assertEqual(0, report['app_consistent_restore_points'])

@@ -171,7 +171,9 @@ class ApiStack(fixtures.Fixture):
         self.addCleanup(httpd.shutdown)
         self.url = 'http://127.0.0.1:%d' % httpd.server_address[1]
 
-    def protected(self, server_id, project=ADMIN, host='cn1', points=0):
+    def protected(self, server_id, project=ADMIN, host='cn1', points=0,
+                  consistent=()):
+        """``consistent``: numbers of the points taken quiesced."""
         self.db.create_instance(server_id, project, host=host,
                                 status='protected', policy='adaptive',
                                 driver='qemu')
@@ -184,7 +186,9 @@ class ApiStack(fixtures.Fixture):
                 created_at=T0 + number, virtual_size=64 * MiB,
                 chunk_size=MiB, chunks={0: 'a' * 64},
                 delta_sequence=number - 1, changed_bytes=number * 1000,
-                new_chunks=number, new_bytes=number * MiB)
+                new_chunks=number, new_bytes=number * MiB,
+                consistency='filesystem' if number in consistent
+                else 'crash')
             self.db.record_restore_point(rp)
             parent = rp.id
             rps.append(rp)
@@ -269,6 +273,30 @@ class OpenStackHaTest(base.TestCase):
         self.assertEqual([None, rps[0].id, rps[1].id],
                          [p['Parent ID'] for p in listed])
         self.assertEqual(3000, listed[-1]['Changed Bytes'])
+
+    def test_restore_point_consistency_and_app_consistent_recovery(self):
+        rps = self.api.protected(WEB, points=3, consistent=(2,))
+        listed = self.openstack('ha', 'restore', 'point', 'list', 'web',
+                                '-f', 'json')
+        self.assertEqual(['crash', 'filesystem', 'crash'],
+                         [p['Consistency'] for p in listed])
+        rec = self.openstack('ha', 'recover', 'web', '--app-consistent',
+                             '-f', 'json')
+        # The newest application-consistent point, not the newest one.
+        self.assertEqual(rps[1].id, rec['restore_point_id'])
+        code, out, err = self.openstack('ha', 'recover', 'web',
+                                        '--app-consistent',
+                                        '--restore-point', rps[0].id,
+                                        ok=False)
+        self.assertIn('--app-consistent', err)
+
+    def test_app_consistent_recovery_without_such_a_point(self):
+        self.api.protected(WEB, points=2)
+        code, out, err = self.openstack('ha', 'recover', 'web',
+                                        '--app-consistent', ok=False)
+        self.assertIn('HTTP 409', err)
+        self.assertIn('no application-consistent', err)
+        self.assertEqual([], self.api.db.list_recoveries(WEB))
 
     # --- protect and unprotect ----------------------------------------------
 

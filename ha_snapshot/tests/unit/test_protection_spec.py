@@ -63,8 +63,9 @@ class ProtectionSpecTest(base.TestCase):
         e = self.assertRaises(exception.InvalidProtectionSpec,
                               Spec.from_dict, dict(QEMU, qmp='/x'))
         self.assertIn("unknown key 'qmp' (known keys: disk, disk_path, "
-                      "domain, driver, log_path, name, nova, pid, policy, "
-                      "qga_path, qmp_path, uuid, vm)", str(e))
+                      "domain, driver, guest_agent, log_path, name, nova, "
+                      "pid, policy, qga_path, qmp_path, quiesce, "
+                      "require_quiesce, uuid, vm)", str(e))
         e = self.assertRaises(exception.InvalidProtectionSpec,
                               Spec.from_dict,
                               dict(QEMU, vm={'machine': 'q35', 'ram': 1}))
@@ -107,6 +108,22 @@ class ProtectionSpecTest(base.TestCase):
         self.assertRaises(exception.InvalidProtectionSpec, spec.replace,
                           pid='1')
         self.assertRaises(AttributeError, setattr, spec, 'pid', 1)
+
+    def test_quiesce_settings(self):
+        self.assertEqual(300, Spec().quiesce_every(300))
+        self.assertEqual(-1, Spec(quiesce='always').quiesce_every(300))
+        self.assertEqual(0, Spec(quiesce='never').quiesce_every(300))
+        self.assertEqual(60, Spec(quiesce='60').quiesce_every(300))
+        # hw_qemu_guest_agent=no: never quiesced.
+        self.assertEqual(0, Spec(quiesce='always',
+                                 guest_agent=False).quiesce_every(300))
+        e = self.assertRaises(exception.InvalidProtectionSpec,
+                              Spec.from_dict, {'quiesce': 'hourly'})
+        self.assertIn("'quiesce'", str(e))
+        self.assertIn('hourly', str(e))
+        e = self.assertRaises(exception.InvalidProtectionSpec,
+                              Spec.from_dict, {'require_quiesce': 'yes'})
+        self.assertIn("'require_quiesce'", str(e))
 
     def test_for_agent_completes_a_nova_spec(self):
         spec = Spec.from_dict(NOVA).for_agent('i1', 'qemu')

@@ -19,13 +19,13 @@ from ha_snapshot.tests import base
 ADMIN = {'X-User-Id': 'ada', 'X-Project-Id': 'admin', 'X-Roles': 'admin'}
 
 
-def _rp(instance, number, changed, new):
+def _rp(instance, number, changed, new, consistency='crash', age=30):
     return objects.RestorePoint(
         id=base.new_uuid(), instance=instance, project='p', scope='p',
-        number=number, parent=None, created_at=time.time() - 30,
+        number=number, parent=None, created_at=time.time() - age,
         virtual_size=1 << 20, chunk_size=1 << 16, chunks={},
         delta_sequence=number, changed_bytes=changed, new_chunks=1,
-        new_bytes=new)
+        new_bytes=new, consistency=consistency)
 
 
 class MetricsTestCase(base.TestCase):
@@ -49,6 +49,9 @@ class MetricsTestCase(base.TestCase):
         for line in resp.text.splitlines():
             if line and not line.startswith('#') and self.inst in line:
                 name, value = line.split('{')[0], line.rsplit(' ', 1)[1]
+                if 'consistency="' in line:
+                    name += ':' + line.split('consistency="')[1].split(
+                        '"')[0]
                 out[name] = float(value)
         return out
 
@@ -60,7 +63,11 @@ class MetricsTestCase(base.TestCase):
                           'ha_snapshot_shipped_bytes_total': 0,
                           'ha_snapshot_stored_bytes_total': 0,
                           'ha_snapshot_recovery_attempts': 0,
-                          'ha_snapshot_recoveries_total': 0},
+                          'ha_snapshot_recoveries_total': 0,
+                          'ha_snapshot_restore_points_by_consistency:crash':
+                          0,
+                          'ha_snapshot_restore_points_by_consistency:'
+                          'filesystem': 0},
                          self.metrics())
         rps = [_rp(self.inst, n, 1000 * n, 100 * n) for n in (1, 2, 3)]
         for rp in rps:
@@ -78,7 +85,26 @@ class MetricsTestCase(base.TestCase):
                           'ha_snapshot_shipped_bytes_total': 6000,
                           'ha_snapshot_stored_bytes_total': 600,
                           'ha_snapshot_recovery_attempts': 0,
-                          'ha_snapshot_recoveries_total': 0}, got)
+                          'ha_snapshot_recoveries_total': 0,
+                          'ha_snapshot_restore_points_by_consistency:crash':
+                          2,
+                          'ha_snapshot_restore_points_by_consistency:'
+                          'filesystem': 0}, got)
+
+    def test_points_by_consistency(self):
+        for n, kind, age in ((1, 'filesystem', 300), (2, 'crash', 200),
+                             (3, 'filesystem', 100), (4, 'crash', 10)):
+            self.db.record_restore_point(_rp(self.inst, n, 10, 1, kind,
+                                             age))
+        got = self.metrics()
+        self.assertEqual(
+            (2, 2), (got['ha_snapshot_restore_points_by_consistency:crash'],
+                     got['ha_snapshot_restore_points_by_consistency:'
+                         'filesystem']))
+        # The newest application-consistent point's age, not the newest's.
+        age = got['ha_snapshot_app_consistent_age_seconds']
+        self.assertTrue(100 <= age <= 160, age)
+        self.assertTrue(10 <= got['ha_snapshot_rpo_seconds'] <= 70)
 
 
 class ReplicaMetricsTestCase(base.TestCase):

@@ -1,0 +1,47 @@
+"""[agent]: the options of application-consistent (quiesced) snapshots.
+
+The rest of the ``[agent]`` group lives in ha_snapshot/conf/manager.py;
+these are registered into the same group.
+"""
+
+from oslo_config import cfg
+
+from ha_snapshot.conf import base
+
+GROUP = cfg.OptGroup('agent', title='ha-snapshot-agent')
+
+QUIESCE_OPTS = [
+    cfg.IntOpt('quiesce_interval', default=300, min=0,
+               help='Seconds between application-consistent restore '
+                    'points: a snapshot taken when this much time has '
+                    'passed since the last one freezes the guest\'s file '
+                    'systems through the QEMU guest agent first (its '
+                    'fsfreeze-hook scripts run), the snapshots between '
+                    'stay crash-consistent. 0: never quiesce. A server '
+                    'overrides it with the spec key or server metadata '
+                    '"ha_snapshot:quiesce" ("always", "never" or '
+                    'seconds).'),
+    cfg.FloatOpt('quiesce_max_freeze', default=0.5, min=0.01, max=10.0,
+                 help='Longest time (seconds) a guest\'s file systems stay '
+                      'frozen: the thaw is sent at this bound whatever '
+                      'happens (a lost answer, a slow snapshot); a '
+                      'snapshot that ends after it is recorded as '
+                      'crash-consistent. The guest\'s writes wait while '
+                      'it is frozen.'),
+    cfg.FloatOpt('quiesce_ping_timeout', default=1.0, min=0.01,
+                 help='Seconds the guest agent may take to answer the ping '
+                      'that comes before a freeze. A silent agent means an '
+                      'unquiesced (crash-consistent) snapshot, unless the '
+                      'server requires quiesce (image property '
+                      'os_require_quiesce): then that snapshot fails.'),
+    cfg.FloatOpt('quiesce_command_timeout', default=5.0, min=0.01,
+                 help='Seconds a thaw or a freeze status query may take.'),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    base.register(conf, GROUP, QUIESCE_OPTS)
+
+
+def list_opts():
+    return {GROUP: QUIESCE_OPTS}
