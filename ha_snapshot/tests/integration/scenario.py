@@ -317,6 +317,8 @@ class Scenario:
         a = self.wait_active(a)
         r['rebuild_seconds'] = round(time.monotonic() - t_kill
                                      - r['detect_seconds'], 1)
+        rebuilt_tail = realguest.ConsoleTail(realguest.console_path(
+            self.state, a_host, a.id)).start()
         r['restore_point_used'] = rec.get('restore_point_id')
         newest = self.newest_when_requested(a.id, rec)
         self.check('the newest restore point was used',
@@ -375,7 +377,17 @@ class Scenario:
                    detail)
 
         if self.state.get('aodh_url'):
-            self.aodh_alarm(a.id, a.project_id)
+            rec = self.aodh_alarm(a.id, a.project_id)
+            # NOTE: measured: a point the rebuilt guest's protection made
+            # (its deltas since the rebaseline), judged as the first.
+            dom = cloudlib.Domain(self.state, instance_name, a_host)
+            try:
+                r['guest_after_alarm'] = realguest.check_rebuilt(
+                    self, a, dom, a_host, rec['restore_point_id'],
+                    rebuilt_tail, checked=False)
+            finally:
+                dom.close()
+        rebuilt_tail.stop()
 
         # Negative cases.
         self.check('B (no opt-in) was never protected',
@@ -506,6 +518,7 @@ class Scenario:
             PROTECT_TIMEOUT, 'a restore point after the Aodh recovery',
             poll=0.5)[0]
         r['aodh_resumed_delta_bytes'] = first.get('changed_bytes')
+        return rec
 
     def post_alarm(self, uuid: str):
         body = {'alarm_name': 'ha-e2e-%s' % uuid, 'alarm_id': uuid,
