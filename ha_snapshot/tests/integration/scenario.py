@@ -207,7 +207,9 @@ class Scenario:
         self.notes = cloudlib.NotificationLog(self.state['transport_url'])
         self.notes.start()
         try:
+            t = time.monotonic()
             self._run()
+            r['server_a_seconds'] = round(time.monotonic() - t, 1)
             if kill_host is not None and len(
                     self.state.get('compute_hosts', ())) > 1:
                 r['host_failure'] = host_failure.run(self, kill_host,
