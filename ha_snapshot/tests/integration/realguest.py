@@ -273,9 +273,8 @@ def report(check: records.RecoveryCheck, durable: int, committed: int,
     return out
 
 
-def check_rebuilt(s, server, dom: cloudlib.Domain, host: str,
-                  restore_point: str, tail: ConsoleTail,
-                  checked: bool = True) -> dict:
+def check_rebuilt(s, server, dom: cloudlib.Domain, restore_point: str,
+                  tail: ConsoleTail, checked: bool = True) -> dict:
     """The checks of the rebuilt server A (``s``: the Scenario): its
     guest boots, the restore point it was rebuilt from is clean after
     journal replay and holds every record (and transaction) the guest

@@ -342,7 +342,7 @@ class Scenario:
         self.check('the rebuilt disk holds the image data (the guest\'s '
                    'boot partition)', image_ok)
         r['guest'] = realguest.check_rebuilt(
-            self, a, dom, a_host, rec['restore_point_id'], tail)
+            self, a, dom, rec['restore_point_id'], tail)
 
         # Protection resumes from the restore point used, with a small
         # delta (no full resend), and keeps taking writes.
@@ -385,8 +385,8 @@ class Scenario:
             dom = cloudlib.Domain(self.state, instance_name, a_host)
             try:
                 r['guest_after_alarm'] = realguest.check_rebuilt(
-                    self, a, dom, a_host, rec['restore_point_id'],
-                    rebuilt_tail, checked=False)
+                    self, a, dom, rec['restore_point_id'], rebuilt_tail,
+                    checked=False)
             finally:
                 dom.close()
         rebuilt_tail.stop()
