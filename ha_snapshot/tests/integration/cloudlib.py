@@ -231,8 +231,10 @@ class Domain:
         return ['nsenter', '--mount=/proc/%d/ns/mnt' % pid]
 
 
-def copy_disk(disk_path: str, workdir: str, nsenter=()) -> str:
-    """A standalone qcow2 copy of the disk (its whole backing chain).
+def copy_disk(disk_path: str, workdir: str, nsenter=(),
+              fmt: str = 'qcow2') -> str:
+    """A standalone copy of the disk (its whole backing chain), in
+    format ``fmt`` (a raw one is sparse).
 
     ``nsenter``: Domain.nsenter(), to read the disk inside its host (the
     copy lands in ``workdir``, a path the same inside and out).
@@ -242,18 +244,18 @@ def copy_disk(disk_path: str, workdir: str, nsenter=()) -> str:
     change while it is read.
     """
     os.makedirs(workdir, exist_ok=True)
-    copy = os.path.join(workdir, 'disk-copy.qcow2')
+    copy = os.path.join(workdir, 'disk-copy.' + fmt)
     subprocess.run(list(nsenter) + ['qemu-img', 'convert', '-U', '-O',
-                                    'qcow2', disk_path, copy],
+                                    fmt, disk_path, copy],
                    check=True, capture_output=True, timeout=600)
     return copy
 
 
 def holds_pattern(image: str, pattern: int, offset: int,
-                  length: int) -> bool:
+                  length: int, fmt: str = 'qcow2') -> bool:
     """Whether ``image`` (a copy_disk) holds ``pattern`` there (qemu-io)."""
     proc = subprocess.run(
-        ['qemu-io', '-r', '-f', 'qcow2', image, '-c',
+        ['qemu-io', '-r', '-f', fmt, image, '-c',
          'read -P 0x%02x %d %d' % (pattern, offset, length)],
         capture_output=True, text=True, timeout=120)
     out = proc.stdout + proc.stderr

@@ -3,20 +3,27 @@
 :func:`run` takes the state of a running harness cloud
 (tools/cloud; ha-snapshot's three services included) and:
 
-1. uploads a small image with known content to Glance and makes a flavor;
-2. boots, as the demo user, server A with metadata
-   ``ha_snapshot:protect=true`` and server B without; reads A's real
-   ``instance.create.end`` off RabbitMQ; waits until the API shows A
-   protected with a first restore point;
-3. writes known patterns into A's disk while it runs (HMP ``qemu-io``
-   through libvirt's QEMU monitor passthrough), and waits for a restore
-   point after each, sampling the API's ``rpo_seconds`` all along;
+1. uploads to Glance a small image with known content and the project's
+   bootable test guest (realguest.py), and makes a flavor for each;
+2. boots, as the demo user, server A (the test guest) with metadata
+   ``ha_snapshot:protect=true`` and server B (the small image) without;
+   reads A's real ``instance.create.end`` off RabbitMQ; waits until the
+   API shows A protected with a first restore point, and reads A's
+   serial console as it grows (the guest's ``DURABLE n`` lines, stamped);
+3. writes known patterns into A's disk, past the guest's partitions,
+   while it runs (HMP ``qemu-io`` through libvirt's QEMU monitor
+   passthrough), and waits for a restore point after each, sampling the
+   API's ``rpo_seconds`` all along;
 4. kills A's QEMU process (SIGKILL, by the pid libvirt recorded) and waits
    for a recovery to be started (the agent's health monitor), posting an
    Aodh-shaped alarm to the alarm endpoint only if none comes;
 5. waits for the recovery to succeed and A to be ACTIVE again on the
    rebuilt disk; copies that disk and checks every pattern written before
-   the restore point used, with qemu-io (not by asking ha-snapshot);
+   the restore point used, with qemu-io (not by asking ha-snapshot), and
+   the guest's boot partition; checks the guest as a user would
+   (realguest.check_rebuilt, the result's ``guest`` object): it boots,
+   the restore point's file system is clean after journal replay and
+   holds every record it reported durable before the point's snapshot;
 6. waits for the first restore point after the recovery (its delta must
    be small: no full resend), writes once more and waits for a restore
    point holding that write;
@@ -43,8 +50,10 @@ import subprocess
 import sys
 import time
 
+from ha_snapshot.guest import build as guest_build
 from ha_snapshot.tests.integration import cloudlib
 from ha_snapshot.tests.integration import host_failure
+from ha_snapshot.tests.integration import realguest
 
 MiB = 1 << 20
 API_VERSION = {'OpenStack-API-Version': 'ha-snapshot 1.0'}
@@ -176,10 +185,16 @@ class Scenario:
             120, 'Glance image %s to become active' % image.id)
         self.flavor = self.admin.compute.create_flavor(
             name='ha-e2e', ram=128, vcpus=1, disk=1)
+        # NOTE: the tests' cache (tests/fixtures/guest.py): in CI the
+        # functional tests built the guest already.
+        built = guest_build.build(os.environ.get('HA_SNAPSHOT_GUEST_CACHE'))
+        self.guest = realguest.GuestImage(built.disk, self.workdir)
+        self.guest.upload(self.admin)
 
-    def boot(self, name: str, metadata=None):
+    def boot(self, name: str, metadata=None, image=None, flavor=None):
         server = self.demo.compute.create_server(
-            name=name, image_id=self.image.id, flavor_id=self.flavor.id,
+            name=name, image_id=(image or self.image).id,
+            flavor_id=(flavor or self.flavor).id,
             networks='none', metadata=metadata or {})
         return server
 
@@ -194,7 +209,9 @@ class Scenario:
         self.notes = cloudlib.NotificationLog(self.state['transport_url'])
         self.notes.start()
         try:
+            t = time.monotonic()
             self._run()
+            r['server_a_seconds'] = round(time.monotonic() - t, 1)
             if kill_host is not None and len(
                     self.state.get('compute_hosts', ())) > 1:
                 r['host_failure'] = host_failure.run(self, kill_host,
@@ -214,7 +231,8 @@ class Scenario:
         r = self.result
         self.make_image_and_flavor()
         t_boot = time.monotonic()
-        a = self.boot('ha-e2e-protected', {'ha_snapshot:protect': 'true'})
+        a = self.boot('ha-e2e-protected', {'ha_snapshot:protect': 'true'},
+                      self.guest.image, self.guest.flavor)
         b = self.boot('ha-e2e-unprotected')
         a = self.wait_active(a)
         t_active = time.monotonic()
@@ -230,6 +248,8 @@ class Scenario:
                        'compute_hosts', [self.state['compute_host']]),
                    host)
         b = self.wait_active(b)
+        tail = realguest.ConsoleTail(realguest.console_path(
+            self.state, a_host, a.id)).start()
 
         # Protection starts from the notification alone.
         first = self.wait_new_restore_point(
@@ -243,13 +263,21 @@ class Scenario:
                    row is not None and row['status'] == 'protected',
                    row and row['status'])
 
+        first_record = tail.wait_durable(
+            realguest.BOOT_TIMEOUT, 'the guest of server A to report a '
+            'durable record on its console')
+        r['guest_first_record_seconds'] = round(
+            time.monotonic() - t_active, 1)
+        self.check('A runs the test guest (its console shows DURABLE)',
+                   first_record > 0, first_record)
+
         # Known writes while it runs, each followed by a restore point.
         admin_server = self.admin.compute.get_server(a.id)
         instance_name = admin_server.instance_name
         dom = cloudlib.Domain(self.state, instance_name, a_host)
         writes = []
         for i in range(WRITES):
-            pattern, offset = 0x40 + i, 20 * MiB + i * MiB
+            pattern, offset = 0x40 + i, realguest.FREE_OFFSET + i * MiB
             dom.write(pattern, offset, WRITE)
             writes.append((pattern, offset, WRITE))
             self.wait_restore_point_taken_after(
@@ -277,6 +305,7 @@ class Scenario:
                 'a recovery of %s started by the alarm' % a.id)
             r['detected_by'] = 'alarm'
         r['detect_seconds'] = round(time.monotonic() - t_kill, 1)
+        tail.stop()
 
         def finished():
             recs = self.recoveries(a.id)
@@ -292,6 +321,8 @@ class Scenario:
         a = self.wait_active(a)
         r['rebuild_seconds'] = round(time.monotonic() - t_kill
                                      - r['detect_seconds'], 1)
+        rebuilt_tail = realguest.ConsoleTail(realguest.console_path(
+            self.state, a_host, a.id)).start()
         r['restore_point_used'] = rec.get('restore_point_id')
         newest = self.newest_when_requested(a.id, rec)
         self.check('the newest restore point was used',
@@ -303,14 +334,17 @@ class Scenario:
         # The rebuilt disk holds every write, read from the disk itself.
         dom = cloudlib.Domain(self.state, instance_name, a_host)
         copy = cloudlib.copy_disk(dom.disk_path(), self.workdir,
-                                  dom.nsenter())
+                                  dom.nsenter(), fmt='raw')
         missing = [hex(p) for p, o, n in writes
-                   if not cloudlib.holds_pattern(copy, p, o, n)]
-        image_ok = cloudlib.holds_pattern(copy, 0x11, 0, 4 * MiB)
+                   if not cloudlib.holds_pattern(copy, p, o, n, 'raw')]
+        image_ok = self.guest.holds_boot_partition(copy)
         os.unlink(copy)
         self.check('the rebuilt disk holds every write', not missing,
                    'missing %s' % missing if missing else None)
-        self.check('the rebuilt disk holds the image data', image_ok)
+        self.check('the rebuilt disk holds the image data (the guest\'s '
+                   'boot partition)', image_ok)
+        r['guest'] = realguest.check_rebuilt(
+            self, a, dom, rec['restore_point_id'], tail)
 
         # Protection resumes from the restore point used, with a small
         # delta (no full resend), and keeps taking writes.
@@ -322,25 +356,23 @@ class Scenario:
             after_recovery, PROTECT_TIMEOUT,
             'a restore point of %s after the recovery' % a.id, poll=0.5)[0]
         r['resumed_delta_bytes'] = resumed.get('changed_bytes')
+        # NOTE: a full resend would carry at least the guest image's
+        # data; the guest's own writes between two points stay far below.
+        small = self.guest.data_bytes // 2
         self.check('the resumed delta is small (no full resend)',
                    resumed.get('changed_bytes') is not None
-                   and resumed['changed_bytes'] < IMAGE_DATA // 4,
-                   resumed.get('changed_bytes'))
+                   and resumed['changed_bytes'] < small,
+                   '%s bytes, under %d' % (resumed.get('changed_bytes'),
+                                           small))
         self.sampling = True
-        known = len(self.restore_points(a.id))
-        dom.write(0x7e, 40 * MiB, WRITE)
+        dom.write(0x7e, realguest.FREE_OFFSET + 64 * MiB, WRITE)
+        written = time.time()
         dom.close()
-
-        def captured():
-            self.server_row(a.id)
-            return [rp for rp in self.restore_points(a.id)[known:]
-                    if (rp.get('changed_bytes') or 0) >= WRITE]
         try:
-            after = cloudlib.wait_for(
-                captured, PROTECT_TIMEOUT,
-                'a restore point holding the write after the recovery',
-                poll=0.5)[0]
-            ok = after['changed_bytes'] < IMAGE_DATA // 4
+            after = self.wait_restore_point_taken_after(
+                a.id, written, 'a restore point taken after the write '
+                'after the recovery')
+            ok = WRITE <= (after['changed_bytes'] or 0) < small
             detail = after['changed_bytes']
         except cloudlib.ScenarioError as e:
             ok, detail = False, e
@@ -349,7 +381,17 @@ class Scenario:
                    detail)
 
         if self.state.get('aodh_url'):
-            self.aodh_alarm(a.id, a.project_id)
+            rec = self.aodh_alarm(a.id, a.project_id)
+            # NOTE: measured: a point the rebuilt guest's protection made
+            # (its deltas since the rebaseline), judged as the first.
+            dom = cloudlib.Domain(self.state, instance_name, a_host)
+            try:
+                r['guest_after_alarm'] = realguest.check_rebuilt(
+                    self, a, dom, rec['restore_point_id'], rebuilt_tail,
+                    checked=False)
+            finally:
+                dom.close()
+        rebuilt_tail.stop()
 
         # Negative cases.
         self.check('B (no opt-in) was never protected',
@@ -480,6 +522,7 @@ class Scenario:
             PROTECT_TIMEOUT, 'a restore point after the Aodh recovery',
             poll=0.5)[0]
         r['aodh_resumed_delta_bytes'] = first.get('changed_bytes')
+        return rec
 
     def post_alarm(self, uuid: str):
         body = {'alarm_name': 'ha-e2e-%s' % uuid, 'alarm_id': uuid,
