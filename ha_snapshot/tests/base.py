@@ -101,6 +101,20 @@ def make_conf(store_dir: str, **overrides) -> cfg.ConfigOpts:
     return conf
 
 
+class FakeClock:
+    """A clock for code that takes ``clock`` and ``sleep``: sleeping
+    moves it on at once."""
+
+    def __init__(self, now: float = 0.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
 class TestCase(testtools.TestCase):
 
     # NOTE: a test that must run longer than OS_TEST_TIMEOUT (e.g. ten

@@ -9,6 +9,7 @@ import testtools
 
 from ha_snapshot import exception
 from ha_snapshot.openstack import evacuation
+from ha_snapshot.tests import base
 
 
 class _Nova:
@@ -32,22 +33,10 @@ def server(host, status, task=None):
                                  task_state=task, fault=None)
 
 
-class _Clock:
-
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.now += seconds
-
-
 class WaitTest(testtools.TestCase):
 
     def wait(self, answers, fn=evacuation.wait_evacuated, **kwargs):
-        clock = _Clock()
+        clock = base.FakeClock()
         nova = _Nova(answers)
         args = ('s-1', 'dead') if fn is evacuation.wait_evacuated \
             else ('s-1',)
@@ -76,7 +65,7 @@ class WaitTest(testtools.TestCase):
         self.assertIn('not stopped within 10 s; Nova did not answer', str(e))
 
     def test_a_deleted_server_fails_at_once(self):
-        clock = _Clock()
+        clock = base.FakeClock()
         nova = _Nova([sdk_exc.NotFoundException('gone')])
         e = self.assertRaises(exception.EvacuationFailed,
                               evacuation.wait_evacuated, nova, 's-1', 'dead',

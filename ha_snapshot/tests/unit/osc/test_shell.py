@@ -8,6 +8,7 @@ import testtools
 
 from ha_snapshot import exception
 from ha_snapshot.osc.v1 import recoveries
+from ha_snapshot.tests import base
 from ha_snapshot.tests.unit.osc import scripted
 
 WEB = '11111111-2222-4333-8444-555555555555'
@@ -234,17 +235,6 @@ class CatalogTest(testtools.TestCase):
         self.assertEqual([], self.api.requests)
 
 
-class _Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.now += seconds
-
-
 class _Recoveries:
     """get_recovery answers from a list; an exception in it is raised."""
 
@@ -263,7 +253,7 @@ class _Recoveries:
 class WaitTest(testtools.TestCase):
 
     def wait(self, client, timeout=None):
-        clock = _Clock()
+        clock = base.FakeClock()
         out = io.StringIO()
         try:
             result = recoveries.wait_for_recovery(
