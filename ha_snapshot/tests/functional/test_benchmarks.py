@@ -30,8 +30,11 @@ GOAL_KEYS = {
               'agent_kb_per_instance', 'snapshot_rate_achieved'],
     'soak': ['durable_ratio', 'deltas_durable', 'manager_rss_mb_end',
              'agent_rss_mb_end'],
-    'manager_failover': ['takeover_seconds_p99', 'rpo_seconds_max',
-                         'deltas_acknowledged'],
+    # NOTE: takeover_seconds_p99 is checked in its test: it is null when
+    # every instance of the killed replica was one of the VMs killed for
+    # a recovery (left out of the takeover figure), which a short run
+    # with few instances can draw.
+    'manager_failover': ['rpo_seconds_max', 'deltas_acknowledged'],
     'live_restore': ['ratio_64G_vs_1G', 'recover_speedup_1G',
                      'recover_speedup_64G'],
     'manager_scale': ['total_cpu_cores', 'cores_per_200_instances',
@@ -45,8 +48,8 @@ GOAL_KEYS = {
 # dead 6 s after its last beat). api_load's --quick sets its own sizes, so
 # it runs without it.
 SHORTER = {
-    'manager_failover': ('--quick', '--instances', '6', '--warm', '4',
-                         '--after', '16'),
+    'manager_failover': ('--quick', '--instances', '9', '--recoveries', '2',
+                         '--warm', '4', '--after', '16'),
     'soak': ('--quick', '--instances', '10', '--deltas', '100', '--sample',
              '1'),
     'scale': ('--quick', '--interval', '2', '--window', '8'),
@@ -140,6 +143,9 @@ class BenchmarkSmokeTestCase(testtools.TestCase):
         # replica loses nothing and nothing is merged twice.
         self.assertEqual(result['orphaned_instances'],
                          result['orphans_taken_over'])
+        if result['orphans_taken_over']:
+            self.assertIsInstance(result['takeover_seconds_p99'],
+                                  (int, float))
         for key in ('restore_points_lost', 'duplicate_merges',
                     'database_store_mismatches'):
             self.assertEqual(0, result[key], key)
