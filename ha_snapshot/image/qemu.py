@@ -50,6 +50,13 @@ class Limits:
 DEFAULT_LIMITS = Limits(1 << 30, 120)
 _PRLIMIT = shutil.which('prlimit')
 
+# NOTE: glibc reserves 64 MiB of address space per malloc arena, one per
+# thread up to 8 per core: a qemu-img convert whose I/O threads each got
+# an arena ran out of the address-space limit ("qemu_thread_create:
+# Resource temporarily unavailable", seen in CI restoring a real guest's
+# disk under --as=1 GiB). Two arenas are plenty for qemu-img.
+_ENV = {'LC_ALL': 'C', 'LANG': 'C', 'MALLOC_ARENA_MAX': '2'}
+
 
 def run(path: str, *cmd: str, limits: Limits | None = None,
         ok_codes=(0,)) -> str:
@@ -60,7 +67,7 @@ def run(path: str, *cmd: str, limits: Limits | None = None,
     try:
         out, _err = processutils.execute(
             *(wrapped or cmd), check_exit_code=list(ok_codes),
-            env_variables={'LC_ALL': 'C', 'LANG': 'C'}, **kwargs)
+            env_variables=_ENV, **kwargs)
     except processutils.ProcessExecutionError as e:
         lines = ((e.stderr or '').strip() or (e.stdout or '').strip()
                  ).splitlines()
