@@ -107,6 +107,10 @@ class RestorePoint:
     """'filesystem': taken inside a guest file system freeze (see
     ha_snapshot.statuses.Consistency). Left out of a manifest when
     'crash', as manifests were written before it existed."""
+    extra: dict = dataclasses.field(default_factory=dict)
+    """Keys of a manifest this release does not know (written by a newer
+    replica during a rolling upgrade): kept as they were, written back by
+    :meth:`encode`, never interpreted."""
 
     @property
     def key(self) -> str:
@@ -120,16 +124,23 @@ class RestorePoint:
         """Everything but the chunk map (listing, CLI)."""
         d = dataclasses.asdict(self)
         d.pop('chunks')
+        d.pop('extra')
         d['stored_chunks'] = len(self.chunks)
         return d
 
     def encode(self) -> bytes:
-        d = dataclasses.asdict(self)
+        d = dict(self.extra)
+        d.update(dataclasses.asdict(self))
+        del d['extra']
         if d['consistency'] == 'crash':
             del d['consistency']
         d['chunks'] = {str(k): v for k, v in sorted(self.chunks.items())}
         return zstandard.ZstdCompressor(level=3).compress(
             json.dumps(d, separators=(',', ':')).encode())
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(RestorePoint)) - {
+    'extra'}
 
 
 def decode_manifest(key: str, blob: bytes) -> RestorePoint:
@@ -139,6 +150,9 @@ def decode_manifest(key: str, blob: bytes) -> RestorePoint:
             raise ValueError('unsupported format version %r'
                              % d.get('format_version'))
         d['chunks'] = {int(k): v for k, v in d['chunks'].items()}
+        # NOTE: a newer replica may add optional keys (rolling upgrade);
+        # a key this release needs and does not find still fails below.
+        d['extra'] = {k: d.pop(k) for k in list(d) if k not in _FIELDS}
         rp = RestorePoint(**d)
     except (ValueError, TypeError, KeyError,
             AttributeError) as e:

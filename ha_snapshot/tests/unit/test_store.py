@@ -9,6 +9,9 @@ import json
 import os
 import time
 
+import zstandard
+
+from ha_snapshot import codec
 from ha_snapshot import delta as delta_mod
 from ha_snapshot import exception
 from ha_snapshot.image import inspect as image_inspect
@@ -310,6 +313,36 @@ class StoreTests:
         self.assertEqual(rp.id, objects.decode_manifest(rp.key, blob).id)
         self.assertRaises(exception.CorruptObject, objects.decode_manifest,
                           objects.manifest_key(self.inst, 9), blob)
+
+    def _rewritten(self, rp, change):
+        d = json.loads(codec.decompress(rp.encode(), objects.MAX_MANIFEST))
+        change(d)
+        return zstandard.ZstdCompressor().compress(json.dumps(d).encode())
+
+    def test_manifest_of_a_newer_replica_is_read_and_kept_whole(self):
+        # NOTE: rolling upgrade: a newer replica adds optional keys; this
+        # one reads the manifest and writes the keys back untouched.
+        b = self.make_qcow2('b.qcow2', MiB, 'write -P 3 0 1M')
+        rp = self.import_(b)
+        blob = self._rewritten(rp, lambda d: d.update(
+            memory_state={'bytes': 5}, future_flag=True))
+        read = objects.decode_manifest(rp.key, blob)
+        self.assertEqual(rp.chunks, read.chunks)
+        self.assertEqual({'memory_state': {'bytes': 5}, 'future_flag': True},
+                         read.extra)
+        self.assertNotIn('extra', read.summary())
+        again = json.loads(codec.decompress(read.encode(),
+                                            objects.MAX_MANIFEST))
+        self.assertEqual({'bytes': 5}, again['memory_state'])
+        self.assertNotIn('extra', again)
+
+    def test_manifest_without_a_needed_key_is_refused(self):
+        b = self.make_qcow2('b.qcow2', MiB, 'write -P 3 0 1M')
+        rp = self.import_(b)
+        blob = self._rewritten(rp, lambda d: d.pop('virtual_size'))
+        e = self.assertRaises(exception.CorruptObject,
+                              objects.decode_manifest, rp.key, blob)
+        self.assertIn('virtual_size', str(e))
 
 
 class StoreTestCase(StoreTests, base.TestCase):
