@@ -50,17 +50,18 @@ GOAL_KEYS = {
 SHORTER = {
     'manager_failover': ('--quick', '--instances', '9', '--recoveries', '2',
                          '--warm', '4', '--after', '16'),
-    'soak': ('--quick', '--instances', '10', '--deltas', '100', '--sample',
+    'soak': ('--quick', '--instances', '6', '--deltas', '60', '--sample',
              '1'),
-    'scale': ('--quick', '--interval', '2', '--window', '8'),
-    'rpo_under_load': ('--quick', '--seconds', '8'),
+    'scale': ('--quick', '--instances', '8', '--interval', '2', '--window',
+              '6'),
+    'rpo_under_load': ('--quick', '--seconds', '5'),
     'api_load': ('--seconds', '2', '--clients', '20', '--idle', '5',
                  '--slow', '5'),
     'transport': ('--quick', '--rounds', '2', '--size-mib', '8'),
     'restore_vs_chain': ('--quick', '--deltas', '10'),
     'cycle_cost': ('--quick', '--repeat', '2'),
-    'manager_scale': ('--quick', '--window', '8', '--warm', '3', '--idle',
-                      '2'),
+    'manager_scale': ('--quick', '--instances', '9', '--window', '6',
+                      '--warm', '3', '--idle', '2'),
 }
 
 
@@ -160,12 +161,12 @@ class BenchmarkSmokeTestCase(testtools.TestCase):
             self.assertEqual(0, result[key], key)
 
     def test_manager_scale(self):
-        # NOTE: 3 replicas, 15 simulated instances, an 8 s window.
+        # NOTE: 3 replicas, 9 simulated instances, a 6 s window.
         result = self._run('manager_scale')
         self.assertEqual(3, len(result['replicas']))
         for name, replica in result['replicas'].items():
             self.assertGreater(replica['cpu_cores'], 0, name)
             self.assertGreater(replica['rss_mb'], 0, name)
-        self.assertEqual(15, sum(r['owned']
+        self.assertEqual(9, sum(r['owned']
                                  for r in result['replicas'].values()))
         self.assertEqual(0, result['log_errors'])
