@@ -173,10 +173,13 @@ class Cloud:
             self._timed('swift', self._start_swift)
             for f in (rabbit, virt, ks, db):
                 f.result()
-        self._timed('keystone_setup', services.setup_keystone, self)
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        # NOTE: Glance, Placement, the stub and Aodh start (db sync, the
+        # server, an unauthenticated GET /) without Keystone's users and
+        # catalog; Nova's computes need them (Placement): they wait below.
+        with concurrent.futures.ThreadPoolExecutor(5) as pool:
             futures = [pool.submit(self._timed, name, fn, self)
                        for name, fn in (
+                           ('keystone_setup', services.setup_keystone),
                            ('glance', services.start_glance),
                            ('placement', services.start_placement),
                            ('netstub', services.start_netstub))]

@@ -12,6 +12,7 @@ ha_snapshot.rpc (for the transport helper); it must not import the
 manager, agent or storage code it checks.
 """
 
+import datetime
 import os
 import queue
 import subprocess
@@ -27,6 +28,13 @@ _POLL = 0.2
 
 class ScenarioError(Exception):
     """A step of the scenario did not go as it must."""
+
+
+def api_time(text: str) -> float:
+    """An ISO 8601 time of the ha-snapshot API (``...Z`` or ``+00:00``)
+    as epoch seconds."""
+    return datetime.datetime.fromisoformat(
+        text.replace('Z', '+00:00')).timestamp()
 
 
 def wait_for(predicate, timeout: float, what: str, poll: float = _POLL):

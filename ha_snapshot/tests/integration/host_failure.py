@@ -33,21 +33,17 @@ done, when the harness runs two compute hosts and can kill one):
 It never asks ha-snapshot what it did except through its REST API.
 """
 
-import datetime
 import os
 import time
 
 from ha_snapshot.tests.integration import cloudlib
 
+_ts = cloudlib.api_time  # NOTE: API time -> epoch seconds
+
 MiB = 1 << 20
 WRITE = 256 * 1024
 DETECT_TIMEOUT = 120
 RECOVER_TIMEOUT = 420
-
-
-def _ts(text: str) -> float:
-    return datetime.datetime.fromisoformat(
-        text.replace('Z', '+00:00')).timestamp()
 
 
 class HostFailure:

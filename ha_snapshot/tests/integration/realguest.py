@@ -135,8 +135,7 @@ def taken_at(s, instance: str, restore_point: str) -> float:
     ``taken_at``, epoch seconds)."""
     for rp in s.restore_points(instance):
         if rp['id'] == restore_point and rp.get('taken_at'):
-            return datetime.datetime.fromisoformat(
-                rp['taken_at'].replace('Z', '+00:00')).timestamp()
+            return cloudlib.api_time(rp['taken_at'])
     raise cloudlib.ScenarioError('the API gives no taken_at for restore '
                                  'point %s of %s' % (restore_point, instance))
 

@@ -42,7 +42,6 @@ held. ``python3 -m ha_snapshot.tests.integration.scenario STATE_JSON``
 runs it against a cloud started by hand.
 """
 
-import datetime
 import json
 import os
 import signal
@@ -54,6 +53,8 @@ from ha_snapshot.guest import build as guest_build
 from ha_snapshot.tests.integration import cloudlib
 from ha_snapshot.tests.integration import host_failure
 from ha_snapshot.tests.integration import realguest
+
+_ts = cloudlib.api_time  # NOTE: API time -> epoch seconds
 
 MiB = 1 << 20
 API_VERSION = {'OpenStack-API-Version': 'ha-snapshot 1.0'}
@@ -154,7 +155,7 @@ class Scenario:
             self.server_row(uuid)
             for rp in self.restore_points(uuid):
                 if rp.get('taken_at') and (
-                        _ts(rp['taken_at']).timestamp() > since):
+                        _ts(rp['taken_at']) > since):
                     return rp
             return None
         return cloudlib.wait_for(taken, timeout, what, poll=0.5)
@@ -479,7 +480,7 @@ class Scenario:
         ended = [_ts(rec['finished_at']) for rec in done
                  if rec.get('finished_at')]
         if ended:
-            quiet = (max(ended).timestamp()
+            quiet = (max(ended)
                      + HA_OVERRIDES['recovery']['cooldown'] + 1)
             time.sleep(max(0.0, quiet - time.time()))
         events = cloudlib.EventPublisher(self.state['transport_url'])
@@ -533,10 +534,6 @@ class Scenario:
         if resp.status_code != 202:
             raise cloudlib.ScenarioError('POST /v1/alarms/%s: %d %s' % (
                 uuid, resp.status_code, resp.text[:500]))
-
-
-def _ts(text: str) -> datetime.datetime:
-    return datetime.datetime.fromisoformat(text.replace('Z', '+00:00'))
 
 
 def run(state: dict, workdir: str, log=print, kill_host=None,
