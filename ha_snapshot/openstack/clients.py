@@ -8,8 +8,18 @@ Connection: the two services may use different credentials or endpoints.
 :func:`group_connection` is the part any group with keystoneauth options
 shares (the swift storage backend's [swift] too).
 
+The keystoneauth session (and with it the auth plugin's token and the
+service version discovery) is built once per group and configuration and
+shared by the connections made from it, as Nova's and Cinder's clients of
+other services share theirs: a token is fetched when the first call needs
+one and again only when it expires or a service refuses it (keystoneauth
+re-authenticates once on a 401). Before, every connection fetched a new
+token, and the host monitor makes one every check.
+
 May import ha_snapshot.conf.clients and ha_snapshot.exception.
 """
+
+import threading
 
 from keystoneauth1 import exceptions as ks_exc
 from keystoneauth1 import loading as ks_loading
@@ -20,6 +30,10 @@ from ha_snapshot.conf import clients as clients_conf
 from ha_snapshot import exception
 
 APP_NAME = 'ha-snapshot'
+_SESSIONS = {}
+_SESSIONS_LOCK = threading.Lock()
+# NOTE: a service has one configuration; a test process makes many.
+_MAX_SESSIONS = 64
 # NOTE: what a call to another service may raise when that service, the
 # network or the credentials fail; anything else is a bug and shows as one.
 API_ERRORS = (sdk_exc.SDKException, ks_exc.ClientException)
@@ -66,6 +80,9 @@ def group_connection(conf, group: str, service: str,
     """
     opts = conf[group]
     try:
+        session = _cached(conf, group)
+        if session is not None:
+            return _connect(session, opts, service)
         auth = ks_loading.load_auth_from_conf_options(conf, group)
         if auth is None:
             raise exception.ConfigurationError(
@@ -77,14 +94,39 @@ def group_connection(conf, group: str, service: str,
             raise exception.ConfigurationError(
                 reason='[%s] auth_type = none needs [%s] endpoint_override '
                 '(%s)' % (group, group, endpoint_hint))
-        session = ks_loading.load_session_from_conf_options(
-            conf, group, auth=auth)
-        kwargs = {'%s_interface' % service: opts.interface}
-        if opts.endpoint_override:
-            kwargs['%s_endpoint_override' % service] = opts.endpoint_override
-        return sdk_connection.Connection(
-            session=session, app_name=APP_NAME,
-            region_name=opts.region_name, **kwargs)
+        session = _session(conf, group, auth)
+        return _connect(session, opts, service)
     except API_ERRORS as e:
         raise exception.ConfigurationError(
             reason='[%s] options: %s: %s' % (group, type(e).__name__, e))
+
+
+def _connect(session, opts, service) -> sdk_connection.Connection:
+    kwargs = {'%s_interface' % service: opts.interface}
+    if opts.endpoint_override:
+        kwargs['%s_endpoint_override' % service] = opts.endpoint_override
+    return sdk_connection.Connection(
+        session=session, app_name=APP_NAME,
+        region_name=opts.region_name, **kwargs)
+
+
+def _key(conf, group: str) -> tuple:
+    # NOTE: the group's option values are part of the key: a changed
+    # option (an override in a test, a reloaded file) makes a new session.
+    opts = conf[group]
+    return (id(conf), group, tuple(
+        (name, repr(getattr(opts, name))) for name in sorted(opts)))
+
+
+def _cached(conf, group: str):
+    with _SESSIONS_LOCK:
+        return _SESSIONS.get(_key(conf, group))
+
+
+def _session(conf, group: str, auth):
+    session = ks_loading.load_session_from_conf_options(conf, group,
+                                                        auth=auth)
+    with _SESSIONS_LOCK:
+        while len(_SESSIONS) >= _MAX_SESSIONS:
+            del _SESSIONS[next(iter(_SESSIONS))]
+        return _SESSIONS.setdefault(_key(conf, group), session)

@@ -13,6 +13,7 @@ length (the client went away) is flagged ``truncated``.
 import dataclasses
 import http.server
 import json
+import socket
 import threading
 import urllib.parse
 
@@ -112,6 +113,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):  # NOTE: keep test output quiet
         pass
 
+    def setup(self):
+        super().setup()
+        with self.server.endpoint.lock:
+            self.server.endpoint.connections.add(self.connection)
+
+    def finish(self):
+        try:
+            super().finish()
+        finally:
+            with self.server.endpoint.lock:
+                self.server.endpoint.connections.discard(self.connection)
+
     def _handle(self):
         endpoint = self.server.endpoint
         url = urllib.parse.urlsplit(self.path)
@@ -160,6 +173,7 @@ class ScriptedEndpoint:
         self.requests = []
         self.errors = []
         self.lock = threading.Lock()
+        self.connections = set()
         self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0),
                                                      _Handler)
         self.httpd.daemon_threads = True
@@ -171,8 +185,18 @@ class ScriptedEndpoint:
         self.thread.start()
 
     def stop(self) -> None:
+        """Stop serving, like a service that died: the listener closes and
+        so do the connections clients keep alive (a client with a pooled
+        connection must not reach a stopped endpoint)."""
         self.httpd.shutdown()
         self.httpd.server_close()
+        with self.lock:
+            open_connections = list(self.connections)
+        for sock in open_connections:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         self.thread.join(10)
 
     def calls(self, *, skip_get: bool = False) -> list:

@@ -126,8 +126,10 @@ class NovaForceDownTestCase(_NovaBase):
         self.assertFalse(self.nova.service_of('compute1')['forced_down'])
 
     def test_nova_without_2_53_is_refused_before_any_request(self):
-        service = self.service(state='down')
+        # NOTE: before the first request: a client learns Nova's versions
+        # once (the shared session caches the discovery).
         self.nova.max_version = '2.52'
+        service = self.service(state='down')
         e = self.assertRaises(exception.FencingError,
                               impl_nova.NovaForceDown(self.conf).fence,
                               'compute1', service)
