@@ -23,6 +23,22 @@ def is_valid(key: str, server_id: str, secret: str) -> bool:
 
 def alarm_url(base_url: str, key: str, server_id: str) -> str:
     """The alarm action URL of a server, under the API's ``base_url``."""
-    return '%s/v1/alarms/%s?%s' % (
-        base_url.rstrip('/'), server_id,
-        urllib.parse.urlencode({'secret': secret_for(key, server_id)}))
+    return alarm_urls(base_url, key)(server_id)
+
+
+def alarm_urls(base_url: str, key: str):
+    """``server id -> alarm URL`` for many servers under one key: the
+    HMAC's key schedule and the URL's prefix are made once (a list of
+    servers spent a quarter of its CPU on alarm URLs made one by one).
+    The secret is hex and the id a UUID: neither needs quoting; an id
+    that would is quoted anyway."""
+    prefix = base_url.rstrip('/') + '/v1/alarms/'
+    keyed = hmac.new(key.encode(), digestmod=hashlib.sha256)
+
+    def url(server_id: str) -> str:
+        mac = keyed.copy()
+        mac.update(server_id.encode())
+        return '%s%s?secret=%s' % (
+            prefix, urllib.parse.quote(server_id, safe='-'),
+            mac.hexdigest())
+    return url

@@ -216,8 +216,10 @@ def _frozen(vm, channel, take, opts, require):
         try:
             count = channel.freeze(opts.max_freeze)
             if fired.is_set():
-                reason = ('the freeze did not answer within the bound '
-                          '(%s s)' % opts.max_freeze)
+                # NOTE: under load the thaw's answer can come first;
+                # the command is named either way.
+                reason = ('the freeze (guest-fsfreeze-freeze) did not '
+                          'answer within the bound (%s s)' % opts.max_freeze)
             else:
                 LOG.debug('VM %s: %s file systems frozen in %.1f ms', vm,
                           count, (time.monotonic() - t0) * 1000)

@@ -69,24 +69,26 @@ def server_view(req, row) -> dict:
         'recovery_attempts': row.recovery_attempts,
         'last_report_reason': row.last_report_reason,
     }
-    key, base = _alarm_url_parts(req)
-    if key and base is not None and _may_protect(req, row.project_id):
-        out['alarm_url'] = alarm_secret.alarm_url(base, key, row.uuid)
+    url = _alarm_url_maker(req)
+    if url is not None and _may_protect(req, row.project_id):
+        out['alarm_url'] = url(row.uuid)
     return out
 
 
-def _alarm_url_parts(req):
-    """(secret key, public base URL) once per request: reading options
-    is not free either, and a list shows many servers."""
-    parts = req.environ.get('ha_snapshot.alarm_url_parts')
-    if parts is None:
+def _alarm_url_maker(req):
+    """``server id -> alarm URL`` (None without an alarm key or public
+    URL), made once per request: reading options is not free either,
+    and a list shows many servers."""
+    environ = req.environ
+    if 'ha_snapshot.alarm_url' not in environ:
         conf = util.state(req).conf
         key = conf.api.alarm_secret_key
         # NOTE: never from the request's Host header (see api/endpoint).
-        parts = (key, endpoint.public_url(conf, req.environ) if key
-                 else None)
-        req.environ['ha_snapshot.alarm_url_parts'] = parts
-    return parts
+        base = endpoint.public_url(conf, environ) if key else None
+        environ['ha_snapshot.alarm_url'] = (
+            alarm_secret.alarm_urls(base, key)
+            if key and base is not None else None)
+    return environ['ha_snapshot.alarm_url']
 
 
 def _statuses(req):

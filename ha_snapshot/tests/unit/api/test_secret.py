@@ -31,3 +31,14 @@ class SecretTestCase(testtools.TestCase):
             'http://api:8799/v1/alarms/s?secret=' + secret.secret_for('k',
                                                                       's'),
             secret.alarm_url('http://api:8799/', 'k', 's'))
+
+    def test_alarm_urls_of_many_servers_equal_one_by_one(self):
+        url = secret.alarm_urls('http://api:8799/', 'k')
+        for server in ('s', 'server-2',
+                       'a1b2c3d4-0000-4000-8000-00000000abcd'):
+            self.assertEqual(
+                'http://api:8799/v1/alarms/%s?secret=%s'
+                % (server, secret.secret_for('k', server)), url(server))
+        # NOTE: never a raw path or query separator from an id.
+        self.assertTrue(url('a/b?c').startswith(
+            'http://api:8799/v1/alarms/a%2Fb%3Fc?secret='))
