@@ -54,6 +54,11 @@ class PutBatch:
 class StorageDriver(abc.ABC):
     """Base class; ``__init__(url, conf)`` receives the parsed URL."""
 
+    batch_is_private = False
+    """True if nothing a batch puts is visible before its commit, and an
+    aborted batch leaves nothing (then a merge writes while it still
+    checks the delta)."""
+
     def __init__(self, url, conf):
         self.url = url
         self.conf = conf

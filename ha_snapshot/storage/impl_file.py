@@ -36,6 +36,8 @@ SYNC_THREADS = 8
 
 class FileDriver(base.StorageDriver):
 
+    batch_is_private = True
+
     def __init__(self, url, conf):
         super().__init__(url, conf)
         if url.netloc not in ('', 'localhost'):

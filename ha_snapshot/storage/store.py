@@ -203,9 +203,13 @@ class RecoveryStore:
                          h.instance, parent.id)
                 return parent
             self._check_parent(h, parent)
-            if delta.materialized:
+            if delta.materialized and not self.driver.batch_is_private:
                 # NOTE: reject it whole before any write; what verify
                 # decoded is kept for the merge, within a memory budget.
+                # A driver whose batch shows nothing before its commit
+                # needs no such pass: each part is checked as the merge
+                # reaches it (iter_extents), and a bad one aborts the batch
+                # (the parts check while earlier ones are written).
                 delta.verify(keep_bytes=VERIFY_CACHE_BYTES)
             return self._merge_locked(delta, parent, source)
 
