@@ -26,8 +26,38 @@ class ObjectInfo:
     mtime: float
 
 
+class PutBatch:
+    """Puts made durable together; thread-safe.
+
+    This default puts every object at once (durable on return, as
+    ``StorageDriver.put``); a driver where one durable put costs much more
+    than its bytes (the file driver: one fsync each) overrides it.
+    """
+
+    def __init__(self, driver: 'StorageDriver'):
+        self.driver = driver
+
+    def put(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key``: whole, at the latest when
+        :meth:`commit` returns; not necessarily visible before."""
+        self.driver.put(key, data)
+
+    def commit(self) -> None:
+        """Make every put of the batch visible and durable; raise if one
+        failed. Only after this may anything refer to them."""
+
+    def abort(self) -> None:
+        """Give up: objects not yet visible are dropped (some may have
+        become visible already: they are whole, and left to gc)."""
+
+
 class StorageDriver(abc.ABC):
     """Base class; ``__init__(url, conf)`` receives the parsed URL."""
+
+    batch_is_private = False
+    """True if nothing a batch puts is visible before its commit, and an
+    aborted batch leaves nothing (then a merge writes while it still
+    checks the delta)."""
 
     def __init__(self, url, conf):
         self.url = url
@@ -60,6 +90,10 @@ class StorageDriver(abc.ABC):
     @abc.abstractmethod
     def list(self, prefix: str):
         """Iterate ObjectInfo for every key starting with ``prefix``."""
+
+    def batch(self) -> PutBatch:
+        """A :class:`PutBatch` of this driver."""
+        return PutBatch(self)
 
     def cleanup(self, cutoff: float) -> int:
         """Remove leftovers of interrupted writes older than ``cutoff``."""

@@ -3,23 +3,40 @@
 ``file:///var/lib/ha-snapshot/store`` keeps object ``a/b/c`` at
 ``/var/lib/ha-snapshot/store/a/b/c``. Writes go to a ``.tmp-`` file in the
 same directory, are fsynced, then renamed (or hard-linked, for
-``create_only``) into place, and the directory is fsynced.
+``create_only``) into place, and the directory is fsynced (and the parent
+of every directory the put created).
+
+A batch (:meth:`FileDriver.batch`, the chunks of a merge) writes each object
+to its temporary file at once and has a few threads fsync them while later
+ones are written; ``commit`` waits for those, renames them all into place
+and fsyncs each directory concerned once. Concurrent fsyncs share the
+filesystem's journal commits: this is what makes a merge cost about what a
+durable copy of its bytes costs, instead of one journal commit per chunk
+(benchmarks/merge_throughput.py).
 """
 
+import concurrent.futures
 import contextlib
 import errno
 import fcntl
 import os
 import secrets
+import threading
 
 from ha_snapshot import exception
 from ha_snapshot.storage import base
 
 _TMP = '.tmp-'
 _TRASH = '.trash-'
+# NOTE: fsyncs in flight per batch; more than the disk's queue gains
+# nothing, fewer leaves journal commits unshared (measured: 1 thread is no
+# faster than one fsync per put, 8-16 match one big file's fsync).
+SYNC_THREADS = 8
 
 
 class FileDriver(base.StorageDriver):
+
+    batch_is_private = True
 
     def __init__(self, url, conf):
         super().__init__(url, conf)
@@ -52,18 +69,33 @@ class FileDriver(base.StorageDriver):
         finally:
             os.close(fd)
 
-    def put(self, key, data, *, create_only=False):
-        path = self._path(key)
-        directory = os.path.dirname(path)
-        os.makedirs(directory, exist_ok=True)
-        tmp = os.path.join(directory, '%s%s-%s' % (
+    def _makedirs(self, directory: str) -> list:
+        """Create ``directory`` and its missing parents; return those this
+        call created (their parents must be fsynced for them to last)."""
+        if os.path.isdir(directory):
+            return []
+        created = []
+        parent = os.path.dirname(directory)
+        if parent != directory:
+            created = self._makedirs(parent)
+        try:
+            os.mkdir(directory)
+            created.append(directory)
+        except FileExistsError:
+            pass  # NOTE: another thread or process made it meanwhile.
+        return created
+
+    def _write_tmp(self, path: str, data, sync: bool) -> str:
+        """Write ``data`` to a new temporary file beside ``path``."""
+        tmp = os.path.join(os.path.dirname(path), '%s%s-%s' % (
             _TMP, os.path.basename(path), secrets.token_hex(6)))
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         except BaseException:
             # NOTE: e.g. ENOSPC: a partial file must not stay and hold the
             # space the next attempt needs.
@@ -72,6 +104,13 @@ class FileDriver(base.StorageDriver):
                 os.unlink(tmp)
             raise
         os.close(fd)
+        return tmp
+
+    def put(self, key, data, *, create_only=False):
+        path = self._path(key)
+        directory = os.path.dirname(path)
+        created = self._makedirs(directory)
+        tmp = self._write_tmp(path, data, sync=True)
         try:
             if create_only:
                 try:
@@ -86,7 +125,11 @@ class FileDriver(base.StorageDriver):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        self._fsync_dir(directory)
+        for d in [directory] + [os.path.dirname(c) for c in created]:
+            self._fsync_dir(d)
+
+    def batch(self):
+        return _FileBatch(self)
 
     def get(self, key):
         try:
@@ -195,3 +238,79 @@ class FileDriver(base.StorageDriver):
             yield
         finally:
             os.close(fd)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _FileBatch(base.PutBatch):
+    """Objects written now, fsynced by a few threads, renamed into place
+    and their directories fsynced at :meth:`commit`. Until then they are
+    ``.tmp-`` files: invisible, and removed by ``cleanup`` after a crash."""
+
+    def __init__(self, driver: FileDriver):
+        super().__init__(driver)
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=SYNC_THREADS, thread_name_prefix='store-fsync')
+        self._lock = threading.Lock()
+        self._pending = []
+        """(temporary file, final path, its fsync's future)."""
+
+    def put(self, key, data):
+        path = self.driver._path(key)
+        self.driver._makedirs(os.path.dirname(path))
+        tmp = self.driver._write_tmp(path, data, sync=False)
+        with self._lock:
+            self._pending.append((tmp, path,
+                                  self._pool.submit(_fsync_file, tmp)))
+
+    def commit(self):
+        with self._lock:
+            pending, self._pending = self._pending, []
+        renamed = 0
+        try:
+            # NOTE: every object's data is durable before any is renamed:
+            # a name in the store never points at a torn file.
+            for _tmp, _path, future in pending:
+                future.result()
+            for tmp, path, _f in pending:
+                os.rename(tmp, path)
+                renamed += 1
+        except BaseException:
+            self._drop(pending[renamed:])
+            self._pool.shutdown(cancel_futures=True)
+            raise
+        # NOTE: each directory of a renamed object and its ancestors up to
+        # the root, once: that covers directories this batch created and
+        # those a concurrent writer created and has not fsynced yet.
+        dirs = set()
+        for _tmp, path, _f in pending:
+            d = os.path.dirname(path)
+            while d not in dirs and d.startswith(self.driver.root):
+                dirs.add(d)
+                d = os.path.dirname(d)
+        try:
+            for future in [self._pool.submit(self.driver._fsync_dir, d)
+                           for d in sorted(dirs)]:
+                future.result()
+        finally:
+            self._pool.shutdown()
+
+    def abort(self):
+        with self._lock:
+            pending, self._pending = self._pending, []
+        self._drop(pending)
+        self._pool.shutdown(cancel_futures=True)
+
+    def _drop(self, pending):
+        for _tmp, _path, future in pending:
+            future.cancel()
+        concurrent.futures.wait([f for _t, _p, f in pending])
+        for tmp, _path, _f in pending:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)

@@ -48,9 +48,10 @@ KEY_LOCKS = 64
 # kept by its listing: manifests are written once (create-only) and never
 # changed, so a commit no longer decodes every manifest of the instance.
 SUMMARY_KEYS = 65536
-# NOTE: chunks are hashed, compressed and written by a few threads
-# (hashlib, zstd and file I/O release the GIL); this bounds how many
-# assembled chunks wait for them.
+# NOTE: chunks are assembled, hashed, compressed and written by a few
+# threads (hashlib, zstd and file I/O release the GIL); this bounds how
+# many chunks wait for them (each holds at most a chunk of the delta's
+# bytes, and a chunk of its parent while it is assembled).
 WRITER_THREADS = 3
 WRITER_QUEUE = 8
 
@@ -202,9 +203,13 @@ class RecoveryStore:
                          h.instance, parent.id)
                 return parent
             self._check_parent(h, parent)
-            if delta.materialized:
+            if delta.materialized and not self.driver.batch_is_private:
                 # NOTE: reject it whole before any write; what verify
                 # decoded is kept for the merge, within a memory budget.
+                # A driver whose batch shows nothing before its commit
+                # needs no such pass: each part is checked as the merge
+                # reaches it (iter_extents), and a bad one aborts the batch
+                # (the parts check while earlier ones are written).
                 delta.verify(keep_bytes=VERIFY_CACHE_BYTES)
             return self._merge_locked(delta, parent, source)
 
@@ -312,27 +317,40 @@ class RecoveryStore:
         stored = 0
         pos = 0
         view = memoryview(data)
-        for offset, length, kind in extents:
-            if kind != delta_mod.DATA:
-                continue
-            first = -(-offset // cs)
-            for index in range(first, (offset + length) // cs):
-                start = pos + index * cs - offset
-                chunk = view[start:start + cs]
-                if chunk == _zeros(cs):
+        batch = self.driver.batch()
+        try:
+            for offset, length, kind in extents:
+                if kind != delta_mod.DATA:
                     continue
-                sha = hashlib.sha256(chunk).hexdigest()
-                if digests is not None:
-                    digests[(cs, index)] = sha
-                try:
+                first = -(-offset // cs)
+                for index in range(first, (offset + length) // cs):
+                    start = pos + index * cs - offset
+                    chunk = view[start:start + cs]
+                    if chunk == _zeros(cs):
+                        continue
+                    sha = hashlib.sha256(chunk).hexdigest()
+                    if digests is not None:
+                        digests[(cs, index)] = sha
                     sha, new = self._put_chunk(scope, chunk, self.compress,
-                                               sha=sha, owner=owner)
-                except (OSError, exception.StorageError) as e:
-                    LOG.debug('Instance %s: chunk not stored ahead of its '
-                              'merge: %s', instance, e)
-                    return stored
-                stored += new
-            pos += length
+                                               sha=sha, owner=owner,
+                                               batch=batch)
+                    stored += new
+                pos += length
+        except (OSError, exception.StorageError) as e:
+            LOG.debug('Instance %s: chunk not stored ahead of its merge: '
+                      '%s', instance, e)
+        except BaseException:
+            batch.abort()
+            raise
+        # NOTE: what was put before a failure is still worth keeping; a
+        # chunk the merge finds missing (not committed) it stores itself.
+        try:
+            batch.commit()
+        except (OSError, exception.StorageError) as e:
+            batch.abort()
+            LOG.debug('Instance %s: chunks not stored ahead of their '
+                      'merge: %s', instance, e)
+            return 0
         return stored
 
     def _key_lock(self, key: str) -> threading.Lock:
@@ -384,7 +402,8 @@ class RecoveryStore:
             return {o for _n, o in self._prestored.values() if o}
 
     def _put_chunk(self, scope: str, data: bytes, compress: bool,
-                   claim=None, sha: str | None = None, owner=None):
+                   claim=None, sha: str | None = None, owner=None,
+                   batch=None):
         """Store one chunk unless held.
 
         ``claim(sha)`` says whether this call is the first of its merge to
@@ -392,6 +411,8 @@ class RecoveryStore:
         once). ``sha``: its sha256, when this process already hashed these
         very bytes. ``owner``: the (instance, sequence) of the delta a
         chunk is stored ahead for (:meth:`prestore`); None for a merge.
+        ``batch``: the driver's PutBatch to write through (the chunk is
+        durable only at its commit); None: a durable put.
         Returns (sha, bytes newly stored).
         """
         if sha is None:
@@ -421,7 +442,8 @@ class RecoveryStore:
                         self._prestored.popitem(last=False)
         # NOTE: written outside the lock; a discard that runs meanwhile
         # leaves this write to gc.
-        self.driver.put(key, objects.encode_chunk(data, compress, _cctx()))
+        (batch or self.driver).put(
+            key, objects.encode_chunk(data, compress, _cctx()))
         return sha, len(data)
 
     # --- retention, gc, verify ----------------------------------------------
@@ -552,9 +574,12 @@ def _cctx():
 
 
 class _ChunkWriter:
-    """Assembles the chunks a merge touches, in offset order, and has a few
-    threads hash, compress and store them. Leaving the ``with`` block waits
-    for every chunk (and raises the first failure)."""
+    """Gathers what a merge writes into each chunk it touches, in offset
+    order, and has a few threads assemble (read the parent's chunk if
+    partly overwritten), hash, compress and store them, through one
+    driver batch. Leaving the ``with`` block waits for every chunk and
+    commits the batch (raising the first failure): after it every chunk is
+    durable, so the manifest may be put."""
 
     def __init__(self, store: RecoveryStore, rp, parent, known=None):
         self.store, self.rp, self.parent = store, rp, parent
@@ -563,10 +588,12 @@ class _ChunkWriter:
         # chunk_digests); only a chunk taken whole from the delta uses it.
         self.known = known or {}
         self.index = None
-        self.buf = None
-        self.sha = None
+        self.patches = []
+        """(offset within the chunk, length, bytes or None for zeros) of
+        the chunk at ``index``, in order."""
         self.pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=WRITER_THREADS, thread_name_prefix='chunk-writer')
+        self.batch = store.driver.batch()
         self.pending = collections.deque()
         self.claimed = set()
         self.claim_lock = threading.Lock()
@@ -575,13 +602,18 @@ class _ChunkWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        committed = False
         try:
             if exc_type is None:
                 self.flush()
                 while self.pending:
                     self._collect()
+                self.batch.commit()
+                committed = True
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
+            if not committed:
+                self.batch.abort()
         return False
 
     def apply(self, offset: int, length: int, data) -> None:
@@ -596,40 +628,41 @@ class _ChunkWriter:
             clen = self.rp.chunk_length(index)
             within = at - index * cs
             n = min(length - pos, clen - within)
-            if self.buf is None and within == 0 and n == clen and (
-                    data is not None):
-                # NOTE: a whole chunk of the delta: no copy at all.
-                self.buf = data[pos:pos + n]
-                self.sha = self.known.get(index)
-                pos += n
-                continue
-            if self.buf is None:
-                if within == 0 and n == clen:
-                    self.buf = bytearray(clen)  # NOTE: wholly overwritten.
-                elif self.parent is not None:
-                    self.buf = bytearray(self.store.read_chunk(self.parent,
-                                                               index))
-                else:
-                    self.buf = bytearray(clen)
-            if data is None:
-                self.buf[within:within + n] = _zeros(n)
-            else:
-                self.buf[within:within + n] = data[pos:pos + n]
+            self.patches.append((within, n, None if data is None
+                                 else data[pos:pos + n]))
             pos += n
 
     def flush(self) -> None:
-        if self.buf is None:
+        if not self.patches:
             return
-        data, sha = self.buf, self.sha
-        self.buf = self.sha = None
-        if data == _zeros(len(data)):
-            self.rp.chunks.pop(self.index, None)
-            return
-        self.pending.append((self.index, self.pool.submit(
-            self.store._put_chunk, self.rp.scope, data, self.store.compress,
-            self._claim, sha)))
+        index, patches = self.index, self.patches
+        self.patches = []
+        self.pending.append((index, self.pool.submit(
+            self._store, index, patches)))
         while len(self.pending) > WRITER_QUEUE:
             self._collect()
+
+    def _store(self, index: int, patches: list):
+        """In a writer thread: the chunk's new content, stored."""
+        clen = self.rp.chunk_length(index)
+        within, n, data = patches[0]
+        sha = None
+        if len(patches) == 1 and n == clen and data is not None:
+            # NOTE: a whole chunk of the delta: no copy at all.
+            buf, sha = data, self.known.get(index)
+        else:
+            if self.parent is None or any(n == clen for _w, n, _d in patches):
+                buf = bytearray(clen)
+            else:
+                # NOTE: partly overwritten: the rest is the parent's. Read
+                # here, so that the reads of a scattered delta overlap.
+                buf = bytearray(self.store.read_chunk(self.parent, index))
+            for within, n, data in patches:
+                buf[within:within + n] = _zeros(n) if data is None else data
+        if buf == _zeros(clen):
+            return None, 0
+        return self.store._put_chunk(self.rp.scope, buf, self.store.compress,
+                                     self._claim, sha, batch=self.batch)
 
     def _claim(self, sha: str) -> bool:
         with self.claim_lock:
@@ -641,6 +674,9 @@ class _ChunkWriter:
     def _collect(self) -> None:
         index, future = self.pending.popleft()
         sha, stored = future.result()
+        if sha is None:
+            self.rp.chunks.pop(index, None)
+            return
         self.rp.chunks[index] = sha
         if stored:
             self.rp.new_chunks += 1

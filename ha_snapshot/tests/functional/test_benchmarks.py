@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
 GOAL_KEYS = {
     'cycle_cost': ['ratio'],
     'wire_ratio': ['incompressible', 'compressible'],
-    'merge_throughput': ['ratio_vs_copy'],
+    'merge_throughput': ['ratio_vs_copy', 'scattered_MBps'],
     'restore_vs_chain': ['ratio'],
     'dedup': ['fraction_of_image'],
     'chunk_size': ['recommended_chunk_size'],

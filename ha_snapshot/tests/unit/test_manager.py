@@ -302,17 +302,20 @@ class ManagerTestCase(_Base):
     def test_full_store_is_not_acknowledged(self):
         self.register()
         prim = self.delta(self.base, 0, None, backing=False)
-        real_put = self.store.driver.put
+        # NOTE: where the file driver writes an object's bytes, for a put
+        # and for a batch (chunks) alike.
+        real_write = self.store.driver._write_tmp
+        chunks = os.path.join(self.store_dir, 'chunks')
 
-        def full(key, data, **kw):
-            if key.startswith('chunks/'):
+        def full(path, data, sync):
+            if path.startswith(chunks):
                 raise OSError(28, 'No space left on device')
-            return real_put(key, data, **kw)
-        self.store.driver.put = full
+            return real_write(path, data, sync)
+        self.store.driver._write_tmp = full
         e = self.assertRaises(exception.StorageError, self.ship, prim)
         self.assertIn('full', str(e))
         self.assertEqual([], self.store.restore_points(self.inst))
-        self.store.driver.put = real_put
+        self.store.driver._write_tmp = real_write
         self.assertEqual(1, self.ship(prim)['number'])
 
 
