@@ -33,8 +33,10 @@ the recovery before it starts, so a failure says where it stopped):
 ``wait-rebuilt``
     Until the server runs the image, SHUTOFF, with no task left, for at
     most ``[recovery] rebuild_timeout``; ERROR fails with Nova's fault.
-    (A server Nova leaves ACTIVE, one rebuilt from ERROR, is stopped: its
-    guest ran before the re-baseline, which is logged.)
+``stop-rebuilt``
+    Only for a server Nova leaves ACTIVE (one rebuilt from ERROR, or
+    started by someone since): it is stopped; its guest ran before the
+    re-baseline, which is logged.
 ``rebaseline``
     The agent on the server's host starts change tracking afresh on the
     rebuilt disk of the stopped server, its next delta based on this
@@ -87,7 +89,8 @@ LOG = logging.getLogger(__name__)
 # NOTE: steps after which Nova may already have the rebuild request.
 _REBUILD_SENT = ('rebuild-server', 'wait-rebuilt')
 # NOTE: steps reached only once the server ran the recovery image, stopped.
-_REBUILT = ('rebaseline', 'start-server', 'wait-active', 'cleanup-images')
+_REBUILT = ('stop-rebuilt', 'rebaseline', 'start-server', 'wait-active',
+            'cleanup-images')
 # NOTE: steps reached once the rebuilt server was re-baselined.
 _REBASELINED = ('start-server', 'wait-active', 'cleanup-images')
 
@@ -208,7 +211,9 @@ class RebuildAction:
             # NOTE: ERROR (Nova rebuilds it, and starts it) or a task of
             # Nova's own: the rebuild is sent as it stands.
             return server
-        progress('stop-server')
+        # NOTE: two names: a manager resumed at the second must not
+        # rebuild again.
+        progress('stop-server' if image is None else 'stop-rebuilt')
         if task is not None:
             # NOTE: settles SHUTOFF, or ACTIVE (then stopped below).
             server = servers.wait_stopped(nova, server.id, image,
