@@ -33,7 +33,7 @@ steps, each recorded on the recovery before it starts:
     the protection spec): its next delta is an increment on that point,
     not the whole disk, and holds what the guest writes from its first
     instruction on.
-``start-server``, ``wait-active``
+``start-rebuilt``, ``wait-running``
     As the rebuild action: ``os-start``, until ACTIVE.
 ``cleanup-images``
     As the rebuild action.

@@ -42,9 +42,9 @@ the recovery before it starts, so a failure says where it stopped):
     rebuilt disk of the stopped server, its next delta based on this
     restore point: what the store holds is not sent again, and what the
     guest writes from its first instruction on is in the next delta.
-``start-server``
+``start-rebuilt``
     ``os-start``.
-``wait-active``
+``wait-running``
     Until the server is ACTIVE with no task left, for at most
     ``[recovery] rebuild_timeout``.
 ``cleanup-images``
@@ -58,7 +58,7 @@ image uploaded before; when the recorded step shows the rebuild was
 already sent, it does not send it again if the server runs the image; when
 the step shows the rebuild had ended (``rebaseline``), it re-baselines the
 stopped server again (the same result) and starts it; after
-``start-server`` or ``wait-active`` it only waits for the server to run
+``start-rebuilt`` or ``wait-running`` it only waits for the server to run
 (starting it if it is still stopped); at ``cleanup-images`` it only
 cleans up, even if the image is pruned already.
 
@@ -86,13 +86,18 @@ from ha_snapshot import statuses
 
 LOG = logging.getLogger(__name__)
 
-# NOTE: steps after which Nova may already have the rebuild request.
-_REBUILD_SENT = ('rebuild-server', 'wait-rebuilt')
+# NOTE: steps after which Nova may already have the rebuild request;
+# wait-active and start-server are those of a manager of the previous
+# release,
+# which waited for (and started) the rebuilt server before its
+# re-baseline: resumed there, the server is stopped and re-baselined.
+_REBUILD_SENT = ('rebuild-server', 'wait-rebuilt', 'wait-active',
+                 'start-server')
 # NOTE: steps reached only once the server ran the recovery image, stopped.
-_REBUILT = ('stop-rebuilt', 'rebaseline', 'start-server', 'wait-active',
+_REBUILT = ('stop-rebuilt', 'rebaseline', 'start-rebuilt', 'wait-running',
             'cleanup-images')
 # NOTE: steps reached once the rebuilt server was re-baselined.
-_REBASELINED = ('start-server', 'wait-active', 'cleanup-images')
+_REBASELINED = ('start-rebuilt', 'wait-running', 'cleanup-images')
 
 
 class RebuildAction:
@@ -231,17 +236,17 @@ class RebuildAction:
         return servers.wait_stopped(nova, server.id, image, **wait)
 
     def _start(self, nova, uuid, image_id, progress):
-        """start-server (unless Nova runs it already), wait-active."""
+        """start-rebuilt (unless Nova runs it already), wait-running."""
         conf = self.conf.recovery
         server = servers.get(nova, uuid)
         if server.status == 'SHUTOFF' and server.task_state is None:
-            progress('start-server')
+            progress('start-rebuilt')
             servers.start(nova, server)
-        progress('wait-active')
+        progress('wait-running')
         return servers.wait_active(
             nova, uuid, image_id, timeout=conf.rebuild_timeout,
             interval=conf.rebuild_poll_interval,
-            on_start=lambda: progress('start-server'))
+            on_start=lambda: progress('start-rebuilt'))
 
     def _rebaseline(self, instance, host, restore_point):
         uuid = instance.uuid

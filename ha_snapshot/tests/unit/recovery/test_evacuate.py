@@ -26,7 +26,7 @@ SOURCE_IMAGE = test_rebuild.SOURCE_IMAGE
 EVACUATION_STEPS = ['starting', 'inspect-server', 'evacuate-server',
                     'wait-evacuated', 'find-image', 'export', 'upload-image',
                     'rebuild-server', 'wait-rebuilt', 'move-protection',
-                    'rebaseline', 'start-server', 'wait-active',
+                    'rebaseline', 'start-rebuilt', 'wait-running',
                     'cleanup-images', 'done']
 
 
@@ -220,7 +220,7 @@ class EvacuateActionTestCase(EvacuateTestBase):
         self.steps.clear()
         self.resumed(rec)
         self.assertEqual(['inspect-server', 'move-protection', 'rebaseline',
-                          'start-server', 'wait-active', 'cleanup-images',
+                          'start-rebuilt', 'wait-running', 'cleanup-images',
                           'done'], self.steps)
         self.assertEqual('compute2', self.db.get_instance(self.inst).host)
         self.assertEqual(['SHUTOFF'], self.agent.statuses)
@@ -228,16 +228,16 @@ class EvacuateActionTestCase(EvacuateTestBase):
                                 self.nova_actions()))
 
     def test_resumed_after_the_rebaseline_only_starts(self):
-        for step in ('start-server', 'wait-active'):
+        for step in ('start-rebuilt', 'wait-running'):
             self.die_at = step
             rec = self.evacuate()
             self.assertEqual(('running', step), (rec.state, rec.step))
             self.steps.clear()
             self.resumed(rec)
-            self.assertEqual(['inspect-server', 'start-server'
-                              if step == 'start-server' else 'wait-active',
-                              ] + (['wait-active']
-                                   if step == 'start-server' else [])
+            self.assertEqual(['inspect-server', 'start-rebuilt'
+                              if step == 'start-rebuilt' else 'wait-running',
+                              ] + (['wait-running']
+                                   if step == 'start-rebuilt' else [])
                              + ['cleanup-images', 'done'], self.steps)
             # One re-baseline, one start, the server running.
             self.assertEqual(1, len(self.agent.calls))

@@ -174,7 +174,7 @@ class RebuildTestCase(RebuildTestBase):
         self.assertEqual(['starting', 'inspect-server', 'find-image',
                           'export', 'upload-image', 'stop-server',
                           'rebuild-server', 'wait-rebuilt', 'rebaseline',
-                          'start-server', 'wait-active', 'cleanup-images',
+                          'start-rebuilt', 'wait-running', 'cleanup-images',
                           'done'], self.steps)
         [image] = self.recovery_images()
         img = image['id']
@@ -313,7 +313,7 @@ class RebuildTestCase(RebuildTestBase):
         self.nova.outcome = 'shutoff'
         rec = self.recover()
         self.assertEqual('succeeded', rec.state, rec.error)
-        self.assertIn('start-server', self.steps)
+        self.assertIn('start-rebuilt', self.steps)
         self.assertEqual({'os-start': None}, self.nova_posts()[-1])
         self.assertEqual('ACTIVE', self.nova.servers[self.inst]['status'])
 
@@ -328,7 +328,7 @@ class RebuildTestCase(RebuildTestBase):
                        'OS-EXT-STS:power_state': 4})
         rec = self.recover()
         self.assertEqual('succeeded', rec.state, rec.error)
-        self.assertIn('start-server', self.steps)
+        self.assertIn('start-rebuilt', self.steps)
         self.assertNotIn('stop-server', self.steps)
         self.assertEqual(['rebuild', 'os-start'], self.nova_actions())
         self.assertEqual(['SHUTOFF'], self.agent.statuses)
@@ -344,7 +344,7 @@ class RebuildTestCase(RebuildTestBase):
         self.nova.outcome = 'active-then-stop'
         rec = self.recover()
         self.assertEqual('succeeded', rec.state, rec.error)
-        self.assertIn('start-server', self.steps)
+        self.assertIn('start-rebuilt', self.steps)
         self.assertEqual(['SHUTOFF'], self.agent.statuses)
         self.assertEqual('ACTIVE', self.nova.servers[self.inst]['status'])
 
@@ -496,7 +496,7 @@ class FailureTestCase(RebuildTestBase):
             self.nova.settle(server['id'], 'stuck')
             return answer
         self.nova.start = start
-        self.assertFailed(self.recover(), 'wait-active', 'RebuildTimeout',
+        self.assertFailed(self.recover(), 'wait-running', 'RebuildTimeout',
                           'not ACTIVE 1 s after its rebuild',
                           'task_state powering-on')
         self.assertEqual(1, len(self.agent.calls))
@@ -587,12 +587,31 @@ class ResumeTestCase(RebuildTestBase):
         self.assertResumed(['os-stop', 'rebuild', 'os-start'])
 
     def test_resume_after_rebaseline_starts_without_rebaselining(self):
-        self.crash_then_resume('start-server')
+        self.crash_then_resume('start-rebuilt')
         self.assertResumed(['os-stop', 'rebuild', 'os-start'])
 
     def test_resume_while_starting_does_not_start_twice(self):
-        self.crash_then_resume('wait-active')
+        self.crash_then_resume('wait-running')
         self.assertResumed(['os-stop', 'rebuild', 'os-start'])
+
+    def test_resume_at_a_step_of_the_previous_release(self):
+        # A manager of the previous release waited for ACTIVE (starting
+        # the server) before the re-baseline, and died there: resumed,
+        # the server is not rebuilt again, but stopped, re-baselined and
+        # started.
+        self.die_at = 'wait-rebuilt'
+        rec = self.recover()
+        self.nova.settle(self.inst, 'shutoff')
+        self.nova.start(self.nova.servers[self.inst], {})
+        self.db.update_recovery(rec.id, step='wait-active')
+        self.die_at = None
+        eng = self.engine()
+        self.assertEqual(1, eng.resume())
+        eng.wait(self.inst, 60)
+        self.assertEqual('succeeded', self.db.get_recovery(rec.id).state)
+        self.assertResumed(['os-stop', 'rebuild', 'os-stop', 'os-start'])
+        self.assertIn('its guest ran before the re-baseline',
+                      self.logger.output)
 
     def test_resume_at_rebaseline_of_a_server_started_meanwhile(self):
         # Someone started the rebuilt server while no manager ran: it is
