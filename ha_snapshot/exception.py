@@ -274,7 +274,7 @@ class EvacuationFailed(OpenStackError):
 
 
 class RebuildTimeout(RebuildFailed):
-    msg_fmt = ('Server %(server)s is not ACTIVE %(timeout)s s after its '
+    msg_fmt = ('Server %(server)s is not %(wanted)s %(timeout)s s after its '
                'rebuild (status %(status)s, task_state %(task_state)s); '
                'raise [recovery] rebuild_timeout if Nova is slow.')
 

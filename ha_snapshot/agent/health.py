@@ -88,6 +88,10 @@ class HealthMonitor(threading.Thread):
         self._lock = threading.Lock()
         self._sub = None
         self._anomaly = None
+        self.start_deadline = None
+        """Set (a ``clock()`` value) when the VM was re-baselined while
+        stopped: checks begin once it runs; not running by then is
+        reported."""
 
     def start(self):
         self._sub = self.driver.subscribe(self.vm, self._on_event)
@@ -116,7 +120,9 @@ class HealthMonitor(threading.Thread):
 
     def _on_event(self, event) -> None:
         reason = ABNORMAL_EVENTS.get(event.kind)
-        if reason is None:
+        if reason is None or self.start_deadline is not None:
+            # NOTE: while a stopped VM waits for its start, Nova's start
+            # (undefine, define, start) is no incident.
             return
         if event.kind == 'SHUTDOWN' and (event.data or {}).get('guest') is (
                 False):
@@ -131,6 +137,8 @@ class HealthMonitor(threading.Thread):
         # QEMU meanwhile).
         answered = False
         interval = self.conf.agent.health_interval
+        if self.start_deadline is not None and not self._await_start():
+            return
         while not self._stopping.wait(interval):
             checks = {'monitor': self._alive}
             if self.qga_path:
@@ -147,6 +155,20 @@ class HealthMonitor(threading.Thread):
                     self._report('%s check failed %d times in a row'
                                  % (name, failures[name]), {'check': name})
             self._check_anomalies()
+
+    def _await_start(self) -> bool:
+        """Until the VM re-baselined while stopped runs; False when the
+        monitor is stopped meanwhile."""
+        while not self._alive():
+            if self.clock() >= self.start_deadline:
+                self.start_deadline = None
+                self._report('VM not started within %d s of its re-baseline'
+                             % self.conf.agent.rebaseline_start_timeout, {})
+                return True
+            if self._stopping.wait(self.conf.agent.health_interval):
+                return False
+        self.start_deadline = None
+        return True
 
     def _alive(self) -> bool:
         try:

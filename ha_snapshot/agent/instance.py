@@ -83,6 +83,9 @@ class SnapshotAgent(threading.Thread):
         """Quiesced snapshots refused (the server requires quiesce and
         its guest agent could not freeze it)."""
         self.error = None
+        self.start_deadline = None
+        """Set (a ``clock()`` value) when the VM was re-baselined while
+        stopped: the snapshots begin once it runs, until then at most."""
 
     @property
     def instance(self) -> str:
@@ -220,6 +223,8 @@ class SnapshotAgent(threading.Thread):
         self._adopt_unknown_overlays()
         if self.shipper.thread is None:
             self.shipper.start()
+        if self.start_deadline is not None:
+            self._await_start()
         while not self._stopping.is_set():
             if self.failed.is_set():
                 self._wait(3600)
@@ -236,6 +241,20 @@ class SnapshotAgent(threading.Thread):
             if self.failed.is_set():
                 continue
             self._snapshot()
+
+    def _await_start(self) -> None:
+        """Until the VM runs: the first snapshot must find it running,
+        its bitmaps holding every write of its guest."""
+        while not self.driver.is_alive(self.vm):
+            if self.clock() >= self.start_deadline:
+                raise hv_base.VMNotRunning(
+                    vm=self.instance, reason='not started within [agent] '
+                    'rebaseline_start_timeout of its re-baseline')
+            if self._stopping.wait(self.conf.agent.health_interval):
+                raise Stopped()
+        self.start_deadline = None
+        LOG.info('Instance %s: running after its re-baseline; snapshots '
+                 'begin', self.instance)
 
     def _wait_for_room(self) -> None:
         """Block while [agent] max_pending_deltas deltas wait for their

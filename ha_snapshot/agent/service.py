@@ -214,7 +214,8 @@ class AgentService(service.Service):
                 '(available: %s).' % (instance, name, self.host,
                                       ', '.join(available) or 'none'))
 
-    def _start_instance(self, st, vm=None) -> Protected:
+    def _start_instance(self, st, vm=None,
+                        await_start: bool = False) -> Protected:
         driver = self.driver_for(st.spec)
         # NOTE: a sampler per instance: its window of readings follows
         # that instance's decisions, not anyone's.
@@ -228,13 +229,17 @@ class AgentService(service.Service):
         monitor = health_mod.HealthMonitor(
             self.conf, driver, agent.vm, st.instance, self.report,
             figures=agent._figures, qga_path=st.spec.qga_path)
+        if await_start and not driver.is_alive(agent.vm):
+            # NOTE: re-baselined while stopped: Nova starts it next.
+            agent.start_deadline = monitor.start_deadline = (
+                time.monotonic() + self.conf.agent.rebaseline_start_timeout)
         p = Protected(agent, monitor)
         with self.lock:
             self.instances[st.instance] = p
         monitor.start()
         agent.start()
         # NOTE: a VM that died while no agent watched is reported now.
-        if not driver.is_alive(agent.vm):
+        if agent.start_deadline is None and not driver.is_alive(agent.vm):
             monitor._report('VM not running when protection resumed', {})
         return p
 
@@ -517,7 +522,9 @@ class AgentService(service.Service):
                                      else restore_point)
         st.status = statuses.InstanceStatus.PROTECTING
         st.save(self.conf.agent.state_dir)
-        self._start_instance(st, vm=vm)
+        # NOTE: the recoveries re-baseline a stopped server, then start it:
+        # its protection begins when it runs.
+        self._start_instance(st, vm=vm, await_start=True)
         driver_name = self.driver_name(st.spec)
         LOG.info('Instance %s: rebaselined on restore point %s (%s driver; '
                  'next delta %s)', instance, restore_point, driver_name,

@@ -178,6 +178,12 @@ AGENT_OPTS = [
                     'the VM is reported abnormal.'),
     cfg.FloatOpt('health_timeout', default=2.0, min=0.05,
                  help='Seconds a QMP or guest-agent ping may take.'),
+    cfg.IntOpt('rebaseline_start_timeout', default=900, min=1,
+               help='Seconds a VM re-baselined while stopped (a server '
+                    'the rebuild or evacuate recovery rebuilt stopped) '
+                    'may take to be started: its snapshots and health '
+                    'checks begin once it runs; later it is reported '
+                    'abnormal.'),
     cfg.FloatOpt('heartbeat_interval', default=10.0, min=0.1,
                  help='Seconds between heartbeats to the manager.'),
     cfg.IntOpt('max_pending_deltas', default=3, min=1, max=16,

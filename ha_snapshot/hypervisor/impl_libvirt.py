@@ -380,9 +380,14 @@ class LibvirtDriver(base.HypervisorDriver):
             return ops.frozen_images(self, vm, disk)
 
     def start_tracking(self, vm) -> bool:
+        # NOTE: a stopped domain (a server rebuilt while stopped) gets its
+        # bitmaps before its guest runs: no write of it escapes them.
         with vm.op_lock:
             ops.drop_all(self, vm)
-            ops.new_checkpoint(self, vm)
+            if self.is_alive(vm):
+                ops.new_checkpoint(self, vm)
+            else:
+                ops.new_checkpoint_stopped(self, vm)
         return True
 
     def stop_tracking(self, vm) -> None:

@@ -446,6 +446,49 @@ def new_checkpoint(drv, vm) -> None:
              vm.name, name)
 
 
+def new_checkpoint_stopped(drv, vm) -> None:
+    """Start tracking writes from the stopped domain's next start.
+
+    libvirt creates checkpoints of running domains only; so a persistent
+    dirty bitmap is added to each protected disk's image with ``qemu-img
+    bitmap`` while no QEMU has it open (QEMU's write lock makes this fail
+    if one does), and the checkpoint describing it is only written to the
+    tracking file: the next backup redefines it, validated, as any other.
+    QEMU loads the bitmap when the domain starts, so it holds every write
+    of the guest from its first instruction on.
+    """
+    if drv.is_alive(vm):
+        raise base.SnapshotFailed(vm=vm.name, reason='the domain runs: '
+                                  'its change tracking starts through '
+                                  'libvirt, not offline')
+    state = _load(drv, vm)
+    disks, all_targets = _protected_disks(drv, vm)
+    names = sorted(d.name for d in disks)
+    name = state.new_name()
+    state.save()  # NOTE: the name is never used twice, even on failure
+    added = []
+    try:
+        for d in disks:
+            qemu.run(d.active.path, 'qemu-img', 'bitmap', '--add',
+                     '-f', 'qcow2', '--', d.active.path, name)
+            added.append(d)
+    except exception.QemuImgError:
+        for d in added:
+            try:
+                qemu.run(d.active.path, 'qemu-img', 'bitmap', '--remove',
+                         '-f', 'qcow2', '--', d.active.path, name)
+            except exception.QemuImgError as e:
+                LOG.warning('Domain %s: bitmap %s left in %s: %s', vm.name,
+                            name, d.active.path, e)
+        raise
+    state.checkpoints.append(tracking.Checkpoint(
+        name=name, disks=names, xml=tracking.checkpoint_xml(
+            name, names, all_targets, creation_time=time.time())))
+    state.save()
+    LOG.info('Domain %s (stopped): change tracking starts afresh at '
+             'checkpoint %s with its next start', vm.name, name)
+
+
 def qemu_io(drv, vm, disk: str, command: str) -> None:
     """One qemu-io command on a disk through libvirt's monitor
     passthrough (tests and the demo: libvirt marks the domain tainted)."""

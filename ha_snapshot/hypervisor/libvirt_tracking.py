@@ -147,10 +147,16 @@ class Tracking:
 
 # --- XML -----------------------------------------------------------------
 
-def checkpoint_xml(name: str, disks, all_disks) -> str:
-    """A new checkpoint with a bitmap on ``disks`` and none elsewhere."""
+def checkpoint_xml(name: str, disks, all_disks,
+                   creation_time: int | None = None) -> str:
+    """A new checkpoint with a bitmap on ``disks`` and none elsewhere.
+    ``creation_time`` (seconds since the epoch): the XML of one whose
+    bitmaps were made without libvirt, to redefine it."""
     root = ElementTree.Element('domaincheckpoint')
     ElementTree.SubElement(root, 'name').text = name
+    if creation_time is not None:
+        ElementTree.SubElement(root, 'creationTime').text = str(
+            int(creation_time))
     el = ElementTree.SubElement(root, 'disks')
     for d in all_disks:
         if d in disks:

@@ -1,13 +1,15 @@
-"""Nova calls: where a server runs; the rebuild recovery's look, rebuild,
-start, wait.
+"""Nova calls: where a server runs; the rebuild recovery's look, stop,
+rebuild, start, waits.
 
-``rebuild`` sends ``POST /servers/{id}/action {"rebuild": {"imageRef":
-...}}`` and nothing else, so Nova keeps the server's name, metadata, key,
-user data, networks and volumes (ephemeral and swap disks come back
-empty: Nova's libvirt driver cannot preserve them). Waiting polls ``GET
-/servers/{id}`` until the server runs the new image with no task left:
-ACTIVE is done; SHUTOFF (Nova keeps a stopped server stopped across a
-rebuild) gets one ``os-start``; ERROR fails with Nova's fault message.
+The recoveries rebuild a stopped server (``stop``, ``wait_stopped``), so
+that it is re-baselined before its guest runs, then start it
+(``start``, ``wait_active``). ``rebuild`` sends ``POST
+/servers/{id}/action {"rebuild": {"imageRef": ...}}`` and nothing else,
+so Nova keeps the server's name, metadata, key, user data, networks and
+volumes (ephemeral and swap disks come back empty: Nova's libvirt driver
+cannot preserve them), and keeps a stopped server stopped. Waits poll
+``GET /servers/{id}``; ERROR fails with Nova's fault message, another
+image than the recovery's with the one Nova shows.
 
 May import ha_snapshot.exception and ha_snapshot.openstack.clients; takes
 openstacksdk compute proxies.
@@ -91,6 +93,64 @@ def start(nova, server) -> None:
     LOG.info('Server %s: rebuilt while stopped; started', server.id)
 
 
+def stop(nova, server) -> None:
+    """``os-stop``; a server Nova is already stopping is left to it."""
+    try:
+        nova.stop_server(server)
+    except sdk_exc.ConflictException as e:
+        again = get(nova, server.id)
+        if again.status == 'SHUTOFF' or again.task_state == 'powering-off':
+            return
+        raise exception.RebuildFailed(
+            server=server.id, reason='Nova refused to stop it (status %s, '
+            'task %s): %s' % (again.status, again.task_state, _reason(e)))
+    except _API_ERRORS as e:
+        raise exception.RebuildFailed(
+            server=server.id, reason='Nova refused to stop it: %s'
+            % _reason(e))
+    LOG.info('Server %s: stop asked', server.id)
+
+
+def wait_stopped(nova, server_id: str, image: str | None = None, *,
+                 timeout: float, interval: float, active_polls: int = 0,
+                 clock=time.monotonic, sleep=time.sleep):
+    """Poll until the server (running ``image``, when given) is SHUTOFF
+    with no task; the server.
+
+    ``active_polls`` > 0: a server ACTIVE with no task on that many polls
+    in a row is returned too (Nova left it running: a rebuild of a server
+    that was in ERROR). Fewer do not count: Nova's rebuild of a stopped
+    server saves it ACTIVE with no task for a moment before it powers it
+    off again.
+    """
+    deadline = clock() + timeout
+    active = 0
+    while True:
+        server = get(nova, server_id)
+        task = server.task_state
+        if task is None and server.status == 'ERROR':
+            fault = (server.fault or {}).get('message') or 'no fault recorded'
+            raise exception.RebuildFailed(
+                server=server_id, reason='Nova put it in ERROR: %s' % fault)
+        if image is not None and image_id(server) != image:
+            raise exception.RebuildFailed(
+                server=server_id, reason='it runs image %s, not the recovery '
+                'image %s (status %s): Nova rolled the rebuild back or '
+                'someone rebuilt it again; see openstack server event list'
+                % (image_id(server), image, server.status))
+        if task is None and server.status == 'SHUTOFF':
+            return server
+        active = active + 1 if (task is None
+                                and server.status == 'ACTIVE') else 0
+        if active_polls and active >= active_polls:
+            return server
+        if clock() >= deadline:
+            raise exception.RebuildTimeout(
+                server=server_id, wanted='SHUTOFF', timeout=timeout,
+                status=server.status, task_state=task)
+        sleep(interval)
+
+
 def wait_active(nova, server_id: str, image: str, *, timeout: float,
                 interval: float, on_start=None, clock=time.monotonic,
                 sleep=time.sleep, was_stopped: bool = False):
@@ -138,6 +198,6 @@ def wait_active(nova, server_id: str, image: str, *, timeout: float,
             started = True
         if clock() >= deadline and not seen_active:
             raise exception.RebuildTimeout(
-                server=server_id, timeout=timeout, status=server.status,
-                task_state=task)
+                server=server_id, wanted='ACTIVE', timeout=timeout,
+                status=server.status, task_state=task)
         sleep(interval)

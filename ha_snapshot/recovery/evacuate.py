@@ -18,25 +18,31 @@ steps, each recorded on the recovery before it starts:
     Until Nova names another host, with no task left, for at most
     ``[recovery] rebuild_timeout``. (``stop-server`` after a 2.14
     evacuation, which lands the server running its stale disk.)
-``find-image`` ... ``wait-active``
+``find-image`` ... ``wait-rebuilt``
     As the rebuild action: the newest restore point becomes a Glance
-    image, the stopped server is rebuilt from it (Nova keeps it stopped)
-    and started.
+    image, the stopped server is rebuilt from it (Nova keeps it stopped;
+    one someone else evacuated and Nova runs is stopped first).
 ``move-protection``
     The database places the server on its new host, so the agent there
     may register it and the one of the failed host, if it comes back,
     is told the server moved.
-``rebaseline``
-    The agent of the new host starts protecting the server from the
-    restore point used (it is sent what it needs: the project and the
-    protection spec): its next delta is an increment on that point, not
-    the whole disk.
+``stop-rebuilt``, ``rebaseline``
+    (As the rebuild action, for a server Nova left ACTIVE.) The agent of
+    the new host starts protecting the stopped server from
+    the restore point used (it is sent what it needs: the project and
+    the protection spec): its next delta is an increment on that point,
+    not the whole disk, and holds what the guest writes from its first
+    instruction on.
+``start-rebuilt``, ``wait-running``
+    As the rebuild action: ``os-start``, until ACTIVE.
 ``cleanup-images``
     As the rebuild action.
 
 Run again after a manager restart or a takeover, it does not evacuate a
 server that already moved, does not rebuild one that runs the recovery
-image, and goes on from ``move-protection`` as recorded.
+image, goes on from ``move-protection`` or ``rebaseline`` as recorded
+(the server still stopped), and after the re-baseline only starts the
+server and waits for it.
 """
 
 from oslo_log import log as logging
@@ -54,8 +60,10 @@ LOG = logging.getLogger(__name__)
 # NOTE: steps after which Nova may already have the evacuation request.
 _EVACUATION_SENT = ('evacuate-server', 'wait-evacuated', 'stop-server')
 # NOTE: steps reached once the server ran the recovery image on its new
-# host (the database may already place it there).
-_MOVED = ('move-protection', 'rebaseline', 'cleanup-images')
+# host, stopped (the database may already place it there).
+_MOVED = ('move-protection',) + rebuild._REBUILT
+# NOTE: steps reached once the database placed it on its new host.
+_PLACED = rebuild._REBUILT
 
 
 class EvacuateAction(rebuild.RebuildAction):
@@ -98,14 +106,15 @@ class EvacuateAction(rebuild.RebuildAction):
                 nova, server, instance, restore_point, resumed_at, progress)
         new_host = server.compute_host
 
-        if resumed_at not in ('rebaseline', 'cleanup-images'):
+        if resumed_at not in _PLACED:
             progress('move-protection')
             self.db.update_instance(uuid, host=new_host,
                                     fence=getattr(progress, 'fence', None))
             LOG.warning('Instance %s: moved from failed host %s to %s',
                         uuid, failed_host, new_host)
         result = None
-        if resumed_at != 'cleanup-images':
+        if resumed_at not in rebuild._REBASELINED:
+            server = self._stopped(nova, server, image_id, progress)
             progress('rebaseline')
             spec = protection_spec.ProtectionSpec(
                 nova=True, uuid=uuid, name=server.name,
@@ -117,6 +126,8 @@ class EvacuateAction(rebuild.RebuildAction):
             if (result or {}).get('full'):
                 LOG.warning('Instance %s: the agent on %s sends the whole '
                             'disk', uuid, new_host)
+        if resumed_at != 'cleanup-images':
+            server = self._start(nova, uuid, image_id, progress)
 
         progress('cleanup-images')
         pruned = images.prune(

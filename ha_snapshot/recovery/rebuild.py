@@ -24,16 +24,29 @@ the recovery before it starts, so a failure says where it stopped):
     size and source image, plus the source image's hw_*/os_* properties
     so the server boots the same way) and the export streamed into it;
     the export is removed.
+``stop-server``
+    A server Nova has ACTIVE is stopped (``os-stop``) and waited for,
+    SHUTOFF: Nova keeps a stopped server stopped across its rebuild, so
+    the rebuilt disk is re-baselined before its guest runs.
 ``rebuild-server``
     ``POST /servers/{id}/action {"rebuild": {"imageRef": ...}}``.
-``wait-active``
-    Until the server runs the image, ACTIVE, with no task left, for at
+``wait-rebuilt``
+    Until the server runs the image, SHUTOFF, with no task left, for at
     most ``[recovery] rebuild_timeout``; ERROR fails with Nova's fault.
-    (``start-server`` if Nova left it SHUTOFF.)
+``stop-rebuilt``
+    Only for a server Nova leaves ACTIVE (one rebuilt from ERROR, or
+    started by someone since): it is stopped; its guest ran before the
+    re-baseline, which is logged.
 ``rebaseline``
     The agent on the server's host starts change tracking afresh on the
-    rebuilt disk, its next delta based on this restore point: what the
-    store holds is not sent again.
+    rebuilt disk of the stopped server, its next delta based on this
+    restore point: what the store holds is not sent again, and what the
+    guest writes from its first instruction on is in the next delta.
+``start-rebuilt``
+    ``os-start``.
+``wait-running``
+    Until the server is ACTIVE with no task left, for at most
+    ``[recovery] rebuild_timeout``.
 ``cleanup-images``
     Recovery images of finished recoveries beyond ``[recovery]
     keep_images`` are deleted, and duplicates of this recovery's (a
@@ -43,8 +56,11 @@ the recovery before it starts, so a failure says where it stopped):
 Run again after a manager restart (the recovery was resumed), it uses the
 image uploaded before; when the recorded step shows the rebuild was
 already sent, it does not send it again if the server runs the image; when
-the step shows the rebuild had ended (``rebaseline``, ``cleanup-images``),
-it goes on from there even if the image is pruned already.
+the step shows the rebuild had ended (``rebaseline``), it re-baselines the
+stopped server again (the same result) and starts it; after
+``start-rebuilt`` or ``wait-running`` it only waits for the server to run
+(starting it if it is still stopped); at ``cleanup-images`` it only
+cleans up, even if the image is pruned already.
 
 What the action knows of its recovery comes from ``progress`` (the
 engine's :class:`~ha_snapshot.manager.recovery.Progress`): its id, its
@@ -70,10 +86,18 @@ from ha_snapshot import statuses
 
 LOG = logging.getLogger(__name__)
 
-# NOTE: steps after which Nova may already have the rebuild request.
-_REBUILD_SENT = ('rebuild-server', 'wait-active', 'start-server')
-# NOTE: steps reached only once the server ran the recovery image, ACTIVE.
-_REBUILT = ('rebaseline', 'cleanup-images')
+# NOTE: steps after which Nova may already have the rebuild request;
+# wait-active and start-server are those of a manager of the previous
+# release,
+# which waited for (and started) the rebuilt server before its
+# re-baseline: resumed there, the server is stopped and re-baselined.
+_REBUILD_SENT = ('rebuild-server', 'wait-rebuilt', 'wait-active',
+                 'start-server')
+# NOTE: steps reached only once the server ran the recovery image, stopped.
+_REBUILT = ('stop-rebuilt', 'rebaseline', 'start-rebuilt', 'wait-running',
+            'cleanup-images')
+# NOTE: steps reached once the rebuilt server was re-baselined.
+_REBASELINED = ('start-rebuilt', 'wait-running', 'cleanup-images')
 
 
 class RebuildAction:
@@ -121,9 +145,12 @@ class RebuildAction:
 
         host = server.compute_host or instance.host
         result = None
-        if resumed_at != 'cleanup-images':
+        if resumed_at not in _REBASELINED:
+            server = self._stopped(nova, server, image_id, progress)
             progress('rebaseline')
             result = self._rebaseline(instance, host, restore_point)
+        if resumed_at != 'cleanup-images':
+            server = self._start(nova, uuid, image_id, progress)
 
         progress('cleanup-images')
         pruned = images.prune(glance, uuid, conf.keep_images, image_id,
@@ -138,8 +165,9 @@ class RebuildAction:
 
     def _rebuild(self, nova, server, instance, restore_point, resumed_at,
                  progress):
-        """find-image, export, upload-image, rebuild-server, wait-active.
-        Returns (glance proxy, image id, the rebuilt server)."""
+        """find-image, export, upload-image, stop-server, rebuild-server,
+        wait-rebuilt. Returns (glance proxy, image id, the rebuilt server,
+        SHUTOFF)."""
         conf = self.conf.recovery
         uuid = instance.uuid
         current = servers.image_id(server)
@@ -157,26 +185,68 @@ class RebuildAction:
             image = self._upload(glance, server, instance, restore_point,
                                  current, progress)
 
-        progress('rebuild-server')
         server = servers.get(nova, uuid)
-        # NOTE: unknown (False) when a resumed recovery finds its rebuild
-        # already under way; wait_active's second look covers that case.
-        was_stopped = (server.status == 'SHUTOFF'
-                       and resumed_at not in _REBUILD_SENT)
         if resumed_at in _REBUILD_SENT and (
                 servers.image_id(server) == image.id):
             LOG.info('Instance %s: Nova already has the rebuild with image '
                      '%s (resumed at %s)', uuid, image.id, resumed_at)
         else:
+            server = self._stopped(nova, server, None, progress)
+            progress('rebuild-server')
             servers.rebuild(nova, server, image.id)
 
-        progress('wait-active')
-        server = servers.wait_active(
+        progress('wait-rebuilt')
+        server = servers.wait_stopped(
             nova, uuid, image.id, timeout=conf.rebuild_timeout,
-            interval=conf.rebuild_poll_interval,
-            on_start=lambda: progress('start-server'),
-            was_stopped=was_stopped)
+            interval=conf.rebuild_poll_interval, active_polls=3)
         return glance, image.id, server
+
+    def _stopped(self, nova, server, image, progress):
+        """The server, SHUTOFF: stop-server if Nova has it ACTIVE (or is
+        stopping or starting it); ``image``: the recovery image it must
+        run (None before the rebuild)."""
+        conf = self.conf.recovery
+        wait = dict(timeout=conf.rebuild_timeout,
+                    interval=conf.rebuild_poll_interval)
+        task = server.task_state
+        if server.status == 'SHUTOFF' and task is None:
+            return server
+        if image is None and server.status != 'ACTIVE' and (
+                task not in ('powering-off', 'powering-on')):
+            # NOTE: ERROR (Nova rebuilds it, and starts it) or a task of
+            # Nova's own: the rebuild is sent as it stands.
+            return server
+        # NOTE: two names: a manager resumed at the second must not
+        # rebuild again.
+        progress('stop-server' if image is None else 'stop-rebuilt')
+        if task is not None:
+            # NOTE: settles SHUTOFF, or ACTIVE (then stopped below).
+            server = servers.wait_stopped(nova, server.id, image,
+                                          active_polls=2, **wait)
+            if server.status == 'SHUTOFF':
+                return server
+        if image is not None:
+            # NOTE: rebuilt from ERROR (Nova then starts it) or started by
+            # someone since: the guest ran on the rebuilt disk before its
+            # re-baseline.
+            LOG.warning('Server %s: ACTIVE after its rebuild: its guest ran '
+                        'before the re-baseline, what it wrote meanwhile is '
+                        'in no delta', server.id)
+        servers.stop(nova, server)
+        return servers.wait_stopped(nova, server.id, image, **wait)
+
+    def _start(self, nova, uuid, image_id, progress):
+        """start-rebuilt (unless Nova runs it already), wait-running."""
+        conf = self.conf.recovery
+        server = servers.get(nova, uuid)
+        if server.status == 'SHUTOFF' and server.task_state is None:
+            progress('start-rebuilt')
+            servers.start(nova, server)
+        progress('wait-running')
+        return servers.wait_active(
+            nova, uuid, image_id, timeout=conf.rebuild_timeout,
+            interval=conf.rebuild_poll_interval,
+            on_start=lambda: progress('start-rebuilt'))
 
     def _rebaseline(self, instance, host, restore_point):
         uuid = instance.uuid

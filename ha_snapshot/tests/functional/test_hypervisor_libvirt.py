@@ -614,35 +614,125 @@ class TestNovaServerProtection(LibvirtTestCase):
         self.svc.store.export(self.inst, out, rp_id=rp_id)
         return out
 
-    def test_rebaseline_of_a_stopped_domain_leaves_it_attachable(self):
-        # A recovery's rebaseline reached a domain Nova had stopped again
-        # (the rebuild of a stopped server): the rebaseline fails, and
-        # the domain must be attachable afterwards (the protect cast of
-        # instance.rebuild.end, the recovery's next try).
+    def rebuild_stopped(self, dom, disk, x_raw):
+        """What Nova's rebuild of a stopped server leaves: the domain
+        undefined (Nova's flags), a new overlay on an image of ``x_raw``
+        at the same path, the same domain defined again, not running."""
+        flags = 0
+        for name in NOVA_UNDEFINE:
+            flags |= getattr(self.lv, name)
+        if dom.isActive():
+            dom.destroy()
+        dom.undefineFlags(flags)
+        image = self.path('rebuild-image.qcow2')
+        base.qemu_img('convert', '-f', 'raw', '-O', 'qcow2', x_raw, image)
+        os.unlink(disk)
+        base.new_overlay(disk, image)
+        subprocess.run(['cp', '--sparse=always', x_raw,
+                        self.expected.path], check=True)
+        return self.conn.defineXML(self.dom_xml)
+
+    def test_rebaseline_of_a_stopped_domain_tracks_from_its_start(self):
+        # The recoveries rebuild a server stopped, re-baseline it, and
+        # only then have Nova start it: what its guest writes from its
+        # first instruction on is in the next delta.
         self.start_services()
-        dom_uuid, dom, _disk = self.new_domain('server')
+        dom_uuid, dom, disk = self.new_domain('server')
         self.inst = dom_uuid
         self.svc.db.create_instance(self.inst, PROJECT, host=self.host,
                                     status='protecting', driver='qemu')
         self.api.protect(self.host, self.inst, PROJECT,
                          {'nova': True, 'uuid': self.inst,
                           'name': 'server-1'})
-        first = self.wait_points(1)[0]
+        self.wait_points(1)
         dom.destroy()
         self.wait_for(lambda: not self.svc.agent_state(self.inst)[
-            'pending'], 'the agent to settle')
-        self.assertRaises(exception.HaSnapshotException,
-                          self.api.rebaseline, self.host, self.inst,
-                          first.id, timeout=60)
-        # What instance.rebuild.end casts, then the domain runs again.
+            'pending'] and self.svc.agent_state(self.inst)['parent']
+            == self.points()[-1].id, 'the agent to settle')
+        x = self.points()[-1]
+        dom = self.rebuild_stopped(dom, disk, self.export(x.id))
+
+        result = self.api.rebaseline(self.host, self.inst, x.id, timeout=60)
+        self.assertEqual({'instance': self.inst, 'restore_point': x.id,
+                          'driver': 'libvirt', 'full': False}, result)
+        self.assertFalse(dom.isActive())
+        # NOTE: the bitmap is in the image before any QEMU opens it.
+        self.assertEqual(1, len(self.bitmaps(disk)))
+        # Nova starts it; the guest writes at once (no snapshot can come
+        # between: the first one needs the domain running). Not paused:
+        # Nova's os-start is no pause, and a pause is an incident.
+        dom.create()
+        vm = self.attach(dom_uuid)
+        self.write(vm, [(5 * MiB, 64 * KiB, 0x35), (0, 4 * KiB, 0x36)])
+
+        def with_the_writes():
+            points = [p for p in self.points() if p.number > x.number]
+            return points if any(p.changed_bytes for p in points) else None
+        following = self.wait_for(
+            with_the_writes,
+            'a restore point after #%d holding the writes' % x.number)
+        self.assertEqual(x.id, following[0].parent_id)
+        self.assertTrue(all(p.changed_bytes <= 128 * KiB
+                            for p in following),
+                        [p.changed_bytes for p in following])
+        self.assertTrue(base.same_image(self.export(following[-1].id),
+                                        self.expected.path))
+        # The health monitor watches it from its start: a crash now is
+        # reported (not swallowed by the wait for the start).
+        row = self.svc.db.get_instance(self.inst)
+        if row.status != 'protected':
+            self.svc.db.update_instance_status(self.inst, row.status,
+                                               'protected')
+        before = self.svc.db.get_instance(self.inst).last_report_at
+        dom.destroy()
+        self.wait_for(lambda: self.svc.db.get_instance(self.inst)
+                      .last_report_at != before, 'the crash to be reported')
+        self.api.unprotect(self.host, self.inst)
+        self.wait_for(lambda: not os.path.exists(os.path.join(
+            self.svc.state_dir, self.inst, 'state.json')),
+            'the agent to drop the instance')
+
+    def test_rebaseline_of_a_running_domain_misses_earlier_writes(self):
+        # Why the recoveries re-baseline a server before it starts: a
+        # running one's tracking begins at the re-baseline, and what its
+        # guest wrote before is in no delta.
+        self.start_services()
+        dom_uuid, dom, disk = self.new_domain('server')
+        self.inst = dom_uuid
+        self.svc.db.create_instance(self.inst, PROJECT, host=self.host,
+                                    status='protecting', driver='qemu')
         self.api.protect(self.host, self.inst, PROJECT,
                          {'nova': True, 'uuid': self.inst,
                           'name': 'server-1'})
-        dom.create()
-        result = self.api.rebaseline(self.host, self.inst, first.id,
-                                     timeout=60)
-        self.assertEqual(first.id, result['restore_point'])
-        self.wait_points(1, after_number=self.points()[-1].number)
+        self.wait_points(1)
+        dom.destroy()
+        self.wait_for(lambda: not self.svc.agent_state(self.inst)[
+            'pending'] and self.svc.agent_state(self.inst)['parent']
+            == self.points()[-1].id, 'the agent to settle')
+        x = self.points()[-1]
+        x_raw = self.export(x.id)
+        dom = self.rebuild_stopped(dom, disk, x_raw)
+        dom.createWithFlags(self.lv.VIR_DOMAIN_START_PAUSED)
+        vm = self.attach(dom_uuid)
+        self.write(vm, [(5 * MiB, 64 * KiB, 0x35)])
+        self.api.rebaseline(self.host, self.inst, x.id, timeout=60)
+        self.write(vm, [(7 * MiB, 64 * KiB, 0x37)])
+
+        def with_a_write():
+            points = [p for p in self.points() if p.number > x.number]
+            return points if any(p.changed_bytes for p in points) else None
+        following = self.wait_for(
+            with_a_write,
+            'a restore point after #%d holding a write' % x.number)
+        self.assertEqual(64 * KiB, sum(p.changed_bytes for p in following))
+        # The store's image: X with the later write, not the earlier one.
+        out = self.export(following[-1].id)
+        self.assertFalse(base.same_image(out, self.expected.path))
+        with open(out, 'rb') as f:
+            f.seek(5 * MiB)
+            self.assertNotEqual(b'\x35' * 16, f.read(16))
+            f.seek(7 * MiB)
+            self.assertEqual(b'\x37' * 16, f.read(16))
         self.api.unprotect(self.host, self.inst)
         self.wait_for(lambda: not os.path.exists(os.path.join(
             self.svc.state_dir, self.inst, 'state.json')),

@@ -16,7 +16,7 @@ recovery's lease in the database)
 * in the middle of its Glance upload (held by ``FakeGlance.on_upload``;
   the export is a 64 MiB raw image, more than loopback's socket buffers
   hold, so Glance gets part of it and sees the client go);
-* right after the rebuild reached Nova (step ``wait-active``; Nova's
+* right after the rebuild reached Nova (step ``wait-rebuilt``; Nova's
   rebuild is left ``stuck`` until the other replica has taken over).
 
 Then it checks what an operator sees: the other replica resumes the
@@ -64,8 +64,9 @@ HEARTBEAT = 1.0
 DEAD_AFTER = 3
 # NOTE: the rebuild action's steps in the order one run records them.
 ORDER = ('starting', 'inspect-server', 'find-image', 'export',
-         'upload-image', 'rebuild-server', 'wait-active', 'start-server',
-         'rebaseline', 'cleanup-images', 'done')
+         'upload-image', 'stop-server', 'rebuild-server', 'wait-rebuilt',
+         'stop-rebuilt', 'rebaseline', 'start-rebuilt', 'wait-running',
+         'cleanup-images', 'done')
 
 
 class RebuildTakeoverTest(daemons.DaemonsTestCase):
@@ -369,7 +370,7 @@ class RebuildTakeoverTest(daemons.DaemonsTestCase):
         rec_id, watch = self.report(inst)
         self.wait_for(
             lambda: self.rebuilds(inst) and self.svc.db.get_recovery(
-                rec_id).step == 'wait-active', 30,
+                rec_id).step == 'wait-rebuilt', 30,
             'recovery %s to send the rebuild and wait for it' % rec_id)
         [image] = self.images_of(rec_id)
         self.assertEqual('active', image['status'])
@@ -377,7 +378,7 @@ class RebuildTakeoverTest(daemons.DaemonsTestCase):
         survivor, offset, killed = self.kill_runner(
             inst, rec_id, 'while Nova rebuilds with image %s' % image['id'])
         resumed = self.wait_taken_over(survivor, offset, rec_id, killed,
-                                       'wait-active')
+                                       'wait-rebuilt')
         # NOTE: Nova ends the rebuild only now: the survivor found it
         # under way and waits for it instead of sending another.
         self.nova.settle(inst)
@@ -392,4 +393,4 @@ class RebuildTakeoverTest(daemons.DaemonsTestCase):
         self.assertEqual([], self.glance_deletes())
         image = self.glance.images[image['id']]
         self.assert_recovered_once(inst, rp, done, survivor, killed, image,
-                                   watch, 'wait-active')
+                                   watch, 'wait-rebuilt')

@@ -25,8 +25,9 @@ from ha_snapshot.tests.unit.recovery import test_rebuild
 SOURCE_IMAGE = test_rebuild.SOURCE_IMAGE
 EVACUATION_STEPS = ['starting', 'inspect-server', 'evacuate-server',
                     'wait-evacuated', 'find-image', 'export', 'upload-image',
-                    'rebuild-server', 'wait-active', 'start-server',
-                    'move-protection', 'rebaseline', 'cleanup-images', 'done']
+                    'rebuild-server', 'wait-rebuilt', 'move-protection',
+                    'rebaseline', 'start-rebuilt', 'wait-running',
+                    'cleanup-images', 'done']
 
 
 class AgentAPI(test_rebuild.FakeAgentAPI):
@@ -47,6 +48,8 @@ class AgentAPI(test_rebuild.FakeAgentAPI):
                    project=None, spec=None):
         self.calls.append((host, instance, restore_point, project,
                            spec.to_dict() if spec is not None else None))
+        if self.nova is not None:
+            self.statuses.append(self.nova.servers[instance]['status'])
         if self.fail:
             raise self.fail.pop(0)
         return {'instance': instance, 'restore_point': restore_point,
@@ -61,6 +64,7 @@ class EvacuateTestBase(test_rebuild.RebuildTestBase):
         self.nova.add_service('host1', state='down')
         self.nova.add_service('compute2', state='up')
         self.agent = AgentAPI()
+        self.agent.nova = self.nova
         self.action = evacuate.EvacuateAction(
             self.conf, agent_api=self.agent, store=self.store, db=self.db)
 
@@ -120,6 +124,8 @@ class EvacuateActionTestCase(EvacuateTestBase):
                          (host, inst, rp, project))
         self.assertEqual({'nova': True, 'uuid': self.inst, 'name': 'vm1'},
                          {k: spec[k] for k in ('nova', 'uuid', 'name')})
+        # ... before its guest ran: re-baselined while stopped.
+        self.assertEqual(['SHUTOFF'], self.agent.statuses)
 
     def test_without_2_95_it_evacuates_at_2_14_then_stops(self):
         self.nova.max_version = '2.90'
@@ -130,6 +136,8 @@ class EvacuateActionTestCase(EvacuateTestBase):
         self.assertEqual(('compute 2.14', {'evacuate': {}}), actions[0])
         self.assertEqual({'os-stop': None}, actions[1][1])
         self.assertIn('rebuild', actions[2][1])
+        self.assertEqual({'os-start': None}, actions[3][1])
+        self.assertEqual(['SHUTOFF'], self.agent.statuses)
         self.assertEqual('ACTIVE', self.server()['status'])
 
     def test_already_evacuated_by_someone_else_only_restores_data(self):
@@ -142,6 +150,11 @@ class EvacuateActionTestCase(EvacuateTestBase):
                                             self.nova_actions()])
         self.assertEqual('compute2', self.db.get_instance(self.inst).host)
         self.assertEqual('compute2', self.agent.calls[0][0])
+        # Nova ran it: stopped for its rebuild, re-baselined, started.
+        self.assertEqual([{'os-stop': None}, 'rebuild', {'os-start': None}],
+                         [j if 'rebuild' not in j else 'rebuild'
+                          for _, j in self.nova_actions()])
+        self.assertEqual(['SHUTOFF'], self.agent.statuses)
 
     def test_nova_error_fails_the_recovery_and_keeps_the_host(self):
         self.nova.evacuate_outcome = 'error'
@@ -189,12 +202,54 @@ class EvacuateActionTestCase(EvacuateTestBase):
         self.die_at = 'rebaseline'
         rec = self.evacuate()
         self.assertEqual(('running', 'rebaseline'), (rec.state, rec.step))
-        posts = len(self.nova_actions())
+        posts = self.nova_actions()
         # The database places it on compute2 now, as does Nova.
         self.assertEqual('compute2', self.db.get_instance(self.inst).host)
         self.resumed(rec)
-        self.assertEqual(posts, len(self.nova_actions()))
+        # Only the start: after the re-baseline of the stopped server.
+        self.assertEqual(posts + [(None, {'os-start': None})],
+                         [(None if j == {'os-start': None} else v, j)
+                          for v, j in self.nova_actions()])
         self.assertEqual(['compute2'], [c[0] for c in self.agent.calls])
+        self.assertEqual(['SHUTOFF'], self.agent.statuses)
+
+    def test_resumed_at_the_move_moves_and_rebaselines_stopped(self):
+        self.die_at = 'move-protection'
+        rec = self.evacuate()
+        self.assertEqual('host1', self.db.get_instance(self.inst).host)
+        self.steps.clear()
+        self.resumed(rec)
+        self.assertEqual(['inspect-server', 'move-protection', 'rebaseline',
+                          'start-rebuilt', 'wait-running', 'cleanup-images',
+                          'done'], self.steps)
+        self.assertEqual('compute2', self.db.get_instance(self.inst).host)
+        self.assertEqual(['SHUTOFF'], self.agent.statuses)
+        self.assertEqual(1, sum('rebuild' in j for _, j in
+                                self.nova_actions()))
+
+    def test_resumed_after_the_rebaseline_only_starts(self):
+        for step in ('start-rebuilt', 'wait-running'):
+            self.die_at = step
+            rec = self.evacuate()
+            self.assertEqual(('running', step), (rec.state, rec.step))
+            self.steps.clear()
+            self.resumed(rec)
+            self.assertEqual(['inspect-server', 'start-rebuilt'
+                              if step == 'start-rebuilt' else 'wait-running',
+                              ] + (['wait-running']
+                                   if step == 'start-rebuilt' else [])
+                             + ['cleanup-images', 'done'], self.steps)
+            # One re-baseline, one start, the server running.
+            self.assertEqual(1, len(self.agent.calls))
+            self.assertEqual(1, sum(j == {'os-start': None}
+                                    for _, j in self.nova_actions()))
+            self.assertEqual('ACTIVE', self.server()['status'])
+            # The next round: a fresh server on host1 again.
+            self.agent.calls.clear()
+            self.agent.statuses.clear()
+            self.nova.endpoint.requests.clear()
+            self.server().update({'OS-EXT-SRV-ATTR:host': 'host1'})
+            self.db.update_instance(self.inst, host='host1')
 
     def test_volume_backed_server_is_refused(self):
         self.server()['image'] = ''

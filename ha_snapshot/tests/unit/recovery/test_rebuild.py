@@ -11,6 +11,8 @@ import hashlib
 import os
 import tracemalloc
 
+import fixtures
+
 from ha_snapshot.agent import rpcapi as agent_rpcapi
 from ha_snapshot.agent import service as agent_service
 from ha_snapshot.db import api as db_api
@@ -34,12 +36,17 @@ SOURCE_IMAGE = '6f2b8d8e-0d55-4c52-9d3c-5e4b8f4e0a01'
 class FakeAgentAPI:
     """AgentAPI.rebaseline's signature; records calls, can fail."""
 
-    def __init__(self):
+    def __init__(self, nova=None):
         self.calls = []
         self.fail = []
+        self.nova = nova
+        self.statuses = []
+        """The server's status in Nova at each call."""
 
     def rebaseline(self, host, instance, restore_point, timeout=None):
         self.calls.append((host, instance, restore_point, timeout))
+        if self.nova is not None:
+            self.statuses.append(self.nova.servers[instance]['status'])
         if self.fail:
             raise self.fail.pop(0)
         return {'instance': instance, 'restore_point': restore_point,
@@ -56,6 +63,8 @@ class RebuildTestBase(base.TestCase):
 
     def setUp(self):
         super().setUp()
+        self.logger = self.useFixture(fixtures.FakeLogger(
+            name='ha_snapshot.recovery', level='INFO'))
         cloud = self.useFixture(fake_openstack.Cloud())
         self.glance, self.nova = cloud.glance, cloud.nova
         self.conf = base.make_conf(self.store_dir, storage__chunk_size=MiB,
@@ -85,7 +94,7 @@ class RebuildTestBase(base.TestCase):
                               min_disk=1, os_glance_importing_to_stores='',
                               owner_specified_thing='no')
         self.nova.add_server(self.inst, 'p1', SOURCE_IMAGE, host='host1')
-        self.agent = FakeAgentAPI()
+        self.agent = FakeAgentAPI(self.nova)
         self.action = rebuild.RebuildAction(self.conf, agent_api=self.agent,
                                             store=self.store)
         self.steps = []
@@ -151,6 +160,10 @@ class RebuildTestBase(base.TestCase):
         return [r.json for r in self.nova.endpoint.requests
                 if r.method == 'POST']
 
+    def nova_actions(self):
+        """The actions posted to Nova, by name."""
+        return [next(iter(p)) for p in self.nova_posts()]
+
 
 class RebuildTestCase(RebuildTestBase):
 
@@ -159,8 +172,9 @@ class RebuildTestCase(RebuildTestBase):
         self.assertEqual(('succeeded', 'done', None),
                          (rec.state, rec.step, rec.error))
         self.assertEqual(['starting', 'inspect-server', 'find-image',
-                          'export', 'upload-image', 'rebuild-server',
-                          'wait-active', 'rebaseline', 'cleanup-images',
+                          'export', 'upload-image', 'stop-server',
+                          'rebuild-server', 'wait-rebuilt', 'rebaseline',
+                          'start-rebuilt', 'wait-running', 'cleanup-images',
                           'done'], self.steps)
         [image] = self.recovery_images()
         img = image['id']
@@ -204,25 +218,28 @@ class RebuildTestCase(RebuildTestBase):
                           image['visibility']))
         self.assertEqual(self.export_sha512('qcow2'),
                          image['os_hash_value'])
-        # Nova: discovery, the server twice, one rebuild, polls till ACTIVE
-        # and one more that finds it still ACTIVE.
+        # Nova: discovery, the server twice, a stop, polls till SHUTOFF,
+        # the rebuild, polls till SHUTOFF again (Nova keeps a stopped
+        # server stopped), a look, the start, polls till ACTIVE twice.
         reqs = self.nova.endpoint.requests
         self.assertEqual([('GET', '/v2.1'), ('GET', '/v2.1/')],
                          [(r.method, r.path) for r in reqs[:2]])
         server = '/v2.1/servers/' + self.inst
-        self.assertEqual([('GET', server)] * 2
-                         + [('POST', server + '/action')]
-                         + [('GET', server)] * (self.nova.polls + 1),
-                         [(r.method, r.path) for r in reqs[2:]])
-        self.assertEqual([{'rebuild': {'imageRef': img}}], self.nova_posts())
-        self.assertTrue(reqs[4].headers['OpenStack-API-Version']
+        self.assertEqual({server, server + '/action'},
+                         {r.path for r in reqs[2:]})
+        self.assertEqual([{'os-stop': None}, {'rebuild': {'imageRef': img}},
+                          {'os-start': None}], self.nova_posts())
+        rebuild_req = [r for r in reqs if r.method == 'POST'][1]
+        self.assertTrue(rebuild_req.headers['OpenStack-API-Version']
                         .startswith('compute 2.'))
         srv = self.nova.servers[self.inst]
         self.assertEqual(('ACTIVE', img, 'vm1'),
                          (srv['status'], srv['image']['id'], srv['name']))
-        # The agent re-baselines on the rebuilt disk, from this point.
+        # The agent re-baselines on the rebuilt disk, from this point,
+        # before the guest runs.
         self.assertEqual([('host1', self.inst, self.rp, 300)],
                          self.agent.calls)
+        self.assertEqual(['SHUTOFF'], self.agent.statuses)
         self.assertEqual('protected',
                          self.db.get_instance(self.inst).status)
         self.assertEqual([], os.listdir(self.path('work')))
@@ -274,7 +291,7 @@ class RebuildTestCase(RebuildTestBase):
         self.assertEqual('succeeded',
                          self.recover(restore_point=older).state)
         self.assertEqual(1, len(self.glance.uploads))
-        self.assertEqual(2, len(self.nova_posts()))
+        self.assertEqual(2, self.nova_actions().count('rebuild'))
 
     def test_image_owner_refused_falls_back(self):
         self.glance.may_set_owner = False
@@ -296,7 +313,7 @@ class RebuildTestCase(RebuildTestBase):
         self.nova.outcome = 'shutoff'
         rec = self.recover()
         self.assertEqual('succeeded', rec.state, rec.error)
-        self.assertIn('start-server', self.steps)
+        self.assertIn('start-rebuilt', self.steps)
         self.assertEqual({'os-start': None}, self.nova_posts()[-1])
         self.assertEqual('ACTIVE', self.nova.servers[self.inst]['status'])
 
@@ -311,8 +328,10 @@ class RebuildTestCase(RebuildTestBase):
                        'OS-EXT-STS:power_state': 4})
         rec = self.recover()
         self.assertEqual('succeeded', rec.state, rec.error)
-        self.assertIn('start-server', self.steps)
-        self.assertEqual({'os-start': None}, self.nova_posts()[-1])
+        self.assertIn('start-rebuilt', self.steps)
+        self.assertNotIn('stop-server', self.steps)
+        self.assertEqual(['rebuild', 'os-start'], self.nova_actions())
+        self.assertEqual(['SHUTOFF'], self.agent.statuses)
         self.assertEqual(('ACTIVE', 'active', None), (
             server['status'], server['OS-EXT-STS:vm_state'],
             server['OS-EXT-STS:task_state']))
@@ -325,7 +344,8 @@ class RebuildTestCase(RebuildTestBase):
         self.nova.outcome = 'active-then-stop'
         rec = self.recover()
         self.assertEqual('succeeded', rec.state, rec.error)
-        self.assertIn('start-server', self.steps)
+        self.assertIn('start-rebuilt', self.steps)
+        self.assertEqual(['SHUTOFF'], self.agent.statuses)
         self.assertEqual('ACTIVE', self.nova.servers[self.inst]['status'])
 
     def test_source_image_gone(self):
@@ -421,17 +441,26 @@ class FailureTestCase(RebuildTestBase):
     def test_nova_error_state(self):
         self.nova.outcome = 'error'
         self.nova.fault_message = 'Build of instance aborted: disk full'
-        self.assertFailed(self.recover(), 'wait-active', 'Nova put it in '
+        self.assertFailed(self.recover(), 'wait-rebuilt', 'Nova put it in '
                           'ERROR: Build of instance aborted: disk full')
         self.assertEqual([], self.agent.calls)
+        # The retry rebuilds the server in ERROR as it is (Nova cannot
+        # stop it), Nova then starts it: it is stopped again before its
+        # re-baseline, and the early run is logged.
         self.nova.outcome = 'active'
+        self.steps[:] = []
         self.retry_succeeds()
+        self.assertEqual(['os-stop', 'rebuild', 'rebuild', 'os-stop',
+                          'os-start'], self.nova_actions())
+        self.assertEqual(['SHUTOFF'], self.agent.statuses)
+        self.assertIn('its guest ran before the re-baseline',
+                      self.logger.output)
 
     def test_nova_scheduler_refuses(self):
         # Nova rolls the image back and records the fault.
         self.nova.outcome = 'novalidhost'
         self.nova.fault_message = 'No valid host was found. '
-        self.assertFailed(self.recover(), 'wait-active', 'Nova put it in '
+        self.assertFailed(self.recover(), 'wait-rebuilt', 'Nova put it in '
                           'ERROR: No valid host was found.')
         self.assertEqual(SOURCE_IMAGE,
                          self.nova.servers[self.inst]['image']['id'])
@@ -447,16 +476,30 @@ class FailureTestCase(RebuildTestBase):
             server['image'] = dict(server['image'], id=SOURCE_IMAGE)
             return answer
         self.nova.rebuild = rebuild
-        self.assertFailed(self.recover(), 'wait-active', 'runs image %s, '
+        self.assertFailed(self.recover(), 'wait-rebuilt', 'runs image %s, '
                           'not the recovery image' % SOURCE_IMAGE)
 
     def test_timeout_waiting_for_active(self):
         self.conf.set_override('rebuild_timeout', 1, group='recovery')
         self.nova.outcome = 'stuck'
-        self.assertFailed(self.recover(), 'wait-active', 'RebuildTimeout',
-                          'not ACTIVE 1 s after its rebuild',
+        self.assertFailed(self.recover(), 'wait-rebuilt', 'RebuildTimeout',
+                          'not SHUTOFF 1 s after its rebuild',
                           'status REBUILD', 'task_state rebuilding')
         self.assertEqual([], self.agent.calls)
+
+    def test_timeout_waiting_for_active_after_the_start(self):
+        self.conf.set_override('rebuild_timeout', 1, group='recovery')
+        real = self.nova.start
+
+        def start(server, headers):
+            answer = real(server, headers)
+            self.nova.settle(server['id'], 'stuck')
+            return answer
+        self.nova.start = start
+        self.assertFailed(self.recover(), 'wait-running', 'RebuildTimeout',
+                          'not ACTIVE 1 s after its rebuild',
+                          'task_state powering-on')
+        self.assertEqual(1, len(self.agent.calls))
 
     def test_rebaseline_fails(self):
         self.agent.fail = [RuntimeError('agent on host1 did not answer')]
@@ -513,23 +556,76 @@ class ResumeTestCase(RebuildTestBase):
         self.assertEqual('protected', self.db.get_instance(self.inst).status)
         return rec
 
+    def assertResumed(self, actions, rebaselines=1):
+        """Nova was asked ``actions`` in all, the agent to re-baseline
+        ``rebaselines`` times, each with the server stopped; it runs."""
+        self.assertEqual(actions, self.nova_actions())
+        self.assertEqual(['SHUTOFF'] * rebaselines, self.agent.statuses)
+        self.assertEqual(1, len(self.glance.uploads))
+        self.assertEqual(('ACTIVE', None), (
+            self.nova.servers[self.inst]['status'],
+            self.nova.servers[self.inst]['OS-EXT-STS:task_state']))
+
+    def test_resume_while_stopping_stops_once(self):
+        # The crash came as the stop step began (not sent yet).
+        self.crash_then_resume('stop-server')
+        self.assertResumed(['os-stop', 'rebuild', 'os-start'])
+
     def test_resume_before_rebuild_does_not_upload_twice(self):
         self.crash_then_resume('rebuild-server')
-        self.assertEqual(1, len(self.glance.uploads))
         self.assertEqual(1, len(self.recovery_images()))
-        self.assertEqual(1, len(self.nova_posts()))
-        self.assertEqual(1, len(self.agent.calls))
+        self.assertResumed(['os-stop', 'rebuild', 'os-start'])
 
     def test_resume_while_nova_rebuilds_does_not_rebuild_twice(self):
-        self.crash_then_resume('wait-active')
-        self.assertEqual(1, len(self.glance.uploads))
-        self.assertEqual(1, len(self.nova_posts()))
+        self.crash_then_resume('wait-rebuilt')
+        self.assertResumed(['os-stop', 'rebuild', 'os-start'])
 
     def test_resume_after_rebuild_done(self):
+        # The crash came as the rebaseline step began: it runs once now,
+        # the server still stopped.
         self.crash_then_resume('rebaseline')
-        self.assertEqual(1, len(self.nova_posts()))
-        # The crash came as the rebaseline step began: it runs once now.
-        self.assertEqual(1, len(self.agent.calls))
+        self.assertResumed(['os-stop', 'rebuild', 'os-start'])
+
+    def test_resume_after_rebaseline_starts_without_rebaselining(self):
+        self.crash_then_resume('start-rebuilt')
+        self.assertResumed(['os-stop', 'rebuild', 'os-start'])
+
+    def test_resume_while_starting_does_not_start_twice(self):
+        self.crash_then_resume('wait-running')
+        self.assertResumed(['os-stop', 'rebuild', 'os-start'])
+
+    def test_resume_at_a_step_of_the_previous_release(self):
+        # A manager of the previous release waited for ACTIVE (starting
+        # the server) before the re-baseline, and died there: resumed,
+        # the server is not rebuilt again, but stopped, re-baselined and
+        # started.
+        self.die_at = 'wait-rebuilt'
+        rec = self.recover()
+        self.nova.settle(self.inst, 'shutoff')
+        self.nova.start(self.nova.servers[self.inst], {})
+        self.db.update_recovery(rec.id, step='wait-active')
+        self.die_at = None
+        eng = self.engine()
+        self.assertEqual(1, eng.resume())
+        eng.wait(self.inst, 60)
+        self.assertEqual('succeeded', self.db.get_recovery(rec.id).state)
+        self.assertResumed(['os-stop', 'rebuild', 'os-stop', 'os-start'])
+        self.assertIn('its guest ran before the re-baseline',
+                      self.logger.output)
+
+    def test_resume_at_rebaseline_of_a_server_started_meanwhile(self):
+        # Someone started the rebuilt server while no manager ran: it is
+        # stopped again for the re-baseline (the early run is logged).
+        self.die_at = 'rebaseline'
+        self.recover()
+        self.nova.start(self.nova.servers[self.inst], {})
+        self.die_at = None
+        eng = self.engine()
+        self.assertEqual(1, eng.resume())
+        eng.wait(self.inst, 60)
+        self.assertResumed(['os-stop', 'rebuild', 'os-stop', 'os-start'])
+        self.assertIn('its guest ran before the re-baseline',
+                      self.logger.output)
 
     def test_resume_at_cleanup_after_image_pruned(self):
         # keep_images = 0: the image may be gone when the manager resumes;
@@ -547,9 +643,7 @@ class ResumeTestCase(RebuildTestBase):
         eng.wait(self.inst, 60)
         rec = self.db.get_recovery(rec.id)
         self.assertEqual(('succeeded', 'done'), (rec.state, rec.step))
-        self.assertEqual(1, len(self.glance.uploads))
-        self.assertEqual(1, len(self.nova_posts()))
-        self.assertEqual(1, len(self.agent.calls))
+        self.assertResumed(['os-stop', 'rebuild', 'os-start'])
 
     def test_resume_mid_upload_deletes_the_unfinished_image(self):
         # A crash while the image was uploading leaves it saving/queued.

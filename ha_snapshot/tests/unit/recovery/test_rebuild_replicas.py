@@ -122,8 +122,9 @@ class TakeoverMidUploadTestCase(test_rebuild.RebuildTestBase):
                            int(first_generation))
         self.assertEqual(str(image['size']), image[images_mod.PROP_SIZE])
         self.assertEqual(self.export_sha512('qcow2'), image['os_hash_value'])
-        self.assertEqual([{'rebuild': {'imageRef': image['id']}}],
-                         self.nova_posts())
+        self.assertEqual([{'os-stop': None},
+                          {'rebuild': {'imageRef': image['id']}},
+                          {'os-start': None}], self.nova_posts())
         self.assertEqual(image['id'],
                          self.nova.servers[self.inst]['image']['id'])
         self.assertEqual(1, len(self.agent.calls))
@@ -187,13 +188,15 @@ class TakeoverMidUploadTestCase(test_rebuild.RebuildTestBase):
         self.assertEqual(1, len(self.glance.uploads))
         self.assertEqual([uploaded['id']],
                          [i['id'] for i in self.recovery_images()])
-        self.assertEqual([{'rebuild': {'imageRef': uploaded['id']}}],
-                         self.nova_posts())
+        posts = self.nova_posts()
+        self.assertEqual([{'os-stop': None},
+                          {'rebuild': {'imageRef': uploaded['id']}},
+                          {'os-start': None}], posts)
         # The runner wakes up: its next step is refused; it rebuilds
-        # nothing and deletes nothing.
+        # nothing, starts and stops nothing, and deletes nothing.
         release.set()
         runner.wait(self.inst, 60)
-        self.assertEqual(1, len(self.nova_posts()))
+        self.assertEqual(posts, self.nova_posts())
         self.assertEqual([], self.glance_deletes())
         self.assertEqual('succeeded', self.db.get_recovery(rec.id).state)
 
