@@ -12,6 +12,8 @@ import threading
 
 from oslo_log import log as logging
 
+from ha_snapshot import memory
+
 LOG = logging.getLogger(__name__)
 
 
@@ -39,6 +41,8 @@ def run(service: Service, conf=None) -> int:
 
     previous = {s: signal.signal(s, handler)
                 for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    # NOTE: days of deltas must not creep up in freed malloc memory.
+    trimmer = memory.setup(conf) if conf is not None else None
     try:
         service.start()
         LOG.info('%s started', service.name)
@@ -58,5 +62,7 @@ def run(service: Service, conf=None) -> int:
                     LOG.info('%s stopped', service.name)
                     return 0
     finally:
+        if trimmer is not None:
+            trimmer.stop()
         for s, h in previous.items():
             signal.signal(s, h)

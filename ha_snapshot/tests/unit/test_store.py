@@ -9,6 +9,7 @@ import json
 import os
 import time
 
+import fixtures
 import zstandard
 
 from ha_snapshot import codec
@@ -258,6 +259,21 @@ class StoreTests:
             store.apply_retention(self.inst)
         self.assertEqual(3, len(store.restore_points(self.inst)))
         self.assertLessEqual(len(store._summaries), 3)
+
+    def test_chunks_stored_ahead_are_remembered_within_the_bound(self):
+        """Deltas abandoned after their parts were stored ahead (never
+        merged nor discarded) leave at most PRESTORED_KEYS entries."""
+        self.useFixture(fixtures.MockPatch(
+            'ha_snapshot.storage.store.PRESTORED_KEYS', 8))
+        store = self.make_store(self.conf)
+        keys = []
+        for sequence in range(5 * 8):
+            data = b'%08d' % sequence * 512
+            sha, new = store._put_chunk('s', data, False,
+                                        owner=(self.inst, sequence))
+            self.assertEqual(len(data), new)
+            keys.append(objects.chunk_key('s', sha))
+        self.assertEqual(keys[-8:], list(store._prestored))
 
     def test_gc_during_merge_keeps_reused_chunks(self):
         """A chunk unreferenced when gc lists, reused by a merge: kept."""
