@@ -224,6 +224,14 @@ def unpack_chunk(frame: bytes, sha: str, length: int) -> bytes:
     return data
 
 
+def iter_spool(spool: str):
+    """The state's bytes, chunk by chunk, each checked."""
+    index = load_index(spool)
+    with open(spool, 'rb') as f:
+        for ref in index.chunks:
+            yield unpack_chunk(read_frame(f, ref), ref.sha256, ref.length)
+
+
 # --- configuration ----------------------------------------------------------
 
 # NOTE: options that change the guest's hardware (RAM blocks, PCI layout,

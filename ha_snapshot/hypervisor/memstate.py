@@ -43,6 +43,8 @@ class MemorySave:
     bytes: int = 0
     save_seconds: float = 0.0
     pause_seconds: float | None = None
+    stopped_at: float | None = None
+    """Wall-clock time of the STOP event: the instant saved."""
     error: str | None = None
 
 
@@ -141,6 +143,7 @@ def save(driver, vm, sink, timeout: float) -> tuple:
     reader.join(max(1.0, t0 + timeout - time.monotonic()))
     if reader.is_alive() and result.error is None:
         result.error = 'the state stream did not end'
+    result.stopped_at = watch.stopped_at
     if running and watch.stopped_at and watch.resumed_at:
         result.pause_seconds = watch.resumed_at - watch.stopped_at
     result.save_seconds = time.monotonic() - t0
