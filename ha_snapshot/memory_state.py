@@ -33,15 +33,18 @@ import zstandard
 
 from ha_snapshot import exception
 
-MIN_CHUNK = 32 << 10
+MIN_CHUNK = 64 << 10
 MAX_CHUNK = 2 << 20
 # NOTE: addresses aligned to 256 KiB: the low 18 bits are the flags alone.
 BOUNDARY_ALIGN = 256 << 10
+# NOTE: the whole header: guest addresses below 1 TiB (three zero bytes),
+# two free bytes, the low 18 bits zero but for the flags.
 BOUNDARY = re.compile(
-    b'[' + b''.join(re.escape(bytes([b])) for b in range(0, 256, 4))
-    + b']\x00[\x22\x28]')
-# NOTE: where the 8-byte header starts, relative to the pattern's match.
-_HEADER_BACK = 5
+    b'\\x00\\x00\\x00..['
+    + b''.join(re.escape(bytes([b])) for b in range(0, 256, 4))
+    + b']\\x00[\\x22\\x28]', re.DOTALL)
+_HEADER_BACK = 0
+_PATTERN = 8
 _FRAME = struct.Struct('>I')
 FORMAT_VERSION = 1
 
@@ -72,13 +75,13 @@ class Chunker:
         buf = self._buf
         start = max(self.min + _HEADER_BACK, self._searched)
         match = BOUNDARY.search(buf, start, min(len(buf), self.max
-                                                + _HEADER_BACK + 3))
+                                                + _PATTERN))
         if match is not None:
             return match.start() - _HEADER_BACK
-        if len(buf) >= self.max + _HEADER_BACK + 3:
+        if len(buf) >= self.max + _PATTERN:
             return self.max
         # NOTE: a pattern may straddle what came and what comes next.
-        self._searched = max(start, len(buf) - 3)
+        self._searched = max(start, len(buf) - _PATTERN)
         return None
 
     def close(self) -> None:
