@@ -197,8 +197,8 @@ def load_index(spool: str) -> SpoolIndex:
         with open(index_path(spool)) as f:
             return SpoolIndex.from_dict(json.load(f))
     except (OSError, ValueError, TypeError, KeyError) as e:
-        raise exception.HaSnapshotException(
-            'Memory state spool %s is unreadable (%s).' % (spool, e))
+        raise exception.MemorySpoolError(path=spool, reason='unreadable (%s)'
+                                         % e)
 
 
 def read_frame(spool_file, ref: ChunkRef) -> bytes:
@@ -206,9 +206,9 @@ def read_frame(spool_file, ref: ChunkRef) -> bytes:
     spool_file.seek(ref.offset)
     (n,) = _FRAME.unpack(spool_file.read(_FRAME.size))
     if n != ref.stored:
-        raise exception.HaSnapshotException(
-            'Memory state spool %s: frame at %d holds %d bytes, the index '
-            'says %d.' % (spool_file.name, ref.offset, n, ref.stored))
+        raise exception.MemorySpoolError(
+            path=spool_file.name, reason='the frame at %d holds %d bytes, '
+            'the index says %d' % (ref.offset, n, ref.stored))
     return spool_file.read(n)
 
 
@@ -218,11 +218,11 @@ def unpack_chunk(frame: bytes, sha: str, length: int) -> bytes:
         data = zstandard.ZstdDecompressor().decompress(
             frame, max_output_size=length)
     except zstandard.ZstdError as e:
-        raise exception.HaSnapshotException(
-            'Memory state chunk %s: not a zstd frame (%s).' % (sha, e))
+        raise exception.MemorySpoolError(
+            path='?', reason='chunk %s: not a zstd frame (%s)' % (sha, e))
     if len(data) != length or hashlib.sha256(data).hexdigest() != sha:
-        raise exception.HaSnapshotException(
-            'Memory state chunk %s does not match its sha256 or length.'
+        raise exception.MemorySpoolError(
+            path='?', reason='chunk %s does not match its sha256 or length'
             % sha)
     return data
 

@@ -124,15 +124,25 @@ class VMOptions:
     serial_log: str | None = None
     """A file the restarted VM's serial console is appended to (what a
     recovered guest printed as it booted)."""
+    extra_args: list | None = None
+    """More QEMU arguments (strings) the VM was started with, e.g. its
+    kernel and console: a memory state resumes only in a QEMU of the same
+    configuration (ha_snapshot/memory_state.py)."""
     unknown: abc.Mapping = dataclasses.field(default_factory=dict,
                                              compare=False)
 
     _TYPES = {'machine': _STR, 'accel': _STR, 'memory_mb': _INT,
               'paused': _BOOL, 'pidfile': _STR, 'node': _STR,
-              'device': _STR, 'serial_log': _STR}
+              'device': _STR, 'serial_log': _STR,
+              'extra_args': ((list, tuple), 'a list of strings')}
 
     def __post_init__(self):
         _check_fields(self, 'vm.')
+        if self.extra_args is not None and not all(
+                isinstance(a, str) for a in self.extra_args):
+            raise exception.InvalidProtectionSpec(
+                reason="key 'vm.extra_args': expected a list of strings, "
+                'got %r' % (self.extra_args,))
 
     @classmethod
     def from_dict(cls, data, *, keep_unknown: bool = False) -> 'VMOptions':
