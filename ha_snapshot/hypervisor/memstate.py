@@ -43,6 +43,9 @@ class MemorySave:
     bytes: int = 0
     save_seconds: float = 0.0
     pause_seconds: float | None = None
+    sink_seconds: float = 0.0
+    """Time spent in the sink (chunking, compressing, writing): QEMU
+    waits on the pipe meanwhile."""
     stopped_at: float | None = None
     """Wall-clock time of the STOP event: the instant saved."""
     error: str | None = None
@@ -92,7 +95,9 @@ def _reader(fd: int, sink, result: MemorySave) -> None:
             if not data:
                 return
             result.bytes += len(data)
+            t = time.perf_counter()
             sink(data)
+            result.sink_seconds += time.perf_counter() - t
     except Exception as e:  # NOTE: reported with the save
         result.error = 'writing the state: %s' % e
         LOG.exception('memory state sink failed')
@@ -121,10 +126,14 @@ def save(driver, vm, sink, timeout: float) -> tuple:
     reader.start()
     watch = _Watch(driver, vm)
     try:
+        # NOTE: flushed while the guest runs: the pause is the switch.
+        preflush = driver.opts.snapshot_preflush
+        if preflush:
+            snapshots.flush_disks(driver, vm)
         if running:
             driver.qmp(vm, 'stop')
         try:
-            snap = snapshots.take_snapshot(driver, vm)
+            snap = snapshots.take_snapshot(driver, vm, preflush=False)
         except BaseException:
             _close_fd(driver, vm)
             _cont(driver, vm, running)
