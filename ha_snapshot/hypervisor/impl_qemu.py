@@ -67,6 +67,10 @@ class QemuVM(base.VM):
         self.dispatcher = None
         self.detached = False
         self.quitting = False
+        self.own_stops = 0
+        """STOP events coming from our own ``stop`` (a memory snapshot):
+        delivered with ``data['ha_snapshot']`` so that the health monitor
+        does not take them for a failure."""
 
     def next_seq(self) -> int:
         self._seq += 1
@@ -239,6 +243,9 @@ class QemuDriver(base.HypervisorDriver):
         except (KeyError, TypeError, ValueError):
             when = time.time()
         data = msg.get('data') if isinstance(msg.get('data'), dict) else {}
+        if msg['event'] == 'STOP' and vm.own_stops > 0:
+            vm.own_stops -= 1
+            data = dict(data, ha_snapshot='memory snapshot')
         event = base.Event(vm.name, str(msg['event']), data, when)
         vm.jobs.on_event(event)
         vm.events.put(event)

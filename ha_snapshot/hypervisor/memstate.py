@@ -125,17 +125,22 @@ def save(driver, vm, sink, timeout: float) -> tuple:
                               daemon=True, name='memsave-%s' % vm.name)
     reader.start()
     watch = _Watch(driver, vm)
+    snap = None
     try:
         # NOTE: flushed while the guest runs: the pause is the switch.
         preflush = driver.opts.snapshot_preflush
         if preflush:
             snapshots.flush_disks(driver, vm)
         if running:
-            driver.qmp(vm, 'stop')
+            vm.own_stops += 1
+            try:
+                driver.qmp(vm, 'stop')
+            except BaseException:
+                vm.own_stops = max(0, vm.own_stops - 1)
+                raise
         try:
             snap = snapshots.take_snapshot(driver, vm, preflush=False)
         except BaseException:
-            _close_fd(driver, vm)
             _cont(driver, vm, running)
             raise
         try:
@@ -147,6 +152,11 @@ def save(driver, vm, sink, timeout: float) -> tuple:
         if result.error is None:
             _wait(driver, vm, watch, result, t0 + timeout)
             _cont(driver, vm, running)
+    except BaseException:
+        if snap is None:
+            # NOTE: else the reader waits for ever on QEMU's copy.
+            _close_fd(driver, vm)
+        raise
     finally:
         watch.cancel()
     reader.join(max(1.0, t0 + timeout - time.monotonic()))
