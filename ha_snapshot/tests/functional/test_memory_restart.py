@@ -45,7 +45,11 @@ class MemoryRestartTest(daemons.DaemonsTestCase):
     def test_restart_resumes_from_memory(self):
         qemu_fixture.require_qemu()
         image = guest_fixture.image()
-        svc = self.start_services(options={'agent': {'memory_interval': 1}})
+        # NOTE: a snapshot every 30 s, each with memory: the newest point's
+        # memory is durable a few seconds after the point itself, and the
+        # test kills the guest in the quiet time after that.
+        svc = self.start_services(options={'agent': {'memory_interval': 1},
+                                           'policy': {'interval': 30}})
         driver = hypervisor.get_driver(svc.conf, 'qemu')
         work = self.path('vm')
         os.makedirs(work)
@@ -73,14 +77,16 @@ class MemoryRestartTest(daemons.DaemonsTestCase):
                        'device': 'vd0', 'paused': False,
                        'serial_log': serial_log}})
         console.wait_durable(10, BOOT_TIMEOUT)
-        with_memory = self.wait_for(
-            lambda: [r for r in svc.db.list_restore_points(inst)
-                     if r.memory_state], RECOVERY_TIMEOUT,
-            'a restore point of %s with its memory state' % inst)
-        self.mark('restore point #%d carries memory' % with_memory[-1].number)
-        # NOTE: the agent may make newer points meanwhile; stop the guest
-        # right after a record so the newest point is the one recovered.
-        console.wait_durable(console.durable[-1][0] + 3, RECORD_TIMEOUT)
+
+        def newest_with_memory():
+            points = svc.db.list_restore_points(inst)
+            if len(points) >= 2 and points[-1].memory_state:
+                return points[-1]
+            return None
+        newest = self.wait_for(newest_with_memory, RECOVERY_TIMEOUT,
+                               'a second restore point of %s, with its '
+                               'memory state' % inst)
+        self.mark('restore point #%d carries memory' % newest.number)
         os.kill(vm.pid, signal.SIGKILL)
         killed = time.time()
         popen.wait(30)
