@@ -1,11 +1,11 @@
 """The agent's side of memory states (``[agent] memory_interval``).
 
 * :class:`MemorySaver`: whether this snapshot also saves the VM's memory
-  (every ``memory_interval`` seconds, qemu-driver VMs with a machine that
-  the agent could start again), and the save itself: the driver's disk
-  snapshot and memory state of one instant, the stream chunked and
-  compressed into a spool file beside the instance's state
-  (ha_snapshot/memory_state.py). A save that fails leaves the disk
+  (every ``memory_interval`` seconds or the spec's ``memory`` setting,
+  qemu-driver VMs with a machine that the agent could start again), and
+  the save itself: the driver's disk snapshot and memory state of one
+  instant, the stream chunked and compressed into a spool file beside the
+  instance's state (ha_snapshot/memory_state.py). A save that fails leaves the disk
   snapshot standing, without memory.
 * :func:`ship`: after the delta's durable ack, the state's chunks the store
   lacks go to the manager (a few MiB per call), then its manifest; the
@@ -59,12 +59,13 @@ class MemorySaver:
         operators."""
 
     def due(self, spec) -> bool:
-        every = self.conf.agent.memory_interval
+        every = spec.memory_every(self.conf.agent.memory_interval)
         if not every or not hasattr(self.driver, 'snapshot_with_memory'):
             return False
         if spec.vm is None or (spec.vm.machine or 'none') == 'none':
             return False
-        return self._last is None or self.clock() - self._last >= every
+        return every < 0 or self._last is None or (
+            self.clock() - self._last >= every)
 
     def take(self, vm, workdir: str) -> tuple:
         """(Snapshot, spool path or None)."""

@@ -70,6 +70,8 @@ class AgentService(service.Service):
         """Driver name -> driver, for VMs not on [agent] hypervisor."""
         self.host = conf.agent.host or socket.gethostname()
         self.instances = {}
+        self.restarts = {}
+        """Instance -> the answer of its latest restart (the demo, tests)."""
         self.lock = threading.RLock()
         self.rpc_server = None
         self.app_metrics = None
@@ -485,7 +487,9 @@ class AgentService(service.Service):
                  ', live' if timings['live'] else
                  ', resumed from memory' if timings['memory_state_restored']
                  else '', recovery)
-        return dict(timings, pid=new_vm.pid, disk=disk_path)
+        self.restarts[instance] = dict(timings, pid=new_vm.pid,
+                                       disk=disk_path)
+        return self.restarts[instance]
 
 
     def rebaseline(self, instance: str, restore_point: str, *,
