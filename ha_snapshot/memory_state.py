@@ -243,6 +243,13 @@ def iter_spool(spool: str):
 # the kernel's bytes are in the saved RAM, its option ROM must exist.
 _VALUED = ('-machine', '-accel', '-m', '-smp', '-cpu', '-bios')
 _PRESENCE = ('-kernel', '-initrd')
+# NOTE: device properties naming a host-side backend (a block node, a
+# chardev): their names are not in the guest's state.
+_BACKEND = re.compile(r'(?<=[,=])(drive|chardev)=[^,]*')
+
+
+def _device(value: str) -> str:
+    return _BACKEND.sub(lambda m: m.group(1) + '=*', value)
 
 
 def config_of(argv: list) -> dict:
@@ -252,7 +259,7 @@ def config_of(argv: list) -> dict:
     for i, arg in enumerate(args):
         value = args[i + 1] if i + 1 < len(args) else ''
         if arg == '-device':
-            config['devices'].append(value)
+            config['devices'].append(_device(value))
         elif arg in _VALUED:
             config[arg.lstrip('-')] = value
         elif arg in _PRESENCE:

@@ -71,7 +71,7 @@ class MemoryRestartTest(daemons.DaemonsTestCase):
             svc.host, inst, PROJECT, {
                 'name': spec.name, 'qmp_path': spec.qmp_path,
                 'pid': vm.pid, 'log_path': spec.log_path, 'disk': node,
-                'disk_path': disk,
+                'disk_path': disk, 'qga_path': spec.agent_path,
                 'vm': {'machine': 'q35', 'accel': 'tcg',
                        'memory_mb': spec.memory_mb, 'node': node,
                        'device': 'vd0', 'paused': False,
