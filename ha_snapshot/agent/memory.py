@@ -5,8 +5,8 @@
   qemu-driver VMs with a machine that the agent could start again), and
   the save itself: the driver's disk snapshot and memory state of one
   instant, the stream chunked and compressed into a spool file beside the
-  instance's state (ha_snapshot/memory_state.py). A save that fails leaves the disk
-  snapshot standing, without memory.
+  instance's state (ha_snapshot/memory_state.py). A save that fails
+  leaves the disk snapshot standing, without memory.
 * :func:`ship`: after the delta's durable ack, the state's chunks the store
   lacks go to the manager (a few MiB per call), then its manifest; the
   spool is removed. A state the manager refuses is dropped (the restore
