@@ -45,11 +45,12 @@ class MemoryRestartTest(daemons.DaemonsTestCase):
     def test_restart_resumes_from_memory(self):
         qemu_fixture.require_qemu()
         image = guest_fixture.image()
-        # NOTE: a snapshot every 30 s, each with memory: the newest point's
-        # memory is durable a few seconds after the point itself, and the
-        # test kills the guest in the quiet time after that.
+        # NOTE: each snapshot with memory: the newest point's memory is
+        # durable a few seconds after the point itself; the next point
+        # needs its own memory save first, so the test kills the guest in
+        # the time between.
         svc = self.start_services(options={'agent': {'memory_interval': 1},
-                                           'policy': {'interval': 30}})
+                                           'policy': {'interval': 5}})
         driver = hypervisor.get_driver(svc.conf, 'qemu')
         work = self.path('vm')
         os.makedirs(work)
