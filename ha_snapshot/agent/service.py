@@ -461,6 +461,9 @@ class AgentService(service.Service):
                        'restored_seconds': running}
         timings.update(memory_info)
         old_files = [x.frozen for x in st.pending] + [spec.disk_path]
+        for x in st.pending:
+            if x.memory:
+                old_files += [x.memory, x.memory + '.json']
         # NOTE: the stopped agent may have made a restore point durable
         # after the manager chose this one (a delta in flight when the VM
         # died): the restored disk is then no child of the newest point and

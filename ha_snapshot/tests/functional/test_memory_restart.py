@@ -40,7 +40,8 @@ BOOT_MARKS = ('GUEST up', 'VERIFY', 'SeaBIOS', 'Linux version')
 
 class MemoryRestartTest(daemons.DaemonsTestCase):
 
-    TEST_TIMEOUT = 300
+    # NOTE: ~1.5 min on a quiet host; 3-6 at a load of 30.
+    TEST_TIMEOUT = 600
 
     def test_restart_resumes_from_memory(self):
         qemu_fixture.require_qemu()
