@@ -315,16 +315,8 @@ class SnapshotAgent(threading.Thread):
             self.clock() - self._last_quiesce_at >= every)
 
     def _take(self):
-        """(The driver's snapshot, quiesced when due, or with the memory
-        state of the same instant when that is due: then never quiesced;
-        the memory spool or None). The snapshot is None when a required
+        """The driver's snapshot, quiesced when due; None when a required
         quiesce failed (logged; the next crash-consistent ones go on)."""
-        if self.memory.due(self.state.spec):
-            return self.memory.take(self.vm, os.path.join(
-                self.conf.agent.state_dir, self.instance))
-        return self._take_disks(), None
-
-    def _take_disks(self):
         if not self._quiesce_due():
             return self.driver.snapshot(self.vm, wait=30)
         self._last_quiesce_at = self.clock()
@@ -344,7 +336,13 @@ class SnapshotAgent(threading.Thread):
     def _snapshot(self) -> None:
         self._last_snapshot_at = self.clock()
         taken_at = time.time()
-        snap, memory = self._take()
+        if self.memory.due(self.state.spec):
+            # NOTE: with the memory state of the same instant: never
+            # quiesced (a guest resumed inside a freeze stays frozen).
+            snap, memory = self.memory.take(self.vm, os.path.join(
+                self.conf.agent.state_dir, self.instance))
+        else:
+            snap, memory = self._take(), None
         if snap is None:
             return
         disk = self._disk_name()
