@@ -46,6 +46,7 @@ from ha_snapshot.hypervisor import base as hv_base
 from ha_snapshot.manager import service as manager_service
 from ha_snapshot import rpc
 from ha_snapshot import statuses
+from ha_snapshot.storage import memory as memory_store
 
 MiB = 1 << 20
 BLOCK = 64 * 1024
@@ -245,6 +246,78 @@ def check_guest(check, console, taken: float | None, restarted_log: str
     return report
 
 
+def wait_recovery(manager, inst: str, killed: float, progress) -> tuple:
+    """(detect seconds, recover seconds) of the recovery after a kill."""
+    detect = recover = None
+    deadline = killed + 120
+    while time.monotonic() < deadline and recover is None:
+        time.sleep(0.05)
+        row = manager.db.get_instance(inst)
+        recovering = row.status == statuses.InstanceStatus.RECOVERING
+        if detect is None and (recovering or row.last_report_reason):
+            detect = time.monotonic() - killed
+            progress('detected after %.2f s: %s' % (
+                detect, row.last_report_reason))
+        recs = manager.db.list_recoveries(inst)
+        if recs and recs[-1].state in statuses.FINAL_RECOVERY_STATES:
+            if recs[-1].state == statuses.RecoveryState.FAILED:
+                raise RuntimeError('recovery failed: %s' % recs[-1].error)
+            recover = time.monotonic() - killed
+    if recover is None:
+        raise RuntimeError('no recovery within 120 s')
+    progress('recovered after %.2f s' % recover)
+    return detect, recover
+
+
+def resume_demo(manager, agent, inst: str, instances: dict, consoles: dict,
+                vm_opts: dict, progress) -> dict:
+    """Kill the VM that keeps its memory state once its newest restore
+    point carries one; its recovery must resume it: no boot on its
+    console, its records going on from the one after the last it had
+    reported when the state was saved."""
+    vm = instances[inst][0]
+    console = consoles[inst]
+    out = {'memory_state_restored': False, 'resumed_without_reboot': False,
+           'resume_seconds': None}
+    deadline = time.monotonic() + 60
+    while True:
+        points = manager.db.list_restore_points(inst)
+        if points and points[-1].memory_state:
+            break
+        if time.monotonic() > deadline:
+            out['memory_state_error'] = 'no restore point with memory'
+            return out
+        time.sleep(0.1)
+    store = manager.manager.store
+    state = memory_store.get(store, store.get_restore_point(inst,
+                                                            points[-1].id))
+    at_stop = console.durable_before(state['saved_at'])
+    progress('killing %s (pid %d), whose restore point #%d carries its '
+             'memory state' % (inst, vm.pid, points[-1].number))
+    killed = time.monotonic()
+    os.kill(vm.pid, signal.SIGKILL)
+    wait_recovery(manager, inst, killed, progress)
+    restart = agent.restarts.get(inst, {})
+    log = vm_opts[inst]['serial_log']
+    first = wait_file_line(log, r'DURABLE (\d+)', GUEST_TIMEOUT)
+    with open(log, errors='replace') as f:
+        booted = 'GUEST up' in f.read()
+    out.update({
+        'memory_state_restored': bool(restart.get('memory_state_restored')),
+        'resume_seconds': restart.get('resume_seconds'),
+        'resumed_first_record': int(first.group(1)) if first else None,
+        'records_durable_at_memory_state': at_stop,
+        'resumed_guest_booted': booted})
+    out['resumed_without_reboot'] = bool(
+        out['memory_state_restored'] and not booted and first is not None
+        and int(first.group(1)) - 1 >= at_stop)
+    progress('resumed from memory in %s s: first record %s (%d durable at '
+             'the saved instant)%s' % (
+                 out['resume_seconds'], out['resumed_first_record'],
+                 at_stop, '' if not booted else '; it BOOTED'))
+    return out
+
+
 def run(work: str, *, vms: int = 2, seconds: float = 20.0,
         rate_bps: float = 2 * MiB, interval: float = 1.0,
         rpo_target: float = 5.0, transport_url: str = 'fake://',
@@ -306,7 +379,11 @@ def run(work: str, *, vms: int = 2, seconds: float = 20.0,
                 # NOTE: a real guest's agent freezes it for an
                 # application-consistent point every few seconds.
                 'qga_path': spec.agent_path,
-                'quiesce': str(DEMO_QUIESCE_SECONDS) if guest else None})
+                'quiesce': str(DEMO_QUIESCE_SECONDS) if guest else None,
+                # NOTE: the last real guest keeps its memory state with
+                # every snapshot: its recovery resumes it.
+                'memory': 'always' if guest and vms > 1 and i == vms - 1
+                else None})
             vm = wait_attached(agent, inst)
             w = None if guest else Workload(driver, vm, node, rate_bps)
             instances[inst] = (vm, w)
@@ -355,24 +432,7 @@ def run(work: str, *, vms: int = 2, seconds: float = 20.0,
         progress('killing %s (pid %d) with SIGKILL' % (victim, vm.pid))
         killed = time.monotonic()
         os.kill(vm.pid, signal.SIGKILL)
-        detect = recover = None
-        deadline = killed + 120
-        while time.monotonic() < deadline and recover is None:
-            time.sleep(0.05)
-            row = manager.db.get_instance(victim)
-            recovering = row.status == statuses.InstanceStatus.RECOVERING
-            if detect is None and (recovering or row.last_report_reason):
-                detect = time.monotonic() - killed
-                progress('detected after %.2f s: %s' % (
-                    detect, row.last_report_reason))
-            recs = manager.db.list_recoveries(victim)
-            if recs and recs[-1].state in statuses.FINAL_RECOVERY_STATES:
-                if recs[-1].state == statuses.RecoveryState.FAILED:
-                    raise RuntimeError('recovery failed: %s' % recs[-1].error)
-                recover = time.monotonic() - killed
-        if recover is None:
-            raise RuntimeError('no recovery within 120 s')
-        progress('recovered after %.2f s' % recover)
+        detect, recover = wait_recovery(manager, victim, killed, progress)
         rec = manager.db.list_recoveries(victim)[-1]
         new = agent.instances[victim].agent
         restored = new.state.spec.disk_path
@@ -397,9 +457,15 @@ def run(work: str, *, vms: int = 2, seconds: float = 20.0,
             problems = check_restore_point(export, workload.writes, taken)
             report['bytes_written'] = sum(len(w.writes) * BLOCK
                                           for _vm, w in instances.values())
+        if guest and vms > 1:
+            resumed = resume_demo(manager, agent, list(instances)[-1],
+                                  instances, consoles, vm_opts, progress)
+            report.update(resumed)
         report.update({
             'verified': bool(same and not problems and taken is not None
-                             and report.get('guest_verified', True)),
+                             and report.get('guest_verified', True)
+                             and report.get('resumed_without_reboot',
+                                            True)),
             'recovered_disk_equals_restore_point': same,
             'write_problems': problems[:10],
             'restore_points': len(manager.manager.store.restore_points(

@@ -528,3 +528,22 @@ class GuestToolMissing(GuestImageError):
 class GuestConsoleTimeout(HaSnapshotException):
     msg_fmt = ('Guest %(guest)s: no console line matching %(pattern)r '
                '%(reason)s; last lines: %(tail)s')
+
+
+class MemoryStateError(HypervisorError):
+    msg_fmt = 'VM %(vm)s: memory state: %(reason)s'
+
+
+class MemoryStateMismatch(MemoryStateError):
+    msg_fmt = ('VM %(vm)s: the memory state was saved with another QEMU '
+               'configuration (%(reason)s); not resuming from it: the VM '
+               'boots from its disk instead.')
+
+
+class InvalidMemoryState(HaSnapshotException):
+    msg_fmt = ('Memory state of restore point %(restore_point)s refused: '
+               '%(reason)s')
+
+
+class MemorySpoolError(HaSnapshotException):
+    msg_fmt = 'Memory state spool %(path)s: %(reason)s'

@@ -87,10 +87,11 @@ QUIESCE_ALWAYS = 'always'
 QUIESCE_NEVER = 'never'
 
 
-def quiesce_interval(value, default: int) -> int:
+def quiesce_interval(value, default: int, key: str = 'quiesce') -> int:
     """A server's ``quiesce`` setting (spec key or server metadata
-    ``ha_snapshot:quiesce``) as seconds: -1 every snapshot, 0 never;
-    None: ``default``. InvalidProtectionSpec names a bad value."""
+    ``ha_snapshot:quiesce``; the ``memory`` key reads the same way) as
+    seconds: -1 every snapshot, 0 never; None: ``default``.
+    InvalidProtectionSpec names a bad value."""
     if value is None:
         return default
     text = str(value).strip().lower()
@@ -101,8 +102,8 @@ def quiesce_interval(value, default: int) -> int:
     if text.isdigit():
         return int(text)
     raise exception.InvalidProtectionSpec(
-        reason='key \'quiesce\': expected "always", "never" or a number '
-        'of seconds, got %r' % (value,))
+        reason='key %r: expected "always", "never" or a number of '
+        'seconds, got %r' % (key, value))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,15 +125,25 @@ class VMOptions:
     serial_log: str | None = None
     """A file the restarted VM's serial console is appended to (what a
     recovered guest printed as it booted)."""
+    extra_args: list | None = None
+    """More QEMU arguments (strings) the VM was started with, e.g. its
+    kernel and console: a memory state resumes only in a QEMU of the same
+    configuration (ha_snapshot/memory_state.py)."""
     unknown: abc.Mapping = dataclasses.field(default_factory=dict,
                                              compare=False)
 
     _TYPES = {'machine': _STR, 'accel': _STR, 'memory_mb': _INT,
               'paused': _BOOL, 'pidfile': _STR, 'node': _STR,
-              'device': _STR, 'serial_log': _STR}
+              'device': _STR, 'serial_log': _STR,
+              'extra_args': ((list, tuple), 'a list of strings')}
 
     def __post_init__(self):
         _check_fields(self, 'vm.')
+        if self.extra_args is not None and not all(
+                isinstance(a, str) for a in self.extra_args):
+            raise exception.InvalidProtectionSpec(
+                reason="key 'vm.extra_args': expected a list of strings, "
+                'got %r' % (self.extra_args,))
 
     @classmethod
     def from_dict(cls, data, *, keep_unknown: bool = False) -> 'VMOptions':
@@ -190,6 +201,10 @@ class ProtectionSpec:
     guest_agent: bool | None = None
     """Nova's image property ``hw_qemu_guest_agent``: False means the
     guest has no agent (never quiesced); None: try."""
+    memory: str | None = None
+    """When a snapshot also saves the VM's memory state (qemu driver):
+    'always', 'never' or a number of seconds between such points; default
+    ``[agent] memory_interval``."""
     unknown: abc.Mapping = dataclasses.field(default_factory=dict,
                                              compare=False)
     """Keys an older agent's state file holds that this version does not
@@ -201,7 +216,7 @@ class ProtectionSpec:
               'disk': _STR, 'disk_path': _STR,
               'vm': ((VMOptions,), 'a JSON object'),
               'quiesce': _STR, 'require_quiesce': _BOOL,
-              'guest_agent': _BOOL}
+              'guest_agent': _BOOL, 'memory': _STR}
 
     def __post_init__(self):
         if isinstance(self.vm, abc.Mapping):
@@ -210,6 +225,13 @@ class ProtectionSpec:
         _check_fields(self, '')
         if self.quiesce is not None:
             quiesce_interval(self.quiesce, 0)
+        if self.memory is not None:
+            quiesce_interval(self.memory, 0, 'memory')
+
+    def memory_every(self, default: int) -> int:
+        """Seconds between memory states for this server: 0 never, -1
+        every snapshot; ``default`` is ``[agent] memory_interval``."""
+        return quiesce_interval(self.memory, default, 'memory')
 
     def quiesce_every(self, default: int) -> int:
         """Seconds between quiesced snapshots for this server: 0 never,

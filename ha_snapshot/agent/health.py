@@ -3,7 +3,8 @@
 Three sources, each reported once per incident with its reason:
 
 * lifecycle events from the hypervisor driver: the QEMU process exiting,
-  the monitor closing, a guest SHUTDOWN or STOP the agent did not cause,
+  the monitor closing, a guest SHUTDOWN or STOP the agent did not cause
+  (the driver marks its own: ``data['ha_snapshot']``),
   a BLOCK_IO_ERROR;
 * periodic checks: the process and its monitor (``driver.is_alive``) and,
   where the VM has a guest agent socket, a ``guest-ping`` with a timeout
@@ -120,9 +121,11 @@ class HealthMonitor(threading.Thread):
 
     def _on_event(self, event) -> None:
         reason = ABNORMAL_EVENTS.get(event.kind)
-        if reason is None or self.start_deadline is not None:
+        if (reason is None or self.start_deadline is not None
+                or (event.data or {}).get('ha_snapshot')):
             # NOTE: while a stopped VM waits for its start, Nova's start
-            # (undefine, define, start) is no incident.
+            # (undefine, define, start) is no incident; nor is a pause of
+            # ours (a memory snapshot's stop).
             return
         if event.kind == 'SHUTDOWN' and (event.data or {}).get('guest') is (
                 False):

@@ -16,15 +16,18 @@ May import the hypervisor contract, the policy figures, the queue and the
 shipper; the health monitor lives next door (agent/health.py).
 """
 
+import os
 import threading
 import time
 
 from oslo_log import log as logging
 
+from ha_snapshot.agent import memory as memory_mod
 from ha_snapshot.agent import shipper as shipper_mod
 from ha_snapshot.agent import state as state_mod
 from ha_snapshot import exception
 from ha_snapshot.hypervisor import base as hv_base
+from ha_snapshot import memory_state
 from ha_snapshot.policy import metrics
 from ha_snapshot import statuses
 
@@ -77,6 +80,8 @@ class SnapshotAgent(threading.Thread):
         self._write_meter = metrics.WriteRateMeter()
         self._last_snapshot_at = None
         self._last_quiesce_at = None
+        self.memory = memory_mod.MemorySaver(conf, driver, clock)
+        """Memory states ([agent] memory_interval)."""
         self.app_consistent = 0
         """Application-consistent ('filesystem') snapshots taken."""
         self.quiesce_failures = 0
@@ -350,7 +355,13 @@ class SnapshotAgent(threading.Thread):
     def _snapshot(self) -> None:
         self._last_snapshot_at = self.clock()
         taken_at = time.time()
-        snap = self._take()
+        if self.memory.due(self.state.spec):
+            # NOTE: with the memory state of the same instant: never
+            # quiesced (a guest resumed inside a freeze stays frozen).
+            snap, memory = self.memory.take(self.vm, os.path.join(
+                self.conf.agent.state_dir, self.instance))
+        else:
+            snap, memory = self._take(), None
         if snap is None:
             return
         disk = self._disk_name()
@@ -369,12 +380,16 @@ class SnapshotAgent(threading.Thread):
                                            shipped=False)
                     self.state.baseline_restore_point = None
                     self.durable_record.now(0, 0.0)
+                    if memory:
+                        # NOTE: no new restore point to carry it.
+                        memory_state.remove_spool(memory)
+                        memory = None
                     continue
                 self.queue.add(
                     disk=fo.disk, frozen=fo.frozen.path,
                     backing=fo.backing.path if fo.backing else None,
                     committable=fo.committable, taken_at=taken_at,
-                    full=first, consistency=snap.consistency)
+                    full=first, consistency=snap.consistency, memory=memory)
         self.save()
         self.queue.shippable.set()
         LOG.debug('Instance %s: snapshot in %.1f ms', self.instance,

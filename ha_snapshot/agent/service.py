@@ -23,6 +23,7 @@ import oslo_messaging as messaging
 from ha_snapshot.agent import health as health_mod
 from ha_snapshot.agent import instance as instance_mod
 from ha_snapshot.agent import live_restore as live_mod
+from ha_snapshot.agent import memory as memory_mod
 from ha_snapshot.agent import restore as restore_mod
 from ha_snapshot.agent import state as state_mod
 from ha_snapshot import exception
@@ -69,6 +70,8 @@ class AgentService(service.Service):
         """Driver name -> driver, for VMs not on [agent] hypervisor."""
         self.host = conf.agent.host or socket.gethostname()
         self.instances = {}
+        self.restarts = {}
+        """Instance -> the answer of its latest restart (the demo, tests)."""
         self.lock = threading.RLock()
         self.rpc_server = None
         self.app_metrics = None
@@ -396,14 +399,14 @@ class AgentService(service.Service):
         os.makedirs(workdir, exist_ok=True)
         disk_path = os.path.join(workdir, 'restored-%s.qcow2' % restore_point)
         vm_spec = spec.vm
-        extra = ()
+        extra = tuple(vm_spec.extra_args or ())
         if vm_spec.serial_log:
-            extra = ('-chardev', 'file,id=serial0,path=%s,append=on'
-                     % vm_spec.serial_log.replace(',', ',,'),
-                     '-serial', 'chardev:serial0')
+            extra += ('-chardev', 'file,id=serial0,path=%s,append=on'
+                      % vm_spec.serial_log.replace(',', ',,'),
+                      '-serial', 'chardev:serial0')
 
-        def start_vm(path):
-            return self.driver.start(hv_base.VMSpec(
+        def vm_of(path):
+            return hv_base.VMSpec(
                 name=spec.name, qmp_path=spec.qmp_path,
                 log_path=spec.log_path or os.path.join(workdir, 'qemu.log'),
                 machine=_default(vm_spec.machine, 'none'),
@@ -418,8 +421,29 @@ class AgentService(service.Service):
                             else None),
                 disks=(hv_base.DiskSpec(path=path, format='qcow2',
                                         node=vm_spec.node,
-                                        device=vm_spec.device),)))
-        if self.conf.agent.live_restore:
+                                        device=vm_spec.device),))
+
+        def start_vm(path):
+            return self.driver.start(vm_of(path))
+
+        fetched = []
+
+        def fetch():
+            restore_mod.fetch(self.manager_api, instance, restore_point,
+                              disk_path,
+                              limits=qemu.Limits.from_conf(self.conf))
+            fetched.append(disk_path)
+        # NOTE: memory state wins over live restore: the guest may run
+        # only once its whole state is loaded, and on a disk that is
+        # whole (see doc/source/admin/memory-state.rst).
+        new_vm, memory_info = memory_mod.resume(
+            self.conf, self.driver, self.manager_api, instance,
+            restore_point, vm_of(disk_path), fetch)
+        if new_vm is not None:
+            running = round(time.monotonic() - t0, 3)
+            timings = {'live': False, 'recover_seconds': running,
+                       'restored_seconds': running}
+        elif self.conf.agent.live_restore and not fetched:
             # NOTE: returns once the stream completed; raises
             # LiveRestoreFailed (VM stopped) when it did not.
             disk_path = os.path.join(workdir, 'live-%s.qcow2' % restore_point)
@@ -434,14 +458,17 @@ class AgentService(service.Service):
                 stop_event=self._beat)
             new_vm, timings = outcome.vm, outcome.result()
         else:
-            restore_mod.fetch(self.manager_api, instance, restore_point,
-                              disk_path,
-                              limits=qemu.Limits.from_conf(self.conf))
+            if not fetched:
+                fetch()
             new_vm = start_vm(disk_path)
             running = round(time.monotonic() - t0, 3)
             timings = {'live': False, 'recover_seconds': running,
                        'restored_seconds': running}
+        timings.update(memory_info)
         old_files = [x.frozen for x in st.pending] + [spec.disk_path]
+        for x in st.pending:
+            if x.memory:
+                old_files += [x.memory, x.memory + '.json']
         # NOTE: the stopped agent may have made a restore point durable
         # after the manager chose this one (a delta in flight when the VM
         # died): the restored disk is then no child of the newest point and
@@ -465,8 +492,12 @@ class AgentService(service.Service):
                  'running after %.3f s, restored after %.3f s%s) by '
                  'recovery %s', instance, restore_point, new_vm.pid,
                  timings['recover_seconds'], timings['restored_seconds'],
-                 ', live' if timings['live'] else '', recovery)
-        return dict(timings, pid=new_vm.pid, disk=disk_path)
+                 ', live' if timings['live'] else
+                 ', resumed from memory' if timings['memory_state_restored']
+                 else '', recovery)
+        self.restarts[instance] = dict(timings, pid=new_vm.pid,
+                                       disk=disk_path)
+        return self.restarts[instance]
 
 
     def rebaseline(self, instance: str, restore_point: str, *,

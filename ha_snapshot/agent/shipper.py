@@ -24,6 +24,7 @@ import time
 from oslo_log import log as logging
 import oslo_messaging as messaging
 
+from ha_snapshot.agent import memory as memory_mod
 from ha_snapshot import delta as delta_mod
 from ha_snapshot import exception
 from ha_snapshot.hypervisor import base as hv_base
@@ -81,6 +82,8 @@ class Durable:
         latest RECENT_RESTORE_POINTS."""
         self.count = 0
         """Deltas made durable since the agent started."""
+        self.memory_states = 0
+        """Memory states made durable since the agent started."""
 
     def remember(self, restore_point: str, taken_at: float | None,
                  shipped: bool = True) -> None:
@@ -180,6 +183,14 @@ class Shipper:
                 return
             if entry.restore_point is None:
                 self.ship(entry)
+            if entry.memory:
+                # NOTE: after the ack: the state belongs to that restore
+                # point; an agent killed meanwhile sends it on restart.
+                sent = memory_mod.ship(self.owner, self.queue, entry)
+                if sent is not None:
+                    with self.durable.cond:
+                        self.durable.memory_states += 1
+                        self.durable.shipped_bytes += sent
             self.commit(entry)
             self.queue.remove(entry)
 

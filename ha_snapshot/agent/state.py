@@ -45,6 +45,9 @@ class Pending:
     """The frozen image is the whole disk (the base): a (re-)baseline."""
     consistency: str = 'crash'
     """'filesystem' when taken inside a guest file system freeze."""
+    memory: str | None = None
+    """The spool file of the VM's memory state of the same instant
+    (ha_snapshot/memory_state.py), shipped after the delta's ack."""
 
 
 @dataclasses.dataclass
@@ -79,6 +82,8 @@ class InstanceState:
             if p['consistency'] == 'crash':
                 # NOTE: as files written before it existed.
                 del p['consistency']
+            if p['memory'] is None:
+                del p['memory']
         if d['restarted_by'] is None:
             # NOTE: as files written before it existed.
             del d['restarted_by']

@@ -1,4 +1,5 @@
-"""[agent]: the options of application-consistent (quiesced) snapshots.
+"""[agent]: the options of application-consistent (quiesced) snapshots
+and of memory states.
 
 The rest of the ``[agent]`` group lives in ha_snapshot/conf/manager.py;
 these are registered into the same group.
@@ -39,9 +40,28 @@ QUIESCE_OPTS = [
 ]
 
 
+MEMORY_OPTS = [
+    cfg.IntOpt('memory_interval', default=0, min=0,
+               help='Seconds between restore points that also carry the '
+                    'VM\'s memory state (qemu driver only): a snapshot '
+                    'taken when this much time has passed since the last '
+                    'memory state saves the RAM and device state of the '
+                    'same instant as the disks (QEMU\'s background '
+                    'snapshot), and a restart from that point resumes the '
+                    'guest instead of booting it. The state is chunked, '
+                    'compressed and deduplicated by the store. 0: never '
+                    '(the default). Memory snapshots are never quiesced: '
+                    'a guest resumed inside a freeze would stay frozen.'),
+    cfg.IntOpt('memory_save_timeout', default=300, min=1,
+               help='Seconds a memory state may take to save; a save '
+                    'that takes longer is cancelled and that restore '
+                    'point has its disk only.'),
+]
+
+
 def register_opts(conf: cfg.ConfigOpts) -> None:
-    base.register(conf, GROUP, QUIESCE_OPTS)
+    base.register(conf, GROUP, QUIESCE_OPTS + MEMORY_OPTS)
 
 
 def list_opts():
-    return {GROUP: QUIESCE_OPTS}
+    return {GROUP: QUIESCE_OPTS + MEMORY_OPTS}

@@ -408,6 +408,26 @@ class Database:
             return row
 
     @_retried
+    def set_memory_state(self, restore_point: str) -> bool:
+        """Record that ``restore_point`` carries a memory state; False
+        when no such restore point is recorded (retention removed it)."""
+        with self._writer() as session:
+            return session.execute(
+                sa.update(models.RestorePoint)
+                .where(models.RestorePoint.id == restore_point)
+                .values(memory_state=True)).rowcount > 0
+
+    @_retried
+    def restore_point_memory(self) -> dict:
+        """instance uuid -> restore points with a memory state."""
+        point = models.RestorePoint
+        query = (sa.select(point.instance_uuid, sa.func.count())
+                 .where(point.memory_state.is_(True))
+                 .group_by(point.instance_uuid))
+        with self._reader() as session:
+            return {uuid: int(n) for uuid, n in session.execute(query)}
+
+    @_retried
     def list_restore_points(self, instance: str) -> list:
         """The recorded restore points of an instance, oldest first."""
         with self._reader() as session:

@@ -35,6 +35,7 @@ from ha_snapshot.hypervisor import base
 from ha_snapshot.hypervisor import blockgraph
 from ha_snapshot.hypervisor import hmp
 from ha_snapshot.hypervisor import jobs
+from ha_snapshot.hypervisor import memstate
 from ha_snapshot.hypervisor import process
 from ha_snapshot.hypervisor import qmp
 from ha_snapshot.hypervisor import quiesce as quiesce_mod
@@ -66,6 +67,10 @@ class QemuVM(base.VM):
         self.dispatcher = None
         self.detached = False
         self.quitting = False
+        self.own_stops = 0
+        """STOP events coming from our own ``stop`` (a memory snapshot):
+        delivered with ``data['ha_snapshot']`` so that the health monitor
+        does not take them for a failure."""
 
     def next_seq(self) -> int:
         self._seq += 1
@@ -238,6 +243,9 @@ class QemuDriver(base.HypervisorDriver):
         except (KeyError, TypeError, ValueError):
             when = time.time()
         data = msg.get('data') if isinstance(msg.get('data'), dict) else {}
+        if msg['event'] == 'STOP' and vm.own_stops > 0:
+            vm.own_stops -= 1
+            data = dict(data, ha_snapshot='memory snapshot')
         event = base.Event(vm.name, str(msg['event']), data, when)
         vm.jobs.on_event(event)
         vm.events.put(event)
@@ -263,10 +271,10 @@ class QemuDriver(base.HypervisorDriver):
     # --- QMP -----------------------------------------------------------------
 
     def qmp(self, vm: QemuVM, command: str, arguments: dict | None = None,
-            timeout: float | None = None):
+            timeout: float | None = None, fd: int | None = None):
         """One QMP command (not part of the driver contract)."""
         return vm.client.execute(
-            command, arguments,
+            command, arguments, fd=fd,
             timeout=self.opts.command_timeout if timeout is None else timeout)
 
     def _refresh(self, vm) -> list:
@@ -325,6 +333,30 @@ class QemuDriver(base.HypervisorDriver):
                 vm.name, channel, lambda: snapshots.take_snapshot(self, vm),
                 quiesce_mod.Options.from_conf(self.conf), quiesce,
                 require_quiesce)
+
+    def snapshot_with_memory(self, vm: QemuVM, sink, *,
+                             wait: float | None = None,
+                             timeout: float = 300.0) -> tuple:
+        """A disk snapshot and the memory state of the same instant,
+        never quiesced (a guest resumed from memory saved inside a freeze
+        would stay frozen). ``(Snapshot, memstate.MemorySave)``; the
+        stream goes to ``sink(bytes)``."""
+        wait = self.opts.snapshot_wait if wait is None else wait
+        with base.operation(vm, 'a memory snapshot', wait):
+            self._check_alive(vm)
+            if not vm.disks:
+                self._refresh(vm)
+            return memstate.save(self, vm, sink, timeout)
+
+    def resume(self, spec: base.VMSpec, chunks,
+               timeout: float = 300.0) -> tuple:
+        """Start ``spec`` from saved memory (``chunks``: its bytes):
+        ``(vm, seconds until the guest ran)``; MemoryStateError when it
+        did not (no QEMU left running)."""
+        if spec.machine == 'none':
+            raise base.MemoryStateError(vm=spec.name, reason='a VM without '
+                                        'a machine has no memory state')
+        return memstate.resume(self, spec, chunks, timeout)
 
     def commit(self, vm: QemuVM, frozen, *, timeout: float | None = None):
         items = base.frozen_items(frozen)

@@ -232,9 +232,10 @@ class QmpClient:
     # --- commands ------------------------------------------------------------
 
     def execute(self, command: str, arguments: dict | None = None, *,
-                timeout: float):
+                timeout: float, fd: int | None = None):
         """Run one command; its ``return`` value, or raise QmpError,
-        QmpTimeout or VMNotRunning."""
+        QmpTimeout or VMNotRunning. ``fd``: a file descriptor passed with
+        the command (SCM_RIGHTS), as ``getfd`` wants."""
         deadline = time.monotonic() + timeout
         pending = _Pending()
         with self._lock:
@@ -250,7 +251,7 @@ class QmpClient:
             msg['arguments'] = arguments
         try:
             self._send(json.dumps(msg).encode() + b'\n', deadline, command,
-                       timeout)
+                       timeout, fd)
         except BaseException:
             with self._lock:
                 self._pending.pop(ident, None)
@@ -276,7 +277,7 @@ class QmpClient:
         return reply.get('return')
 
     def _send(self, data: bytes, deadline: float, command: str,
-              timeout: float) -> None:
+              timeout: float, fd: int | None = None) -> None:
         view = memoryview(data)
         poller = select.poll()
         with self._send_lock:
@@ -290,7 +291,13 @@ class QmpClient:
                 if not poller.poll(remaining * 1000):
                     continue
                 try:
-                    n = sock.send(view, socket.MSG_DONTWAIT)
+                    if fd is not None:
+                        # NOTE: the descriptor rides on the first byte sent.
+                        n = socket.send_fds(sock, [view], [fd],
+                                            socket.MSG_DONTWAIT)
+                        fd = None
+                    else:
+                        n = sock.send(view, socket.MSG_DONTWAIT)
                 except BlockingIOError:
                     continue
                 except OSError as e:

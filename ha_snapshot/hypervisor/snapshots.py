@@ -162,7 +162,18 @@ def _flush(driver, vm, disk: base.Disk) -> None:
                     disk.name, e)
 
 
-def take_snapshot(driver, vm) -> base.Snapshot:
+def flush_disks(driver, vm) -> None:
+    """Flush every disk's active image now (guest I/O goes on)."""
+    with vm.graph_lock:
+        for disk in list(vm.disks.values()):
+            _flush(driver, vm, disk)
+
+
+def take_snapshot(driver, vm, preflush: bool | None = None) -> base.Snapshot:
+    """``preflush`` False: the caller flushed already (default: [qemu]
+    snapshot_preflush)."""
+    if preflush is None:
+        preflush = driver.opts.snapshot_preflush
     disks = list(vm.disks.values()) if vm.disks else driver.disks(vm)
     if not disks:
         raise base.SnapshotFailed(vm=vm.name, reason='it has no writable '
@@ -187,7 +198,7 @@ def take_snapshot(driver, vm) -> base.Snapshot:
                     'data': {'node': disk.active.node, 'overlay': new.node}}
                    for disk, new in plans]
         with vm.graph_lock:
-            if driver.opts.snapshot_preflush:
+            if preflush:
                 for disk, _ in plans:
                     _flush(driver, vm, disk)
             t1 = time.perf_counter()

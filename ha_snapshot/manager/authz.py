@@ -9,7 +9,10 @@ message's envelope is verified (ha_snapshot/rpc_auth.py), then
 * ``host:H`` (the agent on compute host H) may call the agent methods
   only, and only about instances the manager's database places on H:
   register_instance (also naming H as its host), put_part, commit_delta,
-  report_health (naming H), get_manifest, get_chunk; heartbeat naming H.
+  report_health (naming H), get_manifest, get_chunk, and the memory
+  state methods (memory_chunks_missing, put_memory_chunks,
+  commit_memory_state, get_memory_state, get_memory_chunk); heartbeat
+  naming H.
   Registering a server the database places elsewhere (or does not know)
   needs Nova to say the server now runs on H; without [nova] the operator
   moves it with the API's protect (which records the new host first).
@@ -34,7 +37,9 @@ LOG = logging.getLogger(__name__)
 
 AGENT_METHODS = frozenset(('register_instance', 'put_part', 'commit_delta',
                            'report_health', 'heartbeat', 'get_manifest',
-                           'get_chunk'))
+                           'get_chunk', 'memory_chunks_missing',
+                           'put_memory_chunks', 'commit_memory_state',
+                           'get_memory_state', 'get_memory_chunk'))
 API_METHODS = frozenset(('protect', 'unprotect', 'recover', 'alarm'))
 # NOTE: put_part and get_chunk (the hot paths) trust a host lookup this
 # long (seconds); commit_delta, get_manifest and registration always ask
@@ -176,6 +181,25 @@ class Authorizer:
 
     def _get_chunk(self, sender, host, kw) -> None:
         self._on_host(sender, 'get_chunk', host, kw.get('instance'),
+                      fresh=False)
+
+    def _memory_chunks_missing(self, sender, host, kw) -> None:
+        self._on_host(sender, 'memory_chunks_missing', host,
+                      kw.get('instance'), fresh=False)
+
+    def _put_memory_chunks(self, sender, host, kw) -> None:
+        self._on_host(sender, 'put_memory_chunks', host, kw.get('instance'),
+                      fresh=False)
+
+    def _commit_memory_state(self, sender, host, kw) -> None:
+        self._on_host(sender, 'commit_memory_state', host,
+                      kw.get('instance'))
+
+    def _get_memory_state(self, sender, host, kw) -> None:
+        self._on_host(sender, 'get_memory_state', host, kw.get('instance'))
+
+    def _get_memory_chunk(self, sender, host, kw) -> None:
+        self._on_host(sender, 'get_memory_chunk', host, kw.get('instance'),
                       fresh=False)
 
 

@@ -19,11 +19,13 @@ import time
 from oslo_log import log as logging
 import oslo_messaging as messaging
 
+from ha_snapshot import codec
 from ha_snapshot import exception
 from ha_snapshot.manager import alarms
 from ha_snapshot.manager import intake
 from ha_snapshot.manager import notifications
 from ha_snapshot.openstack import servers
+from ha_snapshot.storage import memory
 from ha_snapshot import statuses
 
 LOG = logging.getLogger(__name__)
@@ -118,6 +120,52 @@ class Manager(intake.DeltaIntake):
                 % (index, restore_point))
         return base64.b64encode(self.store.read_chunk(rp, index)).decode()
 
+
+    # --- RPC API 1.4: memory states (ha_snapshot/storage/memory.py) ------
+
+    def memory_chunks_missing(self, instance, restore_point, shas) -> list:
+        if not (isinstance(shas, list) and all(isinstance(s, str)
+                                               for s in shas)):
+            raise exception.InvalidMemoryState(
+                restore_point=restore_point, reason='shas is not a list of '
+                'strings')
+        rp = self.store.get_restore_point(instance, restore_point)
+        return memory.missing(self.store, rp, shas)
+
+    def put_memory_chunks(self, instance, restore_point, chunks) -> int:
+        rp = self.store.get_restore_point(instance, restore_point)
+        try:
+            items = [(sha, length, codec.b64decode(text, memory.MAX_OBJECT))
+                     for sha, length, text in chunks]
+        except (TypeError, ValueError) as e:
+            raise exception.InvalidMemoryState(
+                restore_point=restore_point, reason='chunks: %s' % e)
+        return memory.put_chunks(self.store, rp, items)
+
+    def commit_memory_state(self, instance, restore_point, manifest) -> dict:
+        rp = self.store.get_restore_point(instance, restore_point)
+        if not isinstance(manifest, dict):
+            raise exception.InvalidMemoryState(
+                restore_point=restore_point, reason='not a JSON object')
+        stored = memory.commit(self.store, rp, manifest)
+        self.db.set_memory_state(rp.id)
+        LOG.info('Instance %s: restore point %s carries a memory state '
+                 '(%d bytes, %d chunks)', instance, rp.id, stored['size'],
+                 len(stored['chunks']))
+        return {'restore_point': rp.id, 'size': stored['size']}
+
+    def get_memory_state(self, instance, restore_point) -> dict | None:
+        rp = self.store.get_restore_point(instance, restore_point)
+        return memory.get(self.store, rp)
+
+    def get_memory_chunk(self, instance, restore_point, index) -> str:
+        rp = self.store.get_restore_point(instance, restore_point)
+        state = memory.get(self.store, rp)
+        if state is None:
+            raise exception.InvalidMemoryState(
+                restore_point=restore_point, reason='it has none')
+        return base64.b64encode(memory.read_chunk(self.store, rp, state,
+                                                  index)).decode()
 
     # --- RPC API 1.1: what ha-snapshot-api asks -----------------------------
 
@@ -240,9 +288,9 @@ def _primitive(value):
 
 
 class ManagerEndpoint:
-    """RPC API 1.3; see ha_snapshot/manager/rpcapi.py for the history."""
+    """RPC API 1.4; see ha_snapshot/manager/rpcapi.py for the history."""
 
-    target = messaging.Target(version='1.3')
+    target = messaging.Target(version='1.4')
 
     def __init__(self, manager: Manager):
         self.manager = manager
@@ -304,6 +352,38 @@ class ManagerEndpoint:
     def get_chunk(self, ctxt, instance, restore_point, index):
         return self._run(self.manager.get_chunk, 'chunk of %s' % instance,
                          instance, restore_point, index)
+
+    # --- 1.4 ----------------------------------------------------------------
+
+    @messaging.expected_exceptions(exception.HaSnapshotException)
+    def memory_chunks_missing(self, ctxt, instance, restore_point, shas):
+        return self._run(self.manager.memory_chunks_missing,
+                         'memory chunks of %s' % instance, instance,
+                         restore_point, shas)
+
+    @messaging.expected_exceptions(exception.HaSnapshotException)
+    def put_memory_chunks(self, ctxt, instance, restore_point, chunks):
+        return self._run(self.manager.put_memory_chunks,
+                         'memory chunks of %s' % instance, instance,
+                         restore_point, chunks)
+
+    @messaging.expected_exceptions(exception.HaSnapshotException)
+    def commit_memory_state(self, ctxt, instance, restore_point, manifest):
+        return self._run(self.manager.commit_memory_state,
+                         'memory state of %s' % instance, instance,
+                         restore_point, manifest)
+
+    @messaging.expected_exceptions(exception.HaSnapshotException)
+    def get_memory_state(self, ctxt, instance, restore_point):
+        return self._run(self.manager.get_memory_state,
+                         'memory state of %s' % instance, instance,
+                         restore_point)
+
+    @messaging.expected_exceptions(exception.HaSnapshotException)
+    def get_memory_chunk(self, ctxt, instance, restore_point, index):
+        return self._run(self.manager.get_memory_chunk,
+                         'memory chunk of %s' % instance, instance,
+                         restore_point, index)
 
     # --- 1.1 ----------------------------------------------------------------
 

@@ -14,6 +14,9 @@ API version history:
         'filesystem'; a header without it is 'crash'); to a manager capped
         below 1.3 both are left out (a manager before 1.3 refuses header
         keys it does not know).
+* 1.4 - Memory states of restore points: memory_chunks_missing,
+        put_memory_chunks, commit_memory_state, get_memory_state,
+        get_memory_chunk.
 
 Every method pins the version it needs, so an agent newer than its manager
 fails clearly (oslo.messaging's version check) instead of sending calls the
@@ -40,7 +43,7 @@ from ha_snapshot import exception
 from ha_snapshot import rpc
 from ha_snapshot import rpc_auth
 
-VERSION = '1.3'
+VERSION = '1.4'
 
 
 @contextlib.contextmanager
@@ -182,6 +185,47 @@ class ManagerAPI:
                   index: int) -> str:
         return self._call('get_chunk', instance=instance,
                           restore_point=restore_point, index=index)
+
+    # --- 1.4: memory states --------------------------------------------------
+
+    def can_memory_state(self) -> bool:
+        """Whether the manager takes memory states (1.4)."""
+        return self.client.can_send_version('1.4')
+
+    def memory_chunks_missing(self, instance: str, restore_point: str,
+                              shas: list, timeout=None) -> list:
+        """Which of ``shas`` the store lacks (the others are kept)."""
+        return self._call('memory_chunks_missing', version='1.4',
+                          timeout=timeout, instance=instance,
+                          restore_point=restore_point, shas=shas)
+
+    def put_memory_chunks(self, instance: str, restore_point: str,
+                          chunks: list, timeout=None) -> int:
+        """Store ``[[sha256, length, base64 zstd frame], ...]``."""
+        return self._call('put_memory_chunks', version='1.4',
+                          timeout=timeout, instance=instance,
+                          restore_point=restore_point, chunks=chunks)
+
+    def commit_memory_state(self, instance: str, restore_point: str,
+                            manifest: dict, timeout=None) -> dict:
+        return self._call('commit_memory_state', version='1.4',
+                          timeout=timeout, instance=instance,
+                          restore_point=restore_point, manifest=manifest)
+
+    def get_memory_state(self, instance: str,
+                         restore_point: str) -> dict | None:
+        """The memory state of a restore point, None if it has none (or
+        the manager is older than 1.4)."""
+        if not self.can_memory_state():
+            return None
+        return self._call('get_memory_state', version='1.4',
+                          instance=instance, restore_point=restore_point)
+
+    def get_memory_chunk(self, instance: str, restore_point: str,
+                         index: int) -> str:
+        return self._call('get_memory_chunk', version='1.4',
+                          instance=instance, restore_point=restore_point,
+                          index=index)
 
     # --- 1.1: what ha-snapshot-api asks of the manager -----------------------
 

@@ -30,6 +30,7 @@ from ha_snapshot import exception
 from ha_snapshot.image import qemu
 from ha_snapshot.image import sparse
 from ha_snapshot import storage
+from ha_snapshot.storage import memory
 from ha_snapshot.storage import objects
 from ha_snapshot.storage import retention
 
@@ -461,6 +462,7 @@ class RecoveryStore:
             removed = []
             for obj, (number, _created, rp_id) in points:
                 if number not in keep:
+                    self.driver.delete(memory.key(instance, number))
                     self.driver.delete(obj.key)
                     removed.append(rp_id)
                     # NOTE: else every manifest ever written stays here
@@ -484,10 +486,14 @@ class RecoveryStore:
         # meanwhile references only chunks touched after ``cutoff``.
         referenced = set()
         for instance in self.instances():
+            scopes = {}
             for key in self._manifest_keys(instance):
                 rp = self._load(key)
+                scopes[rp.number] = rp.scope
                 referenced.update(objects.chunk_key(rp.scope, s)
                                   for s in rp.chunks.values())
+            # NOTE: listed after the manifests, as manifests after chunks.
+            referenced |= memory.referenced(self, instance, scopes.get)
         removed = freed = 0
         for obj in candidates:
             if obj.key not in referenced and self.driver.delete_if_older(

@@ -20,7 +20,9 @@ Read from the manager's database at each scrape (no state in the API):
   by ``consistency``: ``crash`` or ``filesystem``, taken inside a guest
   file system freeze) and ``ha_snapshot_app_consistent_age_seconds``: age
   of the newest application-consistent (``filesystem``) restore point,
-  absent while a server has none.
+  absent while a server has none;
+* ``ha_snapshot_restore_points_with_memory``: the held restore points that
+  carry the VM's memory state (a restart from one resumes the guest).
 
 Compute host failures (the host monitor's records):
 
@@ -136,6 +138,13 @@ class _Collector:
                 if kind == statuses.Consistency.FILESYSTEM and held_kind:
                     app_age.add_metric([row.uuid, row.project_id],
                                        util.age(newest, self.now))
+        memory = self.db.restore_point_memory()
+        with_memory = gauge('ha_snapshot_restore_points_with_memory',
+                            'Restore points held that carry the VM\'s '
+                            'memory state.', labels=LABELS)
+        for row in rows:
+            with_memory.add_metric([row.uuid, row.project_id],
+                                   memory.get(row.uuid, 0))
         for row in rows:
             by_status[row.status] = by_status.get(row.status, 0) + 1
             labels = [row.uuid, row.project_id]
@@ -156,7 +165,7 @@ class _Collector:
         for status, n in by_status.items():
             servers.add_metric([status], n)
         yield from (servers, rpo, points, changed, new, merges, shipped,
-                    stored, attempts, recs, by_kind, app_age)
+                    stored, attempts, recs, by_kind, app_age, with_memory)
         yield from self._replicas([row.uuid for row in rows])
         yield from self._host_failures()
 

@@ -17,6 +17,7 @@ def restore_point_view(rp) -> dict:
         'changed_bytes': rp.changed_bytes,
         'new_bytes': rp.new_bytes,
         'consistency': rp.consistency,
+        'memory_state': bool(rp.memory_state),
     }
 
 

@@ -22,9 +22,11 @@ class ListRestorePoints(command.Lister):
         server_id = resolve.server_id(mgr, parsed_args.server)
         points = mgr.ha.list_restore_points(server_id)
         fields = ['id', 'number', 'taken_at', 'created_at', 'consistency',
-                  'virtual_size', 'changed_bytes', 'new_bytes']
+                  'memory_state', 'virtual_size', 'changed_bytes',
+                  'new_bytes']
         headers = ['ID', 'Number', 'Taken At', 'Created At', 'Consistency',
-                   'Virtual Size', 'Changed Bytes', 'New Bytes']
+                   'Memory State', 'Virtual Size', 'Changed Bytes',
+                   'New Bytes']
         if parsed_args.long:
             fields += ['sequence', 'parent_id']
             headers += ['Sequence', 'Parent ID']

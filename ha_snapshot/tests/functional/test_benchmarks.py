@@ -39,6 +39,8 @@ GOAL_KEYS = {
                      'recover_speedup_64G'],
     'manager_scale': ['total_cpu_cores', 'cores_per_200_instances',
                       'deltas_per_s_achieved', 'deltas_acknowledged'],
+    'memory_snapshot': ['pause_p99_ms', 'save_p50_s', 'resume_seconds',
+                        'cold_boot_first_record_seconds'],
 }
 
 # NOTE: CI time (issue 13): the slow ones run shorter than --quick, through
@@ -62,6 +64,7 @@ SHORTER = {
     'cycle_cost': ('--quick', '--repeat', '2'),
     'manager_scale': ('--quick', '--instances', '9', '--window', '6',
                       '--warm', '3', '--idle', '2'),
+    'memory_snapshot': ('--quick', '--snapshots', '2', '--memory-mb', '256'),
 }
 
 
@@ -170,3 +173,7 @@ class BenchmarkSmokeTestCase(testtools.TestCase):
         self.assertEqual(9, sum(r['owned']
                                  for r in result['replicas'].values()))
         self.assertEqual(0, result['log_errors'])
+
+    def test_memory_snapshot(self):
+        result = self._run('memory_snapshot')
+        self.assertTrue(result['records_continue'], result)

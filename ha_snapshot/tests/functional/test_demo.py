@@ -66,9 +66,16 @@ class DemoTestCase(testtools.TestCase):
         self.assertEqual(report['records_in_restore_point']
                          + report['records_torn_after_durable'] + 1,
                          report['recovered_guest_first_record'])
+        # The second VM kept its memory state: it resumed, no reboot.
+        self.assertTrue(report['memory_state_restored'], report)
+        self.assertTrue(report['resumed_without_reboot'], report)
+        self.assertGreater(report['resume_seconds'], 0)
+        self.assertGreaterEqual(report['resumed_first_record'] - 1,
+                                report['records_durable_at_memory_state'])
 
     def test_demo_verifies_without_guest(self):
         report = self.demo('--no-guest')
         self.assertGreater(report['bytes_written'], 0)
         self.assertNotIn('guest_booted', report)
+        self.assertNotIn('memory_state_restored', report)
         self.assertEqual(0, report['app_consistent_restore_points'])

@@ -63,8 +63,8 @@ class ProtectionSpecTest(base.TestCase):
         e = self.assertRaises(exception.InvalidProtectionSpec,
                               Spec.from_dict, dict(QEMU, qmp='/x'))
         self.assertIn("unknown key 'qmp' (known keys: disk, disk_path, "
-                      "domain, driver, guest_agent, log_path, name, nova, "
-                      "pid, policy, qga_path, qmp_path, quiesce, "
+                      "domain, driver, guest_agent, log_path, memory, name, "
+                      "nova, pid, policy, qga_path, qmp_path, quiesce, "
                       "require_quiesce, uuid, vm)", str(e))
         e = self.assertRaises(exception.InvalidProtectionSpec,
                               Spec.from_dict,

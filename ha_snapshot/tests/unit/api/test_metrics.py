@@ -67,7 +67,8 @@ class MetricsTestCase(base.TestCase):
                           'ha_snapshot_restore_points_by_consistency:crash':
                           0,
                           'ha_snapshot_restore_points_by_consistency:'
-                          'filesystem': 0},
+                          'filesystem': 0,
+                          'ha_snapshot_restore_points_with_memory': 0},
                          self.metrics())
         rps = [_rp(self.inst, n, 1000 * n, 100 * n) for n in (1, 2, 3)]
         for rp in rps:
@@ -89,7 +90,24 @@ class MetricsTestCase(base.TestCase):
                           'ha_snapshot_restore_points_by_consistency:crash':
                           2,
                           'ha_snapshot_restore_points_by_consistency:'
-                          'filesystem': 0}, got)
+                          'filesystem': 0,
+                          'ha_snapshot_restore_points_with_memory': 0}, got)
+
+    def test_points_with_memory(self):
+        rps = [_rp(self.inst, n, 10, 1) for n in (1, 2, 3)]
+        for rp in rps:
+            self.db.record_restore_point(rp)
+        self.assertTrue(self.db.set_memory_state(rps[1].id))
+        self.assertTrue(self.db.set_memory_state(rps[2].id))
+        self.assertFalse(self.db.set_memory_state(base.new_uuid()))
+        self.assertEqual(
+            2, self.metrics()['ha_snapshot_restore_points_with_memory'])
+        self.assertEqual([False, True, True], [
+            p.memory_state for p in self.db.list_restore_points(self.inst)])
+        # Retention removes a point: it no longer counts.
+        self.db.delete_restore_points([rps[1].id])
+        self.assertEqual(
+            1, self.metrics()['ha_snapshot_restore_points_with_memory'])
 
     def test_points_by_consistency(self):
         for n, kind, age in ((1, 'filesystem', 300), (2, 'crash', 200),
