@@ -35,6 +35,10 @@ Status = statuses.InstanceStatus
 # most this often (seconds); commit_delta always does, so a part of an
 # instance deleted meanwhile is spooled at worst, never merged.
 LOOKUP_TTL = 10.0
+# NOTE: restore points whose memory state is being fetched (restores in
+# progress at once), and how long one is kept without a new read.
+_MEMORY_STATES_CACHED = 16
+_MEMORY_STATE_TTL = 300.0
 
 
 class Manager(intake.DeltaIntake):
@@ -52,6 +56,8 @@ class Manager(intake.DeltaIntake):
         self.recovery = recovery
         self._commits = {}
         self._commits_lock = threading.Lock()
+        self._memory_lock = threading.Lock()
+        self._memory_states = {}
         self.prestores = intake.Prestores(intake.PRESTORE_THREADS,
                                           intake.PRESTORE_QUEUE)
         self._projects = {}
@@ -155,17 +161,35 @@ class Manager(intake.DeltaIntake):
         return {'restore_point': rp.id, 'size': stored['size']}
 
     def get_memory_state(self, instance, restore_point) -> dict | None:
-        rp = self.store.get_restore_point(instance, restore_point)
-        return memory.get(self.store, rp)
+        return self._memory_state(instance, restore_point)[1]
 
     def get_memory_chunk(self, instance, restore_point, index) -> str:
-        rp = self.store.get_restore_point(instance, restore_point)
-        state = memory.get(self.store, rp)
+        rp, state = self._memory_state(instance, restore_point)
         if state is None:
             raise exception.InvalidMemoryState(
                 restore_point=restore_point, reason='it has none')
         return base64.b64encode(memory.read_chunk(self.store, rp, state,
                                                   index)).decode()
+
+    def _memory_state(self, instance, restore_point) -> tuple:
+        """(restore point, its memory state or None), read once for the
+        hundreds of chunk calls of one restore: both are written once
+        and never changed. A state removed since (retention) fails at
+        its chunks' read."""
+        key = (instance, restore_point)
+        now = time.monotonic()
+        with self._memory_lock:
+            hit = self._memory_states.get(key)
+            if hit is not None and now - hit[0] < _MEMORY_STATE_TTL:
+                return hit[1]
+        rp = self.store.get_restore_point(instance, restore_point)
+        value = (rp, memory.get(self.store, rp))
+        with self._memory_lock:
+            self._memory_states.pop(key, None)
+            while len(self._memory_states) >= _MEMORY_STATES_CACHED:
+                del self._memory_states[next(iter(self._memory_states))]
+            self._memory_states[key] = (now, value)
+        return value
 
     # --- RPC API 1.1: what ha-snapshot-api asks -----------------------------
 

@@ -10,6 +10,7 @@ from ha_snapshot.agent import memory as agent_memory
 from ha_snapshot.agent import state as state_mod
 from ha_snapshot import exception
 from ha_snapshot import importer
+from ha_snapshot.manager import manager as manager_mod
 from ha_snapshot import memory_state as ms
 from ha_snapshot import protection_spec
 from ha_snapshot.storage import memory
@@ -131,6 +132,29 @@ class MemoryStoreTest(base.TestCase):
         sent2, _ = self.ship(self.rp2, second)
         self.assertGreater(sent1, 0)
         self.assertLess(sent2, sent1 / 4)
+
+    def test_manager_reads_a_state_once_for_its_chunks(self):
+        # NOTE: a restore asks for hundreds of chunks, one call each.
+        first = streams.stream(3000)
+        self.ship(self.rp1, first)
+        mgr = manager_mod.Manager(self.conf, self.store, None, None)
+        reads = []
+        real = self.store.get_restore_point
+
+        def counted(*args, **kwargs):
+            reads.append(args)
+            return real(*args, **kwargs)
+        self.patch(self.store, 'get_restore_point', counted)
+        state = mgr.get_memory_state(self.inst, self.rp1.id)
+        got = b''.join(base64.b64decode(mgr.get_memory_chunk(
+            self.inst, self.rp1.id, i)) for i in range(len(state['chunks'])))
+        self.assertEqual(first, got)
+        self.assertGreater(len(state['chunks']), 1)
+        self.assertEqual(1, len(reads))
+        # A point without memory answers None, and no chunk.
+        self.assertIsNone(mgr.get_memory_state(self.inst2, self.rp2.id))
+        self.assertRaises(exception.InvalidMemoryState,
+                          mgr.get_memory_chunk, self.inst2, self.rp2.id, 0)
 
     def test_commit_needs_every_chunk(self):
         spool, index = spool_of(self, streams.stream(500))
