@@ -427,6 +427,8 @@ def run(work: str, *, vms: int = 2, seconds: float = 20.0,
         shipped = sum(i.agent.shipped_bytes for i in agent.instances.values())
         raw = sum(i.agent.shipped_changed_bytes
                   for i in agent.instances.values())
+        memory_shipped = sum(i.agent.shipped_memory_bytes
+                             for i in agent.instances.values())
         app_consistent = sum(i.agent.app_consistent
                              for i in agent.instances.values())
         progress('killing %s (pid %d) with SIGKILL' % (victim, vm.pid))
@@ -472,6 +474,7 @@ def run(work: str, *, vms: int = 2, seconds: float = 20.0,
                 victim)),
             'bytes_shipped_compressed': shipped,
             'bytes_shipped_raw': raw,
+            'bytes_shipped_memory_states': memory_shipped,
             'app_consistent_restore_points': app_consistent,
             'rpo_seconds_max': round(rpo_max, 3),
             'detect_seconds': round(detect or -1, 3),

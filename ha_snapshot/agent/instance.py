@@ -107,6 +107,7 @@ class SnapshotAgent(threading.Thread):
     last_ship_seconds = _recorded('last_ship_seconds')
     shipped_bytes = _recorded('shipped_bytes')
     shipped_changed_bytes = _recorded('shipped_changed_bytes')
+    shipped_memory_bytes = _recorded('shipped_memory_bytes')
     restore_points = _recorded('restore_points')
     taken_at = _recorded('taken_at')
     durable_count = _recorded('count')

@@ -73,7 +73,10 @@ class Durable:
         self.last_delta_bytes = 0
         self.last_ship_seconds = 0.0
         self.shipped_bytes = 0
+        """Compressed bytes of the deltas sent (memory states apart)."""
         self.shipped_changed_bytes = 0
+        self.shipped_memory_bytes = 0
+        """Compressed bytes of memory-state chunks the store lacked."""
         self.restore_points = collections.deque(
             maxlen=RECENT_RESTORE_POINTS)
         """The latest restore points made durable, oldest first."""
@@ -190,7 +193,7 @@ class Shipper:
                 if sent is not None:
                     with self.durable.cond:
                         self.durable.memory_states += 1
-                        self.durable.shipped_bytes += sent
+                        self.durable.shipped_memory_bytes += sent
             self.commit(entry)
             self.queue.remove(entry)
 

@@ -30,7 +30,8 @@ class DemoTestCase(testtools.TestCase):
             r' / [\d.]+ (Ki|Mi)?B.* \| vm1: ', line)]
         self.assertGreaterEqual(len(status), 6, r.stdout)
         for key in ('restore_points', 'bytes_shipped_compressed',
-                    'bytes_shipped_raw', 'rpo_seconds_max',
+                    'bytes_shipped_raw', 'bytes_shipped_memory_states',
+                    'rpo_seconds_max',
                     'detect_seconds', 'recover_seconds'):
             self.assertIn(key, report)
         self.assertGreater(report['bytes_shipped_compressed'], 0)
@@ -68,6 +69,7 @@ class DemoTestCase(testtools.TestCase):
                          report['recovered_guest_first_record'])
         # The second VM kept its memory state: it resumed, no reboot.
         self.assertTrue(report['memory_state_restored'], report)
+        self.assertGreater(report['bytes_shipped_memory_states'], 0)
         self.assertTrue(report['resumed_without_reboot'], report)
         self.assertGreater(report['resume_seconds'], 0)
         self.assertGreaterEqual(report['resumed_first_record'] - 1,
@@ -78,4 +80,5 @@ class DemoTestCase(testtools.TestCase):
         self.assertGreater(report['bytes_written'], 0)
         self.assertNotIn('guest_booted', report)
         self.assertNotIn('memory_state_restored', report)
+        self.assertEqual(0, report['bytes_shipped_memory_states'])
         self.assertEqual(0, report['app_consistent_restore_points'])
