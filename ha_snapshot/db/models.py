@@ -149,7 +149,7 @@ class RestorePoint(Base):
         server_default=statuses.Consistency.CRASH.value)
     """ha_snapshot.statuses.Consistency: 'crash' or 'filesystem'."""
     memory_state: orm.Mapped[bool] = orm.mapped_column(
-        sa.Boolean, default=False, server_default=sa.false())
+        sa.Boolean, default=False, server_default='0')
     """The store holds the VM's memory state of the same instant
     (ha_snapshot/storage/memory.py): a restart resumes instead of booting."""
 

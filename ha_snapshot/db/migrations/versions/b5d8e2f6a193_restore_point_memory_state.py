@@ -22,4 +22,4 @@ depends_on = None
 def upgrade() -> None:
     op.add_column('restore_points', sa.Column(
         'memory_state', sa.Boolean(), nullable=False,
-        server_default=sa.false()))
+        server_default='0'))
