@@ -22,6 +22,7 @@ from testtools import content
 
 from ha_snapshot.agent import rpcapi as agent_rpcapi
 from ha_snapshot import delta as delta_mod
+from ha_snapshot.db import engine as db_engine
 from ha_snapshot import exception
 from ha_snapshot import hypervisor
 from ha_snapshot.hypervisor import base as hv
@@ -664,13 +665,18 @@ class TestNovaServerProtection(LibvirtTestCase):
         dom.create()
         vm = self.attach(dom_uuid)
         self.write(vm, [(5 * MiB, 64 * KiB, 0x35), (0, 4 * KiB, 0x36)])
+        # NOTE: a snapshot may come between the two writes (it did in CI,
+        # on a busy host): the point to check is one taken after both.
+        written = db_engine.to_datetime(time.time())
 
         def with_the_writes():
             points = [p for p in self.points() if p.number > x.number]
-            return points if any(p.changed_bytes for p in points) else None
+            return points if any(
+                p.taken_at is not None and p.taken_at > written
+                for p in points) else None
         following = self.wait_for(
             with_the_writes,
-            'a restore point after #%d holding the writes' % x.number)
+            'a restore point after #%d taken after the writes' % x.number)
         self.assertEqual(x.id, following[0].parent_id)
         self.assertTrue(all(p.changed_bytes <= 128 * KiB
                             for p in following),
