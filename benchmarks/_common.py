@@ -105,6 +105,37 @@ def workdir(args, name: str):
         shutil.rmtree(path, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def guest_workdir(args, name: str):
+    """What a benchmark on the real test guest starts from: a namespace of
+    ``wd`` (a :func:`workdir`), ``short`` (a short directory for the
+    guest's unix sockets, whose paths must be short), ``conf`` (with the
+    hypervisor and agent options), ``driver`` (the ``qemu`` driver),
+    ``image`` (the built test guest) and ``disk`` (a new overlay on its
+    disk, in ``wd``). The guest itself is the caller's to boot
+    (ha_snapshot.guest.boot) and to kill."""
+    import types
+
+    from ha_snapshot.conf import agent as agent_conf
+    from ha_snapshot.conf import hypervisor as hypervisor_conf
+    from ha_snapshot.guest import build
+    from ha_snapshot.hypervisor import impl_qemu
+
+    image = build.build(os.environ.get('HA_SNAPSHOT_GUEST_CACHE',
+                                       build.DEFAULT_CACHE))
+    with workdir(args, name) as wd, tempfile.TemporaryDirectory(
+            prefix='hs-%s-' % name, dir='/tmp') as short:
+        conf = make_conf(wd + '/store')
+        hypervisor_conf.register_opts(conf)
+        agent_conf.register_opts(conf)
+        disk = os.path.join(wd, 'guest.qcow2')
+        run('qemu-img', 'create', '-q', '-f', 'qcow2', '-F', 'qcow2',
+            '-b', os.path.abspath(image.disk), disk)
+        yield types.SimpleNamespace(
+            wd=wd, short=short, conf=conf, image=image, disk=disk,
+            driver=impl_qemu.QemuDriver(conf))
+
+
 # --- timing -----------------------------------------------------------------
 
 def timed(fn, *args, **kwargs):

@@ -31,19 +31,13 @@ Goals (issue 14): ``pause_p99_ms`` <= 50; ``second_stored_fraction_of_ram``
 <= 0.25. Measured, not tuned: a TCG guest on a shared 2-core machine.
 """
 
-import dataclasses
 import os
-import tempfile
 import time
 
 import _common as c
 
-from ha_snapshot.conf import agent as agent_conf
-from ha_snapshot.conf import hypervisor as hypervisor_conf
 from ha_snapshot.guest import boot
-from ha_snapshot.guest import build
 from ha_snapshot.guest import console as console_mod
-from ha_snapshot.hypervisor import impl_qemu
 from ha_snapshot import memory_state
 
 GOAL_PAUSE_P99_MS = 50.0
@@ -65,34 +59,23 @@ def main():
                        help='Guest RAM (default %(default)s MiB).')
     args = c.parse_args(__doc__, more)
     count = max(2, args.snapshots or (3 if args.quick else 10))
-    image = build.build(os.environ.get('HA_SNAPSHOT_GUEST_CACHE',
-                                       build.DEFAULT_CACHE))
-    # NOTE: unix socket paths must be short: the guest's sockets live in
-    # a short directory of their own.
-    with c.workdir(args, 'memsnap') as wd, tempfile.TemporaryDirectory(
-            prefix='hs-ms-', dir='/tmp') as short:
-        conf = c.make_conf(wd + '/store')
-        hypervisor_conf.register_opts(conf)
-        agent_conf.register_opts(conf)
-        driver = impl_qemu.QemuDriver(conf)
-        disk = os.path.join(wd, 'guest.qcow2')
-        c.run('qemu-img', 'create', '-q', '-f', 'qcow2', '-F', 'qcow2',
-              '-b', os.path.abspath(image.disk), disk)
-        spec, paths = boot.spec(image, 'bench', short, disk,
+    with c.guest_workdir(args, 'memsnap') as g:
+        driver = g.driver
+        spec, paths = boot.spec(g.image, 'bench', g.short, g.disk,
                                 memory_mb=args.memory_mb)
         vm, console = boot.start(driver, spec, paths)
         try:
             console.wait_durable(20, BOOT_TIMEOUT)
-            result, last = _snapshots(driver, vm, console, count, wd)
+            result, last = _snapshots(driver, vm, console, count, g.wd)
         finally:
             console.close()
             driver.kill(vm)
-        result.update(_resume(driver, spec, short, wd, last))
+        result.update(_resume(driver, spec, g.short, g.wd, last))
     ram = args.memory_mb << 20
     result.update({
         'benchmark': 'memory_snapshot', 'quick': args.quick,
         'snapshots': count, 'memory_mb': args.memory_mb,
-        'guest_packages': image.packages.get('linux-image-cloud-amd64'),
+        'guest_packages': g.image.packages.get('linux-image-cloud-amd64'),
         'second_stored_fraction_of_ram': round(
             result['stored_bytes'][1] / ram, 4),
         'goal': 'pause_p99_ms <= %g, second_stored_fraction_of_ram <= %g'
@@ -176,7 +159,7 @@ def _resume(driver, spec, short, wd, last) -> dict:
     disk = os.path.join(wd, 'resume.qcow2')
     c.run('qemu-img', 'create', '-q', '-f', 'qcow2', '-F', 'qcow2',
           '-b', last['frozen'], disk)
-    rspec, rpaths = _respec(spec, 'res', short, disk)
+    rspec, rpaths = boot.respec(spec, 'res', short, disk)
     console = console_mod.Console(rpaths.console, name='resumed')
     t0 = time.monotonic()
     vm, seconds = driver.resume(rspec, memory_state.iter_spool(
@@ -202,7 +185,7 @@ def _resume(driver, spec, short, wd, last) -> dict:
     disk = os.path.join(wd, 'cold.qcow2')
     c.run('qemu-img', 'create', '-q', '-f', 'qcow2', '-F', 'qcow2',
           '-b', last['frozen'], disk)
-    cspec, cpaths = _respec(spec, 'cold', short, disk)
+    cspec, cpaths = boot.respec(spec, 'cold', short, disk)
     t0 = time.monotonic()
     vm, console = boot.start(driver, cspec, cpaths)
     try:
@@ -216,25 +199,6 @@ def _resume(driver, spec, short, wd, last) -> dict:
     out['resume_speedup'] = round(out['cold_boot_first_record_seconds']
                                   / out['resume_first_record_seconds'], 2)
     return out
-
-
-def _respec(spec, name, short, disk) -> tuple:
-    """``spec`` on ``disk``, with sockets and files of its own."""
-    paths = boot.GuestPaths(
-        console=os.path.join(short, '%s.console' % name),
-        console_log=os.path.join(short, '%s.console.log' % name),
-        agent=os.path.join(short, '%s.qga' % name))
-    args = list(spec.extra_args)
-    i = args.index('-chardev')
-    args[i + 1] = ('socket,id=serial0,path=%s,server=on,wait=off,logfile=%s'
-                   % (paths.console, paths.console_log))
-    return dataclasses.replace(
-        spec, name=name, extra_args=tuple(args),
-        disks=(dataclasses.replace(spec.disks[0], path=disk),),
-        agent_path=paths.agent,
-        qmp_path=os.path.join(short, '%s.qmp' % name),
-        log_path=os.path.join(short, '%s.log' % name),
-        pidfile=os.path.join(short, '%s.pid' % name)), paths
 
 
 if __name__ == '__main__':

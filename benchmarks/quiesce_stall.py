@@ -26,17 +26,11 @@ Goal (issue 13): ``quiesced_p99_ms`` <= 100 under TCG. Measured, not
 tuned: the guest is a TCG guest on a shared 2-core machine.
 """
 
-import os
-import tempfile
 import time
 
 import _common as c
 
-from ha_snapshot.conf import agent as agent_conf
-from ha_snapshot.conf import hypervisor as hypervisor_conf
 from ha_snapshot.guest import boot
-from ha_snapshot.guest import build
-from ha_snapshot.hypervisor import impl_qemu
 
 GOAL_P99_MS = 100.0
 BOOT_TIMEOUT = 120
@@ -64,20 +58,9 @@ def main():
                        help='Snapshots of each kind (default 20, quick 4).')
     args = c.parse_args(__doc__, more)
     count = args.snapshots or (4 if args.quick else 20)
-    image = build.build(os.environ.get('HA_SNAPSHOT_GUEST_CACHE',
-                                       build.DEFAULT_CACHE))
-    # NOTE: unix socket paths must be short: the guest's sockets live in
-    # a short directory of their own.
-    with c.workdir(args, 'quiesce') as wd, tempfile.TemporaryDirectory(
-            prefix='hs-qs-', dir='/tmp') as short:
-        conf = c.make_conf(wd + '/store')
-        hypervisor_conf.register_opts(conf)
-        agent_conf.register_opts(conf)
-        driver = impl_qemu.QemuDriver(conf)
-        disk = os.path.join(wd, 'guest.qcow2')
-        c.run('qemu-img', 'create', '-q', '-f', 'qcow2', '-F', 'qcow2',
-              '-b', os.path.abspath(image.disk), disk)
-        spec, paths = boot.spec(image, 'bench', short, disk)
+    with c.guest_workdir(args, 'quiesce') as g:
+        driver = g.driver
+        spec, paths = boot.spec(g.image, 'bench', g.short, g.disk)
         vm, console = boot.start(driver, spec, paths)
         try:
             console.wait_durable(20, BOOT_TIMEOUT)
@@ -88,8 +71,8 @@ def main():
     result.update({
         'benchmark': 'quiesce_stall', 'quick': args.quick,
         'snapshots_per_kind': count,
-        'max_freeze_s': conf.agent.quiesce_max_freeze,
-        'guest_packages': image.packages.get('linux-image-cloud-amd64'),
+        'max_freeze_s': g.conf.agent.quiesce_max_freeze,
+        'guest_packages': g.image.packages.get('linux-image-cloud-amd64'),
         'stall_definition': 'longest gap between consecutive DURABLE '
                             'console lines (host arrival time) overlapping '
                             'the snapshot call; nearest-rank percentiles',

@@ -47,13 +47,8 @@ def spec(image: build.GuestImage, name: str, workdir: str, disk: str, *,
     False: no guest agent port; ``qemu_ga`` False: the port is there but
     the guest starts no agent on it (a silent agent; ``-kernel`` boots
     only)."""
-    paths = GuestPaths(
-        console=os.path.join(workdir, '%s.console' % name),
-        console_log=os.path.join(workdir, '%s.console.log' % name),
-        agent=os.path.join(workdir, '%s.qga' % name))
-    args = ['-no-reboot',
-            '-chardev', 'socket,id=serial0,path=%s,server=on,wait=off,'
-            'logfile=%s' % (_opt(paths.console), _opt(paths.console_log)),
+    paths = _paths(name, workdir)
+    args = ['-no-reboot', '-chardev', _console_chardev(paths),
             '-serial', 'chardev:serial0']
     if kernel_boot:
         args += ['-kernel', image.kernel, '-initrd', image.initrd,
@@ -67,6 +62,36 @@ def spec(image: build.GuestImage, name: str, workdir: str, disk: str, *,
         pidfile=os.path.join(workdir, '%s.pid' % name),
         extra_args=tuple(args))
     return vm_spec, paths
+
+
+def respec(vm_spec: hv_base.VMSpec, name: str, workdir: str,
+           disk: str) -> tuple:
+    """(VMSpec, GuestPaths): the guest of ``vm_spec`` (from :func:`spec`)
+    as another VM on ``disk``, with a console, agent port, QMP socket and
+    files of its own under ``workdir`` (a resume beside the first run, a
+    cold boot of the same disk)."""
+    paths = _paths(name, workdir)
+    args = list(vm_spec.extra_args)
+    args[args.index('-chardev') + 1] = _console_chardev(paths)
+    return dataclasses.replace(
+        vm_spec, name=name, extra_args=tuple(args),
+        disks=(dataclasses.replace(vm_spec.disks[0], path=disk),),
+        agent_path=paths.agent if vm_spec.agent_path else None,
+        qmp_path=os.path.join(workdir, '%s.qmp' % name),
+        log_path=os.path.join(workdir, '%s.log' % name),
+        pidfile=os.path.join(workdir, '%s.pid' % name)), paths
+
+
+def _paths(name: str, workdir: str) -> GuestPaths:
+    return GuestPaths(
+        console=os.path.join(workdir, '%s.console' % name),
+        console_log=os.path.join(workdir, '%s.console.log' % name),
+        agent=os.path.join(workdir, '%s.qga' % name))
+
+
+def _console_chardev(paths: GuestPaths) -> str:
+    return ('socket,id=serial0,path=%s,server=on,wait=off,logfile=%s'
+            % (_opt(paths.console), _opt(paths.console_log)))
 
 
 def start(driver, vm_spec: hv_base.VMSpec, paths: GuestPaths,

@@ -36,25 +36,6 @@ def save_state(driver, vm, spool):
     return snap, saved, index
 
 
-def resumed_spec(spec, name, workdir, disk):
-    """The guest's spec on ``disk`` with sockets of its own."""
-    paths = boot.GuestPaths(
-        console=os.path.join(workdir, '%s.console' % name),
-        console_log=os.path.join(workdir, '%s.console.log' % name),
-        agent=os.path.join(workdir, '%s.qga' % name))
-    args = list(spec.extra_args)
-    i = args.index('-chardev')
-    args[i + 1] = ('socket,id=serial0,path=%s,server=on,wait=off,logfile=%s'
-                   % (paths.console, paths.console_log))
-    return dataclasses.replace(
-        spec, name=name, extra_args=tuple(args),
-        disks=(dataclasses.replace(spec.disks[0], path=disk),),
-        agent_path=paths.agent,
-        qmp_path=os.path.join(workdir, '%s.qmp' % name),
-        log_path=os.path.join(workdir, '%s.log' % name),
-        pidfile=os.path.join(workdir, '%s.pid' % name)), paths
-
-
 class MemoryStateTest(test_guest.GuestTestCase):
 
     def test_resume_goes_on_from_the_next_record(self):
@@ -76,7 +57,7 @@ class MemoryStateTest(test_guest.GuestTestCase):
         frozen = snap.disks[0].frozen.path
 
         other_disk = guest_fixture.overlay(frozen, self.path('other.qcow2'))
-        other, _ = resumed_spec(g.spec, 'other', self.tmp, other_disk)
+        other, _ = boot.respec(g.spec, 'other', self.tmp, other_disk)
         other = dataclasses.replace(other, memory_mb=other.memory_mb * 2)
         t0 = time.monotonic()
         e = self.assertRaises(
@@ -90,7 +71,7 @@ class MemoryStateTest(test_guest.GuestTestCase):
                           dict(index.config, m='512'))
 
         disk = guest_fixture.overlay(frozen, self.path('resumed.qcow2'))
-        spec, paths = resumed_spec(g.spec, 'resumed', self.tmp, disk)
+        spec, paths = boot.respec(g.spec, 'resumed', self.tmp, disk)
         memory_state.check_config('resumed', index.config,
                                   memory_state.config_of(
                                       process.command_line('qemu', spec)))
