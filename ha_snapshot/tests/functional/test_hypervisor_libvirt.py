@@ -610,6 +610,45 @@ class TestNovaServerProtection(LibvirtTestCase):
                     if p.number > after_number]) >= count else None,
             '%d restore points after #%d' % (count, after_number))
 
+    def points_after(self, x, holding, what):
+        """Every restore point after ``x``, once one of them is
+        ``holding(point)`` (snapshots go on meanwhile: on a busy host
+        more than one may come first, empty)."""
+        def ready():
+            points = [p for p in self.points() if p.number > x.number]
+            return points if any(holding(p) for p in points) else None
+        return self.wait_for(
+            ready, 'a restore point after #%d %s' % (x.number, what))
+
+    def settled_point(self):
+        """The newest restore point, once the agent has nothing pending
+        and bases its next delta on it."""
+        self.wait_for(lambda: not self.svc.agent_state(self.inst)[
+            'pending'] and self.svc.agent_state(self.inst)['parent']
+            == self.points()[-1].id, 'the agent to settle')
+        return self.points()[-1]
+
+    def protected_then_stopped(self):
+        """A Nova server protected by the libvirt driver, given its first
+        restore point, then stopped: (uuid, domain, disk, the point)."""
+        self.start_services()
+        dom_uuid, dom, disk = self.new_domain('server')
+        self.inst = dom_uuid
+        self.svc.db.create_instance(self.inst, PROJECT, host=self.host,
+                                    status='protecting', driver='qemu')
+        self.api.protect(self.host, self.inst, PROJECT,
+                         {'nova': True, 'uuid': self.inst,
+                          'name': 'server-1'})
+        self.wait_points(1)
+        dom.destroy()
+        return dom_uuid, dom, disk, self.settled_point()
+
+    def unprotect(self):
+        self.api.unprotect(self.host, self.inst)
+        self.wait_for(lambda: not os.path.exists(os.path.join(
+            self.svc.state_dir, self.inst, 'state.json')),
+            'the agent to drop the instance')
+
     def export(self, rp_id):
         out = self.path('export-%s.raw' % rp_id)
         self.svc.store.export(self.inst, out, rp_id=rp_id)
@@ -637,20 +676,7 @@ class TestNovaServerProtection(LibvirtTestCase):
         # The recoveries rebuild a server stopped, re-baseline it, and
         # only then have Nova start it: what its guest writes from its
         # first instruction on is in the next delta.
-        self.start_services()
-        dom_uuid, dom, disk = self.new_domain('server')
-        self.inst = dom_uuid
-        self.svc.db.create_instance(self.inst, PROJECT, host=self.host,
-                                    status='protecting', driver='qemu')
-        self.api.protect(self.host, self.inst, PROJECT,
-                         {'nova': True, 'uuid': self.inst,
-                          'name': 'server-1'})
-        self.wait_points(1)
-        dom.destroy()
-        self.wait_for(lambda: not self.svc.agent_state(self.inst)[
-            'pending'] and self.svc.agent_state(self.inst)['parent']
-            == self.points()[-1].id, 'the agent to settle')
-        x = self.points()[-1]
+        dom_uuid, dom, disk, x = self.protected_then_stopped()
         dom = self.rebuild_stopped(dom, disk, self.export(x.id))
 
         result = self.api.rebaseline(self.host, self.inst, x.id, timeout=60)
@@ -669,14 +695,9 @@ class TestNovaServerProtection(LibvirtTestCase):
         # on a busy host): the point to check is one taken after both.
         written = db_engine.to_datetime(time.time())
 
-        def with_the_writes():
-            points = [p for p in self.points() if p.number > x.number]
-            return points if any(
-                p.taken_at is not None and p.taken_at > written
-                for p in points) else None
-        following = self.wait_for(
-            with_the_writes,
-            'a restore point after #%d taken after the writes' % x.number)
+        following = self.points_after(
+            x, lambda p: p.taken_at is not None and p.taken_at > written,
+            'taken after the writes')
         self.assertEqual(x.id, following[0].parent_id)
         self.assertTrue(all(p.changed_bytes <= 128 * KiB
                             for p in following),
@@ -693,29 +714,13 @@ class TestNovaServerProtection(LibvirtTestCase):
         dom.destroy()
         self.wait_for(lambda: self.svc.db.get_instance(self.inst)
                       .last_report_at != before, 'the crash to be reported')
-        self.api.unprotect(self.host, self.inst)
-        self.wait_for(lambda: not os.path.exists(os.path.join(
-            self.svc.state_dir, self.inst, 'state.json')),
-            'the agent to drop the instance')
+        self.unprotect()
 
     def test_rebaseline_of_a_running_domain_misses_earlier_writes(self):
         # Why the recoveries re-baseline a server before it starts: a
         # running one's tracking begins at the re-baseline, and what its
         # guest wrote before is in no delta.
-        self.start_services()
-        dom_uuid, dom, disk = self.new_domain('server')
-        self.inst = dom_uuid
-        self.svc.db.create_instance(self.inst, PROJECT, host=self.host,
-                                    status='protecting', driver='qemu')
-        self.api.protect(self.host, self.inst, PROJECT,
-                         {'nova': True, 'uuid': self.inst,
-                          'name': 'server-1'})
-        self.wait_points(1)
-        dom.destroy()
-        self.wait_for(lambda: not self.svc.agent_state(self.inst)[
-            'pending'] and self.svc.agent_state(self.inst)['parent']
-            == self.points()[-1].id, 'the agent to settle')
-        x = self.points()[-1]
+        dom_uuid, dom, disk, x = self.protected_then_stopped()
         x_raw = self.export(x.id)
         dom = self.rebuild_stopped(dom, disk, x_raw)
         dom.createWithFlags(self.lv.VIR_DOMAIN_START_PAUSED)
@@ -724,12 +729,8 @@ class TestNovaServerProtection(LibvirtTestCase):
         self.api.rebaseline(self.host, self.inst, x.id, timeout=60)
         self.write(vm, [(7 * MiB, 64 * KiB, 0x37)])
 
-        def with_a_write():
-            points = [p for p in self.points() if p.number > x.number]
-            return points if any(p.changed_bytes for p in points) else None
-        following = self.wait_for(
-            with_a_write,
-            'a restore point after #%d holding a write' % x.number)
+        following = self.points_after(x, lambda p: p.changed_bytes,
+                                      'holding a write')
         self.assertEqual(64 * KiB, sum(p.changed_bytes for p in following))
         # The store's image: X with the later write, not the earlier one.
         out = self.export(following[-1].id)
@@ -739,10 +740,7 @@ class TestNovaServerProtection(LibvirtTestCase):
             self.assertNotEqual(b'\x35' * 16, f.read(16))
             f.seek(7 * MiB)
             self.assertEqual(b'\x37' * 16, f.read(16))
-        self.api.unprotect(self.host, self.inst)
-        self.wait_for(lambda: not os.path.exists(os.path.join(
-            self.svc.state_dir, self.inst, 'state.json')),
-            'the agent to drop the instance')
+        self.unprotect()
 
     def test_nova_spec_protected_by_libvirt_then_rebaselined(self):
         self.start_services()
@@ -770,28 +768,15 @@ class TestNovaServerProtection(LibvirtTestCase):
 
         # The server fails: the agent reports it and stops snapshots.
         dom.destroy()
-        self.wait_for(lambda: not self.svc.agent_state(self.inst)[
-            'pending'] and self.svc.agent_state(self.inst)['parent']
-            == self.points()[-1].id, 'the agent to settle')
-        x = self.points()[-1]
+        x = self.settled_point()
         x_raw = self.export(x.id)
         self.assertTrue(base.same_image(x_raw, self.expected.path))
 
         # Nova rebuilds it from an image of X: the domain goes (Nova's
         # undefine flags), the disk is a new overlay on that image at the
         # same path, the same domain is defined and started again.
-        flags = 0
-        for name in NOVA_UNDEFINE:
-            flags |= getattr(self.lv, name)
-        dom.undefineFlags(flags)
-        image = self.path('rebuild-image.qcow2')
-        base.qemu_img('convert', '-f', 'raw', '-O', 'qcow2', x_raw, image)
-        os.unlink(disk)
-        base.new_overlay(disk, image)
-        dom = self.conn.defineXML(self.dom_xml)
+        dom = self.rebuild_stopped(dom, disk, x_raw)
         dom.createWithFlags(self.lv.VIR_DOMAIN_START_PAUSED)
-        subprocess.run(['cp', '--sparse=always', x_raw,
-                        self.expected.path], check=True)
 
         result = self.api.rebaseline(self.host, self.inst, x.id, timeout=60)
         self.assertEqual({'instance': self.inst, 'restore_point': x.id,
@@ -799,14 +784,8 @@ class TestNovaServerProtection(LibvirtTestCase):
         self.driver.detach(vm)
         vm = self.attach(dom_uuid)
         self.write(vm, [(9 * MiB, 64 * KiB, 0x39)])
-        # NOTE: snapshots go on while the write is made (on a busy host
-        # more than one may come first, empty): wait for the one with it.
-        def after_the_write():
-            points = [p for p in self.points() if p.number > x.number]
-            return points if any(p.changed_bytes for p in points) else None
-        following = self.wait_for(
-            after_the_write,
-            'a restore point after #%d holding the write' % x.number)
+        following = self.points_after(x, lambda p: p.changed_bytes,
+                                      'holding the write')
         # NOTE: the next delta applies to X and holds only the new write.
         self.assertEqual(x.id, following[0].parent_id)
         self.assertTrue(all(p.changed_bytes <= 64 * KiB
@@ -825,10 +804,7 @@ class TestNovaServerProtection(LibvirtTestCase):
         self.assertTrue(base.same_image(self.export(newest.id),
                                         self.expected.path))
         # Unprotected: nothing of ours stays in the domain or on the host.
-        self.api.unprotect(self.host, self.inst)
-        self.wait_for(lambda: not os.path.exists(os.path.join(
-            self.svc.state_dir, self.inst, 'state.json')),
-            'the agent to drop the instance')
+        self.unprotect()
         self.assertEqual([], self.bitmaps(disk, dom))
         self.assertFalse(os.path.exists(self.path('agent-backups',
                                                   self.inst)))
