@@ -19,10 +19,6 @@ May import ha_snapshot.storage.objects, ha_snapshot.codec and
 ha_snapshot.exception.
 """
 
-import json
-
-import zstandard
-
 from ha_snapshot import codec as codec_mod
 from ha_snapshot import exception
 from ha_snapshot.storage import objects
@@ -40,16 +36,12 @@ def key(instance: str, number: int) -> str:
 
 
 def encode(manifest: dict) -> bytes:
-    return zstandard.ZstdCompressor(level=3).compress(
-        json.dumps(manifest, separators=(',', ':')).encode())
+    return objects.encode_json(manifest)
 
 
 def decode(obj_key: str, blob: bytes) -> dict:
     try:
-        d = json.loads(codec_mod.decompress(blob, MAX_OBJECT))
-        if d.get('format_version') != FORMAT_VERSION:
-            raise ValueError('unsupported format version %r'
-                             % d.get('format_version'))
+        d = objects.decode_json(blob, MAX_OBJECT, FORMAT_VERSION)
         check_chunks(d['chunks'])
         if not isinstance(d.get('config'), dict):
             raise ValueError('no configuration')

@@ -135,8 +135,27 @@ class RestorePoint:
         if d['consistency'] == 'crash':
             del d['consistency']
         d['chunks'] = {str(k): v for k, v in sorted(self.chunks.items())}
-        return zstandard.ZstdCompressor(level=3).compress(
-            json.dumps(d, separators=(',', ':')).encode())
+        return encode_json(d)
+
+
+def encode_json(d: dict) -> bytes:
+    """A store object that is a JSON document (a restore point's or a
+    memory state's manifest): compact JSON, zstd-compressed."""
+    return zstandard.ZstdCompressor(level=3).compress(
+        json.dumps(d, separators=(',', ':')).encode())
+
+
+def decode_json(blob: bytes, limit: int, version: int) -> dict:
+    """The document of :func:`encode_json` (at most ``limit`` bytes
+    decompressed), whose ``format_version`` must be ``version``; a
+    ValueError (codec errors are ValueErrors) says what is wrong."""
+    d = json.loads(codec_mod.decompress(blob, limit))
+    if not isinstance(d, dict):
+        raise ValueError('not a JSON object')
+    if d.get('format_version') != version:
+        raise ValueError('unsupported format version %r'
+                         % d.get('format_version'))
+    return d
 
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(RestorePoint)) - {
@@ -145,10 +164,7 @@ _FIELDS = frozenset(f.name for f in dataclasses.fields(RestorePoint)) - {
 
 def decode_manifest(key: str, blob: bytes) -> RestorePoint:
     try:
-        d = json.loads(codec_mod.decompress(blob, MAX_MANIFEST))
-        if d.get('format_version') != MANIFEST_VERSION:
-            raise ValueError('unsupported format version %r'
-                             % d.get('format_version'))
+        d = decode_json(blob, MAX_MANIFEST, MANIFEST_VERSION)
         d['chunks'] = {int(k): v for k, v in d['chunks'].items()}
         # NOTE: a newer replica may add optional keys (rolling upgrade);
         # a key this release needs and does not find still fails below.
