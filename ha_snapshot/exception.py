@@ -279,6 +279,12 @@ class RebuildTimeout(RebuildFailed):
                'raise [recovery] rebuild_timeout if Nova is slow.')
 
 
+class EvacuationTimeout(EvacuationFailed):
+    msg_fmt = ('Server %(server)s is not %(wanted)s %(timeout)s s after its '
+               'evacuation (status %(status)s, task_state %(task_state)s); '
+               'raise [recovery] rebuild_timeout if Nova is slow.')
+
+
 # --- hypervisor -------------------------------------------------------------
 
 class HypervisorError(HaSnapshotException):

@@ -6,7 +6,8 @@ later Nova lands the server on its new host SHUTOFF, so nothing boots
 the server's stale disk: the recovery rebuilds it from a restore point
 and then starts it. Where 2.95 is not offered the evacuation is sent at
 2.14 (no ``onSharedStorage``; Nova finds out) and, once the server runs
-on its new host, it is stopped (``os-stop``) before the rebuild.
+on its new host, it is stopped before the rebuild (``servers.stop`` and
+``servers.wait_stopped`` with :data:`ERRORS`).
 
 ``wait_evacuated`` polls ``GET /servers/{id}`` until Nova names another
 host than the failed one, with no task left; ERROR fails with Nova's
@@ -26,6 +27,7 @@ from oslo_log import log as logging
 
 from ha_snapshot import exception
 from ha_snapshot.openstack import clients
+from ha_snapshot.openstack import servers
 
 LOG = logging.getLogger(__name__)
 
@@ -33,25 +35,14 @@ STOPPED_MICROVERSION = '2.95'
 """From this microversion an evacuated server lands SHUTOFF."""
 OLDEST_MICROVERSION = '2.14'
 """The fallback: no ``onSharedStorage`` in the request."""
+ERRORS = servers.Errors(exception.EvacuationFailed,
+                        exception.EvacuationTimeout)
+"""What the evacuation's steps raise, also through ``servers.stop`` and
+``servers.wait_stopped`` (the stop of a server evacuated running)."""
 
 
 def _failed(server_id: str, reason: str) -> exception.EvacuationFailed:
     return exception.EvacuationFailed(server=server_id, reason=reason)
-
-
-def _poll(nova, server_id: str, last_error: list):
-    """The server, or None when Nova did not answer this time (the
-    reason goes into ``last_error``); EvacuationFailed when it is gone."""
-    try:
-        return nova.get_server(server_id)
-    except sdk_exc.NotFoundException:
-        raise _failed(server_id, 'Nova has no such server any more '
-                      '(deleted?)')
-    except clients.API_ERRORS as e:
-        last_error[:] = [clients.error_reason(e)]
-        LOG.warning('Server %s: reading it from Nova failed (%s); again',
-                    server_id, last_error[0])
-        return None
 
 
 def evacuate(nova, server_id: str) -> bool:
@@ -75,15 +66,6 @@ def evacuate(nova, server_id: str) -> bool:
     return stopped
 
 
-def stop(nova, server) -> None:
-    try:
-        nova.stop_server(server)
-    except clients.API_ERRORS as e:
-        raise _failed(server.id, 'Nova refused to stop the evacuated '
-                      'server before its rebuild: %s'
-                      % clients.error_reason(e))
-
-
 def wait_evacuated(nova, server_id: str, failed_host: str, *,
                    timeout: float, interval: float, clock=time.monotonic,
                    sleep=time.sleep):
@@ -91,7 +73,7 @@ def wait_evacuated(nova, server_id: str, failed_host: str, *,
     ``failed_host`` with no task left (SHUTOFF or ACTIVE); the server."""
     deadline, last_error = clock() + timeout, []
     while True:
-        server = _poll(nova, server_id, last_error)
+        server = servers.poll(nova, server_id, last_error, ERRORS)
         if server is None:
             if clock() >= deadline:
                 raise _failed(server_id, 'not evacuated from %s within '
@@ -112,26 +94,4 @@ def wait_evacuated(nova, server_id: str, failed_host: str, *,
                           '(host %s, status %s, task %s)'
                           % (failed_host, timeout, server.compute_host,
                              server.status, task))
-        sleep(interval)
-
-
-def wait_stopped(nova, server_id: str, *, timeout: float, interval: float,
-                 clock=time.monotonic, sleep=time.sleep):
-    """Poll until the server is SHUTOFF with no task left."""
-    deadline, last_error = clock() + timeout, []
-    while True:
-        server = _poll(nova, server_id, last_error)
-        if server is None:
-            if clock() >= deadline:
-                raise _failed(server_id, 'not stopped within %.0f s; Nova '
-                              'did not answer: %s' % (timeout,
-                                                      last_error[0]))
-            sleep(interval)
-            continue
-        if server.task_state is None and server.status == 'SHUTOFF':
-            return server
-        if clock() >= deadline:
-            raise _failed(server_id, 'not stopped within %.0f s (status %s,'
-                          ' task %s)' % (timeout, server.status,
-                                         server.task_state))
         sleep(interval)

@@ -9,13 +9,19 @@ so Nova keeps the server's name, metadata, key, user data, networks and
 volumes (ephemeral and swap disks come back empty: Nova's libvirt driver
 cannot preserve them), and keeps a stopped server stopped. Waits poll
 ``GET /servers/{id}``; ERROR fails with Nova's fault message, another
-image than the recovery's with the one Nova shows.
+image than the recovery's with the one Nova shows. ``stop`` and
+``wait_stopped`` serve the host evacuation too: ``errors`` says which
+exceptions a failure raises (:data:`REBUILD` or the evacuation's).
+A poll Nova does not answer (its API is often busy while a host has
+failed) is logged and tried again until the wait's deadline; a server
+Nova no longer has fails the wait at once.
 
 May import ha_snapshot.exception and ha_snapshot.openstack.clients; takes
 openstacksdk compute proxies.
 """
 
 import time
+import typing
 
 from openstack import exceptions as sdk_exc
 from oslo_log import log as logging
@@ -27,6 +33,17 @@ LOG = logging.getLogger(__name__)
 
 _API_ERRORS = clients.API_ERRORS
 _reason = clients.error_reason
+
+
+class Errors(typing.NamedTuple):
+    """What a failed step raises: ``failed(server=, reason=)``, and
+    ``timeout(server=, wanted=, timeout=, status=, task_state=)`` for a
+    server that did not get there in time."""
+    failed: type
+    timeout: type
+
+
+REBUILD = Errors(exception.RebuildFailed, exception.RebuildTimeout)
 
 
 def locate(conf, instance: str) -> dict:
@@ -61,16 +78,34 @@ def image_id(server) -> str | None:
     return getattr(image, 'id', None) or None
 
 
-def get(nova, server_id: str):
+def _gone(server_id: str, errors: Errors):
+    return errors.failed(server=server_id, reason='Nova has no such server '
+                         'any more (deleted?)')
+
+
+def get(nova, server_id: str, errors: Errors = REBUILD):
     try:
         return nova.get_server(server_id)
     except sdk_exc.NotFoundException:
-        raise exception.RebuildFailed(
-            server=server_id, reason='Nova has no such server any more '
-            '(deleted?): nothing to rebuild')
+        raise _gone(server_id, errors)
     except _API_ERRORS as e:
-        raise exception.RebuildFailed(
-            server=server_id, reason='reading the server: %s' % _reason(e))
+        raise errors.failed(server=server_id,
+                            reason='reading the server: %s' % _reason(e))
+
+
+def poll(nova, server_id: str, last_error: list, errors: Errors = REBUILD):
+    """The server, or None when Nova did not answer this time (the
+    reason goes into ``last_error``, and the log); a server Nova no
+    longer has fails at once."""
+    try:
+        return nova.get_server(server_id)
+    except sdk_exc.NotFoundException:
+        raise _gone(server_id, errors)
+    except _API_ERRORS as e:
+        last_error[:] = [_reason(e)]
+        LOG.warning('Server %s: reading it from Nova failed (%s); again',
+                    server_id, last_error[0])
+        return None
 
 
 def rebuild(nova, server, image: str) -> None:
@@ -93,27 +128,27 @@ def start(nova, server) -> None:
     LOG.info('Server %s: rebuilt while stopped; started', server.id)
 
 
-def stop(nova, server) -> None:
+def stop(nova, server, errors: Errors = REBUILD) -> None:
     """``os-stop``; a server Nova is already stopping is left to it."""
     try:
         nova.stop_server(server)
     except sdk_exc.ConflictException as e:
-        again = get(nova, server.id)
+        again = get(nova, server.id, errors)
         if again.status == 'SHUTOFF' or again.task_state == 'powering-off':
             return
-        raise exception.RebuildFailed(
+        raise errors.failed(
             server=server.id, reason='Nova refused to stop it (status %s, '
             'task %s): %s' % (again.status, again.task_state, _reason(e)))
     except _API_ERRORS as e:
-        raise exception.RebuildFailed(
-            server=server.id, reason='Nova refused to stop it: %s'
-            % _reason(e))
+        raise errors.failed(server=server.id, reason='Nova refused to stop '
+                            'it: %s' % _reason(e))
     LOG.info('Server %s: stop asked', server.id)
 
 
 def wait_stopped(nova, server_id: str, image: str | None = None, *,
                  timeout: float, interval: float, active_polls: int = 0,
-                 clock=time.monotonic, sleep=time.sleep):
+                 errors: Errors = REBUILD, clock=time.monotonic,
+                 sleep=time.sleep):
     """Poll until the server (running ``image``, when given) is SHUTOFF
     with no task; the server.
 
@@ -124,16 +159,23 @@ def wait_stopped(nova, server_id: str, image: str | None = None, *,
     off again.
     """
     deadline = clock() + timeout
-    active = 0
+    active, last_error = 0, []
     while True:
-        server = get(nova, server_id)
+        server = poll(nova, server_id, last_error, errors)
+        if server is None:
+            if clock() >= deadline:
+                raise errors.failed(
+                    server=server_id, reason='not stopped within %.0f s; '
+                    'Nova did not answer: %s' % (timeout, last_error[0]))
+            sleep(interval)
+            continue
         task = server.task_state
         if task is None and server.status == 'ERROR':
             fault = (server.fault or {}).get('message') or 'no fault recorded'
-            raise exception.RebuildFailed(
+            raise errors.failed(
                 server=server_id, reason='Nova put it in ERROR: %s' % fault)
         if image is not None and image_id(server) != image:
-            raise exception.RebuildFailed(
+            raise errors.failed(
                 server=server_id, reason='it runs image %s, not the recovery '
                 'image %s (status %s): Nova rolled the rebuild back or '
                 'someone rebuilt it again; see openstack server event list'
@@ -145,7 +187,7 @@ def wait_stopped(nova, server_id: str, image: str | None = None, *,
         if active_polls and active >= active_polls:
             return server
         if clock() >= deadline:
-            raise exception.RebuildTimeout(
+            raise errors.timeout(
                 server=server_id, wanted='SHUTOFF', timeout=timeout,
                 status=server.status, task_state=task)
         sleep(interval)

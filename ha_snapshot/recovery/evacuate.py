@@ -172,8 +172,9 @@ class EvacuateAction(rebuild.RebuildAction):
             # NOTE: before 2.95 an evacuated server boots its stale disk:
             # stopped at once, its disk replaced while it is stopped.
             progress('stop-server')
-            evacuation.stop(nova, server)
-            server = evacuation.wait_stopped(
+            servers.stop(nova, server, evacuation.ERRORS)
+            server = servers.wait_stopped(
                 nova, uuid, timeout=conf.rebuild_timeout,
-                interval=conf.rebuild_poll_interval)
+                interval=conf.rebuild_poll_interval,
+                errors=evacuation.ERRORS)
         return server

@@ -1,6 +1,8 @@
-"""The Nova calls of a host evacuation (ha_snapshot.openstack.evacuation):
+"""The Nova calls of a host evacuation (ha_snapshot.openstack.evacuation)
+and the stop and wait it shares with the rebuild (openstack.servers):
 the waits, against a scripted compute proxy and a fake clock."""
 
+import functools
 import types
 
 from keystoneauth1 import exceptions as ksa_exc
@@ -9,7 +11,11 @@ import testtools
 
 from ha_snapshot import exception
 from ha_snapshot.openstack import evacuation
+from ha_snapshot.openstack import servers
 from ha_snapshot.tests import base
+
+_wait_stopped = functools.partial(servers.wait_stopped,
+                                  errors=evacuation.ERRORS)
 
 
 class _Nova:
@@ -18,6 +24,10 @@ class _Nova:
     def __init__(self, answers):
         self.answers = list(answers)
         self.calls = 0
+
+    def stop_server(self, server):
+        self.stops = getattr(self, 'stops', 0) + 1
+        raise sdk_exc.ConflictException('Cannot stop: task_state is set')
 
     def get_server(self, server_id):
         self.calls += 1
@@ -61,7 +71,7 @@ class WaitTest(testtools.TestCase):
         self.assertIn('connection refused', str(e))
         e = self.assertRaises(
             exception.EvacuationFailed, self.wait,
-            [ksa_exc.ConnectFailure('refused')], fn=evacuation.wait_stopped)
+            [ksa_exc.ConnectFailure('refused')], fn=_wait_stopped)
         self.assertIn('not stopped within 10 s; Nova did not answer', str(e))
 
     def test_a_deleted_server_fails_at_once(self):
@@ -83,5 +93,53 @@ class WaitTest(testtools.TestCase):
         stopped = server('compute2', 'SHUTOFF')
         got, nova = self.wait([ksa_exc.ConnectFailure('x'),
                                server('compute2', 'ACTIVE', 'powering-off'),
-                               stopped], fn=evacuation.wait_stopped)
+                               stopped], fn=_wait_stopped)
         self.assertIs(stopped, got)
+
+
+class SharedStopTest(testtools.TestCase):
+    """servers.stop and servers.wait_stopped raise the caller's errors:
+    the evacuation's or the rebuild's, and both try unanswered polls
+    again."""
+
+    def wait(self, answers, errors):
+        clock = base.FakeClock()
+        nova = _Nova(answers)
+        return servers.wait_stopped(nova, 's-1', timeout=10, interval=1,
+                                    errors=errors, clock=clock,
+                                    sleep=clock.sleep), nova
+
+    def test_the_rebuild_tries_an_unanswered_poll_again(self):
+        stopped = server('compute1', 'SHUTOFF')
+        got, nova = self.wait([ksa_exc.ConnectFailure('busy'), stopped],
+                              servers.REBUILD)
+        self.assertIs(stopped, got)
+        self.assertEqual(2, nova.calls)
+
+    def test_timeouts_name_the_callers_step(self):
+        running = server('compute2', 'ACTIVE', 'powering-off')
+        e = self.assertRaises(exception.EvacuationTimeout, self.wait,
+                              [running], evacuation.ERRORS)
+        self.assertIn('after its evacuation (status ACTIVE, task_state '
+                      'powering-off)', str(e))
+        e = self.assertRaises(exception.RebuildTimeout, self.wait,
+                              [running], servers.REBUILD)
+        self.assertIn('after its rebuild', str(e))
+        e = self.assertRaises(exception.RebuildFailed, self.wait,
+                              [ksa_exc.ConnectFailure('refused')],
+                              servers.REBUILD)
+        self.assertIn('not stopped within 10 s; Nova did not answer: ',
+                      str(e))
+
+    def test_stop_refused_unless_nova_stops_it_anyway(self):
+        vm = server('compute2', 'ACTIVE')
+        vm.id = 's-1'
+        # NOTE: Conflict, and Nova is powering it off: left to Nova.
+        servers.stop(_Nova([server('compute2', 'ACTIVE', 'powering-off')]),
+                     vm, evacuation.ERRORS)
+        e = self.assertRaises(
+            exception.EvacuationFailed, servers.stop,
+            _Nova([server('compute2', 'ACTIVE', 'rebuilding')]), vm,
+            evacuation.ERRORS)
+        self.assertIn('Nova refused to stop it (status ACTIVE, task '
+                      'rebuilding)', str(e))
