@@ -17,7 +17,7 @@ project's default tiers keep every restore point of the last hour
 (72,000 of them at 20 deltas/s), which a run of minutes would count as
 growth. With 24 kept, the kept set is full after 480 deltas, well inside
 the warm-up, so what grows after it is what nothing ever trims. The
-daemons run with the ``[memory]`` defaults (two malloc arenas, freed
+daemons run with the ``[malloc]`` defaults (two malloc arenas, freed
 memory trimmed every 60 s): figures, and how the growth was found, in
 doc/source/admin/database.rst ("Memory over days").
 

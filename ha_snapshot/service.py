@@ -12,7 +12,7 @@ import threading
 
 from oslo_log import log as logging
 
-from ha_snapshot import memory
+from ha_snapshot import malloc
 
 LOG = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def run(service: Service, conf=None) -> int:
     previous = {s: signal.signal(s, handler)
                 for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     # NOTE: days of deltas must not creep up in freed malloc memory.
-    trimmer = memory.setup(conf) if conf is not None else None
+    trimmer = malloc.setup(conf) if conf is not None else None
     try:
         service.start()
         LOG.info('%s started', service.name)

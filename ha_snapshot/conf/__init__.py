@@ -13,9 +13,9 @@ from ha_snapshot.conf import database
 from ha_snapshot.conf import host_monitor
 from ha_snapshot.conf import hypervisor
 from ha_snapshot.conf import image
+from ha_snapshot.conf import malloc
 from ha_snapshot.conf import manager
 from ha_snapshot.conf import manager_cluster
-from ha_snapshot.conf import memory
 from ha_snapshot.conf import policy
 from ha_snapshot.conf import rpc_auth
 from ha_snapshot.conf import storage
@@ -30,9 +30,9 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     host_monitor.register_opts(conf)
     hypervisor.register_opts(conf)
     image.register_opts(conf)
+    malloc.register_opts(conf)
     manager.register_opts(conf)
     manager_cluster.register_opts(conf)
-    memory.register_opts(conf)
     policy.register_opts(conf)
     rpc_auth.register_opts(conf)
     storage.register_opts(conf)

@@ -7,8 +7,8 @@ of hundred KiB per 1,000 deltas. That memory was free inside glibc's
 malloc: each of the many threads (the agent runs two per protected
 server) allocates in one of up to eight arenas per core, and an arena
 keeps the pages freed in it. :func:`limit_arenas` caps the arenas when the
-daemon starts (``[memory] malloc_arena_max``); a :class:`Trimmer` thread
-hands the free pages back every ``[memory] malloc_trim_interval`` seconds
+daemon starts (``[malloc] arena_max``); a :class:`Trimmer` thread
+hands the free pages back every ``[malloc] trim_interval`` seconds
 (``malloc_trim(0)``). Both do nothing where the C library is not glibc.
 """
 
@@ -101,10 +101,10 @@ class Trimmer:
 def setup(conf) -> Trimmer:
     """What a daemon does when it starts: the arena limit, and a started
     trimmer to stop when it ends."""
-    limited = limit_arenas(conf.memory.malloc_arena_max)
-    trimmer = Trimmer(conf.memory.malloc_trim_interval)
+    limited = limit_arenas(conf.malloc.arena_max)
+    trimmer = Trimmer(conf.malloc.trim_interval)
     trimmer.start()
     LOG.debug('malloc: %s arenas at most, trimmed every %s s',
-              conf.memory.malloc_arena_max if limited else 'default',
-              conf.memory.malloc_trim_interval or 'never')
+              conf.malloc.arena_max if limited else 'default',
+              conf.malloc.trim_interval or 'never')
     return trimmer

@@ -11,7 +11,10 @@ import sys
 import textwrap
 import threading
 
-from ha_snapshot import memory
+from oslo_config import cfg
+
+from ha_snapshot import conf as ha_conf
+from ha_snapshot import malloc
 from ha_snapshot import service
 from ha_snapshot.tests import base
 
@@ -20,9 +23,9 @@ from ha_snapshot.tests import base
 # process reserved meanwhile: glibc reserves 64 MiB per arena.
 ARENAS = textwrap.dedent('''
     import sys, threading
-    from ha_snapshot import memory
+    from ha_snapshot import malloc
     if int(sys.argv[1]):
-        assert memory.limit_arenas(int(sys.argv[1]), environ={})
+        assert malloc.limit_arenas(int(sys.argv[1]), environ={})
     threading.stack_size(256 * 1024)
 
     def vm_size():
@@ -54,7 +57,7 @@ ARENAS = textwrap.dedent('''
 # then and after the trim (or a second reading without it).
 TRIM = textwrap.dedent('''
     import sys
-    from ha_snapshot import memory
+    from ha_snapshot import malloc
 
     def rss():
         with open('/proc/self/statm') as f:
@@ -65,7 +68,7 @@ TRIM = textwrap.dedent('''
     del blocks
     freed = rss()
     if sys.argv[1] == 'trim':
-        assert memory.trim()
+        assert malloc.trim()
     print(freed, rss())
     del pin
 ''')
@@ -77,7 +80,7 @@ def child(script: str, *args: str) -> list:
     env = dict(os.environ)
     env.pop('MALLOC_ARENA_MAX', None)
     env['PYTHONPATH'] = os.path.dirname(os.path.dirname(
-        os.path.dirname(memory.__file__)))
+        os.path.dirname(malloc.__file__)))
     out = subprocess.run([sys.executable, '-c', script, *args], env=env,
                          capture_output=True, text=True, timeout=60,
                          check=True).stdout
@@ -95,11 +98,11 @@ class ArenaLimitTest(base.TestCase):
         self.assertGreater(default, 4 * 64 * MiB)
 
     def test_the_environment_wins(self):
-        self.assertFalse(memory.limit_arenas(
+        self.assertFalse(malloc.limit_arenas(
             2, environ={'MALLOC_ARENA_MAX': '4'}))
 
     def test_zero_keeps_the_default(self):
-        self.assertFalse(memory.limit_arenas(0, environ={}))
+        self.assertFalse(malloc.limit_arenas(0, environ={}))
 
 
 class TrimTest(base.TestCase):
@@ -112,7 +115,7 @@ class TrimTest(base.TestCase):
         self.assertLess(trimmed, freed - 48 * MiB)
 
     def test_trimmer_runs_until_stopped(self):
-        trimmer = memory.Trimmer(0.01)
+        trimmer = malloc.Trimmer(0.01)
         self.assertTrue(trimmer.start())
         self.addCleanup(trimmer.stop)
         base.wait_for(lambda: trimmer.trims >= 3, 10, 'three trims')
@@ -123,13 +126,13 @@ class TrimTest(base.TestCase):
 
     def test_no_interval_no_thread(self):
         before = threading.active_count()
-        trimmer = memory.Trimmer(0)
+        trimmer = malloc.Trimmer(0)
         self.assertFalse(trimmer.start())
         trimmer.stop()
         self.assertEqual(before, threading.active_count())
 
     def test_no_glibc_no_thread(self):
-        trimmer = memory.Trimmer(1)
+        trimmer = malloc.Trimmer(1)
         trimmer.lib = None
         self.assertFalse(trimmer.start())
 
@@ -140,7 +143,7 @@ class ServiceTest(base.TestCase):
 
     def test_run_trims_while_the_service_runs(self):
         conf = base.make_conf(self.store_dir,
-                              memory__malloc_trim_interval=1)
+                              malloc__trim_interval=1)
         seen = []
 
         class Daemon(service.Service):
@@ -158,3 +161,18 @@ class ServiceTest(base.TestCase):
         self.assertIn('malloc-trim', seen)
         self.assertNotIn('malloc-trim',
                          [t.name for t in threading.enumerate()])
+
+    def test_the_options_of_before_their_group_was_renamed_still_work(self):
+        """[memory] malloc_arena_max / malloc_trim_interval (their first
+        names) are read as [malloc] arena_max / trim_interval."""
+        path = os.path.join(self.store_dir, 'old.conf')
+        os.makedirs(self.store_dir, exist_ok=True)
+        with open(path, 'w') as f:
+            f.write('[memory]\nmalloc_arena_max = 5\n'
+                    'malloc_trim_interval = 7\n')
+        conf = cfg.ConfigOpts()
+        ha_conf.register_opts(conf)
+        conf(['--config-file', path], project='ha-snapshot',
+             default_config_files=[])
+        self.assertEqual((5, 7), (conf.malloc.arena_max,
+                                  conf.malloc.trim_interval))
