@@ -223,11 +223,6 @@ class RecoveryStore:
                 newest=newest)
         if parent is None:
             return
-        if h.virtual_size != parent.virtual_size and not h.full:
-            raise exception.InvalidDelta(
-                instance=h.instance, sequence=h.sequence,
-                reason='virtual size %d does not match the recovery image '
-                       '(%d)' % (h.virtual_size, parent.virtual_size))
         if not h.full and disk_layout.shape(h.disks) != disk_layout.shape(
                 parent.disks):
             # NOTE: a disk added, removed or resized moves the others in
@@ -239,6 +234,11 @@ class RecoveryStore:
                 '(%s): a change of disks needs a full delta'
                 % (disk_layout.describe(h.disks),
                    disk_layout.describe(parent.disks)))
+        if h.virtual_size != parent.virtual_size and not h.full:
+            raise exception.InvalidDelta(
+                instance=h.instance, sequence=h.sequence,
+                reason='virtual size %d does not match the recovery image '
+                       '(%d)' % (h.virtual_size, parent.virtual_size))
         if h.project != parent.project:
             raise exception.InvalidDelta(
                 instance=h.instance, sequence=h.sequence,
