@@ -10,6 +10,7 @@ import os
 
 from ha_snapshot.agent import disks as disks_mod
 from ha_snapshot.agent import restart_disks
+from ha_snapshot.agent import shipper as shipper_mod
 from ha_snapshot.agent import state as state_mod
 from ha_snapshot import delta as delta_mod
 from ha_snapshot import disk_layout
@@ -390,3 +391,75 @@ class CompatibilityTest(base.TestCase):
         self.assertIn('needs a manager of RPC API 1.5', str(e))
         self.assertEqual([], [r.taken for r in self.replicas.values()
                               if r.taken])
+
+
+class _Owner:
+    """What the shipper reads of its snapshot agent to build a delta: the
+    configuration and the driver's view of the disks' chains."""
+
+    def __init__(self, conf, chains):
+        self.conf = conf
+        self.vm = object()
+        self.driver = self
+        self._chains = chains
+
+    def disks(self, vm):
+        return [hv_base.Disk(name=name, device=None, virtual_size=0,
+                             chain=tuple(hv_base.Image(
+                                 node='n%d' % i, path=p, format='qcow2',
+                                 owned=i == 0) for i, p in enumerate(chain)))
+                for name, chain in self._chains.items()]
+
+
+class RebaselineTest(base.TestCase):
+    """A change of disks sends every disk whole: a disk whose frozen image
+    is an overlay is read through its chain (real qemu-img, real store)."""
+
+    def test_overlays_sent_whole(self):
+        conf = base.make_conf(self.store_dir)
+        conf.set_override('state_dir', self.path('state'), group='agent')
+        store = self.make_store(conf)
+        inst = base.new_uuid()
+        root_base = self.make_qcow2('root.qcow2', 3 * MiB,
+                                    'write -P 0xa1 0 2M')
+        root_top = base.new_overlay(self.path('root-1.qcow2'), root_base)
+        base.qemu_io(root_top, 'write -P 0xa2 1M 64k')
+        data_base = self.make_qcow2('data.qcow2', 2 * MiB,
+                                    'write -P 0xb1 0 1M')
+        # The parent: the root alone (before the second disk was
+        # protected).
+        parent = store.merge(delta_mod.from_image(
+            image_inspect.inspect(root_base, 'qcow2',
+                                  max_virtual_size=1 << 40),
+            instance=inst, project='p', sequence=0, parent=None,
+            max_part_bytes=MiB, max_part_extents=64))
+        st = state_mod.InstanceState(instance=inst, project='p',
+                                     spec={'name': 'vm'}, parent=parent.id)
+        q = state_mod.PendingQueue(st, self.path('state'))
+        shape = [['vda', 'root', 3 * MiB], ['vdb', 'ephemeral', 2 * MiB]]
+        entry = q.add(**disks_mod.entry_fields(
+            [(_fo('vda', root_top, root_base), 'root'),
+             (_fo('vdb', data_base, None, owned=False), 'ephemeral')],
+            shape, None))
+        self.assertEqual([True, False], [d['whole'] for d in entry.disks])
+        q.fix_parent(entry)
+        owner = _Owner(conf, {'vda': [root_top, root_base],
+                              'vdb': [data_base]})
+        shipper = shipper_mod.Shipper(owner, q, shipper_mod.Durable())
+        tmp = self.path('state', 'whole')
+        os.makedirs(tmp)
+        delta = shipper.build(entry, tmp)
+        self.assertTrue(delta.header.full)
+        rp = store.merge(delta_mod.Delta.from_primitive(json.loads(
+            json.dumps(delta.to_primitive()))))
+        self.assertEqual(['vda', 'vdb'], [d['target'] for d in rp.disks])
+        out = self.path('out.raw')
+        store.export(inst, out, rp_id=rp.id)
+        with open(out, 'rb') as f:
+            root = f.read(3 * MiB)
+            f.seek(G)
+            data = f.read(2 * MiB)
+        # vda whole: its base under the overlay's write; vdb: its base.
+        self.assertEqual(b'\xa1' * MiB + b'\xa2' * 65536
+                         + b'\xa1' * (MiB - 65536) + b'\0' * MiB, root)
+        self.assertEqual(b'\xb1' * MiB + b'\0' * MiB, data)
