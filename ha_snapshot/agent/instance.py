@@ -356,6 +356,12 @@ class SnapshotAgent(threading.Thread):
 
     def _snapshot(self) -> None:
         self._last_snapshot_at = self.clock()
+        spec = self.state.spec
+        multi = disks_mod.multi_disk(self.conf, spec, self.manager_api)
+        # NOTE: asked before the snapshot, not between it and the queueing
+        # (see _queue); a disk resized meanwhile is one more re-baseline.
+        sizes = ({d.name: d.virtual_size for d in self.driver.disks(self.vm)}
+                 if multi else {})
         taken_at = time.time()
         if self.memory.due(self.state.spec):
             # NOTE: with the memory state of the same instant: never
@@ -366,25 +372,27 @@ class SnapshotAgent(threading.Thread):
             snap, memory = self._take(), None
         if snap is None:
             return
-        spec = self.state.spec
-        split = disks_mod.split(snap, self._disk_name(), spec,
-                                disks_mod.multi_disk(self.conf, spec,
-                                                     self.manager_api))
-        for fo in split.others:
-            # NOTE: not protected (another disk than the root, with an
-            # older manager or [agent] multi_disk off; a swap disk): kept
-            # short (committed at once), not shipped.
-            self.driver.commit(self.vm, fo, timeout=600)
+        split = disks_mod.split(snap, self._disk_name(), spec, multi)
+        if len(split.protected) > 1 and any(
+                fo.disk not in sizes for fo, _ in split.protected):
+            # NOTE: a disk plugged in since: a change of disks anyway.
+            sizes = {d.name: d.virtual_size
+                     for d in self.driver.disks(self.vm)}
         if split.protected:
-            shape = disks_mod.shape_of(split.protected, {
-                d.name: d.virtual_size for d in self.driver.disks(self.vm)}
-                if len(split.protected) > 1 else {})
-            memory = self._queue(split.protected, shape, snap, taken_at,
-                                 memory)
+            self._queue(split.protected,
+                        disks_mod.shape_of(split.protected, sizes), snap,
+                        taken_at, memory)
         elif memory:
             memory_state.remove_spool(memory)
         self.save()
         self.queue.shippable.set()
+        for fo in split.others:
+            # NOTE: not protected (another disk than the root, with an
+            # older manager or [agent] multi_disk off; a swap disk): kept
+            # short (committed at once), not shipped. After the queueing:
+            # the shipper may commit the previous overlay of a queued disk
+            # meanwhile, and it fixes the backing of the entries queued.
+            self.driver.commit(self.vm, fo, timeout=600)
         LOG.debug('Instance %s: snapshot in %.1f ms', self.instance,
                   snap.qmp_seconds * 1000)
 

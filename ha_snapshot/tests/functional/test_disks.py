@@ -205,12 +205,51 @@ class TwoDisksTest(daemons.DaemonsTestCase):
                          r'\(pid \d+; running after [0-9.]+ s, restored '
                          r'after [0-9.]+ s, live\)' % rec.restore_point_id)
 
-    def kill_and_restore_both(self) -> tuple:
+    def test_upgrade_to_multi_disk_sends_every_disk_whole(self):
+        """An agent that shipped the root alone ([agent] multi_disk off,
+        as with a manager before RPC 1.5) is restarted with it on: its
+        next delta carries both disks whole (the root's frozen overlay
+        and the other disk read through the chains QEMU has open), and a
+        restart restores both."""
+        self.start_services(options={'agent': {'multi_disk': False}})
+        g = self.start_guest()
+        inst = self.protect(g)
+        first = self.wait_points(inst, 1)[0]
+        rp = self.svc.store.get_restore_point(inst, first.id)
+        self.assertIsNone(rp.disks)
+        self.assertEqual(ROOT_SIZE, rp.virtual_size)
+        for device, offset, length, pattern in WRITES:
+            g.write(device, offset, length, pattern)
+        written = self.mark('patterns written, root shipped alone')
+        rows = self.wait_points(inst, loop.AHEAD + 1, after=written)
+        self.assertIsNone(self.svc.store.get_restore_point(
+            inst, rows[-1].id).disks)
+        self.svc.agent.stop()
+        self.svc.options['agent']['multi_disk'] = True
+        services.write_config(self.svc.conf_file, self.svc.options)
+        self.svc.agent.start()
+        switched = self.mark('agent restarted with [agent] multi_disk on')
+        row = self.wait_for(
+            lambda: [r for r in self.svc.db.list_restore_points(inst)
+                     if loop.ts(r.created_at) > switched and r.disks],
+            60, 'a restore point of both disks')[0]
+        self.assertIn('protected disks now', self.svc.agent.log())
+        disks = self.split(inst, row.id)
+        for device, offset, length, pattern in WRITES:
+            self.assertTrue(self.holds(disks[device], offset, length,
+                                       pattern), (device, offset))
+        self.kill_and_check(g, inst, row)
+
+    def start_guest(self) -> TwoDiskGuest:
         driver = hypervisor.get_driver(self.svc.conf, 'qemu')
         os.makedirs(self.path('vms'), exist_ok=True)
         g = self.guest = TwoDiskGuest(driver, self.path('vms')).start()
         # NOTE: the driver lists writable disks only.
         self.assertEqual(['vd0', 'vd1'], g.disk_names)
+        return g
+
+    def kill_and_restore_both(self) -> tuple:
+        g = self.start_guest()
         inst = self.protect(g)
         first = self.wait_points(inst, 1)[0]
         rp = self.svc.store.get_restore_point(inst, first.id)
@@ -237,7 +276,11 @@ class TwoDisksTest(daemons.DaemonsTestCase):
                             'restore point %s lacks the write of 0x%02x at '
                             '%d of %s' % (target.id, pattern, offset,
                                           device))
+        return self.kill_and_check(g, inst, target)
 
+    def kill_and_check(self, g, inst: str, target) -> tuple:
+        """SIGKILL the VM; the recovery restarts it on a point at least as
+        new as ``target`` (which holds WRITES): both disks equal it."""
         g.kill()
         killed = self.mark('VM SIGKILLed')
         recs = self.wait_for(
