@@ -16,6 +16,7 @@ May import ha_snapshot.image; must not import ha_snapshot.storage.
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -27,6 +28,7 @@ from oslo_utils import uuidutils
 import zstandard
 
 from ha_snapshot import codec
+from ha_snapshot import disk_layout
 from ha_snapshot import exception
 from ha_snapshot.image import inspect as image_inspect
 from ha_snapshot.image import qemu
@@ -70,6 +72,10 @@ class DeltaHeader:
     """'filesystem' when the snapshot was taken inside a guest file system
     freeze (application-consistent), else 'crash'. Optional on the wire:
     a header without it (an older agent's) is 'crash'."""
+    disks: list | None = None
+    """The disks of a multi-disk delta (ha_snapshot/disk_layout.py): its
+    extents address their concatenated space. None (and absent on the
+    wire, as from agents before RPC 1.5): the root disk alone."""
 
 
 @dataclasses.dataclass
@@ -148,11 +154,11 @@ class Delta:
         return self._source()
 
     def to_header_primitive(self) -> dict:
-        return dataclasses.asdict(self.header)
+        return header_to_primitive(self.header)
 
     def to_primitive(self) -> dict:
         """A JSON-able dict (oslo.messaging); materialises every part."""
-        return {'header': dataclasses.asdict(self.header),
+        return {'header': header_to_primitive(self.header),
                 'parts': [p.to_primitive() for p in self.parts()]}
 
     @classmethod
@@ -171,7 +177,7 @@ class Delta:
         length-prefixed JSON meta and the raw compressed payload.
         """
         size = _write_block(f, CONTAINER_MAGIC,
-                            json.dumps(dataclasses.asdict(self.header)))
+                            json.dumps(header_to_primitive(self.header)))
         for part in self.parts():
             size += _write_block(f, b'', json.dumps(part.meta()))
             f.write(struct.pack('>Q', len(part.payload)))
@@ -298,6 +304,15 @@ def _int(value, name, header, minimum=0):
     return value
 
 
+def header_to_primitive(h: DeltaHeader) -> dict:
+    """The header's JSON object; ``disks`` only when set (a manager
+    before RPC 1.5 refuses a key it does not know)."""
+    prim = dataclasses.asdict(h)
+    if prim['disks'] is None:
+        del prim['disks']
+    return prim
+
+
 def header_from_primitive(prim) -> DeltaHeader:
     if not isinstance(prim, dict):
         raise exception.InvalidDelta(instance='?', sequence='?',
@@ -305,7 +320,7 @@ def header_from_primitive(prim) -> DeltaHeader:
     names = {f.name for f in dataclasses.fields(DeltaHeader)}
     unknown = set(prim) - names
     missing = names - set(prim) - {'created_at', 'format_version', 'full',
-                                   'taken_at', 'consistency'}
+                                   'taken_at', 'consistency', 'disks'}
     if unknown or missing:
         raise exception.InvalidDelta(
             instance=prim.get('instance', '?'),
@@ -353,6 +368,10 @@ def validate_header(h: DeltaHeader, max_virtual_size: int) -> None:
             and 0 < h.taken_at < MAX_TIMESTAMP):
         raise _invalid(h, 'taken_at must be null or a time in epoch '
                        'seconds, not %r' % (h.taken_at,))
+    if h.disks is not None:
+        reason = disk_layout.check(h.disks, h.virtual_size)
+        if reason:
+            raise _invalid(h, 'bad disk layout: %s' % reason)
 
 
 def max_payload_bytes(max_part_bytes: int) -> int:
@@ -523,28 +542,81 @@ def from_image(info: image_inspect.ImageInfo, *, instance: str, project: str,
     stays open (through the returned delta's lazy parts) only while parts
     are being produced. ``taken_at``: when the snapshot was asked for.
     """
+    return from_images(
+        [info], None, instance=instance, project=project,
+        sequence=sequence, parent=parent, max_part_bytes=max_part_bytes,
+        max_part_extents=max_part_extents,
+        compression_level=compression_level, limits=limits, tmpdir=tmpdir,
+        full=full, taken_at=taken_at, consistency=consistency)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Placed(ranges.Extent):
+    """An extent of disk ``disk`` moved to its place in the concatenated
+    space; ``own`` is the extent as its file has it."""
+    disk: int = 0
+    own: ranges.Extent | None = None
+
+
+def from_images(infos: list, disks: list | None, *, instance: str,
+                project: str, sequence: int, parent: str | None,
+                max_part_bytes: int, max_part_extents: int,
+                compression_level: int = 3,
+                limits: qemu.Limits | None = None,
+                tmpdir: str | None = None, full: bool = False,
+                taken_at: float | None = None,
+                consistency: str = 'crash') -> Delta:
+    """The delta of several inspected files, one per disk of the layout
+    ``disks`` (ha_snapshot/disk_layout.py, in its order), each file's own
+    ranges at its disk's offset; ``disks`` None: one file, one disk (see
+    :func:`from_image`)."""
     full = full or parent is None
-    extents = ranges.own_extents(info, limits=limits)
-    if full:
-        extents = [e for e in extents if e.kind == DATA]
+    if disks is None:
+        if len(infos) != 1:
+            raise ValueError('several images need a disk layout')
+        offsets, virtual_size = [0], infos[0].virtual_size
+    else:
+        if len(infos) != len(disks):
+            raise ValueError('%d images for %d disks' % (len(infos),
+                                                         len(disks)))
+        offsets = [d['offset'] for d in disks]
+        for info, d in zip(infos, disks):
+            if info.virtual_size != d['size']:
+                raise ValueError('disk %s: the image holds %d bytes, the '
+                                 'layout says %d' % (d['target'],
+                                                     info.virtual_size,
+                                                     d['size']))
+        virtual_size = disk_layout.total_size(disks)
+    per_disk, extents = [], []
+    for i, (info, base) in enumerate(zip(infos, offsets)):
+        own = ranges.own_extents(info, limits=limits)
+        if full:
+            own = [e for e in own if e.kind == DATA]
+        per_disk.append(own)
+        extents += [_Placed(e.offset + base, e.length, e.kind, e.host_offset,
+                            disk=i, own=e) for e in own]
     plan = plan_parts(extents, max_part_bytes, max_part_extents)
     header = DeltaHeader(
         instance=instance, project=project, sequence=sequence, parent=parent,
-        virtual_size=info.virtual_size, cluster_size=info.cluster_size,
+        virtual_size=virtual_size, cluster_size=infos[0].cluster_size,
         part_count=len(plan),
         changed_bytes=sum(e.length for e in extents),
         data_bytes=sum(e.length for e in extents if e.kind == DATA),
-        full=full, taken_at=taken_at, consistency=consistency)
+        full=full, taken_at=taken_at, consistency=consistency,
+        disks=disks)
 
     def source():
         cctx = zstandard.ZstdCompressor(level=compression_level)
-        with ranges.open_reader(info, extents, limits=limits,
-                                tmpdir=tmpdir) as reader:
+        with contextlib.ExitStack() as stack:
+            readers = [stack.enter_context(ranges.open_reader(
+                info, own, limits=limits, tmpdir=tmpdir))
+                for info, own in zip(infos, per_disk)]
             for index, items in enumerate(plan):
                 buf = bytearray()
                 for offset, length, kind, ext in items:
                     if kind == DATA:
-                        buf += reader.read(ext, offset, length)
+                        buf += readers[ext.disk].read(
+                            ext.own, offset - offsets[ext.disk], length)
                 raw = bytes(buf)
                 # NOTE: data that does not shrink travels as is: the
                 # manager then has nothing to decompress.

@@ -443,6 +443,7 @@ def run(work: str, *, vms: int = 2, seconds: float = 20.0,
                              for i in agent.instances.values())
         app_consistent = sum(i.agent.app_consistent
                              for i in agent.instances.values())
+        root_disk = snap_agent.state.spec.disk or 'root disk'
         progress('killing %s (pid %d) with SIGKILL' % (victim, vm.pid))
         killed = time.monotonic()
         os.kill(vm.pid, signal.SIGKILL)
@@ -451,8 +452,8 @@ def run(work: str, *, vms: int = 2, seconds: float = 20.0,
         new = agent.instances[victim].agent
         restored = new.state.spec.disk_path
         export = os.path.join(work, 'rp.raw')
-        manager.manager.store.export(victim, export,
-                                     rp_id=rec.restore_point_id)
+        point = manager.manager.store.export(victim, export,
+                                             rp_id=rec.restore_point_id)
         same = subprocess.run(['qemu-img', 'compare', '-U', '-q', '-f',
                                'raw', export, restored]).returncode == 0
         taken = snap_agent.taken_at.get(rec.restore_point_id)
@@ -487,6 +488,12 @@ def run(work: str, *, vms: int = 2, seconds: float = 20.0,
             'bytes_shipped_compressed': shipped,
             'bytes_shipped_raw': raw,
             'bytes_shipped_memory_states': memory_shipped,
+            # NOTE: the demo's VMs have one writable disk: their points
+            # carry no layout (ha_snapshot/disk_layout.py).
+            'disks_protected': [
+                '%s (%s)' % (d['target'], d['role'])
+                for d in point.disks] if point.disks else [
+                '%s (root)' % root_disk],
             'app_consistent_restore_points': app_consistent,
             'rpo_seconds_max': round(rpo_max, 3),
             'detect_seconds': round(detect or -1, 3),

@@ -24,6 +24,9 @@ from collections import abc
 
 from ha_snapshot import exception
 
+ROLES = ('root', 'ephemeral', 'swap')
+"""Disk roles (the same as ha_snapshot/disk_layout.py's)."""
+
 NOVA_DRIVER = 'libvirt'
 """The hypervisor driver of a Nova server (its domain is named by the
 server's uuid)."""
@@ -205,6 +208,13 @@ class ProtectionSpec:
     """When a snapshot also saves the VM's memory state (qemu driver):
     'always', 'never' or a number of seconds between such points; default
     ``[agent] memory_interval``."""
+    disk_roles: dict | None = None
+    """Disk name -> 'root', 'ephemeral' or 'swap' (ha_snapshot/
+    disk_layout.py): unnamed disks are 'ephemeral', the root is ``disk``
+    (the first disk when unset)."""
+    protect_swap: bool | None = None
+    """Whether the disks of role 'swap' are protected too (not by
+    default: a swap disk's content is of no use to a restarted guest)."""
     unknown: abc.Mapping = dataclasses.field(default_factory=dict,
                                              compare=False)
     """Keys an older agent's state file holds that this version does not
@@ -216,7 +226,9 @@ class ProtectionSpec:
               'disk': _STR, 'disk_path': _STR,
               'vm': ((VMOptions,), 'a JSON object'),
               'quiesce': _STR, 'require_quiesce': _BOOL,
-              'guest_agent': _BOOL, 'memory': _STR}
+              'guest_agent': _BOOL, 'memory': _STR,
+              'disk_roles': ((dict,), 'a JSON object'),
+              'protect_swap': _BOOL}
 
     def __post_init__(self):
         if isinstance(self.vm, abc.Mapping):
@@ -227,6 +239,23 @@ class ProtectionSpec:
             quiesce_interval(self.quiesce, 0)
         if self.memory is not None:
             quiesce_interval(self.memory, 0, 'memory')
+        for name, role in (self.disk_roles or {}).items():
+            if role not in ROLES:
+                raise exception.InvalidProtectionSpec(
+                    reason='key %r: disk %r has role %r, expected one of %s'
+                    % ('disk_roles', name, role, ', '.join(ROLES)))
+
+    def role_of(self, disk: str, root: str) -> str:
+        """The role of disk ``disk``; ``root``: the root disk's name."""
+        if disk == root:
+            return 'root'
+        role = (self.disk_roles or {}).get(disk, 'ephemeral')
+        # NOTE: one root only: another disk named root is ephemeral.
+        return 'ephemeral' if role == 'root' else role
+
+    def protects(self, role: str) -> bool:
+        """Whether disks of ``role`` are protected."""
+        return role != 'swap' or bool(self.protect_swap)
 
     def memory_every(self, default: int) -> int:
         """Seconds between memory states for this server: 0 never, -1

@@ -22,6 +22,7 @@ import time
 
 from oslo_log import log as logging
 
+from ha_snapshot.agent import disks as disks_mod
 from ha_snapshot.agent import memory as memory_mod
 from ha_snapshot.agent import shipper as shipper_mod
 from ha_snapshot.agent import state as state_mod
@@ -355,6 +356,12 @@ class SnapshotAgent(threading.Thread):
 
     def _snapshot(self) -> None:
         self._last_snapshot_at = self.clock()
+        spec = self.state.spec
+        multi = disks_mod.multi_disk(self.conf, spec, self.manager_api)
+        # NOTE: asked before the snapshot, not between it and the queueing
+        # (see _queue); a disk resized meanwhile is one more re-baseline.
+        sizes = ({d.name: d.virtual_size for d in self.driver.disks(self.vm)}
+                 if multi else {})
         taken_at = time.time()
         if self.memory.due(self.state.spec):
             # NOTE: with the memory state of the same instant: never
@@ -365,53 +372,86 @@ class SnapshotAgent(threading.Thread):
             snap, memory = self._take(), None
         if snap is None:
             return
-        disk = self._disk_name()
-        for fo in snap.disks:
-            if fo.disk != disk:
-                # NOTE: one recovery image per instance: other disks are
-                # kept short (committed at once), not shipped.
-                self.driver.commit(self.vm, fo, timeout=600)
-                continue
-            first = fo.full or (not fo.committable and fo.backing is None)
-            with self.lock:
-                if first and self.state.baseline_restore_point:
-                    # The base is already durable (restored from it).
-                    self.state.parent = self.state.baseline_restore_point
-                    self.durable_record.remember(self.state.parent, taken_at,
-                                           shipped=False)
-                    self.state.baseline_restore_point = None
-                    self.durable_record.now(0, 0.0)
-                    if memory:
-                        # NOTE: no new restore point to carry it.
-                        memory_state.remove_spool(memory)
-                        memory = None
-                    continue
-                self.queue.add(
-                    disk=fo.disk, frozen=fo.frozen.path,
-                    backing=fo.backing.path if fo.backing else None,
-                    committable=fo.committable, taken_at=taken_at,
-                    full=first, consistency=snap.consistency, memory=memory)
+        split = disks_mod.split(snap, self._disk_name(), spec, multi)
+        if len(split.protected) > 1 and any(
+                fo.disk not in sizes for fo, _ in split.protected):
+            # NOTE: a disk plugged in since: a change of disks anyway.
+            sizes = {d.name: d.virtual_size
+                     for d in self.driver.disks(self.vm)}
+        if split.protected:
+            self._queue(split.protected,
+                        disks_mod.shape_of(split.protected, sizes), snap,
+                        taken_at, memory)
+        elif memory:
+            memory_state.remove_spool(memory)
         self.save()
         self.queue.shippable.set()
+        for fo in split.others:
+            # NOTE: not protected (another disk than the root, with an
+            # older manager or [agent] multi_disk off; a swap disk): kept
+            # short (committed at once), not shipped. After the queueing:
+            # the shipper may commit the previous overlay of a queued disk
+            # meanwhile, and it fixes the backing of the entries queued.
+            self.driver.commit(self.vm, fo, timeout=600)
         LOG.debug('Instance %s: snapshot in %.1f ms', self.instance,
                   snap.qmp_seconds * 1000)
+
+    def _queue(self, protected, shape, snap, taken_at, memory):
+        """Queue the snapshot of the protected disks (the root first);
+        returns ``memory`` or None when it was dropped."""
+        with self.lock:
+            if all(disks_mod.is_first(fo) for fo, _ in protected) and (
+                    self.state.baseline_restore_point):
+                # The base is already durable (restored from it).
+                self.state.parent = self.state.baseline_restore_point
+                self.durable_record.remember(self.state.parent, taken_at,
+                                             shipped=False)
+                self.state.baseline_restore_point = None
+                self.state.layout = shape
+                self.durable_record.now(0, 0.0)
+                if memory:
+                    # NOTE: no new restore point to carry it.
+                    memory_state.remove_spool(memory)
+                return None
+            fields = disks_mod.entry_fields(protected, shape,
+                                            self.state.layout)
+            if shape != self.state.layout:
+                LOG.info('Instance %s: protected disks now %s (were %s): '
+                         'this delta sends them whole', self.instance,
+                         shape or 'the root only',
+                         self.state.layout or 'the root only')
+            self.state.layout = shape
+            self.queue.add(taken_at=taken_at, consistency=snap.consistency,
+                           memory=memory, **fields)
+            return memory
 
     def _adopt_unknown_overlays(self) -> None:
         """Frozen overlays in the chain the state does not know (a crash
         right after a snapshot): send them like any other."""
         disk = self._disk_name()
         with self.lock:
-            known = {p.frozen for p in self.state.pending}
-            for fo in self.driver.frozen_images(self.vm, disk):
-                if fo.frozen.path in known:
+            known = {image['frozen'] for p in self.state.pending
+                     for image in p.images()}
+            layout = self.state.layout
+            targets = [t for t, _r, _s in layout] if layout else [disk]
+            groups = disks_mod.adopt_groups([
+                [fo for fo in self.driver.frozen_images(self.vm, target)
+                 if fo.frozen.path not in known] for target in targets])
+            for group in groups:
+                LOG.warning('Instance %s: adopting frozen overlays %s '
+                            'found in the chains', self.instance,
+                            ', '.join(fo.frozen.path for fo in group))
+                if layout is None:
+                    fo = group[0]
+                    self.queue.add(
+                        disk=disk, frozen=fo.frozen.path,
+                        backing=fo.backing.path if fo.backing else None,
+                        committable=True, full=fo.full)
                     continue
-                LOG.warning('Instance %s: adopting frozen overlay %s '
-                            'found in the chain', self.instance,
-                            fo.frozen.path)
-                self.queue.add(
-                    disk=disk, frozen=fo.frozen.path,
-                    backing=fo.backing.path if fo.backing else None,
-                    committable=True, full=fo.full)
+                protected = [(fo, role) for fo, (_t, role, _s)
+                             in zip(group, layout)]
+                self.queue.add(**disks_mod.entry_fields(protected, layout,
+                                                        layout))
             self.state.pending.sort(key=lambda p: p.sequence)
             self.save()
         self.queue.shippable.set()

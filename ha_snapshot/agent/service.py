@@ -23,6 +23,7 @@ import oslo_messaging as messaging
 from ha_snapshot.agent import health as health_mod
 from ha_snapshot.agent import instance as instance_mod
 from ha_snapshot.agent import live_restore as live_mod
+from ha_snapshot.agent import restart_disks
 from ha_snapshot.agent import memory as memory_mod
 from ha_snapshot.agent import restore as restore_mod
 from ha_snapshot.agent import state as state_mod
@@ -399,6 +400,15 @@ class AgentService(service.Service):
         os.makedirs(workdir, exist_ok=True)
         disk_path = os.path.join(workdir, 'restored-%s.qcow2' % restore_point)
         vm_spec = spec.vm
+        # NOTE: every disk of a multi-disk point but the root is restored
+        # whole before the VM starts (also with live restore: only the
+        # root streams); see doc/source/admin/protected-disks.rst.
+        manifest = self.manager_api.get_manifest(instance, restore_point)
+        disks = restart_disks.RestartDisks(
+            manifest, workdir, restore_point, vm_spec)
+        disks.fetch_others(lambda m, path: restore_mod.fetch(
+            self.manager_api, instance, restore_point, path,
+            limits=qemu.Limits.from_conf(self.conf), manifest=m))
         extra = tuple(vm_spec.extra_args or ())
         if vm_spec.serial_log:
             extra += ('-chardev', 'file,id=serial0,path=%s,append=on'
@@ -419,9 +429,7 @@ class AgentService(service.Service):
                 agent_path=(spec.qga_path if _default(vm_spec.machine,
                                                       'none') != 'none'
                             else None),
-                disks=(hv_base.DiskSpec(path=path, format='qcow2',
-                                        node=vm_spec.node,
-                                        device=vm_spec.device),))
+                disks=disks.specs(path))
 
         def start_vm(path):
             return self.driver.start(vm_of(path))
@@ -431,7 +439,8 @@ class AgentService(service.Service):
         def fetch():
             restore_mod.fetch(self.manager_api, instance, restore_point,
                               disk_path,
-                              limits=qemu.Limits.from_conf(self.conf))
+                              limits=qemu.Limits.from_conf(self.conf),
+                              manifest=disks.root_manifest)
             fetched.append(disk_path)
         # NOTE: memory state wins over live restore: the guest may run
         # only once its whole state is loaded, and on a disk that is
@@ -450,8 +459,7 @@ class AgentService(service.Service):
             if os.path.exists(disk_path):
                 os.unlink(disk_path)  # NOTE: left by a failed attempt
             outcome = live_mod.restore(
-                self.conf, self.driver,
-                self.manager_api.get_manifest(instance, restore_point),
+                self.conf, self.driver, disks.root_manifest,
                 lambda index: self.manager_api.get_chunk(
                     instance, restore_point, index),
                 disk_path, start_vm, t0=t0, name=spec.name,
@@ -465,7 +473,9 @@ class AgentService(service.Service):
             timings = {'live': False, 'recover_seconds': running,
                        'restored_seconds': running}
         timings.update(memory_info)
-        old_files = [x.frozen for x in st.pending] + [spec.disk_path]
+        old_files = [image['frozen'] for x in st.pending
+                     for image in x.images()] + [spec.disk_path]
+        old_files += disks.stale_files(disk_path)
         for x in st.pending:
             if x.memory:
                 old_files += [x.memory, x.memory + '.json']
@@ -474,7 +484,9 @@ class AgentService(service.Service):
         # died): the restored disk is then no child of the newest point and
         # is sent whole (a full delta) instead of taken as the baseline.
         newer = st.parent not in (None, restore_point)
-        st.spec = spec.replace(pid=new_vm.pid, disk_path=disk_path, disk=None)
+        st.spec = spec.replace(pid=new_vm.pid, disk_path=disk_path,
+                               disk=disks.root_name)
+        st.layout = disks.shape
         st.pending = []
         st.parent = restore_point
         st.baseline_restore_point = None if newer else restore_point
@@ -483,8 +495,8 @@ class AgentService(service.Service):
         st.save(self.conf.agent.state_dir)
         self._start_instance(st, vm=new_vm)
         for path in old_files:
-            if path and path != disk_path and os.path.exists(path) and (
-                    path.startswith(workdir)):
+            if path and path not in disks.paths(disk_path) and (
+                    os.path.exists(path)) and path.startswith(workdir):
                 os.unlink(path)
         # NOTE: the recovery named: the failover benchmark counts the
         # restarts of each recovery from this line (exactly one each).
@@ -496,7 +508,8 @@ class AgentService(service.Service):
                  ', resumed from memory' if timings['memory_state_restored']
                  else '', recovery)
         self.restarts[instance] = dict(timings, pid=new_vm.pid,
-                                       disk=disk_path)
+                                       disk=disk_path,
+                                       disks=disks.paths(disk_path))
         return self.restarts[instance]
 
 

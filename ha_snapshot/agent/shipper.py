@@ -18,6 +18,8 @@ registration).
 
 import collections
 import concurrent.futures
+import os
+import tempfile
 import threading
 import time
 
@@ -26,6 +28,7 @@ import oslo_messaging as messaging
 
 from ha_snapshot.agent import memory as memory_mod
 from ha_snapshot import delta as delta_mod
+from ha_snapshot import disk_layout
 from ha_snapshot import exception
 from ha_snapshot.hypervisor import base as hv_base
 from ha_snapshot.image import inspect as image_inspect
@@ -202,42 +205,12 @@ class Shipper:
         conf = self.conf
         self.queue.fix_parent(entry)
         started = self.owner.clock()
-        backing = entry.backing
-        if entry.committable:
-            # NOTE: an overlay this agent created and only the local QEMU
-            # wrote: read by the strict Python qcow2 reader, no qemu-img
-            # process (anything it does not handle gets the full
-            # inspection); see ha_snapshot/image/inspect.py.
-            info = image_inspect.inspect_own_overlay(
-                entry.frozen, max_virtual_size=conf.image.max_virtual_size,
-                expected_backing=backing,
-                limits=qemu.Limits.from_conf(conf))
-        else:
-            info = image_inspect.inspect(
-                entry.frozen, 'qcow2' if backing
-                else self.base_format(entry),
-                max_virtual_size=conf.image.max_virtual_size,
-                allow_backing=backing is not None,
-                expected_backing=backing,
-                limits=qemu.Limits.from_conf(conf))
-        delta = delta_mod.from_image(
-            info, instance=self.instance, project=self.queue.state.project,
-            sequence=entry.sequence, parent=entry.parent,
-            max_part_bytes=conf.image.max_part_bytes,
-            max_part_extents=conf.image.max_part_extents,
-            compression_level=conf.image.compression_level,
-            limits=qemu.Limits.from_conf(conf), full=entry.full,
-            taken_at=entry.taken_at, consistency=entry.consistency)
-        while True:
-            try:
-                sent = self.send_parts(entry, delta)
-                break
-            except exception.DeltaTooManyParts as e:
-                LOG.error('Instance %s: %s; delta %d is kept and sent again '
-                          'in %d s', self.instance, e, entry.sequence,
-                          TOO_MANY_PARTS_WAIT)
-                if self.owner._stopping.wait(TOO_MANY_PARTS_WAIT):
-                    raise Stopped()
+        workdir = os.path.join(conf.agent.state_dir, self.instance)
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=workdir,
+                                         prefix='whole-') as tmpdir:
+            delta = self.build(entry, tmpdir)
+            sent = self._send_all(entry, delta)
         try:
             ack = self.owner._retry(
                 'commit of delta %d' % entry.sequence,
@@ -250,6 +223,87 @@ class Shipper:
             LOG.warning('Instance %s: %s; sending again', self.instance,
                         str(e).splitlines()[0])
             return self.ship(entry)
+        self._durable(entry, ack, delta, sent, started)
+
+    def _inspect(self, frozen: str, backing: str | None,
+                 committable: bool):
+        conf = self.conf
+        if committable:
+            # NOTE: an overlay this agent created and only the local QEMU
+            # wrote: read by the strict Python qcow2 reader, no qemu-img
+            # process (anything it does not handle gets the full
+            # inspection); see ha_snapshot/image/inspect.py.
+            return image_inspect.inspect_own_overlay(
+                frozen, max_virtual_size=conf.image.max_virtual_size,
+                expected_backing=backing,
+                limits=qemu.Limits.from_conf(conf))
+        return image_inspect.inspect(
+            frozen, 'qcow2' if backing else self.base_format(frozen),
+            max_virtual_size=conf.image.max_virtual_size,
+            allow_backing=backing is not None, expected_backing=backing,
+            limits=qemu.Limits.from_conf(conf))
+
+    def _whole(self, image: dict, tmpdir: str):
+        """The whole disk of a frozen overlay (a re-baseline): its chain,
+        as the driver has it open, flattened into a sparse raw file."""
+        owner, conf = self.owner, self.conf
+        chain = None
+        for d in owner.driver.disks(owner.vm):
+            paths = [img.path for img in d.chain]
+            if d.name == image['disk'] and image['frozen'] in paths:
+                chain = [(img.path, img.format)
+                         for img in d.chain[paths.index(image['frozen']):]]
+        if chain is None:
+            raise exception.HaSnapshotException(
+                'Instance %s: frozen image %s of disk %s is no longer in '
+                'its chain; cannot send that disk whole.'
+                % (self.instance, image['frozen'], image['disk']))
+        raw = os.path.join(tmpdir, '%s.raw' % image['disk'])
+        limits = qemu.Limits.from_conf(conf)
+        qemu.convert_chain_to_raw(chain, raw, limits=limits)
+        return image_inspect.inspect(
+            raw, 'raw', max_virtual_size=conf.image.max_virtual_size,
+            limits=limits)
+
+    def build(self, entry, tmpdir: str) -> delta_mod.Delta:
+        """The delta of a queued entry: the root's frozen image, or every
+        protected disk's (a multi-disk delta, ha_snapshot/disk_layout.py);
+        a disk to send whole is flattened into ``tmpdir`` first."""
+        infos = []
+        for image in entry.images():
+            if image.get('whole') and image['backing'] is not None:
+                infos.append(self._whole(image, tmpdir))
+            else:
+                infos.append(self._inspect(image['frozen'], image['backing'],
+                                           image['committable']))
+        layout = None
+        if len(infos) > 1:
+            layout = disk_layout.plan([
+                (image['disk'], image['role'], info.virtual_size)
+                for image, info in zip(entry.images(), infos)])
+        conf = self.conf
+        return delta_mod.from_images(
+            infos, layout, instance=self.instance,
+            project=self.queue.state.project,
+            sequence=entry.sequence, parent=entry.parent,
+            max_part_bytes=conf.image.max_part_bytes,
+            max_part_extents=conf.image.max_part_extents,
+            compression_level=conf.image.compression_level,
+            limits=qemu.Limits.from_conf(conf), full=entry.full,
+            taken_at=entry.taken_at, consistency=entry.consistency)
+
+    def _send_all(self, entry, delta) -> int:
+        while True:
+            try:
+                return self.send_parts(entry, delta)
+            except exception.DeltaTooManyParts as e:
+                LOG.error('Instance %s: %s; delta %d is kept and sent again '
+                          'in %d s', self.instance, e, entry.sequence,
+                          TOO_MANY_PARTS_WAIT)
+                if self.owner._stopping.wait(TOO_MANY_PARTS_WAIT):
+                    raise Stopped()
+
+    def _durable(self, entry, ack, delta, sent, started) -> None:
         self.queue.acknowledged(entry, ack['restore_point'])
         durable = self.durable
         with durable.cond:
@@ -292,23 +346,25 @@ class Shipper:
     def part_timeout(self) -> float:
         return min(self.conf.agent.rpc_timeout, PART_TIMEOUT)
 
-    def base_format(self, entry) -> str:
+    def base_format(self, frozen: str) -> str:
         owner = self.owner
         for d in owner.driver.disks(owner.vm):
             for img in d.chain:
-                if img.path == entry.frozen:
+                if img.path == frozen:
                     return img.format
         return 'qcow2'
 
     def commit(self, entry) -> None:
-        if not entry.committable:
-            return
+        """Commit the acknowledged frozen overlay of every disk down."""
         owner = self.owner
-        # NOTE: not among the frozen images: already committed (a crash
-        # after the commit).
-        for fo in owner.driver.frozen_images(owner.vm, entry.disk):
-            if fo.frozen.path == entry.frozen:
-                owner.driver.commit(owner.vm, fo, timeout=600)
+        for image in entry.images():
+            if not image['committable']:
+                continue
+            # NOTE: not among the frozen images: already committed (a
+            # crash after the commit).
+            for fo in owner.driver.frozen_images(owner.vm, image['disk']):
+                if fo.frozen.path == image['frozen']:
+                    owner.driver.commit(owner.vm, fo, timeout=600)
 
 
 def send_parts(parts, put, window: int, name: str = 'put') -> int:

@@ -48,6 +48,22 @@ class Pending:
     memory: str | None = None
     """The spool file of the VM's memory state of the same instant
     (ha_snapshot/memory_state.py), shipped after the delta's ack."""
+    disks: list | None = None
+    """A multi-disk entry (ha_snapshot/disk_layout.py): one object per
+    protected disk of the snapshot, the root first, each with ``disk``,
+    ``role``, ``frozen``, ``backing``, ``committable`` and ``whole``
+    (the delta must carry the whole disk, not the writes of its frozen
+    overlay alone). The entry's own ``disk``/``frozen``/``backing``/
+    ``committable`` are the root's. None: the root disk alone, as in
+    files written before it existed."""
+
+    def images(self) -> list:
+        """Every disk's part: the ``disks`` objects, or the root's."""
+        if self.disks is not None:
+            return self.disks
+        return [{'disk': self.disk, 'role': 'root', 'frozen': self.frozen,
+                 'backing': self.backing, 'committable': self.committable,
+                 'whole': False}]
 
 
 @dataclasses.dataclass
@@ -65,6 +81,11 @@ class InstanceState:
     restarted_by: str | None = None
     """The recovery whose restart made the running VM: the same recovery
     asking again (another manager took it over) gets the VM as it is."""
+    layout: list | None = None
+    """The disks (ha_snapshot/disk_layout.py ``shape``: [target, role,
+    size] each) of the newest multi-disk entry queued, or of the restore
+    point the VM was restarted from; None: the root disk alone. A
+    snapshot whose disks differ is a re-baseline."""
 
     def __post_init__(self):
         # NOTE: a JSON object (a test's, the file's) becomes the spec.
@@ -84,9 +105,12 @@ class InstanceState:
                 del p['consistency']
             if p['memory'] is None:
                 del p['memory']
-        if d['restarted_by'] is None:
-            # NOTE: as files written before it existed.
-            del d['restarted_by']
+            if p['disks'] is None:
+                del p['disks']
+        for key in ('restarted_by', 'layout'):
+            if d[key] is None:
+                # NOTE: as files written before it existed.
+                del d[key]
         return d
 
     @classmethod
@@ -197,9 +221,14 @@ class PendingQueue:
             self.state.pending.remove(entry)
             # NOTE: the overlay above the one committed now stands on
             # what that one stood on (the commit rewrote its header).
-            if entry.committable:
+            for done in entry.images():
+                if not done['committable']:
+                    continue
                 for later in self.state.pending:
-                    if later.backing == entry.frozen:
-                        later.backing = entry.backing
+                    if later.backing == done['frozen']:
+                        later.backing = done['backing']
+                    for image in later.disks or ():
+                        if image['backing'] == done['frozen']:
+                            image['backing'] = done['backing']
             self.save()
             self.progress.notify_all()

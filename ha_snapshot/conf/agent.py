@@ -1,5 +1,5 @@
-"""[agent]: the options of application-consistent (quiesced) snapshots
-and of memory states.
+"""[agent]: the options of application-consistent (quiesced) snapshots,
+of memory states and of multi-disk restore points.
 
 The rest of the ``[agent]`` group lives in ha_snapshot/conf/manager.py;
 these are registered into the same group.
@@ -40,6 +40,21 @@ QUIESCE_OPTS = [
 ]
 
 
+DISK_OPTS = [
+    cfg.BoolOpt('multi_disk', default=True,
+                help='Protect every writable disk of a server (root, '
+                     'ephemeral; swap when its spec says "protect_swap") '
+                     'together: one snapshot of all of them, one delta, '
+                     'one restore point, all restored by a restart. '
+                     'Needs managers of RPC API 1.5: during a rolling '
+                     'upgrade set it false on agents until every manager '
+                     'is upgraded (then only the root disk is shipped, as '
+                     'before; the other disks are snapshotted and '
+                     'committed at once). Read-only disks (config drives, '
+                     'cdroms) and attached Cinder volumes are never '
+                     'protected.'),
+]
+
 MEMORY_OPTS = [
     cfg.IntOpt('memory_interval', default=0, min=0,
                help='Seconds between restore points that also carry the '
@@ -60,8 +75,8 @@ MEMORY_OPTS = [
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
-    base.register(conf, GROUP, QUIESCE_OPTS + MEMORY_OPTS)
+    base.register(conf, GROUP, QUIESCE_OPTS + MEMORY_OPTS + DISK_OPTS)
 
 
 def list_opts():
-    return {GROUP: QUIESCE_OPTS + MEMORY_OPTS}
+    return {GROUP: QUIESCE_OPTS + MEMORY_OPTS + DISK_OPTS}

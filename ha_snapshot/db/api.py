@@ -26,6 +26,7 @@ ha_snapshot.exception. A RecoveryStore is passed in, never imported.
 import contextlib
 import datetime
 import functools
+import json
 import time
 import uuid as uuid_mod
 
@@ -387,7 +388,9 @@ class Database:
                 changed_bytes=rp.changed_bytes, new_chunks=rp.new_chunks,
                 new_bytes=rp.new_bytes, manifest_key=rp.key,
                 consistency=getattr(rp, 'consistency', None)
-                or statuses.Consistency.CRASH)
+                or statuses.Consistency.CRASH,
+                disks=json.dumps(rp.disks) if getattr(rp, 'disks', None)
+                else None)
             session.add(row)
             session.flush()
             newest = session.execute(

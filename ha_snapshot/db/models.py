@@ -152,6 +152,9 @@ class RestorePoint(Base):
         sa.Boolean, default=False, server_default='0')
     """The store holds the VM's memory state of the same instant
     (ha_snapshot/storage/memory.py): a restart resumes instead of booting."""
+    disks: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+    """JSON: the disks the point covers (ha_snapshot/disk_layout.py); null
+    for the root disk alone."""
 
 
 class Recovery(Base):

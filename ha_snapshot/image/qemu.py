@@ -141,6 +141,33 @@ def convert_to_raw(path: str, fmt: str, out: str,
         limits=limits)
 
 
+def chain_name(chain: list) -> str:
+    """A qemu filename opening the chain ``[(path, format), ...]`` (top
+    first) as given: every backing named here, none taken from a header."""
+    node = None
+    for path, fmt in reversed(chain):
+        if fmt not in ('qcow2', 'raw'):
+            raise exception.ImageError(path=path, reason='unsupported '
+                                       'format %r in a chain' % fmt)
+        opts = {'driver': fmt, 'file': {'driver': 'file', 'filename': path}}
+        if fmt == 'qcow2':
+            opts['backing'] = node
+        elif node is not None:
+            raise exception.ImageError(path=path, reason='a raw image '
+                                       'cannot stand on a backing')
+        node = opts
+    return 'json:' + json.dumps(node)
+
+
+def convert_chain_to_raw(chain: list, out: str,
+                         limits: Limits | None = None) -> None:
+    """The whole disk that the chain ``[(path, format), ...]`` (top first,
+    see :func:`chain_name`) holds, as a sparse raw file. The images may be
+    open in a QEMU that does not write them (frozen overlays, bases)."""
+    run(chain[0][0], 'qemu-img', 'convert', '-U', '-O', 'raw', '-S', '64k',
+        chain_name(chain), out, limits=limits)
+
+
 def convert_raw_to_qcow2(path: str, out: str,
                          limits: Limits | None = None) -> None:
     run(path, 'qemu-img', 'convert', '-f', 'raw', '-O', 'qcow2', '-S', '64k',

@@ -112,10 +112,15 @@ class Manager(intake.DeltaIntake):
 
     def get_manifest(self, instance, restore_point) -> dict:
         rp = self.store.get_restore_point(instance, restore_point)
-        return {'id': rp.id, 'number': rp.number,
-                'virtual_size': rp.virtual_size,
-                'chunk_size': rp.chunk_size,
-                'chunks': {str(k): v for k, v in rp.chunks.items()}}
+        answer = {'id': rp.id, 'number': rp.number,
+                  'virtual_size': rp.virtual_size,
+                  'chunk_size': rp.chunk_size,
+                  'chunks': {str(k): v for k, v in rp.chunks.items()}}
+        if rp.disks:
+            # NOTE: 1.5; an agent before it never asks about such a point
+            # (it made none).
+            answer['disks'] = rp.disks
+        return answer
 
     def get_chunk(self, instance, restore_point, index) -> str:
         rp = self.store.get_restore_point(instance, restore_point)
@@ -312,9 +317,9 @@ def _primitive(value):
 
 
 class ManagerEndpoint:
-    """RPC API 1.4; see ha_snapshot/manager/rpcapi.py for the history."""
+    """RPC API 1.5; see ha_snapshot/manager/rpcapi.py for the history."""
 
-    target = messaging.Target(version='1.4')
+    target = messaging.Target(version='1.5')
 
     def __init__(self, manager: Manager):
         self.manager = manager

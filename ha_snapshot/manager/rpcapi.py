@@ -17,6 +17,11 @@ API version history:
 * 1.4 - Memory states of restore points: memory_chunks_missing,
         put_memory_chunks, commit_memory_state, get_memory_state,
         get_memory_chunk.
+* 1.5 - Every writable disk of a server in one delta: commit_delta's
+        header may carry ``disks`` (the layout of ha_snapshot/
+        disk_layout.py), and get_manifest answers with it. A header
+        without it is the root disk alone, as before; agents send one
+        only to a manager that takes 1.5 (``can_multi_disk``).
 
 Every method pins the version it needs, so an agent newer than its manager
 fails clearly (oslo.messaging's version check) instead of sending calls the
@@ -43,7 +48,7 @@ from ha_snapshot import exception
 from ha_snapshot import rpc
 from ha_snapshot import rpc_auth
 
-VERSION = '1.4'
+VERSION = '1.5'
 
 
 @contextlib.contextmanager
@@ -152,6 +157,15 @@ class ManagerAPI:
         (send the delta again); with a version cap below 1.2 that is a
         plain InvalidDelta.
         """
+        if header.get('disks') is not None:
+            if not self.can_multi_disk():
+                raise exception.HaSnapshotException(
+                    'A delta of several disks needs a manager of RPC API '
+                    '1.5; this client is capped below it.')
+            return self._routed(header.get('instance'), 'commit_delta',
+                                version='1.5', timeout=timeout,
+                                header=header, raise_parts_missing=True)
+        header = {k: v for k, v in header.items() if k != 'disks'}
         if self.client.can_send_version('1.3'):
             return self._routed(header.get('instance'), 'commit_delta',
                                 version='1.3', timeout=timeout,
@@ -185,6 +199,10 @@ class ManagerAPI:
                   index: int) -> str:
         return self._call('get_chunk', instance=instance,
                           restore_point=restore_point, index=index)
+
+    def can_multi_disk(self) -> bool:
+        """Whether the manager takes deltas of several disks (1.5)."""
+        return self.client.can_send_version('1.5')
 
     # --- 1.4: memory states --------------------------------------------------
 

@@ -19,6 +19,7 @@ import json
 import zstandard
 
 from ha_snapshot import codec as codec_mod
+from ha_snapshot import disk_layout
 from ha_snapshot import exception
 
 MANIFEST_VERSION = 1
@@ -107,6 +108,11 @@ class RestorePoint:
     """'filesystem': taken inside a guest file system freeze (see
     ha_snapshot.statuses.Consistency). Left out of a manifest when
     'crash', as manifests were written before it existed."""
+    disks: list | None = None
+    """The disks the point covers (ha_snapshot/disk_layout.py): target,
+    role, offset and size of each in the concatenated image. None (left
+    out of the manifest, as manifests were written before it existed): the
+    root disk alone."""
     extra: dict = dataclasses.field(default_factory=dict)
     """Keys of a manifest this release does not know (written by a newer
     replica during a rolling upgrade): kept as they were, written back by
@@ -134,6 +140,8 @@ class RestorePoint:
         del d['extra']
         if d['consistency'] == 'crash':
             del d['consistency']
+        if d['disks'] is None:
+            del d['disks']
         d['chunks'] = {str(k): v for k, v in sorted(self.chunks.items())}
         return encode_json(d)
 
@@ -177,6 +185,11 @@ def decode_manifest(key: str, blob: bytes) -> RestorePoint:
     if rp.key != key:
         raise exception.CorruptObject(key=key, reason='manifest names '
                                       'itself %s' % rp.key)
+    if rp.disks is not None:
+        reason = disk_layout.check(rp.disks, rp.virtual_size)
+        if reason:
+            raise exception.CorruptObject(key=key, reason='bad disk '
+                                          'layout: %s' % reason)
     nchunks = -(-rp.virtual_size // rp.chunk_size)
     for index, sha in rp.chunks.items():
         if not (0 <= index < nchunks and isinstance(sha, str)

@@ -26,6 +26,7 @@ from oslo_utils import uuidutils
 import zstandard
 
 from ha_snapshot import delta as delta_mod
+from ha_snapshot import disk_layout
 from ha_snapshot import exception
 from ha_snapshot.image import qemu
 from ha_snapshot.image import sparse
@@ -222,6 +223,17 @@ class RecoveryStore:
                 newest=newest)
         if parent is None:
             return
+        if not h.full and disk_layout.shape(h.disks) != disk_layout.shape(
+                parent.disks):
+            # NOTE: a disk added, removed or resized moves the others in
+            # the concatenated space: only a whole image (a re-baseline)
+            # may change the layout.
+            raise exception.InvalidDelta(
+                instance=h.instance, sequence=h.sequence,
+                reason='its disks (%s) are not those of the recovery image '
+                '(%s): a change of disks needs a full delta'
+                % (disk_layout.describe(h.disks),
+                   disk_layout.describe(parent.disks)))
         if h.virtual_size != parent.virtual_size and not h.full:
             raise exception.InvalidDelta(
                 instance=h.instance, sequence=h.sequence,
@@ -245,6 +257,12 @@ class RecoveryStore:
         else:
             chunk_size, scope = parent.chunk_size, parent.scope
             chunks = dict(parent.chunks)
+        if h.disks and disk_layout.ALIGN % chunk_size:
+            raise exception.InvalidDelta(
+                instance=h.instance, sequence=h.sequence,
+                reason='its disks begin at multiples of %d bytes, which '
+                'chunks of %d bytes would straddle'
+                % (disk_layout.ALIGN, chunk_size))
         rp = objects.RestorePoint(
             id=delta_mod.new_restore_point_id(), instance=h.instance,
             project=h.project, scope=scope,
@@ -252,7 +270,7 @@ class RecoveryStore:
             parent=parent.id if parent else None, created_at=started,
             virtual_size=h.virtual_size, chunk_size=chunk_size, chunks=chunks,
             delta_sequence=h.sequence, changed_bytes=h.changed_bytes,
-            source=source, consistency=h.consistency)
+            source=source, consistency=h.consistency, disks=h.disks)
         known = {}
         for part in delta.parts() if delta.materialized else ():
             for (cs, index), sha in dict(part.chunk_digests or {}).items():

@@ -1,5 +1,7 @@
 """/v1/servers: protected servers (list, show, protect, unprotect)."""
 
+import json
+
 from oslo_log import log as logging
 import webob.exc
 
@@ -130,10 +132,29 @@ def list_servers(req):
         req, {'servers': [server_view(req, r) for r in rows]})
 
 
+NOT_PROTECTED = ('attached volumes (Cinder backup protects them); '
+                 'read-only disks (config drives)')
+
+
+def _disks(req, row) -> dict:
+    """What the newest restore point covers ("vda (root)", ...; null
+    before the first), and what is never protected."""
+    points = util.state(req).db.list_restore_points(row.uuid)
+    disks = None
+    if points and points[-1].disks:
+        disks = ['%s (%s)' % (d['target'], d['role'])
+                 for d in json.loads(points[-1].disks)]
+    elif points:
+        disks = ['root disk']
+    return {'disks_protected': disks, 'not_protected': NOT_PROTECTED}
+
+
 @util.wsgify
 def show_server(req):
     row = find_server(req, util.path_item(req.environ, 'server_id'))
-    return util.json_response(req, {'server': server_view(req, row)})
+    view = server_view(req, row)
+    view.update(_disks(req, row))
+    return util.json_response(req, {'server': view})
 
 
 def _check_policy_name(name):

@@ -22,13 +22,22 @@ class ListRestorePoints(command.Lister):
         server_id = resolve.server_id(mgr, parsed_args.server)
         points = mgr.ha.list_restore_points(server_id)
         fields = ['id', 'number', 'taken_at', 'created_at', 'consistency',
-                  'memory_state', 'virtual_size', 'changed_bytes',
+                  'memory_state', 'disks', 'virtual_size', 'changed_bytes',
                   'new_bytes']
         headers = ['ID', 'Number', 'Taken At', 'Created At', 'Consistency',
-                   'Memory State', 'Virtual Size', 'Changed Bytes',
+                   'Memory State', 'Disks', 'Virtual Size', 'Changed Bytes',
                    'New Bytes']
         if parsed_args.long:
             fields += ['sequence', 'parent_id']
             headers += ['Sequence', 'Parent ID']
-        return headers, (utils.get_dict_properties(p, fields)
-                         for p in points)
+        return headers, (utils.get_dict_properties(
+            dict(p, disks=disks_text(p.get('disks'))), fields)
+            for p in points)
+
+
+def disks_text(disks) -> str:
+    """``vda (root), vdb (ephemeral)``; an API before disks: empty."""
+    if not disks:
+        return ''
+    return ', '.join('%s (%s)' % (d.get('target') or 'root disk',
+                                  d.get('role')) for d in disks)

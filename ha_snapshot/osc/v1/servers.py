@@ -10,7 +10,8 @@ from ha_snapshot.osc import resolve
 SHOW_FIELDS = (
     'id', 'project_id', 'host', 'status', 'policy', 'driver',
     'rpo_seconds', 'newest_restore_point_id', 'newest_restore_point_at',
-    'recovery_attempts', 'last_report_reason', 'created_at', 'updated_at',
+    'recovery_attempts', 'last_report_reason', 'disks_protected',
+    'not_protected', 'created_at', 'updated_at',
 )
 
 
@@ -27,7 +28,11 @@ def show_server(server: dict) -> tuple:
     """(columns, values) of a SERVER document for a ShowOne."""
     fields = [f for f in SHOW_FIELDS if f in server]
     fields += sorted(set(server) - set(SHOW_FIELDS))
-    return tuple(fields), utils.get_dict_properties(_rounded(server), fields)
+    server = _rounded(server)
+    if isinstance(server.get('disks_protected'), list):
+        server = dict(server, disks_protected=', '.join(
+            server['disks_protected']))
+    return tuple(fields), utils.get_dict_properties(server, fields)
 
 
 def add_server_argument(parser, purpose: str):

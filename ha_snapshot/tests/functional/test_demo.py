@@ -42,6 +42,9 @@ class DemoTestCase(testtools.TestCase):
         self.assertLess(report['detect_seconds'], 10)
         self.assertEqual([], report['write_problems'])
         self.assertTrue(report['recovered_disk_equals_restore_point'])
+        # NOTE: one writable disk per demo VM: the root alone.
+        self.assertEqual(1, len(report['disks_protected']))
+        self.assertRegex(report['disks_protected'][0], r' \(root\)$')
         return report
 
     def test_demo_verifies_real_guests(self):

@@ -63,9 +63,10 @@ class ProtectionSpecTest(base.TestCase):
         e = self.assertRaises(exception.InvalidProtectionSpec,
                               Spec.from_dict, dict(QEMU, qmp='/x'))
         self.assertIn("unknown key 'qmp' (known keys: disk, disk_path, "
-                      "domain, driver, guest_agent, log_path, memory, name, "
-                      "nova, pid, policy, qga_path, qmp_path, quiesce, "
-                      "require_quiesce, uuid, vm)", str(e))
+                      "disk_roles, domain, driver, guest_agent, log_path, "
+                      "memory, name, nova, pid, policy, protect_swap, "
+                      "qga_path, qmp_path, quiesce, require_quiesce, uuid, "
+                      "vm)", str(e))
         e = self.assertRaises(exception.InvalidProtectionSpec,
                               Spec.from_dict,
                               dict(QEMU, vm={'machine': 'q35', 'ram': 1}))
