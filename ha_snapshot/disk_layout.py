@@ -118,6 +118,22 @@ def describe(layout: list | None) -> str:
     return ', '.join('%s (%s)' % (d['target'], d['role']) for d in layout)
 
 
+def select(layout: list | None, name: str, virtual_size: int) -> tuple:
+    """(offset, size) of the disk ``name`` (its target, or "root") of a
+    point of ``layout`` and ``virtual_size``; ValueError naming the disks
+    there are when it has no such disk."""
+    if not layout:
+        if name == ROOT:
+            return 0, virtual_size
+        raise ValueError('disk %s: the restore point holds its root disk '
+                         'only' % name)
+    for d in layout:
+        if name in (d['target'], ROOT if d['role'] == ROOT else None):
+            return d['offset'], d['size']
+    raise ValueError('disk %s: the restore point holds %s'
+                     % (name, describe(layout)))
+
+
 def disk_manifest(manifest: dict, disk: dict) -> dict:
     """The manifest of one disk of a multi-disk restore point (as the
     manager's ``get_manifest`` gives it): its chunks, numbered from the

@@ -2,7 +2,7 @@
 
     ha-snapshot-manage image import --instance UUID FILE
     ha-snapshot-manage image export --instance UUID [--restore-point ID]
-                                    [--format raw|qcow2] OUT
+                                    [--format raw|qcow2] [--disk NAME] OUT
     ha-snapshot-manage restore-point list --instance UUID [--json]
     ha-snapshot-manage store verify [--instance UUID]
     ha-snapshot-manage store gc
@@ -42,7 +42,8 @@ def image_export(conf, store):
     rp = store.export(conf.category.instance, conf.category.out,
                       rp_id=conf.category.restore_point,
                       fmt=conf.category.format,
-                      limits=qemu.Limits.from_conf(conf))
+                      limits=qemu.Limits.from_conf(conf),
+                      disk=conf.category.disk)
     print(rp.id)
     return 0
 
@@ -101,6 +102,10 @@ def add_command_parsers(subparsers):
     p.add_argument('--restore-point', metavar='ID',
                    help='Restore point id (default: the newest).')
     p.add_argument('--format', choices=('raw', 'qcow2'), default='raw')
+    p.add_argument('--disk', metavar='NAME',
+                   help='One disk of the point: its target (vdb) or '
+                        '"root" (default: the whole point; every disk of '
+                        'a multi-disk point in its concatenated space).')
     p.add_argument('out', metavar='OUT')
     p.set_defaults(func=image_export)
 

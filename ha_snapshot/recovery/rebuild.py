@@ -78,6 +78,7 @@ from keystoneauth1 import exceptions as ks_exc
 from openstack import exceptions as sdk_exc
 from oslo_log import log as logging
 
+from ha_snapshot import disk_layout
 from ha_snapshot import exception
 from ha_snapshot.openstack import clients
 from ha_snapshot.openstack import images
@@ -291,7 +292,8 @@ class RebuildAction:
         path = os.path.join(conf.work_dir, '%s-%s.%s'
                             % (uuid, restore_point, fmt))
         try:
-            self.store.export(uuid, path, restore_point, fmt=fmt)
+            self.store.export(uuid, path, restore_point, fmt=fmt,
+                              disk=disk_layout.ROOT)
             progress('upload-image')
             image = images.create(
                 glance, name='ha-snapshot-%s-%s' % (uuid, restore_point),

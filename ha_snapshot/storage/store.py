@@ -574,16 +574,35 @@ class RecoveryStore:
     # --- export -------------------------------------------------------------
 
     def export(self, instance: str, out: str, rp_id: str | None = None,
-               fmt: str = 'raw',
-               limits: qemu.Limits | None = None) -> objects.RestorePoint:
-        """Write a restore point to ``out`` (sparse raw or qcow2)."""
+               fmt: str = 'raw', limits: qemu.Limits | None = None,
+               disk: str | None = None) -> objects.RestorePoint:
+        """Write a restore point to ``out`` (sparse raw or qcow2).
+
+        ``disk`` (a target, or "root"): that disk of the point alone;
+        None: the whole point, every disk of a multi-disk point in its
+        concatenated space (ha_snapshot/disk_layout.py)."""
         if fmt not in sparse.FORMATS:
             raise exception.HaSnapshotException(
                 'Unsupported export format %r: use raw or qcow2.' % fmt)
         rp = self.get_restore_point(instance, rp_id)
-        sparse.write_image(out, rp.virtual_size, (
-            (index * rp.chunk_size, self.read_chunk(rp, index))
-            for index in sorted(rp.chunks)), fmt=fmt, limits=limits)
+        start, size = 0, rp.virtual_size
+        if disk is not None:
+            try:
+                start, size = disk_layout.select(rp.disks, disk,
+                                                 rp.virtual_size)
+            except ValueError as e:
+                raise exception.HaSnapshotException(
+                    'Cannot export restore point %s of %s: %s.'
+                    % (rp.id, instance, e))
+        cs = rp.chunk_size
+        first, end = start // cs, -(-(start + size) // cs)
+
+        def pieces():
+            for index in sorted(rp.chunks):
+                if first <= index < end:
+                    at = index * cs - start
+                    yield at, self.read_chunk(rp, index)[:size - at]
+        sparse.write_image(out, size, pieces(), fmt=fmt, limits=limits)
         return rp
 
 

@@ -53,6 +53,10 @@ class ManageTestCase(base.TestCase):
         self.manage('image', 'export', '--instance', self.inst, '--format',
                     'qcow2', out2)
         self.assertTrue(base.same_image(out2, o, 'qcow2', 'qcow2'))
+        out3 = self.path('rp2-root.raw')
+        self.manage('image', 'export', '--instance', self.inst, '--disk',
+                    'root', out3)
+        self.assertTrue(base.same_image(out3, o, 'raw', 'qcow2'))
         self.assertIn('OK', self.manage('store', 'verify').stdout)
         self.assertIn('OK', self.manage('store', 'verify', '--instance',
                                         self.inst).stdout)
@@ -88,6 +92,9 @@ class ManageTestCase(base.TestCase):
              '--restore-point', base.new_uuid(), self.path('x.raw')),
             ('does not exist', 'image', 'export', '--instance', self.inst,
              self.path('no', 'such', 'dir.raw')),
+            ('disk vdb: the restore point holds its root disk only',
+             'image', 'export', '--instance', self.inst, '--disk', 'vdb',
+             self.path('x.raw')),
             ('no restore points', 'restore-point', 'list', '--instance',
              base.new_uuid()),
             ('expected a UUID', 'store', 'verify', '--instance', '1234'),

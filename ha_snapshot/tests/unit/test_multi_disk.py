@@ -165,6 +165,35 @@ class TwoDiskDeltaTest(base.TestCase):
         self.assertEqual(2 * MiB + 65536, sub['virtual_size'])
         self.assertEqual({str(i) for i in range(3)}, set(sub['chunks']))
 
+    def test_one_disk_exported_alone(self):
+        """export(disk=...): the root (as the rebuild uploads it to Glance)
+        or another disk, each its own size; an unknown disk is named."""
+        rp = self.store.merge(self.wire(self.delta([self.root, self.data],
+                                                   GOOD)))
+        for name, source, size in (('root', self.root, 3 * MiB),
+                                   ('vda', self.root, 3 * MiB),
+                                   ('vdb', self.data, 2 * MiB + 65536)):
+            out = self.path('%s.raw' % name)
+            self.store.export(self.inst, out, rp_id=rp.id, disk=name)
+            self.assertEqual(size, os.path.getsize(out))
+            self.assertTrue(base.same_image(out, base.flatten(
+                source, self.path('%s-expected.raw' % name))), name)
+        e = self.assertRaises(exception.HaSnapshotException,
+                              self.store.export, self.inst,
+                              self.path('x.raw'), rp_id=rp.id, disk='vdz')
+        self.assertIn('disk vdz: the restore point holds vda (root), vdb '
+                      '(ephemeral)', str(e))
+        self.assertFalse(os.path.exists(self.path('x.raw')))
+        # A root-only point: "root" is all of it; no other disk.
+        single = self.store.merge(self.wire(self.delta(
+            [self.root], None, parent=rp.id, sequence=1, full=True)))
+        self.store.export(self.inst, self.path('s.raw'), rp_id=single.id,
+                          disk='root')
+        self.assertEqual(3 * MiB, os.path.getsize(self.path('s.raw')))
+        self.assertRaises(exception.HaSnapshotException, self.store.export,
+                          self.inst, self.path('y.raw'), rp_id=single.id,
+                          disk='vdb')
+
     def test_layout_change_needs_a_full_delta(self):
         first = self.store.merge(self.wire(self.delta([self.root], None)))
         before = len(self.store.restore_points(self.inst))
