@@ -186,6 +186,7 @@ class Shipper:
                 return
             if entry.restore_point is None:
                 self.ship(entry)
+            t = time.perf_counter()
             if entry.memory:
                 # NOTE: after the ack: the state belongs to that restore
                 # point; an agent killed meanwhile sends it on restart.
@@ -194,14 +195,21 @@ class Shipper:
                     with self.durable.cond:
                         self.durable.memory_states += 1
                         self.durable.shipped_memory_bytes += sent
+            t1 = time.perf_counter()
             self.commit(entry)
+            t2 = time.perf_counter()
             self.queue.remove(entry)
+            LOG.debug('Instance %s: delta %d after its ack: memory %.1f ms, '
+                      'block commit %.1f ms, state saved %.1f ms',
+                      self.instance, entry.sequence, (t1 - t) * 1000,
+                      (t2 - t1) * 1000, (time.perf_counter() - t2) * 1000)
 
     def ship(self, entry) -> None:
         """Send one delta until it is durable; its ack goes in the queue."""
         conf = self.conf
         self.queue.fix_parent(entry)
         started = self.owner.clock()
+        t0 = time.perf_counter()
         backing = entry.backing
         if entry.committable:
             # NOTE: an overlay this agent created and only the local QEMU
@@ -228,6 +236,7 @@ class Shipper:
             compression_level=conf.image.compression_level,
             limits=qemu.Limits.from_conf(conf), full=entry.full,
             taken_at=entry.taken_at, consistency=entry.consistency)
+        t1 = time.perf_counter()
         while True:
             try:
                 sent = self.send_parts(entry, delta)
@@ -238,6 +247,7 @@ class Shipper:
                           TOO_MANY_PARTS_WAIT)
                 if self.owner._stopping.wait(TOO_MANY_PARTS_WAIT):
                     raise Stopped()
+        t2 = time.perf_counter()
         try:
             ack = self.owner._retry(
                 'commit of delta %d' % entry.sequence,
@@ -250,7 +260,13 @@ class Shipper:
             LOG.warning('Instance %s: %s; sending again', self.instance,
                         str(e).splitlines()[0])
             return self.ship(entry)
+        t3 = time.perf_counter()
         self.queue.acknowledged(entry, ack['restore_point'])
+        LOG.debug('Instance %s: delta %d shipped: inspect %.1f ms, parts '
+                  '(read, compress, put) %.1f ms, commit call %.1f ms, ack '
+                  'saved %.1f ms; %d parts', self.instance, entry.sequence,
+                  (t1 - t0) * 1000, (t2 - t1) * 1000, (t3 - t2) * 1000,
+                  (time.perf_counter() - t3) * 1000, delta.header.part_count)
         durable = self.durable
         with durable.cond:
             durable.shipped_bytes += sent
