@@ -1,11 +1,13 @@
 """One protected VM's shipper: pending deltas out, durable, committed down.
 
-The shipper thread takes the oldest entry of the instance's persisted
-pending queue (:class:`ha_snapshot.agent.state.PendingQueue`), which the
-snapshot loop (ha_snapshot/agent/instance.py) fills, and sends it: several
-parts of one delta in flight at once, retrying with backoff until the
-manager's durable ack; then it records the ack in the queue and commits
-the acknowledged overlay down, and only then removes the entry. A delta
+The shipper thread takes the oldest unacknowledged entry of the
+instance's persisted pending queue
+(:class:`ha_snapshot.agent.state.PendingQueue`), which the snapshot loop
+(ha_snapshot/agent/instance.py) fills, and sends it: several parts of one
+delta in flight at once, retrying with backoff until the manager's durable
+ack; then it records the ack in the queue and hands the entry to the
+committer (ha_snapshot/agent/committer.py), which commits the overlay down
+and only then removes the entry, while the next delta ships. A delta
 the manager lost the parts of (:class:`~ha_snapshot.exception.PartsMissing`)
 is sent again. :class:`Durable` keeps what the policy, the demo and the
 benchmarks read of it (latest restore points, shipping times and bytes).
@@ -24,6 +26,7 @@ import time
 from oslo_log import log as logging
 import oslo_messaging as messaging
 
+from ha_snapshot.agent import committer as committer_mod
 from ha_snapshot.agent import memory as memory_mod
 from ha_snapshot import delta as delta_mod
 from ha_snapshot import exception
@@ -117,6 +120,7 @@ class Shipper:
         self.queue = queue
         self.durable = durable
         self.thread = None
+        self.committer = committer_mod.Committer(owner, queue)
 
     @property
     def conf(self):
@@ -130,8 +134,10 @@ class Shipper:
         self.thread = threading.Thread(target=self.run, daemon=True,
                                        name='ship-%s' % self.instance[:8])
         self.thread.start()
+        self.committer.start()
 
     def join(self, timeout: float | None) -> None:
+        self.committer.join(timeout)
         thread = self.thread
         if thread is not None and thread.is_alive() and (
                 thread is not threading.current_thread()):
@@ -178,15 +184,39 @@ class Shipper:
                 except Stopped:
                     return
 
+    def next_entry(self):
+        """The oldest entry not acknowledged yet, or acknowledged with its
+        memory state still to send; None when there is none."""
+        with self.queue.lock:
+            for entry in self.queue.state.pending:
+                if entry.restore_point is None or entry.memory:
+                    return entry
+        return None
+
+    def _wait_for_commits(self) -> None:
+        """While [agent] max_pending_deltas acknowledged overlays wait for
+        their commit (a VM whose commits fail): the chain must not grow
+        without bound."""
+        owner, limit = self.owner, self.conf.agent.max_pending_deltas
+        with self.queue.progress:
+            while (self.committer.waiting() >= limit
+                   and not owner._stopping.is_set()
+                   and not owner.failed.is_set()):
+                self.queue.progress.wait(1.0)
+
     def ship_pending(self) -> None:
         owner = self.owner
         while not owner._stopping.is_set() and not owner.failed.is_set():
-            entry = self.queue.oldest()
-            if entry is None:
+            self._wait_for_commits()
+            entry = self.next_entry()
+            if entry is None or owner.failed.is_set():
                 return
             if entry.restore_point is None:
                 self.ship(entry)
-            t = time.perf_counter()
+                # NOTE: the snapshot loop may wait for room
+                # (unacknowledged deltas): there is some now.
+                with self.queue.progress:
+                    self.queue.progress.notify_all()
             if entry.memory:
                 # NOTE: after the ack: the state belongs to that restore
                 # point; an agent killed meanwhile sends it on restart.
@@ -195,14 +225,7 @@ class Shipper:
                     with self.durable.cond:
                         self.durable.memory_states += 1
                         self.durable.shipped_memory_bytes += sent
-            t1 = time.perf_counter()
-            self.commit(entry)
-            t2 = time.perf_counter()
-            self.queue.remove(entry)
-            LOG.debug('Instance %s: delta %d after its ack: memory %.1f ms, '
-                      'block commit %.1f ms, state saved %.1f ms',
-                      self.instance, entry.sequence, (t1 - t) * 1000,
-                      (t2 - t1) * 1000, (time.perf_counter() - t2) * 1000)
+            self.committer.wake()
 
     def ship(self, entry) -> None:
         """Send one delta until it is durable; its ack goes in the queue."""
@@ -210,32 +233,12 @@ class Shipper:
         self.queue.fix_parent(entry)
         started = self.owner.clock()
         t0 = time.perf_counter()
-        backing = entry.backing
-        if entry.committable:
-            # NOTE: an overlay this agent created and only the local QEMU
-            # wrote: read by the strict Python qcow2 reader, no qemu-img
-            # process (anything it does not handle gets the full
-            # inspection); see ha_snapshot/image/inspect.py.
-            info = image_inspect.inspect_own_overlay(
-                entry.frozen, max_virtual_size=conf.image.max_virtual_size,
-                expected_backing=backing,
-                limits=qemu.Limits.from_conf(conf))
-        else:
-            info = image_inspect.inspect(
-                entry.frozen, 'qcow2' if backing
-                else self.base_format(entry),
-                max_virtual_size=conf.image.max_virtual_size,
-                allow_backing=backing is not None,
-                expected_backing=backing,
-                limits=qemu.Limits.from_conf(conf))
-        delta = delta_mod.from_image(
-            info, instance=self.instance, project=self.queue.state.project,
-            sequence=entry.sequence, parent=entry.parent,
-            max_part_bytes=conf.image.max_part_bytes,
-            max_part_extents=conf.image.max_part_extents,
-            compression_level=conf.image.compression_level,
-            limits=qemu.Limits.from_conf(conf), full=entry.full,
-            taken_at=entry.taken_at, consistency=entry.consistency)
+        # NOTE: the committer may be committing the overlay below, which
+        # rewrites this one's backing (header and entry): not meanwhile.
+        # The data clusters read afterwards stay where they are.
+        with self.committer.chain_lock:
+            info = self.inspect(entry)
+        delta = self._delta(entry, info)
         t1 = time.perf_counter()
         while True:
             try:
@@ -284,6 +287,36 @@ class Shipper:
                  ack['restore_point'], sent,
                  '%.3f' % entry.taken_at if entry.taken_at else 'unknown')
 
+    def inspect(self, entry):
+        """The frozen overlay's inspection (under the chain lock)."""
+        conf = self.conf
+        backing = entry.backing
+        if entry.committable:
+            # NOTE: an overlay this agent created and only the local QEMU
+            # wrote: read by the strict Python qcow2 reader, no qemu-img
+            # process (anything it does not handle gets the full
+            # inspection); see ha_snapshot/image/inspect.py.
+            return image_inspect.inspect_own_overlay(
+                entry.frozen, max_virtual_size=conf.image.max_virtual_size,
+                expected_backing=backing,
+                limits=qemu.Limits.from_conf(conf))
+        return image_inspect.inspect(
+            entry.frozen, 'qcow2' if backing else self.base_format(entry),
+            max_virtual_size=conf.image.max_virtual_size,
+            allow_backing=backing is not None, expected_backing=backing,
+            limits=qemu.Limits.from_conf(conf))
+
+    def _delta(self, entry, info):
+        conf = self.conf
+        return delta_mod.from_image(
+            info, instance=self.instance, project=self.queue.state.project,
+            sequence=entry.sequence, parent=entry.parent,
+            max_part_bytes=conf.image.max_part_bytes,
+            max_part_extents=conf.image.max_part_extents,
+            compression_level=conf.image.compression_level,
+            limits=qemu.Limits.from_conf(conf), full=entry.full,
+            taken_at=entry.taken_at, consistency=entry.consistency)
+
     def send_parts(self, entry, delta) -> int:
         """put_part every part, up to [agent] parts_in_flight at once;
         bytes sent.
@@ -315,16 +348,6 @@ class Shipper:
                 if img.path == entry.frozen:
                     return img.format
         return 'qcow2'
-
-    def commit(self, entry) -> None:
-        if not entry.committable:
-            return
-        owner = self.owner
-        # NOTE: not among the frozen images: already committed (a crash
-        # after the commit).
-        for fo in owner.driver.frozen_images(owner.vm, entry.disk):
-            if fo.frozen.path == entry.frozen:
-                owner.driver.commit(owner.vm, fo, timeout=600)
 
 
 def send_parts(parts, put, window: int, name: str = 'put') -> int:
