@@ -260,7 +260,8 @@ class Phases(logging.Handler):
     database), in milliseconds, per phase name."""
 
     PHASE = re.compile(r'([a-z][a-z +(),]*?) ([0-9.]+) ms')
-    LOGGERS = ('ha_snapshot.agent.shipper', 'ha_snapshot.manager.intake')
+    LOGGERS = ('ha_snapshot.agent.shipper', 'ha_snapshot.agent.committer',
+               'ha_snapshot.manager.intake')
 
     def __init__(self):
         super().__init__(logging.DEBUG)

@@ -20,6 +20,7 @@ registration).
 
 import collections
 import concurrent.futures
+import dataclasses
 import threading
 import time
 
@@ -109,6 +110,17 @@ class Durable:
             self.cond.notify_all()
 
 
+@dataclasses.dataclass
+class Shipment:
+    """A delta whose parts were sent: its commit call is next."""
+    entry: object
+    delta: object
+    sent: int
+    started: float
+    call: object = None  # the commit call's future, when it runs apart
+    t_commit: float = 0.0
+
+
 class Shipper:
     """Ships one instance's pending queue; :meth:`start` runs it in a
     thread of its own."""
@@ -121,6 +133,7 @@ class Shipper:
         self.durable = durable
         self.thread = None
         self.committer = committer_mod.Committer(owner, queue)
+        self._pool = None  # the commit-call thread (pipelined shipping)
 
     @property
     def conf(self):
@@ -142,6 +155,8 @@ class Shipper:
         if thread is not None and thread.is_alive() and (
                 thread is not threading.current_thread()):
             thread.join(timeout)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def run(self) -> None:
         """The shipper thread: pending deltas out, oldest first."""
@@ -184,11 +199,16 @@ class Shipper:
                 except Stopped:
                     return
 
-    def next_entry(self):
-        """The oldest entry not acknowledged yet, or acknowledged with its
-        memory state still to send; None when there is none."""
+    def next_entry(self, after=None):
+        """The oldest entry (after ``after``, if given) not acknowledged
+        yet, or acknowledged with its memory state still to send; None
+        when there is none."""
         with self.queue.lock:
-            for entry in self.queue.state.pending:
+            pending = self.queue.state.pending
+            if after is not None:
+                pending = pending[pending.index(after) + 1:] if (
+                    after in pending) else []
+            for entry in pending:
                 if entry.restore_point is None or entry.memory:
                     return entry
         return None
@@ -205,32 +225,76 @@ class Shipper:
                 self.queue.progress.wait(1.0)
 
     def ship_pending(self) -> None:
+        """Ship the queue, pipelined: while the manager merges one delta
+        (its commit call runs on the commit thread), the next one's parts
+        are read and sent; its own commit call goes once the previous ack
+        has named its parent."""
         owner = self.owner
-        while not owner._stopping.is_set() and not owner.failed.is_set():
-            self._wait_for_commits()
-            entry = self.next_entry()
-            if entry is None or owner.failed.is_set():
-                return
-            if entry.restore_point is None:
-                self.ship(entry)
-                # NOTE: the snapshot loop may wait for room
-                # (unacknowledged deltas): there is some now.
-                with self.queue.progress:
-                    self.queue.progress.notify_all()
-            if entry.memory:
-                # NOTE: after the ack: the state belongs to that restore
-                # point; an agent killed meanwhile sends it on restart.
-                sent = memory_mod.ship(self.owner, self.queue, entry)
-                if sent is not None:
-                    with self.durable.cond:
-                        self.durable.memory_states += 1
-                        self.durable.shipped_memory_bytes += sent
-            self.committer.wake()
+        ahead = None  # a Shipment whose commit call runs
+        try:
+            while not owner._stopping.is_set() and not owner.failed.is_set():
+                entry = self.next_entry(ahead.entry if ahead else None)
+                if ahead is None and entry is not None and (
+                        entry.restore_point is None):
+                    self._wait_for_commits()
+                # NOTE: a delta built before its parent is known must not
+                # be a full one (from_image makes any delta on no parent
+                # full): only on top of a durable restore point.
+                overlap = (ahead is not None and entry is not None
+                           and entry.restore_point is None
+                           and not entry.full and not ahead.entry.memory
+                           and self.queue.state.parent is not None)
+                if ahead is not None and not overlap:
+                    self.land(ahead)
+                    ahead = None
+                    continue
+                if entry is None or owner.failed.is_set():
+                    self.committer.wake()
+                    return
+                if entry.restore_point is None:
+                    shipment = self.prepare(entry, provisional=overlap)
+                    if ahead is not None:
+                        self.land(ahead)
+                        ahead = None
+                    ahead = self.start_commit(shipment)
+                    if entry.memory:
+                        self.land(ahead)
+                        ahead = None
+                if ahead is None:
+                    self._memory(entry)
+                    self.committer.wake()
+        finally:
+            if ahead is not None and ahead.call is not None:
+                # NOTE: an error or a stop: the call is let end, so that no
+                # commit call of ours still runs when the loop starts
+                # again; its delta, not acknowledged here, is sent again
+                # and the manager answers with the restore point it made.
+                concurrent.futures.wait([ahead.call])
+
+    def _memory(self, entry) -> None:
+        if entry.memory:
+            # NOTE: after the ack: the state belongs to that restore
+            # point; an agent killed meanwhile sends it on restart.
+            sent = memory_mod.ship(self.owner, self.queue, entry)
+            if sent is not None:
+                with self.durable.cond:
+                    self.durable.memory_states += 1
+                    self.durable.shipped_memory_bytes += sent
 
     def ship(self, entry) -> None:
         """Send one delta until it is durable; its ack goes in the queue."""
-        conf = self.conf
-        self.queue.fix_parent(entry)
+        self.finish(self.prepare(entry))
+
+    def prepare(self, entry, provisional: bool = False) -> 'Shipment':
+        """Inspect the overlay, build its delta and send its parts.
+
+        ``provisional``: the previous delta's ack has not come yet; the
+        delta is built on the parent known now (for its structure only)
+        and neither it nor the entry's parent is fixed: :meth:`finish`
+        (or :meth:`start_commit`) fixes both once that ack came.
+        """
+        if not provisional:
+            self.queue.fix_parent(entry)
         started = self.owner.clock()
         t0 = time.perf_counter()
         # NOTE: the committer may be committing the overlay below, which
@@ -238,7 +302,11 @@ class Shipper:
         # The data clusters read afterwards stay where they are.
         with self.committer.chain_lock:
             info = self.inspect(entry)
-        delta = self._delta(entry, info)
+        # NOTE: the committer's turn, while the parts travel: a commit
+        # started now does not hold the next inspection.
+        self.committer.wake()
+        parent = entry.parent if not provisional else self.queue.state.parent
+        delta = self._delta(entry, info, parent)
         t1 = time.perf_counter()
         while True:
             try:
@@ -251,12 +319,54 @@ class Shipper:
                 if self.owner._stopping.wait(TOO_MANY_PARTS_WAIT):
                     raise Stopped()
         t2 = time.perf_counter()
+        LOG.debug('Instance %s: delta %d parts: inspect %.1f ms, parts '
+                  '(read, compress, put) %.1f ms; %d parts', self.instance,
+                  entry.sequence, (t1 - t0) * 1000, (t2 - t1) * 1000,
+                  delta.header.part_count)
+        return Shipment(entry, delta, sent, started)
+
+    def _fixed(self, shipment) -> None:
+        """The delta's parent, fixed (and saved) now that the previous
+        delta is durable."""
+        entry = shipment.entry
+        self.queue.fix_parent(entry)
+        if shipment.delta.header.parent != entry.parent:
+            shipment.delta.header = dataclasses.replace(
+                shipment.delta.header, parent=entry.parent)
+
+    def _commit_call(self, shipment) -> dict:
+        return self.owner._retry(
+            'commit of delta %d' % shipment.entry.sequence,
+            self.owner.manager_api.commit_delta,
+            shipment.delta.to_header_primitive(),
+            timeout=min(self.conf.agent.rpc_timeout, COMMIT_TIMEOUT))
+
+    def start_commit(self, shipment) -> 'Shipment':
+        """The commit call of ``shipment``, on the commit thread."""
+        self._fixed(shipment)
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix='cc-%s' % self.instance[:8])
+        shipment.t_commit = time.perf_counter()
+        shipment.call = self._pool.submit(self._commit_call, shipment)
+        return shipment
+
+    def land(self, shipment) -> None:
+        """Wait for the commit call started by :meth:`start_commit`."""
+        self.finish(shipment)
+
+    def finish(self, shipment) -> None:
+        """The commit call (or its outcome, when started already), until
+        the delta is durable; its ack goes in the queue."""
+        entry, delta = shipment.entry, shipment.delta
         try:
-            ack = self.owner._retry(
-                'commit of delta %d' % entry.sequence,
-                self.owner.manager_api.commit_delta,
-                delta.to_header_primitive(),
-                timeout=min(conf.agent.rpc_timeout, COMMIT_TIMEOUT))
+            if shipment.call is not None:
+                call, shipment.call = shipment.call, None
+                ack = call.result()
+            else:
+                self._fixed(shipment)
+                shipment.t_commit = time.perf_counter()
+                ack = self._commit_call(shipment)
         except exception.PartsMissing as e:
             # NOTE: the manager lost its spool (restarted on a new disk,
             # or a part file torn by a crash): send the parts again.
@@ -265,11 +375,15 @@ class Shipper:
             return self.ship(entry)
         t3 = time.perf_counter()
         self.queue.acknowledged(entry, ack['restore_point'])
-        LOG.debug('Instance %s: delta %d shipped: inspect %.1f ms, parts '
-                  '(read, compress, put) %.1f ms, commit call %.1f ms, ack '
-                  'saved %.1f ms; %d parts', self.instance, entry.sequence,
-                  (t1 - t0) * 1000, (t2 - t1) * 1000, (t3 - t2) * 1000,
-                  (time.perf_counter() - t3) * 1000, delta.header.part_count)
+        # NOTE: the snapshot loop may wait for room (unacknowledged
+        # deltas): there is some now; the committer has work.
+        with self.queue.progress:
+            self.queue.progress.notify_all()
+        LOG.debug('Instance %s: delta %d acknowledged: commit call %.1f '
+                  'ms, ack saved %.1f ms', self.instance, entry.sequence,
+                  (t3 - shipment.t_commit) * 1000,
+                  (time.perf_counter() - t3) * 1000)
+        sent = shipment.sent
         durable = self.durable
         with durable.cond:
             durable.shipped_bytes += sent
@@ -279,7 +393,7 @@ class Shipper:
         # deltas): the policy derives the shipping throughput from it, and
         # its intervals keep each delta's shipping shorter than the
         # interval, so deltas do not queue.
-        durable.now(sent, self.owner.clock() - started)
+        durable.now(sent, self.owner.clock() - shipment.started)
         # NOTE: the snapshot's time ends the line (epoch seconds): what a
         # guest reported durable before it is in the restore point.
         LOG.info('Instance %s: delta %d durable as %s (%d bytes sent), '
@@ -306,11 +420,11 @@ class Shipper:
             allow_backing=backing is not None, expected_backing=backing,
             limits=qemu.Limits.from_conf(conf))
 
-    def _delta(self, entry, info):
+    def _delta(self, entry, info, parent):
         conf = self.conf
         return delta_mod.from_image(
             info, instance=self.instance, project=self.queue.state.project,
-            sequence=entry.sequence, parent=entry.parent,
+            sequence=entry.sequence, parent=parent,
             max_part_bytes=conf.image.max_part_bytes,
             max_part_extents=conf.image.max_part_extents,
             compression_level=conf.image.compression_level,
