@@ -9,8 +9,11 @@ ack; then it records the ack in the queue and hands the entry to the
 committer (ha_snapshot/agent/committer.py), which commits the overlay down
 and only then removes the entry, while the next delta ships. A delta
 the manager lost the parts of (:class:`~ha_snapshot.exception.PartsMissing`)
-is sent again. :class:`Durable` keeps what the policy, the demo and the
-benchmarks read of it (latest restore points, shipping times and bytes).
+is sent again. :class:`~ha_snapshot.agent.durable.Durable` keeps what
+the policy, the demo and the benchmarks read of it (latest restore
+points, shipping times and bytes). Pipelined: while the manager merges
+one delta (its commit call runs on a thread of its own), the next one's
+parts travel.
 
 May import the delta engine, the image inspection and the hypervisor
 contract; it calls the manager through the client it is given and knows
@@ -28,6 +31,7 @@ from oslo_log import log as logging
 import oslo_messaging as messaging
 
 from ha_snapshot.agent import committer as committer_mod
+from ha_snapshot.agent import durable as durable_mod
 from ha_snapshot.agent import memory as memory_mod
 from ha_snapshot import delta as delta_mod
 from ha_snapshot import exception
@@ -58,56 +62,13 @@ COMMIT_TIMEOUT = 20
 # that many parts.
 TOO_MANY_PARTS_WAIT = 600
 
-# NOTE: the latest restore points an agent remembers (ids and snapshot
-# times, for the demo, benchmarks and operators): a window, not a history,
-# so that days of deltas cost no memory.
-RECENT_RESTORE_POINTS = 64
+RECENT_RESTORE_POINTS = durable_mod.RECENT_RESTORE_POINTS
 
 Stopped = exception.AgentStopped
 
 
-class Durable:
-    """What became durable lately, for the policy and for people: read
-    every attribute under ``cond`` (notified at each durable delta)."""
-
-    def __init__(self, clock=time.monotonic):
-        self.clock = clock
-        self.cond = threading.Condition()
-        self.last_durable_at = None
-        self.last_delta_bytes = 0
-        self.last_ship_seconds = 0.0
-        self.shipped_bytes = 0
-        """Compressed bytes of the deltas sent (memory states apart)."""
-        self.shipped_changed_bytes = 0
-        self.shipped_memory_bytes = 0
-        """Compressed bytes of memory-state chunks the store lacked."""
-        self.restore_points = collections.deque(
-            maxlen=RECENT_RESTORE_POINTS)
-        """The latest restore points made durable, oldest first."""
-        self.taken_at = {}
-        """Restore point id -> wall-clock time of its snapshot, for the
-        latest RECENT_RESTORE_POINTS."""
-        self.count = 0
-        """Deltas made durable since the agent started."""
-        self.memory_states = 0
-        """Memory states made durable since the agent started."""
-
-    def remember(self, restore_point: str, taken_at: float | None,
-                 shipped: bool = True) -> None:
-        with self.cond:
-            self.taken_at[restore_point] = taken_at
-            while len(self.taken_at) > RECENT_RESTORE_POINTS:
-                del self.taken_at[next(iter(self.taken_at))]
-            if shipped:
-                self.restore_points.append(restore_point)
-                self.count += 1
-
-    def now(self, sent: int, seconds: float) -> None:
-        with self.cond:
-            self.last_durable_at = self.clock()
-            self.last_delta_bytes = sent
-            self.last_ship_seconds = seconds
-            self.cond.notify_all()
+# NOTE: the snapshot loop builds it (ha_snapshot/agent/durable.py).
+Durable = durable_mod.Durable
 
 
 @dataclasses.dataclass
@@ -267,9 +228,19 @@ class Shipper:
             if ahead is not None and ahead.call is not None:
                 # NOTE: an error or a stop: the call is let end, so that no
                 # commit call of ours still runs when the loop starts
-                # again; its delta, not acknowledged here, is sent again
-                # and the manager answers with the restore point it made.
-                concurrent.futures.wait([ahead.call])
+                # again, and an ack that came is recorded: whoever reads
+                # the state next (a restart after the VM died, which tells
+                # a restore point made durable after the recovery chose
+                # its own by the state's parent) must see it. A delta
+                # whose call failed is sent again later.
+                try:
+                    ack = ahead.call.result()
+                except Exception as e:
+                    LOG.info('Instance %s: commit call of delta %d under '
+                             'way when shipping stopped: %s', self.instance,
+                             ahead.entry.sequence, e)
+                else:
+                    self._acknowledge(ahead, ack)
 
     def _memory(self, entry) -> None:
         if entry.memory:
@@ -358,7 +329,7 @@ class Shipper:
     def finish(self, shipment) -> None:
         """The commit call (or its outcome, when started already), until
         the delta is durable; its ack goes in the queue."""
-        entry, delta = shipment.entry, shipment.delta
+        entry = shipment.entry
         try:
             if shipment.call is not None:
                 call, shipment.call = shipment.call, None
@@ -373,6 +344,11 @@ class Shipper:
             LOG.warning('Instance %s: %s; sending again', self.instance,
                         str(e).splitlines()[0])
             return self.ship(entry)
+        self._acknowledge(shipment, ack)
+
+    def _acknowledge(self, shipment, ack) -> None:
+        """Record the durable ack of ``shipment``'s delta."""
+        entry, delta = shipment.entry, shipment.delta
         t3 = time.perf_counter()
         self.queue.acknowledged(entry, ack['restore_point'])
         # NOTE: the snapshot loop may wait for room (unacknowledged
