@@ -193,7 +193,10 @@ AGENT_OPTS = [
                     'acknowledged: a manager that is away stops the '
                     'snapshots here, not the VM. The achieved RPO may '
                     'exceed the policy\'s target by up to this many '
-                    'shipping times when deltas queue.'),
+                    'shipping times when deltas queue. Acknowledged '
+                    'overlays are committed down apart from the shipping; '
+                    'the shipping waits while this many of them wait for '
+                    'their commit.'),
     cfg.IntOpt('parts_in_flight', default=3, min=1, max=16,
                help='Parts of one delta sent at once: the manager checks '
                     'and stores one while the next travel. Each holds up '

@@ -16,17 +16,17 @@ OPTS = [
                     'namespace: "fixed" (every [policy] interval seconds) '
                     'or "adaptive" (keeps the recovery point objective '
                     '[policy] rpo_target).'),
-    cfg.FloatOpt('interval', default=60.0, min=1.0,
+    cfg.FloatOpt('interval', default=60.0, min=0.2,
                  help='Seconds between two snapshots, for the fixed '
                       'policy.'),
-    cfg.FloatOpt('rpo_target', default=60.0, min=1.0,
+    cfg.FloatOpt('rpo_target', default=60.0, min=0.2,
                  help='Recovery point objective of the adaptive policy, '
                       'in seconds: the most writes, counted in time, that '
                       'a failure may lose. The achieved RPO is the age of '
                       'the newest durable restore point just before the '
                       'next one becomes durable, about one interval plus '
                       'one shipping time.'),
-    cfg.FloatOpt('min_interval', default=5.0, min=0.5,
+    cfg.FloatOpt('min_interval', default=5.0, min=0.1,
                  help='Shortest time between two snapshots (seconds), '
                       'whatever the adaptive policy computes. At most '
                       'rpo_target.'),
