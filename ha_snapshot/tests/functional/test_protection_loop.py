@@ -743,10 +743,16 @@ class ProtectionLoopTest(daemons.DaemonsTestCase):
         self.wait_log(svc.agent, 'delta %d durable' % killed, offset, 10)
         self.assertNotIn(killed, self.spooled(inst))
         # The first snapshot the new agent takes holds every write that
-        # ended before the kill.
-        rows = self.wait_points(
-            inst, 3, pred=lambda r: r.delta_sequence > taken)
-        nxt = [r for r in rows if r.delta_sequence > taken][0]
+        # ended before the kill. NOTE: an overlay the old agent froze just
+        # before the kill, before its state file said so, is adopted and
+        # sent first (no taken_at): it holds writes up to that snapshot
+        # only, so it is not the one checked here.
+        def new_agents(r):
+            return (r.delta_sequence > taken and r.taken_at is not None
+                    and ts(r.taken_at) > kill_time)
+        rows = self.wait_points(inst, 1, pred=new_agents)
+        nxt = min((r for r in rows if new_agents(r)),
+                  key=lambda r: r.delta_sequence)
         path = self.export(inst, nxt.id)
         self.assertEqual([], self.problems(
             path, [w for w in g.snapshot_writes() if w.ended < kill_time],
