@@ -16,6 +16,8 @@ import tempfile
 import threading
 import time
 
+import fixtures
+
 from ha_snapshot.agent import live_restore
 from ha_snapshot.conf import hypervisor as hypervisor_conf
 from ha_snapshot import delta as delta_mod
@@ -34,6 +36,8 @@ SPEED = 12 * MiB
 
 
 def nbd_dirs() -> set:
+    # NOTE: the test's own temporary directory (setUp): tests running
+    # beside it in other workers make and remove their own.
     return {d for d in os.listdir(tempfile.gettempdir())
             if d.startswith('hs-nbd-')}
 
@@ -53,6 +57,12 @@ class LiveRestoreTest(base.TestCase):
         qemu_fixture.require_qemu(self.driver.opts.binary)
         self.store = store_mod.RecoveryStore.from_conf(self.conf)
         self.instance = 'b7c5b6a2-3d61-4d0e-9a53-51a1c1a3e0aa'
+        # NOTE: a VM name and a temporary directory of this test's own:
+        # the other tests of the class may run at the same time.
+        self.name = 'lr-%s' % os.urandom(4).hex()
+        tmp = self.path('tmp')
+        os.makedirs(tmp)
+        self.useFixture(fixtures.MonkeyPatch('tempfile.tempdir', tmp))
         self.vm = None
         self.addCleanup(self._kill)
 
@@ -92,7 +102,7 @@ class LiveRestoreTest(base.TestCase):
 
     def start_vm(self, disk_path):
         self.vm = self.driver.start(hv.VMSpec(
-            name='lr', disks=(hv.DiskSpec(disk_path),),
+            name=self.name, disks=(hv.DiskSpec(disk_path),),
             qmp_path=self.path('lr.qmp'), log_path=self.path('lr.log')))
         self.started.set()
         return self.vm
@@ -108,13 +118,17 @@ class LiveRestoreTest(base.TestCase):
             try:
                 box['outcome'] = live_restore.restore(
                     self.conf, self.driver, manifest, get_chunk, disk,
-                    self.start_vm, t0=time.monotonic(), name='lr',
+                    self.start_vm, t0=time.monotonic(), name=self.name,
                     speed=SPEED)
             except Exception as e:
                 box['error'] = e
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
-        self.assertTrue(self.started.wait(30), 'the VM to start')
+        # NOTE: a restore that failed before the VM started says why.
+        deadline = time.monotonic() + 60
+        while not self.started.wait(0.1) and 'error' not in box:
+            self.assertLess(time.monotonic(), deadline, 'the VM to start')
+        self.assertNotIn('error', box)
         return thread, box
 
     def wait_streaming(self):
