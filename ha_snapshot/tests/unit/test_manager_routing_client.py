@@ -49,23 +49,30 @@ class Replica:
         return {'restore_point': 'rp', 'owner': self.cluster['owner']}
 
 
+def start_replicas(test, hosts) -> None:
+    """Fake manager replicas ``hosts`` on a fake bus, the owner ``m2``:
+    sets the test's ``transport``, ``cluster``, ``replicas`` and ``api``
+    (a ManagerAPI client); the servers stop with the test."""
+    test.transport = rpc.get_transport(base.make_conf(test.store_dir),
+                                       url='fake:///')
+    test.cluster = {'owner': 'm2'}
+    test.replicas = {}
+    for host in hosts:
+        replica = Replica(host, test.cluster)
+        server = rpc.get_server(test.transport, rpc.MANAGER_TOPIC, host,
+                                [replica])
+        server.start()
+        test.addCleanup(server.wait)
+        test.addCleanup(server.stop)
+        test.replicas[host] = replica
+    test.api = rpcapi.ManagerAPI(test.transport, timeout=5)
+
+
 class ClientRoutingTest(base.TestCase):
 
     def setUp(self):
         super().setUp()
-        conf = base.make_conf(self.store_dir)
-        self.transport = rpc.get_transport(conf, url='fake:///')
-        self.cluster = {'owner': 'm2'}
-        self.replicas = {}
-        for host in ('m1', 'm2', 'm3'):
-            replica = Replica(host, self.cluster)
-            server = rpc.get_server(self.transport, rpc.MANAGER_TOPIC, host,
-                                    [replica])
-            server.start()
-            self.addCleanup(server.wait)
-            self.addCleanup(server.stop)
-            self.replicas[host] = replica
-        self.api = rpcapi.ManagerAPI(self.transport, timeout=5)
+        start_replicas(self, ('m1', 'm2', 'm3'))
 
     def taken(self):
         return {h: r.taken for h, r in self.replicas.items() if r.taken}

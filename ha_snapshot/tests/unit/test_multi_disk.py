@@ -19,7 +19,6 @@ from ha_snapshot.hypervisor import base as hv_base
 from ha_snapshot.image import inspect as image_inspect
 from ha_snapshot.manager import rpcapi
 from ha_snapshot import protection_spec
-from ha_snapshot import rpc
 from ha_snapshot.storage import objects
 from ha_snapshot.tests import base
 from ha_snapshot.tests.unit import test_manager_routing_client as routing
@@ -385,19 +384,7 @@ class CompatibilityTest(base.TestCase):
 
     def setUp(self):
         super().setUp()
-        self.transport = rpc.get_transport(base.make_conf(self.store_dir),
-                                           url='fake:///')
-        self.cluster = {'owner': 'm2'}
-        self.replicas = {}
-        for host in ('m1', 'm2'):
-            replica = routing.Replica(host, self.cluster)
-            server = rpc.get_server(self.transport, rpc.MANAGER_TOPIC, host,
-                                    [replica])
-            server.start()
-            self.addCleanup(server.wait)
-            self.addCleanup(server.stop)
-            self.replicas[host] = replica
-        self.api = rpcapi.ManagerAPI(self.transport, timeout=5)
+        routing.start_replicas(self, ('m1', 'm2'))
 
     def header(self, disks=None):
         h = {'instance': routing.INSTANCE, 'sequence': 1}
