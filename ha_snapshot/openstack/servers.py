@@ -13,8 +13,8 @@ image than the recovery's with the one Nova shows. ``stop`` and
 ``wait_stopped`` serve the host evacuation too: ``errors`` says which
 exceptions a failure raises (:data:`REBUILD` or the evacuation's).
 A poll Nova does not answer (its API is often busy while a host has
-failed) is logged and tried again until the wait's deadline; a server
-Nova no longer has fails the wait at once.
+failed) is logged and tried again until the wait's deadline, in every
+wait; a server Nova no longer has fails the wait at once.
 
 May import ha_snapshot.exception and ha_snapshot.openstack.clients; takes
 openstacksdk compute proxies.
@@ -211,8 +211,17 @@ def wait_active(nova, server_id: str, image: str, *, timeout: float,
     # ACTIVE only after our os-start, and any ACTIVE must still be ACTIVE
     # at the next poll (the server may have been stopped after we looked).
     seen_active = False
+    last_error = []
     while True:
-        server = get(nova, server_id)
+        server = poll(nova, server_id, last_error)
+        if server is None:
+            seen_active = False
+            if clock() >= deadline:
+                raise exception.RebuildFailed(
+                    server=server_id, reason='not running within %.0f s; '
+                    'Nova did not answer: %s' % (timeout, last_error[0]))
+            sleep(interval)
+            continue
         task = server.task_state
         fault = (server.fault or {}).get('message') or 'no fault recorded'
         if task is None and server.status == 'ERROR':

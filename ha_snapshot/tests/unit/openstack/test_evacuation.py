@@ -143,3 +143,44 @@ class SharedStopTest(testtools.TestCase):
             evacuation.ERRORS)
         self.assertIn('Nova refused to stop it (status ACTIVE, task '
                       'rebuilding)', str(e))
+
+
+class WaitActiveTest(testtools.TestCase):
+    """servers.wait_active (the rebuild's last wait) tries unanswered
+    polls again too, and an unanswered poll breaks a run of ACTIVE."""
+
+    IMAGE = 'img-1'
+
+    def server(self, status, task=None):
+        vm = server('compute1', status, task)
+        vm.id = 's-1'
+        vm.image = types.SimpleNamespace(id=self.IMAGE)
+        return vm
+
+    def wait(self, answers):
+        clock = base.FakeClock()
+        nova = _Nova(answers)
+        return servers.wait_active(nova, 's-1', self.IMAGE, timeout=10,
+                                   interval=1, clock=clock,
+                                   sleep=clock.sleep), nova
+
+    def test_an_unanswered_poll_is_tried_again(self):
+        active = self.server('ACTIVE')
+        got, nova = self.wait([ksa_exc.ConnectFailure('busy'), active,
+                               ksa_exc.ConnectFailure('busy'), active,
+                               active])
+        self.assertIs(active, got)
+        # NOTE: ACTIVE, unanswered, ACTIVE, ACTIVE: the unanswered poll
+        # ended the first run, so two ACTIVE in a row came after it.
+        self.assertEqual(5, nova.calls)
+
+    def test_nova_silent_until_the_deadline_fails_naming_why(self):
+        e = self.assertRaises(exception.RebuildFailed, self.wait,
+                              [ksa_exc.ConnectFailure('refused')])
+        self.assertIn('not running within 10 s; Nova did not answer: ',
+                      str(e))
+
+    def test_a_deleted_server_fails_at_once(self):
+        e = self.assertRaises(exception.RebuildFailed, self.wait,
+                              [sdk_exc.NotFoundException('gone')])
+        self.assertIn('Nova has no such server any more', str(e))
