@@ -79,8 +79,8 @@ from ha_snapshot.agent import service as agent_service
 from ha_snapshot import conf as ha_conf
 from ha_snapshot.db import migration
 from ha_snapshot import hypervisor
-from ha_snapshot.hypervisor import base as hv_base
 from ha_snapshot.hypervisor import hmp
+from ha_snapshot.hypervisor import process as hv_process
 from ha_snapshot.manager import service as manager_service
 from ha_snapshot import rpc
 
@@ -368,15 +368,9 @@ class Stalls:
 
 
 def start_vm(work, driver, policy):
-    disk = os.path.join(work, '%s.qcow2' % policy)
-    c.run('qemu-img', 'create', '-q', '-f', 'qcow2', disk, str(DISK))
-    spec = hv_base.VMSpec(
-        name='rpo-%s' % policy,
-        qmp_path=os.path.join(work, '%s.qmp' % policy),
-        log_path=os.path.join(work, '%s.log' % policy),
-        disks=(hv_base.DiskSpec(path=disk),))
+    spec = hv_process.bare_spec(work, 'rpo-%s' % policy, DISK)
     vm = driver.start(spec)
-    return disk, spec, vm, driver.disks(vm)[0].name
+    return spec.disks[0].path, spec, vm, driver.disks(vm)[0].name
 
 
 def run_variant(work, broker, kind, policies, seconds, rate, min_interval,

@@ -46,6 +46,7 @@ from ha_snapshot import conf as ha_conf
 from ha_snapshot.db import api as db_api
 from ha_snapshot import hypervisor
 from ha_snapshot.hypervisor import base as hv_base
+from ha_snapshot.hypervisor import process as hv_process
 from ha_snapshot import rpc
 
 AGENT_HOST = 'scale-host'
@@ -242,12 +243,7 @@ def start_vms(driver, work, count, first, started):
     out = []
     for i in range(first, first + count):
         name = 'scale%03d' % i
-        disk = os.path.join(work, 'vms', name + '.qcow2')
-        c.run('qemu-img', 'create', '-q', '-f', 'qcow2', disk, str(DISK))
-        spec = hv_base.VMSpec(
-            name=name, qmp_path=os.path.join(work, 'vms', name + '.qmp'),
-            log_path=os.path.join(work, 'vms', name + '.log'),
-            disks=(hv_base.DiskSpec(path=disk),))
+        spec = hv_process.bare_spec(os.path.join(work, 'vms'), name, DISK)
         vm = start_vm(driver, spec)
         started.append((name, spec, vm, None))
         node = driver.disks(vm)[0].name

@@ -42,7 +42,7 @@ from ha_snapshot.guest import boot as guest_boot
 from ha_snapshot.guest import build as guest_build
 from ha_snapshot.guest import records as guest_records
 from ha_snapshot import hypervisor
-from ha_snapshot.hypervisor import base as hv_base
+from ha_snapshot.hypervisor import process as hv_process
 from ha_snapshot.manager import service as manager_service
 from ha_snapshot import rpc
 from ha_snapshot import statuses
@@ -367,14 +367,8 @@ def run(work: str, *, vms: int = 2, seconds: float = 20.0,
                     driver, image, work, i)
                 disk = spec.disks[0].path
             else:
-                disk = os.path.join(work, 'vm%d.qcow2' % i)
-                subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2',
-                                disk, '256M'], check=True)
-                spec = hv_base.VMSpec(
-                    name='vm%d' % i,
-                    qmp_path=os.path.join(work, 'vm%d.qmp' % i),
-                    log_path=os.path.join(work, 'vm%d.log' % i),
-                    disks=(hv_base.DiskSpec(path=disk),))
+                spec = hv_process.bare_spec(work, 'vm%d' % i, 256 * MiB)
+                disk = spec.disks[0].path
                 vm = driver.start(spec)
             started_vms.append(vm)
             node = driver.disks(vm)[0].name

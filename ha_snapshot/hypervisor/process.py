@@ -233,3 +233,17 @@ class ProcessHandle:
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
+
+
+def bare_spec(workdir: str, name: str, size: int) -> base.VMSpec:
+    """The spec of a VM without a guest (machine ``none``: bare block
+    nodes) on a new, empty qcow2 disk ``<workdir>/<name>.qcow2`` of
+    ``size`` bytes, its QMP socket and log beside it: what the demo and
+    the benchmarks write to through the monitor."""
+    disk = os.path.join(workdir, '%s.qcow2' % name)
+    subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', disk,
+                    str(size)], check=True, timeout=60)
+    return base.VMSpec(name=name,
+                       qmp_path=os.path.join(workdir, '%s.qmp' % name),
+                       log_path=os.path.join(workdir, '%s.log' % name),
+                       disks=(base.DiskSpec(path=disk),))
