@@ -52,6 +52,9 @@ MiB = 1 << 20
 BLOCK = 64 * 1024
 HOST = 'demo-host'
 GUEST_TIMEOUT = 120
+RECOVERY_TIMEOUT = 240
+"""Seconds from the kill to the end of its recovery (a TCG guest on a
+busy host: most of it is QEMU starting and the guest resuming)."""
 DEMO_QUIESCE_SECONDS = 5
 """Seconds between application-consistent points of the demo guests."""
 
@@ -253,7 +256,8 @@ def check_guest(check, console, taken: float | None, restarted_log: str
 def wait_recovery(manager, inst: str, killed: float, progress) -> tuple:
     """(detect seconds, recover seconds) of the recovery after a kill."""
     detect = recover = None
-    deadline = killed + 120
+    deadline = killed + RECOVERY_TIMEOUT
+    recs = []
     while time.monotonic() < deadline and recover is None:
         time.sleep(0.05)
         row = manager.db.get_instance(inst)
@@ -268,7 +272,14 @@ def wait_recovery(manager, inst: str, killed: float, progress) -> tuple:
                 raise RuntimeError('recovery failed: %s' % recs[-1].error)
             recover = time.monotonic() - killed
     if recover is None:
-        raise RuntimeError('no recovery within 120 s')
+        row = manager.db.get_instance(inst)
+        last = ('recovery %s %s at step %s' % (
+            recs[-1].id, recs[-1].state, recs[-1].step) if recs
+            else 'no recovery started')
+        raise RuntimeError(
+            'no recovery within %d s of the kill: instance %s, last report '
+            '%r; %s' % (RECOVERY_TIMEOUT, row.status, row.last_report_reason,
+                        last))
     progress('recovered after %.2f s' % recover)
     return detect, recover
 

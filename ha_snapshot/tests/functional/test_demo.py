@@ -3,23 +3,37 @@ with real guests (the default) and with guest-less disks; a newcomer
 reads its progress on stdout and nothing on stderr."""
 
 import json
+import os
 import re
 import subprocess
 import sys
 
+import fixtures
 import testtools
 
 
 class DemoTestCase(testtools.TestCase):
 
     def demo(self, *args):
+        work = self.useFixture(fixtures.TempDir(rootdir='/var/tmp')).path
         r = subprocess.run(
             [sys.executable, '-m', 'ha_snapshot.cmd.demo', '--json',
-             '--seconds', '8'] + list(args), capture_output=True, text=True,
-            timeout=300)
+             '--seconds', '8', '--workdir', work] + list(args),
+            capture_output=True, text=True, timeout=420)
         lines = r.stdout.strip().splitlines()
         report = json.loads(lines[-1])
-        self.assertTrue(report['verified'], (report, r.stderr[-3000:]))
+        if not report['verified']:
+            # NOTE: what the demo printed and its log's warnings say why.
+            log = os.path.join(work, 'demo.log')
+            said = ''
+            if os.path.exists(log):
+                with open(log, errors='replace') as f:
+                    said = ''.join(line for line in f if re.search(
+                        r' (WARNING|ERROR|CRITICAL) ', line))
+            self.fail('the demo did not verify: %s\nstdout:\n%s\n'
+                      'stderr:\n%s\ndemo.log warnings:\n%s' % (
+                          report, r.stdout[-4000:], r.stderr[-3000:],
+                          said[-8000:]))
         self.assertEqual(0, r.returncode)
         # A newcomer reads progress on stdout, a line a second while the
         # workload runs, each VM's restore points, RPO and bytes shipped;
