@@ -588,7 +588,7 @@ class TestNovaServerProtection(LibvirtTestCase):
     domain the way the Nova hook asks: a spec with the instance uuid only;
     then a Nova-like rebuild and the rebaseline RPC."""
 
-    def start_services(self):
+    def start_services(self, agent_options=None):
         rabbit = self.useFixture(rabbitmq.SharedRabbitMQ())
         self.host = 'agent-%s' % uuid.uuid4().hex[:8]
         self.svc = self.useFixture(services.Services(
@@ -597,7 +597,8 @@ class TestNovaServerProtection(LibvirtTestCase):
                                  'backup_dir': self.path('agent-backups')},
                      # NOTE: no Nova here: a health report ends in a
                      # refused restart, never in a rebuild attempt.
-                     'recovery': {'actions': 'libvirt:restart'}}))
+                     'recovery': {'actions': 'libvirt:restart'},
+                     'agent': dict(agent_options or {})}))
         self.addOnException(lambda exc_info: [
             self.addDetail(name, content.text_content(text))
             for name, text in self.svc.logs().items()])
@@ -842,11 +843,11 @@ class TestNovaServerProtection(LibvirtTestCase):
             os.unlink(path)
         return base.new_overlay(path, base_file, backing_fmt='raw')
 
-    def two_disk_server(self):
+    def two_disk_server(self, agent_options=None):
         """A protected Nova-like server with a root (vda) and an
         ephemeral disk (vdb); (domain uuid, domain, root file, ephemeral
         file, the ephemeral's Expected)."""
-        self.start_services()
+        self.start_services(agent_options)
         eph = self.ephemeral_disk('server-disk.local')
         base_path = self.make_qcow2('server-base.qcow2', SIZE,
                                     'write -P 0x22 0 1M')
@@ -949,6 +950,45 @@ class TestNovaServerProtection(LibvirtTestCase):
             x, lambda p: p.taken_at is not None and p.taken_at > written,
             'taken after the writes')
         self.assertEqual(x.id, following[0].parent_id)
+        self.assertTrue(all(p.changed_bytes <= 128 * KiB
+                            for p in following),
+                        [p.changed_bytes for p in following])
+        self.assert_point_is(following[-1].id, self.expected.path,
+                             eph_expected.path)
+        self.unprotect()
+
+    def test_multi_disk_switched_on_takes_a_full_backup(self):
+        """An agent that shipped the root alone ([agent] multi_disk off, or
+        a manager before RPC 1.5) restarted with it on: a libvirt backup
+        holds the changed blocks only, so the first one of both disks
+        cannot be sent whole; the agent drops it and takes a full one."""
+        dom_uuid, dom, disk, eph, eph_expected = self.two_disk_server(
+            agent_options={'multi_disk': False})
+        vm = self.attach(dom_uuid)
+        first = self.wait_points(1)[0]
+        self.assertIsNone(first.disks)
+        self.write_both(vm, eph_expected, [(3 * MiB, 64 * KiB, 0x31)],
+                        [(0, 64 * KiB, 0), (2 * MiB, MiB, 0x41)])
+        written = db_engine.to_datetime(time.time())
+        self.points_after(
+            first, lambda p: p.taken_at is not None and p.taken_at > written,
+            'taken after the writes')
+        self.svc.agent.stop()
+        self.svc.options['agent']['multi_disk'] = True
+        services.write_config(self.svc.conf_file, self.svc.options)
+        self.svc.agent.start()
+        both = self.wait_for(lambda: [p for p in self.points() if p.disks],
+                             'a restore point of both disks')[0]
+        self.assertIn('taking a full snapshot', self.svc.agent.log())
+        self.assert_point_is(both.id, self.expected.path, eph_expected.path)
+        # Increments of both disks from then on.
+        self.write_both(vm, eph_expected, [(9 * MiB, 64 * KiB, 0x39)],
+                        [(5 * MiB, 64 * KiB, 0x45)])
+        written = db_engine.to_datetime(time.time())
+        following = self.points_after(
+            both, lambda p: p.taken_at is not None and p.taken_at > written,
+            'taken after the writes')
+        self.assertEqual(both.id, following[0].parent_id)
         self.assertTrue(all(p.changed_bytes <= 128 * KiB
                             for p in following),
                         [p.changed_bytes for p in following])
