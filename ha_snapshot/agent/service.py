@@ -75,6 +75,8 @@ class AgentService(service.Service):
         self.instances = {}
         self.restarts = {}
         """Instance -> the answer of its latest restart (the demo, tests)."""
+        self._rebaselines = {}
+        """Instance -> the lock its re-baselines take."""
         self.lock = threading.RLock()
         self.rpc_server = None
         self.app_metrics = None
@@ -536,7 +538,19 @@ class AgentService(service.Service):
         starts (ha_snapshot/agent/rebaseline_disks.py); the answer names
         them (``disks_restored``) and the disks of the domain the point
         does not hold (``disks_left``, as Nova made them).
+
+        One at a time per instance: a recovery that asks again while the
+        first call still writes the disks (its call timed out) waits for
+        it, then does it again (the writes are the same).
         """
+        with self.lock:
+            lock = self._rebaselines.setdefault(instance, threading.Lock())
+        with lock:
+            return self._rebaseline(instance, restore_point,
+                                    project=project, spec=spec)
+
+    def _rebaseline(self, instance: str, restore_point: str, *,
+                    project: str | None, spec) -> dict:
         if spec is not None:
             self._adopt(instance, project, spec, restore_point)
         st, vm = self._take(instance, expected_exit=True)
