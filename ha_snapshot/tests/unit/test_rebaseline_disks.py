@@ -52,7 +52,9 @@ def _digest(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
-class RebaselineDisksTest(base.TestCase):
+class PointTestCase(base.TestCase):
+    """A two-disk restore point in a store, and a rebuilt domain's
+    disks."""
 
     def setUp(self):
         super().setUp()
@@ -104,6 +106,10 @@ class RebaselineDisksTest(base.TestCase):
         return rebaseline_disks.restore(
             driver, VM(), rp, self.api.get_manifest(self.inst, rp),
             self.fetch, self.path('work'))
+
+
+
+class RebaselineDisksTest(PointTestCase):
 
     def test_other_disk_written_byte_for_byte(self):
         before = _digest(self.base_file)
@@ -239,3 +245,53 @@ def _snap():
     return hv_base.Snapshot(vm='v', disks=(fo('vda'), fo('vdb'), fo('vdc')),
                             qmp_seconds=0.0, transaction_seconds=0.0,
                             taken_at=0.0)
+
+
+class ServiceRebaselineTest(PointTestCase):
+    """The agent's rebaseline RPC refuses before change tracking starts:
+    the domain is let go, its state (parent, layout) is as it was, and
+    the disk is untouched."""
+
+    class Driver(Domain):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.calls = []
+
+        def attach(self, name, *args, **kwargs):
+            self.calls.append(('attach', name))
+            return VM()
+
+        def detach(self, vm):
+            self.calls.append('detach')
+
+        def start_tracking(self, vm):
+            self.calls.append('start_tracking')
+            return True
+
+        def stop_tracking(self, vm):
+            self.calls.append('stop_tracking')
+
+    def test_running_domain_refused_state_kept(self):
+        from ha_snapshot.agent import service as agent_service
+        from ha_snapshot.agent import state as state_mod
+        conf = base.make_conf(self.store_dir,
+                              agent__state_dir=self.path('agent'),
+                              agent__hypervisor='libvirt')
+        driver = self.Driver(self.domain(alive=True)._disks, alive=True)
+        svc = agent_service.AgentService(conf, driver=driver)
+        svc.manager_api = self.api
+        st = state_mod.InstanceState(
+            instance=self.inst, project='p',
+            spec={'nova': True, 'uuid': self.inst, 'domain': self.inst},
+            parent='older')
+        st.save(self.path('agent'))
+        before = _digest(self.eph)
+        e = self.assertRaises(exception.DiskRestoreRefused, svc.rebaseline,
+                              self.inst, self.rp)
+        self.assertIn('the domain runs', str(e))
+        self.assertEqual([('attach', self.inst), 'detach'], driver.calls)
+        self.assertEqual(before, _digest(self.eph))
+        again = state_mod.InstanceState.load(
+            state_mod.InstanceState.path_for(self.path('agent'), self.inst))
+        self.assertEqual(('older', None), (again.parent, again.layout))
+        self.assertEqual({}, svc.instances)
