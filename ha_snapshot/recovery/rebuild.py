@@ -317,9 +317,10 @@ def log_disks(uuid: str, host: str, restore_point: str, result) -> None:
     result = result or {}
     if 'disks_restored' not in result:
         return  # NOTE: an agent from before disks were restored
-    LOG.info('Instance %s: the agent on %s restored the disks %s from '
-             'restore point %s (the root from its image)%s', uuid, host,
-             ', '.join(result['disks_restored']) or 'none but the root',
+    LOG.info('Instance %s: the agent on %s restored %s from restore point '
+             '%s (the root from its image)%s', uuid, host,
+             'the disks %s' % ', '.join(result['disks_restored'])
+             if result['disks_restored'] else 'no disk but the root',
              restore_point,
              '; left as Nova made them: %s' % ', '.join(result['disks_left'])
              if result.get('disks_left') else '')
