@@ -333,6 +333,11 @@ class DiskNotFound(HypervisorError):
     msg_fmt = 'VM %(vm)s has no writable disk %(disk)r (disks: %(known)s)'
 
 
+class DiskRestoreRefused(HypervisorError):
+    msg_fmt = ('VM %(vm)s: disk %(disk)s not restored from restore point '
+               '%(restore_point)s: %(reason)s')
+
+
 class SnapshotFailed(HypervisorError):
     msg_fmt = ('Snapshot of VM %(vm)s failed, no disk changed: %(reason)s')
 

@@ -16,7 +16,7 @@ May import the hypervisor contract and the protection spec.
 
 import dataclasses
 
-from ha_snapshot.protection_spec import NOVA_DRIVER
+from ha_snapshot import disk_layout
 
 
 @dataclasses.dataclass
@@ -29,11 +29,25 @@ class Split:
 
 
 def multi_disk(conf, spec, manager_api) -> bool:
-    """Whether this agent ships every writable disk: the libvirt (Nova)
-    path stays on the root disk (its rebuild restores the root only)."""
-    return bool(conf.agent.multi_disk) and spec.driver_name(
-        conf.agent.hypervisor) != NOVA_DRIVER and (
-        manager_api.can_multi_disk())
+    """Whether this agent ships every writable disk (both drivers: the
+    libvirt (Nova) path restores the other disks in its re-baseline,
+    ha_snapshot/agent/rebaseline_disks.py)."""
+    return bool(conf.agent.multi_disk) and manager_api.can_multi_disk()
+
+
+def with_nova_roles(spec, disks):
+    """``spec`` with the roles of a Nova server's disks that its
+    ``disk_roles`` does not name: Nova calls a server's swap disk
+    ``disk.swap`` (``<uuid>_disk.swap`` on LVM), its ephemeral ones
+    ``disk.local`` and ``disk.eph<n>``. ``disks``: the driver's Disks."""
+    if not spec.nova:
+        return spec
+    roles = {d.name: disk_layout.SWAP for d in disks
+             if d.chain and d.active.path.endswith('disk.swap')}
+    roles.update(spec.disk_roles or {})
+    if roles == (spec.disk_roles or {}):
+        return spec
+    return spec.replace(disk_roles=roles)
 
 
 def split(snap, root: str, spec, multi: bool) -> Split:

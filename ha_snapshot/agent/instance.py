@@ -360,8 +360,11 @@ class SnapshotAgent(threading.Thread):
         multi = disks_mod.multi_disk(self.conf, spec, self.manager_api)
         # NOTE: asked before the snapshot, not between it and the queueing
         # (see _queue); a disk resized meanwhile is one more re-baseline.
-        sizes = ({d.name: d.virtual_size for d in self.driver.disks(self.vm)}
-                 if multi else {})
+        sizes = {}
+        if multi:
+            known = self.driver.disks(self.vm)
+            sizes = {d.name: d.virtual_size for d in known}
+            spec = disks_mod.with_nova_roles(spec, known)
         taken_at = time.time()
         if self.memory.due(self.state.spec):
             # NOTE: with the memory state of the same instant: never
@@ -378,6 +381,22 @@ class SnapshotAgent(threading.Thread):
             # NOTE: a disk plugged in since: a change of disks anyway.
             sizes = {d.name: d.virtual_size
                      for d in self.driver.disks(self.vm)}
+        if split.protected and not memory and self._needs_full(
+                split.protected, disks_mod.shape_of(split.protected,
+                                                    sizes)):
+            # NOTE: a change of disks sends them whole; a driver whose
+            # frozen images hold the changed blocks alone (libvirt) takes
+            # a full snapshot instead, once.
+            LOG.info('Instance %s: protected disks now %s (were %s): '
+                     'taking a full snapshot', self.instance,
+                     disks_mod.shape_of(split.protected, sizes),
+                     self.state.layout or 'the root only')
+            self.driver.full_next(self.vm, snap)
+            taken_at = time.time()
+            snap = self._take()
+            if snap is None:
+                return
+            split = disks_mod.split(snap, self._disk_name(), spec, multi)
         if split.protected:
             self._queue(split.protected,
                         disks_mod.shape_of(split.protected, sizes), snap,
@@ -395,6 +414,14 @@ class SnapshotAgent(threading.Thread):
             self.driver.commit(self.vm, fo, timeout=600)
         LOG.debug('Instance %s: snapshot in %.1f ms', self.instance,
                   snap.qmp_seconds * 1000)
+
+    def _needs_full(self, protected, shape) -> bool:
+        """Whether this snapshot's disks would be sent whole (a change of
+        disks) by a driver that cannot read them whole from their chains,
+        and are not whole already."""
+        return (not getattr(self.driver, 'frozen_in_chain', True)
+                and shape != self.state.layout
+                and not all(disks_mod.is_first(fo) for fo, _ in protected))
 
     def _queue(self, protected, shape, snap, taken_at, memory):
         """Queue the snapshot of the protected disks (the root first);

@@ -23,10 +23,12 @@ import oslo_messaging as messaging
 from ha_snapshot.agent import health as health_mod
 from ha_snapshot.agent import instance as instance_mod
 from ha_snapshot.agent import live_restore as live_mod
+from ha_snapshot.agent import rebaseline_disks
 from ha_snapshot.agent import restart_disks
 from ha_snapshot.agent import memory as memory_mod
 from ha_snapshot.agent import restore as restore_mod
 from ha_snapshot.agent import state as state_mod
+from ha_snapshot import disk_layout
 from ha_snapshot import exception
 from ha_snapshot import hypervisor
 from ha_snapshot.hypervisor import base as hv_base
@@ -73,6 +75,8 @@ class AgentService(service.Service):
         self.instances = {}
         self.restarts = {}
         """Instance -> the answer of its latest restart (the demo, tests)."""
+        self._rebaselines = {}
+        """Instance -> the lock its re-baselines take."""
         self.lock = threading.RLock()
         self.rpc_server = None
         self.app_metrics = None
@@ -527,7 +531,26 @@ class AgentService(service.Service):
         ``project`` and ``spec`` (the manager sends them after an
         evacuation): an instance this agent does not protect yet is
         protected from ``restore_point`` on, as if it had always been.
+
+        The rebuild gave the root disk back; every other disk the point
+        holds (its ephemeral disk; swap when protected) is written over
+        the stopped domain's file of that disk before change tracking
+        starts (ha_snapshot/agent/rebaseline_disks.py); the answer names
+        them (``disks_restored``) and the disks of the domain the point
+        does not hold (``disks_left``, as Nova made them).
+
+        One at a time per instance: a recovery that asks again while the
+        first call still writes the disks (its call timed out) waits for
+        it, then does it again (the writes are the same).
         """
+        with self.lock:
+            lock = self._rebaselines.setdefault(instance, threading.Lock())
+        with lock:
+            return self._rebaseline(instance, restore_point,
+                                    project=project, spec=spec)
+
+    def _rebaseline(self, instance: str, restore_point: str, *,
+                    project: str | None, spec) -> dict:
         if spec is not None:
             self._adopt(instance, project, spec, restore_point)
         st, vm = self._take(instance, expected_exit=True)
@@ -541,7 +564,19 @@ class AgentService(service.Service):
         vm = driver.attach(spec.domain or spec.name, spec.qmp_path,
                            spec.pid, log_path=spec.log_path)
         old_files = [x.frozen for x in st.pending if x.committable]
+        workdir = os.path.join(self.conf.agent.state_dir, instance)
         try:
+            # NOTE: before change tracking starts: the bitmaps begin on
+            # the disks as the restore point has them (see
+            # ha_snapshot/agent/rebaseline_disks.py).
+            manifest = self.manager_api.get_manifest(instance,
+                                                     restore_point)
+            written = rebaseline_disks.restore(
+                driver, vm, restore_point, manifest,
+                lambda m, path: restore_mod.fetch(
+                    self.manager_api, instance, restore_point, path,
+                    limits=qemu.Limits.from_conf(self.conf), manifest=m),
+                workdir, limits=qemu.Limits.from_conf(self.conf))
             if newer:
                 driver.stop_tracking(vm)
                 tracked = False
@@ -554,12 +589,14 @@ class AgentService(service.Service):
             # with "event callback already tracked".
             driver.detach(vm)
             raise
-        workdir = os.path.join(self.conf.agent.state_dir, instance)
         for path in old_files:
             if path.startswith(workdir) and os.path.exists(path):
                 os.unlink(path)
         st.pending = []
         st.spec = st.spec.replace(disk=None)
+        # NOTE: the disks are the point's now (a disk left as Nova made
+        # it, or protected otherwise, is a change of disks: a full delta).
+        st.layout = disk_layout.shape(manifest.get('disks') or None)
         if not newer:
             st.parent = restore_point
         st.baseline_restore_point = (None if tracked or newer
@@ -571,11 +608,16 @@ class AgentService(service.Service):
         self._start_instance(st, vm=vm, await_start=True)
         driver_name = self.driver_name(st.spec)
         LOG.info('Instance %s: rebaselined on restore point %s (%s driver; '
-                 'next delta %s)', instance, restore_point, driver_name,
+                 'disks restored: %s; left as they were: %s; next delta '
+                 '%s)', instance, restore_point, driver_name,
+                 ', '.join(written['restored']) or 'none (root only)',
+                 ', '.join(written['left']) or 'none',
                  'a full: newer restore points exist' if newer
                  else 'an increment' if tracked else 'none: the base is it')
         return {'instance': instance, 'restore_point': restore_point,
-                'driver': driver_name, 'full': newer}
+                'driver': driver_name, 'full': newer,
+                'disks_restored': written['restored'],
+                'disks_left': written['left']}
 
 
 def _check_restartable(instance: str, spec: Spec) -> None:

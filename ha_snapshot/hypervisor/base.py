@@ -352,6 +352,13 @@ class HypervisorDriver(abc.ABC):
     the driver.
     """
 
+    frozen_in_chain = True
+    """Whether a frozen image stays in its disk's chain, its backing the
+    disk as it was: a disk to send whole is read through that chain. A
+    driver whose frozen images are copies of the changed blocks alone
+    (libvirt's backups) says False, and has the next snapshot a full one
+    instead (:meth:`full_next`)."""
+
     def __init__(self, conf):
         self.conf = conf
 
@@ -449,6 +456,15 @@ class HypervisorDriver(abc.ABC):
         """Forget every frozen image and all change tracking (protection
         stops, or the manager needs a whole disk again): the next snapshot
         holds the whole disk. Nothing of ours stays in the VM's disks."""
+
+    def full_next(self, vm: VM, snap: Snapshot) -> None:
+        """Drop ``snap`` (just taken, not queued: its frozen images go)
+        and make the next snapshot a full one of every disk, keeping the
+        frozen images of earlier snapshots. Only a driver whose
+        :attr:`frozen_in_chain` is False needs it."""
+        raise NotImplementedError(
+            'the %s driver reads a disk whole from its chain'
+            % type(self).__name__)
 
     @abc.abstractmethod
     def blockstats(self, vm: VM) -> dict:

@@ -394,6 +394,12 @@ class LibvirtDriver(base.HypervisorDriver):
         with vm.op_lock:
             ops.drop_all(self, vm)
 
+    frozen_in_chain = False
+
+    def full_next(self, vm, snap) -> None:
+        with vm.op_lock:
+            ops.full_next(self, vm, snap)
+
     # --- I/O -----------------------------------------------------------------
 
     def blockstats(self, vm) -> dict:

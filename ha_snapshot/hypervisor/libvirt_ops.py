@@ -406,6 +406,29 @@ def _drop_bitmaps(drv, vm, state) -> None:
     state.save()
 
 
+def full_next(drv, vm, snap) -> None:
+    """Drop the backup ``snap`` (its files; the agent did not queue it)
+    and the bitmaps: the next backup is a full one. Checkpoints older
+    than it whose files wait to be shipped stay recorded (dead) until
+    committed."""
+    names = {fo.frozen.node for fo in snap.disks}
+    for fo in snap.disks:
+        _unlink(fo.frozen.path)
+    state = _load(drv, vm)
+    # NOTE: its checkpoint, with no files left, goes with the others'
+    # bitmaps; those of a domain that stopped meanwhile are found stale by
+    # the next (full) backup.
+    if drv.is_alive(vm):
+        _drop_bitmaps(drv, vm, state)
+    else:
+        for c in state.checkpoints:
+            c.live = False
+        state.checkpoints = [c for c in state.checkpoints if state.files(c)]
+        state.save()
+    LOG.info('Domain %s: backup %s dropped; the next one is full', vm.name,
+             ', '.join(sorted(names)))
+
+
 def drop_all(drv, vm) -> None:
     """Forget everything: bitmaps, checkpoints, delta files."""
     state = _load(drv, vm)

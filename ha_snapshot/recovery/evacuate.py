@@ -126,6 +126,7 @@ class EvacuateAction(rebuild.RebuildAction):
             if (result or {}).get('full'):
                 LOG.warning('Instance %s: the agent on %s sends the whole '
                             'disk', uuid, new_host)
+            rebuild.log_disks(uuid, new_host, restore_point, result)
         if resumed_at != 'cleanup-images':
             server = self._start(nova, uuid, image_id, progress)
 

@@ -261,6 +261,7 @@ class RebuildAction:
             LOG.warning('Instance %s: the agent on %s sends the whole disk '
                         'again (it holds a restore point newer than %s)',
                         uuid, host, restore_point)
+        log_disks(uuid, host, restore_point, result)
         return result
 
     def _proxy(self, group, service, name):
@@ -308,6 +309,21 @@ class RebuildAction:
             if os.path.exists(path):
                 os.unlink(path)
         return image
+
+
+def log_disks(uuid: str, host: str, restore_point: str, result) -> None:
+    """Which disks the agent's re-baseline wrote from the restore point
+    (its answer is in the recovery's record too)."""
+    result = result or {}
+    if 'disks_restored' not in result:
+        return  # NOTE: an agent from before disks were restored
+    LOG.info('Instance %s: the agent on %s restored %s from restore point '
+             '%s (the root from its image)%s', uuid, host,
+             'the disks %s' % ', '.join(result['disks_restored'])
+             if result['disks_restored'] else 'no disk but the root',
+             restore_point,
+             '; left as Nova made them: %s' % ', '.join(result['disks_left'])
+             if result.get('disks_left') else '')
 
 
 def recovery_id(progress) -> str | None:

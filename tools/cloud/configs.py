@@ -116,6 +116,10 @@ def nova(c, host=None) -> dict:
             # NOTE: guests without an OS never answer an ACPI shutdown:
             # rebuilds, deletes and evacuations would wait 60 s for one.
             'shutdown_timeout': 0, 'debug': False,
+            # NOTE: Nova formats a flavor's ephemeral disk; its default
+            # for an image without os_type is vfat (dosfstools, not in
+            # bindep.txt).
+            'default_ephemeral_format': 'ext4',
             'instance_usage_audit': False,
             'graceful_shutdown_timeout': 5,
             'service_down_time': SERVICE_DOWN_TIME,

@@ -40,6 +40,40 @@ WRITES = (('vd0', 0, MiB, 0xa1), ('vd0', 40 * MiB, 3 * MiB, 0xa2),
           ('vd1', DATA_SIZE - 64 * 1024, 64 * 1024, 0xb3))
 
 
+def split_point(store, inst: str, rp_id: str, outdir: str) -> dict:
+    """Restore point ``rp_id`` exported, cut in its disks: target -> a raw
+    file in ``outdir``."""
+    os.makedirs(outdir, exist_ok=True)
+    whole = os.path.join(outdir, '%s.raw' % rp_id)
+    rp = store.export(inst, whole, rp_id=rp_id)
+    out = {}
+    with open(whole, 'rb') as f:
+        for d in rp.disks:
+            path = os.path.join(outdir, '%s-%s.raw' % (rp_id, d['target']))
+            f.seek(d['offset'])
+            with open(path, 'wb') as g:
+                g.write(f.read(d['size']))
+            out[d['target']] = path
+    os.unlink(whole)
+    return out
+
+
+def holds(path: str, offset: int, length: int, pattern: int) -> bool:
+    with open(path, 'rb') as f:
+        f.seek(offset)
+        return f.read(length) == bytes([pattern]) * length
+
+
+def differs(raw: str, image: str, fmt: str = 'qcow2') -> str:
+    """'' when the guest view of ``image`` (through its backing chain) is
+    the raw file ``raw`` byte for byte, else qemu-img's words."""
+    r = subprocess.run(['qemu-img', 'compare', '-U', '-f', 'raw', '-F', fmt,
+                        raw, image], capture_output=True, text=True,
+                       timeout=120)
+    return '' if r.returncode == 0 else (r.stdout + r.stderr or
+                                         'exit code %d' % r.returncode)
+
+
 class TwoDiskGuest:
     """A q35 VM with a root and an ephemeral disk and a read-only config
     drive, started by the qemu driver, then left to the agent."""
@@ -162,32 +196,10 @@ class TwoDisksTest(daemons.DaemonsTestCase):
 
     def split(self, inst: str, rp_id: str) -> dict:
         """The restore point exported, cut in its disks (raw files)."""
-        os.makedirs(self.path('exports'), exist_ok=True)
-        whole = self.path('exports', '%s.raw' % rp_id)
-        rp = self.svc.store.export(inst, whole, rp_id=rp_id)
-        out = {}
-        with open(whole, 'rb') as f:
-            for d in rp.disks:
-                path = self.path('exports', '%s-%s.raw' % (rp_id,
-                                                           d['target']))
-                f.seek(d['offset'])
-                with open(path, 'wb') as g:
-                    g.write(f.read(d['size']))
-                out[d['target']] = path
-        os.unlink(whole)
-        return out
-
-    @staticmethod
-    def holds(path: str, offset: int, length: int, pattern: int) -> bool:
-        with open(path, 'rb') as f:
-            f.seek(offset)
-            return f.read(length) == bytes([pattern]) * length
+        return split_point(self.svc.store, inst, rp_id, self.path('exports'))
 
     def compare(self, raw: str, qcow2: str) -> None:
-        r = subprocess.run(['qemu-img', 'compare', '-U', '-f', 'raw', '-F',
-                            'qcow2', raw, qcow2], capture_output=True,
-                           text=True, timeout=120)
-        self.assertEqual(0, r.returncode, r.stdout + r.stderr)
+        self.assertEqual('', differs(raw, qcow2))
 
     def test_two_disks_restored_together(self):
         self.start_services()
@@ -236,8 +248,8 @@ class TwoDisksTest(daemons.DaemonsTestCase):
         self.assertIn('protected disks now', self.svc.agent.log())
         disks = self.split(inst, row.id)
         for device, offset, length, pattern in WRITES:
-            self.assertTrue(self.holds(disks[device], offset, length,
-                                       pattern), (device, offset))
+            self.assertTrue(holds(disks[device], offset, length, pattern),
+                            (device, offset))
         self.kill_and_check(g, inst, row)
 
     def start_guest(self) -> TwoDiskGuest:
@@ -271,8 +283,7 @@ class TwoDisksTest(daemons.DaemonsTestCase):
         target = rows[-1]
         disks = self.split(inst, target.id)
         for device, offset, length, pattern in WRITES:
-            self.assertTrue(self.holds(disks[device], offset, length,
-                                       pattern),
+            self.assertTrue(holds(disks[device], offset, length, pattern),
                             'restore point %s lacks the write of 0x%02x at '
                             '%d of %s' % (target.id, pattern, offset,
                                           device))
@@ -313,8 +324,7 @@ class TwoDisksTest(daemons.DaemonsTestCase):
             self.assertIn(path.encode(), cmdline)
         disks = self.split(inst, rec.restore_point_id)
         for device, offset, length, pattern in WRITES:
-            self.assertTrue(self.holds(disks[device], offset, length,
-                                       pattern))
+            self.assertTrue(holds(disks[device], offset, length, pattern))
         for device in ('vd0', 'vd1'):
             self.compare(disks[device], files[device])
         self.mark('both disks equal restore point %s' % rec.restore_point_id)

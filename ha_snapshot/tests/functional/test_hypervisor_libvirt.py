@@ -33,6 +33,7 @@ from ha_snapshot.tests import base
 from ha_snapshot.tests.fixtures import libvirt as libvirt_fixture
 from ha_snapshot.tests.fixtures import rabbitmq
 from ha_snapshot.tests.fixtures import services
+from ha_snapshot.tests.functional import test_disks
 
 KiB, MiB = base.KiB, base.MiB
 SIZE = 64 * MiB
@@ -59,6 +60,19 @@ DOMAIN_XML = '''<domain type='qemu'>
     <memballoon model='none'/>
   </devices>
 </domain>'''
+
+
+# NOTE: Nova's ephemeral disk: a qcow2 file (disk.local) on a raw file in
+# _base that Nova formatted (here: a pattern, so that what reads as zeros
+# in a restore point must be written as zeros, not left to the backing).
+EPHEMERAL_XML = '''    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='%(disk)s'/>
+      <target dev='vdb' bus='virtio'/>
+    </disk>
+'''
+EPHEMERAL_SIZE = 32 * MiB + 64 * KiB
+BASE_PATTERN = 0x55
 
 
 class Expected:
@@ -574,7 +588,7 @@ class TestNovaServerProtection(LibvirtTestCase):
     domain the way the Nova hook asks: a spec with the instance uuid only;
     then a Nova-like rebuild and the rebaseline RPC."""
 
-    def start_services(self):
+    def start_services(self, agent_options=None):
         rabbit = self.useFixture(rabbitmq.SharedRabbitMQ())
         self.host = 'agent-%s' % uuid.uuid4().hex[:8]
         self.svc = self.useFixture(services.Services(
@@ -583,7 +597,8 @@ class TestNovaServerProtection(LibvirtTestCase):
                                  'backup_dir': self.path('agent-backups')},
                      # NOTE: no Nova here: a health report ends in a
                      # refused restart, never in a rebuild attempt.
-                     'recovery': {'actions': 'libvirt:restart'}}))
+                     'recovery': {'actions': 'libvirt:restart'},
+                     'agent': dict(agent_options or {})}))
         self.addOnException(lambda exc_info: [
             self.addDetail(name, content.text_content(text))
             for name, text in self.svc.logs().items()])
@@ -681,7 +696,8 @@ class TestNovaServerProtection(LibvirtTestCase):
 
         result = self.api.rebaseline(self.host, self.inst, x.id, timeout=60)
         self.assertEqual({'instance': self.inst, 'restore_point': x.id,
-                          'driver': 'libvirt', 'full': False}, result)
+                          'driver': 'libvirt', 'full': False,
+                          'disks_restored': [], 'disks_left': []}, result)
         self.assertFalse(dom.isActive())
         # NOTE: the bitmap is in the image before any QEMU opens it.
         self.assertEqual(1, len(self.bitmaps(disk)))
@@ -780,7 +796,8 @@ class TestNovaServerProtection(LibvirtTestCase):
 
         result = self.api.rebaseline(self.host, self.inst, x.id, timeout=60)
         self.assertEqual({'instance': self.inst, 'restore_point': x.id,
-                          'driver': 'libvirt', 'full': False}, result)
+                          'driver': 'libvirt', 'full': False,
+                          'disks_restored': [], 'disks_left': []}, result)
         self.driver.detach(vm)
         vm = self.attach(dom_uuid)
         self.write(vm, [(9 * MiB, 64 * KiB, 0x39)])
@@ -809,3 +826,172 @@ class TestNovaServerProtection(LibvirtTestCase):
         self.assertFalse(os.path.exists(self.path('agent-backups',
                                                   self.inst)))
         self.assertEqual([], self.our_metadata(self.inst))
+
+    # --- every disk (issue 14 item 1, the Nova path) -------------------------
+
+    def ephemeral_disk(self, name):
+        """A Nova-like empty ephemeral disk: a new qcow2 file on the raw
+        _base file (made once, as Nova keeps it)."""
+        base_file = self.path('_base', 'ephemeral_0_32')
+        if not os.path.exists(base_file):
+            os.makedirs(os.path.dirname(base_file), exist_ok=True)
+            with open(base_file, 'wb') as f:
+                f.truncate(EPHEMERAL_SIZE)
+                f.write(bytes([BASE_PATTERN]) * MiB)
+        path = self.path(name)
+        if os.path.exists(path):
+            os.unlink(path)
+        return base.new_overlay(path, base_file, backing_fmt='raw')
+
+    def two_disk_server(self, agent_options=None):
+        """A protected Nova-like server with a root (vda) and an
+        ephemeral disk (vdb); (domain uuid, domain, root file, ephemeral
+        file, the ephemeral's Expected)."""
+        self.start_services(agent_options)
+        eph = self.ephemeral_disk('server-disk.local')
+        base_path = self.make_qcow2('server-base.qcow2', SIZE,
+                                    'write -P 0x22 0 1M')
+        disk = base.new_overlay(self.path('server.qcow2'), base_path)
+        dom_uuid = base.new_uuid()
+        self.dom_xml = (DOMAIN_XML % {'name': 'server', 'uuid': dom_uuid,
+                                      'disk': disk}).replace(
+            '    <controller', EPHEMERAL_XML % {'disk': eph}
+            + '    <controller', 1)
+        dom = self.conn.defineXML(self.dom_xml)
+        self.addCleanup(self._remove_domain, dom_uuid)
+        dom.create()
+        self.expected = Expected(self.path('server-expected.raw'), SIZE,
+                                 base_path)
+        eph_expected = Expected(self.path('server-eph-expected.raw'),
+                                EPHEMERAL_SIZE)
+        eph_expected.write(0, MiB, BASE_PATTERN)
+        self.inst = dom_uuid
+        self.svc.db.create_instance(self.inst, PROJECT, host=self.host,
+                                    status='protecting', driver='qemu')
+        self.api.protect(self.host, self.inst, PROJECT,
+                         {'nova': True, 'uuid': self.inst,
+                          'name': 'server-1'})
+        return dom_uuid, dom, disk, eph, eph_expected
+
+    def write_both(self, vm, eph_expected, root_writes, eph_writes):
+        self.write(vm, root_writes)
+        for offset, length, pattern in eph_writes:
+            if pattern == 0:
+                libvirt_ops.qemu_io(self.driver, vm, 'vdb', 'write -z %d %d'
+                                    % (offset, length))
+            else:
+                self.driver.write(vm, 'vdb', offset, length, pattern)
+            eph_expected.write(offset, length, pattern)
+
+    def assert_point_is(self, rp_id, root_raw, eph_raw):
+        disks = test_disks.split_point(self.svc.store, self.inst, rp_id,
+                                       self.path('exports'))
+        self.assertEqual(['vda', 'vdb'], sorted(disks))
+        self.assertTrue(base.same_image(disks['vda'], root_raw), 'vda')
+        self.assertTrue(base.same_image(disks['vdb'], eph_raw), 'vdb')
+        return disks
+
+    def test_ephemeral_disk_restored_by_the_rebaseline(self):
+        dom_uuid, dom, disk, eph, eph_expected = self.two_disk_server()
+        vm = self.attach(dom_uuid)
+        first = self.wait_points(1)[0]
+        self.assertEqual([['vda', 'root', SIZE],
+                          ['vdb', 'ephemeral', EPHEMERAL_SIZE]],
+                         [[d['target'], d['role'], d['size']]
+                          for d in json.loads(first.disks)])
+        # Patterns in both disks; zeros over part of the base file's
+        # pattern, and the ephemeral disk's last bytes.
+        self.write_both(vm, eph_expected,
+                        [(3 * MiB, 256 * KiB, 0x31), (0, 4 * KiB, 0x32)],
+                        [(0, 64 * KiB, 0), (2 * MiB, MiB, 0x41),
+                         (EPHEMERAL_SIZE - 64 * KiB, 64 * KiB, 0x42)])
+        written = db_engine.to_datetime(time.time())
+        self.points_after(
+            first, lambda p: p.taken_at is not None and p.taken_at > written,
+            'taken after the writes')
+        # The server fails; X: its newest point, both disks as written.
+        dom.destroy()
+        self.driver.detach(vm)
+        x = self.settled_point()
+        x_disks = self.assert_point_is(x.id, self.expected.path,
+                                       eph_expected.path)
+
+        # Nova's rebuild (stopped): the root from an image of X's root, an
+        # empty ephemeral disk on the same _base file.
+        dom = self.rebuild_stopped(dom, disk, x_disks['vda'])
+        self.ephemeral_disk('server-disk.local')
+        self.assertNotEqual('', test_disks.differs(x_disks['vdb'], eph))
+
+        result = self.api.rebaseline(self.host, self.inst, x.id, timeout=60)
+        self.assertEqual({'instance': self.inst, 'restore_point': x.id,
+                          'driver': 'libvirt', 'full': False,
+                          'disks_restored': ['vdb'], 'disks_left': []},
+                         result)
+        self.assertFalse(dom.isActive())
+        # Both disks are X's, byte for byte; the ephemeral one is still a
+        # qcow2 file on its _base file; each has its new bitmap only.
+        self.assertEqual('', test_disks.differs(x_disks['vda'], disk))
+        self.assertEqual('', test_disks.differs(x_disks['vdb'], eph))
+        info = json.loads(base.qemu_img('info', '-U', '--output=json', eph))
+        self.assertEqual(('qcow2', self.path('_base', 'ephemeral_0_32')),
+                         (info['format'], info['backing-filename']))
+        self.assertEqual(1, len(self.bitmaps(disk)))
+        self.assertEqual(self.bitmaps(disk), self.bitmaps(eph))
+        self.assertIn('disks restored: vdb', self.svc.agent.log())
+
+        # Nova starts it; the next delta is an increment on X holding the
+        # new writes of both disks only.
+        dom.create()
+        vm = self.attach(dom_uuid)
+        self.write_both(vm, eph_expected, [(9 * MiB, 64 * KiB, 0x39)],
+                        [(5 * MiB, 64 * KiB, 0x45)])
+        written = db_engine.to_datetime(time.time())
+        following = self.points_after(
+            x, lambda p: p.taken_at is not None and p.taken_at > written,
+            'taken after the writes')
+        self.assertEqual(x.id, following[0].parent_id)
+        self.assertTrue(all(p.changed_bytes <= 128 * KiB
+                            for p in following),
+                        [p.changed_bytes for p in following])
+        self.assert_point_is(following[-1].id, self.expected.path,
+                             eph_expected.path)
+        self.unprotect()
+
+    def test_multi_disk_switched_on_takes_a_full_backup(self):
+        """An agent that shipped the root alone ([agent] multi_disk off, or
+        a manager before RPC 1.5) restarted with it on: a libvirt backup
+        holds the changed blocks only, so the first one of both disks
+        cannot be sent whole; the agent drops it and takes a full one."""
+        dom_uuid, dom, disk, eph, eph_expected = self.two_disk_server(
+            agent_options={'multi_disk': False})
+        vm = self.attach(dom_uuid)
+        first = self.wait_points(1)[0]
+        self.assertIsNone(first.disks)
+        self.write_both(vm, eph_expected, [(3 * MiB, 64 * KiB, 0x31)],
+                        [(0, 64 * KiB, 0), (2 * MiB, MiB, 0x41)])
+        written = db_engine.to_datetime(time.time())
+        self.points_after(
+            first, lambda p: p.taken_at is not None and p.taken_at > written,
+            'taken after the writes')
+        self.svc.agent.stop()
+        self.svc.options['agent']['multi_disk'] = True
+        services.write_config(self.svc.conf_file, self.svc.options)
+        self.svc.agent.start()
+        both = self.wait_for(lambda: [p for p in self.points() if p.disks],
+                             'a restore point of both disks')[0]
+        self.assertIn('taking a full snapshot', self.svc.agent.log())
+        self.assert_point_is(both.id, self.expected.path, eph_expected.path)
+        # Increments of both disks from then on.
+        self.write_both(vm, eph_expected, [(9 * MiB, 64 * KiB, 0x39)],
+                        [(5 * MiB, 64 * KiB, 0x45)])
+        written = db_engine.to_datetime(time.time())
+        following = self.points_after(
+            both, lambda p: p.taken_at is not None and p.taken_at > written,
+            'taken after the writes')
+        self.assertEqual(both.id, following[0].parent_id)
+        self.assertTrue(all(p.changed_bytes <= 128 * KiB
+                            for p in following),
+                        [p.changed_bytes for p in following])
+        self.assert_point_is(following[-1].id, self.expected.path,
+                             eph_expected.path)
+        self.unprotect()

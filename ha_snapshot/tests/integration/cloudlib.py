@@ -200,28 +200,35 @@ class Domain:
             self.dom, command,
             libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
 
-    def write(self, pattern: int, offset: int, length: int) -> None:
-        """Write ``length`` bytes of ``pattern`` at ``offset`` of vda.
+    def write(self, pattern: int, offset: int, length: int,
+              target: str = 'vda') -> None:
+        """Write ``length`` bytes of ``pattern`` at ``offset`` of disk
+        ``target``.
 
         NOTE: HMP qemu-io on the disk's virtio device runs in the live
         QEMU, like a guest write (it goes through the active layer,
         whatever overlays and backups sit under it); an error comes back
         as text, not as a monitor error.
         """
-        out = self.hmp('qemu-io -d virtio-disk0/virtio-backend '
-                       '"write -P 0x%02x %d %d"' % (pattern, offset, length))
+        out = self.hmp('qemu-io -d %s/virtio-backend "write -P 0x%02x %d '
+                       '%d"' % (self._disk(target).find('alias').get('name'),
+                                pattern, offset, length))
         if out.strip():
             raise ScenarioError('qemu-io write into %s failed: %s'
                                 % (self.name, out.strip()))
 
-    def disk_path(self) -> str:
+    def _disk(self, target: str):
         import xml.etree.ElementTree as ET
         root = ET.fromstring(self.dom.XMLDesc())
         for disk in root.iter('disk'):
-            target = disk.find('target')
-            if target is not None and target.get('dev') == 'vda':
-                return disk.find('source').get('file')
-        raise ScenarioError('domain %s has no vda disk' % self.name)
+            t = disk.find('target')
+            if t is not None and t.get('dev') == target:
+                return disk
+        raise ScenarioError('domain %s has no %s disk' % (self.name,
+                                                         target))
+
+    def disk_path(self, target: str = 'vda') -> str:
+        return self._disk(target).find('source').get('file')
 
     def qemu_pid(self) -> int:
         path = os.path.join(self.host['libvirt_dir'], 'run', 'qemu',

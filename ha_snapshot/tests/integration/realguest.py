@@ -45,6 +45,10 @@ FREE_OFFSET = 192 * MiB
 """The scenario's monitor writes go here and above (the flavor's disk is
 1 GiB; the guest's partitions end at 105 MiB)."""
 MEMORY_MB = 256
+EPHEMERAL_GB = 1
+"""The guest's flavor has an ephemeral disk (vdb), which Nova formats
+and the guest never mounts: the scenario writes a pattern into it and
+checks the recovery gives it back (issue 14 item 1)."""
 POLL = 0.05
 """Console poll period (s): each stamp is at most this late, plus
 virtlogd's own delay."""
@@ -188,7 +192,8 @@ class GuestImage:
             120, 'Glance image %s (the test guest) to become active'
             % image.id)
         self.flavor = conn.compute.create_flavor(
-            name='ha-e2e-guest', ram=MEMORY_MB, vcpus=1, disk=1)
+            name='ha-e2e-guest', ram=MEMORY_MB, vcpus=1, disk=1,
+            ephemeral=EPHEMERAL_GB)
 
     def holds_boot_partition(self, raw_copy: str) -> bool:
         """The MBR and boot partition of ``raw_copy`` are the image's."""

@@ -12,14 +12,16 @@
    serial console as it grows (the guest's ``DURABLE n`` lines, stamped);
 3. writes known patterns into A's disk, past the guest's partitions,
    while it runs (HMP ``qemu-io`` through libvirt's QEMU monitor
-   passthrough), and waits for a restore point after each, sampling the
-   API's ``rpo_seconds`` all along;
+   passthrough), and a pattern into its ephemeral disk (the guest's
+   flavor has one), and waits for a restore point after each, sampling
+   the API's ``rpo_seconds`` all along;
 4. kills A's QEMU process (SIGKILL, by the pid libvirt recorded) and waits
    for a recovery to be started (the agent's health monitor), posting an
    Aodh-shaped alarm to the alarm endpoint only if none comes;
 5. waits for the recovery to succeed and A to be ACTIVE again on the
    rebuilt disk; copies that disk and checks every pattern written before
-   the restore point used, with qemu-io (not by asking ha-snapshot), and
+   the restore point used, with qemu-io (not by asking ha-snapshot), the
+   ephemeral disk's pattern (Nova made that disk anew), and
    the guest's boot partition; checks the guest as a user would
    (realguest.check_rebuilt, the result's ``guest`` object): it boots,
    the restore point's file system is clean after journal replay and
@@ -64,6 +66,10 @@ IMAGE_SIZE = 64 * MiB
 IMAGE_DATA = 16 * MiB
 WRITE = 256 * 1024
 WRITES = 4
+# NOTE: in the ext4 file system Nova made on the ephemeral disk (which
+# the guest never mounts), in a block group's data.
+EPHEMERAL_OFFSET = 200 * MiB
+EPHEMERAL_PATTERN = 0x5e
 PROTECT_TIMEOUT = 180
 RECOVERY_TIMEOUT = 600
 
@@ -284,6 +290,11 @@ class Scenario:
             self.wait_restore_point_taken_after(
                 a.id, time.time(), 'a restore point taken after write %d'
                 % i)
+        # The ephemeral disk (vdb) too: the recovery gives it back.
+        dom.write(EPHEMERAL_PATTERN, EPHEMERAL_OFFSET, WRITE, target='vdb')
+        self.wait_restore_point_taken_after(
+            a.id, time.time(), 'a restore point taken after the write into '
+            'the ephemeral disk')
         r['restore_points_before_failure'] = len(self.restore_points(a.id))
 
         # Failure: the QEMU process dies.
@@ -344,6 +355,14 @@ class Scenario:
                    'missing %s' % missing if missing else None)
         self.check('the rebuilt disk holds the image data (the guest\'s '
                    'boot partition)', image_ok)
+        # Nova's rebuild made the ephemeral disk anew (formatted, empty);
+        # the agent's re-baseline wrote the restore point's back.
+        copy = cloudlib.copy_disk(dom.disk_path('vdb'), self.workdir,
+                                  dom.nsenter(), fmt='raw')
+        self.check('the rebuilt ephemeral disk holds its write',
+                   cloudlib.holds_pattern(copy, EPHEMERAL_PATTERN,
+                                          EPHEMERAL_OFFSET, WRITE, 'raw'))
+        os.unlink(copy)
         r['guest'] = realguest.check_rebuilt(
             self, a, dom, rec['restore_point_id'], tail)
 
