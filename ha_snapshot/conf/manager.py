@@ -82,7 +82,12 @@ RECOVERY_OPTS = [
     cfg.IntOpt('timeout', default=300, min=10,
                help='Seconds the manager waits for the agent to answer '
                     'a recovery call (restart, or the re-baseline after '
-                    'a rebuild) before it fails the recovery. Not a '
+                    'a rebuild) before it fails the recovery. Both write '
+                    'the restore point\'s disks within the call (the '
+                    'restart every disk not live-restored, the re-baseline '
+                    'every disk but the root): raise it for servers with '
+                    'large disks (about 10 s per GiB of data measured '
+                    'here). Not a '
                     'limit on the whole recovery: the rebuild\'s wait '
                     'for Nova has [recovery] rebuild_timeout.'),
     cfg.IntOpt('workers', default=4, min=1,
