@@ -22,7 +22,6 @@ from ha_snapshot.agent import rpcapi as agent_rpcapi
 from ha_snapshot import disk_layout
 from ha_snapshot import hypervisor
 from ha_snapshot.hypervisor import base as hv_base
-from ha_snapshot.hypervisor import qmp
 from ha_snapshot.tests.fixtures import qemu as qemu_fixture
 from ha_snapshot.tests.fixtures import services
 from ha_snapshot.tests.functional import daemons
@@ -74,86 +73,46 @@ def differs(raw: str, image: str, fmt: str = 'qcow2') -> str:
                                          'exit code %d' % r.returncode)
 
 
-class TwoDiskGuest:
+class TwoDiskGuest(loop.Guest):
     """A q35 VM with a root and an ephemeral disk and a read-only config
     drive, started by the qemu driver, then left to the agent."""
 
     def __init__(self, driver, workdir: str, name: str = 'vm2'):
-        self.driver = driver
-        self.name = name
+        super().__init__(driver, workdir, name)
         self.files = {dev: os.path.join(workdir, '%s-%s.qcow2' % (name, dev))
                       for dev in ('vd0', 'vd1')}
+        self.disk_path = self.files['vd0']
         self.config_drive = os.path.join(workdir, '%s-config.raw' % name)
-        self.qmp_path = os.path.join(workdir, '%s.qmp' % name)
-        self.test_qmp_path = os.path.join(workdir, '%s-test.qmp' % name)
-        self.log_path = os.path.join(workdir, '%s.log' % name)
-        self.popen = None
-        self.monitor = None
         self.ended = 0.0
 
-    def start(self) -> 'TwoDiskGuest':
+    def make_disks(self) -> tuple:
         for dev, size in (('vd0', ROOT_SIZE), ('vd1', DATA_SIZE)):
             subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2',
                             self.files[dev], str(size)], check=True,
                            timeout=60)
         with open(self.config_drive, 'wb') as f:
             f.write(b'config drive\n'.ljust(MiB, b'\0'))
-        spec = hv_base.VMSpec(
-            name=self.name, machine='q35', paused=True,
-            disks=(hv_base.DiskSpec(path=self.files['vd0'], node='disk0',
-                                    device='vd0'),
-                   hv_base.DiskSpec(path=self.files['vd1'], node='disk1',
-                                    device='vd1')),
-            qmp_path=self.qmp_path, log_path=self.log_path,
-            extra_args=(
-                '-blockdev', json.dumps({
+        return (hv_base.DiskSpec(path=self.files['vd0'], node='disk0',
+                                 device='vd0'),
+                hv_base.DiskSpec(path=self.files['vd1'], node='disk1',
+                                 device='vd1'))
+
+    def extra_args(self) -> tuple:
+        return ('-blockdev', json.dumps({
                     'driver': 'raw', 'node-name': 'cfg', 'read-only': True,
                     'file': {'driver': 'file', 'read-only': True,
                              'filename': self.config_drive}}),
-                '-device', 'virtio-blk-pci,drive=cfg,id=cfg0',
-                '-qmp', 'unix:%s,server=on,wait=off' % self.test_qmp_path))
-        vm = self.driver.start(spec)
-        self.pid = vm.pid
-        self.popen = vm.process.popen
-        found = self.driver.disks(vm)
-        self.disk_names = sorted(d.name for d in found)
-        # NOTE: qemu-io -d takes the device's qdev path.
-        self.qdev = {d.name: d.device for d in found}
-        self.driver.detach(vm)
-        self.monitor = qmp.QmpClient(self.test_qmp_path, vm=self.name)
-        self.monitor.connect(10)
-        return self
+                '-device', 'virtio-blk-pci,drive=cfg,id=cfg0')
 
     def agent_spec(self) -> dict:
-        return {'name': self.name, 'qmp_path': self.qmp_path,
-                'pid': self.pid, 'log_path': self.log_path,
-                'disk': 'vd0', 'disk_path': self.files['vd0'],
-                'disk_roles': {'vd1': 'ephemeral'},
-                'vm': {'machine': 'q35', 'paused': True, 'node': 'disk0',
-                       'device': 'vd0'}}
+        return dict(super().agent_spec(), disk='vd0',
+                    disk_roles={'vd1': 'ephemeral'})
 
     def write(self, device: str, offset: int, length: int,
               pattern: int) -> None:
-        before = services.file_size(self.log_path)
-        out = self.monitor.execute(
-            'human-monitor-command',
-            {'command-line': 'qemu-io -d %s "write -P 0x%02x %d %d"'
-             % (self.qdev[device], pattern, offset, length)}, timeout=30)
-        said = services.read_from(self.log_path, before)
-        if out.strip() or loop._FAILURE.search(said):
-            raise hv_base.HmpError(vm=self.name, command='write',
-                                   reason=(out + said)[-500:])
+        self.qemu_io('write -P 0x%02x %d %d' % (pattern, offset, length),
+                     device)
         self.ended = time.time()
-
-    def kill(self) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(30)
-
-    def close(self) -> None:
-        if self.monitor is not None:
-            self.monitor.close()
-        self.kill()
 
 
 class TwoDisksTest(daemons.DaemonsTestCase):

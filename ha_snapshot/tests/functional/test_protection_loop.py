@@ -121,22 +121,34 @@ class Guest:
         self.popen = None
         self.monitor = None
 
-    def start(self) -> 'Guest':
+    def make_disks(self) -> tuple:
+        """Create the VM's disk files: its DiskSpecs, the root first
+        (subclasses add more)."""
         subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2',
                         self.disk_path, str(DISK_SIZE)], check=True,
                        timeout=60)
+        return (hv_base.DiskSpec(path=self.disk_path, node='disk0',
+                                 device='vd0'),)
+
+    def extra_args(self) -> tuple:
+        """More QEMU arguments (subclasses: more devices)."""
+        return ()
+
+    def start(self) -> 'Guest':
         spec = hv_base.VMSpec(
             name=self.name, machine='q35', paused=True,
-            disks=(hv_base.DiskSpec(path=self.disk_path, node='disk0',
-                                    device='vd0'),),
+            disks=self.make_disks(),
             qmp_path=self.qmp_path, log_path=self.log_path,
-            extra_args=('-qmp', 'unix:%s,server=on,wait=off'
-                        % self.test_qmp_path))
+            extra_args=self.extra_args() + (
+                '-qmp', 'unix:%s,server=on,wait=off' % self.test_qmp_path))
         vm = self.driver.start(spec)
         self.pid = vm.pid
         self.popen = vm.process.popen
-        disk = self.driver.disks(vm)[0]
-        self.disk_name, self.device = disk.name, disk.device
+        found = self.driver.disks(vm)
+        self.disk_name, self.device = found[0].name, found[0].device
+        self.disk_names = sorted(d.name for d in found)
+        # NOTE: qemu-io -d takes the device's qdev path.
+        self.qdev = {d.name: d.device for d in found}
         # NOTE: QMP serves one client per socket: the agent attaches to
         # the main one on its own; the test keeps the second.
         self.driver.detach(vm)
@@ -151,11 +163,14 @@ class Guest:
                 'vm': {'machine': 'q35', 'paused': True, 'node': 'disk0',
                        'device': 'vd0'}}
 
-    def qemu_io(self, command: str) -> None:
+    def qemu_io(self, command: str, disk: str | None = None) -> None:
+        """``command`` on disk ``disk`` (default the root) through its
+        guest device, as a guest write would go."""
+        device = self.qdev[disk] if disk else self.device
         before = services.file_size(self.log_path)
         out = self.monitor.execute(
             'human-monitor-command',
-            {'command-line': 'qemu-io -d %s "%s"' % (self.device, command)},
+            {'command-line': 'qemu-io -d %s "%s"' % (device, command)},
             timeout=30)
         if out.strip():
             raise hv_base.HmpError(vm=self.name, command=command,
