@@ -34,6 +34,7 @@ from oslo_config import cfg
 from ha_snapshot import conf as ha_conf
 from ha_snapshot.conf import storage as storage_conf
 from ha_snapshot import delta as delta_mod
+from ha_snapshot import delta_images
 from ha_snapshot.image import inspect as image_inspect
 from ha_snapshot.storage import store as store_mod
 
@@ -360,7 +361,7 @@ def inspect_overlay(conf, path: str):
 def build_delta(conf, info, *, instance: str, project: str = 'p',
                 sequence: int = 0, parent: str | None = None):
     """The lazy delta of an inspected file (from_image)."""
-    return delta_mod.from_image(
+    return delta_images.from_image(
         info, instance=instance, project=project, sequence=sequence,
         parent=parent, max_part_bytes=conf.image.max_part_bytes,
         max_part_extents=conf.image.max_part_extents,

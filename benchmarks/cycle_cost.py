@@ -4,7 +4,7 @@ Measures "extract + merge" of the same delta, 64 MiB of incompressible
 (random) data (16 MiB with --quick), on a 1 GiB and on a 64 GiB sparse disk:
 
 * extract: inspect the frozen qcow2 overlay (format inspector + qemu-img
-  info), ``delta.from_image`` (qemu-img map of the overlay alone) and
+  info), ``delta_images.from_image`` (qemu-img map of the overlay alone) and
   producing every part (pread, zstd, sha256);
 * wire: ``to_primitive`` (base64), ``json.dumps``/``json.loads`` and
   ``Delta.from_primitive`` (what oslo.messaging does around it);

@@ -8,7 +8,7 @@ The overlay is read with a null backing: its backing file is never opened.
 
 import os
 
-from ha_snapshot import delta as delta_mod
+from ha_snapshot import delta_images
 from ha_snapshot import exception
 from ha_snapshot.image import inspect as image_inspect
 from ha_snapshot.image import qemu
@@ -49,7 +49,7 @@ def import_file(conf, store, instance: str, path: str,
                        '(%d)' % (info.virtual_size, newest.virtual_size))
         parent, sequence = newest.id, newest.delta_sequence + 1
         project = project or newest.project
-    delta = delta_mod.from_image(
+    delta = delta_images.from_image(
         info, instance=instance, project=project, sequence=sequence,
         parent=parent, max_part_bytes=conf.image.max_part_bytes,
         max_part_extents=conf.image.max_part_extents,

@@ -36,6 +36,7 @@ from ha_snapshot.agent import committer as committer_mod
 from ha_snapshot.agent import durable as durable_mod
 from ha_snapshot.agent import memory as memory_mod
 from ha_snapshot import delta as delta_mod
+from ha_snapshot import delta_images
 from ha_snapshot import disk_layout
 from ha_snapshot import exception
 from ha_snapshot.hypervisor import base as hv_base
@@ -202,7 +203,7 @@ class Shipper:
                         entry.restore_point is None):
                     self._wait_for_commits()
                 # NOTE: a delta built before its parent is known must not
-                # be a full one (from_image makes any delta on no parent
+                # be a full one (delta_images makes any delta on no parent
                 # full): only on top of a durable restore point.
                 overlap = (ahead is not None and entry is not None
                            and entry.restore_point is None
@@ -403,7 +404,7 @@ class Shipper:
                 (image['disk'], image['role'], info.virtual_size)
                 for image, info in zip(entry.images(), infos)])
         conf = self.conf
-        return delta_mod.from_images(
+        return delta_images.from_images(
             infos, layout, instance=self.instance,
             project=self.queue.state.project,
             sequence=entry.sequence,

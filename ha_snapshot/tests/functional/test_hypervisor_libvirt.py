@@ -22,6 +22,7 @@ from testtools import content
 
 from ha_snapshot.agent import rpcapi as agent_rpcapi
 from ha_snapshot import delta as delta_mod
+from ha_snapshot import delta_images
 from ha_snapshot.db import engine as db_engine
 from ha_snapshot import exception
 from ha_snapshot import hypervisor
@@ -229,7 +230,7 @@ class LibvirtTestCase(base.TestCase):
             allow_backing=fo.backing is not None,
             expected_backing=fo.backing.path if fo.backing else None)
         self.sequence += 1
-        delta = delta_mod.from_image(
+        delta = delta_images.from_image(
             info, instance=self.inst, project=PROJECT,
             sequence=self.sequence, parent=self.parent,
             max_part_bytes=MiB, max_part_extents=64, full=fo.full)
@@ -492,7 +493,7 @@ class TestLibvirtDriver(LibvirtTestCase):
         info = image_inspect.inspect(
             fo.frozen.path, 'qcow2', max_virtual_size=1 << 40,
             allow_backing=True, expected_backing=disk)
-        delta = delta_mod.from_image(
+        delta = delta_images.from_image(
             info, instance=self.inst, project=PROJECT, sequence=1,
             parent='x', max_part_bytes=MiB, max_part_extents=64)
         self.assertEqual(64 * KiB, delta.header.changed_bytes)

@@ -20,7 +20,7 @@ import fixtures
 
 from ha_snapshot.agent import live_restore
 from ha_snapshot.conf import hypervisor as hypervisor_conf
-from ha_snapshot import delta as delta_mod
+from ha_snapshot import delta_images
 from ha_snapshot import exception
 from ha_snapshot.hypervisor import base as hv
 from ha_snapshot.hypervisor import hmp
@@ -81,7 +81,7 @@ class LiveRestoreTest(base.TestCase):
             f.write(b'\x5a' * (16 * MiB))
         info = image_inspect.inspect(
             raw, 'raw', max_virtual_size=self.conf.image.max_virtual_size)
-        rp = self.store.merge(delta_mod.from_image(
+        rp = self.store.merge(delta_images.from_image(
             info, instance=self.instance, project='p', sequence=0,
             parent=None, max_part_bytes=self.conf.image.max_part_bytes,
             max_part_extents=self.conf.image.max_part_extents))

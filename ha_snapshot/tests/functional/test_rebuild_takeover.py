@@ -38,7 +38,7 @@ from testtools import content
 
 from ha_snapshot.db import engine as db_engine
 from ha_snapshot.db import membership as db_membership
-from ha_snapshot import delta as delta_mod
+from ha_snapshot import delta_images
 from ha_snapshot import exception
 from ha_snapshot.image import inspect as image_inspect
 from ha_snapshot.manager import membership
@@ -124,7 +124,7 @@ class RebuildTakeoverTest(daemons.DaemonsTestCase):
         info = image_inspect.inspect(disk, 'qcow2', max_virtual_size=1 << 40,
                                      allow_backing=False)
         limits = self.svc.conf.image
-        prim = delta_mod.from_image(
+        prim = delta_images.from_image(
             info, instance=inst, project=PROJECT, sequence=0, parent=None,
             max_part_bytes=limits.max_part_bytes,
             max_part_extents=limits.max_part_extents).to_primitive()

@@ -10,6 +10,7 @@ import random
 import zstandard
 
 from ha_snapshot import delta as delta_mod
+from ha_snapshot import delta_images
 from ha_snapshot import exception
 from ha_snapshot.image import inspect as image_inspect
 from ha_snapshot.tests import base
@@ -38,7 +39,7 @@ class DeltaTestCase(base.TestCase):
                     parent=parent or base.new_uuid(), max_part_bytes=MiB,
                     max_part_extents=64)
         args.update(kw)
-        return delta_mod.from_image(self.info, **args)
+        return delta_images.from_image(self.info, **args)
 
     def wire(self, delta):
         return json.loads(json.dumps(delta.to_primitive()))
@@ -87,7 +88,7 @@ class DeltaTestCase(base.TestCase):
             f.write(b'\x44' * MiB + noise)
         info = image_inspect.inspect(self.path('noise.raw'), 'raw',
                                      max_virtual_size=1 << 40)
-        d = delta_mod.from_image(info, instance=self.instance, project='p',
+        d = delta_images.from_image(info, instance=self.instance, project='p',
                                  sequence=0, parent=None, max_part_bytes=MiB,
                                  max_part_extents=64)
         parts = list(d.parts())
@@ -126,7 +127,7 @@ class DeltaTestCase(base.TestCase):
         self.assertIsNotNone(d.header.parent)
         info = image_inspect.inspect(self.path('base.qcow2'), 'qcow2',
                                      max_virtual_size=1 << 40)
-        d = delta_mod.from_image(info, instance=self.instance, project='p',
+        d = delta_images.from_image(info, instance=self.instance, project='p',
                                  sequence=0, parent=None,
                                  max_part_bytes=MiB, max_part_extents=64)
         self.assertEqual(d.header.changed_bytes, d.header.data_bytes)
@@ -216,7 +217,7 @@ class DeltaTestCase(base.TestCase):
     def test_plan_parts_bounds(self):
         exts = [delta_mod.ranges.Extent(0, 5 * MiB, 'data', 0),
                 delta_mod.ranges.Extent(6 * MiB, 1, 'zero')]
-        parts = delta_mod.plan_parts(exts, 2 * MiB, 2)
+        parts = delta_images.plan_parts(exts, 2 * MiB, 2)
         self.assertEqual([2 * MiB, 2 * MiB, MiB],
                          [sum(n for _, n, k, _ in p if k == 'data')
                           for p in parts])

@@ -10,7 +10,7 @@ import fixtures
 from ha_snapshot.db import api as db_api
 from ha_snapshot.db import membership as db_membership
 from ha_snapshot.db import migration
-from ha_snapshot import delta as delta_mod
+from ha_snapshot import delta_images
 from ha_snapshot import exception
 from ha_snapshot.image import inspect as image_inspect
 from ha_snapshot.manager import intake
@@ -48,7 +48,7 @@ class _Base(base.TestCase):
     def delta(self, path, sequence, parent, backing=True):
         info = image_inspect.inspect(path, 'qcow2', max_virtual_size=1 << 40,
                                      allow_backing=backing)
-        d = delta_mod.from_image(info, instance=self.inst, project='p1',
+        d = delta_images.from_image(info, instance=self.inst, project='p1',
                                  sequence=sequence, parent=parent,
                                  max_part_bytes=MiB, max_part_extents=64)
         return json.loads(json.dumps(d.to_primitive()))

@@ -13,6 +13,7 @@ from ha_snapshot.agent import restart_disks
 from ha_snapshot.agent import shipper as shipper_mod
 from ha_snapshot.agent import state as state_mod
 from ha_snapshot import delta as delta_mod
+from ha_snapshot import delta_images
 from ha_snapshot import disk_layout
 from ha_snapshot import exception
 from ha_snapshot.hypervisor import base as hv_base
@@ -126,7 +127,7 @@ class TwoDiskDeltaTest(base.TestCase):
     def delta(self, paths, layout, parent=None, sequence=0, full=False):
         infos = [image_inspect.inspect(p, 'qcow2', max_virtual_size=1 << 40)
                  for p in paths]
-        return delta_mod.from_images(
+        return delta_images.from_images(
             infos, layout, instance=self.inst, project='p',
             sequence=sequence, parent=parent, max_part_bytes=MiB,
             max_part_extents=64, full=full)
@@ -444,7 +445,7 @@ class RebaselineTest(base.TestCase):
                                     'write -P 0xb1 0 1M')
         # The parent: the root alone (before the second disk was
         # protected).
-        parent = store.merge(delta_mod.from_image(
+        parent = store.merge(delta_images.from_image(
             image_inspect.inspect(root_base, 'qcow2',
                                   max_virtual_size=1 << 40),
             instance=inst, project='p', sequence=0, parent=None,

@@ -13,6 +13,7 @@ from ha_snapshot.agent import disks as disks_mod
 from ha_snapshot.agent import rebaseline_disks
 from ha_snapshot.agent import restore as restore_mod
 from ha_snapshot import delta as delta_mod
+from ha_snapshot import delta_images
 from ha_snapshot import disk_layout
 from ha_snapshot import exception
 from ha_snapshot.hypervisor import base as hv_base
@@ -71,13 +72,13 @@ class PointTestCase(base.TestCase):
                                    ('vdb', 'ephemeral', DATA_SIZE)])
         infos = [image_inspect.inspect(p, 'qcow2', max_virtual_size=1 << 40)
                  for p in (root, self.data)]
-        delta = delta_mod.from_images(
+        delta = delta_images.from_images(
             infos, layout, instance=self.inst, project='p', sequence=0,
             parent=None, max_part_bytes=MiB, max_part_extents=64)
         self.rp = store.merge(delta_mod.Delta.from_primitive(
             json.loads(json.dumps(delta.to_primitive())))).id
         self.single = store.merge(delta_mod.Delta.from_primitive(json.loads(
-            json.dumps(delta_mod.from_image(
+            json.dumps(delta_images.from_image(
                 infos[0], instance=self.inst, project='p', sequence=1,
                 parent=self.rp, max_part_bytes=MiB, max_part_extents=64,
                 full=True).to_primitive())))).id

@@ -8,6 +8,7 @@ import time
 import tracemalloc
 
 from ha_snapshot import delta as delta_mod
+from ha_snapshot import delta_images
 from ha_snapshot import exception
 from ha_snapshot.image import inspect as image_inspect
 from ha_snapshot.manager import spool as spool_mod
@@ -24,7 +25,7 @@ class SpoolTestCase(base.TestCase):
         disk = self.make_qcow2('disk.qcow2', 8 * MiB, 'write -P 0x11 0 1M',
                                'write -P 0x22 1M 1M', 'write -P 0x33 2M 1M')
         info = image_inspect.inspect(disk, 'qcow2', max_virtual_size=1 << 40)
-        d = delta_mod.from_image(info, instance=self.inst, project='p',
+        d = delta_images.from_image(info, instance=self.inst, project='p',
                                  sequence=4, parent=None, max_part_bytes=MiB,
                                  max_part_extents=64)
         self.prim = json.loads(json.dumps(d.to_primitive()))

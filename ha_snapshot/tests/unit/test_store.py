@@ -14,6 +14,7 @@ import zstandard
 
 from ha_snapshot import codec
 from ha_snapshot import delta as delta_mod
+from ha_snapshot import delta_images
 from ha_snapshot import exception
 from ha_snapshot.image import inspect as image_inspect
 from ha_snapshot import importer
@@ -108,7 +109,7 @@ class StoreTests:
     def wire_delta(self, path, parent, sequence=1, vsize=None):
         info = image_inspect.inspect(path, 'qcow2', max_virtual_size=1 << 40,
                                      allow_backing=True)
-        d = delta_mod.from_image(info, instance=self.inst,
+        d = delta_images.from_image(info, instance=self.inst,
                                  project='default', sequence=sequence,
                                  parent=parent, max_part_bytes=MiB,
                                  max_part_extents=64)
@@ -208,7 +209,7 @@ class StoreTests:
 
         def add_point(store):
             newest = store.newest(self.inst)
-            store.merge(delta_mod.from_image(
+            store.merge(delta_images.from_image(
                 info, instance=self.inst, project='p',
                 sequence=next(sequence), parent=newest and newest.id,
                 max_part_bytes=MiB, max_part_extents=64, full=True))
@@ -252,7 +253,7 @@ class StoreTests:
         store = self.make_store(self.conf)
         parent = None
         for sequence in range(40):
-            parent = store.merge(delta_mod.from_image(
+            parent = store.merge(delta_images.from_image(
                 info, instance=self.inst, project='p', sequence=sequence,
                 parent=parent, max_part_bytes=MiB, max_part_extents=64,
                 full=True)).id
@@ -404,7 +405,7 @@ class FullDeltaTestCase(base.TestCase):
         rp1 = importer.import_file(conf, store, inst, old)
         new = self.make_qcow2('new.qcow2', 6 * MiB, 'write -P 0x22 1M 512k')
         info = image_inspect.inspect(new, 'qcow2', max_virtual_size=1 << 40)
-        d = delta_mod.from_image(info, instance=inst, project='default',
+        d = delta_images.from_image(info, instance=inst, project='default',
                                  sequence=1, parent=rp1.id,
                                  max_part_bytes=MiB, max_part_extents=64,
                                  full=True)

@@ -17,7 +17,7 @@ from ha_snapshot.agent import rpcapi as agent_rpcapi
 from ha_snapshot.agent import service as agent_service
 from ha_snapshot.db import api as db_api
 from ha_snapshot.db import migration
-from ha_snapshot import delta as delta_mod
+from ha_snapshot import delta_images
 from ha_snapshot import exception
 from ha_snapshot.image import inspect as image_inspect
 from ha_snapshot.manager import manager as manager_mod
@@ -120,7 +120,7 @@ class RebuildTestBase(base.TestCase):
         info = image_inspect.inspect(base_img, 'qcow2',
                                      max_virtual_size=1 << 40,
                                      allow_backing=False)
-        d = delta_mod.from_image(info, instance=self.inst, project='p1',
+        d = delta_images.from_image(info, instance=self.inst, project='p1',
                                  sequence=0, parent=None, max_part_bytes=MiB,
                                  max_part_extents=64)
         prim = d.to_primitive()
@@ -270,7 +270,7 @@ class RebuildTestCase(RebuildTestBase):
         base.qemu_io(over, 'write -P 0x33 1M 1M')
         info = image_inspect.inspect(over, 'qcow2', max_virtual_size=1 << 40,
                                      allow_backing=True)
-        d = delta_mod.from_image(info, instance=self.inst, project='p1',
+        d = delta_images.from_image(info, instance=self.inst, project='p1',
                                  sequence=1, parent=self.rp,
                                  max_part_bytes=MiB, max_part_extents=64)
         prim = d.to_primitive()
