@@ -387,9 +387,11 @@ class TestLibvirtDriver(LibvirtTestCase):
             'ha_snapshot.hypervisor.libvirt_ops._wait_job', abort_then_wait))
         # NOTE: enough changed data that the job usually runs while we
         # abort it; on a loaded host it may conclude first (the snapshot
-        # then succeeds): commit it and provoke the failure again.
-        for attempt in range(3):
-            self.write(vm, [(0, 256 * MiB, 0x33 + attempt)])
+        # then succeeds): commit it and provoke the failure again, with
+        # more data each time.
+        sizes = (256, 512, 768, 768, 768)
+        for attempt, size in enumerate(sizes):
+            self.write(vm, [(0, size * MiB, 0x33 + attempt)])
             started.clear()
             try:
                 done = self.driver.snapshot(vm).disk('vda')
@@ -399,8 +401,8 @@ class TestLibvirtDriver(LibvirtTestCase):
             self.ship(done)
             self.driver.commit(vm, done)
         else:
-            self.fail('the backup job concluded before every one of 3 '
-                      'aborts: no failure was provoked')
+            self.fail('the backup job concluded before every one of %d '
+                      'aborts: no failure was provoked' % len(sizes))
         self.assertTrue(started.is_set())
         fill = 0x33 + attempt
         self.assertTrue(self.driver.is_alive(vm))
