@@ -946,19 +946,24 @@ class TestNovaServerProtection(LibvirtTestCase):
         # new writes of both disks only.
         dom.create()
         vm = self.attach(dom_uuid)
+        self.assert_increments_on(x, vm, eph_expected)
+        self.unprotect()
+
+    def assert_increments_on(self, point, vm, eph_expected) -> None:
+        """New writes into both disks: the restore points taken after
+        them are increments on ``point`` holding those writes alone."""
         self.write_both(vm, eph_expected, [(9 * MiB, 64 * KiB, 0x39)],
                         [(5 * MiB, 64 * KiB, 0x45)])
         written = db_engine.to_datetime(time.time())
         following = self.points_after(
-            x, lambda p: p.taken_at is not None and p.taken_at > written,
+            point, lambda p: p.taken_at is not None and p.taken_at > written,
             'taken after the writes')
-        self.assertEqual(x.id, following[0].parent_id)
+        self.assertEqual(point.id, following[0].parent_id)
         self.assertTrue(all(p.changed_bytes <= 128 * KiB
                             for p in following),
                         [p.changed_bytes for p in following])
         self.assert_point_is(following[-1].id, self.expected.path,
                              eph_expected.path)
-        self.unprotect()
 
     def test_multi_disk_switched_on_takes_a_full_backup(self):
         """An agent that shipped the root alone ([agent] multi_disk off, or
@@ -985,16 +990,5 @@ class TestNovaServerProtection(LibvirtTestCase):
         self.assertIn('taking a full snapshot', self.svc.agent.log())
         self.assert_point_is(both.id, self.expected.path, eph_expected.path)
         # Increments of both disks from then on.
-        self.write_both(vm, eph_expected, [(9 * MiB, 64 * KiB, 0x39)],
-                        [(5 * MiB, 64 * KiB, 0x45)])
-        written = db_engine.to_datetime(time.time())
-        following = self.points_after(
-            both, lambda p: p.taken_at is not None and p.taken_at > written,
-            'taken after the writes')
-        self.assertEqual(both.id, following[0].parent_id)
-        self.assertTrue(all(p.changed_bytes <= 128 * KiB
-                            for p in following),
-                        [p.changed_bytes for p in following])
-        self.assert_point_is(following[-1].id, self.expected.path,
-                             eph_expected.path)
+        self.assert_increments_on(both, vm, eph_expected)
         self.unprotect()
