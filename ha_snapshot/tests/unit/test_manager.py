@@ -405,6 +405,43 @@ class IntakeTestCase(_Base):
                           prim['header'])
         self.assert_left_nothing()
 
+    def test_commit_checks_the_row_its_guard_read(self):
+        """The row the RPC guard read for this very commit
+        (authz.INSTANCE_ROW) is checked instead of a second read; a
+        deleted instance's row is refused as one read now would be."""
+        reads = []
+        get_instance = self.db.get_instance
+
+        def counted(uuid):
+            reads.append(uuid)
+            return get_instance(uuid)
+        self.patch(self.db, 'get_instance', counted)
+        o = base.new_overlay(self.path('o1.qcow2'), self.base)
+        base.qemu_io(o, 'write -P 0x21 2M 1M')
+        prim = self.delta(o, 1, self.first['restore_point'])
+        self.send(prim)
+        row = get_instance(self.inst)
+        reads.clear()
+        ack = self.mgr.commit_delta(prim['header'], row=row)
+        self.assertEqual([], reads)
+        self.assertEqual(2, ack['number'])
+        # A row of another instance is not taken for this one's.
+        o = base.new_overlay(self.path('o2.qcow2'), self.base)
+        base.qemu_io(o, 'write -P 0x22 2M 1M')
+        prim = self.delta(o, 2, ack['restore_point'])
+        self.send(prim)
+        other = self.db.create_instance(base.new_uuid(), 'p1', host='host1')
+        self.mgr.commit_delta(prim['header'], row=other)
+        self.assertEqual([self.inst], reads)
+        # Deleted when the guard looked: refused, nothing left.
+        self.before = base.tree_digest(self.store_dir)
+        prim = self.beyond(3)
+        self.send(prim)
+        deleted = self.db.mark_instance_deleted(self.inst)
+        self.assertRaises(exception.InstanceNotFound, self.mgr.commit_delta,
+                          prim['header'], row=deleted)
+        self.assert_left_nothing()
+
     def test_unprotect_drops_what_its_deltas_sent(self):
         prim = self.beyond(1)
         self.send(prim)
