@@ -190,13 +190,14 @@ class DeltaIntake:
             # NOTE: the merge's chunk writes start now, while the next
             # parts travel; the commit then finds them held. Only the
             # data extents go along (a part of zero extents has nothing
-            # to store ahead, and its extents stay with the spool).
-            if data:
+            # to store ahead, and its extents stay with the spool), and
+            # only if they hold a whole chunk (a small delta's do not:
+            # no thread is woken for nothing).
+            extents = [e for e in checked.extents if e[2] == delta_mod.DATA]
+            if data and self.store.holds_whole_chunk(instance, extents):
                 self.prestores.submit(
                     instance, sequence, self.store.prestore, instance,
-                    project, [e for e in checked.extents
-                              if e[2] == delta_mod.DATA],
-                    data, digests, sequence)
+                    project, extents, data, digests, sequence)
         try:
             index = self._io(self.spool.put, instance, sequence, part,
                              received)

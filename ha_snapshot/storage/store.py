@@ -311,6 +311,20 @@ class RecoveryStore:
                                                 newest.scope)
         return layout
 
+    def holds_whole_chunk(self, instance: str, extents) -> bool:
+        """Whether data ``extents`` (offset, length, kind) cover a whole
+        chunk of the instance's image, for all this store knows without
+        reading: True while its layout is not known yet. A part that
+        covers none has nothing for :meth:`prestore` to store (a partly
+        overwritten chunk is assembled by the merge)."""
+        layout = self._layouts.get(instance)
+        if layout is None:
+            return True
+        cs = layout[0]
+        return any(-(-offset // cs) < (offset + length) // cs
+                   for offset, length, kind in extents
+                   if kind == delta_mod.DATA)
+
     def prestore(self, instance: str, project: str, extents,
                  data: bytes, digests: dict | None = None,
                  sequence: int | None = None) -> int:

@@ -405,6 +405,34 @@ class IntakeTestCase(_Base):
                           prim['header'])
         self.assert_left_nothing()
 
+    def test_parts_without_a_whole_chunk_are_not_stored_ahead(self):
+        """Once the store knows the image's chunk size, a part that holds
+        no whole chunk is not handed to a chunk-writing thread; one that
+        holds a whole chunk still is."""
+        submitted = []
+        submit = self.mgr.prestores.submit
+
+        def counted(instance, sequence, *args):
+            submitted.append(sequence)
+            return submit(instance, sequence, *args)
+        self.patch(self.mgr.prestores, 'submit', counted)
+        parent = self.first['restore_point']
+        for sequence in (1, 2, 3):
+            o = base.new_overlay(self.path('p%d.qcow2' % sequence),
+                                 self.base)
+            base.qemu_io(o, 'write -P 0x%02x %dk 64k' % (
+                0x30 + sequence, 2048 + 64 * sequence))
+            ack = self.ship(self.delta(o, sequence, parent))
+            parent = ack['restore_point']
+        # NOTE: the first one's prestore learnt the layout.
+        self.assertEqual([1], submitted)
+        o = base.new_overlay(self.path('p4.qcow2'), self.base)
+        base.qemu_io(o, 'write -P 0x44 4M 1M')
+        ack = self.ship(self.delta(o, 4, parent))
+        self.assertEqual([1, 4], submitted)
+        self.assertEqual(5, ack['number'])
+        self.assertEqual(5, len(self.db.list_restore_points(self.inst)))
+
     def test_commit_checks_the_row_its_guard_read(self):
         """The row the RPC guard read for this very commit
         (authz.INSTANCE_ROW) is checked instead of a second read; a
