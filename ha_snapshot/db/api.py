@@ -341,12 +341,23 @@ class Database:
         """
         forget = list(forget)
         try:
+            # NOTE: the usual case, a new restore point, is inserted
+            # without looking for a row it would conflict with first: the
+            # unique constraints (id; instance and number; instance and
+            # delta sequence) refuse one, and only then is the row that is
+            # there judged (one round trip less per delta).
+            return self._record_restore_point(rp, fence, forget, taken_at,
+                                              judge=False)
+        except db_exc.DBDuplicateEntry:
+            pass
+        try:
             return self._record_restore_point(rp, fence, forget, taken_at)
         except db_exc.DBDuplicateEntry:
             # NOTE: a concurrent insert won the race; judge its row.
             return self._record_restore_point(rp, fence, forget, taken_at)
 
-    def _record_restore_point(self, rp, fence, forget, taken_at):
+    def _record_restore_point(self, rp, fence, forget, taken_at,
+                              judge=True):
         now = self._now()
         point = models.RestorePoint
         with self._writer() as session:
@@ -360,25 +371,10 @@ class Database:
                 .with_for_update()).scalar()
             if instance is None:
                 raise instance_not_found(rp.instance)
-            for row in session.execute(sa.select(point).where(sa.or_(
-                    point.id == rp.id,
-                    sa.and_(point.instance_uuid == rp.instance,
-                            sa.or_(point.number == rp.number,
-                                   point.delta_sequence == rp.delta_sequence)
-                            )))).scalars():
-                if (row.id, row.instance_uuid, row.number,
-                        row.delta_sequence) == (rp.id, rp.instance, rp.number,
-                                                rp.delta_sequence):
-                    return row
-                if row.id == rp.id:
-                    field = 'id'
-                elif row.delta_sequence == rp.delta_sequence:
-                    field = 'delta sequence %d' % rp.delta_sequence
-                else:
-                    field = 'number %d' % rp.number
-                raise exception.RestorePointConflict(restore_point=rp.id,
-                                           instance=rp.instance,
-                                           existing=row.id, field=field)
+            if judge:
+                existing = self._existing_restore_point(session, rp)
+                if existing is not None:
+                    return existing
             row = point(
                 id=rp.id, instance_uuid=rp.instance, number=rp.number,
                 delta_sequence=rp.delta_sequence, parent_id=rp.parent,
@@ -409,6 +405,33 @@ class Database:
                                          instance.last_sequence or 0)
             instance.updated_at = now
             return row
+
+    @staticmethod
+    def _existing_restore_point(session, rp):
+        """The row recorded for ``rp`` already (the same id, instance,
+        number and delta sequence), None if there is none; raises
+        RestorePointConflict for a row that holds one of them only."""
+        point = models.RestorePoint
+        for row in session.execute(sa.select(point).where(sa.or_(
+                point.id == rp.id,
+                sa.and_(point.instance_uuid == rp.instance,
+                        sa.or_(point.number == rp.number,
+                               point.delta_sequence == rp.delta_sequence)
+                        )))).scalars():
+            if (row.id, row.instance_uuid, row.number,
+                    row.delta_sequence) == (rp.id, rp.instance, rp.number,
+                                            rp.delta_sequence):
+                return row
+            if row.id == rp.id:
+                field = 'id'
+            elif row.delta_sequence == rp.delta_sequence:
+                field = 'delta sequence %d' % rp.delta_sequence
+            else:
+                field = 'number %d' % rp.number
+            raise exception.RestorePointConflict(restore_point=rp.id,
+                                                 instance=rp.instance,
+                                                 existing=row.id, field=field)
+        return None
 
     @_retried
     def set_memory_state(self, restore_point: str) -> bool:

@@ -190,13 +190,14 @@ class DeltaIntake:
             # NOTE: the merge's chunk writes start now, while the next
             # parts travel; the commit then finds them held. Only the
             # data extents go along (a part of zero extents has nothing
-            # to store ahead, and its extents stay with the spool).
-            if data:
+            # to store ahead, and its extents stay with the spool), and
+            # only if they hold a whole chunk (a small delta's do not:
+            # no thread is woken for nothing).
+            extents = [e for e in checked.extents if e[2] == delta_mod.DATA]
+            if data and self.store.holds_whole_chunk(instance, extents):
                 self.prestores.submit(
                     instance, sequence, self.store.prestore, instance,
-                    project, [e for e in checked.extents
-                              if e[2] == delta_mod.DATA],
-                    data, digests, sequence)
+                    project, extents, data, digests, sequence)
         try:
             index = self._io(self.spool.put, instance, sequence, part,
                              received)
@@ -262,8 +263,12 @@ class DeltaIntake:
                 dropped.append((instance, None))
         return dropped
 
-    def commit_delta(self, header, raise_parts_missing: bool = True) -> dict:
+    def commit_delta(self, header, raise_parts_missing: bool = True,
+                     row=None) -> dict:
         """Merge a delta whose parts arrived; the durable ack.
+
+        ``row``: the instance's database row as read for this very call
+        (by the RPC guard), checked instead of reading it again.
 
         A delta with parts missing raises PartsMissing, or, for callers of
         the RPC API before 1.2 (``raise_parts_missing`` false), the plain
@@ -274,7 +279,7 @@ class DeltaIntake:
         if key is not None:
             self._route(key[0])
         try:
-            return self._checked_commit(header)
+            return self._checked_commit(header, row)
         except (exception.InvalidDelta, exception.InstanceNotFound,
                 exception.InvalidInstance) as e:
             # NOTE: refused for what it is: sent again, it would be
@@ -290,10 +295,10 @@ class DeltaIntake:
                     reason=e.kwargs['reason']) from e
             raise
 
-    def _checked_commit(self, header) -> dict:
+    def _checked_commit(self, header, row=None) -> dict:
         h = delta_mod.header_from_primitive(header)
         delta_mod.validate_header(h, self.conf.image.max_virtual_size)
-        row = self._protected(h.instance)
+        row = self._protected(h.instance, row)
         if row.project_id != h.project:
             raise exception.InvalidDelta(
                 instance=h.instance, sequence=h.sequence,

@@ -22,6 +22,7 @@ import oslo_messaging as messaging
 from ha_snapshot import codec
 from ha_snapshot import exception
 from ha_snapshot.manager import alarms
+from ha_snapshot.manager import authz
 from ha_snapshot.manager import intake
 from ha_snapshot.manager import notifications
 from ha_snapshot.openstack import servers
@@ -32,8 +33,9 @@ LOG = logging.getLogger(__name__)
 Status = statuses.InstanceStatus
 
 # NOTE: put_part, the hot path, looks an instance up in the database at
-# most this often (seconds); commit_delta always does, so a part of an
-# instance deleted meanwhile is spooled at worst, never merged.
+# most this often (seconds); commit_delta always does (or checks the row
+# its guard read for that very call), so a part of an instance deleted
+# meanwhile is spooled at worst, never merged.
 LOOKUP_TTL = 10.0
 # NOTE: restore points whose memory state is being fetched (restores in
 # progress at once), and how long one is kept without a new read.
@@ -63,8 +65,12 @@ class Manager(intake.DeltaIntake):
         self._projects = {}
         self.agent_api = agent_api
 
-    def _protected(self, instance: str):
-        row = self.db.get_instance(instance)
+    def _protected(self, instance: str, row=None):
+        """The instance's row, refused if deleted; ``row``: one read from
+        the database for this very call (authz.INSTANCE_ROW), or None to
+        read it now."""
+        if row is None or row.uuid != instance:
+            row = self.db.get_instance(instance)
         if row.status == Status.DELETED:
             self._projects.pop(instance, None)
             raise exception.InstanceNotFound(
@@ -350,7 +356,8 @@ class ManagerEndpoint:
             header.get('instance') if isinstance(header, dict) else '?',
             header.get('sequence') if isinstance(header, dict) else '?')
         return self._run(self.manager.commit_delta, what, header,
-                         raise_parts_missing is True)
+                         raise_parts_missing is True,
+                         getattr(ctxt, authz.INSTANCE_ROW, None))
 
     def report_health(self, ctxt, instance, host, reason, details):
         """What the report started, or why it was dropped (an answer: the

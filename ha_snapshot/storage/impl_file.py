@@ -7,15 +7,15 @@ same directory, are fsynced, then renamed (or hard-linked, for
 of every directory the put created).
 
 A batch (:meth:`FileDriver.batch`, the chunks of a merge) writes each object
-to its temporary file at once and has a few threads fsync them while later
-ones are written; ``commit`` waits for those, renames them all into place
+to its temporary file at once and has a few threads (the process's shared
+fsync pool, :mod:`ha_snapshot.storage.pools`) fsync them while later ones
+are written; ``commit`` waits for those, renames them all into place
 and fsyncs each directory concerned once. Concurrent fsyncs share the
 filesystem's journal commits: this is what makes a merge cost about what a
 durable copy of its bytes costs, instead of one journal commit per chunk
 (benchmarks/merge_throughput.py).
 """
 
-import concurrent.futures
 import contextlib
 import errno
 import fcntl
@@ -25,13 +25,16 @@ import threading
 
 from ha_snapshot import exception
 from ha_snapshot.storage import base
+from ha_snapshot.storage import pools
 
 _TMP = '.tmp-'
 _TRASH = '.trash-'
-# NOTE: fsyncs in flight per batch; more than the disk's queue gains
-# nothing, fewer leaves journal commits unshared (measured: 1 thread is no
-# faster than one fsync per put, 8-16 match one big file's fsync).
-SYNC_THREADS = 8
+# NOTE: fsyncs in flight; more than the disk's queue gains nothing, fewer
+# leaves journal commits unshared (measured: 1 thread is no faster than one
+# fsync per put, 8-16 match one big file's fsync). One pool of the process
+# (threads started once, not per batch), shared by the batches of
+# concurrent merges and chunk writes started ahead.
+SYNC_THREADS = 16
 
 
 class FileDriver(base.StorageDriver):
@@ -255,8 +258,7 @@ class _FileBatch(base.PutBatch):
 
     def __init__(self, driver: FileDriver):
         super().__init__(driver)
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=SYNC_THREADS, thread_name_prefix='store-fsync')
+        self._pool = pools.shared('store-fsync', SYNC_THREADS)
         self._lock = threading.Lock()
         self._pending = []
         """(temporary file, final path, its fsync's future)."""
@@ -283,7 +285,6 @@ class _FileBatch(base.PutBatch):
                 renamed += 1
         except BaseException:
             self._drop(pending[renamed:])
-            self._pool.shutdown(cancel_futures=True)
             raise
         # NOTE: each directory of a renamed object and its ancestors up to
         # the root, once: that covers directories this batch created and
@@ -294,23 +295,22 @@ class _FileBatch(base.PutBatch):
             while d not in dirs and d.startswith(self.driver.root):
                 dirs.add(d)
                 d = os.path.dirname(d)
+        futures = [self._pool.submit(self.driver._fsync_dir, d)
+                   for d in sorted(dirs)]
         try:
-            for future in [self._pool.submit(self.driver._fsync_dir, d)
-                           for d in sorted(dirs)]:
+            for future in futures:
                 future.result()
         finally:
-            self._pool.shutdown()
+            # NOTE: none left running behind a failure.
+            pools.cancel_and_wait(futures)
 
     def abort(self):
         with self._lock:
             pending, self._pending = self._pending, []
         self._drop(pending)
-        self._pool.shutdown(cancel_futures=True)
 
     def _drop(self, pending):
-        for _tmp, _path, future in pending:
-            future.cancel()
-        concurrent.futures.wait([f for _t, _p, f in pending])
+        pools.cancel_and_wait([f for _t, _p, f in pending])
         for tmp, _path, _f in pending:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)

@@ -15,7 +15,6 @@ May import ha_snapshot.delta, ha_snapshot.image and the drivers.
 """
 
 import collections
-import concurrent.futures
 import dataclasses
 import hashlib
 import threading
@@ -33,6 +32,7 @@ from ha_snapshot.image import sparse
 from ha_snapshot import storage
 from ha_snapshot.storage import memory
 from ha_snapshot.storage import objects
+from ha_snapshot.storage import pools
 from ha_snapshot.storage import retention
 
 LOG = logging.getLogger(__name__)
@@ -51,10 +51,12 @@ KEY_LOCKS = 64
 # changed, so a commit no longer decodes every manifest of the instance.
 SUMMARY_KEYS = 65536
 # NOTE: chunks are assembled, hashed, compressed and written by a few
-# threads (hashlib, zstd and file I/O release the GIL); this bounds how
-# many chunks wait for them (each holds at most a chunk of the delta's
-# bytes, and a chunk of its parent while it is assembled).
-WRITER_THREADS = 3
+# threads (hashlib, zstd and file I/O release the GIL): one pool of the
+# process, shared by concurrent merges (ha_snapshot/storage/pools.py).
+# WRITER_QUEUE bounds how many chunks of one merge wait for them (each
+# holds at most a chunk of the delta's bytes, and a chunk of its parent
+# while it is assembled).
+WRITER_THREADS = 6
 WRITER_QUEUE = 8
 
 
@@ -308,6 +310,20 @@ class RecoveryStore:
             layout = self._layouts[instance] = (newest.chunk_size,
                                                 newest.scope)
         return layout
+
+    def holds_whole_chunk(self, instance: str, extents) -> bool:
+        """Whether data ``extents`` (offset, length, kind) cover a whole
+        chunk of the instance's image, for all this store knows without
+        reading: True while its layout is not known yet. A part that
+        covers none has nothing for :meth:`prestore` to store (a partly
+        overwritten chunk is assembled by the merge)."""
+        layout = self._layouts.get(instance)
+        if layout is None:
+            return True
+        cs = layout[0]
+        return any(-(-offset // cs) < (offset + length) // cs
+                   for offset, length, kind in extents
+                   if kind == delta_mod.DATA)
 
     def prestore(self, instance: str, project: str, extents,
                  data: bytes, digests: dict | None = None,
@@ -634,8 +650,7 @@ class _ChunkWriter:
         self.patches = []
         """(offset within the chunk, length, bytes or None for zeros) of
         the chunk at ``index``, in order."""
-        self.pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=WRITER_THREADS, thread_name_prefix='chunk-writer')
+        self.pool = pools.shared('chunk-writer', WRITER_THREADS)
         self.batch = store.driver.batch()
         self.pending = collections.deque()
         self.claimed = set()
@@ -654,7 +669,9 @@ class _ChunkWriter:
                 self.batch.commit()
                 committed = True
         finally:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            # NOTE: after a failure, nothing of this merge runs on.
+            pools.cancel_and_wait([f for _i, f in self.pending])
+            self.pending.clear()
             if not committed:
                 self.batch.abort()
         return False

@@ -379,6 +379,31 @@ class DatabaseTests:
         self.assertIn('same id', str(e))
         self.assertEqual(1, len(self.db.list_restore_points(uuid)))
 
+    def test_record_restore_point_round_trips(self):
+        """A new restore point is inserted without a search for the rows
+        it could conflict with (the unique constraints refuse those); a
+        replay costs the search, and answers the row recorded."""
+        uuid = self.protected()
+        rp1 = make_rp(uuid, 1)
+        self.db.record_restore_point(rp1)
+        statements = []
+
+        def seen(_conn, _cursor, statement, *_args):
+            statements.append(' '.join(statement.split()[:4]))
+        sqlalchemy.event.listen(self.db.engine, 'before_cursor_execute',
+                                seen)
+        self.addCleanup(sqlalchemy.event.remove, self.db.engine,
+                        'before_cursor_execute', seen)
+        rp2 = make_rp(uuid, 2, parent=rp1.id)
+        self.db.record_restore_point(rp2)
+        points = [s for s in statements if 'restore_points' in s]
+        self.assertEqual(2, len(points), statements)
+        self.assertTrue(points[0].startswith('INSERT'), statements)
+        statements.clear()
+        self.assertEqual(rp2.id, self.db.record_restore_point(rp2).id)
+        self.assertEqual(2, len(self.db.list_restore_points(uuid)))
+        self.assertEqual(2, self.db.get_instance(uuid).merges)
+
     def test_record_restore_point_race(self):
         uuid = self.protected()
         rp = make_rp(uuid, 1)

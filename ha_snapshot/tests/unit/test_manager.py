@@ -405,6 +405,71 @@ class IntakeTestCase(_Base):
                           prim['header'])
         self.assert_left_nothing()
 
+    def test_parts_without_a_whole_chunk_are_not_stored_ahead(self):
+        """Once the store knows the image's chunk size, a part that holds
+        no whole chunk is not handed to a chunk-writing thread; one that
+        holds a whole chunk still is."""
+        submitted = []
+        submit = self.mgr.prestores.submit
+
+        def counted(instance, sequence, *args):
+            submitted.append(sequence)
+            return submit(instance, sequence, *args)
+        self.patch(self.mgr.prestores, 'submit', counted)
+        parent = self.first['restore_point']
+        for sequence in (1, 2, 3):
+            o = base.new_overlay(self.path('p%d.qcow2' % sequence),
+                                 self.base)
+            base.qemu_io(o, 'write -P 0x%02x %dk 64k' % (
+                0x30 + sequence, 2048 + 64 * sequence))
+            ack = self.ship(self.delta(o, sequence, parent))
+            parent = ack['restore_point']
+        # NOTE: the first one's prestore learnt the layout.
+        self.assertEqual([1], submitted)
+        o = base.new_overlay(self.path('p4.qcow2'), self.base)
+        base.qemu_io(o, 'write -P 0x44 4M 1M')
+        ack = self.ship(self.delta(o, 4, parent))
+        self.assertEqual([1, 4], submitted)
+        self.assertEqual(5, ack['number'])
+        self.assertEqual(5, len(self.db.list_restore_points(self.inst)))
+
+    def test_commit_checks_the_row_its_guard_read(self):
+        """The row the RPC guard read for this very commit
+        (authz.INSTANCE_ROW) is checked instead of a second read; a
+        deleted instance's row is refused as one read now would be."""
+        reads = []
+        get_instance = self.db.get_instance
+
+        def counted(uuid):
+            reads.append(uuid)
+            return get_instance(uuid)
+        self.patch(self.db, 'get_instance', counted)
+        o = base.new_overlay(self.path('o1.qcow2'), self.base)
+        base.qemu_io(o, 'write -P 0x21 2M 1M')
+        prim = self.delta(o, 1, self.first['restore_point'])
+        self.send(prim)
+        row = get_instance(self.inst)
+        reads.clear()
+        ack = self.mgr.commit_delta(prim['header'], row=row)
+        self.assertEqual([], reads)
+        self.assertEqual(2, ack['number'])
+        # A row of another instance is not taken for this one's.
+        o = base.new_overlay(self.path('o2.qcow2'), self.base)
+        base.qemu_io(o, 'write -P 0x22 2M 1M')
+        prim = self.delta(o, 2, ack['restore_point'])
+        self.send(prim)
+        other = self.db.create_instance(base.new_uuid(), 'p1', host='host1')
+        self.mgr.commit_delta(prim['header'], row=other)
+        self.assertEqual([self.inst], reads)
+        # Deleted when the guard looked: refused, nothing left.
+        self.before = base.tree_digest(self.store_dir)
+        prim = self.beyond(3)
+        self.send(prim)
+        deleted = self.db.mark_instance_deleted(self.inst)
+        self.assertRaises(exception.InstanceNotFound, self.mgr.commit_delta,
+                          prim['header'], row=deleted)
+        self.assert_left_nothing()
+
     def test_unprotect_drops_what_its_deltas_sent(self):
         prim = self.beyond(1)
         self.send(prim)

@@ -384,6 +384,30 @@ class AuthorizerTest(base.TestCase):
         self.assertRaises(exception.InstanceNotFound, self.check, HOST,
                           'get_manifest', instance='i-2')
 
+    def test_guard_hands_a_commits_fresh_row_to_the_manager(self):
+        """commit_delta's host check reads the row (never the cache) and
+        the guard leaves it on the message's context for the manager;
+        put_part's cached check leaves nothing there."""
+        guard = authz.Guard(manager_verifier(), self.authz)
+        signer = rpc_auth.Signer(HOST, agent_keys())
+
+        def call(method, **kw):
+            ctxt = Ctxt(signer.envelope(rpc_auth.MANAGER, method, kw))
+            guard(ctxt, method, kw)
+            return ctxt
+        ctxt = call('put_part', instance='i-1', sequence=0, part={})
+        self.assertFalse(hasattr(ctxt, authz.INSTANCE_ROW))
+        # Changed after put_part's lookup (cached for authz.HOST_TTL):
+        # the commit's row is the database's now.
+        self.db.update_instance('i-1', driver='libvirt')
+        ctxt = call('commit_delta', header={'instance': 'i-1'})
+        row = getattr(ctxt, authz.INSTANCE_ROW)
+        self.assertEqual(('i-1', 'compute1', 'libvirt'),
+                         (row.uuid, row.host, row.driver))
+        self.db.update_instance('i-1', host='compute2')
+        self.assertRaises(exception.NotAuthorized, call, 'commit_delta',
+                          header={'instance': 'i-1'})
+
     def test_api_methods(self):
         for method in authz.API_METHODS:
             self.check(rpc_auth.API, method, instance='i-1')
