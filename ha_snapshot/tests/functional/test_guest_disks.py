@@ -165,7 +165,8 @@ class GuestTwoDisksTest(kills.ProtectedGuestTestCase):
         self.assertEqual(checks['vd1'].whole + 1, console.durable2[0][0])
 
     def test_two_disks_resume_from_memory(self):
-        inst, run, serial_log = self.start(memory='always')
+        inst, run, serial_log = self.start(memory='always',
+                                           guest_agent=True)
         written = self.wait_written(run)
         store = self.svc.store
 

@@ -106,12 +106,15 @@ class ProtectedGuestTestCase(daemons.DaemonsTestCase):
     # --- helpers -----------------------------------------------------------
 
     def start_guest(self, data_disk: bool = False, paused: bool = False,
-                    **protect) -> tuple:
+                    guest_agent: bool = False, **protect) -> tuple:
         """The guest on its own copy of the image's disk (and of its data
         disk: ``data_disk``), protected: (its instance, the first Run, the
         restarted runs' console file). ``paused``: restarts start it
         paused, with a QMP socket of the test's own (``self.test_qmp``)
-        to let it run; ``protect``: more keys of the protect spec."""
+        to let it run; ``guest_agent``: the spec names the guest agent's
+        port (a restart gives the VM that port again: a memory state
+        resumes only in a QEMU with the same devices); ``protect``: more
+        keys of the protect spec."""
         work = self.path('vm')
         os.makedirs(work)
         disk = os.path.join(work, 'vm0.qcow2')
@@ -147,7 +150,8 @@ class ProtectedGuestTestCase(daemons.DaemonsTestCase):
                             'device': 'vd0', 'paused': paused,
                             'serial_log': serial_log},
                            **({'extra_args': extra} if paused else {})),
-                **protect})
+                **dict(protect, **({'qga_path': spec.agent_path}
+                                   if guest_agent else {}))})
         self.qmp_path = spec.qmp_path
         return inst, run, serial_log
 
