@@ -134,8 +134,16 @@ class ProtectedGuestTestCase(daemons.DaemonsTestCase):
         # NOTE: QMP serves one client: the agent attaches on its own.
         self.driver.detach(vm)
         serial_log = os.path.join(work, 'vm0.restarted.console')
+        vm_opts = {'machine': 'q35', 'accel': 'tcg',
+                   'memory_mb': spec.memory_mb, 'node': node,
+                   'device': 'vd0', 'paused': paused,
+                   'serial_log': serial_log}
         self.test_qmp = os.path.join(work, 'vm0-test.qmp')
-        extra = ['-qmp', 'unix:%s,server=on,wait=off' % self.test_qmp]
+        if paused:
+            vm_opts['extra_args'] = [
+                '-qmp', 'unix:%s,server=on,wait=off' % self.test_qmp]
+        if guest_agent:
+            protect['qga_path'] = spec.agent_path
         inst = str(uuid.uuid4())
         self.svc.db.create_instance(inst, PROJECT, host=self.svc.host,
                                     status='protecting', driver='qemu')
@@ -145,13 +153,7 @@ class ProtectedGuestTestCase(daemons.DaemonsTestCase):
                 'name': spec.name, 'qmp_path': spec.qmp_path,
                 'pid': vm.pid, 'log_path': spec.log_path, 'disk': node,
                 'disk_path': disk,
-                'vm': dict({'machine': 'q35', 'accel': 'tcg',
-                            'memory_mb': spec.memory_mb, 'node': node,
-                            'device': 'vd0', 'paused': paused,
-                            'serial_log': serial_log},
-                           **({'extra_args': extra} if paused else {})),
-                **dict(protect, **({'qga_path': spec.agent_path}
-                                   if guest_agent else {}))})
+                'vm': vm_opts, **protect})
         self.qmp_path = spec.qmp_path
         return inst, run, serial_log
 
