@@ -509,8 +509,8 @@ class AgentService(service.Service):
                  'recovery %s', instance, restore_point, new_vm.pid,
                  timings['recover_seconds'], timings['restored_seconds'],
                  ', live' if timings['live'] else
-                 ', resumed from memory' if timings['memory_state_restored']
-                 else '', recovery)
+                 ', resumed from memory in %.3f s' % timings['resume_seconds']
+                 if timings['memory_state_restored'] else '', recovery)
         self.restarts[instance] = dict(timings, pid=new_vm.pid,
                                        disk=disk_path,
                                        disks=disks.paths(disk_path))

@@ -47,8 +47,10 @@ MODULES = (('drivers/virtio', 'virtio_ring'), ('drivers/virtio', 'virtio'),
 # NOTE: no_timer_check: under TCG on a busy host the kernel's check of the
 # IO-APIC timer can fail and panic the boot (seen at load 36 on 2 cores).
 CMDLINE = 'console=ttyS0 quiet panic=-1 no_timer_check'
-LAYOUT = 1
+LAYOUT = 2
 """Bump when what is built from the same packages changes."""
+DATA2_MIB = 32
+"""The second data disk's ext4 partition."""
 INIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'init.sh')
 
 
@@ -65,6 +67,10 @@ class GuestImage:
     cached: bool
     """Found in the cache (nothing fetched or built)."""
     seconds: float
+    data_disk: str = ''
+    """A second data disk (qcow2: an MBR, one ext4 partition, empty);
+    a guest given an overlay of it as its second disk writes records to
+    both (init.sh)."""
 
     def cmdline(self, mode: str = 'workload', records: int = 0,
                 agent: bool = True) -> str:
@@ -79,7 +85,7 @@ class GuestImage:
     def sizes(self) -> dict:
         return {name: os.path.getsize(path) for name, path in (
             ('kernel', self.kernel), ('initrd', self.initrd),
-            ('disk_qcow2', self.disk))}
+            ('disk_qcow2', self.disk), ('data2_qcow2', self.data_disk))}
 
 
 def _names(kernel_package: str, agent: bool, sqlite: bool) -> list:
@@ -136,7 +142,8 @@ def _load(directory: str) -> GuestImage | None:
     return GuestImage(
         directory=directory, kernel=os.path.join(directory, 'vmlinuz'),
         initrd=os.path.join(directory, 'initrd.img'),
-        disk=os.path.join(directory, 'disk.qcow2'), key=manifest['key'],
+        disk=os.path.join(directory, 'disk.qcow2'),
+        data_disk=os.path.join(directory, 'data2.qcow2'), key=manifest['key'],
         packages=manifest['packages'], cached=True, seconds=0.0)
 
 
@@ -172,6 +179,8 @@ def build(cache_dir: str | None = None, *, kernel_package: str = KERNEL,
             os.path.join(out, 'disk.qcow2'), staging,
             os.path.join(out, 'vmlinuz'), os.path.join(out, 'initrd.img'),
             '%s ha.mode=workload' % CMDLINE, boot_mib, data_mib)
+        disk_mod.make_data_disk(os.path.join(out, 'data2.qcow2'), staging,
+                                DATA2_MIB)
         versions = {p.name: p.version for p in found.values()}
         with open(os.path.join(out, 'manifest.json'), 'w') as f:
             json.dump({'key': key, 'packages': versions,

@@ -24,6 +24,8 @@ import time
 from ha_snapshot import exception
 
 COUNTER = re.compile(r'(DURABLE|COMMITTED) (\d+)')
+COUNTER2 = re.compile(r'DURABLE2 (\d+)')
+"""The records of the guest's second data disk (init.sh)."""
 CONNECT_RETRY = 0.02
 FILE_POLL = 0.01
 
@@ -43,6 +45,9 @@ class Console:
         self.lines = []
         self.durable = []
         """(n, wall time the host read ``DURABLE n``), in order."""
+        self.durable2 = []
+        """(n, wall time the host read ``DURABLE2 n``): the records of a
+        second data disk."""
         self.committed = []
         """(n, wall time the host read ``COMMITTED n``): the database's
         transactions."""
@@ -109,6 +114,10 @@ class Console:
                 marks = (self.durable if m.group(1) == 'DURABLE'
                          else self.committed)
                 marks.append((int(m.group(2)), line.wall))
+            else:
+                m = COUNTER2.search(text)
+                if m:
+                    self.durable2.append((int(m.group(1)), line.wall))
             self._cond.notify_all()
 
     def wait_for(self, pattern: str, timeout: float,
@@ -133,25 +142,32 @@ class Console:
                         else 'within %s s' % timeout, tail=self.tail())
                 self._cond.wait(remaining)
 
-    def wait_durable(self, n: int, timeout: float) -> int:
-        """Wait until the guest reported record ``n`` durable."""
+    def _marks(self, disk: int) -> list:
+        return self.durable2 if disk == 2 else self.durable
+
+    def wait_durable(self, n: int, timeout: float, disk: int = 1) -> int:
+        """Wait until the guest reported record ``n`` durable (on its
+        second data disk: ``disk=2``)."""
         deadline = time.monotonic() + timeout
+        marks = self._marks(disk)
         with self._cond:
-            while not self.durable or self.durable[-1][0] < n:
+            while not marks or marks[-1][0] < n:
                 remaining = deadline - time.monotonic()
                 if self.closed or remaining <= 0:
                     raise exception.GuestConsoleTimeout(
-                        guest=self.name, pattern='DURABLE %d' % n,
+                        guest=self.name, pattern='DURABLE%s %d' % (
+                            '2' if disk == 2 else '', n),
                         reason='before the console closed' if self.closed
                         else 'within %s s' % timeout, tail=self.tail())
                 self._cond.wait(remaining)
-            return self.durable[-1][0]
+            return marks[-1][0]
 
-    def durable_before(self, wall: float) -> int:
+    def durable_before(self, wall: float, disk: int = 1) -> int:
         """The highest record the guest reported durable before ``wall``
-        (0: none)."""
+        (0: none; on its second data disk: ``disk=2``)."""
         with self._cond:
-            return max((n for n, t in self.durable if t < wall), default=0)
+            return max((n for n, t in self._marks(disk) if t < wall),
+                       default=0)
 
     def committed_before(self, wall: float) -> int:
         """The highest database transaction reported committed before

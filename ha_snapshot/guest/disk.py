@@ -6,6 +6,9 @@ image), the kernel, the initramfs and ``syslinux.cfg``; partition 2, Linux,
 an ext4 file system made by ``mkfs.ext4`` on a file. Both file systems are
 made as files and written into place; the whole is converted to qcow2.
 SeaBIOS boots it; a ``-kernel`` boot uses the same disk for its data.
+:func:`make_data_disk` makes the guest's second data disk the same way:
+the MBR with one Linux partition holding an empty ext4 file system (the
+recovered-disk check finds it as it finds the first disk's).
 
 :func:`partitions` reads the table back (the recovered-disk check finds
 the data partition by it).
@@ -136,6 +139,34 @@ def syslinux_cfg(cmdline: str) -> str:
             % cmdline)
 
 
+def _ext4(path: str, size: int, label: str) -> None:
+    with open(path, 'wb') as f:
+        f.truncate(size)
+    _run(['mkfs.ext4', '-q', '-F', '-L', label, '-b', '4096',
+          '-E', 'lazy_itable_init=0,lazy_journal_init=0', path,
+          '%dk' % (size // 1024)], 'mkfs.ext4')
+
+
+def make_data_disk(out: str, workdir: str, data_mib: int = 32,
+                   label: str = 'ha-data2') -> None:
+    """A qcow2 data disk at ``out``: an MBR, one Linux partition from
+    1 MiB holding an empty ext4 file system (scratch files in
+    ``workdir``)."""
+    check_tools()
+    data_size = data_mib * MiB
+    raw = os.path.join(workdir, 'data2.raw')
+    data = os.path.join(workdir, 'data2.ext4')
+    with open(raw, 'wb') as f:
+        f.truncate(FIRST + data_size)
+    write_mbr(raw, [(LINUX, FIRST, data_size, False)])
+    _ext4(data, data_size, label)
+    _place(data, raw, FIRST)
+    _run(['qemu-img', 'convert', '-q', '-f', 'raw', '-O', 'qcow2', raw, out],
+         'qemu-img convert')
+    for path in (raw, data):
+        os.unlink(path)
+
+
 def make_disk(out: str, workdir: str, kernel: str, initrd: str,
               cmdline: str, boot_mib: int = 40, data_mib: int = 64) -> None:
     """The bootable qcow2 disk at ``out`` (scratch files in ``workdir``)."""
@@ -160,9 +191,7 @@ def make_disk(out: str, workdir: str, kernel: str, initrd: str,
     for src, name in ((kernel, 'vmlinuz'), (initrd, 'initrd.img'),
                       (cfg, 'syslinux.cfg')):
         _run(['mcopy', '-i', boot, src, '::/' + name], 'mcopy')
-    _run(['mkfs.ext4', '-q', '-F', '-L', 'ha-data', '-b', '4096',
-          '-E', 'lazy_itable_init=0,lazy_journal_init=0', data,
-          '%dk' % (data_size // 1024)], 'mkfs.ext4')
+    _ext4(data, data_size, 'ha-data')
     _place(boot, raw, FIRST)
     _place(data, raw, FIRST + boot_size)
     _run(['qemu-img', 'convert', '-q', '-f', 'raw', '-O', 'qcow2', raw, out],

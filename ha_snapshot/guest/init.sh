@@ -15,6 +15,11 @@
 # "SQLITE ok transactions=N" (or "SQLITE bad ...") and "COMMITTED n": an
 # sqlite database (WAL, synchronous=FULL) beside the records, one
 # committed transaction at a time.
+# A second data disk (ha.data2=DEV, default /dev/vdb1 when there is one:
+# an ext4 partition, build.py's data disk) gets records of its own, the
+# same format and numbering, appended and fsync'ed after each record of
+# the first disk: "VERIFY2 ...", "GUEST up2 records=N", "DURABLE2 n".
+# Without it the guest prints and does exactly what it did before.
 
 PATH=/bin:/sbin:/usr/bin:/usr/sbin
 LD_LIBRARY_PATH=/lib/x86_64-linux-gnu
@@ -32,6 +37,7 @@ PAD=PADDING-PADDING-PADDING-PADDING-PADDING-PADDING-PADDING-PADDING-PADDING-PADD
 RECORD=128
 MODE=workload
 DEVICE=
+DEVICE2=
 LIMIT=0
 AGENT=1
 read -r cmdline < /proc/cmdline
@@ -39,6 +45,7 @@ for arg in $cmdline; do
     case $arg in
         ha.mode=*) MODE=${arg#ha.mode=} ;;
         ha.data=*) DEVICE=${arg#ha.data=} ;;
+        ha.data2=*) DEVICE2=${arg#ha.data2=} ;;
         ha.records=*) LIMIT=${arg#ha.records=} ;;
         ha.agent=*) AGENT=${arg#ha.agent=} ;;
     esac
@@ -70,6 +77,18 @@ done
 mount -t ext4 -o rw "$DEVICE" /data || fail "mount $DEVICE"
 F=/data/records
 touch $F
+# NOTE: insmod virtio_blk probed every disk, partitions and /dev nodes
+# included, before it returned: a second disk is there now or never.
+if [ -z "$DEVICE2" ] && [ -b /dev/vdb1 ]; then
+    DEVICE2=/dev/vdb1
+fi
+F2=
+if [ -n "$DEVICE2" ]; then
+    mkdir -p /data2
+    mount -t ext4 -o rw "$DEVICE2" /data2 || fail "mount $DEVICE2"
+    F2=/data2/records
+    touch $F2
+fi
 
 # One awk process checks every record, as records.py does: the file is a
 # row of 128-byte slots; slot k holds a good record numbered k, or is torn
@@ -81,8 +100,10 @@ touch $F
 # reads "00000116" as octal and prints %d in 32 bits: numbers lose their
 # leading zeros first, the check is printed with %.0f (exact below 2^53).
 verify() {
-    size=$(stat -c %s $F)
-    tr '\000' '?' < $F | awk -v size="$size" -v rec=$RECORD -v pad="$PAD" '
+    f=${1:-$F}
+    size=$(stat -c %s "$f")
+    tr '\000' '?' < "$f" | awk -v size="$size" -v rec=$RECORD -v pad="$PAD" \
+        -v tag="${2:-VERIFY}" '
         function num(s) { sub(/^0+/, "", s); return s + 0 }
         function slot(r, k,    f) {
             if (split(r, f, " ") != 5 || f[1] != "R" || f[4] != pad || \
@@ -107,7 +128,7 @@ verify() {
             torn += int(size / rec) - int(off / rec)
             tail = size % rec
             bad = torn + order + (tail > 0)
-            printf "VERIFY %s records=%d", bad ? "bad" : "ok", good
+            printf "%s %s records=%d", tag, bad ? "bad" : "ok", good
             if (bad) printf " torn=%d out_of_order=%d tail_bytes=%d", \
                 torn, order, tail
             printf "\n"
@@ -166,11 +187,13 @@ db_workload() {
 }
 
 verify
+if [ -n "$F2" ]; then verify $F2 VERIFY2; fi
 if [ "$MODE" = verify ]; then
     if [ -x /usr/bin/sqlite3 ]; then
         if [ -s $DB ]; then verify_db; else echo "SQLITE none"; fi
     fi
     umount /data
+    if [ -n "$F2" ]; then umount /data2; fi
     poweroff -f
     sleep 3600
 fi
@@ -191,6 +214,12 @@ size=$(stat -c %s $F)
 n=$((size / RECORD))
 truncate -s $((n * RECORD)) $F
 echo "GUEST up records=$n"
+if [ -n "$F2" ]; then
+    size=$(stat -c %s $F2)
+    n2=$((size / RECORD))
+    truncate -s $((n2 * RECORD)) $F2
+    echo "GUEST up2 records=$n2"
+fi
 # NOTE: the database is checked and written beside the records, not
 # before them: starting sqlite3 twice costs the first record ~1 s.
 if [ -x /usr/bin/sqlite3 ]; then
@@ -210,6 +239,14 @@ while [ "$LIMIT" -eq 0 ] || [ "$n" -lt "$LIMIT" ]; do
     echo "R ${id#1} ${t#1} $PAD ${check#1}" >> $F
     sync $F || fail "fsync of record $n"
     echo "DURABLE $n"
+    if [ -n "$F2" ]; then
+        n2=$((n2 + 1))
+        id=$((100000000 + n2))
+        check=$((10000000000 + (n2 * 69069 + cs * 40503 + 12345) % 4294967296))
+        echo "R ${id#1} ${t#1} $PAD ${check#1}" >> $F2
+        sync $F2 || fail "fsync of record $n2 on the second disk"
+        echo "DURABLE2 $n2"
+    fi
 done
 echo "GUEST done records=$n"
 while :; do sleep 3600; done

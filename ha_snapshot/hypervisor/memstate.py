@@ -52,14 +52,19 @@ class MemorySave:
 
 
 class _Watch:
-    """STOP/RESUME times and the MIGRATION outcome of one VM."""
+    """STOP/RESUME times and the MIGRATION outcome of one VM. A VM that
+    dies (its monitor closes, its QEMU exits) ends the migration too:
+    no MIGRATION event comes then, and a save that waited for one would
+    hold the VM's snapshot thread, and the restart of that VM, until its
+    timeout."""
 
     def __init__(self, driver, vm):
         self.done = threading.Event()
         self.status = None
         self.stopped_at = self.resumed_at = None
-        self._sub = driver.subscribe(vm, self._on, ('MIGRATION', 'STOP',
-                                                    'RESUME'))
+        self._sub = driver.subscribe(vm, self._on, (
+            'MIGRATION', 'STOP', 'RESUME', base.MONITOR_CLOSED,
+            base.PROCESS_EXITED))
 
     def _on(self, event) -> None:
         if event.kind == 'STOP' and self.stopped_at is None:
@@ -72,6 +77,10 @@ class _Watch:
             if status in _DONE:
                 self.status = status
                 self.done.set()
+        elif event.kind in (base.MONITOR_CLOSED, base.PROCESS_EXITED) and (
+                not self.done.is_set()):
+            self.status = 'interrupted (%s)' % event.kind
+            self.done.set()
 
     def cancel(self) -> None:
         self._sub.cancel()

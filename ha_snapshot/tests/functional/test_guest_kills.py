@@ -82,24 +82,16 @@ class Run:
     """Our Popen of its QEMU (the first run's): reaped by the test."""
 
 
-class GuestKillLoopTest(daemons.DaemonsTestCase):
-
-    # NOTE: ~2-3 minutes on a quiet 2-core host, 7-8 at a load of 30.
-    TEST_TIMEOUT = 600
+class ProtectedGuestTestCase(daemons.DaemonsTestCase):
+    """The real guest protected by the real daemons: start it, kill it,
+    ask when a restore point was taken and what it must hold (also for
+    tests/functional/test_guest_disks.py)."""
 
     def setUp(self):
         super().setUp()
         qemu_fixture.require_qemu()
         self.image = guest_fixture.image()
-        seed = int(os.environ.get(SEED_ENV) or time.time_ns() % (1 << 32))
-        self.rng = random.Random(seed)
-        self.mark('kill points from seed %d (%s=%d repeats them)'
-                  % (seed, SEED_ENV, seed))
         self.runs = []
-        self.rounds = []
-        self.addDetail('kills', content.Content(
-            content.UTF8_TEXT,
-            lambda: [json.dumps(self.rounds, indent=1).encode()]))
         # NOTE: registered before the daemons start, so it runs after they
         # are stopped (the agent would "recover" a VM killed here).
         self.addCleanup(self._stop_runs)
@@ -113,15 +105,26 @@ class GuestKillLoopTest(daemons.DaemonsTestCase):
 
     # --- helpers -----------------------------------------------------------
 
-    def start_guest(self) -> tuple:
-        """The guest on its own copy of the image's disk, protected: (its
-        instance, the first Run, the restarted runs' console file)."""
+    def start_guest(self, data_disk: bool = False, paused: bool = False,
+                    guest_agent: bool = False, **protect) -> tuple:
+        """The guest on its own copy of the image's disk (and of its data
+        disk: ``data_disk``), protected: (its instance, the first Run, the
+        restarted runs' console file). ``paused``: restarts start it
+        paused, with a QMP socket of the test's own (``self.test_qmp``)
+        to let it run; ``guest_agent``: the spec names the guest agent's
+        port (a restart gives the VM that port again: a memory state
+        resumes only in a QEMU with the same devices); ``protect``: more
+        keys of the protect spec."""
         work = self.path('vm')
         os.makedirs(work)
         disk = os.path.join(work, 'vm0.qcow2')
         shutil.copyfile(self.image.disk, disk)
+        data = None
+        if data_disk:
+            data = os.path.join(work, 'vm0-data2.qcow2')
+            shutil.copyfile(self.image.data_disk, data)
         spec, paths = guest_boot.spec(self.image, 'vm0', work, disk,
-                                      kernel_boot=False)
+                                      kernel_boot=False, data_disk=data)
         started = time.time()
         vm, console = guest_boot.start(self.driver, spec, paths)
         run = Run(console, started, frozenset(), 0, vm.pid,
@@ -131,6 +134,16 @@ class GuestKillLoopTest(daemons.DaemonsTestCase):
         # NOTE: QMP serves one client: the agent attaches on its own.
         self.driver.detach(vm)
         serial_log = os.path.join(work, 'vm0.restarted.console')
+        vm_opts = {'machine': 'q35', 'accel': 'tcg',
+                   'memory_mb': spec.memory_mb, 'node': node,
+                   'device': 'vd0', 'paused': paused,
+                   'serial_log': serial_log}
+        self.test_qmp = os.path.join(work, 'vm0-test.qmp')
+        if paused:
+            vm_opts['extra_args'] = [
+                '-qmp', 'unix:%s,server=on,wait=off' % self.test_qmp]
+        if guest_agent:
+            protect['qga_path'] = spec.agent_path
         inst = str(uuid.uuid4())
         self.svc.db.create_instance(inst, PROJECT, host=self.svc.host,
                                     status='protecting', driver='qemu')
@@ -140,10 +153,7 @@ class GuestKillLoopTest(daemons.DaemonsTestCase):
                 'name': spec.name, 'qmp_path': spec.qmp_path,
                 'pid': vm.pid, 'log_path': spec.log_path, 'disk': node,
                 'disk_path': disk,
-                'vm': {'machine': 'q35', 'accel': 'tcg',
-                       'memory_mb': spec.memory_mb, 'node': node,
-                       'device': 'vd0', 'paused': False,
-                       'serial_log': serial_log}})
+                'vm': vm_opts, **protect})
         self.qmp_path = spec.qmp_path
         return inst, run, serial_log
 
@@ -183,6 +193,23 @@ class GuestKillLoopTest(daemons.DaemonsTestCase):
             n for n, t in run.console.durable if t < taken}
         return numbers, max(run.held_transactions,
                             run.console.committed_before(taken))
+
+
+class GuestKillLoopTest(ProtectedGuestTestCase):
+
+    # NOTE: ~2-3 minutes on a quiet 2-core host, 7-8 at a load of 30.
+    TEST_TIMEOUT = 600
+
+    def setUp(self):
+        super().setUp()
+        seed = int(os.environ.get(SEED_ENV) or time.time_ns() % (1 << 32))
+        self.rng = random.Random(seed)
+        self.mark('kill points from seed %d (%s=%d repeats them)'
+                  % (seed, SEED_ENV, seed))
+        self.rounds = []
+        self.addDetail('kills', content.Content(
+            content.UTF8_TEXT,
+            lambda: [json.dumps(self.rounds, indent=1).encode()]))
 
     # --- the test ----------------------------------------------------------
 

@@ -28,9 +28,9 @@ def recs(count, start=1):
                     for n in range(start, start + count))
 
 
-def guest_verify(path):
+def guest_verify(path, args=''):
     """init.sh's verify() run by busybox sh on ``path`` (the line the
-    guest prints)."""
+    guest prints); ``args``: verify's (another file, another tag)."""
     busybox = shutil.which('busybox')
     if busybox is None:
         raise AssertionError('busybox not found: install busybox-static')
@@ -39,8 +39,8 @@ def guest_verify(path):
     pad = [line for line in init.splitlines() if line.startswith('PAD=')][0]
     body = init[init.index('verify() {'):]
     body = body[:body.index('\n}\n') + 3]
-    script = 'RECORD=%d\n%s\nF=%s\n%sverify\n' % (records.RECORD, pad, path,
-                                                  body)
+    script = 'RECORD=%d\n%s\nF=%s\n%sverify %s\n' % (
+        records.RECORD, pad, path, body, args)
     return subprocess.run([busybox, 'sh', '-c', script], check=True,
                           capture_output=True, text=True,
                           timeout=60).stdout.strip()
@@ -148,6 +148,19 @@ class RecordCheckTest(base.TestCase):
 
     def test_empty(self):
         self.check_both(b'', 'VERIFY ok records=0')
+
+    def test_second_disk_is_tagged(self):
+        """The second data disk's records, checked by the same verify()
+        under its own tag."""
+        first, second = self.path('records'), self.path('records2')
+        with open(first, 'wb') as f:
+            f.write(recs(3))
+        with open(second, 'wb') as f:
+            f.write(recs(5) + b'R 0')
+        self.assertEqual('VERIFY2 bad records=5 torn=0 out_of_order=0 '
+                         'tail_bytes=3',
+                         guest_verify(first, '%s VERIFY2' % second))
+        self.assertEqual('VERIFY ok records=3', guest_verify(first))
 
     def test_corrupt_byte_is_torn(self):
         data = bytearray(recs(50))
@@ -359,21 +372,33 @@ class ConsoleTest(base.TestCase):
         peer.sendall(b'ABLE 2\n[ 3.1] kernel DURABLE 3\n')
         self.assertEqual(3, con.wait_durable(3, 5))
         self.assertEqual([1, 2, 3], [n for n, _ in con.durable])
+        # The second data disk's records are counted apart.
+        peer.sendall(b'DURABLE2 1\nDURABLE 4\nDURABLE2 2\n')
+        self.assertEqual(2, con.wait_durable(2, 5, disk=2))
+        self.assertEqual(4, con.wait_durable(4, 5))
+        self.assertEqual([1, 2, 3, 4], [n for n, _ in con.durable])
+        self.assertEqual([1, 2], [n for n, _ in con.durable2])
+        self.assertEqual(1, con.durable_before(con.durable2[1][1], disk=2))
+        self.assertEqual(0, con.durable_before(con.durable2[0][1], disk=2))
+        self.assertEqual([], [n for n, _ in con.committed])
         self.assertEqual('boot', con.lines[0].text)
         t2 = con.durable[1][1]
         self.assertEqual(1, con.durable_before(t2))
-        self.assertEqual(3, con.durable_before(t2 + 60))
+        self.assertEqual(4, con.durable_before(t2 + 60))
         e = self.assertRaises(exception.GuestConsoleTimeout, con.wait_for,
                               'VERIFY', 0.1)
         self.assertIn('within 0.1 s', str(e))
-        self.assertIn('DURABLE 3', str(e))
+        self.assertIn('DURABLE2 2', str(e))
         closed = threading.Event()
         peer.close()
         con._reader.join(5)
         closed.set()
         e = self.assertRaises(exception.GuestConsoleTimeout,
-                              con.wait_durable, 4, 30)
+                              con.wait_durable, 5, 30)
         self.assertIn('before the console closed', str(e))
+        e = self.assertRaises(exception.GuestConsoleTimeout,
+                              con.wait_durable, 3, 30, disk=2)
+        self.assertIn('DURABLE2 3', str(e))
 
     def test_file_console_follows_a_growing_file(self):
         path = self.path('serial.log')

@@ -3,10 +3,13 @@ pages (the store deduplicates them), the spool's round trip and its
 checks, and the configuration a resume depends on."""
 
 import os
+import queue
 import random
 import struct
 
 from ha_snapshot import exception
+from ha_snapshot.hypervisor import base as hv_base
+from ha_snapshot.hypervisor import memstate
 from ha_snapshot import memory_state as ms
 from ha_snapshot.tests import base
 
@@ -141,3 +144,44 @@ class ConfigTest(base.TestCase):
         e = self.assertRaises(exception.MemoryStateMismatch, ms.check_config,
                               'a', saved, ms.config_of(fewer))
         self.assertIn('kernel', str(e))
+
+
+class WatchTest(base.TestCase):
+    """The wait of a save or a load for its migration's end."""
+
+    def watch(self):
+        subs = hv_base.Subscribers()
+
+        class Driver:
+            def subscribe(self, vm, callback, events=None):
+                return subs.add(callback, events)
+
+        def send(*events):
+            q = queue.Queue()
+            for kind, data in events:
+                q.put(hv_base.Event('vm', kind, data, 1.0))
+            q.put(None)
+            subs.dispatch(q, 'vm')
+        return memstate._Watch(Driver(), object()), send
+
+    def test_migration_outcome(self):
+        w, send = self.watch()
+        send(('STOP', {}), ('MIGRATION', {'status': 'active'}))
+        self.assertFalse(w.done.is_set())
+        send(('RESUME', {}), ('MIGRATION', {'status': 'completed'}),
+             (hv_base.PROCESS_EXITED, {}))
+        self.assertTrue(w.done.is_set())
+        self.assertEqual('completed', w.status)
+
+    def test_a_vm_that_dies_ends_the_wait(self):
+        # NOTE: QEMU killed mid-save sends no MIGRATION event: the save
+        # waited for its timeout, holding the VM's restart.
+        for kind in (hv_base.PROCESS_EXITED, hv_base.MONITOR_CLOSED):
+            w, send = self.watch()
+            send(('STOP', {}), ('MIGRATION', {'status': 'active'}),
+                 (kind, {'reason': 'killed'}))
+            self.assertTrue(w.done.is_set())
+            self.assertEqual('interrupted (%s)' % kind, w.status)
+            w.cancel()
+            send(('MIGRATION', {'status': 'completed'}))
+            self.assertEqual('interrupted (%s)' % kind, w.status)
