@@ -325,7 +325,8 @@ class DeltaIntake:
         t0 = time.perf_counter()
         self._prestored(h.instance, h.sequence)
         t1 = time.perf_counter()
-        newest = self._io(self.store.newest, h.instance)
+        listed = self._io(self.store.newest_listed, h.instance)
+        newest = listed[0]
         rp = self._merged(h, newest)
         if rp is None and newest is not None and h.parent == newest.id \
                 and h.sequence <= newest.delta_sequence:
@@ -343,7 +344,7 @@ class DeltaIntake:
         if fresh:
             delta = self.spool.load(h)
             t2 = time.perf_counter()
-            rp = self._io(self.store.merge, delta)
+            rp = self._io(self.store.merge, delta, None, listed)
         t3 = time.perf_counter()
         # NOTE: the new restore point is the newest in the store: retention
         # keeps it. Its record and the removed ones' go in one transaction.

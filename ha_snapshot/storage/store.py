@@ -155,9 +155,25 @@ class RecoveryStore:
         return [self._load(k) for k in self._manifest_keys(instance)]
 
     def newest(self, instance: str) -> objects.RestorePoint | None:
+        return self.newest_listed(instance)[0]
+
+    def newest_listed(self, instance: str) -> tuple:
+        """``(newest restore point or None, what the listing said of its
+        manifest)``: give both to :meth:`merge`, which then reads that
+        manifest again only if the listing changed meanwhile."""
         self._check_instance(instance)
-        keys = self._manifest_keys(instance)
-        return self._load(keys[-1]) if keys else None
+        obj = self._newest_manifest(instance)
+        if obj is None:
+            return None, None
+        return self._load(obj.key), _listed(obj)
+
+    def _newest_manifest(self, instance: str):
+        """The listing's entry of the newest manifest, or None."""
+        newest = None
+        for obj in self.driver.list(objects.manifest_prefix(instance)):
+            if newest is None or obj.key > newest.key:
+                newest = obj
+        return newest
 
     def get_restore_point(self, instance: str,
                           rp_id: str | None = None) -> objects.RestorePoint:
@@ -190,17 +206,27 @@ class RecoveryStore:
             return 'i-' + header.instance
         return 'p-' + header.project
 
-    def merge(self, delta: delta_mod.Delta,
-              source: str | None = None) -> objects.RestorePoint:
+    def merge(self, delta: delta_mod.Delta, source: str | None = None,
+              listed: tuple | None = None) -> objects.RestorePoint:
         """Apply ``delta`` to the newest restore point; return the new one.
 
         A delta already merged (same sequence on the same parent, e.g. sent
         again after a lost ack) returns the restore point it made.
+        ``listed``: what :meth:`newest_listed` answered the caller just
+        before; its restore point is used if the newest manifest is still
+        the one listed then (manifests are never rewritten in place).
         """
         h = delta.header
         delta.validate(**dataclasses.asdict(self.limits))
+        self._check_instance(h.instance)
         with self.driver.lock('instance-' + h.instance):
-            parent = self.newest(h.instance)
+            obj = self._newest_manifest(h.instance)
+            if obj is None:
+                parent = None
+            elif listed is not None and listed[1] == _listed(obj):
+                parent = listed[0]
+            else:
+                parent = self._load(obj.key)
             if parent is not None and (parent.parent == h.parent and
                                        parent.delta_sequence == h.sequence):
                 LOG.info('Delta %s of %s already merged as %s', h.sequence,
@@ -755,3 +781,8 @@ def _zeros(n: int) -> bytes:
             _ZEROS.clear()
             _ZEROS[n] = z
     return z
+
+
+def _listed(obj) -> tuple:
+    """What a listing says of an object: enough to tell it changed."""
+    return obj.key, obj.size, obj.mtime

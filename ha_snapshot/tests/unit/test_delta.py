@@ -89,8 +89,9 @@ class DeltaTestCase(base.TestCase):
         info = image_inspect.inspect(self.path('noise.raw'), 'raw',
                                      max_virtual_size=1 << 40)
         d = delta_images.from_image(info, instance=self.instance, project='p',
-                                 sequence=0, parent=None, max_part_bytes=MiB,
-                                 max_part_extents=64)
+                                    sequence=0, parent=None,
+                                    max_part_bytes=MiB,
+                                    max_part_extents=64)
         parts = list(d.parts())
         self.assertEqual(['zstd', 'none'], [p.compression for p in parts])
         self.assertLess(len(parts[0].payload), MiB // 100)
@@ -128,8 +129,8 @@ class DeltaTestCase(base.TestCase):
         info = image_inspect.inspect(self.path('base.qcow2'), 'qcow2',
                                      max_virtual_size=1 << 40)
         d = delta_images.from_image(info, instance=self.instance, project='p',
-                                 sequence=0, parent=None,
-                                 max_part_bytes=MiB, max_part_extents=64)
+                                    sequence=0, parent=None,
+                                    max_part_bytes=MiB, max_part_extents=64)
         self.assertEqual(d.header.changed_bytes, d.header.data_bytes)
         self.assertEqual(8 * MiB, d.header.data_bytes)
 

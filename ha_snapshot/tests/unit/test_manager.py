@@ -49,8 +49,8 @@ class _Base(base.TestCase):
         info = image_inspect.inspect(path, 'qcow2', max_virtual_size=1 << 40,
                                      allow_backing=backing)
         d = delta_images.from_image(info, instance=self.inst, project='p1',
-                                 sequence=sequence, parent=parent,
-                                 max_part_bytes=MiB, max_part_extents=64)
+                                    sequence=sequence, parent=parent,
+                                    max_part_bytes=MiB, max_part_extents=64)
         return json.loads(json.dumps(d.to_primitive()))
 
     def ship(self, prim):

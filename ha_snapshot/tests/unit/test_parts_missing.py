@@ -36,8 +36,9 @@ class _SpoolBase(base.TestCase):
                                'write -P 0x22 1M 1M', 'write -P 0x33 2M 1M')
         info = image_inspect.inspect(disk, 'qcow2', max_virtual_size=1 << 40)
         d = delta_images.from_image(info, instance=self.inst, project='p',
-                                 sequence=4, parent=None, max_part_bytes=MiB,
-                                 max_part_extents=64)
+                                    sequence=4, parent=None,
+                                    max_part_bytes=MiB,
+                                    max_part_extents=64)
         self.prim = json.loads(json.dumps(d.to_primitive()))
         self.header = delta_mod.header_from_primitive(self.prim['header'])
         self.root = self.path('spool')

@@ -110,13 +110,42 @@ class StoreTests:
         info = image_inspect.inspect(path, 'qcow2', max_virtual_size=1 << 40,
                                      allow_backing=True)
         d = delta_images.from_image(info, instance=self.inst,
-                                 project='default', sequence=sequence,
-                                 parent=parent, max_part_bytes=MiB,
-                                 max_part_extents=64)
+                                    project='default', sequence=sequence,
+                                    parent=parent, max_part_bytes=MiB,
+                                    max_part_extents=64)
         prim = json.loads(json.dumps(d.to_primitive()))
         if vsize:
             prim['header']['virtual_size'] = vsize
         return prim
+
+    def test_merge_reuses_the_newest_listed_unless_it_changed(self):
+        """A caller's newest_listed() answer spares merge() reading the
+        newest manifest again, only while it is still the newest."""
+        paths, views = self.chain()
+        rp0 = self.import_(paths[0])
+        gets = []
+        real_get = self.store.driver.get
+
+        def get(key):
+            gets.append(key)
+            return real_get(key)
+        self.useFixture(fixtures.MockPatchObject(self.store.driver, 'get',
+                                                 get))
+        listed = self.store.newest_listed(self.inst)
+        self.assertEqual(rp0.id, listed[0].id)
+        self.assertEqual([rp0.key], gets)
+        gets.clear()
+        rp1 = self.store.merge(delta_mod.Delta.from_primitive(
+            self.wire_delta(paths[1], rp0.id)), None, listed)
+        self.assertNotIn(rp0.key, gets)
+        self.assertEqual(rp0.id, rp1.parent)
+        # Stale: the newest is rp1 now; the answer listed rp0.
+        gets.clear()
+        rp2 = self.store.merge(delta_mod.Delta.from_primitive(
+            self.wire_delta(paths[2], rp1.id, sequence=2)), None, listed)
+        self.assertIn(rp1.key, gets)
+        self.assertEqual(rp1.id, rp2.parent)
+        self.assertTrue(base.same_image(self.export(rp2.id), views[2]))
 
     def test_bad_delta_leaves_store_untouched(self):
         paths, views = self.chain()
@@ -406,9 +435,9 @@ class FullDeltaTestCase(base.TestCase):
         new = self.make_qcow2('new.qcow2', 6 * MiB, 'write -P 0x22 1M 512k')
         info = image_inspect.inspect(new, 'qcow2', max_virtual_size=1 << 40)
         d = delta_images.from_image(info, instance=inst, project='default',
-                                 sequence=1, parent=rp1.id,
-                                 max_part_bytes=MiB, max_part_extents=64,
-                                 full=True)
+                                    sequence=1, parent=rp1.id,
+                                    max_part_bytes=MiB, max_part_extents=64,
+                                    full=True)
         self.assertTrue(d.header.full)
         rp2 = store.merge(d)
         self.assertEqual(6 * MiB, rp2.virtual_size)

@@ -121,8 +121,9 @@ class RebuildTestBase(base.TestCase):
                                      max_virtual_size=1 << 40,
                                      allow_backing=False)
         d = delta_images.from_image(info, instance=self.inst, project='p1',
-                                 sequence=0, parent=None, max_part_bytes=MiB,
-                                 max_part_extents=64)
+                                    sequence=0, parent=None,
+                                    max_part_bytes=MiB,
+                                    max_part_extents=64)
         prim = d.to_primitive()
         for part in prim['parts']:
             self.mgr.put_part(self.inst, 0, part)
@@ -271,8 +272,8 @@ class RebuildTestCase(RebuildTestBase):
         info = image_inspect.inspect(over, 'qcow2', max_virtual_size=1 << 40,
                                      allow_backing=True)
         d = delta_images.from_image(info, instance=self.inst, project='p1',
-                                 sequence=1, parent=self.rp,
-                                 max_part_bytes=MiB, max_part_extents=64)
+                                    sequence=1, parent=self.rp,
+                                    max_part_bytes=MiB, max_part_extents=64)
         prim = d.to_primitive()
         for part in prim['parts']:
             self.mgr.put_part(self.inst, 1, part)
