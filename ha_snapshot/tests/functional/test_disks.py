@@ -251,15 +251,19 @@ class TwoDisksTest(daemons.DaemonsTestCase):
     def kill_and_check(self, g, inst: str, target) -> tuple:
         """SIGKILL the VM; the recovery restarts it on a point at least as
         new as ``target`` (which holds WRITES): both disks equal it."""
+        # NOTE: the agent sees QEMU die, and the manager records the
+        # recovery, before kill() has reaped it: the recovery must be
+        # newer than the instant before the kill.
+        before_kill = time.time()
         g.kill()
-        killed = self.mark('VM SIGKILLed')
+        self.mark('VM SIGKILLed')
         recs = self.wait_for(
             lambda: [r for r in self.svc.db.list_recoveries(inst)
                      if r.state in ('succeeded', 'failed')],
             60, 'the recovery of %s to end' % inst)
         rec = recs[-1]
         self.assertEqual('succeeded', rec.state, rec.error)
-        self.assertGreater(loop.ts(rec.created_at), killed)
+        self.assertGreater(loop.ts(rec.created_at), before_kill)
         # NOTE: snapshots go on until the kill: the recovery takes the
         # newest point, the one checked above or a later one.
         chosen = [r for r in self.svc.db.list_restore_points(inst)

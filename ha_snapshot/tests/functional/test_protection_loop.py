@@ -956,15 +956,19 @@ class ProtectionLoopTest(daemons.DaemonsTestCase):
         when the VM died (it may or may not have become durable)."""
         svc = self.svc
         old_pid = g.pid
+        # NOTE: the agent sees QEMU die, and the manager records the
+        # recovery, before kill() has reaped it: the recovery must be
+        # newer than the instant before the kill.
+        before_kill = time.time()
         g.kill()
-        killed = self.mark('VM SIGKILLed')
+        self.mark('VM SIGKILLed')
         recs = self.wait_for(
             lambda: [r for r in svc.db.list_recoveries(inst)
                      if r.state in ('succeeded', 'failed')],
             45, 'the recovery of %s to end' % inst)
         rec = recs[-1]
         self.assertEqual('succeeded', rec.state, rec.error)
-        self.assertGreater(ts(rec.created_at), killed)
+        self.assertGreater(ts(rec.created_at), before_kill)
         self.wait_for(lambda: svc.db.get_instance(inst).status ==
                       'protected', 10, '%s to be protected again' % inst)
         recovered = self.mark('recovered to %s' % rec.restore_point_id)
