@@ -26,6 +26,7 @@ import uuid
 
 from testtools import content
 
+from ha_snapshot.db import engine as db_engine
 from ha_snapshot.manager import membership
 from ha_snapshot.tests import base
 from ha_snapshot.tests.fixtures import rabbitmq
@@ -76,9 +77,30 @@ class DaemonsTestCase(base.TestCase):
         options = dict(options or {}, database={'connection': url})
         options['manager_cluster'] = dict(
             {'heartbeat_interval': 1, 'dead_after_missed': 3}, **cluster)
-        return self.start_services(transport_url=transport_url,
-                                   options=options, managers=managers,
-                                   agent=agent)
+        svc = self.start_services(transport_url=transport_url,
+                                  options=options, managers=managers,
+                                  agent=agent)
+        self.wait_converged(managers)
+        return svc
+
+    def wait_converged(self, managers: int) -> None:
+        """Until every replica has beaten since all ``managers`` were
+        alive: a beat refreshes the replica's ring after writing its own
+        row, so each replica then places the servers on the same ring (a
+        replica started a moment later would otherwise take over servers
+        whose first deltas its elder merged)."""
+        def live():
+            found = [s for s in membership.survey(self.svc.conf,
+                                                  self.svc.db)
+                     if s.replica.alive]
+            return found if len(found) >= managers else None
+        self.wait_for(live, 60, '%d manager replicas alive' % managers)
+        since = db_engine.to_datetime(time.time())
+        self.wait_for(
+            lambda: all(db_engine.to_datetime(s.replica.heartbeat_at) > since
+                        for s in live() or
+                        ()) and live(),
+            30, 'every replica to beat since all %d were alive' % managers)
 
     def standing(self, daemon):
         """The membership.survey entry of ``daemon``'s incarnation (by
